@@ -1,0 +1,61 @@
+"""Cold-L2 GPU timing: the one way deepergemm measures a kernel.
+
+Before each timed launch a >= 1 GiB buffer is zeroed (larger than any Hopper L2: 50 MB on H100,
+60 MB on H200), so every launch reads its inputs from HBM; CUDA events bracket the launch alone;
+the median of many launches is reported, with the spread, so noise is visible.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+FLUSH_BYTES = 1 << 30
+_flush_buffers: dict[torch.device, torch.Tensor] = {}
+
+
+@dataclass
+class Timing:
+    median_us: float
+    min_us: float
+    p20_us: float
+    p80_us: float
+    launches: int
+
+    @property
+    def spread(self) -> float:
+        """(p80 - p20) / median: the run-to-run noise of this measurement."""
+        return (self.p80_us - self.p20_us) / self.median_us if self.median_us else 0.0
+
+
+def _flush_buffer(device: torch.device) -> torch.Tensor:
+    buf = _flush_buffers.get(device)
+    if buf is None:
+        buf = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+        _flush_buffers[device] = buf
+    return buf
+
+
+def time_cold_l2(fn: Callable[[], object], launches: int = 30, warmup: int = 3,
+                 device: torch.device | str | None = None) -> Timing:
+    """Median time of fn() in microseconds with a cold L2 before every launch."""
+    if launches < 1:
+        raise ValueError(f"launches must be >= 1, got {launches}")
+    device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+    flush = _flush_buffer(device)
+    for _ in range(warmup):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(launches)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(launches)]
+    for i in range(launches):
+        flush.zero_()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize(device)
+    times = sorted(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends))
+    q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
+    return Timing(median_us=statistics.median(times), min_us=times[0], p20_us=q[0], p80_us=q[3],
+                  launches=launches)

@@ -1,0 +1,34 @@
+"""The cuBLAS backend of fp8_gemm: torch._scaled_mm with blockwise (1x128 by 128x128) scales.
+
+A selectable fallback (``backend="cublas"``) and the speed baseline of the bench. It is what every
+PyTorch user already has on Hopper; deepergemm's own kernel must beat it.
+
+cuBLASLt's blockwise recipe wants the activation scales M-major with an M stride of exactly M and
+the weight scales K-group-major, so this module adapts our layouts (tiny copies of the scales
+only, never of the operands, except that A is padded to 4 rows when M is not a multiple of 4).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .layouts import round_up
+
+_ROW_ALIGN = 4  # cuBLASLt's blockwise scales want 16-byte aligned M columns
+
+
+def fp8_gemm_cublas(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                    out_dtype: torch.dtype, bias: torch.Tensor | None) -> torch.Tensor:
+    m = a.shape[0]
+    m_pad = round_up(m, _ROW_ALIGN)
+    if m_pad != m:
+        a = F.pad(a.view(torch.uint8), (0, 0, 0, m_pad - m)).view(a.dtype)
+        a_scales = F.pad(a_scales, (0, 0, 0, m_pad - m), value=1.0)
+    scale_a = a_scales.t().contiguous().t()  # (M, K/128), strides (1, M)
+    scale_b = b_scales.contiguous().t()       # (K/128, ceil(N/128))
+    # bias is added in fp32 and rounded once, the same arithmetic as the PTX kernel's epilogue
+    acc_dtype = torch.float32 if bias is not None else out_dtype
+    out = torch._scaled_mm(a, b.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=acc_dtype)
+    if bias is not None:
+        out = (out + bias.float()).to(out_dtype)
+    return out[:m] if m_pad != m else out

@@ -1,0 +1,185 @@
+"""The one place that registers deepergemm's custom ops: schemas, CPU, CUDA and fake kernels.
+
+Ops (``torch.ops.deepergemm.*``):
+  quantize_act(Tensor x, bool ue8m0=False) -> (Tensor q, Tensor scales)
+  quantize_weight(Tensor w, bool ue8m0=False) -> (Tensor q, Tensor scales)
+  fp8_gemm(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, ScalarType out_dtype=bfloat16,
+           Tensor? bias=None, str backend="auto") -> Tensor
+  linear(Tensor x, Tensor w, Tensor w_scales, Tensor? bias=None, str backend="auto") -> Tensor
+
+CPU kernels run the pure-torch reference (deepergemm.reference); CUDA kernels run Triton
+quantizers and the selected GEMM backend; fake kernels give shapes, dtypes and strides only, so
+the ops trace under torch.compile(fullgraph=True) and replay in CUDA graphs (no host sync, no
+allocation outside PyTorch's caching allocator).
+
+GEMM backends (``backend=`` or the environment variable DEEPERGEMM_BACKEND, which sets "auto"):
+  "ptx"       deepergemm's inline-PTX wgmma kernel (Hopper, sm_90)
+  "cublas"    torch._scaled_mm with blockwise scales (any GPU cuBLASLt supports it on)
+  "reference" the fp32 reference (slow; any device)
+  "auto"      ptx when available on this GPU, else cublas (CUDA); reference on CPU
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.library import custom_op
+
+from . import layouts, reference
+from .layouts import GROUP_K, ceil_div
+
+BACKENDS = ("auto", "ptx", "cublas", "reference")
+_ENV_BACKEND = "DEEPERGEMM_BACKEND"
+
+
+# ----------------------------------------------------------------------------------------------
+# backend selection
+# ----------------------------------------------------------------------------------------------
+def ptx_backend_available(device: torch.device) -> bool:
+    """True when the inline-PTX kernel can run on this device (Hopper, sm_90)."""
+    from . import kernels  # deferred: only CUDA calls need it
+
+    return kernels.available(device)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = os.environ.get(_ENV_BACKEND, "auto")
+        if backend not in BACKENDS:
+            raise ValueError(f"environment variable {_ENV_BACKEND} must be one of {BACKENDS}, got {backend!r}")
+    if device.type != "cuda":
+        if backend in ("ptx", "cublas"):
+            raise ValueError(f"backend={backend!r} needs CUDA tensors, got tensors on {device}")
+        return "reference"
+    if backend == "auto":
+        return "ptx" if ptx_backend_available(device) else "cublas"
+    if backend == "ptx" and not ptx_backend_available(device):
+        raise ValueError(f"backend='ptx' needs an sm_90 (Hopper) GPU and a CUDA toolkit to build it; "
+                         f"{device} has compute capability {torch.cuda.get_device_capability(device)}")
+    return backend
+
+
+def _run_gemm(backend: str, a, a_scales, b, b_scales, out_dtype, bias) -> torch.Tensor:
+    if backend == "reference":
+        return reference.fp8_gemm(a, a_scales, b, b_scales, out_dtype, bias)
+    if backend == "cublas":
+        from .cublas import fp8_gemm_cublas
+
+        return fp8_gemm_cublas(a, a_scales, b, b_scales, out_dtype, bias)
+    from . import kernels
+
+    return kernels.fp8_gemm(a, layouts.to_act_scale_layout(a_scales), b, b_scales.contiguous(), out_dtype, bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# quantize_act
+# ----------------------------------------------------------------------------------------------
+@custom_op("deepergemm::quantize_act", mutates_args=(), device_types="cpu")
+def quantize_act(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    layouts.check_quantize_input("x", x)
+    q, s = reference.quantize_act(x, ue8m0=ue8m0)
+    scales = layouts.empty_act_scales(x.shape[0], x.shape[1], x.device)
+    scales.copy_(s)
+    return q, scales
+
+
+@quantize_act.register_kernel("cuda")
+def _quantize_act_cuda(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    layouts.check_quantize_input("x", x)
+    from .triton_kernels import quantize as triton_quantize
+
+    return triton_quantize.quantize_act(x, ue8m0=ue8m0)
+
+
+@quantize_act.register_fake
+def _quantize_act_fake(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    layouts.check_quantize_input("x", x)
+    m, k = x.shape
+    return x.new_empty((m, k), dtype=reference.FP8_DTYPE), layouts.empty_act_scales(m, k, x.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# quantize_weight
+# ----------------------------------------------------------------------------------------------
+@custom_op("deepergemm::quantize_weight", mutates_args=(), device_types="cpu")
+def quantize_weight(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    layouts.check_quantize_input("w", w)
+    return reference.quantize_weight(w, ue8m0=ue8m0)
+
+
+@quantize_weight.register_kernel("cuda")
+def _quantize_weight_cuda(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    layouts.check_quantize_input("w", w)
+    from .triton_kernels import quantize as triton_quantize
+
+    return triton_quantize.quantize_weight(w, ue8m0=ue8m0)
+
+
+@quantize_weight.register_fake
+def _quantize_weight_fake(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    layouts.check_quantize_input("w", w)
+    n, k = w.shape
+    scales = w.new_empty((ceil_div(n, GROUP_K), k // GROUP_K), dtype=torch.float32)
+    return w.new_empty((n, k), dtype=reference.FP8_DTYPE), scales
+
+
+# ----------------------------------------------------------------------------------------------
+# fp8_gemm
+# ----------------------------------------------------------------------------------------------
+@custom_op("deepergemm::fp8_gemm", mutates_args=(), device_types="cpu")
+def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+             out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None,
+             backend: str = "auto") -> torch.Tensor:
+    layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias)
+    resolve_backend(backend, a.device)  # validates the name; CPU always runs the reference
+    return reference.fp8_gemm(a, a_scales, b, b_scales, out_dtype, bias)
+
+
+@fp8_gemm.register_kernel("cuda")
+def _fp8_gemm_cuda(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                   out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None,
+                   backend: str = "auto") -> torch.Tensor:
+    m, n, _ = layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias)
+    chosen = resolve_backend(backend, a.device)
+    if m == 0 or n == 0:
+        return a.new_empty((m, n), dtype=out_dtype)
+    return _run_gemm(chosen, a, a_scales, b, b_scales, out_dtype, bias)
+
+
+@fp8_gemm.register_fake
+def _fp8_gemm_fake(a, a_scales, b, b_scales, out_dtype=torch.bfloat16, bias=None, backend="auto"):
+    m, n, _ = layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias)
+    return a.new_empty((m, n), dtype=out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# linear: quantize the activation and multiply, in one call
+# ----------------------------------------------------------------------------------------------
+def _linear_2d(x2: torch.Tensor, w, w_scales, bias, backend: str) -> torch.Tensor:
+    q, s = torch.ops.deepergemm.quantize_act(x2)
+    return torch.ops.deepergemm.fp8_gemm(q, s, w, w_scales, x2.dtype, bias, backend)
+
+
+@custom_op("deepergemm::linear", mutates_args=(), device_types=("cpu", "cuda"))
+def linear(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor, bias: torch.Tensor | None = None,
+           backend: str = "auto") -> torch.Tensor:
+    layouts.check_linear_inputs(x, w, w_scales, bias)
+    x2 = x.reshape(-1, x.shape[-1])
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    out = _linear_2d(x2, w, w_scales, bias, backend)
+    return out.reshape(*x.shape[:-1], w.shape[0])
+
+
+@linear.register_fake
+def _linear_fake(x, w, w_scales, bias=None, backend="auto"):
+    layouts.check_linear_inputs(x, w, w_scales, bias)
+    rows = 1
+    for d in x.shape[:-1]:
+        rows = rows * d
+    layouts.check_gemm_inputs(
+        x.new_empty((rows, x.shape[-1]), dtype=reference.FP8_DTYPE),
+        layouts.empty_act_scales(rows, x.shape[-1], x.device), w, w_scales, x.dtype, bias)
+    return x.new_empty((*x.shape[:-1], w.shape[0]))

@@ -1,0 +1,182 @@
+"""Pure-torch reference math: the definition every kernel is checked against.
+
+Runs on CPU and GPU. These functions are the CPU implementations of the custom ops and the ground
+truth of the tests, so the rules below are the library's contract.
+
+Quantization rules (DeepSeek-V3 style)
+-------------------------------------
+* Activations: one scale per 1x128 group along K (``act_group``).
+  Weights: one scale per 128x128 block (``weight_block``); blocks at the N and K edges are padded
+  with zeros (the padding only ever lowers nothing: it is ignored by ``amax`` unless the whole
+  block is zero, where the amax clamp applies).
+* ``amax = max(|x|)`` over the group in fp32, clamped below at ``AMAX_EPS`` = 1e-4.
+* fp32 scales (default): ``scale = amax / 448`` and ``q = fp8_e4m3fn(x * (448 / amax))``.
+  Both ``amax / 448`` and ``448 / amax`` are single correctly rounded fp32 divisions; the product
+  ``x * (448 / amax)`` is one fp32 multiply. The largest element maps to 448 (within one fp32 ulp,
+  which the fp8 rounding absorbs).
+* UE8M0 scales (``ue8m0=True``): ``scale = 2 ** ceil(log2(amax / 448))``, computed on the fp32 bits
+  (exponent + 1 when the mantissa is not zero), still stored as fp32; ``q = fp8(x * (1 / scale))``,
+  exact scaling by a power of two.
+* The fp8 cast rounds to nearest, ties to even (``torch.Tensor.to(float8_e4m3fn)`` and PTX
+  ``cvt.rn.satfinite.e4m3x2.f32`` agree on every value the rules can produce, which are at most
+  448 in magnitude).
+* Non-finite input: a group holding NaN gets a NaN scale and NaN data; a group holding +-Inf (and
+  no NaN) gets an Inf scale, NaN for the Inf elements and 0 for the others. Either way every
+  element of that group dequantizes to NaN, and so does every output row (activations) or column
+  block (weights) that the group feeds: bad values are never silently turned into numbers.
+
+Dequantization is ``q.float() * scale`` broadcast over the group/block, and the reference GEMM is
+``dequant(a) @ dequant(b).T`` in fp32 (TF32 off), plus an optional bias, cast once to the output
+dtype. That is the value an exact kernel must reproduce up to fp32 summation order.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0
+AMAX_EPS = 1e-4
+GROUP_K = 128  # activation group size along K, and the weight block size in both dimensions
+
+__all__ = [
+    "FP8_DTYPE", "FP8_MAX", "AMAX_EPS", "GROUP_K",
+    "ue8m0_round_up", "quantize_act", "quantize_weight", "dequantize_act", "dequantize_weight",
+    "fp8_gemm", "linear", "calc_diff", "exact_fp32_matmul",
+]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def ue8m0_round_up(scale: torch.Tensor) -> torch.Tensor:
+    """Round positive fp32 scales up to a power of two, exactly (bit arithmetic, no log2).
+
+    NaN and Inf pass through unchanged (their exponent field is all ones already, and an
+    all-ones-exponent value is returned as is)."""
+    bits = scale.contiguous().view(torch.int32)
+    exponent = (bits >> 23) & 0xFF
+    mantissa = bits & 0x7FFFFF
+    finite = exponent != 0xFF
+    exponent = exponent + ((mantissa != 0) & finite).to(torch.int32)
+    rounded = (exponent << 23).view(torch.float32)
+    return torch.where(finite, rounded, scale)
+
+
+def _scales_and_multipliers(amax: torch.Tensor, ue8m0: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """amax (fp32, any shape) -> (scale, multiplier applied to x before the fp8 cast)."""
+    amax = amax.float()
+    # clamp keeps NaN (torch.clamp propagates it), so a NaN group stays NaN
+    amax = torch.clamp(amax, min=AMAX_EPS)
+    if ue8m0:
+        scale = ue8m0_round_up(amax / FP8_MAX)
+        return scale, 1.0 / scale
+    return amax / FP8_MAX, FP8_MAX / amax
+
+
+def _check_float_matrix(name: str, x: torch.Tensor, k_multiple: bool = True) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"{name} must be bfloat16, float16 or float32, got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (rows, K), got shape {tuple(x.shape)}")
+    if k_multiple and x.shape[1] % GROUP_K != 0:
+        raise ValueError(f"{name}.shape[1] (K) must be a multiple of {GROUP_K}, got K={x.shape[1]}")
+
+
+def quantize_act(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(1x128)-group fp8 quantization of activations.
+
+    x: (M, K) bf16/fp16/fp32, K a multiple of 128.
+    Returns (q (M, K) float8_e4m3fn contiguous, scales (M, K/128) fp32). The reference returns
+    row-major scales; the GPU quantizer returns the same values in the GEMM's M-major layout
+    (see deepergemm.layouts.empty_act_scales)."""
+    _check_float_matrix("x", x)
+    m, k = x.shape
+    groups = x.float().reshape(m, k // GROUP_K, GROUP_K)
+    amax = groups.abs().amax(dim=2, keepdim=True)
+    scale, mult = _scales_and_multipliers(amax, ue8m0)
+    q = (groups * mult).to(FP8_DTYPE).reshape(m, k)
+    return q, scale.reshape(m, k // GROUP_K)
+
+
+def quantize_weight(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(128x128)-block fp8 quantization of weights (N, K), N any size (edge blocks padded).
+
+    Returns (q (N, K) float8_e4m3fn contiguous, scales (ceil(N/128), K/128) fp32 contiguous)."""
+    _check_float_matrix("w", w)
+    n, k = w.shape
+    nb, kb = _ceil_div(n, GROUP_K), k // GROUP_K
+    padded = torch.zeros(nb * GROUP_K, k, dtype=torch.float32, device=w.device)
+    padded[:n] = w.float()
+    blocks = padded.reshape(nb, GROUP_K, kb, GROUP_K)
+    amax = blocks.abs().amax(dim=(1, 3), keepdim=True)
+    scale, mult = _scales_and_multipliers(amax, ue8m0)
+    q = (blocks * mult).to(FP8_DTYPE).reshape(nb * GROUP_K, k)[:n].contiguous()
+    return q, scale.reshape(nb, kb).contiguous()
+
+
+def dequantize_act(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(M, K) fp8 and (M, K/128) scales (any strides) -> (M, K) fp32."""
+    m, k = q.shape
+    return (q.float().reshape(m, k // GROUP_K, GROUP_K) * scales.float().unsqueeze(2)).reshape(m, k)
+
+
+def dequantize_weight(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(N, K) fp8 and (ceil(N/128), K/128) scales -> (N, K) fp32."""
+    n = q.shape[0]
+    expanded = scales.float().repeat_interleave(GROUP_K, dim=0)[:n].repeat_interleave(GROUP_K, dim=1)
+    return q.float() * expanded
+
+
+@contextlib.contextmanager
+def _ieee_fp32_matmul():
+    """Full-precision fp32 matmul on CUDA (TF32 off) for the duration, restoring the user's setting."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def exact_fp32_matmul(x: torch.Tensor, y_t: torch.Tensor) -> torch.Tensor:
+    """x @ y_t.T in IEEE fp32 (no TF32)."""
+    with _ieee_fp32_matmul():
+        return x.float() @ y_t.float().t()
+
+
+def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+             out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference block-scaled GEMM: out = dequant(a) @ dequant(b).T (+ bias), computed in fp32,
+    rounded once to out_dtype. a (M,K) fp8, a_scales (M,K/128), b (N,K) fp8, b_scales (ceil(N/128),K/128)."""
+    acc = exact_fp32_matmul(dequantize_act(a, a_scales), dequantize_weight(b, b_scales))
+    if bias is not None:
+        acc = acc + bias.float()
+    return acc.to(out_dtype)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor, bias: torch.Tensor | None = None,
+           ue8m0: bool = False) -> torch.Tensor:
+    """Reference of deepergemm.linear: quantize x per 1x128 group, then the block-scaled GEMM.
+    x (..., K) bf16/fp32; returns (..., N) in x's dtype."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    q, s = quantize_act(x2, ue8m0=ue8m0)
+    out = fp8_gemm(q, s, w, w_scales, out_dtype=x.dtype, bias=bias)
+    return out.reshape(*lead, w.shape[0])
+
+
+def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
+    """DeepGEMM's similarity error: 1 - 2<x,y> / (|x|^2 + |y|^2), in float64.
+
+    0 for identical tensors; about 1.4e-6 for an exact kernel's bf16 output against the fp32
+    reference. NaN anywhere gives NaN (never a pass). Two all-zero tensors give 0."""
+    x, y = x.double(), y.double()
+    denominator = (x * x + y * y).sum()
+    if denominator == 0:
+        return 0.0 if torch.isfinite(x).all() and torch.isfinite(y).all() else float("nan")
+    return float(1 - 2 * (x * y).sum() / denominator)

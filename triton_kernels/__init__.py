@@ -1,0 +1,1 @@
+"""Triton kernels of deepergemm (installed as deepergemm.triton_kernels): quantization and epilogues."""
