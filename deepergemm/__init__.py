@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from ._checkout import register_checkout_subpackages as _register
+
+_register(__name__)  # before anything imports deepergemm.triton_kernels or deepergemm._ptx
+
 from . import ops as _ops  # registers torch.ops.deepergemm.*
 from .layouts import require_tensors as _require_tensors
 from .reference import calc_diff, dequantize_act, dequantize_weight

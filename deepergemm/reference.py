@@ -10,10 +10,11 @@ Quantization rules (DeepSeek-V3 style)
   with zeros (the padding only ever lowers nothing: it is ignored by ``amax`` unless the whole
   block is zero, where the amax clamp applies).
 * ``amax = max(|x|)`` over the group in fp32, clamped below at ``AMAX_EPS`` = 1e-4.
-* fp32 scales (default): ``scale = amax / 448`` and ``q = fp8_e4m3fn(x * (448 / amax))``.
-  Both ``amax / 448`` and ``448 / amax`` are single correctly rounded fp32 divisions; the product
-  ``x * (448 / amax)`` is one fp32 multiply. The largest element maps to 448 (within one fp32 ulp,
-  which the fp8 rounding absorbs).
+* fp32 scales (default): ``scale = amax / 448`` and ``q = fp8_e4m3fn(x * ((1 / amax) * 448))``.
+  ``amax / 448`` and ``1 / amax`` are correctly rounded fp32 divisions (tensor by tensor, so CPU and
+  CUDA agree: torch turns division by a Python scalar into a multiply by its rounded reciprocal on
+  CUDA); ``* 448`` and ``x * multiplier`` are single fp32 multiplies. The largest element maps to 448
+  (within one fp32 ulp, which the fp8 rounding absorbs).
 * UE8M0 scales (``ue8m0=True``): ``scale = 2 ** ceil(log2(amax / 448))``, computed on the fp32 bits
   (exponent + 1 when the mantissa is not zero), still stored as fp32; ``q = fp8(x * (1 / scale))``,
   exact scaling by a power of two.
@@ -70,10 +71,12 @@ def _scales_and_multipliers(amax: torch.Tensor, ue8m0: bool) -> tuple[torch.Tens
     amax = amax.float()
     # clamp keeps NaN (torch.clamp propagates it), so a NaN group stays NaN
     amax = torch.clamp(amax, min=AMAX_EPS)
+    # tensor / tensor divisions: correctly rounded on every device (see the module docstring)
+    one, fp8_max = torch.ones_like(amax), torch.full_like(amax, FP8_MAX)
     if ue8m0:
-        scale = ue8m0_round_up(amax / FP8_MAX)
-        return scale, 1.0 / scale
-    return amax / FP8_MAX, FP8_MAX / amax
+        scale = ue8m0_round_up(amax / fp8_max)
+        return scale, one / scale
+    return amax / fp8_max, (one / amax) * FP8_MAX
 
 
 def _check_float_matrix(name: str, x: torch.Tensor, k_multiple: bool = True) -> None:

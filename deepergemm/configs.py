@@ -1,0 +1,163 @@
+"""Which kernel variant runs a given GEMM: plain Python, CPU-testable.
+
+A variant is one compiled instance of ptx/fp8_gemm.cuh (template parameters BLOCK_M, BLOCK_N, stages,
+dual accumulators); ``VARIANTS`` lists every one ``select`` can return, and CI compiles all of them.
+
+Choice (``select``): BLOCK_M = 64 when M <= 64 (no tensor-core rows wasted on padding), else 128. Among that
+BLOCK_M's variants, take the one with the least modelled time, ``waves * BLOCK_M * BLOCK_N * cost``: a
+persistent CTA takes one tile per wave, so a tile shape that leaves the last wave half empty pays for a full
+one (wave quantization), and non-power-of-two BLOCK_N (112, 144, 160) exist to fill the last wave.
+
+Switches (measure a feature by turning it off in the same run):
+  DEEPERGEMM_DUAL_ACC=0        single partial accumulator (promotion not overlapped within a warpgroup)
+  DEEPERGEMM_VARIANT=BMxBN     force a tile shape, e.g. "128x128" (must be in VARIANTS)
+  DEEPERGEMM_GROUP_N=g         rasterization band width in N-tiles (default: 16)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .layouts import ceil_div, round_up
+
+BLOCK_K = 128
+SMEM_LIMIT = 232448        # bytes of dynamic shared memory per block on sm_90 (227 KiB)
+SWIZZLE_ATOM = 1024        # the kernel aligns its shared memory base to this (slack is allocated)
+MAX_MATH_REGS_DUAL = 128   # warpgroup N up to which three accumulator sets fit in 232 registers
+DEFAULT_GROUP_N = 16
+
+
+@dataclass(frozen=True, order=True)
+class Variant:
+    block_m: int
+    block_n: int
+    stages: int
+    dual_acc: bool
+
+    @property
+    def wg_n(self) -> int:
+        """Columns of one math warpgroup (BLOCK_M = 64 splits the tile's columns between the two)."""
+        return self.block_n if self.block_m == 128 else self.block_n // 2
+
+    @property
+    def key(self) -> str:
+        return f"{self.block_m}x{self.block_n}s{self.stages}{'d' if self.dual_acc else 'p'}"
+
+    @property
+    def smem_bytes(self) -> int:
+        """Dynamic shared memory the kernel asks for; mirrors dg::SmemLayout (the CI build checks they agree)."""
+        stage = self.block_m * BLOCK_K + self.block_n * BLOCK_K + round_up(self.block_m * 4, 128)
+        epilogue = 2 * 64 * (self.wg_n * 2 + 16)
+        barriers = 2 * self.stages * 8
+        return round_up(self.stages * stage + epilogue, 8) + barriers + SWIZZLE_ATOM
+
+    def compile_defines(self) -> dict[str, int]:
+        return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,
+                "DG_DUAL": int(self.dual_acc)}
+
+
+def _max_stages(block_m: int, block_n: int, cap: int = 8) -> int:
+    for stages in range(cap, 0, -1):
+        if Variant(block_m, block_n, stages, False).smem_bytes <= SMEM_LIMIT:
+            return stages
+    raise ValueError(f"no stage count fits {block_m}x{block_n}")
+
+
+def _variant(block_m: int, block_n: int, dual: bool) -> Variant:
+    return Variant(block_m, block_n, _max_stages(block_m, block_n), dual)
+
+
+# Tile shapes the heuristic may pick; each with dual accumulators where the registers allow, and a
+# single-accumulator twin so DEEPERGEMM_DUAL_ACC=0 can measure what dual buys.
+TILE_SHAPES: tuple[tuple[int, int], ...] = (
+    (128, 96), (128, 112), (128, 128), (128, 144), (128, 160),
+    (64, 64), (64, 128), (64, 256),
+)
+# Relative cost per output element: 64-row tiles re-read B from shared memory twice as often per flop.
+_TILE_COST = {64: 1.1, 128: 1.0}
+
+
+def _variants() -> tuple[Variant, ...]:
+    out = []
+    for bm, bn in TILE_SHAPES:
+        wg_n = bn if bm == 128 else bn // 2
+        out.append(_variant(bm, bn, False))
+        if wg_n <= MAX_MATH_REGS_DUAL:
+            out.append(_variant(bm, bn, True))
+    return tuple(out)
+
+
+VARIANTS: tuple[Variant, ...] = _variants()
+
+
+@dataclass(frozen=True)
+class Choice:
+    variant: Variant
+    group_n: int
+    tiles: int
+    waves: int
+    grid: int
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value not in ("0", "1"):
+        raise ValueError(f"environment variable {name} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def _forced_shape() -> tuple[int, int] | None:
+    value = os.environ.get("DEEPERGEMM_VARIANT", "").strip()
+    if not value:
+        return None
+    try:
+        bm, bn = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"DEEPERGEMM_VARIANT must look like 128x128, got {value!r}") from None
+    if (bm, bn) not in TILE_SHAPES:
+        raise ValueError(f"DEEPERGEMM_VARIANT={value!r} is not a compiled tile shape; choose from "
+                         f"{', '.join(f'{m}x{n}' for m, n in TILE_SHAPES)}")
+    return bm, bn
+
+
+def find_variant(block_m: int, block_n: int, dual_acc: bool) -> Variant:
+    """The listed variant for a tile shape; the single-accumulator one when dual does not fit."""
+    matches = [v for v in VARIANTS if (v.block_m, v.block_n) == (block_m, block_n)]
+    if not matches:
+        raise ValueError(f"no variant with tile {block_m}x{block_n}")
+    dual = [v for v in matches if v.dual_acc == dual_acc]
+    return (dual or matches)[0]
+
+
+def waves_for(m: int, n: int, block_m: int, block_n: int, num_sms: int) -> tuple[int, int]:
+    tiles = ceil_div(m, block_m) * ceil_div(n, block_n)
+    return tiles, ceil_div(tiles, num_sms)
+
+
+def select(m: int, n: int, k: int, num_sms: int) -> Choice:
+    """The variant and rasterization for an (M, N, K) problem on a GPU with num_sms SMs."""
+    if m < 1 or n < 1 or k < BLOCK_K or num_sms < 1:
+        raise ValueError(f"select: need M, N >= 1, K >= {BLOCK_K}, num_sms >= 1; got {m}, {n}, {k}, {num_sms}")
+    dual = _env_flag("DEEPERGEMM_DUAL_ACC", True)
+    forced = _forced_shape()
+    if forced is not None:
+        shape = forced
+    else:
+        block_m = 64 if m <= 64 else 128
+        shapes = [(bm, bn) for bm, bn in TILE_SHAPES if bm == block_m]
+
+        def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
+            bm, bn = shape
+            _, waves = waves_for(m, n, bm, bn, num_sms)
+            return waves * bm * bn * _TILE_COST[bm], -bn  # ties: the larger tile (fewer, longer tiles)
+
+        shape = min(shapes, key=modelled_time)
+    variant = find_variant(*shape, dual)
+    tiles, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms)
+    n_tiles = ceil_div(n, variant.block_n)
+    group_n = int(os.environ.get("DEEPERGEMM_GROUP_N", DEFAULT_GROUP_N))
+    if group_n < 1:
+        raise ValueError(f"DEEPERGEMM_GROUP_N must be >= 1, got {group_n}")
+    return Choice(variant, min(group_n, n_tiles), tiles, waves, min(tiles, num_sms))

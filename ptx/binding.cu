@@ -1,0 +1,111 @@
+// Host side of one GEMM variant: tensor maps, launch configuration, and the function Python calls.
+// The variant (DG_BM, DG_BN, DG_STAGES, DG_DUAL) is fixed at compile time by deepergemm/extension.py,
+// one extension module per variant. Python has already validated every input (deepergemm/layouts.py);
+// the checks here only guard against a caller that bypassed it. Plain host code (no <regex>: it was
+// seen to crash under torch 2.11's runtime).
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+#include <torch/extension.h>
+
+#include <cstdint>
+
+#include "fp8_gemm.cuh"
+
+#ifndef DG_BM
+#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_DUAL=.."
+#endif
+
+namespace {
+
+constexpr int kBM = DG_BM, kBN = DG_BN, kStages = DG_STAGES;
+constexpr bool kDual = DG_DUAL != 0;
+using Layout = typename dg::GemmTraits<kBM, kBN, kStages, kDual>::Layout;
+constexpr auto kKernel = dg::fp8_gemm_kernel<kBM, kBN, kStages, kDual>;
+
+#define DG_CUDA_CHECK(expr)                                                                   \
+  do {                                                                                        \
+    cudaError_t err_ = (expr);                                                                \
+    TORCH_CHECK(err_ == cudaSuccess, "deepergemm: ", #expr, " failed: ", cudaGetErrorString(err_)); \
+  } while (0)
+
+// CUDA 13 only exposes the versioned driver prototype: fetch the 12.0 ABI of cuTensorMapEncodeTiled.
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+  if (fn == nullptr) {
+    void* entry = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    DG_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &entry, 12000, cudaEnableDefault, &found));
+    TORCH_CHECK(found == cudaDriverEntryPointSuccess && entry != nullptr,
+                "deepergemm: the CUDA driver has no cuTensorMapEncodeTiled (driver too old for TMA?)");
+    fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(entry);
+  }
+  return fn;
+}
+
+// 2-D row-major tensor: `inner` contiguous elements per row, `outer` rows `row_bytes` apart.
+CUtensorMap tensor_map_2d(const void* base, CUtensorMapDataType type, uint64_t inner, uint64_t outer,
+                          uint64_t row_bytes, uint32_t box_inner, uint32_t box_outer, CUtensorMapSwizzle swizzle) {
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {inner, outer};
+  const cuuint64_t strides[1] = {row_bytes};
+  const cuuint32_t box[2] = {box_inner, box_outer};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult res = encode_tiled()(&map, type, 2, const_cast<void*>(base), dims, strides, box, elem_strides,
+                                      CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(res == CUDA_SUCCESS, "deepergemm: cuTensorMapEncodeTiled failed (error ", static_cast<int>(res),
+              ") for a ", outer, " x ", inner, " tensor with row stride ", row_bytes, " bytes");
+  return map;
+}
+
+}  // namespace
+
+// out = (a * a_scales) @ (b * b_scales)^T (+ bias), written into `out` (M, N) bf16 or fp32.
+// a_scales: (M, K/128) fp32 with strides (1, M_pad), M_pad % 4 == 0. bias_kind: 0 none, 1 fp32, 2 bf16.
+// stream: the caller's current CUDA stream (passed from Python: no torch CUDA headers needed here).
+void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b, const at::Tensor& b_scales,
+              at::Tensor& out, const at::Tensor& bias, int64_t bias_kind, int64_t num_sms, int64_t group_n, int64_t stream) {
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
+  TORCH_CHECK(k % dg::kBlockK == 0 && n % 8 == 0 && m > 0, "deepergemm: bad GEMM shape ", m, "x", n, "x", k);
+  TORCH_CHECK(a.stride(1) == 1 && b.stride(1) == 1 && out.is_contiguous() && b_scales.is_contiguous(),
+              "deepergemm: a, b must be K-major and out, b_scales contiguous");
+  const int64_t k_blocks = k / dg::kBlockK;
+  const int64_t sa_stride = k_blocks > 1 ? a_scales.stride(1) : (m + 3) / 4 * 4;
+  TORCH_CHECK(a_scales.stride(0) == 1 || m == 1, "deepergemm: a_scales must be M-major");
+
+  const CUtensorMap map_a = tensor_map_2d(a.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, m, a.stride(0), dg::kBlockK,
+                                          kBM, CU_TENSOR_MAP_SWIZZLE_128B);
+  const CUtensorMap map_b = tensor_map_2d(b.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, n, b.stride(0), dg::kBlockK,
+                                          kBN, CU_TENSOR_MAP_SWIZZLE_128B);
+  const CUtensorMap map_sa = tensor_map_2d(a_scales.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m, k_blocks,
+                                           sa_stride * 4, kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
+
+  dg::GemmParams p;
+  p.m = static_cast<int>(m);
+  p.n = static_cast<int>(n);
+  p.k_blocks = static_cast<int>(k_blocks);
+  p.out = out.data_ptr();
+  p.out_fp32 = out.scalar_type() == at::kFloat;
+  p.b_scales = b_scales.data_ptr<float>();
+  p.bias = bias_kind != dg::kBiasNone ? bias.data_ptr() : nullptr;
+  p.bias_kind = static_cast<int>(bias_kind);
+  p.group_n = static_cast<int>(group_n);
+
+  static bool attributes_set = false;  // per module = per variant; the value is the same on every device
+  if (!attributes_set) {
+    DG_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kDynamicBytes));
+    attributes_set = true;
+  }
+  const int64_t tiles = ((m + kBM - 1) / kBM) * ((n + kBN - 1) / kBN);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(tiles, num_sms)));
+  config.blockDim = dim3(dg::kThreads);
+  config.dynamicSmemBytes = Layout::kDynamicBytes;
+  config.stream = reinterpret_cast<cudaStream_t>(stream);
+  DG_CUDA_CHECK(cudaLaunchKernelEx(&config, kKernel, map_a, map_b, map_sa, p));
+}
+
+// The compile-time facts of this variant, for Python's checks and reports.
+std::vector<int64_t> variant_info() {
+  return {kBM, kBN, kStages, kDual ? 1 : 0, Layout::kDynamicBytes};
+}

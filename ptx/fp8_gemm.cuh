@@ -1,0 +1,317 @@
+// The FP8 block-scaled GEMM: out (M, N) = (A * sa) @ (B * sb)^T, A (M, K) and B (N, K) fp8 e4m3 K-major,
+// sa per 1x128 (M-major fp32), sb per 128x128 block, fp32 accumulation, bf16 or fp32 out (+ bias).
+//
+// One persistent CTA per SM, 384 threads:
+//   warpgroup 0  producer: one thread issues the TMA loads of A, B and the A scales into a ring of
+//                STAGES shared-memory stages (full/empty mbarriers), running ahead across tiles.
+//   warpgroups 1, 2  math: per stage (128 of K) four wgmma m64nNk32 into a partial accumulator, then
+//                promotion total += partial * sa[row] * sb[n-block] on the CUDA cores. With DUAL the
+//                next stage's wgmmas are issued into a second partial before promoting the previous
+//                one, so the tensor cores never wait on the promotion (nor on the epilogue).
+// Tile split between the math warpgroups: BM = 128: 64 rows each, all BN columns;
+//                                         BM = 64: all 64 rows, BN/2 columns each.
+#pragma once
+
+#include <cstdint>
+
+#include "ptx.cuh"
+#include "scheduler.cuh"
+#include "smem.cuh"
+
+namespace dg {
+
+enum BiasKind : int { kBiasNone = 0, kBiasF32 = 1, kBiasBF16 = 2 };
+
+struct GemmParams {
+  int m, n, k_blocks;
+  void* out;                 // (M, N) contiguous, bf16 or fp32
+  int out_fp32;
+  const float* b_scales;     // (ceil(N/128), K/128) row-major
+  const void* bias;          // (N,) or null
+  int bias_kind;
+  int group_n;               // rasterization band width in N-tiles
+};
+
+constexpr int kThreads = 384;
+constexpr int kMathWarpgroups = 2;
+constexpr int kMathWarps = kMathWarpgroups * 4;
+constexpr int kProducerRegs = 40;
+constexpr int kMathRegs = 232;
+
+template <int BM, int BN, int STAGES, bool DUAL>
+struct GemmTraits {
+  static_assert(BM == 64 || BM == 128, "BLOCK_M is 64 or 128");
+  static constexpr int kWgN = BM == 128 ? BN : BN / 2;   // columns per math warpgroup
+  static constexpr int kRegs = kWgN / 2;                 // fp32 accumulators per thread per set
+  static constexpr int kGroups8 = kWgN / 8;              // 8-column groups per warpgroup
+  static_assert(kWgN % 16 == 0 && kWgN <= 256, "warpgroup N must be a multiple of 16 (stmatrix.x4), <= 256");
+  using Layout = SmemLayout<BM, BN, STAGES, 64, kWgN>;
+};
+
+// ---------------------------------------------------------------------------------------------
+// producer: one thread streams A, B and the A scales of every step into the stage ring
+// ---------------------------------------------------------------------------------------------
+template <int BM, int BN, int STAGES>
+__device__ __forceinline__ void produce(const TileScheduler& sched, uint8_t* smem, uint64_t* full, uint64_t* empty,
+                                        const CUtensorMap* map_a, const CUtensorMap* map_b,
+                                        const CUtensorMap* map_sa) {
+  using L = SmemLayout<BM, BN, STAGES, 64, 16>;  // epilogue size does not move the tile offsets
+  const uint32_t steps = sched.num_steps();
+  for (uint32_t s = 0; s < steps; ++s) {
+    const uint32_t stage = s % STAGES;
+    mbar_wait(&empty[stage], ((s / STAGES) & 1) ^ 1);  // the first pass finds every stage free
+    const Step st = sched.step(s);
+    mbar_arrive_expect_tx(&full[stage], L::kTxBytes);  // out-of-bounds boxes count in full (zero-filled)
+    tma_load_2d(smem + L::kA + stage * L::kABytes, map_a, &full[stage], st.k_block * kBlockK, st.m_block * BM);
+    tma_load_2d(smem + L::kB + stage * L::kBBytes, map_b, &full[stage], st.k_block * kBlockK, st.n_block * BN);
+    tma_load_2d(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], st.m_block * BM, st.k_block);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// math warpgroups
+// ---------------------------------------------------------------------------------------------
+// What a step's promotion needs, captured when its wgmmas are issued.
+struct StepScales {
+  float sa_lo, sa_hi;   // A scales of the thread's two rows (r and r + 8)
+  float sb_lo, sb_hi;   // B scales of the 128-block holding the warpgroup's first column, and the next
+  int sb_switch;        // first warpgroup column that uses sb_hi (>= kWgN: none)
+  Step step;
+};
+
+template <int BM, int BN, int STAGES, bool DUAL>
+struct MathWarpgroup {
+  using T = GemmTraits<BM, BN, STAGES, DUAL>;
+  using L = typename T::Layout;
+  static constexpr int kRegs = T::kRegs;
+
+  const GemmParams& p;
+  const TileScheduler& sched;
+  uint8_t* smem;
+  uint64_t* full;
+  uint64_t* empty;
+  int wg;          // 0 or 1
+  int tid;         // thread in the warpgroup
+  int warp, lane;
+  int row_base;    // first tile row of this warpgroup (A rows, epilogue rows)
+  int col_base;    // first tile column of this warpgroup
+
+  __device__ __forceinline__ MathWarpgroup(const GemmParams& params, const TileScheduler& s, uint8_t* sm,
+                                           uint64_t* f, uint64_t* e, int math_wg)
+      : p(params), sched(s), smem(sm), full(f), empty(e), wg(math_wg) {
+    tid = threadIdx.x % 128;
+    warp = tid / 32;
+    lane = tid % 32;
+    row_base = BM == 128 ? 64 * wg : 0;
+    col_base = BM == 128 ? 0 : T::kWgN * wg;
+  }
+
+  // Wait for step s's data, note its scales, issue its four k32 wgmmas into acc (one commit group).
+  __device__ __forceinline__ void issue(float (&acc)[kRegs], StepScales& sc, uint32_t s) {
+    const uint32_t stage = s % STAGES;
+    sc.step = sched.step(s);
+    // B scales first: a global load whose latency hides behind the wait and the wgmmas.
+    const int n0 = sc.step.n_block * BN + col_base;
+    const int nb = n0 / kBlockK;
+    const int nb_last = (p.n - 1) / kBlockK;
+    const float* sb_row = p.b_scales + static_cast<int64_t>(nb) * p.k_blocks + sc.step.k_block;
+    sc.sb_lo = ld_global_nc_f32(sb_row);
+    sc.sb_hi = nb < nb_last ? ld_global_nc_f32(sb_row + p.k_blocks) : sc.sb_lo;
+    sc.sb_switch = (nb + 1) * kBlockK - n0;
+
+    mbar_wait(&full[stage], (s / STAGES) & 1);
+    const uint32_t sa_addr = smem_addr(smem + L::kSA + stage * L::kSASlot) + (row_base + warp * 16 + lane / 4) * 4;
+    sc.sa_lo = ld_shared_f32(sa_addr);
+    sc.sa_hi = ld_shared_f32(sa_addr + 8 * 4);
+
+    const uint64_t desc_a =
+        smem_desc_kmajor_sw128(smem_addr(smem + L::kA + stage * L::kABytes + row_base * kSwizzleBytes));
+    const uint64_t desc_b =
+        smem_desc_kmajor_sw128(smem_addr(smem + L::kB + stage * L::kBBytes + col_base * kSwizzleBytes));
+#pragma unroll
+    for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < kBlockK / 32; ++k) {
+      Wgmma<T::kWgN>::mma(acc, desc_a + k * kDescK32Step, desc_b + k * kDescK32Step, k);
+    }
+    wgmma_commit();  // no operand fence here: touching acc before the wait would make ptxas serialize
+  }
+
+  // Step s's wgmmas have completed: free its stage, promote into total, and finish the tile if it was
+  // the tile's last K block.
+  __device__ __forceinline__ void retire(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc,
+                                         uint32_t s) {
+#pragma unroll
+    for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s % STAGES]);
+    const float f_lo = sc.sa_lo * sc.sb_lo, f_hi = sc.sa_hi * sc.sb_lo;
+    const float g_lo = sc.sa_lo * sc.sb_hi, g_hi = sc.sa_hi * sc.sb_hi;
+#pragma unroll
+    for (int j = 0; j < T::kGroups8; ++j) {
+      const bool hi = 8 * j >= sc.sb_switch;  // 8-column groups never straddle a 128 boundary
+      const float s_lo = hi ? g_lo : f_lo, s_hi = hi ? g_hi : f_hi;
+      total[4 * j + 0] = fmaf(acc[4 * j + 0], s_lo, total[4 * j + 0]);
+      total[4 * j + 1] = fmaf(acc[4 * j + 1], s_lo, total[4 * j + 1]);
+      total[4 * j + 2] = fmaf(acc[4 * j + 2], s_hi, total[4 * j + 2]);
+      total[4 * j + 3] = fmaf(acc[4 * j + 3], s_hi, total[4 * j + 3]);
+    }
+    if (sc.step.last_k) {
+      epilogue(total, sc.step);
+#pragma unroll
+      for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
+    }
+  }
+
+  __device__ __forceinline__ float bias_at(int col) const {
+    if (p.bias_kind == kBiasF32) return static_cast<const float*>(p.bias)[col];
+    const uint16_t bits = static_cast<const uint16_t*>(p.bias)[col];
+    return __uint_as_float(static_cast<uint32_t>(bits) << 16);
+  }
+
+  // Accumulator element (j, e) of this thread: row warp*16 + lane/4 (+8 for e >= 2),
+  // column 8j + 2*(lane%4) + (e & 1).
+  __device__ __forceinline__ void epilogue(float (&total)[kRegs], const Step& st) {
+    const int m0 = st.m_block * BM + row_base;
+    const int n0 = st.n_block * BN + col_base;
+    const int quad_col = 2 * (lane % 4);
+    if (p.bias_kind != kBiasNone) {
+#pragma unroll
+      for (int j = 0; j < T::kGroups8; ++j) {
+        const int col = n0 + 8 * j + quad_col;
+        if (col < p.n) {  // N % 8 == 0: both columns of the pair are in or out together
+          const float b0 = bias_at(col), b1 = bias_at(col + 1);
+          total[4 * j + 0] += b0;
+          total[4 * j + 1] += b1;
+          total[4 * j + 2] += b0;
+          total[4 * j + 3] += b1;
+        }
+      }
+    }
+    if (p.out_fp32) {
+      float* out = static_cast<float*>(p.out);
+      const int r = m0 + warp * 16 + lane / 4;
+#pragma unroll
+      for (int j = 0; j < T::kGroups8; ++j) {
+        const int col = n0 + 8 * j + quad_col;
+        if (col < p.n) {
+          if (r < p.m) st_global_v2_f32(out + static_cast<int64_t>(r) * p.n + col, total[4 * j], total[4 * j + 1]);
+          if (r + 8 < p.m)
+            st_global_v2_f32(out + static_cast<int64_t>(r + 8) * p.n + col, total[4 * j + 2], total[4 * j + 3]);
+        }
+      }
+      return;
+    }
+    // bf16: stmatrix into this warpgroup's padded staging rows, then 16-byte coalesced global stores.
+    const uint32_t epi = smem_addr(smem + L::kEpi + wg * L::kEpiBytesPerWG);
+    named_barrier_sync(1 + wg, 128);  // the previous tile's stores have read the staging rows
+    {
+      const int row = warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
+      const uint32_t row_addr = epi + row * L::kEpiPitch + (lane / 16) * 16;
+#pragma unroll
+      for (int jj = 0; jj < T::kGroups8 / 2; ++jj) {
+        const int j = 2 * jj;
+        stmatrix_x4(row_addr + jj * 32, pack_bf16x2(total[4 * j + 0], total[4 * j + 1]),
+                    pack_bf16x2(total[4 * j + 2], total[4 * j + 3]), pack_bf16x2(total[4 * j + 4], total[4 * j + 5]),
+                    pack_bf16x2(total[4 * j + 6], total[4 * j + 7]));
+      }
+    }
+    named_barrier_sync(1 + wg, 128);
+    constexpr int kChunksPerRow = T::kWgN / 8;  // 16-byte chunks
+    uint16_t* out = static_cast<uint16_t*>(p.out);
+#pragma unroll
+    for (int i = 0; i < 64 * kChunksPerRow / 128; ++i) {
+      const int idx = tid + i * 128;
+      const int row = idx / kChunksPerRow, chunk = idx % kChunksPerRow;
+      const int gm = m0 + row, gn = n0 + chunk * 8;
+      if (gm < p.m && gn < p.n) {
+        st_global_v4(out + static_cast<int64_t>(gm) * p.n + gn, ld_shared_v4(epi + row * L::kEpiPitch + chunk * 16));
+      }
+    }
+  }
+
+  __device__ __forceinline__ void run() {
+    const uint32_t steps = sched.num_steps();
+    if (steps == 0) return;
+    float total[kRegs];
+#pragma unroll
+    for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
+    float acc0[kRegs];
+    StepScales sc0;
+    if constexpr (!DUAL) {
+      for (uint32_t s = 0; s < steps; ++s) {
+        issue(acc0, sc0, s);
+        wgmma_wait<0>();
+        retire(acc0, total, sc0, s);
+      }
+    } else {
+      // Two partial sets: issue step s+1, wait for step s only, promote step s while s+1 runs. The
+      // steady state is straight-line code (no merge of paths where a set is in flight, which would make
+      // ptxas insert a wait, C7517); the tail finishes one or two pending steps.
+      float acc1[kRegs];
+      StepScales sc1;
+      issue(acc0, sc0, 0);
+      uint32_t s = 1;
+      for (; s + 1 < steps; s += 2) {
+        issue(acc1, sc1, s);
+        wgmma_wait<1>();
+        retire(acc0, total, sc0, s - 1);
+        issue(acc0, sc0, s + 1);
+        wgmma_wait<1>();
+        retire(acc1, total, sc1, s);
+      }
+      if (s < steps) {
+        issue(acc1, sc1, s);
+        wgmma_wait<1>();
+        retire(acc0, total, sc0, s - 1);
+        wgmma_wait<0>();
+        retire(acc1, total, sc1, s);
+      } else {
+        wgmma_wait<0>();
+        retire(acc0, total, sc0, s - 1);
+      }
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// the kernel
+// ---------------------------------------------------------------------------------------------
+template <int BM, int BN, int STAGES, bool DUAL>
+__global__ void __launch_bounds__(kThreads, 1)
+    fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                    const __grid_constant__ CUtensorMap map_sa, const GemmParams p) {
+  using L = typename GemmTraits<BM, BN, STAGES, DUAL>::Layout;
+  extern __shared__ uint8_t smem_raw[];
+  // 128B-swizzled tiles need 1024-byte alignment; the dynamic allocation only promises 16.
+  uint8_t* smem = smem_raw + ((kSwizzleAtomBytes - (smem_addr(smem_raw) % kSwizzleAtomBytes)) % kSwizzleAtomBytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarriers);
+  uint64_t* empty = full + STAGES;
+
+  const int wg = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    prefetch_tensor_map(&map_a);
+    prefetch_tensor_map(&map_b);
+    prefetch_tensor_map(&map_sa);
+#pragma unroll
+    for (int i = 0; i < STAGES; ++i) {
+      mbar_init(&full[i], 1);            // the producer's arrive.expect_tx
+      mbar_init(&empty[i], kMathWarps);  // one arrive per math warp
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  const TileScheduler sched{(p.m + BM - 1) / BM, (p.n + BN - 1) / BN, p.k_blocks, p.group_n};
+  if (wg == 0) {
+    setmaxnreg_dec<kProducerRegs>();
+    if (threadIdx.x == 0) produce<BM, BN, STAGES>(sched, smem, full, empty, &map_a, &map_b, &map_sa);
+  } else {
+    setmaxnreg_inc<kMathRegs>();
+    MathWarpgroup<BM, BN, STAGES, DUAL> math(p, sched, smem, full, empty, wg - 1);
+    math.run();
+  }
+}
+
+}  // namespace dg

@@ -1,0 +1,51 @@
+// Shared-memory layout of the GEMM and the wgmma matrix descriptors that point into it.
+#pragma once
+
+#include <cstdint>
+
+#include "ptx.cuh"
+
+namespace dg {
+
+constexpr int kBlockK = 128;           // K per stage = the scale group: one promotion per stage
+constexpr int kSwizzleBytes = 128;     // TMA 128B swizzle: one 128-byte fp8 row per M/N index
+constexpr int kSwizzleAtomBytes = 1024;  // 8 rows x 128 B: the unit tiles must be aligned to
+
+constexpr int round_up_c(int x, int to) { return (x + to - 1) / to * to; }
+
+// K-major fp8 tile with 128B swizzle: rows of 128 bytes, 8-row atoms 1024 bytes apart (SBO), no LBO
+// (the whole K extent of a wgmma, 32 bytes, lies inside one swizzled row). Bits: [0,14) address >> 4,
+// [32,46) SBO >> 4, [62,64) swizzle mode (1 = 128B).
+__device__ __forceinline__ uint64_t smem_desc_kmajor_sw128(uint32_t smem_address) {
+  return static_cast<uint64_t>((smem_address & 0x3FFFF) >> 4) |
+         (static_cast<uint64_t>(kSwizzleAtomBytes >> 4) << 32) | (1ull << 62);
+}
+// Moving along K inside the swizzle atom is a plain address offset: 32 bytes (one k32 step) = 2 units.
+constexpr uint64_t kDescK32Step = 32 >> 4;
+
+// Byte offsets of every region of the kernel's dynamic shared memory (from a 1024-aligned base).
+template <int BM, int BN, int STAGES, int EPI_ROWS, int EPI_N>
+struct SmemLayout {
+  static constexpr int kABytes = BM * kBlockK;                    // fp8 A tile of one stage
+  static constexpr int kBBytes = BN * kBlockK;                    // fp8 B tile of one stage
+  static constexpr int kSABytes = BM * 4;                         // fp32 A scales of one stage
+  static constexpr int kSASlot = round_up_c(kSABytes, 128);
+  static constexpr int kTxBytes = kABytes + kBBytes + kSABytes;   // what TMA delivers per stage
+  // Epilogue staging: per math warpgroup EPI_ROWS x EPI_N bf16, rows padded by 16 bytes so the 8
+  // rows an stmatrix writes fall in different banks.
+  static constexpr int kEpiPitch = EPI_N * 2 + 16;
+  static constexpr int kEpiBytesPerWG = EPI_ROWS * kEpiPitch;
+
+  static constexpr int kA = 0;
+  static constexpr int kB = kA + STAGES * kABytes;
+  static constexpr int kSA = kB + STAGES * kBBytes;
+  static constexpr int kEpi = kSA + STAGES * kSASlot;
+  static constexpr int kBarriers = round_up_c(kEpi + 2 * kEpiBytesPerWG, 8);
+  static constexpr int kEnd = kBarriers + 2 * STAGES * 8;
+  static constexpr int kDynamicBytes = kEnd + kSwizzleAtomBytes;  // slack to align the base
+
+  static_assert(kABytes % kSwizzleAtomBytes == 0 && kBBytes % kSwizzleAtomBytes == 0,
+                "tiles must keep 1024-byte alignment for the 128B swizzle");
+};
+
+}  // namespace dg
