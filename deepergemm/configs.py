@@ -25,6 +25,7 @@ SMEM_LIMIT = 232448        # bytes of dynamic shared memory per block on sm_90 (
 SWIZZLE_ATOM = 1024        # the kernel aligns its shared memory base to this (slack is allocated)
 MAX_MATH_REGS_DUAL = 128   # warpgroup N up to which three accumulator sets fit in 232 registers
 DEFAULT_GROUP_N = 16
+STEP_META_BYTES = 32     # per stage: the step's tile coordinates and B scales (dg::StepMeta)
 
 
 @dataclass(frozen=True, order=True)
@@ -46,7 +47,7 @@ class Variant:
     @property
     def smem_bytes(self) -> int:
         """Dynamic shared memory the kernel asks for; mirrors dg::SmemLayout (the CI build checks they agree)."""
-        stage = self.block_m * BLOCK_K + self.block_n * BLOCK_K + round_up(self.block_m * 4, 128)
+        stage = self.block_m * BLOCK_K + self.block_n * BLOCK_K + round_up(self.block_m * 4, 128) + STEP_META_BYTES
         epilogue = 2 * 64 * (self.wg_n * 2 + 16)
         barriers = 2 * self.stages * 8
         return round_up(self.stages * stage + epilogue, 8) + barriers + SWIZZLE_ATOM

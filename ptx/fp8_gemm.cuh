@@ -49,22 +49,73 @@ struct GemmTraits {
 };
 
 // ---------------------------------------------------------------------------------------------
-// producer: one thread streams A, B and the A scales of every step into the stage ring
+// producer warpgroup: warp 0 streams A, B and the A scales with TMA; warp 1 publishes each step's
+// tile coordinates and B scales into the stage, so the math warpgroups find everything a step needs
+// in shared memory (no global-load latency and no index arithmetic between their wgmmas)
 // ---------------------------------------------------------------------------------------------
+constexpr int kMaxScaleBlocks = 4;  // 128-wide B scale blocks a tile of up to 256 columns can touch (3) + pad
+
+struct StepMeta {                   // one per stage, 32 bytes (SmemLayout::kMetaSlot)
+  float sb[kMaxScaleBlocks];        // B scales of blocks n_block*BN/128 + j (clamped to the last block)
+  int m_block, n_block, k_block, last_k;
+};
+static_assert(sizeof(StepMeta) == 32, "StepMeta must fill its 32-byte slot");
+
 template <int BM, int BN, int STAGES>
-__device__ __forceinline__ void produce(const TileScheduler& sched, uint8_t* smem, uint64_t* full, uint64_t* empty,
-                                        const CUtensorMap* map_a, const CUtensorMap* map_b,
-                                        const CUtensorMap* map_sa) {
-  using L = SmemLayout<BM, BN, STAGES, 64, 16>;  // epilogue size does not move the tile offsets
+__device__ __forceinline__ void produce_tiles(const TileScheduler& sched, uint8_t* smem, uint64_t* full,
+                                              uint64_t* empty, const CUtensorMap* map_a, const CUtensorMap* map_b,
+                                              const CUtensorMap* map_sa) {
+  using L = SmemLayout<BM, BN, STAGES, 64, 16>;  // the epilogue size does not move the tile offsets
   const uint32_t steps = sched.num_steps();
+  int tile = blockIdx.x, k_block = 0, m_block = 0, n_block = 0;
+  sched.tile_coords(tile, m_block, n_block);
   for (uint32_t s = 0; s < steps; ++s) {
     const uint32_t stage = s % STAGES;
     mbar_wait(&empty[stage], ((s / STAGES) & 1) ^ 1);  // the first pass finds every stage free
-    const Step st = sched.step(s);
     mbar_arrive_expect_tx(&full[stage], L::kTxBytes);  // out-of-bounds boxes count in full (zero-filled)
-    tma_load_2d(smem + L::kA + stage * L::kABytes, map_a, &full[stage], st.k_block * kBlockK, st.m_block * BM);
-    tma_load_2d(smem + L::kB + stage * L::kBBytes, map_b, &full[stage], st.k_block * kBlockK, st.n_block * BN);
-    tma_load_2d(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], st.m_block * BM, st.k_block);
+    tma_load_2d(smem + L::kA + stage * L::kABytes, map_a, &full[stage], k_block * kBlockK, m_block * BM);
+    tma_load_2d(smem + L::kB + stage * L::kBBytes, map_b, &full[stage], k_block * kBlockK, n_block * BN);
+    tma_load_2d(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], m_block * BM, k_block);
+    if (++k_block == sched.k_blocks) {  // incremental: no division per step
+      k_block = 0;
+      tile += gridDim.x;
+      if (s + 1 < steps) sched.tile_coords(tile, m_block, n_block);
+    }
+  }
+}
+
+// Lane i prepares step base + i (its B scales are global loads: 32 steps share one latency), then the
+// warp hands the steps to the stages in order, lane j writing step base + j and arriving on full.
+template <int BM, int BN, int STAGES>
+__device__ __forceinline__ void publish_step_meta(const TileScheduler& sched, const GemmParams& p, uint8_t* smem,
+                                                  uint64_t* full, uint64_t* empty, int lane) {
+  using L = SmemLayout<BM, BN, STAGES, 64, 16>;
+  const uint32_t steps = sched.num_steps();
+  const int nb_last = (p.n - 1) / kBlockK;
+  for (uint32_t base = 0; base < steps; base += 32) {
+    StepMeta meta;
+    const uint32_t mine = base + lane;
+    if (mine < steps) {
+      const Step st = sched.step(mine);
+      const int nb0 = st.n_block * BN / kBlockK;
+      const float* col = p.b_scales + static_cast<int64_t>(nb0) * p.k_blocks + st.k_block;
+#pragma unroll
+      for (int j = 0; j < kMaxScaleBlocks; ++j) meta.sb[j] = ld_global_nc_f32(col + min(j, nb_last - nb0) * p.k_blocks);
+      meta.m_block = st.m_block;
+      meta.n_block = st.n_block;
+      meta.k_block = st.k_block;
+      meta.last_k = st.last_k;
+    }
+    const uint32_t count = min(32u, steps - base);
+    for (uint32_t j = 0; j < count; ++j) {
+      const uint32_t s = base + j, stage = s % STAGES;
+      mbar_wait(&empty[stage], ((s / STAGES) & 1) ^ 1);
+      if (lane == static_cast<int>(j)) {
+        *reinterpret_cast<StepMeta*>(smem + L::kMeta + stage * L::kMetaSlot) = meta;
+        mbar_arrive(&full[stage]);  // release: the meta store is visible to whoever sees the phase flip
+      }
+      __syncwarp();
+    }
   }
 }
 
@@ -76,7 +127,7 @@ struct StepScales {
   float sa_lo, sa_hi;   // A scales of the thread's two rows (r and r + 8)
   float sb_lo, sb_hi;   // B scales of the 128-block holding the warpgroup's first column, and the next
   int sb_switch;        // first warpgroup column that uses sb_hi (>= kWgN: none)
-  Step step;
+  int m_block, n_block, last_k;
 };
 
 template <int BM, int BN, int STAGES, bool DUAL>
@@ -106,20 +157,20 @@ struct MathWarpgroup {
     col_base = BM == 128 ? 0 : T::kWgN * wg;
   }
 
-  // Wait for step s's data, note its scales, issue its four k32 wgmmas into acc (one commit group).
+  // Wait for step s's data, note its scales and tile, issue its four k32 wgmmas into acc (one commit group).
   __device__ __forceinline__ void issue(float (&acc)[kRegs], StepScales& sc, uint32_t s) {
     const uint32_t stage = s % STAGES;
-    sc.step = sched.step(s);
-    // B scales first: a global load whose latency hides behind the wait and the wgmmas.
-    const int n0 = sc.step.n_block * BN + col_base;
-    const int nb = n0 / kBlockK;
-    const int nb_last = (p.n - 1) / kBlockK;
-    const float* sb_row = p.b_scales + static_cast<int64_t>(nb) * p.k_blocks + sc.step.k_block;
-    sc.sb_lo = ld_global_nc_f32(sb_row);
-    sc.sb_hi = nb < nb_last ? ld_global_nc_f32(sb_row + p.k_blocks) : sc.sb_lo;
-    sc.sb_switch = (nb + 1) * kBlockK - n0;
-
     mbar_wait(&full[stage], (s / STAGES) & 1);
+    const uint32_t meta = smem_addr(smem + L::kMeta + stage * L::kMetaSlot);
+    const uint4 coords = ld_shared_v4(meta + 4 * kMaxScaleBlocks);
+    sc.m_block = static_cast<int>(coords.x);
+    sc.n_block = static_cast<int>(coords.y);
+    sc.last_k = static_cast<int>(coords.w);
+    const int n_tile = sc.n_block * BN, n0 = n_tile + col_base;
+    const int j = n0 / kBlockK - n_tile / kBlockK;  // which of the tile's scale blocks this warpgroup starts in
+    sc.sb_lo = ld_shared_f32(meta + 4 * j);
+    sc.sb_hi = ld_shared_f32(meta + 4 * (j + 1));
+    sc.sb_switch = (n0 / kBlockK + 1) * kBlockK - n0;
     const uint32_t sa_addr = smem_addr(smem + L::kSA + stage * L::kSASlot) + (row_base + warp * 16 + lane / 4) * 4;
     sc.sa_lo = ld_shared_f32(sa_addr);
     sc.sa_hi = ld_shared_f32(sa_addr + 8 * 4);
@@ -157,8 +208,8 @@ struct MathWarpgroup {
       total[4 * j + 2] = fmaf(acc[4 * j + 2], s_hi, total[4 * j + 2]);
       total[4 * j + 3] = fmaf(acc[4 * j + 3], s_hi, total[4 * j + 3]);
     }
-    if (sc.step.last_k) {
-      epilogue(total, sc.step);
+    if (sc.last_k) {
+      epilogue(total, sc.m_block, sc.n_block);
 #pragma unroll
       for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
     }
@@ -172,9 +223,9 @@ struct MathWarpgroup {
 
   // Accumulator element (j, e) of this thread: row warp*16 + lane/4 (+8 for e >= 2),
   // column 8j + 2*(lane%4) + (e & 1).
-  __device__ __forceinline__ void epilogue(float (&total)[kRegs], const Step& st) {
-    const int m0 = st.m_block * BM + row_base;
-    const int n0 = st.n_block * BN + col_base;
+  __device__ __forceinline__ void epilogue(float (&total)[kRegs], int m_block, int n_block) {
+    const int m0 = m_block * BM + row_base;
+    const int n0 = n_block * BN + col_base;
     const int quad_col = 2 * (lane % 4);
     if (p.bias_kind != kBiasNone) {
 #pragma unroll
@@ -296,7 +347,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefetch_tensor_map(&map_sa);
 #pragma unroll
     for (int i = 0; i < STAGES; ++i) {
-      mbar_init(&full[i], 1);            // the producer's arrive.expect_tx
+      mbar_init(&full[i], 2);            // the TMA thread's arrive.expect_tx + the meta writer's arrive
       mbar_init(&empty[i], kMathWarps);  // one arrive per math warp
     }
     fence_barrier_init();
@@ -306,7 +357,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const TileScheduler sched{(p.m + BM - 1) / BM, (p.n + BN - 1) / BN, p.k_blocks, p.group_n};
   if (wg == 0) {
     setmaxnreg_dec<kProducerRegs>();
-    if (threadIdx.x == 0) produce<BM, BN, STAGES>(sched, smem, full, empty, &map_a, &map_b, &map_sa);
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x == 0) produce_tiles<BM, BN, STAGES>(sched, smem, full, empty, &map_a, &map_b, &map_sa);
+    if (warp == 1) publish_step_meta<BM, BN, STAGES>(sched, p, smem, full, empty, threadIdx.x % 32);
   } else {
     setmaxnreg_inc<kMathRegs>();
     MathWarpgroup<BM, BN, STAGES, DUAL> math(p, sched, smem, full, empty, wg - 1);

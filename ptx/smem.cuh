@@ -39,7 +39,9 @@ struct SmemLayout {
   static constexpr int kA = 0;
   static constexpr int kB = kA + STAGES * kABytes;
   static constexpr int kSA = kB + STAGES * kBBytes;
-  static constexpr int kEpi = kSA + STAGES * kSASlot;
+  static constexpr int kMeta = kSA + STAGES * kSASlot;          // per stage: StepMeta (32 bytes)
+  static constexpr int kMetaSlot = 32;
+  static constexpr int kEpi = kMeta + STAGES * kMetaSlot;
   static constexpr int kBarriers = round_up_c(kEpi + 2 * kEpiBytesPerWG, 8);
   static constexpr int kEnd = kBarriers + 2 * STAGES * 8;
   static constexpr int kDynamicBytes = kEnd + kSwizzleAtomBytes;  // slack to align the base

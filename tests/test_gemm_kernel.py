@@ -53,22 +53,21 @@ def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, gr
     return out
 
 
-SMALL_OUTPUT = 4096  # below this many elements calc_diff is dominated by a few bf16 roundings
+SMALL_OUTPUT = 4096  # below this many elements calc_diff is dominated by a handful of roundings
 
 
-def check(out, expected, what):
-    """calc_diff <= 2e-6 against the fp32 reference; tiny outputs (a handful of elements, where one
-    rounding that lands on the other side of a bf16 tie moves calc_diff past 2e-6 for any exact
-    kernel, cuBLAS included) must instead be within one output ulp of the reference, element by element."""
+def check(out, expected, what, inputs=None):
+    """calc_diff <= 2e-6 against the fp32 reference. For tiny outputs (a few elements, where one bf16
+    rounding on the other side of a tie, or the fp8 tensor core's own partial-sum precision on a
+    cancelling sum, moves calc_diff past 2e-6 for any exact kernel) the bar is cuBLAS on the same
+    inputs: no worse than 1.25x its calc_diff."""
     assert not out.isnan().any(), f"{what}: {int(out.isnan().sum())} output elements not written"
     diff = ref.calc_diff(out, expected)
-    if out.numel() >= SMALL_OUTPUT:
-        assert diff <= TOL, f"{what}: calc_diff {diff:.3e} > {TOL}"
-        return
-    ulp = 2.0 ** -7 if out.dtype == torch.bfloat16 else 2.0 ** -20
-    err = (out.float() - expected).abs()
-    bound = expected.abs() * ulp + 1e-30
-    assert (err <= bound).all(), f"{what}: {int((err > bound).sum())} elements off by more than one ulp"
+    bound = TOL
+    if out.numel() < SMALL_OUTPUT and inputs is not None:
+        cublas = dg.fp8_gemm(*inputs, out_dtype=out.dtype, backend="cublas")
+        bound = max(TOL, 1.25 * ref.calc_diff(cublas, expected))
+    assert diff <= bound, f"{what}: calc_diff {diff:.3e} > {bound:.3e}"
 
 
 def test_auto_backend_is_ptx_on_hopper():
@@ -80,7 +79,8 @@ def test_auto_backend_is_ptx_on_hopper():
 def test_every_variant_exact_on_odd_shapes(variant):
     for m, n, k in ((1, 8, 128), (65, 136, 384), (129, 2056, 256), (1000, 264, 640), (7, 392, 1152)):
         a, a_s, b, b_s = make_inputs(m, n, k)
-        check(run_variant(variant, a, a_s, b, b_s), exact(a, a_s, b, b_s), f"{variant.key} {m}x{n}x{k}")
+        check(run_variant(variant, a, a_s, b, b_s), exact(a, a_s, b, b_s), f"{variant.key} {m}x{n}x{k}",
+              (a, a_s, b, b_s))
 
 
 @pytest.mark.parametrize("m", ODD_M)
@@ -88,7 +88,7 @@ def test_odd_shapes_through_the_op(m):
     for n in ODD_N:
         for k in ODD_K:
             a, a_s, b, b_s = make_inputs(m, n, k)
-            check(dg.fp8_gemm(a, a_s, b, b_s, backend="ptx"), exact(a, a_s, b, b_s), f"{m}x{n}x{k}")
+            check(dg.fp8_gemm(a, a_s, b, b_s, backend="ptx"), exact(a, a_s, b, b_s), f"{m}x{n}x{k}", (a, a_s, b, b_s))
 
 
 @pytest.mark.parametrize("shape", ALL_SHAPES, ids=str)
