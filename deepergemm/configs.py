@@ -3,10 +3,10 @@
 A variant is one compiled instance of ptx/fp8_gemm.cuh (template parameters BLOCK_M, BLOCK_N, stages,
 dual accumulators); ``VARIANTS`` lists every one ``select`` can return, and CI compiles all of them.
 
-Choice (``select``): BLOCK_M = 64 when M <= 64 (no tensor-core rows wasted on padding), else 128. Among that
-BLOCK_M's variants, take the one with the least modelled time, ``waves * BLOCK_M * BLOCK_N * cost``: a
-persistent CTA takes one tile per wave, so a tile shape that leaves the last wave half empty pays for a full
-one (wave quantization), and non-power-of-two BLOCK_N (112, 144, 160) exist to fill the last wave.
+Choice (``select``): BLOCK_M = 64 when M <= 128 (no tensor-core rows wasted on padding, and twice the tiles
+to spread the memory-bound stream of B over more SMs), else 128. Among that BLOCK_M's variants, take the
+one with the least modelled time, ``waves * BLOCK_M * BLOCK_N * cost``: a persistent CTA takes one tile per
+wave, so a tile shape that leaves the last wave half empty pays for a full one (wave quantization).
 
 Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_DUAL_ACC=0        single partial accumulator (promotion not overlapped within a warpgroup)
@@ -71,9 +71,11 @@ def _variant(block_m: int, block_n: int, dual: bool) -> Variant:
 # Tile shapes the heuristic may pick; each with dual accumulators where the registers allow, and a
 # single-accumulator twin so DEEPERGEMM_DUAL_ACC=0 can measure what dual buys.
 TILE_SHAPES: tuple[tuple[int, int], ...] = (
-    (128, 96), (128, 112), (128, 128), (128, 144), (128, 160),
-    (64, 64), (64, 128), (64, 256),
+    (128, 128),
+    (64, 64), (64, 128),
 )
+# Measured 2026-11-25 on the H100 (ptx/NOTES.md): BLOCK_N 96/112/144/160 ran 10-30% slower than 128 on
+# every large shape tried, so they are not selectable until that is understood.
 # Relative cost per output element: 64-row tiles re-read B from shared memory twice as often per flop.
 _TILE_COST = {64: 1.1, 128: 1.0}
 
@@ -146,7 +148,7 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
     if forced is not None:
         shape = forced
     else:
-        block_m = 64 if m <= 64 else 128
+        block_m = 64 if m <= 128 else 128
         shapes = [(bm, bn) for bm, bn in TILE_SHAPES if bm == block_m]
 
         def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
