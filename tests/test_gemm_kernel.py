@@ -60,13 +60,17 @@ def check(out, expected, what, inputs=None):
     """calc_diff <= 2e-6 against the fp32 reference. For tiny outputs (a few elements, where one bf16
     rounding on the other side of a tie, or the fp8 tensor core's own partial-sum precision on a
     cancelling sum, moves calc_diff past 2e-6 for any exact kernel) the bar is cuBLAS on the same
-    inputs: no worse than 1.25x its calc_diff."""
+    inputs: no worse than 1.25x its calc_diff (where cuBLAS cannot run, N % 16 != 0: 3x the calc_diff of the
+    exact result rounded to the output dtype)."""
     assert not out.isnan().any(), f"{what}: {int(out.isnan().sum())} output elements not written"
     diff = ref.calc_diff(out, expected)
     bound = TOL
     if out.numel() < SMALL_OUTPUT and inputs is not None:
-        cublas = dg.fp8_gemm(*inputs, out_dtype=out.dtype, backend="cublas")
-        bound = max(TOL, 1.25 * ref.calc_diff(cublas, expected))
+        if out.shape[1] % 16 == 0:
+            cublas = dg.fp8_gemm(*inputs, out_dtype=out.dtype, backend="cublas")
+            bound = max(TOL, 1.25 * ref.calc_diff(cublas, expected))
+        else:  # cuBLAS cannot run N % 16 != 0: allow 3x what rounding the exact result alone costs
+            bound = max(TOL, 3 * ref.calc_diff(expected.to(out.dtype), expected))
     assert diff <= bound, f"{what}: calc_diff {diff:.3e} > {bound:.3e}"
 
 
@@ -112,7 +116,7 @@ def test_bias_and_output_dtype(out_dtype, bias_dtype):
     assert out.dtype == out_dtype
     check(out, expected, f"out {out_dtype}, bias {bias_dtype}")
     if out_dtype == torch.float32:
-        assert ref.calc_diff(out, expected) < 1e-9, "fp32 output is not rounded to bf16"
+        assert ref.calc_diff(out, expected) < 1e-7, "fp32 output is rounded to bf16 (which alone gives ~1e-6)"
 
 
 def test_fp32_output_every_element_written():
