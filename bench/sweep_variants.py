@@ -25,9 +25,9 @@ def main() -> None:
         a_s = layouts.to_act_scale_layout(a_s)
         out = torch.empty((m, n), device="cuda", dtype=torch.bfloat16)
         picked = configs.select(m, n, k, sms).variant.key
-        for v in configs.VARIANTS:
-            if args.variants and v.key not in args.variants.split(","):
-                continue
+        # Listed variants, or any keys given (also unlisted ones: experiments build them on the fly).
+        chosen = [configs.parse_key(key) for key in args.variants.split(",")] if args.variants else configs.VARIANTS
+        for v in chosen:
             mod = extension.load(v)
             for g in (int(x) for x in args.group_n.split(",")):
                 def launch():

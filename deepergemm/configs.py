@@ -1,21 +1,27 @@
 """Which kernel variant runs a given GEMM: plain Python, CPU-testable.
 
 A variant is one compiled instance of ptx/fp8_gemm.cuh (template parameters BLOCK_M, BLOCK_N, stages,
-dual accumulators); ``VARIANTS`` lists every one ``select`` can return, and CI compiles all of them.
+dual accumulators, cluster size); ``VARIANTS`` lists every one ``select`` can return, and CI compiles all
+of them.
 
 Choice (``select``): BLOCK_M = 64 when M <= 128 (no tensor-core rows wasted on padding, and twice the tiles
 to spread the memory-bound stream of B over more SMs), else 128. Among that BLOCK_M's variants, take the
 one with the least modelled time, ``waves * BLOCK_M * BLOCK_N * cost``: a persistent CTA takes one tile per
 wave, so a tile shape that leaves the last wave half empty pays for a full one (wave quantization).
+With BLOCK_M = 128, at least two M-tiles and K >= CLUSTER_MIN_K, CTAs run in 2-CTA clusters that multicast
+B (each pair of M-tiles reads its B tile from L2 once): a unit of work is then two tiles and a wave has
+num_sms / 2 units.
 
 Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_DUAL_ACC=0        single partial accumulator (promotion not overlapped within a warpgroup)
   DEEPERGEMM_VARIANT=BMxBN     force a tile shape, e.g. "128x128" (must be in VARIANTS)
+  DEEPERGEMM_CLUSTER=1|2       force the cluster size (2 needs BLOCK_M = 128: multicast of B)
   DEEPERGEMM_GROUP_N=g         rasterization band width in N-tiles (default: 16)
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from .layouts import ceil_div, round_up
@@ -34,6 +40,7 @@ class Variant:
     block_n: int
     stages: int
     dual_acc: bool
+    cluster: int = 1   # CTAs per cluster sharing (multicasting) the B tile
 
     @property
     def wg_n(self) -> int:
@@ -41,20 +48,41 @@ class Variant:
         return self.block_n if self.block_m == 128 else self.block_n // 2
 
     @property
+    def epi_n(self) -> int:
+        """Columns per band of the bf16 epilogue's staging buffer (dg::GemmTraits::kEpiN)."""
+        return 64 if self.wg_n % 64 == 0 else self.wg_n
+
+    @property
     def key(self) -> str:
-        return f"{self.block_m}x{self.block_n}s{self.stages}{'d' if self.dual_acc else 'p'}"
+        return (f"{self.block_m}x{self.block_n}s{self.stages}{'d' if self.dual_acc else 'p'}"
+                + (f"c{self.cluster}" if self.cluster > 1 else ""))
 
     @property
     def smem_bytes(self) -> int:
         """Dynamic shared memory the kernel asks for; mirrors dg::SmemLayout (the CI build checks they agree)."""
         stage = self.block_m * BLOCK_K + self.block_n * BLOCK_K + round_up(self.block_m * 4, 128) + STEP_META_BYTES
-        epilogue = 2 * 64 * (self.wg_n * 2 + 16)
+        epilogue = 2 * 64 * (self.epi_n * 2 + 16)
         barriers = 2 * self.stages * 8
         return round_up(self.stages * stage + epilogue, 8) + barriers + SWIZZLE_ATOM
 
     def compile_defines(self) -> dict[str, int]:
         return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,
-                "DG_DUAL": int(self.dual_acc)}
+                "DG_DUAL": int(self.dual_acc), "DG_CLUSTER": self.cluster}
+
+    @property
+    def template_args(self) -> str:
+        """The C++ template arguments of dg::fp8_gemm_kernel for this variant."""
+        return (f"{self.block_m}, {self.block_n}, {self.stages}, {'true' if self.dual_acc else 'false'}, "
+                f"{self.cluster}")
+
+
+def parse_key(key: str) -> Variant:
+    """The Variant a key such as "128x128s5dc2" names (also shapes not in VARIANTS: for experiments)."""
+    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dp])(?:c(\d+))?", key)
+    if match is None:
+        raise ValueError(f"variant key {key!r} does not look like 128x128s5d or 128x128s5dc2")
+    bm, bn, stages, acc, cluster = match.groups()
+    return Variant(int(bm), int(bn), int(stages), acc == "d", int(cluster or 1))
 
 
 def _max_stages(block_m: int, block_n: int, cap: int = 8) -> int:
@@ -64,8 +92,8 @@ def _max_stages(block_m: int, block_n: int, cap: int = 8) -> int:
     raise ValueError(f"no stage count fits {block_m}x{block_n}")
 
 
-def _variant(block_m: int, block_n: int, dual: bool) -> Variant:
-    return Variant(block_m, block_n, _max_stages(block_m, block_n), dual)
+def _variant(block_m: int, block_n: int, dual: bool, cluster: int = 1) -> Variant:
+    return Variant(block_m, block_n, _max_stages(block_m, block_n), dual, cluster)
 
 
 # Tile shapes the heuristic may pick; each with dual accumulators where the registers allow, and a
@@ -84,9 +112,10 @@ def _variants() -> tuple[Variant, ...]:
     out = []
     for bm, bn in TILE_SHAPES:
         wg_n = bn if bm == 128 else bn // 2
-        out.append(_variant(bm, bn, False))
-        if wg_n <= MAX_MATH_REGS_DUAL:
-            out.append(_variant(bm, bn, True))
+        for cluster in ((1, 2) if bm == 128 else (1,)):  # multicast pairs M-tiles: BLOCK_M 128 only
+            out.append(_variant(bm, bn, False, cluster))
+            if wg_n <= MAX_MATH_REGS_DUAL:
+                out.append(_variant(bm, bn, True, cluster))
     return tuple(out)
 
 
@@ -125,18 +154,36 @@ def _forced_shape() -> tuple[int, int] | None:
     return bm, bn
 
 
-def find_variant(block_m: int, block_n: int, dual_acc: bool) -> Variant:
-    """The listed variant for a tile shape; the single-accumulator one when dual does not fit."""
-    matches = [v for v in VARIANTS if (v.block_m, v.block_n) == (block_m, block_n)]
+def find_variant(block_m: int, block_n: int, dual_acc: bool, cluster: int = 1) -> Variant:
+    """The listed variant for a tile shape and cluster size; the single-accumulator one when dual does not fit."""
+    matches = [v for v in VARIANTS if (v.block_m, v.block_n, v.cluster) == (block_m, block_n, cluster)]
     if not matches:
-        raise ValueError(f"no variant with tile {block_m}x{block_n}")
+        raise ValueError(f"no variant with tile {block_m}x{block_n} and cluster size {cluster}")
     dual = [v for v in matches if v.dual_acc == dual_acc]
     return (dual or matches)[0]
 
 
-def waves_for(m: int, n: int, block_m: int, block_n: int, num_sms: int) -> tuple[int, int]:
-    tiles = ceil_div(m, block_m) * ceil_div(n, block_n)
-    return tiles, ceil_div(tiles, num_sms)
+def waves_for(m: int, n: int, block_m: int, block_n: int, num_sms: int, cluster: int = 1) -> tuple[int, int]:
+    """(units of work, waves): a unit is `cluster` tiles stacked along M, and num_sms // cluster run at once."""
+    units = ceil_div(ceil_div(m, block_m), cluster) * ceil_div(n, block_n)
+    return units, ceil_div(units, max(1, num_sms // cluster))
+
+
+# Multicast pays off once tiles are long (measured 2026-11-25, 128x128 tiles, ptx/NOTES.md): at K = 7168
+# and 16384 2-CTA clusters ran 10-15% faster, at K = 2048 and 512 4-17% slower (the pair waits for its
+# slower CTA at every stage, which long K-loops average out).
+CLUSTER_MIN_K = 4096
+
+
+def _cluster_size(m: int, k: int, block_m: int) -> int:
+    value = os.environ.get("DEEPERGEMM_CLUSTER", "").strip()
+    if value:
+        if value not in ("1", "2"):
+            raise ValueError(f"DEEPERGEMM_CLUSTER must be 1 or 2, got {value!r}")
+        if value == "2" and block_m != 128:
+            raise ValueError(f"DEEPERGEMM_CLUSTER=2 needs BLOCK_M = 128, this problem uses {block_m}")
+        return int(value)
+    return 2 if block_m == 128 and ceil_div(m, block_m) >= 2 and k >= CLUSTER_MIN_K else 1
 
 
 def select(m: int, n: int, k: int, num_sms: int) -> Choice:
@@ -151,16 +198,19 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
         block_m = 64 if m <= 128 else 128
         shapes = [(bm, bn) for bm, bn in TILE_SHAPES if bm == block_m]
 
+        cluster = _cluster_size(m, k, block_m)
+
         def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
             bm, bn = shape
-            _, waves = waves_for(m, n, bm, bn, num_sms)
-            return waves * bm * bn * _TILE_COST[bm], -bn  # ties: the larger tile (fewer, longer tiles)
+            _, waves = waves_for(m, n, bm, bn, num_sms, cluster)
+            return waves * cluster * bm * bn * _TILE_COST[bm], -bn  # ties: the larger tile (fewer, longer)
 
         shape = min(shapes, key=modelled_time)
-    variant = find_variant(*shape, dual)
-    tiles, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms)
+    variant = find_variant(*shape, dual, _cluster_size(m, k, shape[0]))
+    units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, variant.cluster)
     n_tiles = ceil_div(n, variant.block_n)
     group_n = int(os.environ.get("DEEPERGEMM_GROUP_N", DEFAULT_GROUP_N))
     if group_n < 1:
         raise ValueError(f"DEEPERGEMM_GROUP_N must be >= 1, got {group_n}")
-    return Choice(variant, min(group_n, n_tiles), tiles, waves, min(tiles, num_sms))
+    grid = min(units, num_sms // variant.cluster) * variant.cluster
+    return Choice(variant, min(group_n, n_tiles), units * variant.cluster, waves, grid)

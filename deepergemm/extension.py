@@ -105,7 +105,8 @@ def load(variant: configs.Variant):
     if fresh:
         _say(f"built {variant.key} in {time.perf_counter() - start:.1f} s")
     info = list(module.variant_info())
-    expected = [variant.block_m, variant.block_n, variant.stages, int(variant.dual_acc), variant.smem_bytes]
+    expected = [variant.block_m, variant.block_n, variant.stages, int(variant.dual_acc), variant.cluster,
+                variant.smem_bytes]
     if info != expected:
         raise RuntimeError(f"deepergemm: module {name} reports {info}, configs.py expects {expected}: "
                            f"ptx/smem.cuh and configs.Variant.smem_bytes disagree")

@@ -1,5 +1,5 @@
 // Host side of one GEMM variant: tensor maps, launch configuration, and the function Python calls.
-// The variant (DG_BM, DG_BN, DG_STAGES, DG_DUAL) is fixed at compile time by deepergemm/extension.py,
+// The variant (DG_BM, DG_BN, DG_STAGES, DG_DUAL, DG_CLUSTER) is fixed at compile time by deepergemm/extension.py,
 // one extension module per variant. Python has already validated every input (deepergemm/layouts.py);
 // the checks here only guard against a caller that bypassed it. Plain host code (no <regex>: it was
 // seen to crash under torch 2.11's runtime).
@@ -12,15 +12,15 @@
 #include "fp8_gemm.cuh"
 
 #ifndef DG_BM
-#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_DUAL=.."
+#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_DUAL=.. -DDG_CLUSTER=.."
 #endif
 
 namespace {
 
-constexpr int kBM = DG_BM, kBN = DG_BN, kStages = DG_STAGES;
+constexpr int kBM = DG_BM, kBN = DG_BN, kStages = DG_STAGES, kCluster = DG_CLUSTER;
 constexpr bool kDual = DG_DUAL != 0;
 using Layout = typename dg::GemmTraits<kBM, kBN, kStages, kDual>::Layout;
-constexpr auto kKernel = dg::fp8_gemm_kernel<kBM, kBN, kStages, kDual>;
+constexpr auto kKernel = dg::fp8_gemm_kernel<kBM, kBN, kStages, kDual, kCluster>;
 
 #define DG_CUDA_CHECK(expr)                                                                   \
   do {                                                                                        \
@@ -76,7 +76,7 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   const CUtensorMap map_a = tensor_map_2d(a.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, m, a.stride(0), dg::kBlockK,
                                           kBM, CU_TENSOR_MAP_SWIZZLE_128B);
   const CUtensorMap map_b = tensor_map_2d(b.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, n, b.stride(0), dg::kBlockK,
-                                          kBN, CU_TENSOR_MAP_SWIZZLE_128B);
+                                          kBN / kCluster, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's B slice
   const CUtensorMap map_sa = tensor_map_2d(a_scales.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m, k_blocks,
                                            sa_stride * 4, kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
 
@@ -94,18 +94,39 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   static bool attributes_set = false;  // per module = per variant; the value is the same on every device
   if (!attributes_set) {
     DG_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kDynamicBytes));
+    if (kCluster > 1) DG_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 0));
     attributes_set = true;
   }
-  const int64_t tiles = ((m + kBM - 1) / kBM) * ((n + kBN - 1) / kBN);
+  // One unit = kCluster tiles stacked along M (scheduler.cuh); one cluster per unit, at most as many
+  // clusters as fit on the GPU at once (GPCs need not hold an even number of SMs).
+  const int64_t units = ((m + kBM * kCluster - 1) / (kBM * kCluster)) * ((n + kBN - 1) / kBN);
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(tiles, num_sms)));
   config.blockDim = dim3(dg::kThreads);
   config.dynamicSmemBytes = Layout::kDynamicBytes;
   config.stream = reinterpret_cast<cudaStream_t>(stream);
+  cudaLaunchAttribute cluster_attr;
+  cluster_attr.id = cudaLaunchAttributeClusterDimension;
+  cluster_attr.val.clusterDim.x = kCluster;
+  cluster_attr.val.clusterDim.y = 1;
+  cluster_attr.val.clusterDim.z = 1;
+  config.attrs = &cluster_attr;
+  config.numAttrs = 1;
+  static int64_t resident_clusters = 0;  // per module; num_sms is the same for every call on one GPU model
+  if (resident_clusters == 0) {
+    resident_clusters = num_sms / kCluster;
+    if (kCluster > 1) {
+      int fits = 0;
+      config.gridDim = dim3(static_cast<unsigned>(resident_clusters * kCluster));
+      DG_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&fits, kKernel, &config));
+      TORCH_CHECK(fits > 0, "deepergemm: no ", kCluster, "-CTA cluster of this kernel fits on the GPU");
+      resident_clusters = std::min<int64_t>(resident_clusters, fits);
+    }
+  }
+  config.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(units, resident_clusters) * kCluster));
   DG_CUDA_CHECK(cudaLaunchKernelEx(&config, kKernel, map_a, map_b, map_sa, p));
 }
 
 // The compile-time facts of this variant, for Python's checks and reports.
 std::vector<int64_t> variant_info() {
-  return {kBM, kBN, kStages, kDual ? 1 : 0, Layout::kDynamicBytes};
+  return {kBM, kBN, kStages, kDual ? 1 : 0, kCluster, Layout::kDynamicBytes};
 }

@@ -1,9 +1,12 @@
 // The FP8 block-scaled GEMM: out (M, N) = (A * sa) @ (B * sb)^T, A (M, K) and B (N, K) fp8 e4m3 K-major,
 // sa per 1x128 (M-major fp32), sb per 128x128 block, fp32 accumulation, bf16 or fp32 out (+ bias).
 //
-// One persistent CTA per SM, 384 threads:
+// One persistent CTA per SM, 384 threads, in clusters of CLUSTER CTAs (1 or 2):
 //   warpgroup 0  producer: one thread issues the TMA loads of A, B and the A scales into a ring of
-//                STAGES shared-memory stages (full/empty mbarriers), running ahead across tiles.
+//                STAGES shared-memory stages (full/empty mbarriers), running ahead across tiles. In a
+//                2-CTA cluster both CTAs work on tiles of the same N-block (scheduler.cuh); each loads
+//                half of the B tile and multicasts it to both, so B crosses L2 -> SM once per pair, and
+//                a stage is refilled only when the math warps of both CTAs have released it.
 //   warpgroups 1, 2  math: per stage (128 of K) four wgmma m64nNk32 into a partial accumulator, then
 //                promotion total += partial * sa[row] * sb[n-block] on the CUDA cores. With DUAL the
 //                next stage's wgmmas are issued into a second partial before promoting the previous
@@ -45,7 +48,10 @@ struct GemmTraits {
   static constexpr int kRegs = kWgN / 2;                 // fp32 accumulators per thread per set
   static constexpr int kGroups8 = kWgN / 8;              // 8-column groups per warpgroup
   static_assert(kWgN % 16 == 0 && kWgN <= 256, "warpgroup N must be a multiple of 16 (stmatrix.x4), <= 256");
-  using Layout = SmemLayout<BM, BN, STAGES, 64, kWgN>;
+  // bf16 epilogue band width: the staging buffer holds 64 rows x kEpiN columns per warpgroup.
+  static constexpr int kEpiN = kWgN % 64 == 0 ? 64 : kWgN;
+  static_assert(64 * (kEpiN / 8) % 128 == 0, "a band must split evenly over the warpgroup's 128 threads");
+  using Layout = SmemLayout<BM, BN, STAGES, 64, kEpiN>;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -53,6 +59,19 @@ struct GemmTraits {
 // tile coordinates and B scales into the stage, so the math warpgroups find everything a step needs
 // in shared memory (no global-load latency and no index arithmetic between their wgmmas)
 // ---------------------------------------------------------------------------------------------
+// Position in the ring of stages: stage index and the parity of the pass over the ring (the mbarrier
+// phase to wait for). Advanced step by step: no division by STAGES (often 5) on the hot path.
+template <int STAGES>
+struct RingPos {
+  uint32_t stage = 0, phase = 0;
+  __device__ __forceinline__ void advance() {
+    if (++stage == STAGES) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+};
+
 constexpr int kMaxScaleBlocks = 4;  // 128-wide B scale blocks a tile of up to 256 columns can touch (3) + pad
 
 struct StepMeta {                   // one per stage, 32 bytes (SmemLayout::kMetaSlot)
@@ -61,37 +80,50 @@ struct StepMeta {                   // one per stage, 32 bytes (SmemLayout::kMet
 };
 static_assert(sizeof(StepMeta) == 32, "StepMeta must fill its 32-byte slot");
 
-template <int BM, int BN, int STAGES>
-__device__ __forceinline__ void produce_tiles(const TileScheduler& sched, uint8_t* smem, uint64_t* full,
+template <int BM, int BN, int STAGES, int CLUSTER>
+__device__ __forceinline__ void produce_tiles(const TileScheduler<CLUSTER>& sched, uint8_t* smem, uint64_t* full,
                                               uint64_t* empty, const CUtensorMap* map_a, const CUtensorMap* map_b,
                                               const CUtensorMap* map_sa) {
   using L = SmemLayout<BM, BN, STAGES, 64, 16>;  // the epilogue size does not move the tile offsets
+  constexpr int kBSlice = BN / CLUSTER;  // B rows this CTA loads (and multicasts) per stage
+  static_assert(kBSlice * kSwizzleBytes % kSwizzleAtomBytes == 0, "B slices must keep the swizzle alignment");
   const uint32_t steps = sched.num_steps();
-  int tile = blockIdx.x, k_block = 0, m_block = 0, n_block = 0;
-  sched.tile_coords(tile, m_block, n_block);
-  for (uint32_t s = 0; s < steps; ++s) {
-    const uint32_t stage = s % STAGES;
-    mbar_wait(&empty[stage], ((s / STAGES) & 1) ^ 1);  // the first pass finds every stage free
-    mbar_arrive_expect_tx(&full[stage], L::kTxBytes);  // out-of-bounds boxes count in full (zero-filled)
-    tma_load_2d(smem + L::kA + stage * L::kABytes, map_a, &full[stage], k_block * kBlockK, m_block * BM);
-    tma_load_2d(smem + L::kB + stage * L::kBBytes, map_b, &full[stage], k_block * kBlockK, n_block * BN);
-    tma_load_2d(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], m_block * BM, k_block);
+  int unit = 0, k_block = 0, m_block = 0, n_block = 0;
+  sched.tile_coords(unit, m_block, n_block);
+  RingPos<STAGES> pos;
+  for (uint32_t s = 0; s < steps; ++s, pos.advance()) {
+    const uint32_t stage = pos.stage;
+    mbar_wait(&empty[stage], pos.phase ^ 1);  // the first pass finds every stage free
+    // The whole B tile lands here (this CTA's slice and the partner's); out-of-bounds boxes count in full.
+    mbar_arrive_expect_tx(&full[stage], L::kTxBytes);
+    // The padding tile of an odd pair loads real rows (its results are never stored).
+    const int m_load = min(m_block, sched.m_tiles - 1) * BM;
+    tma_load_2d(smem + L::kA + stage * L::kABytes, map_a, &full[stage], k_block * kBlockK, m_load);
+    uint8_t* b_dst = smem + L::kB + stage * L::kBBytes + sched.rank * kBSlice * kSwizzleBytes;
+    const int b_row = n_block * BN + sched.rank * kBSlice;
+    if constexpr (CLUSTER == 1) {
+      tma_load_2d(b_dst, map_b, &full[stage], k_block * kBlockK, b_row);
+    } else {
+      tma_load_2d_multicast(b_dst, map_b, &full[stage], k_block * kBlockK, b_row, (1u << CLUSTER) - 1);
+    }
+    tma_load_2d(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], m_load, k_block);
     if (++k_block == sched.k_blocks) {  // incremental: no division per step
       k_block = 0;
-      tile += gridDim.x;
-      if (s + 1 < steps) sched.tile_coords(tile, m_block, n_block);
+      ++unit;
+      if (s + 1 < steps) sched.tile_coords(unit, m_block, n_block);
     }
   }
 }
 
 // Lane i prepares step base + i (its B scales are global loads: 32 steps share one latency), then the
 // warp hands the steps to the stages in order, lane j writing step base + j and arriving on full.
-template <int BM, int BN, int STAGES>
-__device__ __forceinline__ void publish_step_meta(const TileScheduler& sched, const GemmParams& p, uint8_t* smem,
+template <int BM, int BN, int STAGES, int CLUSTER>
+__device__ __forceinline__ void publish_step_meta(const TileScheduler<CLUSTER>& sched, const GemmParams& p, uint8_t* smem,
                                                   uint64_t* full, uint64_t* empty, int lane) {
   using L = SmemLayout<BM, BN, STAGES, 64, 16>;
   const uint32_t steps = sched.num_steps();
   const int nb_last = (p.n - 1) / kBlockK;
+  RingPos<STAGES> pos;
   for (uint32_t base = 0; base < steps; base += 32) {
     StepMeta meta;
     const uint32_t mine = base + lane;
@@ -107,12 +139,11 @@ __device__ __forceinline__ void publish_step_meta(const TileScheduler& sched, co
       meta.last_k = st.last_k;
     }
     const uint32_t count = min(32u, steps - base);
-    for (uint32_t j = 0; j < count; ++j) {
-      const uint32_t s = base + j, stage = s % STAGES;
-      mbar_wait(&empty[stage], ((s / STAGES) & 1) ^ 1);
+    for (uint32_t j = 0; j < count; ++j, pos.advance()) {
+      mbar_wait(&empty[pos.stage], pos.phase ^ 1);
       if (lane == static_cast<int>(j)) {
-        *reinterpret_cast<StepMeta*>(smem + L::kMeta + stage * L::kMetaSlot) = meta;
-        mbar_arrive(&full[stage]);  // release: the meta store is visible to whoever sees the phase flip
+        *reinterpret_cast<StepMeta*>(smem + L::kMeta + pos.stage * L::kMetaSlot) = meta;
+        mbar_arrive(&full[pos.stage]);  // release: the meta store is visible to whoever sees the phase flip
       }
       __syncwarp();
     }
@@ -128,16 +159,17 @@ struct StepScales {
   float sb_lo, sb_hi;   // B scales of the 128-block holding the warpgroup's first column, and the next
   int sb_switch;        // first warpgroup column that uses sb_hi (>= kWgN: none)
   int m_block, n_block, last_k;
+  uint32_t stage;       // the stage the step's operands sit in (freed when it retires)
 };
 
-template <int BM, int BN, int STAGES, bool DUAL>
+template <int BM, int BN, int STAGES, bool DUAL, int CLUSTER>
 struct MathWarpgroup {
   using T = GemmTraits<BM, BN, STAGES, DUAL>;
   using L = typename T::Layout;
   static constexpr int kRegs = T::kRegs;
 
   const GemmParams& p;
-  const TileScheduler& sched;
+  const TileScheduler<CLUSTER>& sched;
   uint8_t* smem;
   uint64_t* full;
   uint64_t* empty;
@@ -146,8 +178,9 @@ struct MathWarpgroup {
   int warp, lane;
   int row_base;    // first tile row of this warpgroup (A rows, epilogue rows)
   int col_base;    // first tile column of this warpgroup
+  RingPos<STAGES> pos;  // where the next issued step's operands are
 
-  __device__ __forceinline__ MathWarpgroup(const GemmParams& params, const TileScheduler& s, uint8_t* sm,
+  __device__ __forceinline__ MathWarpgroup(const GemmParams& params, const TileScheduler<CLUSTER>& s, uint8_t* sm,
                                            uint64_t* f, uint64_t* e, int math_wg)
       : p(params), sched(s), smem(sm), full(f), empty(e), wg(math_wg) {
     tid = threadIdx.x % 128;
@@ -157,10 +190,13 @@ struct MathWarpgroup {
     col_base = BM == 128 ? 0 : T::kWgN * wg;
   }
 
-  // Wait for step s's data, note its scales and tile, issue its four k32 wgmmas into acc (one commit group).
-  __device__ __forceinline__ void issue(float (&acc)[kRegs], StepScales& sc, uint32_t s) {
-    const uint32_t stage = s % STAGES;
-    mbar_wait(&full[stage], (s / STAGES) & 1);
+  // Wait for the next step's data, note its scales and tile, issue its four k32 wgmmas into acc (one
+  // commit group).
+  __device__ __forceinline__ void issue(float (&acc)[kRegs], StepScales& sc) {
+    const uint32_t stage = pos.stage;
+    mbar_wait(&full[stage], pos.phase);
+    pos.advance();
+    sc.stage = stage;
     const uint32_t meta = smem_addr(smem + L::kMeta + stage * L::kMetaSlot);
     const uint4 coords = ld_shared_v4(meta + 4 * kMaxScaleBlocks);
     sc.m_block = static_cast<int>(coords.x);
@@ -189,14 +225,25 @@ struct MathWarpgroup {
     wgmma_commit();  // no operand fence here: touching acc before the wait would make ptxas serialize
   }
 
-  // Step s's wgmmas have completed: free its stage, promote into total, and finish the tile if it was
-  // the tile's last K block.
-  __device__ __forceinline__ void retire(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc,
-                                         uint32_t s) {
+  // The step's wgmmas have completed: free its stage in every CTA of the cluster (each one's producer
+  // multicasts into it). Done as soon as possible: the producer refills the stage only after this.
+  __device__ __forceinline__ void release(const StepScales& sc) {
+    __syncwarp();
+    if (lane == 0) {
+      if constexpr (CLUSTER == 1) {
+        mbar_arrive(&empty[sc.stage]);
+      } else {
+#pragma unroll
+        for (uint32_t r = 0; r < CLUSTER; ++r) mbar_arrive_cluster(&empty[sc.stage], r);
+      }
+    }
+  }
+
+  // Promote a completed step's partial sums into total, and finish the tile if it was the tile's last
+  // K block.
+  __device__ __forceinline__ void promote(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc) {
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s % STAGES]);
     const float f_lo = sc.sa_lo * sc.sb_lo, f_hi = sc.sa_hi * sc.sb_lo;
     const float g_lo = sc.sa_lo * sc.sb_hi, g_hi = sc.sa_hi * sc.sb_hi;
 #pragma unroll
@@ -254,30 +301,32 @@ struct MathWarpgroup {
       }
       return;
     }
-    // bf16: stmatrix into this warpgroup's padded staging rows, then 16-byte coalesced global stores.
+    // bf16: per band of kEpiN columns, stmatrix into this warpgroup's padded staging rows, then 16-byte
+    // coalesced global stores. Bands keep the staging small, which leaves shared memory for one more stage.
     const uint32_t epi = smem_addr(smem + L::kEpi + wg * L::kEpiBytesPerWG);
-    named_barrier_sync(1 + wg, 128);  // the previous tile's stores have read the staging rows
-    {
-      const int row = warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
-      const uint32_t row_addr = epi + row * L::kEpiPitch + (lane / 16) * 16;
+    const int row = warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
+    const uint32_t row_addr = epi + row * L::kEpiPitch + (lane / 16) * 16;
+    constexpr int kChunksPerRow = T::kEpiN / 8;  // 16-byte chunks
+    uint16_t* out = static_cast<uint16_t*>(p.out);
 #pragma unroll
-      for (int jj = 0; jj < T::kGroups8 / 2; ++jj) {
-        const int j = 2 * jj;
+    for (int band = 0; band < T::kWgN / T::kEpiN; ++band) {
+      named_barrier_sync(1 + wg, 128);  // the previous band's (or tile's) stores have read the staging rows
+#pragma unroll
+      for (int jj = 0; jj < T::kEpiN / 16; ++jj) {
+        const int j = band * (T::kEpiN / 8) + 2 * jj;
         stmatrix_x4(row_addr + jj * 32, pack_bf16x2(total[4 * j + 0], total[4 * j + 1]),
                     pack_bf16x2(total[4 * j + 2], total[4 * j + 3]), pack_bf16x2(total[4 * j + 4], total[4 * j + 5]),
                     pack_bf16x2(total[4 * j + 6], total[4 * j + 7]));
       }
-    }
-    named_barrier_sync(1 + wg, 128);
-    constexpr int kChunksPerRow = T::kWgN / 8;  // 16-byte chunks
-    uint16_t* out = static_cast<uint16_t*>(p.out);
+      named_barrier_sync(1 + wg, 128);
 #pragma unroll
-    for (int i = 0; i < 64 * kChunksPerRow / 128; ++i) {
-      const int idx = tid + i * 128;
-      const int row = idx / kChunksPerRow, chunk = idx % kChunksPerRow;
-      const int gm = m0 + row, gn = n0 + chunk * 8;
-      if (gm < p.m && gn < p.n) {
-        st_global_v4(out + static_cast<int64_t>(gm) * p.n + gn, ld_shared_v4(epi + row * L::kEpiPitch + chunk * 16));
+      for (int i = 0; i < 64 * kChunksPerRow / 128; ++i) {
+        const int idx = tid + i * 128;
+        const int r = idx / kChunksPerRow, chunk = idx % kChunksPerRow;
+        const int gm = m0 + r, gn = n0 + band * T::kEpiN + chunk * 8;
+        if (gm < p.m && gn < p.n) {
+          st_global_v4(out + static_cast<int64_t>(gm) * p.n + gn, ld_shared_v4(epi + r * L::kEpiPitch + chunk * 16));
+        }
       }
     }
   }
@@ -292,35 +341,40 @@ struct MathWarpgroup {
     StepScales sc0;
     if constexpr (!DUAL) {
       for (uint32_t s = 0; s < steps; ++s) {
-        issue(acc0, sc0, s);
+        issue(acc0, sc0);
         wgmma_wait<0>();
-        retire(acc0, total, sc0, s);
+        release(sc0);
+        promote(acc0, total, sc0);
       }
     } else {
-      // Two partial sets: issue step s+1, wait for step s only, promote step s while s+1 runs. The
+      // Two partial sets. Per step: wait for step s (the only one in flight), free its stage at once,
+      // issue step s+1 into the other set, then promote step s while s+1 runs on the tensor cores. The
       // steady state is straight-line code (no merge of paths where a set is in flight, which would make
-      // ptxas insert a wait, C7517); the tail finishes one or two pending steps.
+      // ptxas insert a wait, C7517); the tail finishes the last one or two steps.
       float acc1[kRegs];
       StepScales sc1;
-      issue(acc0, sc0, 0);
-      uint32_t s = 1;
-      for (; s + 1 < steps; s += 2) {
-        issue(acc1, sc1, s);
-        wgmma_wait<1>();
-        retire(acc0, total, sc0, s - 1);
-        issue(acc0, sc0, s + 1);
-        wgmma_wait<1>();
-        retire(acc1, total, sc1, s);
+      issue(acc0, sc0);
+      uint32_t s = 0;
+      for (; s + 2 < steps; s += 2) {
+        wgmma_wait<0>();
+        release(sc0);
+        issue(acc1, sc1);
+        promote(acc0, total, sc0);
+        wgmma_wait<0>();
+        release(sc1);
+        issue(acc0, sc0);
+        promote(acc1, total, sc1);
       }
-      if (s < steps) {
-        issue(acc1, sc1, s);
-        wgmma_wait<1>();
-        retire(acc0, total, sc0, s - 1);
+      wgmma_wait<0>();
+      release(sc0);
+      if (s + 1 < steps) {
+        issue(acc1, sc1);
+        promote(acc0, total, sc0);
         wgmma_wait<0>();
-        retire(acc1, total, sc1, s);
+        release(sc1);
+        promote(acc1, total, sc1);
       } else {
-        wgmma_wait<0>();
-        retire(acc0, total, sc0, s - 1);
+        promote(acc0, total, sc0);
       }
     }
   }
@@ -329,7 +383,7 @@ struct MathWarpgroup {
 // ---------------------------------------------------------------------------------------------
 // the kernel
 // ---------------------------------------------------------------------------------------------
-template <int BM, int BN, int STAGES, bool DUAL>
+template <int BM, int BN, int STAGES, bool DUAL, int CLUSTER>
 __global__ void __launch_bounds__(kThreads, 1)
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                     const __grid_constant__ CUtensorMap map_sa, const GemmParams p) {
@@ -348,13 +402,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int i = 0; i < STAGES; ++i) {
       mbar_init(&full[i], 2);            // the TMA thread's arrive.expect_tx + the meta writer's arrive
-      mbar_init(&empty[i], kMathWarps);  // one arrive per math warp
+      mbar_init(&empty[i], kMathWarps * CLUSTER);  // one arrive per math warp of every CTA in the cluster
     }
     fence_barrier_init();
   }
-  __syncthreads();
+  // The partner's barriers must be initialised before its first multicast or remote arrive.
+  if constexpr (CLUSTER == 1) __syncthreads(); else cluster_sync();
 
-  const TileScheduler sched{(p.m + BM - 1) / BM, (p.n + BN - 1) / BN, p.k_blocks, p.group_n};
+  const TileScheduler<CLUSTER> sched((p.m + BM - 1) / BM, (p.n + BN - 1) / BN, p.k_blocks, p.group_n,
+                                     CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()));
   if (wg == 0) {
     setmaxnreg_dec<kProducerRegs>();
     const int warp = threadIdx.x / 32;
@@ -362,9 +418,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (warp == 1) publish_step_meta<BM, BN, STAGES>(sched, p, smem, full, empty, threadIdx.x % 32);
   } else {
     setmaxnreg_inc<kMathRegs>();
-    MathWarpgroup<BM, BN, STAGES, DUAL> math(p, sched, smem, full, empty, wg - 1);
+    // The warpgroup index through a shuffle: ptxas then treats it (and the A descriptors built from it)
+    // as warp-uniform and keeps them in uniform registers (no R2UR between the wgmmas).
+    MathWarpgroup<BM, BN, STAGES, DUAL, CLUSTER> math(p, sched, smem, full, empty, __shfl_sync(0xffffffffu, wg - 1, 0));
     math.run();
   }
+  // No CTA leaves while its partner may still multicast into it or arrive on its barriers.
+  if constexpr (CLUSTER > 1) cluster_sync();
 }
 
 }  // namespace dg

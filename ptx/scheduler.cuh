@@ -1,6 +1,8 @@
-// Persistent tile scheduler: CTA b takes tiles b, b + grid, b + 2*grid, ... and walks each tile's K
-// blocks; the producer and the math warpgroups walk the same flat sequence of (tile, k-block) steps,
-// so the producer runs ahead across tile boundaries without a bubble.
+// Persistent tile scheduler. The grid is made of clusters of CLUSTER CTAs (1 or 2); a cluster works on
+// one "unit" at a time: CLUSTER tiles stacked along M that share their N-block, so the CTAs of a
+// cluster can multicast the B tile they all need. Cluster u takes units u, u + clusters, ...; CTA rank r
+// of the cluster takes tile row CLUSTER * m_unit + r of each. The producer and the math warpgroups walk
+// the same flat sequence of (unit, k-block) steps, so the producer runs ahead across tile boundaries.
 #pragma once
 
 #include <cstdint>
@@ -8,45 +10,54 @@
 namespace dg {
 
 struct Step {
-  int m_block;   // tile row index (units of BLOCK_M)
+  int m_block;   // tile row index (units of BLOCK_M); may be m_tiles (a padding tile of an odd pair)
   int n_block;   // tile column index (units of BLOCK_N)
   int k_block;   // 128-wide K block
   bool last_k;   // the tile's last K block: its promotion is followed by the epilogue
 };
 
+template <int CLUSTER>
 struct TileScheduler {
   int m_tiles, n_tiles, k_blocks;
   int group_n;   // grouped rasterization: bands of group_n N-tiles, M walked inside a band
+  int m_units;   // ceil(m_tiles / CLUSTER)
+  int unit0;     // this cluster's first unit
+  int units;     // clusters in the grid: the stride between this cluster's units
+  int rank;      // this CTA's rank in its cluster
 
-  __device__ __forceinline__ int num_tiles() const { return m_tiles * n_tiles; }
+  __device__ __forceinline__ TileScheduler(int m_tiles_, int n_tiles_, int k_blocks_, int group_n_, int rank_)
+      : m_tiles(m_tiles_), n_tiles(n_tiles_), k_blocks(k_blocks_), group_n(group_n_),
+        m_units((m_tiles_ + CLUSTER - 1) / CLUSTER), unit0(static_cast<int>(blockIdx.x) / CLUSTER),
+        units(static_cast<int>(gridDim.x) / CLUSTER), rank(rank_) {}
 
-  // Steps this CTA runs (all its tiles times the K blocks of each).
+  // Steps this CTA runs (all its cluster's units times the K blocks of each); equal in both CTAs of a
+  // cluster, which the multicast handshakes rely on.
   __device__ __forceinline__ uint32_t num_steps() const {
-    const int tiles = num_tiles();
-    const int mine = tiles > static_cast<int>(blockIdx.x)
-                         ? (tiles - static_cast<int>(blockIdx.x) + gridDim.x - 1) / gridDim.x
-                         : 0;
+    const int total = m_units * n_tiles;
+    const int mine = total > unit0 ? (total - unit0 + units - 1) / units : 0;
     return static_cast<uint32_t>(mine) * k_blocks;
   }
 
-  // Tile t -> (m, n): consecutive tiles sweep a band of group_n N-tiles row by row, so the CTAs of one
-  // wave share A rows and B columns in L2.
-  __device__ __forceinline__ void tile_coords(int tile, int& m_block, int& n_block) const {
-    const int band_tiles = group_n * m_tiles;
-    const int band = tile / band_tiles;
-    const int in_band = tile - band * band_tiles;
+  // The i-th unit of this cluster -> this CTA's tile (m, n). Consecutive units sweep a band of group_n
+  // N-tiles row by row, so the clusters of one wave share A rows and B columns in L2.
+  __device__ __forceinline__ void tile_coords(int i, int& m_block, int& n_block) const {
+    const int unit = unit0 + i * units;
+    const int band_units = group_n * m_units;
+    const int band = unit / band_units;
+    const int in_band = unit - band * band_units;
     const int first_n = band * group_n;
     const int width = min(group_n, n_tiles - first_n);
-    m_block = in_band / width;
-    n_block = first_n + (in_band - m_block * width);
+    const int m_unit = in_band / width;
+    n_block = first_n + (in_band - m_unit * width);
+    m_block = m_unit * CLUSTER + rank;
   }
 
   __device__ __forceinline__ Step step(uint32_t s) const {
-    const int tile_iter = static_cast<int>(s / k_blocks);
+    const int i = static_cast<int>(s / k_blocks);
     Step st;
-    st.k_block = static_cast<int>(s - static_cast<uint32_t>(tile_iter) * k_blocks);
+    st.k_block = static_cast<int>(s - static_cast<uint32_t>(i) * k_blocks);
     st.last_k = st.k_block == k_blocks - 1;
-    tile_coords(static_cast<int>(blockIdx.x) + tile_iter * static_cast<int>(gridDim.x), st.m_block, st.n_block);
+    tile_coords(i, st.m_block, st.n_block);
     return st;
   }
 };

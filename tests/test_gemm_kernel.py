@@ -53,30 +53,22 @@ def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, gr
     return out
 
 
-def cublas_bound(inputs, expected, out_dtype):
-    """calc_diff cuBLAS reaches on the same inputs (on the first N - N % 16 columns: it rejects other N)."""
-    a, a_s, b, b_s = inputs
-    n16 = b.shape[0] - b.shape[0] % 16
-    if n16 == 0:
-        return None
-    cublas = dg.fp8_gemm(a, a_s, b[:n16], b_s[: -(-n16 // 128)].contiguous(), out_dtype=out_dtype, backend="cublas")
-    return ref.calc_diff(cublas, expected[:, :n16])
+def rounding_floor(expected, out_dtype):
+    """calc_diff of the exact result rounded once to the output dtype: what a perfect kernel gets."""
+    return ref.calc_diff(expected.to(out_dtype), expected)
 
 
 def check(out, expected, what, inputs=None):
-    """calc_diff <= 2e-6 against the fp32 reference. With scales spread over 1e-3..1e3 (``inputs`` given) and
-    on tiny outputs, the fp8 tensor core's own partial-sum precision on cancelling sums (or a single bf16
-    rounding on the other side of a tie) can move calc_diff past 2e-6 for any exact kernel; there the bar
-    is cuBLAS on the same inputs: no worse than 1.25x its calc_diff (3x the cost of rounding the exact
-    result to the output dtype where cuBLAS cannot run, N < 16)."""
+    """calc_diff <= 2e-6 against the fp32 reference, and every element written. With scales spread over
+    1e-3..1e3 (``inputs`` given) a handful of the largest outputs carry all of calc_diff, so even the
+    exact result rounded once to bf16 can land above 2e-6 (measured 2026-11-25: on such inputs our
+    calc_diff equals cuBLAS's exactly on the columns cuBLAS can compute, and on 8 dominant columns
+    both read 2.3-2.65e-6). There the bar is that rounding floor, on the same elements: at most 1.25x it."""
     assert not out.isnan().any(), f"{what}: {int(out.isnan().sum())} output elements not written"
     diff = ref.calc_diff(out, expected)
     bound = TOL
     if inputs is not None:
-        theirs = cublas_bound(inputs, expected, out.dtype)
-        if theirs is None:
-            theirs = 3 * ref.calc_diff(expected.to(out.dtype), expected) / 1.25
-        bound = max(TOL, 1.25 * theirs)
+        bound = max(TOL, 1.25 * rounding_floor(expected, out.dtype))
     assert diff <= bound, f"{what}: calc_diff {diff:.3e} > {bound:.3e}"
 
 
@@ -87,7 +79,10 @@ def test_auto_backend_is_ptx_on_hopper():
 
 @pytest.mark.parametrize("variant", configs.VARIANTS, ids=lambda v: v.key)
 def test_every_variant_exact_on_odd_shapes(variant):
-    for m, n, k in ((1, 8, 128), (65, 136, 384), (129, 2056, 256), (1000, 264, 640), (7, 392, 1152)):
+    # (300, 200, 256): an odd number of M-tiles, so a 2-CTA cluster pairs the last tile with a padding one;
+    # N = 8, 136, 200: the partner's half of the last B tile lies wholly out of bounds.
+    for m, n, k in ((1, 8, 128), (65, 136, 384), (129, 2056, 256), (1000, 264, 640), (7, 392, 1152),
+                    (300, 200, 256)):
         a, a_s, b, b_s = make_inputs(m, n, k)
         check(run_variant(variant, a, a_s, b, b_s), exact(a, a_s, b, b_s), f"{variant.key} {m}x{n}x{k}",
               (a, a_s, b, b_s))
@@ -133,7 +128,7 @@ def test_fp32_output_every_element_written():
 
 def test_group_n_rasterization_does_not_change_results():
     a, a_s, b, b_s = make_inputs(1000, 2056, 384)
-    variant = configs.find_variant(128, 128, True)
+    variant = configs.find_variant(128, 128, True, cluster=2)
     outs = [run_variant(variant, a, a_s, b, b_s, group_n=g) for g in (1, 3, 16, 100)]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     check(outs[0], exact(a, a_s, b, b_s), "group_n", (a, a_s, b, b_s))

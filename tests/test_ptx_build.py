@@ -46,8 +46,7 @@ def _compile(variant: configs.Variant, workdir: pathlib.Path) -> tuple[str, path
         f"{'true' if variant.dual_acc else 'false'}>;\n"
         f"static_assert(V::Layout::kDynamicBytes == {variant.smem_bytes}, "
         '"configs.Variant.smem_bytes disagrees with dg::SmemLayout");\n'
-        f"template __global__ void dg::fp8_gemm_kernel<{variant.block_m}, {variant.block_n}, {variant.stages}, "
-        f"{'true' if variant.dual_acc else 'false'}>(const __grid_constant__ CUtensorMap, "
+        f"template __global__ void dg::fp8_gemm_kernel<{variant.template_args}>(const __grid_constant__ CUtensorMap, "
         "const __grid_constant__ CUtensorMap, const __grid_constant__ CUtensorMap, const dg::GemmParams);\n")
     cubin = workdir / f"{variant.key}.cubin"
     flags = [f for f in extension.NVCC_FLAGS if f != "-lineinfo"]

@@ -1,0 +1,99 @@
+"""configs.py on the CPU: every listed variant fits the GPU, select() returns listed variants with a sane
+launch geometry, and the switches are honoured or rejected with a clear message."""
+import pytest
+
+from deepergemm import configs
+
+H100_SMS = 132
+SHAPES = [(1, 8, 128), (7, 136, 384), (64, 2112, 7168), (128, 4096, 7168), (129, 2056, 256), (1000, 264, 640),
+          (4096, 7168, 2048), (8192, 4096, 7168), (4096, 32768, 512), (8192, 7168, 16384)]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for name in ("DEEPERGEMM_DUAL_ACC", "DEEPERGEMM_VARIANT", "DEEPERGEMM_CLUSTER", "DEEPERGEMM_GROUP_N"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("variant", configs.VARIANTS, ids=lambda v: v.key)
+def test_variant_fits_and_round_trips(variant):
+    assert variant.smem_bytes <= configs.SMEM_LIMIT
+    assert configs.parse_key(variant.key) == variant
+    assert variant.stages >= 4, "the issue asks for a ring of at least 4 stages"
+    if variant.cluster > 1:
+        assert variant.block_m == 128 and variant.block_n % (8 * variant.cluster) == 0
+
+
+def test_variant_keys_are_unique():
+    keys = [v.key for v in configs.VARIANTS]
+    assert len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_select_returns_a_listed_variant_with_a_grid_that_fits(shape):
+    m, n, k = shape
+    choice = configs.select(m, n, k, H100_SMS)
+    v = choice.variant
+    assert v in configs.VARIANTS
+    assert 1 <= choice.grid <= H100_SMS and choice.grid % v.cluster == 0
+    assert 1 <= choice.group_n <= -(-n // v.block_n)
+    tiles = -(-m // v.block_m) * -(-n // v.block_n)
+    assert choice.tiles >= tiles  # a 2-CTA cluster may add one padding tile per column of units
+    assert v.block_m == (64 if m <= 128 else 128)
+
+
+def test_cluster_only_for_long_k_and_several_m_tiles():
+    assert configs.select(8192, 4096, 7168, H100_SMS).variant.cluster == 2
+    assert configs.select(4096, 7168, 2048, H100_SMS).variant.cluster == 1   # short K: measured slower
+    assert configs.select(128, 4096, 7168, H100_SMS).variant.cluster == 1    # one M-tile: nothing to share
+    assert configs.select(129, 4096, 7168, H100_SMS).variant.cluster == 2    # two M-tiles (the second padded)
+
+
+def test_wave_model_prefers_a_tile_that_fills_the_last_wave():
+    # 128 rows, N = 4096: 64x64 tiles give 128 tiles (one wave on 132 SMs); 64x128 give 64 (half the SMs idle)
+    assert (configs.select(128, 4096, 7168, H100_SMS).variant.block_n) == 64
+
+
+def test_switches(monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_DUAL_ACC", "0")
+    assert not configs.select(8192, 4096, 7168, H100_SMS).variant.dual_acc
+    monkeypatch.setenv("DEEPERGEMM_DUAL_ACC", "1")
+    monkeypatch.setenv("DEEPERGEMM_CLUSTER", "1")
+    assert configs.select(8192, 4096, 7168, H100_SMS).variant.cluster == 1
+    monkeypatch.setenv("DEEPERGEMM_CLUSTER", "2")
+    assert configs.select(4096, 7168, 2048, H100_SMS).variant.cluster == 2
+    monkeypatch.setenv("DEEPERGEMM_VARIANT", "64x128")
+    monkeypatch.setenv("DEEPERGEMM_CLUSTER", "")
+    assert (configs.select(4096, 7168, 2048, H100_SMS).variant.block_m,
+            configs.select(4096, 7168, 2048, H100_SMS).variant.block_n) == (64, 128)
+    monkeypatch.setenv("DEEPERGEMM_GROUP_N", "3")
+    assert configs.select(4096, 7168, 2048, H100_SMS).group_n == 3
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("DEEPERGEMM_DUAL_ACC", "yes", "must be 0 or 1"),
+    ("DEEPERGEMM_VARIANT", "128x96", "not a compiled tile shape"),
+    ("DEEPERGEMM_VARIANT", "big", "must look like"),
+    ("DEEPERGEMM_CLUSTER", "4", "must be 1 or 2"),
+    ("DEEPERGEMM_GROUP_N", "0", "must be >= 1"),
+])
+def test_bad_switches_are_rejected_by_name(monkeypatch, name, value, words):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=words):
+        configs.select(4096, 7168, 2048, H100_SMS)
+
+
+def test_cluster_2_needs_block_m_128(monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_CLUSTER", "2")
+    with pytest.raises(ValueError, match="BLOCK_M = 128"):
+        configs.select(64, 4096, 7168, H100_SMS)
+
+
+def test_select_rejects_bad_problem():
+    with pytest.raises(ValueError, match="K >= 128"):
+        configs.select(128, 128, 64, H100_SMS)
+
+
+def test_parse_key_rejects_garbage():
+    with pytest.raises(ValueError, match="does not look like"):
+        configs.parse_key("128x128")
