@@ -1,41 +1,100 @@
-"""Time every kernel variant on given shapes (developer tool, cold L2): which tile shape wins where.
+"""Time kernel variants side by side with cuBLAS on given shapes (developer tool, cold L2): which tile
+shape wins where, and by how much. Every variant's output is checked first (NaN-poisoned, calc_diff
+against the fp32 reference of the dequantized inputs); a failing variant is reported and not timed.
 
-    python bench/sweep_variants.py --shapes 4096x7168x2048,8192x7168x16384
+    python bench/sweep_variants.py --shapes large --variants listed,128x160s5pc2 [--json out.json]
+
+--variants: keys such as 128x128s6dc2 (also ones not in configs.VARIANTS: they are built here),
+"listed" (every variant configs.py can select) and "auto" (what configs.select picks for the shape).
+All variants are built first, in parallel.
 """
 import argparse
+import json
+import sys
+from pathlib import Path
 
 import torch
 
-from deepergemm import configs, extension, layouts
-from deepergemm import reference as ref
-from deepergemm.benchmark.timing import time_cold_l2
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deepergemm import configs, extension, layouts  # noqa: E402
+from deepergemm import reference as ref  # noqa: E402
+from deepergemm.benchmark.shapes import anchor_for, select_shapes  # noqa: E402
+from deepergemm.benchmark.timing import time_cold_l2  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--shapes", required=True)
-    parser.add_argument("--variants", default="")
-    parser.add_argument("--group-n", default="16")
+def parse_variants(spec: str) -> tuple[list[configs.Variant], bool]:
+    variants, auto = [], False
+    for key in filter(None, (k.strip() for k in spec.split(","))):
+        if key == "listed":
+            variants += configs.VARIANTS
+        elif key == "auto":
+            auto = True
+        else:
+            variants.append(configs.parse_key(key))
+    for v in variants:
+        if v.smem_bytes > configs.SMEM_LIMIT:
+            raise SystemExit(f"{v.key}: {v.smem_bytes} B of shared memory > {configs.SMEM_LIMIT}")
+    return list(dict.fromkeys(variants)), auto
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="all")
+    parser.add_argument("--variants", default="auto,listed")
+    parser.add_argument("--group-n", default=str(configs.DEFAULT_GROUP_N))
+    parser.add_argument("--launches", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=extension.default_jobs())
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args()
+    variants, auto = parse_variants(args.variants)
+    shapes = select_shapes(args.shapes)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for spec in args.shapes.split(","):
-        m, n, k = (int(x) for x in spec.split("x"))
-        a, a_s = ref.quantize_act(torch.randn(m, k, device="cuda"))
-        b, b_s = ref.quantize_weight(torch.randn(n, k, device="cuda"))
-        a_s = layouts.to_act_scale_layout(a_s)
-        out = torch.empty((m, n), device="cuda", dtype=torch.bfloat16)
-        picked = configs.select(m, n, k, sms).variant.key
-        # Listed variants, or any keys given (also unlisted ones: experiments build them on the fly).
-        chosen = [configs.parse_key(key) for key in args.variants.split(",")] if args.variants else configs.VARIANTS
-        for v in chosen:
+    picks = {s: configs.select(s.m, s.n, s.k, sms).variant for s in shapes}
+    extension.build_variants(list(dict.fromkeys(variants + (list(picks.values()) if auto else []))), args.jobs)
+    stream = torch.cuda.current_stream().cuda_stream
+    rows, failures = [], 0
+    for shape in shapes:
+        m, n, k = shape.m, shape.n, shape.k
+        x, w = torch.randn(m, k, device="cuda"), torch.randn(n, k, device="cuda")
+        a, a_s = ref.quantize_act(x)
+        b, b_s = ref.quantize_weight(w)
+        a_s_k = layouts.to_act_scale_layout(a_s)
+        expected = ref.exact_fp32_matmul(ref.dequantize_act(a, a_s), ref.dequantize_weight(b, b_s))
+        cublas = time_cold_l2(lambda: torch.ops.deepergemm.fp8_gemm(a, a_s, b, b_s, torch.bfloat16, None, "cublas"),
+                              args.launches).median_us
+        anchor = anchor_for(shape)
+        print(f"{shape.label:>16} cuBLAS {cublas:8.1f} us  (DeepGEMM/cuBLAS {anchor.deepgemm_ratio if anchor else '-'})",
+              flush=True)
+        tried = variants + ([picks[shape]] if auto and picks[shape] not in variants else [])
+        for v in tried:
             mod = extension.load(v)
             for g in (int(x) for x in args.group_n.split(",")):
+                out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+
                 def launch():
-                    mod.fp8_gemm(a, a_s, b, b_s, out, out, 0, sms, g, torch.cuda.current_stream().cuda_stream)
-                t = time_cold_l2(launch, launches=20)
-                print(f"{spec:>18} {v.key:>12} g{g:<3} {t.median_us:8.1f} us {2*m*n*k/t.median_us/1e6:6.0f} TFLOPS"
-                      f"{'  <- configs' if v.key == picked else ''}", flush=True)
+                    mod.fp8_gemm(a, a_s_k, b, b_s, out, out, 0, sms, g, stream)
+
+                launch()
+                torch.cuda.synchronize()
+                unwritten = int(out.isnan().sum())
+                diff = ref.calc_diff(out.float().nan_to_num(0), expected)
+                row = {"shape": shape.label, "variant": v.key, "group_n": g, "cublas_us": cublas,
+                       "calc_diff": diff, "unwritten": unwritten, "auto": v == picks[shape]}
+                if unwritten or not diff <= 2e-6:
+                    failures += 1
+                    print(f"{'':>16} {v.key:>13} g{g:<3} FAIL calc_diff {diff:.2e}, {unwritten} unwritten", flush=True)
+                else:
+                    us = time_cold_l2(launch, args.launches).median_us
+                    row.update(us=us, tflops=2 * m * n * k / us / 1e6, ratio=cublas / us)
+                    print(f"{'':>16} {v.key:>13} g{g:<3} {us:8.1f} us {row['tflops']:6.0f} TFLOPS "
+                          f"{row['ratio']:5.2f}x cuBLAS{'  <- configs' if row['auto'] else ''}", flush=True)
+                rows.append(row)
+        del expected
+        torch.cuda.empty_cache()
+    if args.json:
+        args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

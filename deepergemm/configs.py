@@ -50,7 +50,7 @@ class Variant:
     @property
     def epi_n(self) -> int:
         """Columns per band of the bf16 epilogue's staging buffer (dg::GemmTraits::kEpiN)."""
-        return 64 if self.wg_n % 64 == 0 else self.wg_n
+        return 64 if self.wg_n % 64 == 0 else 32 if self.wg_n % 32 == 0 else 16
 
     @property
     def key(self) -> str:
@@ -61,9 +61,10 @@ class Variant:
     def smem_bytes(self) -> int:
         """Dynamic shared memory the kernel asks for; mirrors dg::SmemLayout (the CI build checks they agree)."""
         stage = self.block_m * BLOCK_K + self.block_n * BLOCK_K + round_up(self.block_m * 4, 128) + STEP_META_BYTES
-        epilogue = 2 * 64 * (self.epi_n * 2 + 16)
+        epilogue_start = round_up(self.stages * stage, SWIZZLE_ATOM)  # the staging buffers are swizzled
+        epilogue = 2 * 64 * self.epi_n * 2
         barriers = 2 * self.stages * 8
-        return round_up(self.stages * stage + epilogue, 8) + barriers + SWIZZLE_ATOM
+        return round_up(epilogue_start + epilogue, 8) + barriers + SWIZZLE_ATOM
 
     def compile_defines(self) -> dict[str, int]:
         return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,

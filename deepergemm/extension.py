@@ -119,18 +119,26 @@ def _build_in_subprocess(variant: configs.Variant) -> str:
     return variant.key
 
 
-def warmup_main(argv: list[str] | None = None) -> int:
-    """`python -m deepergemm warmup`: build (or check) every variant configs.py can select."""
-    parser = argparse.ArgumentParser(prog="python -m deepergemm warmup", description=warmup_main.__doc__)
-    parser.add_argument("--jobs", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
-                        help="variants built at once (each nvcc uses about 1.5 GB)")
-    args = parser.parse_args(argv or [])
+def build_variants(variants, jobs: int) -> None:
+    """Build (or load from the cache) several variants at once, one spawned process per build."""
     start = time.perf_counter()
-    variants = configs.VARIANTS
-    _say(f"building {len(variants)} variants with {args.jobs} jobs into {cache_root()}")
+    _say(f"building {len(variants)} variants with {jobs} jobs into {cache_root()}")
     ctx = __import__("multiprocessing").get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
         for done, key in enumerate(pool.map(_build_in_subprocess, variants), 1):
             _say(f"[{done}/{len(variants)}] {key} ready")
     _say(f"all variants ready in {time.perf_counter() - start:.1f} s")
+
+
+def default_jobs() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def warmup_main(argv: list[str] | None = None) -> int:
+    """`python -m deepergemm warmup`: build (or check) every variant configs.py can select."""
+    parser = argparse.ArgumentParser(prog="python -m deepergemm warmup", description=warmup_main.__doc__)
+    parser.add_argument("--jobs", type=int, default=default_jobs(),
+                        help="variants built at once (each nvcc uses about 1.5 GB)")
+    args = parser.parse_args(argv or [])
+    build_variants(configs.VARIANTS, args.jobs)
     return 0

@@ -79,13 +79,23 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
                                           kBN / kCluster, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's B slice
   const CUtensorMap map_sa = tensor_map_2d(a_scales.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m, k_blocks,
                                            sa_stride * 4, kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
+  // bf16 output: TMA stores of 16-row (one warp's) x kEpiN-column slices, swizzled like the staging buffer. fp32 output
+  // is stored directly from registers (the map is not read; map_a stands in for it).
+  using Traits = dg::GemmTraits<kBM, kBN, kStages, kDual>;
+  const bool out_fp32 = out.scalar_type() == at::kFloat;
+  const CUtensorMap map_out =
+      out_fp32 ? map_a
+               : tensor_map_2d(out.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, n, m, n * 2, Traits::kEpiN, 16,
+                               Traits::kEpiN == 64   ? CU_TENSOR_MAP_SWIZZLE_128B
+                               : Traits::kEpiN == 32 ? CU_TENSOR_MAP_SWIZZLE_64B
+                                                     : CU_TENSOR_MAP_SWIZZLE_32B);
 
   dg::GemmParams p;
   p.m = static_cast<int>(m);
   p.n = static_cast<int>(n);
   p.k_blocks = static_cast<int>(k_blocks);
   p.out = out.data_ptr();
-  p.out_fp32 = out.scalar_type() == at::kFloat;
+  p.out_fp32 = out_fp32;
   p.b_scales = b_scales.data_ptr<float>();
   p.bias = bias_kind != dg::kBiasNone ? bias.data_ptr() : nullptr;
   p.bias_kind = static_cast<int>(bias_kind);
@@ -123,7 +133,7 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
     }
   }
   config.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(units, resident_clusters) * kCluster));
-  DG_CUDA_CHECK(cudaLaunchKernelEx(&config, kKernel, map_a, map_b, map_sa, p));
+  DG_CUDA_CHECK(cudaLaunchKernelEx(&config, kKernel, map_a, map_b, map_sa, map_out, p));
 }
 
 // The compile-time facts of this variant, for Python's checks and reports.

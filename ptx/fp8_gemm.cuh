@@ -48,9 +48,9 @@ struct GemmTraits {
   static constexpr int kRegs = kWgN / 2;                 // fp32 accumulators per thread per set
   static constexpr int kGroups8 = kWgN / 8;              // 8-column groups per warpgroup
   static_assert(kWgN % 16 == 0 && kWgN <= 256, "warpgroup N must be a multiple of 16 (stmatrix.x4), <= 256");
-  // bf16 epilogue band width: the staging buffer holds 64 rows x kEpiN columns per warpgroup.
-  static constexpr int kEpiN = kWgN % 64 == 0 ? 64 : kWgN;
-  static_assert(64 * (kEpiN / 8) % 128 == 0, "a band must split evenly over the warpgroup's 128 threads");
+  // bf16 epilogue band width: the staging buffer holds 64 rows x kEpiN columns per warpgroup, rows of
+  // kEpiN * 2 = 128, 64 or 32 bytes, swizzled the way the output tensor map's TMA store reads them.
+  static constexpr int kEpiN = kWgN % 64 == 0 ? 64 : kWgN % 32 == 0 ? 32 : 16;
   using Layout = SmemLayout<BM, BN, STAGES, 64, kEpiN>;
 };
 
@@ -170,6 +170,7 @@ struct MathWarpgroup {
 
   const GemmParams& p;
   const TileScheduler<CLUSTER>& sched;
+  const CUtensorMap* map_out;  // bf16 output, box 16 rows (one warp's) x kEpiN columns
   uint8_t* smem;
   uint64_t* full;
   uint64_t* empty;
@@ -180,9 +181,10 @@ struct MathWarpgroup {
   int col_base;    // first tile column of this warpgroup
   RingPos<STAGES> pos;  // where the next issued step's operands are
 
-  __device__ __forceinline__ MathWarpgroup(const GemmParams& params, const TileScheduler<CLUSTER>& s, uint8_t* sm,
-                                           uint64_t* f, uint64_t* e, int math_wg)
-      : p(params), sched(s), smem(sm), full(f), empty(e), wg(math_wg) {
+  __device__ __forceinline__ MathWarpgroup(const GemmParams& params, const TileScheduler<CLUSTER>& s,
+                                           const CUtensorMap* out_map, uint8_t* sm, uint64_t* f, uint64_t* e,
+                                           int math_wg)
+      : p(params), sched(s), map_out(out_map), smem(sm), full(f), empty(e), wg(math_wg) {
     tid = threadIdx.x % 128;
     warp = tid / 32;
     lane = tid % 32;
@@ -301,32 +303,35 @@ struct MathWarpgroup {
       }
       return;
     }
-    // bf16: per band of kEpiN columns, stmatrix into this warpgroup's padded staging rows, then 16-byte
-    // coalesced global stores. Bands keep the staging small, which leaves shared memory for one more stage.
-    const uint32_t epi = smem_addr(smem + L::kEpi + wg * L::kEpiBytesPerWG);
-    const int row = warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
-    const uint32_t row_addr = epi + row * L::kEpiPitch + (lane / 16) * 16;
-    constexpr int kChunksPerRow = T::kEpiN / 8;  // 16-byte chunks
-    uint16_t* out = static_cast<uint16_t*>(p.out);
+    // bf16, warp by warp (no warpgroup barrier): each warp owns 16 rows of the warpgroup's 64. Per band
+    // of kEpiN columns it stmatrix-es its rows into its own slice of the staging buffer (swizzled like
+    // the output tensor map: conflict-free), and its lane 0 hands the slice to a TMA store, which clips
+    // the tails of M and N and runs on while the warp goes back to its wgmmas. The only wait is for the
+    // previous band's store to have read the slice (a few hundred bytes' worth of TMA work).
+    constexpr int kSliceBytes = 16 * L::kEpiPitch;
+    uint8_t* slice = smem + L::kEpi + wg * L::kEpiBytesPerWG + warp * kSliceBytes;
+    const int row = (lane % 8) + 8 * ((lane / 8) % 2);  // the row this lane addresses in stmatrix
+    const uint32_t row_offset = row * L::kEpiPitch;
+    const uint32_t swizzle = ((row_offset >> 7) & (T::kEpiN * 2 / 16 - 1)) << 4;  // TMA's 32B/64B/128B swizzle
+    const int warp_m = m0 + warp * 16;
 #pragma unroll
     for (int band = 0; band < T::kWgN / T::kEpiN; ++band) {
-      named_barrier_sync(1 + wg, 128);  // the previous band's (or tile's) stores have read the staging rows
+      if (lane == 0) bulk_wait_group_read<0>();  // the previous band's (or tile's) store has read the slice
+      __syncwarp();
 #pragma unroll
       for (int jj = 0; jj < T::kEpiN / 16; ++jj) {
         const int j = band * (T::kEpiN / 8) + 2 * jj;
-        stmatrix_x4(row_addr + jj * 32, pack_bf16x2(total[4 * j + 0], total[4 * j + 1]),
-                    pack_bf16x2(total[4 * j + 2], total[4 * j + 3]), pack_bf16x2(total[4 * j + 4], total[4 * j + 5]),
-                    pack_bf16x2(total[4 * j + 6], total[4 * j + 7]));
+        const uint32_t chunk = 2 * jj + lane / 16;
+        stmatrix_x4(smem_addr(slice) + row_offset + ((chunk * 16) ^ swizzle),
+                    pack_bf16x2(total[4 * j + 0], total[4 * j + 1]), pack_bf16x2(total[4 * j + 2], total[4 * j + 3]),
+                    pack_bf16x2(total[4 * j + 4], total[4 * j + 5]), pack_bf16x2(total[4 * j + 6], total[4 * j + 7]));
       }
-      named_barrier_sync(1 + wg, 128);
-#pragma unroll
-      for (int i = 0; i < 64 * kChunksPerRow / 128; ++i) {
-        const int idx = tid + i * 128;
-        const int r = idx / kChunksPerRow, chunk = idx % kChunksPerRow;
-        const int gm = m0 + r, gn = n0 + band * T::kEpiN + chunk * 8;
-        if (gm < p.m && gn < p.n) {
-          st_global_v4(out + static_cast<int64_t>(gm) * p.n + gn, ld_shared_v4(epi + r * L::kEpiPitch + chunk * 16));
-        }
+      fence_proxy_async_shared();  // each lane's stmatrix writes, before the TMA engine reads them
+      __syncwarp();
+      const int band_n = n0 + band * T::kEpiN;
+      if (lane == 0 && warp_m < p.m && band_n < p.n) {  // skip slices wholly outside (e.g. a padding tile)
+        tma_store_2d(map_out, slice, band_n, warp_m);
+        bulk_commit_group();
       }
     }
   }
@@ -377,6 +382,7 @@ struct MathWarpgroup {
         promote(acc0, total, sc0);
       }
     }
+    if (lane == 0) bulk_wait_group<0>();  // this warp's last TMA stores have finished before the CTA exits
   }
 };
 
@@ -386,7 +392,8 @@ struct MathWarpgroup {
 template <int BM, int BN, int STAGES, bool DUAL, int CLUSTER>
 __global__ void __launch_bounds__(kThreads, 1)
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                    const __grid_constant__ CUtensorMap map_sa, const GemmParams p) {
+                    const __grid_constant__ CUtensorMap map_sa, const __grid_constant__ CUtensorMap map_out,
+                    const GemmParams p) {
   using L = typename GemmTraits<BM, BN, STAGES, DUAL>::Layout;
   extern __shared__ uint8_t smem_raw[];
   // 128B-swizzled tiles need 1024-byte alignment; the dynamic allocation only promises 16.
@@ -399,6 +406,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefetch_tensor_map(&map_a);
     prefetch_tensor_map(&map_b);
     prefetch_tensor_map(&map_sa);
+    if (!p.out_fp32) prefetch_tensor_map(&map_out);
 #pragma unroll
     for (int i = 0; i < STAGES; ++i) {
       mbar_init(&full[i], 2);            // the TMA thread's arrive.expect_tx + the meta writer's arrive
@@ -420,7 +428,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     setmaxnreg_inc<kMathRegs>();
     // The warpgroup index through a shuffle: ptxas then treats it (and the A descriptors built from it)
     // as warp-uniform and keeps them in uniform registers (no R2UR between the wgmmas).
-    MathWarpgroup<BM, BN, STAGES, DUAL, CLUSTER> math(p, sched, smem, full, empty, __shfl_sync(0xffffffffu, wg - 1, 0));
+    MathWarpgroup<BM, BN, STAGES, DUAL, CLUSTER> math(p, sched, &map_out, smem, full, empty, __shfl_sync(0xffffffffu, wg - 1, 0));
     math.run();
   }
   // No CTA leaves while its partner may still multicast into it or arrive on its barriers.

@@ -31,21 +31,21 @@ struct SmemLayout {
   static constexpr int kSABytes = BM * 4;                         // fp32 A scales of one stage
   static constexpr int kSASlot = round_up_c(kSABytes, 128);
   static constexpr int kTxBytes = kABytes + kBBytes + kSABytes;   // what TMA delivers per stage
-  // Epilogue staging: per math warpgroup EPI_ROWS x EPI_N bf16, rows padded by 16 bytes so the 8
-  // rows an stmatrix writes fall in different banks.
-  static constexpr int kEpiPitch = EPI_N * 2 + 16;
+  // Epilogue staging: per math warpgroup EPI_ROWS x EPI_N bf16, dense and swizzled like the output
+  // tensor map (rows of EPI_N * 2 = 64 or 128 bytes), which a TMA store reads.
+  static constexpr int kEpiPitch = EPI_N * 2;
   static constexpr int kEpiBytesPerWG = EPI_ROWS * kEpiPitch;
-
   static constexpr int kA = 0;
   static constexpr int kB = kA + STAGES * kABytes;
   static constexpr int kSA = kB + STAGES * kBBytes;
   static constexpr int kMeta = kSA + STAGES * kSASlot;          // per stage: StepMeta (32 bytes)
   static constexpr int kMetaSlot = 32;
-  static constexpr int kEpi = kMeta + STAGES * kMetaSlot;
+  static constexpr int kEpi = round_up_c(kMeta + STAGES * kMetaSlot, kSwizzleAtomBytes);
   static constexpr int kBarriers = round_up_c(kEpi + 2 * kEpiBytesPerWG, 8);
   static constexpr int kEnd = kBarriers + 2 * STAGES * 8;
   static constexpr int kDynamicBytes = kEnd + kSwizzleAtomBytes;  // slack to align the base
 
+  static_assert(kEpiBytesPerWG % kSwizzleAtomBytes == 0, "each staging buffer must start on a swizzle atom");
   static_assert(kABytes % kSwizzleAtomBytes == 0 && kBBytes % kSwizzleAtomBytes == 0,
                 "tiles must keep 1024-byte alignment for the 128B swizzle");
 };

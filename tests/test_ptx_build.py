@@ -47,7 +47,8 @@ def _compile(variant: configs.Variant, workdir: pathlib.Path) -> tuple[str, path
         f"static_assert(V::Layout::kDynamicBytes == {variant.smem_bytes}, "
         '"configs.Variant.smem_bytes disagrees with dg::SmemLayout");\n'
         f"template __global__ void dg::fp8_gemm_kernel<{variant.template_args}>(const __grid_constant__ CUtensorMap, "
-        "const __grid_constant__ CUtensorMap, const __grid_constant__ CUtensorMap, const dg::GemmParams);\n")
+        "const __grid_constant__ CUtensorMap, const __grid_constant__ CUtensorMap, "
+        "const __grid_constant__ CUtensorMap, const dg::GemmParams);\n")
     cubin = workdir / f"{variant.key}.cubin"
     flags = [f for f in extension.NVCC_FLAGS if f != "-lineinfo"]
     cmd = [NVCC, *flags, "-std=c++17", "-cubin", "-Xptxas", "-v", "-I", str(ROOT / "ptx"), str(src), "-o", str(cubin)]

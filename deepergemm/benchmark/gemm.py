@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import subprocess
 import sys
 import zlib
@@ -106,6 +107,9 @@ def bench_device() -> torch.device:
 
 
 def git_commit() -> str:
+    """The checkout's commit; $DEEPERGEMM_COMMIT where the tree has no .git (a copy on a GPU machine)."""
+    if os.environ.get("DEEPERGEMM_COMMIT"):
+        return os.environ["DEEPERGEMM_COMMIT"]
     try:
         done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               timeout=10, cwd=Path(__file__).resolve().parent)
