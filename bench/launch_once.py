@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--group-n", type=int, default=16)
     args = parser.parse_args()
     m, n, k = (int(x) for x in args.shape.split("x"))
-    variant = next(v for v in configs.VARIANTS if v.key == args.variant)
+    variant = configs.parse_key(args.variant)  # listed in configs.VARIANTS or not
     module = extension.load(variant)
     a, a_s = ref.quantize_act(torch.randn(m, k, device="cuda"))
     b, b_s = ref.quantize_weight(torch.randn(n, k, device="cuda"))

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
+# ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
+#   bash bench/device_run.sh sweep-large sweep-small tests ncu bench sanitize
+set -uo pipefail
+OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
+LARGE=${LARGE:-128x128s6dc2,128x128s6d,128x128s6pc2,128x128s6p,128x144s6pc2,128x160s5pc2,128x176s5pc2,128x192s5pc2,128x160s5p,128x192s5p}
+SMALL=${SMALL:-64x32s16d,64x64s8d,64x64s8p,64x64s12d,64x96s8d,64x128s8d,64x128s8p,64x192s6d,64x256s5d}
+pip install -q -e . --no-deps --no-build-isolation > "$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv > "$OUT/gpu.txt"
+for step in "$@"; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    sweep-large) timeout 300 python bench/sweep_variants.py --shapes large --variants "auto,$LARGE" --jobs 16 \
+                   --json "$OUT/sweep_large.json" 2>&1 | tee "$OUT/sweep_large.log" | grep -v "^\[deepergemm\]" ;;
+    sweep-small) timeout 240 python bench/sweep_variants.py --shapes small --variants "auto,$SMALL" --jobs 16 \
+                   --json "$OUT/sweep_small.json" 2>&1 | tee "$OUT/sweep_small.log" | grep -v "^\[deepergemm\]" ;;
+    tests) timeout 300 python -m pytest -q -m gpu -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
+    bench) timeout 300 python -m deepergemm bench --shapes all --launches 30 --backends ptx,cublas --markdown \
+             --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40 ;;
+    ncu) for v in ${NCU_VARIANTS:-128x128s6dc2 128x192s5pc2}; do
+           timeout 120 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis -k regex:fp8_gemm -c 1 \
+             python bench/launch_once.py --variant "$v" --shape ${NCU_SHAPE:-4096x7168x16384} --launches 1 \
+             > "$OUT/ncu_$v.txt" 2>&1
+           grep -E "Throughput|Duration|Busy|Hit Rate|Bandwidth" "$OUT/ncu_$v.txt" | head -20
+         done ;;
+    sanitize) for tool in memcheck racecheck; do
+           timeout 240 compute-sanitizer --tool $tool python bench/sanitize_case.py > "$OUT/sanitize_$tool.log" 2>&1
+           echo "$tool rc=$?"; tail -4 "$OUT/sanitize_$tool.log"
+         done ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
+echo "=== done $(date +%T)"
