@@ -9,8 +9,11 @@ import json
 import pathlib
 import tempfile
 
+import sys
+
 import torch
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # also under ncu, whose python may lack the install
 from deepergemm import configs, extension, layouts
 from deepergemm import reference as ref
 

@@ -20,6 +20,7 @@ Switches (measure a feature by turning it off in the same run):
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -41,6 +42,24 @@ class Variant:
     stages: int
     dual_acc: bool
     cluster: int = 1   # CTAs per cluster sharing (multicasting) the B tile
+
+    def __post_init__(self):
+        """The rules dg::GemmTraits enforces at compile time, as a Python error before any build."""
+        problems = []
+        if self.block_m not in (64, 128):
+            problems.append("BLOCK_M must be 64 or 128")
+        if self.block_n % 16 or not 16 <= self.wg_n <= 256 or self.wg_n % 16:
+            problems.append("each math warpgroup's N (BLOCK_N, or BLOCK_N / 2 at BLOCK_M = 64) must be a "
+                            "multiple of 16 in 16..256")
+        elif BLOCK_K - math.gcd(self.wg_n, BLOCK_K) + self.wg_n > 2 * BLOCK_K:
+            problems.append("a warpgroup's columns would span three 128-wide B-scale blocks")
+        if self.cluster not in (1, 2) or (self.cluster == 2 and self.block_m != 128):
+            problems.append("cluster must be 1, or 2 with BLOCK_M = 128")
+        if self.stages < 2:
+            problems.append("at least 2 stages")
+        if problems:
+            raise ValueError(f"variant {self.block_m}x{self.block_n} stages={self.stages} cluster={self.cluster}: "
+                             + "; ".join(problems))
 
     @property
     def wg_n(self) -> int:

@@ -183,3 +183,15 @@ def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
     if denominator == 0:
         return 0.0 if torch.isfinite(x).all() and torch.isfinite(y).all() else float("nan")
     return float(1 - 2 * (x * y).sum() / denominator)
+
+
+EXACT_TOL = 2e-6  # calc_diff an exact kernel must meet against the fp32 reference (cuBLAS: ~1.4e-6)
+
+
+def exactness_bound(expected: torch.Tensor, out_dtype: torch.dtype, tol: float = EXACT_TOL) -> float:
+    """The calc_diff an exact kernel's `out_dtype` output must meet against `expected` (fp32).
+
+    Normally `tol`. But calc_diff of the exact result rounded once to bf16 (what a perfect kernel
+    gets) can exceed 2e-6 when a handful of elements carry the whole norm: tiny outputs (M=1, N=8)
+    or scales spread over 1e-3..1e3. There the bound is 1.25x that rounding floor."""
+    return max(tol, 1.25 * calc_diff(expected.to(out_dtype), expected))

@@ -41,6 +41,8 @@ constexpr int kMathWarps = kMathWarpgroups * 4;
 constexpr int kProducerRegs = 40;
 constexpr int kMathRegs = 232;
 
+constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
+
 template <int BM, int BN, int STAGES, bool DUAL>
 struct GemmTraits {
   static_assert(BM == 64 || BM == 128, "BLOCK_M is 64 or 128");
@@ -52,6 +54,12 @@ struct GemmTraits {
   // kEpiN * 2 = 128, 64 or 32 bytes, swizzled the way the output tensor map's TMA store reads them.
   static constexpr int kEpiN = kWgN % 64 == 0 ? 64 : kWgN % 32 == 0 ? 32 : 16;
   using Layout = SmemLayout<BM, BN, STAGES, 64, kEpiN>;
+  // A warpgroup's columns start at multiples of gcd(kWgN, 128) inside a 128-wide B-scale block, so
+  // they touch at most two blocks iff 128 - gcd + kWgN <= 256 (BN = 176 would touch three).
+  static constexpr int kScaleAlign = gcd_c(kWgN, 128);
+  static_assert(128 - kScaleAlign + kWgN <= 256, "a warpgroup's columns may span at most two B-scale blocks");
+  // ...and exactly one when they never cross a block boundary (BN dividing 128, or 128-aligned halves).
+  static constexpr bool kOneScaleBlock = (128 % BN == 0) || (BN % 128 == 0 && kWgN % 128 == 0 && kWgN <= 128);
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -116,28 +124,36 @@ __device__ __forceinline__ void produce_tiles(const TileScheduler<CLUSTER>& sche
 }
 
 // Lane i prepares step base + i (its B scales are global loads: 32 steps share one latency), then the
-// warp hands the steps to the stages in order, lane j writing step base + j and arriving on full.
+// warp hands the steps to the stages in order, lane j writing step base + j and arriving on full. The
+// next batch's loads are issued before this batch is handed out, so their latency hides behind it.
+template <int BM, int BN, int CLUSTER>
+__device__ __forceinline__ StepMeta prepare_step_meta(const TileScheduler<CLUSTER>& sched, const GemmParams& p,
+                                                      uint32_t step, uint32_t steps) {
+  StepMeta meta;
+  if (step < steps) {
+    const Step st = sched.step(step);
+    const int nb0 = st.n_block * BN / kBlockK;
+    const int nb_last = (p.n - 1) / kBlockK;
+    const float* col = p.b_scales + static_cast<int64_t>(nb0) * p.k_blocks + st.k_block;
+#pragma unroll
+    for (int j = 0; j < kMaxScaleBlocks; ++j) meta.sb[j] = ld_global_nc_f32(col + min(j, nb_last - nb0) * p.k_blocks);
+    meta.m_block = st.m_block;
+    meta.n_block = st.n_block;
+    meta.k_block = st.k_block;
+    meta.last_k = st.last_k;
+  }
+  return meta;
+}
+
 template <int BM, int BN, int STAGES, int CLUSTER>
 __device__ __forceinline__ void publish_step_meta(const TileScheduler<CLUSTER>& sched, const GemmParams& p, uint8_t* smem,
                                                   uint64_t* full, uint64_t* empty, int lane) {
   using L = SmemLayout<BM, BN, STAGES, 64, 16>;
   const uint32_t steps = sched.num_steps();
-  const int nb_last = (p.n - 1) / kBlockK;
   RingPos<STAGES> pos;
+  StepMeta meta = prepare_step_meta<BM, BN>(sched, p, lane, steps);
   for (uint32_t base = 0; base < steps; base += 32) {
-    StepMeta meta;
-    const uint32_t mine = base + lane;
-    if (mine < steps) {
-      const Step st = sched.step(mine);
-      const int nb0 = st.n_block * BN / kBlockK;
-      const float* col = p.b_scales + static_cast<int64_t>(nb0) * p.k_blocks + st.k_block;
-#pragma unroll
-      for (int j = 0; j < kMaxScaleBlocks; ++j) meta.sb[j] = ld_global_nc_f32(col + min(j, nb_last - nb0) * p.k_blocks);
-      meta.m_block = st.m_block;
-      meta.n_block = st.n_block;
-      meta.k_block = st.k_block;
-      meta.last_k = st.last_k;
-    }
+    const StepMeta next = prepare_step_meta<BM, BN>(sched, p, base + 32 + lane, steps);
     const uint32_t count = min(32u, steps - base);
     for (uint32_t j = 0; j < count; ++j, pos.advance()) {
       mbar_wait(&empty[pos.stage], pos.phase ^ 1);
@@ -147,6 +163,7 @@ __device__ __forceinline__ void publish_step_meta(const TileScheduler<CLUSTER>& 
       }
       __syncwarp();
     }
+    meta = next;
   }
 }
 
@@ -250,7 +267,7 @@ struct MathWarpgroup {
     const float g_lo = sc.sa_lo * sc.sb_hi, g_hi = sc.sa_hi * sc.sb_hi;
 #pragma unroll
     for (int j = 0; j < T::kGroups8; ++j) {
-      const bool hi = 8 * j >= sc.sb_switch;  // 8-column groups never straddle a 128 boundary
+      const bool hi = !T::kOneScaleBlock && 8 * j >= sc.sb_switch;  // 8-column groups never straddle a block
       const float s_lo = hi ? g_lo : f_lo, s_hi = hi ? g_hi : f_hi;
       total[4 * j + 0] = fmaf(acc[4 * j + 0], s_lo, total[4 * j + 0]);
       total[4 * j + 1] = fmaf(acc[4 * j + 1], s_lo, total[4 * j + 1]);
@@ -352,33 +369,35 @@ struct MathWarpgroup {
         promote(acc0, total, sc0);
       }
     } else {
-      // Two partial sets. Per step: wait for step s (the only one in flight), free its stage at once,
-      // issue step s+1 into the other set, then promote step s while s+1 runs on the tensor cores. The
-      // steady state is straight-line code (no merge of paths where a set is in flight, which would make
-      // ptxas insert a wait, C7517); the tail finishes the last one or two steps.
+      // Two partial sets, two steps in flight: step s+1 is issued before waiting for step s, so the
+      // tensor cores always find this warpgroup's next step queued; step s is promoted (and, at a
+      // tile's end, stored) while s+1 runs. The steady state is straight-line code (a merge of paths
+      // with a set in flight makes ptxas insert a wait, C7517); the tail finishes the last steps.
       float acc1[kRegs];
       StepScales sc1;
       issue(acc0, sc0);
       uint32_t s = 0;
-      for (; s + 2 < steps; s += 2) {
-        wgmma_wait<0>();
-        release(sc0);
+      for (; s + 2 < steps; s += 2) {  // entry: step s in flight in acc0
         issue(acc1, sc1);
+        wgmma_wait<1>();
+        release(sc0);
         promote(acc0, total, sc0);
-        wgmma_wait<0>();
-        release(sc1);
         issue(acc0, sc0);
+        wgmma_wait<1>();
+        release(sc1);
         promote(acc1, total, sc1);
       }
-      wgmma_wait<0>();
-      release(sc0);
       if (s + 1 < steps) {
         issue(acc1, sc1);
+        wgmma_wait<1>();
+        release(sc0);
         promote(acc0, total, sc0);
         wgmma_wait<0>();
         release(sc1);
         promote(acc1, total, sc1);
       } else {
+        wgmma_wait<0>();
+        release(sc0);
         promote(acc0, total, sc0);
       }
     }

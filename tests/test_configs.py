@@ -97,3 +97,19 @@ def test_select_rejects_bad_problem():
 def test_parse_key_rejects_garbage():
     with pytest.raises(ValueError, match="does not look like"):
         configs.parse_key("128x128")
+
+
+@pytest.mark.parametrize("key, rule", [
+    ("128x176s5pc2", "three 128-wide B-scale blocks"),   # columns at offset 112 of a block run to 288
+    ("64x128s8dc2", "cluster must be 1, or 2 with BLOCK_M = 128"),
+    ("64x24s8d", "multiple of 16"),
+    ("96x128s6d", "BLOCK_M must be 64 or 128"),
+])
+def test_impossible_variants_are_rejected_before_any_build(key, rule):
+    with pytest.raises(ValueError, match=rule):
+        configs.parse_key(key)
+
+
+def test_tile_widths_that_straddle_two_scale_blocks_are_allowed():
+    for key in ("128x144s6p", "128x160s5p", "128x192s5p", "64x96s8d"):
+        assert configs.parse_key(key).key == key

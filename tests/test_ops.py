@@ -137,7 +137,8 @@ def test_cuda_fp8_gemm_is_exact(backend, m, n, k):
     out = dg.fp8_gemm(a_q, a_s, b_q, b_s, backend=backend)
     assert out.shape == (m, n) and out.dtype == torch.bfloat16
     assert torch.isfinite(out).all(), "every output element must be written"
-    assert ref.calc_diff(out, expected) < 2e-6
+    # tiny outputs (1x8) and rows scaled over 1e-3..1e3: the bf16 rounding floor itself can pass 2e-6
+    assert ref.calc_diff(out, expected) <= ref.exactness_bound(expected, out.dtype)
 
 
 @pytest.mark.gpu

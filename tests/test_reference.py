@@ -130,3 +130,14 @@ def test_linear_reference_keeps_leading_dims_and_dtype():
     y = ref.linear(x, w, ws)
     assert y.shape == (2, 3, 24) and y.dtype == torch.bfloat16
     assert ref.calc_diff(y, x.float() @ ref.dequantize_weight(w, ws).t()) < 1e-3
+
+
+def test_exactness_bound_is_the_tolerance_unless_bf16_rounding_alone_exceeds_it():
+    torch.manual_seed(0)
+    big = torch.randn(256, 512)
+    assert ref.exactness_bound(big, torch.bfloat16) == ref.EXACT_TOL
+    # 8 outputs where each one's bf16 rounding error is near its worst (half a unit in the last place)
+    tiny = torch.tensor([1.0 + 2 ** -8 * 0.999] * 8)  # bf16 spacing at 1 is 2**-7: rounds down to 1
+    floor = ref.calc_diff(tiny.to(torch.bfloat16), tiny)
+    assert floor > ref.EXACT_TOL
+    assert ref.exactness_bound(tiny, torch.bfloat16) == pytest.approx(1.25 * floor)
