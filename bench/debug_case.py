@@ -26,7 +26,7 @@ def main() -> None:
         a, a_s, b, b_s = make_inputs(m, n, k, spread=not args.no_spread)
         expected = exact(a, a_s, b, b_s)
         for key in args.variants.split(","):
-            v = next(v for v in configs.VARIANTS if v.key == key)
+            v = configs.parse_key(key)
             out = run_variant(v, a, a_s, b, b_s).float()
             err = (out - expected).abs()
             bad = err > expected.abs() * 2**-7 + 1e-30

@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh sweep-large sweep-small tests ncu bench sanitize
+#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench ncu sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
-LARGE=${LARGE:-128x128s6dc2,128x128s6d,128x128s6pc2,128x128s6p,128x160s5pc2,128x192s5p}
-SMALL=${SMALL:-64x32s16d,64x64s8d,64x64s12d,64x128s8d,64x128s8p,64x256s5d}
-pip install -q -e . --no-deps --no-build-isolation > "$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv > "$OUT/gpu.txt"
+LARGE=${LARGE:-128x128s6dc2,128x128s6d,128x128s6dc2x2,128x128s6dc1x2}
+SMALL=${SMALL:-64x32s16d,64x64s13d,64x64s8d,64x128s8d}
+# At most 8 files come back from $OUT: only the logs that matter go there.
+pip install -q -e . --no-deps --no-build-isolation > /tmp/install.log 2>&1 || { cat /tmp/install.log; exit 1; }
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
 for step in "$@"; do
   echo "=== $step $(date +%T)"
   case $step in
     sweep-large) timeout 300 python bench/sweep_variants.py --shapes large --variants "auto,$LARGE" --jobs 16 \
-                   --json "$OUT/sweep_large.json" 2>&1 | tee "$OUT/sweep_large.log" | grep -v "^\[deepergemm\]" ;;
+                   2>&1 | tee "$OUT/sweep_large.log" | grep -v "^\[deepergemm\]" ;;
     sweep-small) timeout 240 python bench/sweep_variants.py --shapes small --variants "auto,$SMALL" --jobs 16 \
-                   --json "$OUT/sweep_small.json" 2>&1 | tee "$OUT/sweep_small.log" | grep -v "^\[deepergemm\]" ;;
+                   2>&1 | tee "$OUT/sweep_small.log" | grep -v "^\[deepergemm\]" ;;
+    warmup) timeout 200 python -m deepergemm warmup --jobs 16 --variants tested 2>&1 | tail -2 ;;
     tests) timeout 300 python -m pytest -q -m gpu -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
     bench) timeout 300 python -m deepergemm bench --shapes all --launches 30 --backends ptx,cublas --markdown \
              --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40 ;;
@@ -26,7 +28,7 @@ for step in "$@"; do
            grep -E "Throughput|Duration|Busy|Hit Rate|Bandwidth|Issued Ipc|Stall|Bank|Eligible" "$OUT/ncu_$v.txt" | head -40
          done ;;
     sanitize) for tool in memcheck racecheck; do
-           timeout 240 compute-sanitizer --tool $tool python bench/sanitize_case.py > "$OUT/sanitize_$tool.log" 2>&1
+           timeout ${SANITIZE_TIMEOUT:-240} compute-sanitizer --tool $tool python bench/sanitize_case.py > "$OUT/sanitize_$tool.log" 2>&1
            echo "$tool rc=$?"; tail -4 "$OUT/sanitize_$tool.log"
          done ;;
     *) echo "unknown step $step" ;;

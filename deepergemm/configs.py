@@ -1,22 +1,22 @@
 """Which kernel variant runs a given GEMM: plain Python, CPU-testable.
 
 A variant is one compiled instance of ptx/fp8_gemm.cuh (template parameters BLOCK_M, BLOCK_N, stages,
-dual accumulators, cluster size); ``VARIANTS`` lists every one ``select`` can return, and CI compiles all
+dual accumulators, cluster shape); ``VARIANTS`` lists every one ``select`` can return, and CI compiles all
 of them.
 
 Choice (``select``): BLOCK_M = 64 when M <= 128 (no tensor-core rows wasted on padding, and twice the tiles
 to spread the memory-bound stream of B over more SMs), else 128. Among that BLOCK_M's variants, take the
-one with the least modelled time, ``waves * BLOCK_M * BLOCK_N * cost``: a persistent CTA takes one tile per
-wave, so a tile shape that leaves the last wave half empty pays for a full one (wave quantization).
-With BLOCK_M = 128, at least two M-tiles and K >= CLUSTER_MIN_K, CTAs run in 2-CTA clusters that multicast
-B (each pair of M-tiles reads its B tile from L2 once): a unit of work is then two tiles and a wave has
-num_sms / 2 units.
+one with the least modelled time, ``waves * BLOCK_M * BLOCK_N * cost`` (ties: the larger tile): a
+persistent CTA takes one tile per wave, so a tile shape that leaves the last wave half empty pays for a
+full one (wave quantization). With BLOCK_M = 128, at least two M-tiles and K >= CLUSTER_MIN_K, CTAs run
+in clusters that multicast the operands they share (CLUSTER_SHAPE: 2 M-tiles x 1 N-tile share B): a unit
+of work is then a cluster's tiles, and a wave has num_sms / cluster units.
 
 Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_DUAL_ACC=0        single partial accumulator (promotion not overlapped within a warpgroup)
-  DEEPERGEMM_VARIANT=BMxBN     force a tile shape, e.g. "128x128" (must be in VARIANTS)
-  DEEPERGEMM_CLUSTER=1|2       force the cluster size (2 needs BLOCK_M = 128: multicast of B)
-  DEEPERGEMM_GROUP_N=g         rasterization band width in N-tiles (default: 16)
+  DEEPERGEMM_VARIANT=BMxBN     force a tile shape, e.g. "128x128" (must be in TILE_SHAPES)
+  DEEPERGEMM_CLUSTER=1|2|2x2   force the cluster shape (CMxCN; "2" = 2x1; needs BLOCK_M = 128)
+  DEEPERGEMM_GROUP_N=g         rasterization band width in N-units (default: 16)
 """
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ SMEM_LIMIT = 232448        # bytes of dynamic shared memory per block on sm_90 (
 SWIZZLE_ATOM = 1024        # the kernel aligns its shared memory base to this (slack is allocated)
 MAX_MATH_REGS_DUAL = 128   # warpgroup N up to which three accumulator sets fit in 232 registers
 DEFAULT_GROUP_N = 16
+MAX_STAGES = 16          # deeper rings only help small tiles, whose stages are cheap (memory-bound shapes)
+CLUSTER_SHAPES = ((1, 1), (2, 1), (1, 2), (2, 2))  # (CTAs along M, along N) the kernel supports
+# Multicast of B between 2 M-tiles (measured 2026-11-25 on H100 and H200, 128x128 tiles, ptx/NOTES.md): at
+# K = 7168 and 16384 10-15% faster than no cluster, at K = 1536 and 2048 equal to 8% faster, at K = 512
+# 1-3% slower (a cluster waits for its slower CTA at every stage, which long K-loops average out).
+CLUSTER_MIN_K = 1024
+CLUSTER_SHAPE = (2, 1)
 STEP_META_BYTES = 32     # per stage: the step's tile coordinates and B scales (dg::StepMeta)
 
 
@@ -41,7 +48,8 @@ class Variant:
     block_n: int
     stages: int
     dual_acc: bool
-    cluster: int = 1   # CTAs per cluster sharing (multicasting) the B tile
+    cluster_m: int = 1  # CTAs of a cluster along M: they share (multicast) the B tile
+    cluster_n: int = 1  # CTAs of a cluster along N: they share (multicast) the A tile
 
     def __post_init__(self):
         """The rules dg::GemmTraits enforces at compile time, as a Python error before any build."""
@@ -53,13 +61,22 @@ class Variant:
                             "multiple of 16 in 16..256")
         elif BLOCK_K - math.gcd(self.wg_n, BLOCK_K) + self.wg_n > 2 * BLOCK_K:
             problems.append("a warpgroup's columns would span three 128-wide B-scale blocks")
-        if self.cluster not in (1, 2) or (self.cluster == 2 and self.block_m != 128):
-            problems.append("cluster must be 1, or 2 with BLOCK_M = 128")
+        if (self.cluster_m, self.cluster_n) not in CLUSTER_SHAPES:
+            problems.append(f"cluster shape must be one of {', '.join(f'{m}x{n}' for m, n in CLUSTER_SHAPES)}")
+        elif self.cluster > 1 and self.block_m != 128:
+            problems.append("clusters need BLOCK_M = 128")
+        elif self.block_n % (8 * self.cluster_m):
+            problems.append("each CTA's slice of the B tile must be a multiple of 8 rows")
         if self.stages < 2:
             problems.append("at least 2 stages")
         if problems:
-            raise ValueError(f"variant {self.block_m}x{self.block_n} stages={self.stages} cluster={self.cluster}: "
-                             + "; ".join(problems))
+            raise ValueError(f"variant {self.block_m}x{self.block_n} stages={self.stages} "
+                             f"cluster={self.cluster_m}x{self.cluster_n}: " + "; ".join(problems))
+
+    @property
+    def cluster(self) -> int:
+        """CTAs per cluster."""
+        return self.cluster_m * self.cluster_n
 
     @property
     def wg_n(self) -> int:
@@ -73,8 +90,9 @@ class Variant:
 
     @property
     def key(self) -> str:
-        return (f"{self.block_m}x{self.block_n}s{self.stages}{'d' if self.dual_acc else 'p'}"
-                + (f"c{self.cluster}" if self.cluster > 1 else ""))
+        cluster = ("" if self.cluster == 1 else f"c{self.cluster_m}" if self.cluster_n == 1
+                   else f"c{self.cluster_m}x{self.cluster_n}")
+        return f"{self.block_m}x{self.block_n}s{self.stages}{'d' if self.dual_acc else 'p'}{cluster}"
 
     @property
     def smem_bytes(self) -> int:
@@ -87,40 +105,40 @@ class Variant:
 
     def compile_defines(self) -> dict[str, int]:
         return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,
-                "DG_DUAL": int(self.dual_acc), "DG_CLUSTER": self.cluster}
+                "DG_DUAL": int(self.dual_acc), "DG_CLUSTER_M": self.cluster_m, "DG_CLUSTER_N": self.cluster_n}
 
     @property
     def template_args(self) -> str:
         """The C++ template arguments of dg::fp8_gemm_kernel for this variant."""
         return (f"{self.block_m}, {self.block_n}, {self.stages}, {'true' if self.dual_acc else 'false'}, "
-                f"{self.cluster}")
+                f"{self.cluster_m}, {self.cluster_n}")
 
 
 def parse_key(key: str) -> Variant:
-    """The Variant a key such as "128x128s5dc2" names (also shapes not in VARIANTS: for experiments)."""
-    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dp])(?:c(\d+))?", key)
+    """The Variant a key such as "128x128s6dc2" names (also shapes not in VARIANTS: for experiments)."""
+    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dp])(?:c(\d+)(?:x(\d+))?)?", key)
     if match is None:
-        raise ValueError(f"variant key {key!r} does not look like 128x128s5d or 128x128s5dc2")
-    bm, bn, stages, acc, cluster = match.groups()
-    return Variant(int(bm), int(bn), int(stages), acc == "d", int(cluster or 1))
+        raise ValueError(f"variant key {key!r} does not look like 128x128s6d, 128x128s6dc2 or 128x128s6dc2x2")
+    bm, bn, stages, acc, cm, cn = match.groups()
+    return Variant(int(bm), int(bn), int(stages), acc == "d", int(cm or 1), int(cn or 1))
 
 
-def _max_stages(block_m: int, block_n: int, cap: int = 8) -> int:
+def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES) -> int:
     for stages in range(cap, 0, -1):
         if Variant(block_m, block_n, stages, False).smem_bytes <= SMEM_LIMIT:
             return stages
     raise ValueError(f"no stage count fits {block_m}x{block_n}")
 
 
-def _variant(block_m: int, block_n: int, dual: bool, cluster: int = 1) -> Variant:
-    return Variant(block_m, block_n, _max_stages(block_m, block_n), dual, cluster)
+def _variant(block_m: int, block_n: int, dual: bool, cluster: tuple[int, int] = (1, 1)) -> Variant:
+    return Variant(block_m, block_n, _max_stages(block_m, block_n), dual, *cluster)
 
 
 # Tile shapes the heuristic may pick; each with dual accumulators where the registers allow, and a
 # single-accumulator twin so DEEPERGEMM_DUAL_ACC=0 can measure what dual buys.
 TILE_SHAPES: tuple[tuple[int, int], ...] = (
     (128, 128),
-    (64, 64), (64, 128),
+    (64, 32), (64, 64), (64, 128),
 )
 # Measured 2026-11-25 on the H100 (ptx/NOTES.md): BLOCK_N 96/112/144/160 ran 10-30% slower than 128 on
 # every large shape tried, so they are not selectable until that is understood.
@@ -132,7 +150,7 @@ def _variants() -> tuple[Variant, ...]:
     out = []
     for bm, bn in TILE_SHAPES:
         wg_n = bn if bm == 128 else bn // 2
-        for cluster in ((1, 2) if bm == 128 else (1,)):  # multicast pairs M-tiles: BLOCK_M 128 only
+        for cluster in (((1, 1), CLUSTER_SHAPE) if bm == 128 else ((1, 1),)):  # clusters: BLOCK_M 128 only
             out.append(_variant(bm, bn, False, cluster))
             if wg_n <= MAX_MATH_REGS_DUAL:
                 out.append(_variant(bm, bn, True, cluster))
@@ -140,6 +158,11 @@ def _variants() -> tuple[Variant, ...]:
 
 
 VARIANTS: tuple[Variant, ...] = _variants()
+# What the tests (GPU) and the CI compile gate cover: every selectable variant, plus each cluster shape the
+# kernel supports on the 128x128 tile, so a shape select() does not pick today still builds and stays exact.
+TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(
+    _variant(128, 128, True, shape) for shape in CLUSTER_SHAPES
+    if not any((v.cluster_m, v.cluster_n) == shape for v in VARIANTS))
 
 
 @dataclass(frozen=True)
@@ -174,36 +197,43 @@ def _forced_shape() -> tuple[int, int] | None:
     return bm, bn
 
 
-def find_variant(block_m: int, block_n: int, dual_acc: bool, cluster: int = 1) -> Variant:
-    """The listed variant for a tile shape and cluster size; the single-accumulator one when dual does not fit."""
-    matches = [v for v in VARIANTS if (v.block_m, v.block_n, v.cluster) == (block_m, block_n, cluster)]
+def find_variant(block_m: int, block_n: int, dual_acc: bool, cluster: tuple[int, int] = (1, 1)) -> Variant:
+    """The listed variant for a tile shape and cluster shape; the single-accumulator one when dual does not fit."""
+    matches = [v for v in VARIANTS if (v.block_m, v.block_n, (v.cluster_m, v.cluster_n)) == (block_m, block_n, cluster)]
     if not matches:
-        raise ValueError(f"no variant with tile {block_m}x{block_n} and cluster size {cluster}")
+        raise ValueError(f"no variant with tile {block_m}x{block_n} and cluster shape {cluster[0]}x{cluster[1]}")
     dual = [v for v in matches if v.dual_acc == dual_acc]
     return (dual or matches)[0]
 
 
-def waves_for(m: int, n: int, block_m: int, block_n: int, num_sms: int, cluster: int = 1) -> tuple[int, int]:
-    """(units of work, waves): a unit is `cluster` tiles stacked along M, and num_sms // cluster run at once."""
-    units = ceil_div(ceil_div(m, block_m), cluster) * ceil_div(n, block_n)
-    return units, ceil_div(units, max(1, num_sms // cluster))
+def waves_for(m: int, n: int, block_m: int, block_n: int, num_sms: int,
+              cluster: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """(units of work, waves): a unit is a cluster's CM x CN tiles, and num_sms // (CM * CN) run at once."""
+    cm, cn = cluster
+    units = ceil_div(ceil_div(m, block_m), cm) * ceil_div(ceil_div(n, block_n), cn)
+    return units, ceil_div(units, max(1, num_sms // (cm * cn)))
 
 
-# Multicast pays off once tiles are long (measured 2026-11-25, 128x128 tiles, ptx/NOTES.md): at K = 7168
-# and 16384 2-CTA clusters ran 10-15% faster, at K = 2048 and 512 4-17% slower (the pair waits for its
-# slower CTA at every stage, which long K-loops average out).
-CLUSTER_MIN_K = 4096
+def _parse_cluster(value: str) -> tuple[int, int]:
+    parts = value.lower().split("x")
+    try:
+        shape = (int(parts[0]), int(parts[1]) if len(parts) == 2 else 1)
+    except (ValueError, IndexError):
+        shape = (0, 0)
+    if len(parts) > 2 or shape not in CLUSTER_SHAPES:
+        raise ValueError(f"DEEPERGEMM_CLUSTER must be one of 1, 2, "
+                         f"{', '.join(f'{m}x{n}' for m, n in CLUSTER_SHAPES)}; got {value!r}")
+    return shape
 
 
-def _cluster_size(m: int, k: int, block_m: int) -> int:
+def _cluster_shape(m: int, k: int, block_m: int) -> tuple[int, int]:
     value = os.environ.get("DEEPERGEMM_CLUSTER", "").strip()
     if value:
-        if value not in ("1", "2"):
-            raise ValueError(f"DEEPERGEMM_CLUSTER must be 1 or 2, got {value!r}")
-        if value == "2" and block_m != 128:
-            raise ValueError(f"DEEPERGEMM_CLUSTER=2 needs BLOCK_M = 128, this problem uses {block_m}")
-        return int(value)
-    return 2 if block_m == 128 and ceil_div(m, block_m) >= 2 and k >= CLUSTER_MIN_K else 1
+        shape = _parse_cluster(value)
+        if shape != (1, 1) and block_m != 128:
+            raise ValueError(f"DEEPERGEMM_CLUSTER={value} needs BLOCK_M = 128, this problem uses {block_m}")
+        return shape
+    return CLUSTER_SHAPE if block_m == 128 and ceil_div(m, block_m) >= 2 and k >= CLUSTER_MIN_K else (1, 1)
 
 
 def select(m: int, n: int, k: int, num_sms: int) -> Choice:
@@ -218,19 +248,23 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
         block_m = 64 if m <= 128 else 128
         shapes = [(bm, bn) for bm, bn in TILE_SHAPES if bm == block_m]
 
-        cluster = _cluster_size(m, k, block_m)
+        cluster = _cluster_shape(m, k, block_m)
 
         def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
             bm, bn = shape
             _, waves = waves_for(m, n, bm, bn, num_sms, cluster)
-            return waves * cluster * bm * bn * _TILE_COST[bm], -bn  # ties: the larger tile (fewer, longer)
+            return waves * cluster[0] * cluster[1] * bm * bn * _TILE_COST[bm], -bn  # ties: the larger tile
 
         shape = min(shapes, key=modelled_time)
-    variant = find_variant(*shape, dual, _cluster_size(m, k, shape[0]))
-    units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, variant.cluster)
-    n_tiles = ceil_div(n, variant.block_n)
+    cluster = _cluster_shape(m, k, shape[0])
+    if forced is not None and (*shape, cluster) not in {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n))
+                                                         for v in VARIANTS}:
+        cluster = (1, 1)  # a forced tile shape without a clustered build runs unclustered
+    variant = find_variant(*shape, dual, cluster)
+    units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, cluster)
+    n_units = ceil_div(ceil_div(n, variant.block_n), variant.cluster_n)
     group_n = int(os.environ.get("DEEPERGEMM_GROUP_N", DEFAULT_GROUP_N))
     if group_n < 1:
         raise ValueError(f"DEEPERGEMM_GROUP_N must be >= 1, got {group_n}")
     grid = min(units, num_sms // variant.cluster) * variant.cluster
-    return Choice(variant, min(group_n, n_tiles), units * variant.cluster, waves, grid)
+    return Choice(variant, min(group_n, n_units), units * variant.cluster, waves, grid)

@@ -105,7 +105,8 @@ def load(variant: configs.Variant):
     if fresh:
         _say(f"built {variant.key} in {time.perf_counter() - start:.1f} s")
     info = list(module.variant_info())
-    expected = [variant.block_m, variant.block_n, variant.stages, int(variant.dual_acc), variant.cluster,
+    expected = [variant.block_m, variant.block_n, variant.stages, int(variant.dual_acc), variant.cluster_m,
+                variant.cluster_n,
                 variant.smem_bytes]
     if info != expected:
         raise RuntimeError(f"deepergemm: module {name} reports {info}, configs.py expects {expected}: "
@@ -139,6 +140,18 @@ def warmup_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deepergemm warmup", description=warmup_main.__doc__)
     parser.add_argument("--jobs", type=int, default=default_jobs(),
                         help="variants built at once (each nvcc uses about 1.5 GB)")
+    parser.add_argument("--variants", default="selectable",
+                        help="'selectable' (what configs.select can pick: the default), 'tested' (also the "
+                             "cluster shapes the tests cover), or comma-separated keys such as 128x128s6dc2")
     args = parser.parse_args(argv or [])
-    build_variants(configs.VARIANTS, args.jobs)
+    if args.variants == "selectable":
+        variants = configs.VARIANTS
+    elif args.variants == "tested":
+        variants = configs.TESTED_VARIANTS
+    else:
+        try:
+            variants = tuple(configs.parse_key(key.strip()) for key in args.variants.split(","))
+        except ValueError as exc:
+            parser.error(str(exc))
+    build_variants(variants, args.jobs)
     return 0

@@ -1,5 +1,5 @@
 // Host side of one GEMM variant: tensor maps, launch configuration, and the function Python calls.
-// The variant (DG_BM, DG_BN, DG_STAGES, DG_DUAL, DG_CLUSTER) is fixed at compile time by deepergemm/extension.py,
+// The variant (DG_BM, DG_BN, DG_STAGES, DG_DUAL, DG_CLUSTER_M, DG_CLUSTER_N) is fixed at compile time by deepergemm/extension.py,
 // one extension module per variant. Python has already validated every input (deepergemm/layouts.py);
 // the checks here only guard against a caller that bypassed it. Plain host code (no <regex>: it was
 // seen to crash under torch 2.11's runtime).
@@ -12,15 +12,16 @@
 #include "fp8_gemm.cuh"
 
 #ifndef DG_BM
-#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_DUAL=.. -DDG_CLUSTER=.."
+#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_DUAL=.. -DDG_CLUSTER_M=.. -DDG_CLUSTER_N=.."
 #endif
 
 namespace {
 
-constexpr int kBM = DG_BM, kBN = DG_BN, kStages = DG_STAGES, kCluster = DG_CLUSTER;
+constexpr int kBM = DG_BM, kBN = DG_BN, kStages = DG_STAGES, kClusterM = DG_CLUSTER_M, kClusterN = DG_CLUSTER_N;
+constexpr int kCluster = kClusterM * kClusterN;
 constexpr bool kDual = DG_DUAL != 0;
 using Layout = typename dg::GemmTraits<kBM, kBN, kStages, kDual>::Layout;
-constexpr auto kKernel = dg::fp8_gemm_kernel<kBM, kBN, kStages, kDual, kCluster>;
+constexpr auto kKernel = dg::fp8_gemm_kernel<kBM, kBN, kStages, kDual, kClusterM, kClusterN>;
 
 #define DG_CUDA_CHECK(expr)                                                                   \
   do {                                                                                        \
@@ -74,9 +75,9 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   TORCH_CHECK(a_scales.stride(0) == 1 || m == 1, "deepergemm: a_scales must be M-major");
 
   const CUtensorMap map_a = tensor_map_2d(a.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, m, a.stride(0), dg::kBlockK,
-                                          kBM, CU_TENSOR_MAP_SWIZZLE_128B);
+                                          kBM / kClusterN, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's A slice
   const CUtensorMap map_b = tensor_map_2d(b.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, n, b.stride(0), dg::kBlockK,
-                                          kBN / kCluster, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's B slice
+                                          kBN / kClusterM, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's B slice
   const CUtensorMap map_sa = tensor_map_2d(a_scales.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m, k_blocks,
                                            sa_stride * 4, kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
   // bf16 output: TMA stores of 16-row (one warp's) x kEpiN-column slices, swizzled like the staging buffer. fp32 output
@@ -107,9 +108,9 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
     if (kCluster > 1) DG_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 0));
     attributes_set = true;
   }
-  // One unit = kCluster tiles stacked along M (scheduler.cuh); one cluster per unit, at most as many
-  // clusters as fit on the GPU at once (GPCs need not hold an even number of SMs).
-  const int64_t units = ((m + kBM * kCluster - 1) / (kBM * kCluster)) * ((n + kBN - 1) / kBN);
+  // One unit = kClusterM x kClusterN tiles (scheduler.cuh); one cluster per unit, at most as many
+  // clusters as fit on the GPU at once (a GPC's SMs need not divide into whole clusters).
+  const int64_t units = ((m + kBM * kClusterM - 1) / (kBM * kClusterM)) * ((n + kBN * kClusterN - 1) / (kBN * kClusterN));
   cudaLaunchConfig_t config = {};
   config.blockDim = dim3(dg::kThreads);
   config.dynamicSmemBytes = Layout::kDynamicBytes;
@@ -138,5 +139,5 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
 
 // The compile-time facts of this variant, for Python's checks and reports.
 std::vector<int64_t> variant_info() {
-  return {kBM, kBN, kStages, kDual ? 1 : 0, kCluster, Layout::kDynamicBytes};
+  return {kBM, kBN, kStages, kDual ? 1 : 0, kClusterM, kClusterN, Layout::kDynamicBytes};
 }

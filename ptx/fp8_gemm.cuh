@@ -1,12 +1,13 @@
 // The FP8 block-scaled GEMM: out (M, N) = (A * sa) @ (B * sb)^T, A (M, K) and B (N, K) fp8 e4m3 K-major,
 // sa per 1x128 (M-major fp32), sb per 128x128 block, fp32 accumulation, bf16 or fp32 out (+ bias).
 //
-// One persistent CTA per SM, 384 threads, in clusters of CLUSTER CTAs (1 or 2):
+// One persistent CTA per SM, 384 threads, in clusters of CM x CN CTAs (1x1, 2x1 or 2x2):
 //   warpgroup 0  producer: one thread issues the TMA loads of A, B and the A scales into a ring of
 //                STAGES shared-memory stages (full/empty mbarriers), running ahead across tiles. In a
-//                2-CTA cluster both CTAs work on tiles of the same N-block (scheduler.cuh); each loads
-//                half of the B tile and multicasts it to both, so B crosses L2 -> SM once per pair, and
-//                a stage is refilled only when the math warps of both CTAs have released it.
+//                cluster the CM CTAs of one N-block each load 1/CM of the B tile and multicast it to
+//                the others, and the CN CTAs of one M-block likewise share the A tile (scheduler.cuh),
+//                so each operand crosses L2 -> SM once per cluster; a stage is refilled only when the
+//                math warps of every CTA of the cluster have released it.
 //   warpgroups 1, 2  math: per stage (128 of K) four wgmma m64nNk32 into a partial accumulator, then
 //                promotion total += partial * sa[row] * sb[n-block] on the CUDA cores. With DUAL the
 //                next stage's wgmmas are issued into a second partial before promoting the previous
@@ -88,13 +89,40 @@ struct StepMeta {                   // one per stage, 32 bytes (SmemLayout::kMet
 };
 static_assert(sizeof(StepMeta) == 32, "StepMeta must fill its 32-byte slot");
 
-template <int BM, int BN, int STAGES, int CLUSTER>
-__device__ __forceinline__ void produce_tiles(const TileScheduler<CLUSTER>& sched, uint8_t* smem, uint64_t* full,
+// The CTAs of the cluster that receive a multicast from this one: those of its N-block (B) or M-block (A).
+template <int CM, int CN>
+__device__ __forceinline__ uint16_t same_n_block_mask(const TileScheduler<CM, CN>& sched) {
+  return static_cast<uint16_t>(((1u << CM) - 1) << (CM * sched.rank_n));
+}
+template <int CM, int CN>
+__device__ __forceinline__ uint16_t same_m_block_mask(const TileScheduler<CM, CN>& sched) {
+  uint32_t mask = 0;
+#pragma unroll
+  for (int j = 0; j < CN; ++j) mask |= 1u << (sched.rank_m + CM * j);
+  return static_cast<uint16_t>(mask);
+}
+
+// One operand slice of a stage: a plain TMA load, or a multicast to the CTAs in `mask` when shared.
+template <bool kShared>
+__device__ __forceinline__ void load_slice(void* dst, const CUtensorMap* map, uint64_t* bar, int x, int y,
+                                           uint16_t mask) {
+  if constexpr (kShared) {
+    tma_load_2d_multicast(dst, map, bar, x, y, mask);
+  } else {
+    tma_load_2d(dst, map, bar, x, y);
+  }
+}
+
+template <int BM, int BN, int STAGES, int CM, int CN>
+__device__ __forceinline__ void produce_tiles(const TileScheduler<CM, CN>& sched, uint8_t* smem, uint64_t* full,
                                               uint64_t* empty, const CUtensorMap* map_a, const CUtensorMap* map_b,
                                               const CUtensorMap* map_sa) {
   using L = SmemLayout<BM, BN, STAGES, 64, 16>;  // the epilogue size does not move the tile offsets
-  constexpr int kBSlice = BN / CLUSTER;  // B rows this CTA loads (and multicasts) per stage
-  static_assert(kBSlice * kSwizzleBytes % kSwizzleAtomBytes == 0, "B slices must keep the swizzle alignment");
+  constexpr int kASlice = BM / CN;  // A rows this CTA loads (and multicasts along its M-block) per stage
+  constexpr int kBSlice = BN / CM;  // B rows this CTA loads (and multicasts along its N-block) per stage
+  static_assert(kASlice * kSwizzleBytes % kSwizzleAtomBytes == 0 && kBSlice * kSwizzleBytes % kSwizzleAtomBytes == 0,
+                "operand slices must keep the swizzle alignment");
+  const uint16_t a_mask = same_m_block_mask(sched), b_mask = same_n_block_mask(sched);
   const uint32_t steps = sched.num_steps();
   int unit = 0, k_block = 0, m_block = 0, n_block = 0;
   sched.tile_coords(unit, m_block, n_block);
@@ -102,18 +130,15 @@ __device__ __forceinline__ void produce_tiles(const TileScheduler<CLUSTER>& sche
   for (uint32_t s = 0; s < steps; ++s, pos.advance()) {
     const uint32_t stage = pos.stage;
     mbar_wait(&empty[stage], pos.phase ^ 1);  // the first pass finds every stage free
-    // The whole B tile lands here (this CTA's slice and the partner's); out-of-bounds boxes count in full.
+    // Whole A and B tiles land here (this CTA's slices and the partners'); out-of-bounds boxes count in full.
     mbar_arrive_expect_tx(&full[stage], L::kTxBytes);
-    // The padding tile of an odd pair loads real rows (its results are never stored).
+    // A padding tile of a cluster loads real rows (its results are never stored); B rows past N read as 0.
     const int m_load = min(m_block, sched.m_tiles - 1) * BM;
-    tma_load_2d(smem + L::kA + stage * L::kABytes, map_a, &full[stage], k_block * kBlockK, m_load);
-    uint8_t* b_dst = smem + L::kB + stage * L::kBBytes + sched.rank * kBSlice * kSwizzleBytes;
-    const int b_row = n_block * BN + sched.rank * kBSlice;
-    if constexpr (CLUSTER == 1) {
-      tma_load_2d(b_dst, map_b, &full[stage], k_block * kBlockK, b_row);
-    } else {
-      tma_load_2d_multicast(b_dst, map_b, &full[stage], k_block * kBlockK, b_row, (1u << CLUSTER) - 1);
-    }
+    const int k = k_block * kBlockK;
+    load_slice<(CN > 1)>(smem + L::kA + stage * L::kABytes + sched.rank_n * kASlice * kSwizzleBytes, map_a,
+                         &full[stage], k, m_load + sched.rank_n * kASlice, a_mask);
+    load_slice<(CM > 1)>(smem + L::kB + stage * L::kBBytes + sched.rank_m * kBSlice * kSwizzleBytes, map_b,
+                         &full[stage], k, n_block * BN + sched.rank_m * kBSlice, b_mask);
     tma_load_2d(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], m_load, k_block);
     if (++k_block == sched.k_blocks) {  // incremental: no division per step
       k_block = 0;
@@ -126,8 +151,8 @@ __device__ __forceinline__ void produce_tiles(const TileScheduler<CLUSTER>& sche
 // Lane i prepares step base + i (its B scales are global loads: 32 steps share one latency), then the
 // warp hands the steps to the stages in order, lane j writing step base + j and arriving on full. The
 // next batch's loads are issued before this batch is handed out, so their latency hides behind it.
-template <int BM, int BN, int CLUSTER>
-__device__ __forceinline__ StepMeta prepare_step_meta(const TileScheduler<CLUSTER>& sched, const GemmParams& p,
+template <int BM, int BN, int CM, int CN>
+__device__ __forceinline__ StepMeta prepare_step_meta(const TileScheduler<CM, CN>& sched, const GemmParams& p,
                                                       uint32_t step, uint32_t steps) {
   StepMeta meta;
   if (step < steps) {
@@ -145,8 +170,8 @@ __device__ __forceinline__ StepMeta prepare_step_meta(const TileScheduler<CLUSTE
   return meta;
 }
 
-template <int BM, int BN, int STAGES, int CLUSTER>
-__device__ __forceinline__ void publish_step_meta(const TileScheduler<CLUSTER>& sched, const GemmParams& p, uint8_t* smem,
+template <int BM, int BN, int STAGES, int CM, int CN>
+__device__ __forceinline__ void publish_step_meta(const TileScheduler<CM, CN>& sched, const GemmParams& p, uint8_t* smem,
                                                   uint64_t* full, uint64_t* empty, int lane) {
   using L = SmemLayout<BM, BN, STAGES, 64, 16>;
   const uint32_t steps = sched.num_steps();
@@ -179,14 +204,15 @@ struct StepScales {
   uint32_t stage;       // the stage the step's operands sit in (freed when it retires)
 };
 
-template <int BM, int BN, int STAGES, bool DUAL, int CLUSTER>
+template <int BM, int BN, int STAGES, bool DUAL, int CM, int CN>
 struct MathWarpgroup {
+  static constexpr int kCluster = CM * CN;
   using T = GemmTraits<BM, BN, STAGES, DUAL>;
   using L = typename T::Layout;
   static constexpr int kRegs = T::kRegs;
 
   const GemmParams& p;
-  const TileScheduler<CLUSTER>& sched;
+  const TileScheduler<CM, CN>& sched;
   const CUtensorMap* map_out;  // bf16 output, box 16 rows (one warp's) x kEpiN columns
   uint8_t* smem;
   uint64_t* full;
@@ -198,7 +224,7 @@ struct MathWarpgroup {
   int col_base;    // first tile column of this warpgroup
   RingPos<STAGES> pos;  // where the next issued step's operands are
 
-  __device__ __forceinline__ MathWarpgroup(const GemmParams& params, const TileScheduler<CLUSTER>& s,
+  __device__ __forceinline__ MathWarpgroup(const GemmParams& params, const TileScheduler<CM, CN>& s,
                                            const CUtensorMap* out_map, uint8_t* sm, uint64_t* f, uint64_t* e,
                                            int math_wg)
       : p(params), sched(s), map_out(out_map), smem(sm), full(f), empty(e), wg(math_wg) {
@@ -249,11 +275,11 @@ struct MathWarpgroup {
   __device__ __forceinline__ void release(const StepScales& sc) {
     __syncwarp();
     if (lane == 0) {
-      if constexpr (CLUSTER == 1) {
+      if constexpr (kCluster == 1) {
         mbar_arrive(&empty[sc.stage]);
       } else {
 #pragma unroll
-        for (uint32_t r = 0; r < CLUSTER; ++r) mbar_arrive_cluster(&empty[sc.stage], r);
+        for (uint32_t r = 0; r < kCluster; ++r) mbar_arrive_cluster(&empty[sc.stage], r);
       }
     }
   }
@@ -408,12 +434,13 @@ struct MathWarpgroup {
 // ---------------------------------------------------------------------------------------------
 // the kernel
 // ---------------------------------------------------------------------------------------------
-template <int BM, int BN, int STAGES, bool DUAL, int CLUSTER>
+template <int BM, int BN, int STAGES, bool DUAL, int CM, int CN>
 __global__ void __launch_bounds__(kThreads, 1)
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                     const __grid_constant__ CUtensorMap map_sa, const __grid_constant__ CUtensorMap map_out,
                     const GemmParams p) {
   using L = typename GemmTraits<BM, BN, STAGES, DUAL>::Layout;
+  constexpr int CLUSTER = CM * CN;
   extern __shared__ uint8_t smem_raw[];
   // 128B-swizzled tiles need 1024-byte alignment; the dynamic allocation only promises 16.
   uint8_t* smem = smem_raw + ((kSwizzleAtomBytes - (smem_addr(smem_raw) % kSwizzleAtomBytes)) % kSwizzleAtomBytes);
@@ -436,7 +463,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // The partner's barriers must be initialised before its first multicast or remote arrive.
   if constexpr (CLUSTER == 1) __syncthreads(); else cluster_sync();
 
-  const TileScheduler<CLUSTER> sched((p.m + BM - 1) / BM, (p.n + BN - 1) / BN, p.k_blocks, p.group_n,
+  const TileScheduler<CM, CN> sched((p.m + BM - 1) / BM, (p.n + BN - 1) / BN, p.k_blocks, p.group_n,
                                      CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()));
   if (wg == 0) {
     setmaxnreg_dec<kProducerRegs>();
@@ -447,7 +474,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     setmaxnreg_inc<kMathRegs>();
     // The warpgroup index through a shuffle: ptxas then treats it (and the A descriptors built from it)
     // as warp-uniform and keeps them in uniform registers (no R2UR between the wgmmas).
-    MathWarpgroup<BM, BN, STAGES, DUAL, CLUSTER> math(p, sched, &map_out, smem, full, empty, __shfl_sync(0xffffffffu, wg - 1, 0));
+    MathWarpgroup<BM, BN, STAGES, DUAL, CM, CN> math(p, sched, &map_out, smem, full, empty, __shfl_sync(0xffffffffu, wg - 1, 0));
     math.run();
   }
   // No CTA leaves while its partner may still multicast into it or arrive on its barriers.

@@ -21,7 +21,7 @@ def test_variant_fits_and_round_trips(variant):
     assert configs.parse_key(variant.key) == variant
     assert variant.stages >= 4, "the issue asks for a ring of at least 4 stages"
     if variant.cluster > 1:
-        assert variant.block_m == 128 and variant.block_n % (8 * variant.cluster) == 0
+        assert variant.block_m == 128 and variant.block_n % (8 * variant.cluster_m) == 0
 
 
 def test_variant_keys_are_unique():
@@ -42,9 +42,10 @@ def test_select_returns_a_listed_variant_with_a_grid_that_fits(shape):
     assert v.block_m == (64 if m <= 128 else 128)
 
 
-def test_cluster_only_for_long_k_and_several_m_tiles():
+def test_cluster_only_for_k_past_512_and_several_m_tiles():
     assert configs.select(8192, 4096, 7168, H100_SMS).variant.cluster == 2
-    assert configs.select(4096, 7168, 2048, H100_SMS).variant.cluster == 1   # short K: measured slower
+    assert configs.select(4096, 7168, 2048, H100_SMS).variant.cluster == 2
+    assert configs.select(4096, 32768, 512, H100_SMS).variant.cluster == 1  # K = 512: measured 1-3% slower
     assert configs.select(128, 4096, 7168, H100_SMS).variant.cluster == 1    # one M-tile: nothing to share
     assert configs.select(129, 4096, 7168, H100_SMS).variant.cluster == 2    # two M-tiles (the second padded)
 
@@ -52,6 +53,10 @@ def test_cluster_only_for_long_k_and_several_m_tiles():
 def test_wave_model_prefers_a_tile_that_fills_the_last_wave():
     # 128 rows, N = 4096: 64x64 tiles give 128 tiles (one wave on 132 SMs); 64x128 give 64 (half the SMs idle)
     assert (configs.select(128, 4096, 7168, H100_SMS).variant.block_n) == 64
+    # 64 rows, N = 2112: 64x32 tiles give 66 tiles, 64x64 only 33: both one wave, the smaller tile ends sooner
+    assert (configs.select(64, 2112, 7168, H100_SMS).variant.block_n) == 32
+    # equal modelled time (one wave of 112 tiles, or two of 224): the larger tile
+    assert (configs.select(64, 7168, 2048, H100_SMS).variant.block_n) == 64
 
 
 def test_switches(monkeypatch):
@@ -61,7 +66,7 @@ def test_switches(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_CLUSTER", "1")
     assert configs.select(8192, 4096, 7168, H100_SMS).variant.cluster == 1
     monkeypatch.setenv("DEEPERGEMM_CLUSTER", "2")
-    assert configs.select(4096, 7168, 2048, H100_SMS).variant.cluster == 2
+    assert configs.select(4096, 32768, 512, H100_SMS).variant.cluster == 2
     monkeypatch.setenv("DEEPERGEMM_VARIANT", "64x128")
     monkeypatch.setenv("DEEPERGEMM_CLUSTER", "")
     assert (configs.select(4096, 7168, 2048, H100_SMS).variant.block_m,
@@ -74,7 +79,8 @@ def test_switches(monkeypatch):
     ("DEEPERGEMM_DUAL_ACC", "yes", "must be 0 or 1"),
     ("DEEPERGEMM_VARIANT", "128x96", "not a compiled tile shape"),
     ("DEEPERGEMM_VARIANT", "big", "must look like"),
-    ("DEEPERGEMM_CLUSTER", "4", "must be 1 or 2"),
+    ("DEEPERGEMM_CLUSTER", "4", "must be one of"),
+    ("DEEPERGEMM_CLUSTER", "2x3", "must be one of"),
     ("DEEPERGEMM_GROUP_N", "0", "must be >= 1"),
 ])
 def test_bad_switches_are_rejected_by_name(monkeypatch, name, value, words):
@@ -101,7 +107,8 @@ def test_parse_key_rejects_garbage():
 
 @pytest.mark.parametrize("key, rule", [
     ("128x176s5pc2", "three 128-wide B-scale blocks"),   # columns at offset 112 of a block run to 288
-    ("64x128s8dc2", "cluster must be 1, or 2 with BLOCK_M = 128"),
+    ("64x128s8dc2", "clusters need BLOCK_M = 128"),
+    ("128x128s6dc4", "cluster shape must be one of"),
     ("64x24s8d", "multiple of 16"),
     ("96x128s6d", "BLOCK_M must be 64 or 128"),
 ])
@@ -113,3 +120,18 @@ def test_impossible_variants_are_rejected_before_any_build(key, rule):
 def test_tile_widths_that_straddle_two_scale_blocks_are_allowed():
     for key in ("128x144s6p", "128x160s5p", "128x192s5p", "64x96s8d"):
         assert configs.parse_key(key).key == key
+
+
+def test_cluster_shapes_round_trip_and_count_units():
+    v = configs.parse_key("128x128s6dc2x2")
+    assert (v.cluster_m, v.cluster_n, v.cluster, v.key) == (2, 2, 4, "128x128s6dc2x2")
+    assert configs.parse_key("128x128s6dc2").cluster_n == 1
+    # 4096 x 7168 in 128x128 tiles: 32 x 56 tiles = 16 x 28 units of 2x2; 33 clusters of 4 per wave
+    assert configs.waves_for(4096, 7168, 128, 128, H100_SMS, (2, 2)) == (448, 14)
+    # an odd tile count pads the last unit: 3 x 3 tiles = 2 x 2 units
+    assert configs.waves_for(384, 384, 128, 128, H100_SMS, (2, 2)) == (4, 1)
+
+
+def test_forced_cluster_shape(monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_CLUSTER", "2x1")
+    assert configs.select(4096, 32768, 512, H100_SMS).variant.key == "128x128s6dc2"

@@ -70,12 +70,13 @@ def test_auto_backend_is_ptx_on_hopper():
     assert dg.ops.resolve_backend("auto", torch.device("cuda")) == "ptx"
 
 
-@pytest.mark.parametrize("variant", configs.VARIANTS, ids=lambda v: v.key)
+@pytest.mark.parametrize("variant", configs.TESTED_VARIANTS, ids=lambda v: v.key)
 def test_every_variant_exact_on_odd_shapes(variant):
     # (300, 200, 256): an odd number of M-tiles, so a 2-CTA cluster pairs the last tile with a padding one;
-    # N = 8, 136, 200: the partner's half of the last B tile lies wholly out of bounds.
+    # N = 8, 136, 200: the partner's half of the last B tile lies wholly out of bounds. (300, 264, 384):
+    # odd tile counts along M and N, so a 2x2 cluster has padding tiles in both directions.
     for m, n, k in ((1, 8, 128), (65, 136, 384), (129, 2056, 256), (1000, 264, 640), (7, 392, 1152),
-                    (300, 200, 256)):
+                    (300, 200, 256), (300, 264, 384)):
         a, a_s, b, b_s = make_inputs(m, n, k)
         check(run_variant(variant, a, a_s, b, b_s), exact(a, a_s, b, b_s), f"{variant.key} {m}x{n}x{k}",
               (a, a_s, b, b_s))
@@ -115,13 +116,13 @@ def test_bias_and_output_dtype(out_dtype, bias_dtype):
 
 def test_fp32_output_every_element_written():
     a, a_s, b, b_s = make_inputs(65, 136, 384)
-    for variant in configs.VARIANTS:
+    for variant in configs.TESTED_VARIANTS:
         check(run_variant(variant, a, a_s, b, b_s, out_dtype=torch.float32), exact(a, a_s, b, b_s), variant.key)
 
 
 def test_group_n_rasterization_does_not_change_results():
     a, a_s, b, b_s = make_inputs(1000, 2056, 384)
-    variant = configs.find_variant(128, 128, True, cluster=2)
+    variant = configs.find_variant(128, 128, True, cluster=(2, 1))
     outs = [run_variant(variant, a, a_s, b, b_s, group_n=g) for g in (1, 3, 16, 100)]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     check(outs[0], exact(a, a_s, b, b_s), "group_n", (a, a_s, b, b_s))
