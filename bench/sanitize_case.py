@@ -2,8 +2,13 @@
 
     compute-sanitizer --tool memcheck python bench/sanitize_case.py
 """
+import pathlib
+import sys
+
 import torch
 
+# the sanitizer's child python may not see an editable install: import from this checkout
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from deepergemm import configs, extension, layouts
 from deepergemm import reference as ref
 
