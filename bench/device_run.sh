@@ -17,7 +17,7 @@ for step in "$@"; do
                    2>&1 | tee "$OUT/sweep_large.log" | grep -v "^\[deepergemm\]" ;;
     sweep-small) timeout 240 python bench/sweep_variants.py --shapes small --variants "auto,$SMALL" --jobs 16 \
                    2>&1 | tee "$OUT/sweep_small.log" | grep -v "^\[deepergemm\]" ;;
-    warmup) timeout 200 python -m deepergemm warmup --jobs 16 --variants tested 2>&1 | tail -2 ;;
+    warmup) timeout 200 python -m deepergemm warmup --jobs 16 --variants "${WARMUP_VARIANTS:-tested}" 2>&1 | tail -2 ;;
     tests) timeout 300 python -m pytest -q -m gpu -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
     bench) timeout 300 python -m deepergemm bench --shapes all --launches 30 --backends ptx,cublas --markdown \
              --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40 ;;

@@ -50,6 +50,9 @@ class Variant:
     dual_acc: bool
     cluster_m: int = 1  # CTAs of a cluster along M: they share (multicast) the B tile
     cluster_n: int = 1  # CTAs of a cluster along N: they share (multicast) the A tile
+    # Dual only: issue step s+1 before waiting for step s (two steps in flight; key letter "d"), or wait
+    # for s first (key letter "w", the earlier ordering, kept to measure the difference).
+    issue_ahead: bool = True
 
     def __post_init__(self):
         """The rules dg::GemmTraits enforces at compile time, as a Python error before any build."""
@@ -74,6 +77,11 @@ class Variant:
                              f"cluster={self.cluster_m}x{self.cluster_n}: " + "; ".join(problems))
 
     @property
+    def acc_mode(self) -> int:
+        """dg::AccMode: 0 one partial set, 1 dual waiting for step s first, 2 dual with two steps in flight."""
+        return 0 if not self.dual_acc else 2 if self.issue_ahead else 1
+
+    @property
     def cluster(self) -> int:
         """CTAs per cluster."""
         return self.cluster_m * self.cluster_n
@@ -92,7 +100,7 @@ class Variant:
     def key(self) -> str:
         cluster = ("" if self.cluster == 1 else f"c{self.cluster_m}" if self.cluster_n == 1
                    else f"c{self.cluster_m}x{self.cluster_n}")
-        return f"{self.block_m}x{self.block_n}s{self.stages}{'d' if self.dual_acc else 'p'}{cluster}"
+        return f"{self.block_m}x{self.block_n}s{self.stages}{'pwd'[self.acc_mode]}{cluster}"
 
     @property
     def smem_bytes(self) -> int:
@@ -105,22 +113,25 @@ class Variant:
 
     def compile_defines(self) -> dict[str, int]:
         return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,
-                "DG_DUAL": int(self.dual_acc), "DG_CLUSTER_M": self.cluster_m, "DG_CLUSTER_N": self.cluster_n}
+                "DG_ACC": self.acc_mode, "DG_CLUSTER_M": self.cluster_m, "DG_CLUSTER_N": self.cluster_n}
 
     @property
     def template_args(self) -> str:
         """The C++ template arguments of dg::fp8_gemm_kernel for this variant."""
-        return (f"{self.block_m}, {self.block_n}, {self.stages}, {'true' if self.dual_acc else 'false'}, "
+        return (f"{self.block_m}, {self.block_n}, {self.stages}, {self.acc_mode}, "
                 f"{self.cluster_m}, {self.cluster_n}")
 
 
 def parse_key(key: str) -> Variant:
-    """The Variant a key such as "128x128s6dc2" names (also shapes not in VARIANTS: for experiments)."""
-    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dp])(?:c(\d+)(?:x(\d+))?)?", key)
+    """The Variant a key such as "128x128s6dc2" names (also shapes not in VARIANTS: for experiments).
+
+    The letter after the stage count: p = one partial accumulator set, d = two sets with two steps in
+    flight, w = two sets waiting for each step before issuing the next."""
+    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?", key)
     if match is None:
         raise ValueError(f"variant key {key!r} does not look like 128x128s6d, 128x128s6dc2 or 128x128s6dc2x2")
     bm, bn, stages, acc, cm, cn = match.groups()
-    return Variant(int(bm), int(bn), int(stages), acc == "d", int(cm or 1), int(cn or 1))
+    return Variant(int(bm), int(bn), int(stages), acc != "p", int(cm or 1), int(cn or 1), acc != "w")
 
 
 def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES) -> int:

@@ -105,7 +105,7 @@ def load(variant: configs.Variant):
     if fresh:
         _say(f"built {variant.key} in {time.perf_counter() - start:.1f} s")
     info = list(module.variant_info())
-    expected = [variant.block_m, variant.block_n, variant.stages, int(variant.dual_acc), variant.cluster_m,
+    expected = [variant.block_m, variant.block_n, variant.stages, variant.acc_mode, variant.cluster_m,
                 variant.cluster_n,
                 variant.smem_bytes]
     if info != expected:

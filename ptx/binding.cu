@@ -1,5 +1,5 @@
 // Host side of one GEMM variant: tensor maps, launch configuration, and the function Python calls.
-// The variant (DG_BM, DG_BN, DG_STAGES, DG_DUAL, DG_CLUSTER_M, DG_CLUSTER_N) is fixed at compile time by deepergemm/extension.py,
+// The variant (DG_BM, DG_BN, DG_STAGES, DG_ACC, DG_CLUSTER_M, DG_CLUSTER_N) is fixed at compile time by deepergemm/extension.py,
 // one extension module per variant. Python has already validated every input (deepergemm/layouts.py);
 // the checks here only guard against a caller that bypassed it. Plain host code (no <regex>: it was
 // seen to crash under torch 2.11's runtime).
@@ -12,16 +12,16 @@
 #include "fp8_gemm.cuh"
 
 #ifndef DG_BM
-#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_DUAL=.. -DDG_CLUSTER_M=.. -DDG_CLUSTER_N=.."
+#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_ACC=.. -DDG_CLUSTER_M=.. -DDG_CLUSTER_N=.."
 #endif
 
 namespace {
 
 constexpr int kBM = DG_BM, kBN = DG_BN, kStages = DG_STAGES, kClusterM = DG_CLUSTER_M, kClusterN = DG_CLUSTER_N;
 constexpr int kCluster = kClusterM * kClusterN;
-constexpr bool kDual = DG_DUAL != 0;
-using Layout = typename dg::GemmTraits<kBM, kBN, kStages, kDual>::Layout;
-constexpr auto kKernel = dg::fp8_gemm_kernel<kBM, kBN, kStages, kDual, kClusterM, kClusterN>;
+constexpr int kAcc = DG_ACC;  // dg::AccMode
+using Layout = typename dg::GemmTraits<kBM, kBN, kStages>::Layout;
+constexpr auto kKernel = dg::fp8_gemm_kernel<kBM, kBN, kStages, kAcc, kClusterM, kClusterN>;
 
 #define DG_CUDA_CHECK(expr)                                                                   \
   do {                                                                                        \
@@ -82,7 +82,7 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
                                            sa_stride * 4, kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
   // bf16 output: TMA stores of 16-row (one warp's) x kEpiN-column slices, swizzled like the staging buffer. fp32 output
   // is stored directly from registers (the map is not read; map_a stands in for it).
-  using Traits = dg::GemmTraits<kBM, kBN, kStages, kDual>;
+  using Traits = dg::GemmTraits<kBM, kBN, kStages>;
   const bool out_fp32 = out.scalar_type() == at::kFloat;
   const CUtensorMap map_out =
       out_fp32 ? map_a
@@ -139,5 +139,5 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
 
 // The compile-time facts of this variant, for Python's checks and reports.
 std::vector<int64_t> variant_info() {
-  return {kBM, kBN, kStages, kDual ? 1 : 0, kClusterM, kClusterN, Layout::kDynamicBytes};
+  return {kBM, kBN, kStages, kAcc, kClusterM, kClusterN, Layout::kDynamicBytes};
 }

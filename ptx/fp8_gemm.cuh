@@ -9,7 +9,7 @@
 //                so each operand crosses L2 -> SM once per cluster; a stage is refilled only when the
 //                math warps of every CTA of the cluster have released it.
 //   warpgroups 1, 2  math: per stage (128 of K) four wgmma m64nNk32 into a partial accumulator, then
-//                promotion total += partial * sa[row] * sb[n-block] on the CUDA cores. With DUAL the
+//                promotion total += partial * sa[row] * sb[n-block] on the CUDA cores. With two sets (ACC) the
 //                next stage's wgmmas are issued into a second partial before promoting the previous
 //                one, so the tensor cores never wait on the promotion (nor on the epilogue).
 // Tile split between the math warpgroups: BM = 128: 64 rows each, all BN columns;
@@ -42,9 +42,16 @@ constexpr int kMathWarps = kMathWarpgroups * 4;
 constexpr int kProducerRegs = 40;
 constexpr int kMathRegs = 232;
 
+// How the math warpgroups accumulate (template parameter ACC):
+enum AccMode : int {
+  kAccSingle = 0,     // one partial set: issue step s, wait for it, promote it
+  kAccDualWait = 1,   // two partial sets: wait for step s, issue s+1, promote s while s+1 runs
+  kAccDualAhead = 2,  // two partial sets, two steps in flight: issue s+1, wait for s, promote s
+};
+
 constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
 
-template <int BM, int BN, int STAGES, bool DUAL>
+template <int BM, int BN, int STAGES>
 struct GemmTraits {
   static_assert(BM == 64 || BM == 128, "BLOCK_M is 64 or 128");
   static constexpr int kWgN = BM == 128 ? BN : BN / 2;   // columns per math warpgroup
@@ -204,10 +211,10 @@ struct StepScales {
   uint32_t stage;       // the stage the step's operands sit in (freed when it retires)
 };
 
-template <int BM, int BN, int STAGES, bool DUAL, int CM, int CN>
+template <int BM, int BN, int STAGES, int ACC, int CM, int CN>
 struct MathWarpgroup {
   static constexpr int kCluster = CM * CN;
-  using T = GemmTraits<BM, BN, STAGES, DUAL>;
+  using T = GemmTraits<BM, BN, STAGES>;
   using L = typename T::Layout;
   static constexpr int kRegs = T::kRegs;
 
@@ -387,18 +394,47 @@ struct MathWarpgroup {
     for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
     float acc0[kRegs];
     StepScales sc0;
-    if constexpr (!DUAL) {
+    if constexpr (ACC == kAccSingle) {
       for (uint32_t s = 0; s < steps; ++s) {
         issue(acc0, sc0);
         wgmma_wait<0>();
         release(sc0);
         promote(acc0, total, sc0);
       }
+    } else if constexpr (ACC == kAccDualWait) {
+      // Per step: wait for step s (the only one in flight), free its stage at once, issue step s+1 into
+      // the other set, then promote step s while s+1 runs on the tensor cores.
+      float acc1[kRegs];
+      StepScales sc1;
+      issue(acc0, sc0);
+      uint32_t s = 0;
+      for (; s + 2 < steps; s += 2) {
+        wgmma_wait<0>();
+        release(sc0);
+        issue(acc1, sc1);
+        promote(acc0, total, sc0);
+        wgmma_wait<0>();
+        release(sc1);
+        issue(acc0, sc0);
+        promote(acc1, total, sc1);
+      }
+      wgmma_wait<0>();
+      release(sc0);
+      if (s + 1 < steps) {
+        issue(acc1, sc1);
+        promote(acc0, total, sc0);
+        wgmma_wait<0>();
+        release(sc1);
+        promote(acc1, total, sc1);
+      } else {
+        promote(acc0, total, sc0);
+      }
     } else {
+      static_assert(ACC == kAccDualAhead, "unknown accumulation mode");
       // Two partial sets, two steps in flight: step s+1 is issued before waiting for step s, so the
       // tensor cores always find this warpgroup's next step queued; step s is promoted (and, at a
-      // tile's end, stored) while s+1 runs. The steady state is straight-line code (a merge of paths
-      // with a set in flight makes ptxas insert a wait, C7517); the tail finishes the last steps.
+      // tile's end, stored) while s+1 runs. Both dual loops are straight-line in the steady state (a
+      // merge of paths with a set in flight makes ptxas insert a wait, C7517); the tails finish the rest.
       float acc1[kRegs];
       StepScales sc1;
       issue(acc0, sc0);
@@ -434,12 +470,12 @@ struct MathWarpgroup {
 // ---------------------------------------------------------------------------------------------
 // the kernel
 // ---------------------------------------------------------------------------------------------
-template <int BM, int BN, int STAGES, bool DUAL, int CM, int CN>
+template <int BM, int BN, int STAGES, int ACC, int CM, int CN>
 __global__ void __launch_bounds__(kThreads, 1)
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                     const __grid_constant__ CUtensorMap map_sa, const __grid_constant__ CUtensorMap map_out,
                     const GemmParams p) {
-  using L = typename GemmTraits<BM, BN, STAGES, DUAL>::Layout;
+  using L = typename GemmTraits<BM, BN, STAGES>::Layout;
   constexpr int CLUSTER = CM * CN;
   extern __shared__ uint8_t smem_raw[];
   // 128B-swizzled tiles need 1024-byte alignment; the dynamic allocation only promises 16.
@@ -474,7 +510,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     setmaxnreg_inc<kMathRegs>();
     // The warpgroup index through a shuffle: ptxas then treats it (and the A descriptors built from it)
     // as warp-uniform and keeps them in uniform registers (no R2UR between the wgmmas).
-    MathWarpgroup<BM, BN, STAGES, DUAL, CM, CN> math(p, sched, &map_out, smem, full, empty, __shfl_sync(0xffffffffu, wg - 1, 0));
+    MathWarpgroup<BM, BN, STAGES, ACC, CM, CN> math(p, sched, &map_out, smem, full, empty, __shfl_sync(0xffffffffu, wg - 1, 0));
     math.run();
   }
   // No CTA leaves while its partner may still multicast into it or arrive on its barriers.

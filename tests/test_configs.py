@@ -135,3 +135,9 @@ def test_cluster_shapes_round_trip_and_count_units():
 def test_forced_cluster_shape(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_CLUSTER", "2x1")
     assert configs.select(4096, 32768, 512, H100_SMS).variant.key == "128x128s6dc2"
+
+
+def test_accumulation_mode_letters():
+    assert [configs.parse_key(f"128x128s6{c}").acc_mode for c in "pwd"] == [0, 1, 2]
+    assert configs.parse_key("128x128s6wc2").key == "128x128s6wc2"
+    assert all(v.acc_mode in (0, 2) for v in configs.VARIANTS)  # "w" is for measuring, not selected
