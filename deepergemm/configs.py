@@ -8,9 +8,10 @@ Choice (``select``): BLOCK_M = 64 when M <= 128 (no tensor-core rows wasted on p
 to spread the memory-bound stream of B over more SMs), else 128. Among that BLOCK_M's variants, take the
 one with the least modelled time, ``waves * BLOCK_M * BLOCK_N * cost`` (ties: the larger tile): a
 persistent CTA takes one tile per wave, so a tile shape that leaves the last wave half empty pays for a
-full one (wave quantization). With BLOCK_M = 128, at least two M-tiles and K >= CLUSTER_MIN_K, CTAs run
-in clusters that multicast the operands they share (CLUSTER_SHAPE: 2 M-tiles x 1 N-tile share B): a unit
-of work is then a cluster's tiles, and a wave has num_sms / cluster units.
+full one (wave quantization). With BLOCK_M = 128 and at least two M-tiles, CTAs run in clusters that
+multicast the operands they share (CLUSTER_SHAPE: 2 M-tiles x 1 N-tile share B): a unit of work is then a
+cluster's tiles, and a wave has num_sms / cluster units. Dual accumulators wait for each step before issuing
+the next at BLOCK_M = 128 and keep two steps in flight at BLOCK_M = 64 (DUAL_ISSUE_AHEAD, measured).
 
 Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_DUAL_ACC=0        single partial accumulator (promotion not overlapped within a warpgroup)
@@ -36,9 +37,12 @@ MAX_STAGES = 16          # deeper rings only help small tiles, whose stages are 
 CLUSTER_SHAPES = ((1, 1), (2, 1), (1, 2), (2, 2))  # (CTAs along M, along N) the kernel supports
 # Multicast of B between 2 M-tiles (measured 2026-11-25 on H100 and H200, 128x128 tiles, ptx/NOTES.md): at
 # K = 7168 and 16384 10-15% faster than no cluster, at K = 1536 and 2048 equal to 8% faster, at K = 512
-# 1-3% slower (a cluster waits for its slower CTA at every stage, which long K-loops average out).
-CLUSTER_MIN_K = 1024
+# equal (wait-first dual accumulators, 1.15-1.17x cuBLAS either way). 2x2 and 1x2 measured slower overall.
 CLUSTER_SHAPE = (2, 1)
+# Dual-accumulator step ordering per BLOCK_M (measured 2026-11-25, H100, one sweep, ptx/NOTES.md): with two
+# steps in flight 128-row tiles ran 2-7% slower than waiting for each step first (0.94 vs 1.01x cuBLAS at
+# 4096x4096x7168); 64-row tiles ran 0-3% faster.
+DUAL_ISSUE_AHEAD = {64: True, 128: False}
 STEP_META_BYTES = 32     # per stage: the step's tile coordinates and B scales (dg::StepMeta)
 
 
@@ -141,8 +145,9 @@ def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES) -> int:
     raise ValueError(f"no stage count fits {block_m}x{block_n}")
 
 
-def _variant(block_m: int, block_n: int, dual: bool, cluster: tuple[int, int] = (1, 1)) -> Variant:
-    return Variant(block_m, block_n, _max_stages(block_m, block_n), dual, *cluster)
+def _variant(block_m: int, block_n: int, dual: bool, cluster: tuple[int, int] = (1, 1),
+             issue_ahead: bool = True) -> Variant:
+    return Variant(block_m, block_n, _max_stages(block_m, block_n), dual, *cluster, issue_ahead)
 
 
 # Tile shapes the heuristic may pick; each with dual accumulators where the registers allow, and a
@@ -164,16 +169,17 @@ def _variants() -> tuple[Variant, ...]:
         for cluster in (((1, 1), CLUSTER_SHAPE) if bm == 128 else ((1, 1),)):  # clusters: BLOCK_M 128 only
             out.append(_variant(bm, bn, False, cluster))
             if wg_n <= MAX_MATH_REGS_DUAL:
-                out.append(_variant(bm, bn, True, cluster))
+                out.append(_variant(bm, bn, True, cluster, DUAL_ISSUE_AHEAD[bm]))
     return tuple(out)
 
 
 VARIANTS: tuple[Variant, ...] = _variants()
 # What the tests (GPU) and the CI compile gate cover: every selectable variant, plus each cluster shape the
-# kernel supports on the 128x128 tile, so a shape select() does not pick today still builds and stays exact.
-TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(
-    _variant(128, 128, True, shape) for shape in CLUSTER_SHAPES
-    if not any((v.cluster_m, v.cluster_n) == shape for v in VARIANTS))
+# kernel supports and both dual-accumulator orderings on the 128x128 tile, so what select() does not pick
+# today still builds and stays exact.
+TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
+    v for v in (_variant(128, 128, True, shape, ahead) for shape in CLUSTER_SHAPES for ahead in (False, True))
+    if v not in VARIANTS))
 
 
 @dataclass(frozen=True)
@@ -237,14 +243,14 @@ def _parse_cluster(value: str) -> tuple[int, int]:
     return shape
 
 
-def _cluster_shape(m: int, k: int, block_m: int) -> tuple[int, int]:
+def _cluster_shape(m: int, block_m: int) -> tuple[int, int]:
     value = os.environ.get("DEEPERGEMM_CLUSTER", "").strip()
     if value:
         shape = _parse_cluster(value)
         if shape != (1, 1) and block_m != 128:
             raise ValueError(f"DEEPERGEMM_CLUSTER={value} needs BLOCK_M = 128, this problem uses {block_m}")
         return shape
-    return CLUSTER_SHAPE if block_m == 128 and ceil_div(m, block_m) >= 2 and k >= CLUSTER_MIN_K else (1, 1)
+    return CLUSTER_SHAPE if block_m == 128 and ceil_div(m, block_m) >= 2 else (1, 1)
 
 
 def select(m: int, n: int, k: int, num_sms: int) -> Choice:
@@ -259,7 +265,7 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
         block_m = 64 if m <= 128 else 128
         shapes = [(bm, bn) for bm, bn in TILE_SHAPES if bm == block_m]
 
-        cluster = _cluster_shape(m, k, block_m)
+        cluster = _cluster_shape(m, block_m)
 
         def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
             bm, bn = shape
@@ -267,7 +273,7 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
             return waves * cluster[0] * cluster[1] * bm * bn * _TILE_COST[bm], -bn  # ties: the larger tile
 
         shape = min(shapes, key=modelled_time)
-    cluster = _cluster_shape(m, k, shape[0])
+    cluster = _cluster_shape(m, shape[0])
     if forced is not None and (*shape, cluster) not in {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n))
                                                          for v in VARIANTS}:
         cluster = (1, 1)  # a forced tile shape without a clustered build runs unclustered

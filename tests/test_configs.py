@@ -42,10 +42,10 @@ def test_select_returns_a_listed_variant_with_a_grid_that_fits(shape):
     assert v.block_m == (64 if m <= 128 else 128)
 
 
-def test_cluster_only_for_k_past_512_and_several_m_tiles():
+def test_cluster_for_several_m_tiles():
     assert configs.select(8192, 4096, 7168, H100_SMS).variant.cluster == 2
     assert configs.select(4096, 7168, 2048, H100_SMS).variant.cluster == 2
-    assert configs.select(4096, 32768, 512, H100_SMS).variant.cluster == 1  # K = 512: measured 1-3% slower
+    assert configs.select(4096, 32768, 512, H100_SMS).variant.cluster == 2
     assert configs.select(128, 4096, 7168, H100_SMS).variant.cluster == 1    # one M-tile: nothing to share
     assert configs.select(129, 4096, 7168, H100_SMS).variant.cluster == 2    # two M-tiles (the second padded)
 
@@ -133,11 +133,17 @@ def test_cluster_shapes_round_trip_and_count_units():
 
 
 def test_forced_cluster_shape(monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_CLUSTER", "1")
+    assert configs.select(4096, 32768, 512, H100_SMS).variant.key == "128x128s6w"
     monkeypatch.setenv("DEEPERGEMM_CLUSTER", "2x1")
-    assert configs.select(4096, 32768, 512, H100_SMS).variant.key == "128x128s6dc2"
+    assert configs.select(4096, 32768, 512, H100_SMS).variant.key == "128x128s6wc2"
 
 
 def test_accumulation_mode_letters():
     assert [configs.parse_key(f"128x128s6{c}").acc_mode for c in "pwd"] == [0, 1, 2]
     assert configs.parse_key("128x128s6wc2").key == "128x128s6wc2"
-    assert all(v.acc_mode in (0, 2) for v in configs.VARIANTS)  # "w" is for measuring, not selected
+    # dual ordering as measured: wait for each step first at BLOCK_M = 128, two steps in flight at 64
+    assert {v.acc_mode for v in configs.VARIANTS if v.dual_acc and v.block_m == 128} == {1}
+    assert {v.acc_mode for v in configs.VARIANTS if v.dual_acc and v.block_m == 64} == {2}
+    tested = {(v.block_m, v.block_n, v.cluster_m, v.cluster_n, v.acc_mode) for v in configs.TESTED_VARIANTS}
+    assert all((128, 128, cm, cn, acc) in tested for cm, cn in configs.CLUSTER_SHAPES for acc in (1, 2))
