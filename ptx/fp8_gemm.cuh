@@ -1,7 +1,7 @@
 // The FP8 block-scaled GEMM: out (M, N) = (A * sa) @ (B * sb)^T, A (M, K) and B (N, K) fp8 e4m3 K-major,
 // sa per 1x128 (M-major fp32), sb per 128x128 block, fp32 accumulation, bf16 or fp32 out (+ bias).
 //
-// One persistent CTA per SM, 384 threads, in clusters of CM x CN CTAs (1x1, 2x1 or 2x2):
+// One persistent CTA per SM, 384 threads, in clusters of CM x CN CTAs (1x1, 2x1, 1x2 or 2x2):
 //   warpgroup 0  producer: one thread issues the TMA loads of A, B and the A scales into a ring of
 //                STAGES shared-memory stages (full/empty mbarriers), running ahead across tiles. In a
 //                cluster the CM CTAs of one N-block each load 1/CM of the B tile and multicast it to
