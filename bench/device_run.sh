@@ -14,9 +14,9 @@ for step in "$@"; do
   echo "=== $step $(date +%T)"
   case $step in
     sweep-large) timeout 300 python bench/sweep_variants.py --shapes large --variants "auto,$LARGE" --jobs 16 \
-                   2>&1 | tee "$OUT/sweep_large.log" | grep -v "^\[deepergemm\]" ;;
+                   2>&1 | tee "$OUT/sweep_large${TAG:-}.log" | grep -v "^\[deepergemm\]" ;;
     sweep-small) timeout 240 python bench/sweep_variants.py --shapes small --variants "auto,$SMALL" --jobs 16 \
-                   2>&1 | tee "$OUT/sweep_small.log" | grep -v "^\[deepergemm\]" ;;
+                   2>&1 | tee "$OUT/sweep_small${TAG:-}.log" | grep -v "^\[deepergemm\]" ;;
     warmup) timeout 200 python -m deepergemm warmup --jobs 16 --variants "${WARMUP_VARIANTS:-tested}" 2>&1 | tail -2 ;;
     tests) timeout 300 python -m pytest -q -m gpu -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
     bench) timeout 300 python -m deepergemm bench --shapes all --launches 30 --backends ptx,cublas --markdown \
@@ -27,6 +27,14 @@ for step in "$@"; do
              > "$OUT/ncu_$v.txt" 2>&1
            grep -E "Throughput|Duration|Busy|Hit Rate|Bandwidth|Issued Ipc|Stall|Bank|Eligible" "$OUT/ncu_$v.txt" | head -40
          done ;;
+    ncu-sass) # per-SASS-instruction warp stall samples of one variant (where the math warps wait)
+         v=${NCU_VARIANTS%% *}; v=${v:-128x128s6wc2}
+         timeout 200 ncu --set full -k regex:fp8_gemm -c 1 -f -o /tmp/prof_$v \
+           python bench/launch_once.py --variant "$v" --shape ${NCU_SHAPE:-4096x7168x16384} --launches 1 > /tmp/ncu_sass.log 2>&1
+         tail -3 /tmp/ncu_sass.log
+         ncu --import /tmp/prof_$v.ncu-rep --page source --csv --print-source sass > "$OUT/sass_$v.csv" 2>&1
+         ncu --import /tmp/prof_$v.ncu-rep --page details > "$OUT/ncu_$v.txt" 2>&1
+         wc -l "$OUT/sass_$v.csv"; head -3 "$OUT/sass_$v.csv" | cut -c1-600 ;;
     sanitize) for tool in memcheck racecheck; do
            timeout ${SANITIZE_TIMEOUT:-240} compute-sanitizer --tool $tool python bench/sanitize_case.py > "$OUT/sanitize_$tool.log" 2>&1
            echo "$tool rc=$?"; tail -4 "$OUT/sanitize_$tool.log"

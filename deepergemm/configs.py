@@ -61,8 +61,10 @@ class Variant:
     def __post_init__(self):
         """The rules dg::GemmTraits enforces at compile time, as a Python error before any build."""
         problems = []
-        if self.block_m not in (64, 128):
-            problems.append("BLOCK_M must be 64 or 128")
+        if self.block_m not in (64, 128, 256):
+            problems.append("BLOCK_M must be 64, 128 or 256")
+        elif self.block_m == 256 and self.dual_acc:
+            problems.append("256-row tiles hold two totals per thread: registers for one partial set only")
         if self.block_n % 16 or not 16 <= self.wg_n <= 256 or self.wg_n % 16:
             problems.append("each math warpgroup's N (BLOCK_N, or BLOCK_N / 2 at BLOCK_M = 64) must be a "
                             "multiple of 16 in 16..256")
@@ -70,8 +72,8 @@ class Variant:
             problems.append("a warpgroup's columns would span three 128-wide B-scale blocks")
         if (self.cluster_m, self.cluster_n) not in CLUSTER_SHAPES:
             problems.append(f"cluster shape must be one of {', '.join(f'{m}x{n}' for m, n in CLUSTER_SHAPES)}")
-        elif self.cluster > 1 and self.block_m != 128:
-            problems.append("clusters need BLOCK_M = 128")
+        elif self.cluster > 1 and self.block_m < 128:
+            problems.append("clusters need BLOCK_M >= 128")
         elif self.block_n % (8 * self.cluster_m):
             problems.append("each CTA's slice of the B tile must be a multiple of 8 rows")
         if self.stages < 2:
@@ -93,7 +95,7 @@ class Variant:
     @property
     def wg_n(self) -> int:
         """Columns of one math warpgroup (BLOCK_M = 64 splits the tile's columns between the two)."""
-        return self.block_n if self.block_m == 128 else self.block_n // 2
+        return self.block_n if self.block_m >= 128 else self.block_n // 2
 
     @property
     def epi_n(self) -> int:
@@ -174,11 +176,17 @@ def _variants() -> tuple[Variant, ...]:
 
 
 VARIANTS: tuple[Variant, ...] = _variants()
+# 256-row tiles (two 64-row slabs per math warpgroup, one partial set): the tile DeepGEMM and cuBLAS use at
+# large M. Measured 2026-11-25 (H100, ptx/NOTES.md) at parity with 128x128 dual accumulators on long K and
+# behind on the rest (slower with 2-CTA clusters), so select() does not pick them; built and tested so the
+# next tuning step starts from working code.
+LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False), _variant(256, 128, False, CLUSTER_SHAPE))
 # What the tests (GPU) and the CI compile gate cover: every selectable variant, plus each cluster shape the
-# kernel supports and both dual-accumulator orderings on the 128x128 tile, so what select() does not pick
-# today still builds and stays exact.
+# kernel supports and both dual-accumulator orderings on the 128x128 tile, and the 256-row tiles, so what
+# select() does not pick today still builds and stays exact.
 TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
-    v for v in (_variant(128, 128, True, shape, ahead) for shape in CLUSTER_SHAPES for ahead in (False, True))
+    v for v in (*(_variant(128, 128, True, shape, ahead) for shape in CLUSTER_SHAPES for ahead in (False, True)),
+                *LARGE_TILE_VARIANTS)
     if v not in VARIANTS))
 
 

@@ -50,7 +50,10 @@ def cache_root() -> pathlib.Path:
 
 
 def nvcc_flags(variant: configs.Variant) -> list[str]:
-    return [*NVCC_FLAGS, *(f"-D{k}={v}" for k, v in variant.compile_defines().items())]
+    # $DEEPERGEMM_NVCC_DEFINES (space-separated NAME or NAME=VALUE): developers' A/B switches in ptx/,
+    # part of the cache key like every other flag.
+    extra = os.environ.get("DEEPERGEMM_NVCC_DEFINES", "").split()
+    return [*NVCC_FLAGS, *(f"-D{k}={v}" for k, v in variant.compile_defines().items()), *(f"-D{d}" for d in extra)]
 
 
 def module_name(variant: configs.Variant) -> str:

@@ -12,7 +12,9 @@
 //                promotion total += partial * sa[row] * sb[n-block] on the CUDA cores. With two sets (ACC) the
 //                next stage's wgmmas are issued into a second partial before promoting the previous
 //                one, so the tensor cores never wait on the promotion (nor on the epilogue).
-// Tile split between the math warpgroups: BM = 128: 64 rows each, all BN columns;
+// Tile split between the math warpgroups: BM = 256: two 64-row slabs each (rows 64w.. and 128 + 64w..),
+//                                              all BN columns, one after the other per stage;
+//                                         BM = 128: 64 rows each, all BN columns;
 //                                         BM = 64: all 64 rows, BN/2 columns each.
 #pragma once
 
@@ -53,9 +55,10 @@ constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
 
 template <int BM, int BN, int STAGES>
 struct GemmTraits {
-  static_assert(BM == 64 || BM == 128, "BLOCK_M is 64 or 128");
-  static constexpr int kWgN = BM == 128 ? BN : BN / 2;   // columns per math warpgroup
-  static constexpr int kRegs = kWgN / 2;                 // fp32 accumulators per thread per set
+  static_assert(BM == 64 || BM == 128 || BM == 256, "BLOCK_M is 64, 128 or 256");
+  static constexpr int kSlabs = BM == 256 ? 2 : 1;       // 64-row slabs per math warpgroup, 128 rows apart
+  static constexpr int kWgN = BM >= 128 ? BN : BN / 2;   // columns per math warpgroup
+  static constexpr int kRegs = kWgN / 2;                 // fp32 accumulators per thread per set (and slab)
   static constexpr int kGroups8 = kWgN / 8;              // 8-column groups per warpgroup
   static_assert(kWgN % 16 == 0 && kWgN <= 256, "warpgroup N must be a multiple of 16 (stmatrix.x4), <= 256");
   // bf16 epilogue band width: the staging buffer holds 64 rows x kEpiN columns per warpgroup, rows of
@@ -238,13 +241,19 @@ struct MathWarpgroup {
     tid = threadIdx.x % 128;
     warp = tid / 32;
     lane = tid % 32;
-    row_base = BM == 128 ? 64 * wg : 0;
-    col_base = BM == 128 ? 0 : T::kWgN * wg;
+    row_base = BM >= 128 ? 64 * wg : 0;
+    col_base = BM >= 128 ? 0 : T::kWgN * wg;
   }
 
   // Wait for the next step's data, note its scales and tile, issue its four k32 wgmmas into acc (one
   // commit group).
   __device__ __forceinline__ void issue(float (&acc)[kRegs], StepScales& sc) {
+    acquire(sc);
+    issue_slab(acc, sc, 0);
+  }
+
+  // Wait for the next step's stage and note its tile and B scales.
+  __device__ __forceinline__ void acquire(StepScales& sc) {
     const uint32_t stage = pos.stage;
     mbar_wait(&full[stage], pos.phase);
     pos.advance();
@@ -259,12 +268,18 @@ struct MathWarpgroup {
     sc.sb_lo = ld_shared_f32(meta + 4 * j);
     sc.sb_hi = ld_shared_f32(meta + 4 * (j + 1));
     sc.sb_switch = (n0 / kBlockK + 1) * kBlockK - n0;
-    const uint32_t sa_addr = smem_addr(smem + L::kSA + stage * L::kSASlot) + (row_base + warp * 16 + lane / 4) * 4;
+  }
+
+  // Note slab `slab`'s A scales and issue its four k32 wgmmas (stage sc.stage) into acc, one commit group.
+  __device__ __forceinline__ void issue_slab(float (&acc)[kRegs], StepScales& sc, int slab) {
+    const uint32_t stage = sc.stage;
+    const int rows = row_base + 128 * slab;
+    const uint32_t sa_addr = smem_addr(smem + L::kSA + stage * L::kSASlot) + (rows + warp * 16 + lane / 4) * 4;
     sc.sa_lo = ld_shared_f32(sa_addr);
     sc.sa_hi = ld_shared_f32(sa_addr + 8 * 4);
 
     const uint64_t desc_a =
-        smem_desc_kmajor_sw128(smem_addr(smem + L::kA + stage * L::kABytes + row_base * kSwizzleBytes));
+        smem_desc_kmajor_sw128(smem_addr(smem + L::kA + stage * L::kABytes + rows * kSwizzleBytes));
     const uint64_t desc_b =
         smem_desc_kmajor_sw128(smem_addr(smem + L::kB + stage * L::kBBytes + col_base * kSwizzleBytes));
 #pragma unroll
@@ -292,8 +307,17 @@ struct MathWarpgroup {
   }
 
   // Promote a completed step's partial sums into total, and finish the tile if it was the tile's last
-  // K block.
+  // K block (one-slab tiles; 256-row tiles finish both slabs in run()).
   __device__ __forceinline__ void promote(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc) {
+    promote_only(acc, total, sc);
+    if (sc.last_k) {
+      epilogue(total, sc.m_block, sc.n_block, 0);
+#pragma unroll
+      for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
+    }
+  }
+
+  __device__ __forceinline__ void promote_only(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc) {
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
     const float f_lo = sc.sa_lo * sc.sb_lo, f_hi = sc.sa_hi * sc.sb_lo;
@@ -307,11 +331,6 @@ struct MathWarpgroup {
       total[4 * j + 2] = fmaf(acc[4 * j + 2], s_hi, total[4 * j + 2]);
       total[4 * j + 3] = fmaf(acc[4 * j + 3], s_hi, total[4 * j + 3]);
     }
-    if (sc.last_k) {
-      epilogue(total, sc.m_block, sc.n_block);
-#pragma unroll
-      for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
-    }
   }
 
   __device__ __forceinline__ float bias_at(int col) const {
@@ -322,8 +341,8 @@ struct MathWarpgroup {
 
   // Accumulator element (j, e) of this thread: row warp*16 + lane/4 (+8 for e >= 2),
   // column 8j + 2*(lane%4) + (e & 1).
-  __device__ __forceinline__ void epilogue(float (&total)[kRegs], int m_block, int n_block) {
-    const int m0 = m_block * BM + row_base;
+  __device__ __forceinline__ void epilogue(float (&total)[kRegs], int m_block, int n_block, int slab) {
+    const int m0 = m_block * BM + row_base + 128 * slab;
     const int n0 = n_block * BN + col_base;
     const int quad_col = 2 * (lane % 4);
     if (p.bias_kind != kBiasNone) {
@@ -394,7 +413,30 @@ struct MathWarpgroup {
     for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
     float acc0[kRegs];
     StepScales sc0;
-    if constexpr (ACC == kAccSingle) {
+    if constexpr (T::kSlabs > 1) {
+      // 256-row tiles: per stage, slab 0 then slab 1 through the one partial set (the registers hold two
+      // totals, no second partial); the other math warpgroup's wgmmas fill the tensor cores meanwhile.
+      static_assert(ACC == kAccSingle, "256-row tiles have registers for one partial set only");
+      float total1[kRegs];
+#pragma unroll
+      for (int i = 0; i < kRegs; ++i) total1[i] = 0.f;
+      for (uint32_t s = 0; s < steps; ++s) {
+        acquire(sc0);
+        issue_slab(acc0, sc0, 0);
+        wgmma_wait<0>();
+        promote_only(acc0, total, sc0);
+        issue_slab(acc0, sc0, 1);
+        wgmma_wait<0>();
+        release(sc0);
+        promote_only(acc0, total1, sc0);
+        if (sc0.last_k) {
+          epilogue(total, sc0.m_block, sc0.n_block, 0);
+          epilogue(total1, sc0.m_block, sc0.n_block, 1);
+#pragma unroll
+          for (int i = 0; i < kRegs; ++i) total[i] = total1[i] = 0.f;
+        }
+      }
+    } else if constexpr (ACC == kAccSingle) {
       for (uint32_t s = 0; s < steps; ++s) {
         issue(acc0, sc0);
         wgmma_wait<0>();

@@ -107,10 +107,11 @@ def test_parse_key_rejects_garbage():
 
 @pytest.mark.parametrize("key, rule", [
     ("128x176s5pc2", "three 128-wide B-scale blocks"),   # columns at offset 112 of a block run to 288
-    ("64x128s8dc2", "clusters need BLOCK_M = 128"),
+    ("64x128s8dc2", "clusters need BLOCK_M >= 128"),
     ("128x128s6dc4", "cluster shape must be one of"),
     ("64x24s8d", "multiple of 16"),
-    ("96x128s6d", "BLOCK_M must be 64 or 128"),
+    ("96x128s6d", "BLOCK_M must be 64, 128 or 256"),
+    ("256x128s4d", "one partial set only"),
 ])
 def test_impossible_variants_are_rejected_before_any_build(key, rule):
     with pytest.raises(ValueError, match=rule):
@@ -147,3 +148,15 @@ def test_accumulation_mode_letters():
     assert {v.acc_mode for v in configs.VARIANTS if v.dual_acc and v.block_m == 64} == {2}
     tested = {(v.block_m, v.block_n, v.cluster_m, v.cluster_n, v.acc_mode) for v in configs.TESTED_VARIANTS}
     assert all((128, 128, cm, cn, acc) in tested for cm, cn in configs.CLUSTER_SHAPES for acc in (1, 2))
+
+
+def test_256_row_tiles_take_one_partial_set():
+    v = configs.parse_key("256x128s4p")
+    assert (v.block_m, v.wg_n, v.stages, v.acc_mode) == (256, 128, 4, 0)
+    assert v.smem_bytes <= configs.SMEM_LIMIT and configs._max_stages(256, 128) == 4
+    assert configs.parse_key("256x128s4pc2").cluster == 2
+    with pytest.raises(ValueError, match="one partial set"):
+        configs.parse_key("256x128s4w")
+    with pytest.raises(ValueError, match="64, 128 or 256"):
+        configs.parse_key("192x128s4p")
+    assert all(v in configs.TESTED_VARIANTS and v not in configs.VARIANTS for v in configs.LARGE_TILE_VARIANTS)
