@@ -35,8 +35,8 @@ for step in "$@"; do
          ncu --import /tmp/prof_$v.ncu-rep --page source --csv --print-source sass > "$OUT/sass_$v.csv" 2>&1
          ncu --import /tmp/prof_$v.ncu-rep --page details > "$OUT/ncu_$v.txt" 2>&1
          wc -l "$OUT/sass_$v.csv"; head -3 "$OUT/sass_$v.csv" | cut -c1-600 ;;
-    sanitize) for tool in memcheck racecheck; do
-           timeout ${SANITIZE_TIMEOUT:-240} compute-sanitizer --tool $tool python bench/sanitize_case.py > "$OUT/sanitize_$tool.log" 2>&1
+    sanitize) for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
+           timeout ${SANITIZE_TIMEOUT:-240} compute-sanitizer --tool $tool python bench/sanitize_case.py ${SANITIZE_VARIANTS:-} > "$OUT/sanitize_$tool.log" 2>&1
            echo "$tool rc=$?"; tail -4 "$OUT/sanitize_$tool.log"
          done ;;
     *) echo "unknown step $step" ;;

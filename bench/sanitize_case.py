@@ -1,6 +1,9 @@
-"""One small GEMM per selectable variant, for compute-sanitizer (developer tool):
+"""One small GEMM per tested variant, for compute-sanitizer (developer tool):
 
-    compute-sanitizer --tool memcheck python bench/sanitize_case.py
+    compute-sanitizer --tool memcheck python bench/sanitize_case.py [KEY,KEY,...]
+
+K gives every variant more steps than stages, so each ring of stages wraps at least once (the reuse of a
+stage, its StepMeta slot included, is what racecheck must see ordered by the empty barrier).
 """
 import pathlib
 import sys
@@ -12,8 +15,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from deepergemm import configs, extension, layouts
 from deepergemm import reference as ref
 
-for variant in configs.TESTED_VARIANTS:
-    m, n, k = 200, 264, 640  # M and N tails, several k-blocks, ring wrap for 5-stage variants
+keys = sys.argv[1].split(",") if len(sys.argv) > 1 else None
+variants = [configs.parse_key(key) for key in keys] if keys else configs.TESTED_VARIANTS
+for variant in variants:
+    m, n, k = 200, 264, 128 * (variant.stages + 3)  # M and N tails, the ring wraps
     a, a_s = ref.quantize_act(torch.randn(m, k, device="cuda"))
     b, b_s = ref.quantize_weight(torch.randn(n, k, device="cuda"))
     out = torch.empty((m, n), device="cuda", dtype=torch.bfloat16)
