@@ -14,7 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # also under ncu, whose python may lack the install
-from deepergemm import configs, extension, layouts
+from deepergemm import configs, cublas, extension, layouts
 from deepergemm import reference as ref
 
 
@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--shape", required=True)
     parser.add_argument("--launches", type=int, default=3)
     parser.add_argument("--group-n", type=int, default=16)
+    parser.add_argument("--cublas", action="store_true", help="also launch cuBLAS once on the same inputs (after ours)")
     args = parser.parse_args()
     m, n, k = (int(x) for x in args.shape.split("x"))
     variant = configs.parse_key(args.variant)  # listed in configs.VARIANTS or not
@@ -37,6 +38,8 @@ def main() -> None:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(args.launches):
             module.fp8_gemm(a, a_s, b, b_s, out, out, 0, sms, args.group_n, stream)
+        if args.cublas:  # for ncu side by side: -k regex:'fp8_gemm|gemm' -c 2
+            cublas.fp8_gemm_cublas(a, a_s, b, b_s, torch.bfloat16, None)
         torch.cuda.synchronize()
     trace = pathlib.Path(tempfile.mkdtemp()) / "trace.json"
     prof.export_chrome_trace(str(trace))
