@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench ncu sanitize
+#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench ncu ncu-sass ncu-vs-cublas sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -35,6 +35,14 @@ for step in "$@"; do
          ncu --import /tmp/prof_$v.ncu-rep --page source --csv --print-source sass > "$OUT/sass_$v.csv" 2>&1
          ncu --import /tmp/prof_$v.ncu-rep --page details > "$OUT/ncu_$v.txt" 2>&1
          wc -l "$OUT/sass_$v.csv"; head -3 "$OUT/sass_$v.csv" | cut -c1-600 ;;
+    ncu-vs-cublas) # ours and cuBLAS on the same inputs in one process, full ncu sections for both
+         v=${NCU_VARIANTS%% *}; v=${v:-128x128s6wc2}
+         timeout 300 ncu --set full -k "regex:fp8_gemm|nvjet|sm90" -c 2 -f -o /tmp/vs_cublas \
+           python bench/launch_once.py --variant "$v" --shape ${NCU_SHAPE:-4096x7168x16384} --launches 1 --cublas \
+           > /tmp/ncu_vs.log 2>&1; tail -3 /tmp/ncu_vs.log
+         ncu --import /tmp/vs_cublas.ncu-rep --page details > "$OUT/ncu_vs_cublas.txt" 2>&1
+         ncu --import /tmp/vs_cublas.ncu-rep --page raw --csv > "$OUT/ncu_vs_cublas_raw.csv" 2>&1
+         grep -E "gemm|nvjet|Duration|Throughput|Issued Ipc|Eligible|Hit Rate" "$OUT/ncu_vs_cublas.txt" | head -40 ;;
     sanitize) for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
            timeout ${SANITIZE_TIMEOUT:-240} compute-sanitizer --tool $tool python bench/sanitize_case.py ${SANITIZE_VARIANTS:-} > "$OUT/sanitize_$tool.log" 2>&1
            echo "$tool rc=$?"; tail -4 "$OUT/sanitize_$tool.log"
