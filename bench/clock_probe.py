@@ -6,17 +6,14 @@ For cuBLAS and each variant in turn: launches for --seconds while nvidia-smi sam
 the median SM clock, power and TFLOPS of each phase (TFLOPS per GHz compares work per clock).
 """
 import argparse
-import pathlib
 import statistics
 import subprocess
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from deepergemm import configs, cublas, extension, layouts
-from deepergemm import reference as ref
+from gemm_case import make_case  # bench/gemm_case.py (puts this checkout on sys.path)
+from deepergemm import configs, extension  # noqa: E402
 
 
 def main() -> None:
@@ -26,16 +23,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
     m, n, k = (int(x) for x in args.shape.split("x"))
-    a, a_s = ref.quantize_act(torch.randn(m, k, device="cuda"))
-    b, b_s = ref.quantize_weight(torch.randn(n, k, device="cuda"))
-    a_s_layout = layouts.to_act_scale_layout(a_s)
-    out = torch.empty((m, n), device="cuda", dtype=torch.bfloat16)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    stream = torch.cuda.current_stream().cuda_stream
-    phases = [("cublas", lambda: cublas.fp8_gemm_cublas(a, a_s_layout, b, b_s, torch.bfloat16, None))]
+    case = make_case(args.shape)
+    phases = [("cublas", case.launch_cublas)]
     for key in args.variants.split(","):
         module = extension.load(configs.parse_key(key))
-        phases.append((key, lambda module=module: module.fp8_gemm(a, a_s_layout, b, b_s, out, out, 0, sms, 16, stream)))
+        phases.append((key, lambda module=module: case.launch(module)))
     smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
                             "-lms", "50"], stdout=subprocess.PIPE, text=True)
     t0 = time.time()

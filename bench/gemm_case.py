@@ -1,0 +1,42 @@
+"""Shared by the developer scripts in bench/: one GEMM's inputs, quantized the DeepSeek way, in the layouts
+the compiled kernel takes, and a launcher for a compiled variant."""
+import pathlib
+import sys
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # also under ncu / compute-sanitizer
+from deepergemm import cublas, layouts  # noqa: E402
+from deepergemm import reference as ref  # noqa: E402
+
+
+@dataclass
+class GemmCase:
+    a: torch.Tensor          # (M, K) fp8
+    a_scales: torch.Tensor   # (M, K/128) fp32, M-major (the kernel's and cuBLAS's layout)
+    b: torch.Tensor          # (N, K) fp8
+    b_scales: torch.Tensor   # (N/128, K/128) fp32
+    out: torch.Tensor        # (M, N) bf16
+    sms: int                 # SMs of the GPU (the persistent grid)
+    stream: int              # the current CUDA stream's handle
+
+    def launch(self, module, group_n: int = 16) -> None:
+        """One launch of a compiled variant (extension.load(...)): no bias, bf16 out."""
+        module.fp8_gemm(self.a, self.a_scales, self.b, self.b_scales, self.out, self.out, 0, self.sms, group_n,
+                        self.stream)
+
+    def launch_cublas(self) -> torch.Tensor:
+        return cublas.fp8_gemm_cublas(self.a, self.a_scales, self.b, self.b_scales, torch.bfloat16, None)
+
+
+def make_case(shape: str, device: str = "cuda") -> GemmCase:
+    """Random N(0, 1) inputs for an "MxNxK" shape."""
+    m, n, k = (int(x) for x in shape.split("x"))
+    a, a_s = ref.quantize_act(torch.randn(m, k, device=device))
+    b, b_s = ref.quantize_weight(torch.randn(n, k, device=device))
+    cuda = device == "cuda"
+    return GemmCase(a, layouts.to_act_scale_layout(a_s), b, b_s,
+                    torch.empty((m, n), device=device, dtype=torch.bfloat16),
+                    torch.cuda.get_device_properties(0).multi_processor_count if cuda else 132,
+                    torch.cuda.current_stream().cuda_stream if cuda else 0)
