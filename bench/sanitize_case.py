@@ -9,8 +9,9 @@ import sys
 
 import torch
 
-from gemm_case import make_case  # bench/gemm_case.py (puts this checkout on sys.path: the sanitizer's python
-from deepergemm import configs, extension  # noqa: E402  may not see an editable install)
+# bench/gemm_case.py puts this checkout on sys.path (the sanitizer's python may not see an editable install)
+from gemm_case import make_case
+from deepergemm import configs, extension  # noqa: E402
 
 keys = sys.argv[1].split(",") if len(sys.argv) > 1 else None
 variants = [configs.parse_key(key) for key in keys] if keys else configs.TESTED_VARIANTS
