@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench ncu ncu-sass ncu-vs-cublas sanitize
+#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -43,6 +43,18 @@ for step in "$@"; do
          ncu --import /tmp/vs_cublas.ncu-rep --page details > "$OUT/ncu_vs_cublas.txt" 2>&1
          ncu --import /tmp/vs_cublas.ncu-rep --page raw --csv > "$OUT/ncu_vs_cublas_raw.csv" 2>&1
          grep -E "gemm|nvjet|Duration|Throughput|Issued Ipc|Eligible|Hit Rate" "$OUT/ncu_vs_cublas.txt" | head -40 ;;
+    ablate) # one sweep per define set (DEFINE_SETS, ';'-separated, empty = baseline), all sets built in
+         # parallel first; outputs are not checked (ablation builds compute wrong results on purpose)
+         IFS=';' read -ra sets <<< "${DEFINE_SETS:-;DG_PINGPONG;DG_ABLATE_PROMOTION;DG_ABLATE_PROMOTION DG_ABLATE_EPILOGUE}"
+         for d in "${sets[@]}"; do
+           DEEPERGEMM_NVCC_DEFINES="$d" timeout 400 python -m deepergemm warmup --jobs 4 --variants "$LARGE" \
+             > "/tmp/warm_${d// /_}.log" 2>&1 &
+         done; wait
+         for d in "${sets[@]}"; do
+           echo "--- defines: ${d:-none}"
+           DEEPERGEMM_NVCC_DEFINES="$d" timeout 200 python bench/sweep_variants.py --shapes "${ABLATE_SHAPES:-4096x7168x16384,8192x4096x7168,4096x7168x2048}" \
+             --variants "$LARGE" --no-check 2>&1 | grep -v "^\[deepergemm\]"
+         done | tee "$OUT/ablate${TAG:-}.log" ;;
     sanitize) for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
            timeout ${SANITIZE_TIMEOUT:-240} compute-sanitizer --tool $tool python bench/sanitize_case.py ${SANITIZE_VARIANTS:-} > "$OUT/sanitize_$tool.log" 2>&1
            echo "$tool rc=$?"; tail -4 "$OUT/sanitize_$tool.log"

@@ -45,6 +45,8 @@ def main() -> int:
     parser.add_argument("--launches", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=extension.default_jobs())
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument("--no-check", action="store_true",
+                        help="time variants whose output is wrong too (ablation builds: DEEPERGEMM_NVCC_DEFINES)")
     args = parser.parse_args()
     variants, auto = parse_variants(args.variants)
     shapes = select_shapes(args.shapes)
@@ -82,14 +84,15 @@ def main() -> int:
                 diff = ref.calc_diff(out.float().nan_to_num(0), expected)
                 row = {"shape": shape.label, "variant": v.key, "group_n": g, "cublas_us": cublas,
                        "calc_diff": diff, "unwritten": unwritten, "auto": v == picks[shape]}
-                if unwritten or not diff <= 2e-6:
+                if (unwritten or not diff <= 2e-6) and not args.no_check:
                     failures += 1
                     print(f"{'':>16} {v.key:>13} g{g:<3} FAIL calc_diff {diff:.2e}, {unwritten} unwritten", flush=True)
                 else:
                     us = time_cold_l2(launch, args.launches).median_us
                     row.update(us=us, tflops=2 * m * n * k / us / 1e6, ratio=cublas / us)
                     print(f"{'':>16} {v.key:>13} g{g:<3} {us:8.1f} us {row['tflops']:6.0f} TFLOPS "
-                          f"{row['ratio']:5.2f}x cuBLAS{'  <- configs' if row['auto'] else ''}", flush=True)
+                          f"{row['ratio']:5.2f}x cuBLAS{'  <- configs' if row['auto'] else ''}"
+                          f"{f'  (WRONG: calc_diff {diff:.1e})' if unwritten or not diff <= 2e-6 else ''}", flush=True)
                 rows.append(row)
         del expected
         torch.cuda.empty_cache()
