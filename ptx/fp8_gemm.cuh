@@ -54,12 +54,13 @@ enum AccMode : int {
 // Developers' switches (DEEPERGEMM_NVCC_DEFINES, part of the build's cache key), for measurements only:
 //   DG_ABLATE_PROMOTION  skip all but one promotion FFMA (wrong results: times the loop without them)
 //   DG_ABLATE_EPILOGUE   skip the output stores (wrong results: times the loop without them)
-//   DG_PINGPONG          the two math warpgroups issue their wgmmas in strict turns (named barriers)
-#ifdef DG_PINGPONG
-constexpr bool kPingPong = true;
-#else
-constexpr bool kPingPong = false;
+//   DG_PINGPONG=1        the two math warpgroups issue their wgmmas in strict turns (named barriers)
+//   DG_PINGPONG=2        ...and a warpgroup passes the turn once the first three of its four k32 wgmmas
+//                        have completed (one partial set only), so the other's queue behind its last one
+#ifndef DG_PINGPONG
+#define DG_PINGPONG 0
 #endif
+constexpr int kPingPong = DG_PINGPONG;
 constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w waits on 1 + w for its turn
 
 constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
@@ -295,14 +296,25 @@ struct MathWarpgroup {
         smem_desc_kmajor_sw128(smem_addr(smem + L::kB + stage * L::kBBytes + col_base * kSwizzleBytes));
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
-    if constexpr (kPingPong) named_barrier_sync(kTurnBarrier + wg, 256);  // the other warpgroup has issued
+    if constexpr (kPingPong != 0) named_barrier_sync(kTurnBarrier + wg, 256);  // this warpgroup's turn
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < kBlockK / 32; ++k) {
       Wgmma<T::kWgN>::mma(acc, desc_a + k * kDescK32Step, desc_b + k * kDescK32Step, k);
+      if (kPingPong == 2 && k == kBlockK / 32 - 2) wgmma_commit();  // the first three: the hand-over point
     }
     wgmma_commit();  // no operand fence here: touching acc before the wait would make ptxas serialize
-    if constexpr (kPingPong) named_barrier_arrive(kTurnBarrier + (wg ^ 1), 256);  // its turn
+    if constexpr (kPingPong == 1) named_barrier_arrive(kTurnBarrier + (wg ^ 1), 256);  // the other's turn
+  }
+
+  // Wait for the one slab in flight (one partial set). With completion turns the other warpgroup gets
+  // the turn when this slab's first three wgmmas are done: its wgmmas queue behind this one's last.
+  __device__ __forceinline__ void wait_slab() {
+    if constexpr (kPingPong == 2) {
+      wgmma_wait<1>();
+      named_barrier_arrive(kTurnBarrier + (wg ^ 1), 256);
+    }
+    wgmma_wait<0>();
   }
 
   // The step's wgmmas have completed: free its stage in every CTA of the cluster (each one's producer
@@ -433,7 +445,7 @@ struct MathWarpgroup {
     const uint32_t steps = sched.num_steps();
     if (steps == 0) return;
     // Turns: warpgroup 0 issues first; warpgroup 1's extra arrive is taken back after the loop.
-    if (kPingPong && wg == 1) named_barrier_arrive(kTurnBarrier, 256);
+    if (kPingPong != 0 && wg == 1) named_barrier_arrive(kTurnBarrier, 256);
     float total[kRegs];
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
@@ -449,10 +461,10 @@ struct MathWarpgroup {
       for (uint32_t s = 0; s < steps; ++s) {
         acquire(sc0);
         issue_slab(acc0, sc0, 0);
-        wgmma_wait<0>();
+        wait_slab();
         promote_only(acc0, total, sc0);
         issue_slab(acc0, sc0, 1);
-        wgmma_wait<0>();
+        wait_slab();
         release(sc0);
         promote_only(acc0, total1, sc0);
         if (sc0.last_k) {
@@ -465,11 +477,12 @@ struct MathWarpgroup {
     } else if constexpr (ACC == kAccSingle) {
       for (uint32_t s = 0; s < steps; ++s) {
         issue(acc0, sc0);
-        wgmma_wait<0>();
+        wait_slab();
         release(sc0);
         promote(acc0, total, sc0);
       }
     } else if constexpr (ACC == kAccDualWait) {
+      static_assert(kPingPong != 2 || ACC == kAccSingle, "completion turns need one partial set (ACC p)");
       // Per step: wait for step s (the only one in flight), free its stage at once, issue step s+1 into
       // the other set, then promote step s while s+1 runs on the tensor cores.
       float acc1[kRegs];
@@ -499,6 +512,7 @@ struct MathWarpgroup {
       }
     } else {
       static_assert(ACC == kAccDualAhead, "unknown accumulation mode");
+      static_assert(kPingPong != 2 || ACC == kAccSingle, "completion turns need one partial set (ACC p)");
       // Two partial sets, two steps in flight: step s+1 is issued before waiting for step s, so the
       // tensor cores always find this warpgroup's next step queued; step s is promoted (and, at a
       // tile's end, stored) while s+1 runs. Both dual loops are straight-line in the steady state (a
@@ -531,7 +545,7 @@ struct MathWarpgroup {
         promote(acc0, total, sc0);
       }
     }
-    if (kPingPong && wg == 0) named_barrier_sync(kTurnBarrier, 256);
+    if (kPingPong != 0 && wg == 0) named_barrier_sync(kTurnBarrier, 256);
     if (lane == 0) bulk_wait_group<0>();  // this warp's last TMA stores have finished before the CTA exits
   }
 };
