@@ -57,10 +57,12 @@ enum AccMode : int {
 //   DG_PINGPONG=1        the two math warpgroups issue their wgmmas in strict turns (named barriers)
 //   DG_PINGPONG=2        ...and a warpgroup passes the turn once the first three of its four k32 wgmmas
 //                        have completed (one partial set only), so the other's queue behind its last one
+//   DG_PINGPONG=3        256-row tiles: warpgroup 1 starts one slab after warpgroup 0, once (no turns after)
 #ifndef DG_PINGPONG
 #define DG_PINGPONG 0
 #endif
 constexpr int kPingPong = DG_PINGPONG;
+constexpr bool kTurnEverySlab = kPingPong == 1 || kPingPong == 2;
 constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w waits on 1 + w for its turn
 
 constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
@@ -296,7 +298,7 @@ struct MathWarpgroup {
         smem_desc_kmajor_sw128(smem_addr(smem + L::kB + stage * L::kBBytes + col_base * kSwizzleBytes));
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
-    if constexpr (kPingPong != 0) named_barrier_sync(kTurnBarrier + wg, 256);  // this warpgroup's turn
+    if constexpr (kTurnEverySlab) named_barrier_sync(kTurnBarrier + wg, 256);  // this warpgroup's turn
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < kBlockK / 32; ++k) {
@@ -445,7 +447,7 @@ struct MathWarpgroup {
     const uint32_t steps = sched.num_steps();
     if (steps == 0) return;
     // Turns: warpgroup 0 issues first; warpgroup 1's extra arrive is taken back after the loop.
-    if (kPingPong != 0 && wg == 1) named_barrier_arrive(kTurnBarrier, 256);
+    if (kTurnEverySlab && wg == 1) named_barrier_arrive(kTurnBarrier, 256);
     float total[kRegs];
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
@@ -458,22 +460,38 @@ struct MathWarpgroup {
       float total1[kRegs];
 #pragma unroll
       for (int i = 0; i < kRegs; ++i) total1[i] = 0.f;
-      for (uint32_t s = 0; s < steps; ++s) {
-        acquire(sc0);
-        issue_slab(acc0, sc0, 0);
+      // The next step's slab 0 is issued before a finished tile's stores, so they overlap its wgmmas.
+      // Straight-line steady state (no path merge with a group in flight), the last step after it.
+      auto finish_step = [&]() {  // entry: slab 0 of step sc0 in flight
         wait_slab();
         promote_only(acc0, total, sc0);
         issue_slab(acc0, sc0, 1);
         wait_slab();
         release(sc0);
         promote_only(acc0, total1, sc0);
-        if (sc0.last_k) {
-          epilogue(total, sc0.m_block, sc0.n_block, 0);
-          epilogue(total1, sc0.m_block, sc0.n_block, 1);
+      };
+      auto store_tile = [&](int m_block, int n_block) {
+        epilogue(total, m_block, n_block, 0);
+        epilogue(total1, m_block, n_block, 1);
 #pragma unroll
-          for (int i = 0; i < kRegs; ++i) total[i] = total1[i] = 0.f;
-        }
+        for (int i = 0; i < kRegs; ++i) total[i] = total1[i] = 0.f;
+      };
+      if (kPingPong == 3 && wg == 1) named_barrier_sync(kTurnBarrier + 1, 256);  // stagger: wait for WG 0
+      acquire(sc0);
+      issue_slab(acc0, sc0, 0);
+      if constexpr (kPingPong == 3) {
+        wgmma_wait<0>();
+        if (wg == 0) named_barrier_arrive(kTurnBarrier + 1, 256);
       }
+      for (uint32_t s = 0; s + 1 < steps; ++s) {
+        finish_step();
+        const int m_block = sc0.m_block, n_block = sc0.n_block, last_k = sc0.last_k;
+        acquire(sc0);
+        issue_slab(acc0, sc0, 0);
+        if (last_k) store_tile(m_block, n_block);
+      }
+      finish_step();
+      store_tile(sc0.m_block, sc0.n_block);  // the last step ends the last tile
     } else if constexpr (ACC == kAccSingle) {
       for (uint32_t s = 0; s < steps; ++s) {
         issue(acc0, sc0);
@@ -545,7 +563,7 @@ struct MathWarpgroup {
         promote(acc0, total, sc0);
       }
     }
-    if (kPingPong != 0 && wg == 0) named_barrier_sync(kTurnBarrier, 256);
+    if (kTurnEverySlab && wg == 0) named_barrier_sync(kTurnBarrier, 256);
     if (lane == 0) bulk_wait_group<0>();  // this warp's last TMA stores have finished before the CTA exits
   }
 };
