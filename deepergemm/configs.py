@@ -43,9 +43,6 @@ CLUSTER_SHAPE = (2, 1)
 # steps in flight 128-row tiles ran 2-7% slower than waiting for each step first (0.94 vs 1.01x cuBLAS at
 # 4096x4096x7168); 64-row tiles ran 0-3% faster.
 DUAL_ISSUE_AHEAD = {64: True, 128: False}
-# 256-row tiles with two partial sets: two totals + two partials = 4 x BLOCK_N / 2 registers per thread
-# must leave room in the math warpgroups' 232 (dg::GemmTraits checks the same).
-MAX_DUAL_256_BLOCK_N = 96
 STEP_META_BYTES = 32     # per stage: the step's tile coordinates and B scales (dg::StepMeta)
 
 
@@ -66,9 +63,8 @@ class Variant:
         problems = []
         if self.block_m not in (64, 128, 256):
             problems.append("BLOCK_M must be 64, 128 or 256")
-        elif self.block_m == 256 and self.dual_acc and (self.block_n > MAX_DUAL_256_BLOCK_N or self.issue_ahead):
-            problems.append(f"256-row tiles hold two totals per thread: two partial sets only with BLOCK_N <= "
-                            f"{MAX_DUAL_256_BLOCK_N} and waiting first (w)")
+        elif self.block_m == 256 and self.dual_acc:
+            problems.append("256-row tiles hold two totals per thread: registers for one partial set only")
         if self.block_n % 16 or not 16 <= self.wg_n <= 256 or self.wg_n % 16:
             problems.append("each math warpgroup's N (BLOCK_N, or BLOCK_N / 2 at BLOCK_M = 64) must be a "
                             "multiple of 16 in 16..256")

@@ -443,14 +443,6 @@ struct MathWarpgroup {
     }
   }
 
-  // Store a finished 256-row tile (both slabs) and clear its totals for the next one.
-  __device__ __forceinline__ void store_both(float (&total)[kRegs], float (&total1)[kRegs], int m_block, int n_block) {
-    epilogue(total, m_block, n_block, 0);
-    epilogue(total1, m_block, n_block, 1);
-#pragma unroll
-    for (int i = 0; i < kRegs; ++i) total[i] = total1[i] = 0.f;
-  }
-
   __device__ __forceinline__ void run() {
     const uint32_t steps = sched.num_steps();
     if (steps == 0) return;
@@ -461,36 +453,7 @@ struct MathWarpgroup {
     for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
     float acc0[kRegs];
     StepScales sc0;
-    if constexpr (T::kSlabs > 1 && ACC == kAccDualWait) {
-      // 256-row tiles with two partial sets (BN <= 96): slab 0 always runs in acc0, slab 1 in acc1; each
-      // slab is promoted while the next one runs, as in the one-slab "w" loop below.
-      static_assert(4 * kRegs <= 192, "256-row tiles with two partial sets need BLOCK_N <= 96");
-      static_assert(kPingPong != 2 || ACC == kAccSingle, "completion turns need one partial set (ACC p)");
-      float total1[kRegs], acc1[kRegs];
-#pragma unroll
-      for (int i = 0; i < kRegs; ++i) total1[i] = 0.f;
-      StepScales sc1;
-      acquire(sc0);
-      issue_slab(acc0, sc0, 0);
-      auto slab1_and_promote0 = [&]() {  // entry: slab 0 of step sc0 in flight in acc0
-        wgmma_wait<0>();
-        sc1 = sc0;
-        issue_slab(acc1, sc1, 1);
-        promote_only(acc0, total, sc0);
-        wgmma_wait<0>();
-        release(sc1);
-      };
-      for (uint32_t s = 0; s + 1 < steps; ++s) {
-        slab1_and_promote0();
-        acquire(sc0);
-        issue_slab(acc0, sc0, 0);  // the next step's slab 0 runs during slab 1's promotion (and stores)
-        promote_only(acc1, total1, sc1);
-        if (sc1.last_k) store_both(total, total1, sc1.m_block, sc1.n_block);
-      }
-      slab1_and_promote0();
-      promote_only(acc1, total1, sc1);
-      store_both(total, total1, sc1.m_block, sc1.n_block);  // the last step ends the last tile
-    } else if constexpr (T::kSlabs > 1) {
+    if constexpr (T::kSlabs > 1) {
       // 256-row tiles: per stage, slab 0 then slab 1 through the one partial set (the registers hold two
       // totals, no second partial); the other math warpgroup's wgmmas fill the tensor cores meanwhile.
       static_assert(ACC == kAccSingle, "256-row tiles have registers for one partial set only");
@@ -507,6 +470,12 @@ struct MathWarpgroup {
         release(sc0);
         promote_only(acc0, total1, sc0);
       };
+      auto store_tile = [&](int m_block, int n_block) {
+        epilogue(total, m_block, n_block, 0);
+        epilogue(total1, m_block, n_block, 1);
+#pragma unroll
+        for (int i = 0; i < kRegs; ++i) total[i] = total1[i] = 0.f;
+      };
       if (kPingPong == 3 && wg == 1) named_barrier_sync(kTurnBarrier + 1, 256);  // stagger: wait for WG 0
       acquire(sc0);
       issue_slab(acc0, sc0, 0);
@@ -519,10 +488,10 @@ struct MathWarpgroup {
         const int m_block = sc0.m_block, n_block = sc0.n_block, last_k = sc0.last_k;
         acquire(sc0);
         issue_slab(acc0, sc0, 0);
-        if (last_k) store_both(total, total1, m_block, n_block);
+        if (last_k) store_tile(m_block, n_block);
       }
       finish_step();
-      store_both(total, total1, sc0.m_block, sc0.n_block);  // the last step ends the last tile
+      store_tile(sc0.m_block, sc0.n_block);  // the last step ends the last tile
     } else if constexpr (ACC == kAccSingle) {
       for (uint32_t s = 0; s < steps; ++s) {
         issue(acc0, sc0);
