@@ -39,6 +39,9 @@ CLUSTER_SHAPES = ((1, 1), (2, 1), (1, 2), (2, 2))  # (CTAs along M, along N) the
 # K = 7168 and 16384 10-15% faster than no cluster, at K = 1536 and 2048 equal to 8% faster, at K = 512
 # equal (wait-first dual accumulators, 1.15-1.17x cuBLAS either way). 2x2 and 1x2 measured slower overall.
 CLUSTER_SHAPE = (2, 1)
+# 256-row tiles pair CTAs along N instead (A multicast, as DeepGEMM and cuBLAS do): measured 2026-11-25 on the
+# H100 1-2% faster than B multicast and than no cluster (ptx/NOTES.md).
+CLUSTER_SHAPE_256 = (1, 2)
 # Dual-accumulator step ordering per BLOCK_M (measured 2026-11-25, H100, one sweep, ptx/NOTES.md): with two
 # steps in flight 128-row tiles ran 2-7% slower than waiting for each step first (0.94 vs 1.01x cuBLAS at
 # 4096x4096x7168); 64-row tiles ran 0-3% faster.
@@ -155,32 +158,33 @@ def _variant(block_m: int, block_n: int, dual: bool, cluster: tuple[int, int] = 
 # Tile shapes the heuristic may pick; each with dual accumulators where the registers allow, and a
 # single-accumulator twin so DEEPERGEMM_DUAL_ACC=0 can measure what dual buys.
 TILE_SHAPES: tuple[tuple[int, int], ...] = (
-    (128, 128),
+    (256, 128), (128, 128),
     (64, 32), (64, 64), (64, 128),
 )
 # Measured 2026-11-25 on the H100 (ptx/NOTES.md): BLOCK_N 96/112/144/160 ran 10-30% slower than 128 on
 # every large shape tried, so they are not selectable until that is understood.
-# Relative cost per output element: 64-row tiles re-read B from shared memory twice as often per flop.
-_TILE_COST = {64: 1.1, 128: 1.0}
+# Relative cost per output element: 64-row tiles re-read B from shared memory twice as often per flop;
+# 256-row tiles (one partial set, warpgroups taking turns) ran 3-8% faster than 128-row ones (dual partial
+# sets) at equal waves on the H100, 2026-11-25 (ptx/NOTES.md), and lose where they round up to more waves.
+_TILE_COST = {64: 1.1, 128: 1.0, 256: 0.93}
 
 
 def _variants() -> tuple[Variant, ...]:
     out = []
     for bm, bn in TILE_SHAPES:
         wg_n = bn if bm == 128 else bn // 2
-        for cluster in (((1, 1), CLUSTER_SHAPE) if bm == 128 else ((1, 1),)):  # clusters: BLOCK_M 128 only
+        for cluster in ((1, 1), _CLUSTER_FOR[bm]) if bm in _CLUSTER_FOR else ((1, 1),):  # BLOCK_M >= 128 only
             out.append(_variant(bm, bn, False, cluster))
-            if wg_n <= MAX_MATH_REGS_DUAL:
+            if wg_n <= MAX_MATH_REGS_DUAL and bm <= 128:  # 256 rows: registers for one partial set
                 out.append(_variant(bm, bn, True, cluster, DUAL_ISSUE_AHEAD[bm]))
     return tuple(out)
 
 
+_CLUSTER_FOR = {128: CLUSTER_SHAPE, 256: CLUSTER_SHAPE_256}
 VARIANTS: tuple[Variant, ...] = _variants()
-# 256-row tiles (two 64-row slabs per math warpgroup, one partial set): the tile DeepGEMM and cuBLAS use at
-# large M. Measured 2026-11-25 (H100, ptx/NOTES.md) at parity with 128x128 dual accumulators on long K and
-# behind on the rest (slower with 2-CTA clusters), so select() does not pick them; built and tested so the
-# next tuning step starts from working code.
-LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False), _variant(256, 128, False, CLUSTER_SHAPE))
+# 256-row tiles with the other cluster shape (B multicast): not selected (1-2% slower, ptx/NOTES.md), kept
+# tested because the kernel supports it.
+LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False, CLUSTER_SHAPE),)
 # What the tests (GPU) and the CI compile gate cover: every selectable variant, plus each cluster shape the
 # kernel supports and both dual-accumulator orderings on the 128x128 tile, and the 256-row tiles, so what
 # select() does not pick today still builds and stays exact.
@@ -251,14 +255,16 @@ def _parse_cluster(value: str) -> tuple[int, int]:
     return shape
 
 
-def _cluster_shape(m: int, block_m: int) -> tuple[int, int]:
+def _cluster_shape(m: int, n: int, block_m: int, block_n: int) -> tuple[int, int]:
     value = os.environ.get("DEEPERGEMM_CLUSTER", "").strip()
     if value:
         shape = _parse_cluster(value)
-        if shape != (1, 1) and block_m != 128:
-            raise ValueError(f"DEEPERGEMM_CLUSTER={value} needs BLOCK_M = 128, this problem uses {block_m}")
+        if shape != (1, 1) and block_m < 128:
+            raise ValueError(f"DEEPERGEMM_CLUSTER={value} needs BLOCK_M >= 128, this problem uses {block_m}")
         return shape
-    return CLUSTER_SHAPE if block_m == 128 and ceil_div(m, block_m) >= 2 else (1, 1)
+    shape = _CLUSTER_FOR.get(block_m, (1, 1))
+    # a pair needs two tiles along its direction
+    return shape if ceil_div(m, block_m) >= shape[0] and ceil_div(n, block_n) >= shape[1] else (1, 1)
 
 
 def select(m: int, n: int, k: int, num_sms: int) -> Choice:
@@ -270,18 +276,23 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
     if forced is not None:
         shape = forced
     else:
-        block_m = 64 if m <= 128 else 128
-        shapes = [(bm, bn) for bm, bn in TILE_SHAPES if bm == block_m]
-
-        cluster = _cluster_shape(m, block_m)
+        block_ms = (64,) if m <= 128 else (128, 256)
+        built = {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n)) for v in VARIANTS}
+        # (a forced DEEPERGEMM_CLUSTER leaves only the tiles built with that cluster shape)
+        shapes = [(bm, bn) for bm, bn in TILE_SHAPES
+                  if bm in block_ms and (bm, bn, _cluster_shape(m, n, bm, bn)) in built]
+        if not shapes:
+            raise ValueError(f"DEEPERGEMM_CLUSTER={os.environ.get('DEEPERGEMM_CLUSTER')}: no selectable tile for "
+                             f"{'M <= 128' if m <= 128 else 'M > 128'} is built with that cluster shape")
 
         def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
             bm, bn = shape
+            cluster = _cluster_shape(m, n, bm, bn)
             _, waves = waves_for(m, n, bm, bn, num_sms, cluster)
-            return waves * cluster[0] * cluster[1] * bm * bn * _TILE_COST[bm], -bn  # ties: the larger tile
+            return waves * cluster[0] * cluster[1] * bm * bn * _TILE_COST[bm], -bm * bn  # ties: the larger tile
 
         shape = min(shapes, key=modelled_time)
-    cluster = _cluster_shape(m, shape[0])
+    cluster = _cluster_shape(m, n, *shape)
     if forced is not None and (*shape, cluster) not in {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n))
                                                          for v in VARIANTS}:
         cluster = (1, 1)  # a forced tile shape without a clustered build runs unclustered

@@ -54,15 +54,20 @@ enum AccMode : int {
 // Developers' switches (DEEPERGEMM_NVCC_DEFINES, part of the build's cache key), for measurements only:
 //   DG_ABLATE_PROMOTION  skip all but one promotion FFMA (wrong results: times the loop without them)
 //   DG_ABLATE_EPILOGUE   skip the output stores (wrong results: times the loop without them)
-//   DG_PINGPONG=1        the two math warpgroups issue their wgmmas in strict turns (named barriers)
-//   DG_PINGPONG=2        ...and a warpgroup passes the turn once the first three of its four k32 wgmmas
-//                        have completed (one partial set only), so the other's queue behind its last one
-//   DG_PINGPONG=3        256-row tiles: warpgroup 1 starts one slab after warpgroup 0, once (no turns after)
+//   DG_PINGPONG=0|1|2|3  override the math warpgroups' turn-taking (default: 1 on 256-row tiles, else 0):
+//                        1 = they issue their wgmmas in strict turns (named barriers);
+//                        2 = ...and pass the turn once the first DG_HANDOVER (default 3) of the four
+//                            k32 wgmmas have completed (one partial set only);
+//                        3 = 256-row tiles: warpgroup 1 starts one slab after warpgroup 0, once.
 #ifndef DG_PINGPONG
-#define DG_PINGPONG 0
+#define DG_PINGPONG -1
 #endif
-constexpr int kPingPong = DG_PINGPONG;
-constexpr bool kTurnEverySlab = kPingPong == 1 || kPingPong == 2;
+constexpr int kPingPongOverride = DG_PINGPONG;
+#ifndef DG_HANDOVER
+#define DG_HANDOVER 3
+#endif
+constexpr int kHandover = DG_HANDOVER;
+static_assert(kHandover >= 1 && kHandover <= 3, "DG_HANDOVER: 1..3 of the four k32 wgmmas");
 constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w waits on 1 + w for its turn
 
 constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
@@ -234,6 +239,11 @@ struct MathWarpgroup {
   using T = GemmTraits<BM, BN, STAGES>;
   using L = typename T::Layout;
   static constexpr int kRegs = T::kRegs;
+  // Turn-taking (DG_PINGPONG above). On 256-row tiles each warpgroup's promotion can only overlap the
+  // other's wgmmas; strict turns keep the two a slab apart (measured +5-7% there, ptx/NOTES.md).
+  static constexpr int kPingPong = kPingPongOverride >= 0 ? kPingPongOverride
+                                   : (T::kSlabs > 1 && ACC == kAccSingle ? 1 : 0);
+  static constexpr bool kTurnEverySlab = kPingPong == 1 || kPingPong == 2;
 
   const GemmParams& p;
   const TileScheduler<CM, CN>& sched;
@@ -303,14 +313,14 @@ struct MathWarpgroup {
 #pragma unroll
     for (int k = 0; k < kBlockK / 32; ++k) {
       Wgmma<T::kWgN>::mma(acc, desc_a + k * kDescK32Step, desc_b + k * kDescK32Step, k);
-      if (kPingPong == 2 && k == kBlockK / 32 - 2) wgmma_commit();  // the first three: the hand-over point
+      if (kPingPong == 2 && k == kHandover - 1) wgmma_commit();  // the hand-over point
     }
     wgmma_commit();  // no operand fence here: touching acc before the wait would make ptxas serialize
     if constexpr (kPingPong == 1) named_barrier_arrive(kTurnBarrier + (wg ^ 1), 256);  // the other's turn
   }
 
   // Wait for the one slab in flight (one partial set). With completion turns the other warpgroup gets
-  // the turn when this slab's first three wgmmas are done: its wgmmas queue behind this one's last.
+  // the turn when this slab's first kHandover wgmmas are done: its wgmmas queue behind this one's rest.
   __device__ __forceinline__ void wait_slab() {
     if constexpr (kPingPong == 2) {
       wgmma_wait<1>();

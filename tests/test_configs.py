@@ -21,7 +21,7 @@ def test_variant_fits_and_round_trips(variant):
     assert configs.parse_key(variant.key) == variant
     assert variant.stages >= 4, "the issue asks for a ring of at least 4 stages"
     if variant.cluster > 1:
-        assert variant.block_m == 128 and variant.block_n % (8 * variant.cluster_m) == 0
+        assert variant.block_m >= 128 and variant.block_n % (8 * variant.cluster_m) == 0
 
 
 def test_variant_keys_are_unique():
@@ -39,7 +39,7 @@ def test_select_returns_a_listed_variant_with_a_grid_that_fits(shape):
     assert 1 <= choice.group_n <= -(-n // v.block_n)
     tiles = -(-m // v.block_m) * -(-n // v.block_n)
     assert choice.tiles >= tiles  # a 2-CTA cluster may add one padding tile per column of units
-    assert v.block_m == (64 if m <= 128 else 128)
+    assert v.block_m == 64 if m <= 128 else v.block_m in (128, 256)
 
 
 def test_cluster_for_several_m_tiles():
@@ -48,6 +48,15 @@ def test_cluster_for_several_m_tiles():
     assert configs.select(4096, 32768, 512, H100_SMS).variant.cluster == 2
     assert configs.select(128, 4096, 7168, H100_SMS).variant.cluster == 1    # one M-tile: nothing to share
     assert configs.select(129, 4096, 7168, H100_SMS).variant.cluster == 2    # two M-tiles (the second padded)
+
+
+def test_large_m_takes_256_row_tiles_unless_they_round_up_to_more_waves():
+    # equal waves: the 256-row tile (A multicast between the CTAs of one M-block)
+    for shape in ((4096, 7168, 16384), (8192, 4096, 7168), (4096, 24576, 1536)):
+        assert configs.select(*shape, H100_SMS).variant.key == "256x128s4pc1x2", shape
+    # N = 2112: 256x128 needs 3 waves of 66 pairs for 144 pairs (2.2 used), 128x128 5 for 272 (4.1)
+    assert configs.select(4096, 2112, 7168, H100_SMS).variant.key == "128x128s6wc2"
+    assert configs.select(8192, 2112, 7168, H100_SMS).variant.key == "128x128s6wc2"
 
 
 def test_wave_model_prefers_a_tile_that_fills_the_last_wave():
@@ -91,7 +100,7 @@ def test_bad_switches_are_rejected_by_name(monkeypatch, name, value, words):
 
 def test_cluster_2_needs_block_m_128(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_CLUSTER", "2")
-    with pytest.raises(ValueError, match="BLOCK_M = 128"):
+    with pytest.raises(ValueError, match="BLOCK_M >= 128"):
         configs.select(64, 4096, 7168, H100_SMS)
 
 
@@ -135,9 +144,12 @@ def test_cluster_shapes_round_trip_and_count_units():
 
 def test_forced_cluster_shape(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_CLUSTER", "1")
-    assert configs.select(4096, 32768, 512, H100_SMS).variant.key == "128x128s6w"
-    monkeypatch.setenv("DEEPERGEMM_CLUSTER", "2x1")
+    assert configs.select(4096, 32768, 512, H100_SMS).variant.key == "256x128s4p"
+    monkeypatch.setenv("DEEPERGEMM_CLUSTER", "2x1")  # built for 128-row tiles only: the heuristic keeps to them
     assert configs.select(4096, 32768, 512, H100_SMS).variant.key == "128x128s6wc2"
+    monkeypatch.setenv("DEEPERGEMM_CLUSTER", "2x2")  # built for no selectable tile
+    with pytest.raises(ValueError, match="no selectable tile"):
+        configs.select(4096, 32768, 512, H100_SMS)
 
 
 def test_accumulation_mode_letters():
