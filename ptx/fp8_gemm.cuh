@@ -53,6 +53,7 @@ enum AccMode : int {
 
 // Developers' switches (DEEPERGEMM_NVCC_DEFINES, part of the build's cache key), for measurements only:
 //   DG_ABLATE_PROMOTION  skip all but one promotion FFMA (wrong results: times the loop without them)
+//   DG_DUMMY_FFMA        with DG_ABLATE_PROMOTION: as many FFMAs on registers the wgmmas do not use
 //   DG_ABLATE_EPILOGUE   skip the output stores (wrong results: times the loop without them)
 //   DG_PINGPONG=0|1|2|3  override the math warpgroups' turn-taking (default: 1 on 256-row tiles, else 0):
 //                        1 = they issue their wgmmas in strict turns (named barriers);
@@ -359,6 +360,10 @@ struct MathWarpgroup {
     for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
 #ifdef DG_ABLATE_PROMOTION
     total[0] += acc[0];  // one use keeps the wgmmas (their asm has outputs only the promotion reads)
+#ifdef DG_DUMMY_FFMA  // as many FFMAs as the promotion, on registers the wgmmas do not touch
+#pragma unroll
+    for (int j = 0; j < kRegs; ++j) total[1 + j % 8] = fmaf(total[1 + j % 8], sc.sa_lo, sc.sb_lo);
+#endif
     return;
 #endif
     const float f_lo = sc.sa_lo * sc.sb_lo, f_hi = sc.sa_hi * sc.sb_lo;
