@@ -76,8 +76,8 @@ class Variant:
         if (self.cluster_m, self.cluster_n) not in CLUSTER_SHAPES:
             problems.append(f"cluster shape must be one of {', '.join(f'{m}x{n}' for m, n in CLUSTER_SHAPES)}")
         elif self.cluster > 1 and self.block_m < 128:
-            # a policy, not a kernel limit: 64-row tiles with A multicast (1x2) ran correctly but 0-40% slower
-            # on all 12 small-M anchors (H100, 2026-11-25, ptx/NOTES.md), so they are not built
+            # a policy, not a kernel limit: 64-row tiles with A multicast (1x2) ran correctly but slower than
+            # unclustered on 10 of the 12 small-M anchors (H100, 2026-11-25, ptx/NOTES.md): not built
             problems.append("clusters need BLOCK_M >= 128")
         elif self.block_n % (8 * self.cluster_m):
             problems.append("each CTA's slice of the B tile must be a multiple of 8 rows")
