@@ -12,12 +12,18 @@ full one (wave quantization). With BLOCK_M = 128 and at least two M-tiles, CTAs 
 multicast the operands they share (CLUSTER_SHAPE: 2 M-tiles x 1 N-tile share B): a unit of work is then a
 cluster's tiles, and a wave has num_sms / cluster units. Dual accumulators wait for each step before issuing
 the next at BLOCK_M = 128 and keep two steps in flight at BLOCK_M = 64 (DUAL_ISSUE_AHEAD, measured).
+At M > 128 the candidates include 256x128 tiles (A multicast in 1x2 clusters, CLUSTER_SHAPE_256).
+
+Split-K (M <= 128): when the tiles fit in one wave, a variant whose clusters of SPLIT_K CTAs share each
+tile, one range of K apiece, replaces the unsplit pick if the bytes each CTA streams, (BLOCK_M + BLOCK_N) x
+K / splits per tile, drop by at least SPLIT_K_GAIN (the partial sums are joined in shared memory).
 
 Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_DUAL_ACC=0        single partial accumulator (promotion not overlapped within a warpgroup)
   DEEPERGEMM_VARIANT=BMxBN     force a tile shape, e.g. "128x128" (must be in TILE_SHAPES)
   DEEPERGEMM_CLUSTER=1|2|2x2   force the cluster shape (CMxCN; "2" = 2x1; needs BLOCK_M = 128)
   DEEPERGEMM_GROUP_N=g         rasterization band width in N-units (default: 16)
+  DEEPERGEMM_SPLIT_K=0         never split K
 """
 from __future__ import annotations
 
@@ -46,6 +52,9 @@ CLUSTER_SHAPE_256 = (1, 2)
 # steps in flight 128-row tiles ran 2-7% slower than waiting for each step first (0.94 vs 1.01x cuBLAS at
 # 4096x4096x7168); 64-row tiles ran 0-3% faster.
 DUAL_ISSUE_AHEAD = {64: True, 128: False}
+SPLIT_KS = (1, 2, 4)     # K splits per tile a variant may be built with (split-K clusters)
+SPLIT_K = 2              # the split the selectable split-K variants use
+SPLIT_K_GAIN = 0.9       # split only when the modelled bytes per CTA drop below this fraction
 STEP_META_BYTES = 32     # per stage: the step's tile coordinates and B scales (dg::StepMeta)
 
 
@@ -60,6 +69,9 @@ class Variant:
     # Dual only: issue step s+1 before waiting for step s (two steps in flight; key letter "d"), or wait
     # for s first (key letter "w", the earlier ordering, kept to measure the difference).
     issue_ahead: bool = True
+    # Split-K clusters (key suffix "k2"): the `splits` CTAs of a cluster share one tile, each over its own
+    # range of K, and the first adds the others' partial sums from their shared memory in a fixed order.
+    splits: int = 1
 
     def __post_init__(self):
         """The rules dg::GemmTraits enforces at compile time, as a Python error before any build."""
@@ -75,12 +87,16 @@ class Variant:
             problems.append("a warpgroup's columns would span three 128-wide B-scale blocks")
         if (self.cluster_m, self.cluster_n) not in CLUSTER_SHAPES:
             problems.append(f"cluster shape must be one of {', '.join(f'{m}x{n}' for m, n in CLUSTER_SHAPES)}")
-        elif self.cluster > 1 and self.block_m < 128:
+        elif self.cluster_m * self.cluster_n > 1 and self.block_m < 128:
             # a policy, not a kernel limit: 64-row tiles with A multicast (1x2) ran correctly but slower than
             # unclustered on 10 of the 12 small-M anchors (H100, 2026-11-25, ptx/NOTES.md): not built
             problems.append("clusters need BLOCK_M >= 128")
         elif self.block_n % (8 * self.cluster_m):
             problems.append("each CTA's slice of the B tile must be a multiple of 8 rows")
+        if self.splits not in SPLIT_KS:
+            problems.append(f"split-K must be one of {SPLIT_KS}")
+        elif self.splits > 1 and (self.block_m != 64 or self.cluster_m * self.cluster_n > 1):
+            problems.append("split-K clusters are built for 64-row tiles without multicast")
         if self.stages < 2:
             problems.append("at least 2 stages")
         if problems:
@@ -94,8 +110,8 @@ class Variant:
 
     @property
     def cluster(self) -> int:
-        """CTAs per cluster."""
-        return self.cluster_m * self.cluster_n
+        """CTAs per cluster (the multicast group times the K splits)."""
+        return self.cluster_m * self.cluster_n * self.splits
 
     @property
     def wg_n(self) -> int:
@@ -109,9 +125,10 @@ class Variant:
 
     @property
     def key(self) -> str:
-        cluster = ("" if self.cluster == 1 else f"c{self.cluster_m}" if self.cluster_n == 1
+        cluster = ("" if self.cluster_m * self.cluster_n == 1 else f"c{self.cluster_m}" if self.cluster_n == 1
                    else f"c{self.cluster_m}x{self.cluster_n}")
-        return f"{self.block_m}x{self.block_n}s{self.stages}{'pwd'[self.acc_mode]}{cluster}"
+        split = f"k{self.splits}" if self.splits > 1 else ""
+        return f"{self.block_m}x{self.block_n}s{self.stages}{'pwd'[self.acc_mode]}{cluster}{split}"
 
     @property
     def smem_bytes(self) -> int:
@@ -119,18 +136,20 @@ class Variant:
         stage = self.block_m * BLOCK_K + self.block_n * BLOCK_K + round_up(self.block_m * 4, 128) + STEP_META_BYTES
         epilogue_start = round_up(self.stages * stage, SWIZZLE_ATOM)  # the staging buffers are swizzled
         epilogue = 2 * 64 * self.epi_n * 2
-        barriers = 2 * self.stages * 8
-        return round_up(epilogue_start + epilogue, 8) + barriers + SWIZZLE_ATOM
+        reduction = (self.splits - 1) * self.block_m * self.block_n * 4  # the other splits' partial tiles
+        barriers = (2 * self.stages + (2 if self.splits > 1 else 0)) * 8
+        return round_up(epilogue_start + epilogue + reduction, 8) + barriers + SWIZZLE_ATOM
 
     def compile_defines(self) -> dict[str, int]:
         return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,
-                "DG_ACC": self.acc_mode, "DG_CLUSTER_M": self.cluster_m, "DG_CLUSTER_N": self.cluster_n}
+                "DG_ACC": self.acc_mode, "DG_CLUSTER_M": self.cluster_m, "DG_CLUSTER_N": self.cluster_n,
+                "DG_SPLIT_K": self.splits}
 
     @property
     def template_args(self) -> str:
         """The C++ template arguments of dg::fp8_gemm_kernel for this variant."""
         return (f"{self.block_m}, {self.block_n}, {self.stages}, {self.acc_mode}, "
-                f"{self.cluster_m}, {self.cluster_n}")
+                f"{self.cluster_m}, {self.cluster_n}, {self.splits}")
 
 
 def parse_key(key: str) -> Variant:
@@ -138,23 +157,25 @@ def parse_key(key: str) -> Variant:
 
     The letter after the stage count: p = one partial accumulator set, d = two sets with two steps in
     flight, w = two sets waiting for each step before issuing the next."""
-    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?", key)
+    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?", key)
     if match is None:
-        raise ValueError(f"variant key {key!r} does not look like 128x128s6d, 128x128s6dc2 or 128x128s6dc2x2")
-    bm, bn, stages, acc, cm, cn = match.groups()
-    return Variant(int(bm), int(bn), int(stages), acc != "p", int(cm or 1), int(cn or 1), acc != "w")
+        raise ValueError(f"variant key {key!r} does not look like 128x128s6d, 128x128s6dc2, 128x128s6dc2x2 "
+                         f"or 64x64s12dk2")
+    bm, bn, stages, acc, cm, cn, ks = match.groups()
+    return Variant(int(bm), int(bn), int(stages), acc != "p", int(cm or 1), int(cn or 1), acc != "w", int(ks or 1))
 
 
-def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES) -> int:
+def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES, splits: int = 1) -> int:
     for stages in range(cap, 0, -1):
-        if Variant(block_m, block_n, stages, False).smem_bytes <= SMEM_LIMIT:
+        if Variant(block_m, block_n, stages, False, splits=splits).smem_bytes <= SMEM_LIMIT:
             return stages
     raise ValueError(f"no stage count fits {block_m}x{block_n}")
 
 
 def _variant(block_m: int, block_n: int, dual: bool, cluster: tuple[int, int] = (1, 1),
-             issue_ahead: bool = True) -> Variant:
-    return Variant(block_m, block_n, _max_stages(block_m, block_n), dual, *cluster, issue_ahead)
+             issue_ahead: bool = True, splits: int = 1) -> Variant:
+    return Variant(block_m, block_n, _max_stages(block_m, block_n, splits=splits), dual, *cluster, issue_ahead,
+                   splits)
 
 
 # Tile shapes the heuristic may pick; each with dual accumulators where the registers allow, and a
@@ -183,7 +204,8 @@ def _variants() -> tuple[Variant, ...]:
 
 
 _CLUSTER_FOR = {128: CLUSTER_SHAPE, 256: CLUSTER_SHAPE_256}
-VARIANTS: tuple[Variant, ...] = _variants()
+VARIANTS: tuple[Variant, ...] = _variants() + tuple(
+    _variant(64, bn, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K) for bm, bn in TILE_SHAPES if bm == 64)
 # 256-row tiles with the other cluster shape (B multicast): not selected (1-2% slower, ptx/NOTES.md), kept
 # tested because the kernel supports it.
 LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False, CLUSTER_SHAPE),)
@@ -228,9 +250,11 @@ def _forced_shape() -> tuple[int, int] | None:
     return bm, bn
 
 
-def find_variant(block_m: int, block_n: int, dual_acc: bool, cluster: tuple[int, int] = (1, 1)) -> Variant:
+def find_variant(block_m: int, block_n: int, dual_acc: bool, cluster: tuple[int, int] = (1, 1),
+                 splits: int = 1) -> Variant:
     """The listed variant for a tile shape and cluster shape; the single-accumulator one when dual does not fit."""
-    matches = [v for v in VARIANTS if (v.block_m, v.block_n, (v.cluster_m, v.cluster_n)) == (block_m, block_n, cluster)]
+    matches = [v for v in VARIANTS if (v.block_m, v.block_n, (v.cluster_m, v.cluster_n), v.splits)
+               == (block_m, block_n, cluster, splits)]
     if not matches:
         raise ValueError(f"no variant with tile {block_m}x{block_n} and cluster shape {cluster[0]}x{cluster[1]}")
     dual = [v for v in matches if v.dual_acc == dual_acc]
@@ -238,11 +262,28 @@ def find_variant(block_m: int, block_n: int, dual_acc: bool, cluster: tuple[int,
 
 
 def waves_for(m: int, n: int, block_m: int, block_n: int, num_sms: int,
-              cluster: tuple[int, int] = (1, 1)) -> tuple[int, int]:
-    """(units of work, waves): a unit is a cluster's CM x CN tiles, and num_sms // (CM * CN) run at once."""
+              cluster: tuple[int, int] = (1, 1), splits: int = 1) -> tuple[int, int]:
+    """(units of work, waves): a unit is a cluster's CM x CN tiles (or one tile for its K splits), and
+    num_sms // (CM * CN * splits) run at once."""
     cm, cn = cluster
     units = ceil_div(ceil_div(m, block_m), cm) * ceil_div(ceil_div(n, block_n), cn)
-    return units, ceil_div(units, max(1, num_sms // (cm * cn)))
+    return units, ceil_div(units, max(1, num_sms // (cm * cn * splits)))
+
+
+def _split_k_choice(m: int, n: int, k_blocks: int, num_sms: int, shape: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+    """(splits, tile) for a small-M problem whose unsplit pick is `shape`: split K when the tiles fit in
+    one wave and a split variant streams SPLIT_K_GAIN or less of the bytes per CTA (A and B tiles)."""
+    def streamed(bm: int, bn: int, splits: int) -> int:
+        _, waves = waves_for(m, n, bm, bn, num_sms, (1, 1), splits)
+        return waves * (bm + bn) * ceil_div(k_blocks, splits)
+
+    if waves_for(m, n, *shape, num_sms)[1] > 1 or k_blocks < SPLIT_K:
+        return 1, shape
+    best = min(((v.block_m, v.block_n) for v in VARIANTS if v.splits == SPLIT_K),
+               key=lambda s: (streamed(*s, SPLIT_K), -s[1]))
+    if streamed(*best, SPLIT_K) <= SPLIT_K_GAIN * streamed(*shape, 1):
+        return SPLIT_K, best
+    return 1, shape
 
 
 def _parse_cluster(value: str) -> tuple[int, int]:
@@ -298,8 +339,11 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
     if forced is not None and (*shape, cluster) not in {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n))
                                                          for v in VARIANTS}:
         cluster = (1, 1)  # a forced tile shape without a clustered build runs unclustered
-    variant = find_variant(*shape, dual, cluster)
-    units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, cluster)
+    splits = 1
+    if forced is None and m <= 128 and cluster == (1, 1) and _env_flag("DEEPERGEMM_SPLIT_K", True):
+        splits, shape = _split_k_choice(m, n, k // BLOCK_K, num_sms, shape)
+    variant = find_variant(*shape, dual, cluster, splits)
+    units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, cluster, splits)
     n_units = ceil_div(ceil_div(n, variant.block_n), variant.cluster_n)
     group_n = int(os.environ.get("DEEPERGEMM_GROUP_N", DEFAULT_GROUP_N))
     if group_n < 1:

@@ -1,5 +1,5 @@
 // Host side of one GEMM variant: tensor maps, launch configuration, and the function Python calls.
-// The variant (DG_BM, DG_BN, DG_STAGES, DG_ACC, DG_CLUSTER_M, DG_CLUSTER_N) is fixed at compile time by deepergemm/extension.py,
+// The variant (DG_BM, DG_BN, DG_STAGES, DG_ACC, DG_CLUSTER_M, DG_CLUSTER_N, DG_SPLIT_K) is fixed at compile time by deepergemm/extension.py,
 // one extension module per variant. Python has already validated every input (deepergemm/layouts.py);
 // the checks here only guard against a caller that bypassed it. Plain host code (no <regex>: it was
 // seen to crash under torch 2.11's runtime).
@@ -12,16 +12,17 @@
 #include "fp8_gemm.cuh"
 
 #ifndef DG_BM
-#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_ACC=.. -DDG_CLUSTER_M=.. -DDG_CLUSTER_N=.."
+#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_ACC=.. -DDG_CLUSTER_M=.. -DDG_CLUSTER_N=.. -DDG_SPLIT_K=.."
 #endif
 
 namespace {
 
 constexpr int kBM = DG_BM, kBN = DG_BN, kStages = DG_STAGES, kClusterM = DG_CLUSTER_M, kClusterN = DG_CLUSTER_N;
-constexpr int kCluster = kClusterM * kClusterN;
+constexpr int kSplitK = DG_SPLIT_K;                     // CTAs sharing one tile along K
+constexpr int kCluster = kClusterM * kClusterN * kSplitK;  // CTAs per cluster
 constexpr int kAcc = DG_ACC;  // dg::AccMode
-using Layout = typename dg::GemmTraits<kBM, kBN, kStages>::Layout;
-constexpr auto kKernel = dg::fp8_gemm_kernel<kBM, kBN, kStages, kAcc, kClusterM, kClusterN>;
+using Layout = typename dg::GemmTraits<kBM, kBN, kStages, kSplitK>::Layout;
+constexpr auto kKernel = dg::fp8_gemm_kernel<kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK>;
 
 #define DG_CUDA_CHECK(expr)                                                                   \
   do {                                                                                        \
@@ -71,6 +72,8 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   TORCH_CHECK(a.stride(1) == 1 && b.stride(1) == 1 && out.is_contiguous() && b_scales.is_contiguous(),
               "deepergemm: a, b must be K-major and out, b_scales contiguous");
   const int64_t k_blocks = k / dg::kBlockK;
+  TORCH_CHECK(k_blocks >= kSplitK, "deepergemm: this variant splits K in ", kSplitK, " and needs K >= ",
+              kSplitK * dg::kBlockK, ", got K = ", k);
   const int64_t sa_stride = k_blocks > 1 ? a_scales.stride(1) : (m + 3) / 4 * 4;
   TORCH_CHECK(a_scales.stride(0) == 1 || m == 1, "deepergemm: a_scales must be M-major");
 
@@ -82,7 +85,7 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
                                            sa_stride * 4, kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
   // bf16 output: TMA stores of 16-row (one warp's) x kEpiN-column slices, swizzled like the staging buffer. fp32 output
   // is stored directly from registers (the map is not read; map_a stands in for it).
-  using Traits = dg::GemmTraits<kBM, kBN, kStages>;
+  using Traits = dg::GemmTraits<kBM, kBN, kStages, kSplitK>;
   const bool out_fp32 = out.scalar_type() == at::kFloat;
   const CUtensorMap map_out =
       out_fp32 ? map_a
@@ -108,7 +111,7 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
     if (kCluster > 1) DG_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 0));
     attributes_set = true;
   }
-  // One unit = kClusterM x kClusterN tiles (scheduler.cuh); one cluster per unit, at most as many
+  // One unit = kClusterM x kClusterN tiles (scheduler.cuh; with split-K one tile for kSplitK CTAs); one cluster per unit, at most as many
   // clusters as fit on the GPU at once (a GPC's SMs need not divide into whole clusters).
   const int64_t units = ((m + kBM * kClusterM - 1) / (kBM * kClusterM)) * ((n + kBN * kClusterN - 1) / (kBN * kClusterN));
   cudaLaunchConfig_t config = {};
@@ -139,5 +142,5 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
 
 // The compile-time facts of this variant, for Python's checks and reports.
 std::vector<int64_t> variant_info() {
-  return {kBM, kBN, kStages, kAcc, kClusterM, kClusterN, Layout::kDynamicBytes};
+  return {kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK, Layout::kDynamicBytes};
 }

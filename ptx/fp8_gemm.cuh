@@ -73,7 +73,7 @@ constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w wai
 
 constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
 
-template <int BM, int BN, int STAGES>
+template <int BM, int BN, int STAGES, int KS = 1>
 struct GemmTraits {
   static_assert(BM == 64 || BM == 128 || BM == 256, "BLOCK_M is 64, 128 or 256");
   static constexpr int kSlabs = BM == 256 ? 2 : 1;       // 64-row slabs per math warpgroup, 128 rows apart
@@ -84,7 +84,7 @@ struct GemmTraits {
   // bf16 epilogue band width: the staging buffer holds 64 rows x kEpiN columns per warpgroup, rows of
   // kEpiN * 2 = 128, 64 or 32 bytes, swizzled the way the output tensor map's TMA store reads them.
   static constexpr int kEpiN = kWgN % 64 == 0 ? 64 : kWgN % 32 == 0 ? 32 : 16;
-  using Layout = SmemLayout<BM, BN, STAGES, 64, kEpiN>;
+  using Layout = SmemLayout<BM, BN, STAGES, 64, kEpiN, KS>;
   // A warpgroup's columns start at multiples of gcd(kWgN, 128) inside a 128-wide B-scale block, so
   // they touch at most two blocks iff 128 - gcd + kWgN <= 256 (BN = 176 would touch three).
   static constexpr int kScaleAlign = gcd_c(kWgN, 128);
@@ -120,12 +120,12 @@ struct StepMeta {                   // one per stage, 32 bytes (SmemLayout::kMet
 static_assert(sizeof(StepMeta) == 32, "StepMeta must fill its 32-byte slot");
 
 // The CTAs of the cluster that receive a multicast from this one: those of its N-block (B) or M-block (A).
-template <int CM, int CN>
-__device__ __forceinline__ uint16_t same_n_block_mask(const TileScheduler<CM, CN>& sched) {
+template <int CM, int CN, int KS>
+__device__ __forceinline__ uint16_t same_n_block_mask(const TileScheduler<CM, CN, KS>& sched) {
   return static_cast<uint16_t>(((1u << CM) - 1) << (CM * sched.rank_n));
 }
-template <int CM, int CN>
-__device__ __forceinline__ uint16_t same_m_block_mask(const TileScheduler<CM, CN>& sched) {
+template <int CM, int CN, int KS>
+__device__ __forceinline__ uint16_t same_m_block_mask(const TileScheduler<CM, CN, KS>& sched) {
   uint32_t mask = 0;
 #pragma unroll
   for (int j = 0; j < CN; ++j) mask |= 1u << (sched.rank_m + CM * j);
@@ -143,8 +143,8 @@ __device__ __forceinline__ void load_slice(void* dst, const CUtensorMap* map, ui
   }
 }
 
-template <int BM, int BN, int STAGES, int CM, int CN>
-__device__ __forceinline__ void produce_tiles(const TileScheduler<CM, CN>& sched, uint8_t* smem, uint64_t* full,
+template <int BM, int BN, int STAGES, int CM, int CN, int KS>
+__device__ __forceinline__ void produce_tiles(const TileScheduler<CM, CN, KS>& sched, uint8_t* smem, uint64_t* full,
                                               uint64_t* empty, const CUtensorMap* map_a, const CUtensorMap* map_b,
                                               const CUtensorMap* map_sa) {
   using L = SmemLayout<BM, BN, STAGES, 64, 16>;  // the epilogue size does not move the tile offsets
@@ -164,12 +164,12 @@ __device__ __forceinline__ void produce_tiles(const TileScheduler<CM, CN>& sched
     mbar_arrive_expect_tx(&full[stage], L::kTxBytes);
     // A padding tile of a cluster loads real rows (its results are never stored); B rows past N read as 0.
     const int m_load = min(m_block, sched.m_tiles - 1) * BM;
-    const int k = k_block * kBlockK;
+    const int k = (sched.k_begin + k_block) * kBlockK;  // this CTA's K range (split-K)
     load_slice<(CN > 1)>(smem + L::kA + stage * L::kABytes + sched.rank_n * kASlice * kSwizzleBytes, map_a,
                          &full[stage], k, m_load + sched.rank_n * kASlice, a_mask);
     load_slice<(CM > 1)>(smem + L::kB + stage * L::kBBytes + sched.rank_m * kBSlice * kSwizzleBytes, map_b,
                          &full[stage], k, n_block * BN + sched.rank_m * kBSlice, b_mask);
-    tma_load_2d(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], m_load, k_block);
+    tma_load_2d(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], m_load, sched.k_begin + k_block);
     if (++k_block == sched.k_blocks) {  // incremental: no division per step
       k_block = 0;
       ++unit;
@@ -181,8 +181,8 @@ __device__ __forceinline__ void produce_tiles(const TileScheduler<CM, CN>& sched
 // Lane i prepares step base + i (its B scales are global loads: 32 steps share one latency), then the
 // warp hands the steps to the stages in order, lane j writing step base + j and arriving on full. The
 // next batch's loads are issued before this batch is handed out, so their latency hides behind it.
-template <int BM, int BN, int CM, int CN>
-__device__ __forceinline__ StepMeta prepare_step_meta(const TileScheduler<CM, CN>& sched, const GemmParams& p,
+template <int BM, int BN, int CM, int CN, int KS>
+__device__ __forceinline__ StepMeta prepare_step_meta(const TileScheduler<CM, CN, KS>& sched, const GemmParams& p,
                                                       uint32_t step, uint32_t steps) {
   StepMeta meta;
   if (step < steps) {
@@ -200,8 +200,8 @@ __device__ __forceinline__ StepMeta prepare_step_meta(const TileScheduler<CM, CN
   return meta;
 }
 
-template <int BM, int BN, int STAGES, int CM, int CN>
-__device__ __forceinline__ void publish_step_meta(const TileScheduler<CM, CN>& sched, const GemmParams& p, uint8_t* smem,
+template <int BM, int BN, int STAGES, int CM, int CN, int KS>
+__device__ __forceinline__ void publish_step_meta(const TileScheduler<CM, CN, KS>& sched, const GemmParams& p, uint8_t* smem,
                                                   uint64_t* full, uint64_t* empty, int lane) {
   using L = SmemLayout<BM, BN, STAGES, 64, 16>;
   const uint32_t steps = sched.num_steps();
@@ -234,11 +234,12 @@ struct StepScales {
   uint32_t stage;       // the stage the step's operands sit in (freed when it retires)
 };
 
-template <int BM, int BN, int STAGES, int ACC, int CM, int CN>
+template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS>
 struct MathWarpgroup {
-  static constexpr int kCluster = CM * CN;
-  using T = GemmTraits<BM, BN, STAGES>;
+  static constexpr int kCluster = CM * CN;  // the multicast group: CTAs that share (and release) stages
+  using T = GemmTraits<BM, BN, STAGES, KS>;
   using L = typename T::Layout;
+  static_assert(KS == 1 || T::kSlabs == 1, "split-K clusters are built for one-slab tiles");
   static constexpr int kRegs = T::kRegs;
   // Turn-taking (DG_PINGPONG above). On 256-row tiles each warpgroup's promotion can only overlap the
   // other's wgmmas; strict turns keep the two a slab apart (measured +5-7% there, ptx/NOTES.md).
@@ -247,7 +248,7 @@ struct MathWarpgroup {
   static constexpr bool kTurnEverySlab = kPingPong == 1 || kPingPong == 2;
 
   const GemmParams& p;
-  const TileScheduler<CM, CN>& sched;
+  const TileScheduler<CM, CN, KS>& sched;
   const CUtensorMap* map_out;  // bf16 output, box 16 rows (one warp's) x kEpiN columns
   uint8_t* smem;
   uint64_t* full;
@@ -255,14 +256,16 @@ struct MathWarpgroup {
   int wg;          // 0 or 1
   int tid;         // thread in the warpgroup
   int warp, lane;
+  uint64_t* red;   // split-K: [0] the slots in rank 0 are full, [1] this rank's slot in rank 0 is free
+  uint32_t red_phase = 0;  // parity of the tiles finished so far (split-K hand-offs)
   int row_base;    // first tile row of this warpgroup (A rows, epilogue rows)
   int col_base;    // first tile column of this warpgroup
   RingPos<STAGES> pos;  // where the next issued step's operands are
 
-  __device__ __forceinline__ MathWarpgroup(const GemmParams& params, const TileScheduler<CM, CN>& s,
+  __device__ __forceinline__ MathWarpgroup(const GemmParams& params, const TileScheduler<CM, CN, KS>& s,
                                            const CUtensorMap* out_map, uint8_t* sm, uint64_t* f, uint64_t* e,
-                                           int math_wg)
-      : p(params), sched(s), map_out(out_map), smem(sm), full(f), empty(e), wg(math_wg) {
+                                           uint64_t* reduction, int math_wg)
+      : p(params), sched(s), map_out(out_map), smem(sm), full(f), empty(e), red(reduction), wg(math_wg) {
     tid = threadIdx.x % 128;
     warp = tid / 32;
     lane = tid % 32;
@@ -349,9 +352,49 @@ struct MathWarpgroup {
   __device__ __forceinline__ void promote(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc) {
     promote_only(acc, total, sc);
     if (sc.last_k) {
-      epilogue(total, sc.m_block, sc.n_block, 0);
+      finish_tile(total, sc.m_block, sc.n_block);
 #pragma unroll
       for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
+    }
+  }
+
+  // A finished tile: stored, or with split-K joined first. The other ranks' partial sums go to slots in
+  // rank 0's shared memory (st.shared::cluster), rank 0 adds them to its own in rank order (a fixed
+  // order: deterministic) and stores the tile. Each thread moves its own accumulators, so slot element
+  // (i, thread) is the same output element in every rank. Once per tile.
+  __device__ __forceinline__ void finish_tile(float (&total)[kRegs], int m_block, int n_block) {
+    if constexpr (KS > 1) {
+      const uint32_t thread = wg * 128 + tid;  // of the 256 math threads
+      const uint32_t slots = smem_addr(smem + L::kRed);
+      if (sched.rank_k != 0) {
+        mbar_wait_acquire_cluster(&red[1], red_phase ^ 1);  // rank 0 has read this slot's previous tile
+        const uint32_t mine = map_shared_to_cta(slots + (sched.rank_k - 1) * L::kRedSlotBytes, 0);
+#pragma unroll
+        for (int i = 0; i < kRegs; i += 4) {
+          st_shared_cluster_v4_f32(mine + ((i / 4) * 256 + thread) * 16, total[i], total[i + 1], total[i + 2],
+                                   total[i + 3]);
+        }
+        mbar_arrive_release_cluster(&red[0], 0);
+      } else {
+        mbar_wait_acquire_cluster(&red[0], red_phase);
+#pragma unroll
+        for (int r = 1; r < KS; ++r) {
+#pragma unroll
+          for (int i = 0; i < kRegs; i += 4) {
+            const uint4 v = ld_shared_v4(slots + (r - 1) * L::kRedSlotBytes + ((i / 4) * 256 + thread) * 16);
+            total[i] += __uint_as_float(v.x);
+            total[i + 1] += __uint_as_float(v.y);
+            total[i + 2] += __uint_as_float(v.z);
+            total[i + 3] += __uint_as_float(v.w);
+          }
+        }
+#pragma unroll
+        for (int r = 1; r < KS; ++r) mbar_arrive_release_cluster(&red[1], r);
+        epilogue(total, m_block, n_block, 0);
+      }
+      red_phase ^= 1;
+    } else {
+      epilogue(total, m_block, n_block, 0);
     }
   }
 
@@ -586,13 +629,14 @@ struct MathWarpgroup {
 // ---------------------------------------------------------------------------------------------
 // the kernel
 // ---------------------------------------------------------------------------------------------
-template <int BM, int BN, int STAGES, int ACC, int CM, int CN>
+template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS>
 __global__ void __launch_bounds__(kThreads, 1)
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                     const __grid_constant__ CUtensorMap map_sa, const __grid_constant__ CUtensorMap map_out,
                     const GemmParams p) {
-  using L = typename GemmTraits<BM, BN, STAGES>::Layout;
-  constexpr int CLUSTER = CM * CN;
+  using L = typename GemmTraits<BM, BN, STAGES, KS>::Layout;
+  constexpr int MCAST = CM * CN;         // CTAs that share stages by multicast
+  constexpr int CLUSTER = CM * CN * KS;  // ...times the K splits of one tile
   extern __shared__ uint8_t smem_raw[];
   // 128B-swizzled tiles need 1024-byte alignment; the dynamic allocation only promises 16.
   uint8_t* smem = smem_raw + ((kSwizzleAtomBytes - (smem_addr(smem_raw) % kSwizzleAtomBytes)) % kSwizzleAtomBytes);
@@ -608,14 +652,19 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int i = 0; i < STAGES; ++i) {
       mbar_init(&full[i], 2);            // the TMA thread's arrive.expect_tx + the meta writer's arrive
-      mbar_init(&empty[i], kMathWarps * CLUSTER);  // one arrive per math warp of every CTA in the cluster
+      mbar_init(&empty[i], kMathWarps * MCAST);  // one arrive per math warp of every CTA sharing the stage
+    }
+    if constexpr (KS > 1) {
+      uint64_t* red = reinterpret_cast<uint64_t*>(smem + L::kRedBarriers);
+      mbar_init(&red[0], (KS - 1) * 2 * 128);  // every math thread of the other ranks, per tile
+      mbar_init(&red[1], 2 * 128);             // every math thread of rank 0, per tile
     }
     fence_barrier_init();
   }
   // The partner's barriers must be initialised before its first multicast or remote arrive.
   if constexpr (CLUSTER == 1) __syncthreads(); else cluster_sync();
 
-  const TileScheduler<CM, CN> sched((p.m + BM - 1) / BM, (p.n + BN - 1) / BN, p.k_blocks, p.group_n,
+  const TileScheduler<CM, CN, KS> sched((p.m + BM - 1) / BM, (p.n + BN - 1) / BN, p.k_blocks, p.group_n,
                                      CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()));
   if (wg == 0) {
     setmaxnreg_dec<kProducerRegs>();
@@ -626,7 +675,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     setmaxnreg_inc<kMathRegs>();
     // The warpgroup index through a shuffle: ptxas then treats it (and the A descriptors built from it)
     // as warp-uniform and keeps them in uniform registers (no R2UR between the wgmmas).
-    MathWarpgroup<BM, BN, STAGES, ACC, CM, CN> math(p, sched, &map_out, smem, full, empty, __shfl_sync(0xffffffffu, wg - 1, 0));
+    MathWarpgroup<BM, BN, STAGES, ACC, CM, CN, KS> math(p, sched, &map_out, smem, full, empty,
+                                                        reinterpret_cast<uint64_t*>(smem + L::kRedBarriers),
+                                                        __shfl_sync(0xffffffffu, wg - 1, 0));
     math.run();
   }
   // No CTA leaves while its partner may still multicast into it or arrive on its barriers.

@@ -2,8 +2,10 @@
 // at a time: CM tiles along M times CN tiles along N, so the CTAs of a cluster can multicast what they
 // share: the CM CTAs of one N-block the B tile, the CN CTAs of one M-block the A tile. Cluster u takes
 // units u, u + clusters, ...; CTA rank r = rank_m + CM * rank_n of the cluster takes tile
-// (CM * m_unit + rank_m, CN * n_unit + rank_n) of each. The producer and the math warpgroups walk the
-// same flat sequence of (unit, k-block) steps, so the producer runs ahead across tile boundaries.
+// (CM * m_unit + rank_m, CN * n_unit + rank_n) of each. With KS > 1 (split-K clusters, CM = CN = 1) the
+// KS CTAs of a cluster take the same tile, rank_k over K blocks [k_begin, k_begin + k_blocks). The
+// producer and the math warpgroups walk the same flat sequence of (unit, k-block) steps, so the producer
+// runs ahead across tile boundaries.
 #pragma once
 
 #include <cstdint>
@@ -13,14 +15,16 @@ namespace dg {
 struct Step {
   int m_block;   // tile row index (units of BLOCK_M); may be >= m_tiles (a padding tile of a cluster)
   int n_block;   // tile column index (units of BLOCK_N); may be >= n_tiles likewise
-  int k_block;   // 128-wide K block
-  bool last_k;   // the tile's last K block: its promotion is followed by the epilogue
+  int k_block;   // 128-wide K block (of the whole K)
+  bool last_k;   // this CTA's last K block of the tile: its promotion is followed by the epilogue
 };
 
-template <int CM, int CN>
+template <int CM, int CN, int KS = 1>
 struct TileScheduler {
-  static constexpr int kCtas = CM * CN;
-  int m_tiles, n_tiles, k_blocks;
+  static_assert(KS == 1 || CM * CN == 1, "split-K clusters do not multicast");
+  static constexpr int kCtas = CM * CN * KS;
+  int m_tiles, n_tiles;
+  int k_begin, k_blocks;  // this CTA's K blocks of every tile (all of K unless split)
   int group_n;   // grouped rasterization: bands of group_n N-units, M walked inside a band
   int m_units;   // ceil(m_tiles / CM)
   int n_units;   // ceil(n_tiles / CN)
@@ -28,12 +32,17 @@ struct TileScheduler {
   int units;     // clusters in the grid: the stride between this cluster's units
   int rank_m;    // this CTA's position in its cluster along M (which A tile)...
   int rank_n;    // ...and along N (which B tile)
+  int rank_k;    // split-K: which range of K (0 adds the others' partial sums and stores the tile)
 
-  __device__ __forceinline__ TileScheduler(int m_tiles_, int n_tiles_, int k_blocks_, int group_n_, int rank)
-      : m_tiles(m_tiles_), n_tiles(n_tiles_), k_blocks(k_blocks_), group_n(group_n_),
+  // total_k_blocks >= KS (the host checks): every split gets at least one K block.
+  __device__ __forceinline__ TileScheduler(int m_tiles_, int n_tiles_, int total_k_blocks, int group_n_, int rank)
+      : m_tiles(m_tiles_), n_tiles(n_tiles_), group_n(group_n_),
         m_units((m_tiles_ + CM - 1) / CM), n_units((n_tiles_ + CN - 1) / CN),
         unit0(static_cast<int>(blockIdx.x) / kCtas), units(static_cast<int>(gridDim.x) / kCtas),
-        rank_m(rank % CM), rank_n(rank / CM) {}
+        rank_m(rank % CM), rank_n((rank / CM) % CN), rank_k(rank / (CM * CN)) {
+    k_begin = rank_k * total_k_blocks / KS;
+    k_blocks = (rank_k + 1) * total_k_blocks / KS - k_begin;
+  }
 
   // Steps this CTA runs (all its cluster's units times the K blocks of each); equal in every CTA of a
   // cluster, which the multicast handshakes rely on.
@@ -60,8 +69,9 @@ struct TileScheduler {
   __device__ __forceinline__ Step step(uint32_t s) const {
     const int i = static_cast<int>(s / k_blocks);
     Step st;
-    st.k_block = static_cast<int>(s - static_cast<uint32_t>(i) * k_blocks);
-    st.last_k = st.k_block == k_blocks - 1;
+    const int local_k = static_cast<int>(s - static_cast<uint32_t>(i) * k_blocks);
+    st.k_block = k_begin + local_k;
+    st.last_k = local_k == k_blocks - 1;
     tile_coords(i, st.m_block, st.n_block);
     return st;
   }

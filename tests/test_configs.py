@@ -20,8 +20,10 @@ def test_variant_fits_and_round_trips(variant):
     assert variant.smem_bytes <= configs.SMEM_LIMIT
     assert configs.parse_key(variant.key) == variant
     assert variant.stages >= 4, "the issue asks for a ring of at least 4 stages"
-    if variant.cluster > 1:
+    if variant.cluster_m * variant.cluster_n > 1:
         assert variant.block_m >= 128 and variant.block_n % (8 * variant.cluster_m) == 0
+    if variant.splits > 1:
+        assert (variant.block_m, variant.cluster_m, variant.cluster_n) == (64, 1, 1) and variant.cluster == variant.splits
 
 
 def test_variant_keys_are_unique():
@@ -46,7 +48,9 @@ def test_cluster_for_several_m_tiles():
     assert configs.select(8192, 4096, 7168, H100_SMS).variant.cluster == 2
     assert configs.select(4096, 7168, 2048, H100_SMS).variant.cluster == 2
     assert configs.select(4096, 32768, 512, H100_SMS).variant.cluster == 2
-    assert configs.select(128, 4096, 7168, H100_SMS).variant.cluster == 1    # one M-tile: nothing to share
+    # one M-tile: nothing to share (a split-K pair is not a multicast cluster)
+    v = configs.select(128, 4096, 7168, H100_SMS).variant
+    assert v.cluster_m * v.cluster_n == 1
     assert configs.select(129, 4096, 7168, H100_SMS).variant.cluster == 2    # two M-tiles (the second padded)
 
 
@@ -59,7 +63,31 @@ def test_large_m_takes_256_row_tiles_unless_they_round_up_to_more_waves():
     assert configs.select(8192, 2112, 7168, H100_SMS).variant.key == "128x128s6wc2"
 
 
-def test_wave_model_prefers_a_tile_that_fills_the_last_wave():
+def test_split_k_where_one_wave_streams_too_much_per_cta():
+    # 64 x 2112: 66 tiles of 64x32 leave half the SMs idle; two K splits per tile fill all 132
+    c = configs.select(64, 2112, 7168, H100_SMS)
+    assert (c.variant.key, c.tiles, c.grid) == ("64x32s16dk2", 132, 132)
+    # 128 x 2112: 132 tiles of 64x32 already; 64x64 tiles split in two stream 2/3 of the bytes per CTA
+    assert configs.select(128, 2112, 7168, H100_SMS).variant.key == "64x64s12dk2"
+    # several waves, or M > 128, or K = 128: no split
+    for shape in ((64, 24576, 1536), (128, 32768, 512), (4096, 2112, 7168), (1, 2112, 128), (128, 7168, 16384)):
+        assert configs.select(*shape, H100_SMS).variant.splits == 1, shape
+
+
+def test_split_k_switch_and_keys(monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
+    assert configs.select(64, 2112, 7168, H100_SMS).variant.key == "64x32s16d"
+    v = configs.parse_key("64x64s12dk2")
+    assert (v.splits, v.cluster, v.key, v.template_args) == (2, 2, "64x64s12dk2", "64, 64, 12, 2, 1, 1, 2")
+    assert v.smem_bytes == configs.parse_key("64x64s12d").smem_bytes + 64 * 64 * 4 + 16
+    with pytest.raises(ValueError, match="64-row tiles without multicast"):
+        configs.parse_key("128x128s6wc2k2")
+    with pytest.raises(ValueError, match="split-K must be one of"):
+        configs.parse_key("64x64s12dk3")
+
+
+def test_wave_model_prefers_a_tile_that_fills_the_last_wave(monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")  # the unsplit model alone
     # 128 rows, N = 4096: 64x64 tiles give 128 tiles (one wave on 132 SMs); 64x128 give 64 (half the SMs idle)
     assert (configs.select(128, 4096, 7168, H100_SMS).variant.block_n) == 64
     # 64 rows, N = 2112: 64x32 tiles give 66 tiles, 64x64 only 33: both one wave, the smaller tile ends sooner

@@ -75,11 +75,30 @@ def test_every_variant_exact_on_odd_shapes(variant):
     # (300, 200, 256): an odd number of M-tiles, so a 2-CTA cluster pairs the last tile with a padding one;
     # N = 8, 136, 200: the partner's half of the last B tile lies wholly out of bounds. (300, 264, 384):
     # odd tile counts along M and N, so a 2x2 cluster has padding tiles in both directions.
+    # (65, 136, 384) with 2 K splits: ranges of 1 and 2 K blocks.
     for m, n, k in ((1, 8, 128), (65, 136, 384), (129, 2056, 256), (1000, 264, 640), (7, 392, 1152),
                     (300, 200, 256), (300, 264, 384)):
+        if k < 128 * variant.splits:
+            continue  # split-K variants need a K block per split (test_split_k_needs_a_k_block_per_split)
         a, a_s, b, b_s = make_inputs(m, n, k)
         check(run_variant(variant, a, a_s, b, b_s), exact(a, a_s, b, b_s), f"{variant.key} {m}x{n}x{k}",
               (a, a_s, b, b_s))
+
+
+def test_split_k_needs_a_k_block_per_split():
+    variant = next(v for v in configs.TESTED_VARIANTS if v.splits > 1)
+    a, a_s, b, b_s = make_inputs(64, 128, 128 * (variant.splits - 1))
+    with pytest.raises(RuntimeError, match="splits K in"):
+        run_variant(variant, a, a_s, b, b_s)
+
+
+def test_split_k_is_deterministic_and_equals_exact_on_a_persistent_grid():
+    # more tiles than resident clusters: every split pair runs several tiles (the slot hand-off's phases)
+    variant = next(v for v in configs.TESTED_VARIANTS if v.splits > 1)
+    a, a_s, b, b_s = make_inputs(1000, 4104, 1152)
+    first = run_variant(variant, a, a_s, b, b_s)
+    check(first, exact(a, a_s, b, b_s), variant.key, (a, a_s, b, b_s))
+    assert torch.equal(first.view(torch.int16), run_variant(variant, a, a_s, b, b_s).view(torch.int16))
 
 
 @pytest.mark.parametrize("m", ODD_M)
