@@ -14,9 +14,11 @@ cluster's tiles, and a wave has num_sms / cluster units. Dual accumulators wait 
 the next at BLOCK_M = 128 and keep two steps in flight at BLOCK_M = 64 (DUAL_ISSUE_AHEAD, measured).
 At M > 128 the candidates include 256x128 tiles (A multicast in 1x2 clusters, CLUSTER_SHAPE_256).
 
-Split-K (M <= 128): when the tiles fit in one wave, a variant whose clusters of SPLIT_K CTAs share each
-tile, one range of K apiece, replaces the unsplit pick if the bytes each CTA streams, (BLOCK_M + BLOCK_N) x
-K / splits per tile, drop by at least SPLIT_K_GAIN (the partial sums are joined in shared memory).
+Split-K (M <= 128): when the unsplit pick leaves at least half the SMs idle, a variant whose clusters of
+SPLIT_K CTAs share each tile, one range of K apiece, takes its place (the partial sums are joined in shared
+memory): the one that keeps the most SMs busy in one wave, then the fewest bytes per CTA. Measured
+2026-11-25 (H100, ptx/NOTES.md): +16% at 64x2112x7168 (66 tiles); where the unsplit tiles already fill
+the SMs, splitting was -20%..+9%.
 
 Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_DUAL_ACC=0        single partial accumulator (promotion not overlapped within a warpgroup)
@@ -54,7 +56,7 @@ CLUSTER_SHAPE_256 = (1, 2)
 DUAL_ISSUE_AHEAD = {64: True, 128: False}
 SPLIT_KS = (1, 2, 4)     # K splits per tile a variant may be built with (split-K clusters)
 SPLIT_K = 2              # the split the selectable split-K variants use
-SPLIT_K_GAIN = 0.9       # split only when the modelled bytes per CTA drop below this fraction
+SPLIT_K_IDLE = 0.5       # split only when the unsplit tiles occupy at most this fraction of the SMs
 STEP_META_BYTES = 32     # per stage: the step's tile coordinates and B scales (dg::StepMeta)
 
 
@@ -102,6 +104,12 @@ class Variant:
         if problems:
             raise ValueError(f"variant {self.block_m}x{self.block_n} stages={self.stages} "
                              f"cluster={self.cluster_m}x{self.cluster_n}: " + "; ".join(problems))
+
+    def check_k(self, k: int) -> None:
+        """Split-K variants need one K block per split: a clear error before any launch."""
+        if k < BLOCK_K * self.splits:
+            raise ValueError(f"variant {self.key} splits K in {self.splits} and needs K >= {BLOCK_K * self.splits}, "
+                             f"got K = {k}")
 
     @property
     def acc_mode(self) -> int:
@@ -204,8 +212,9 @@ def _variants() -> tuple[Variant, ...]:
 
 
 _CLUSTER_FOR = {128: CLUSTER_SHAPE, 256: CLUSTER_SHAPE_256}
-VARIANTS: tuple[Variant, ...] = _variants() + tuple(
-    _variant(64, bn, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K) for bm, bn in TILE_SHAPES if bm == 64)
+# Split-K: select() only ever wants the narrowest tile (the most CTAs); a wider one is tested below.
+SPLIT_K_TILE = (64, 32)
+VARIANTS: tuple[Variant, ...] = _variants() + (_variant(*SPLIT_K_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),)
 # 256-row tiles with the other cluster shape (B multicast): not selected (1-2% slower, ptx/NOTES.md), kept
 # tested because the kernel supports it.
 LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False, CLUSTER_SHAPE),)
@@ -214,7 +223,7 @@ LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False, CLUSTER_SH
 # select() does not pick today still builds and stays exact.
 TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
     v for v in (*(_variant(128, 128, True, shape, ahead) for shape in CLUSTER_SHAPES for ahead in (False, True)),
-                *LARGE_TILE_VARIANTS)
+                *LARGE_TILE_VARIANTS, _variant(64, 128, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K))
     if v not in VARIANTS))
 
 
@@ -271,19 +280,17 @@ def waves_for(m: int, n: int, block_m: int, block_n: int, num_sms: int,
 
 
 def _split_k_choice(m: int, n: int, k_blocks: int, num_sms: int, shape: tuple[int, int]) -> tuple[int, tuple[int, int]]:
-    """(splits, tile) for a small-M problem whose unsplit pick is `shape`: split K when the tiles fit in
-    one wave and a split variant streams SPLIT_K_GAIN or less of the bytes per CTA (A and B tiles)."""
-    def streamed(bm: int, bn: int, splits: int) -> int:
-        _, waves = waves_for(m, n, bm, bn, num_sms, (1, 1), splits)
-        return waves * (bm + bn) * ceil_div(k_blocks, splits)
-
-    if waves_for(m, n, *shape, num_sms)[1] > 1 or k_blocks < SPLIT_K:
+    """(splits, tile) for a small-M problem whose unsplit pick is `shape`: split K when those tiles occupy at
+    most SPLIT_K_IDLE of the SMs; then the split tile with the most CTAs in one wave (fewest bytes per CTA
+    on ties)."""
+    tiles = waves_for(m, n, *shape, num_sms)[0]
+    if tiles > SPLIT_K_IDLE * num_sms or k_blocks < SPLIT_K:
         return 1, shape
-    best = min(((v.block_m, v.block_n) for v in VARIANTS if v.splits == SPLIT_K),
-               key=lambda s: (streamed(*s, SPLIT_K), -s[1]))
-    if streamed(*best, SPLIT_K) <= SPLIT_K_GAIN * streamed(*shape, 1):
-        return SPLIT_K, best
-    return 1, shape
+    fitting = [(v.block_m, v.block_n) for v in VARIANTS
+               if v.splits == SPLIT_K and waves_for(m, n, v.block_m, v.block_n, num_sms)[0] * SPLIT_K <= num_sms]
+    if not fitting:
+        return 1, shape
+    return SPLIT_K, max(fitting, key=lambda s: (waves_for(m, n, *s, num_sms)[0], -(s[0] + s[1])))
 
 
 def _parse_cluster(value: str) -> tuple[int, int]:

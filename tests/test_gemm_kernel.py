@@ -43,6 +43,7 @@ def exact(a, a_s, b, b_s):
 def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, group_n=16):
     """Launch one variant directly into a NaN-poisoned output."""
     m, n = a.shape[0], b.shape[0]
+    variant.check_k(a.shape[1])  # the rule Python enforces before any launch (the binding's check aborts)
     out = torch.full((m, n), float("nan"), device="cuda", dtype=out_dtype)
     bias_kind = {None: 0, torch.float32: 1, torch.bfloat16: 2}[None if bias is None else bias.dtype]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -88,7 +89,7 @@ def test_every_variant_exact_on_odd_shapes(variant):
 def test_split_k_needs_a_k_block_per_split():
     variant = next(v for v in configs.TESTED_VARIANTS if v.splits > 1)
     a, a_s, b, b_s = make_inputs(64, 128, 128 * (variant.splits - 1))
-    with pytest.raises(RuntimeError, match="splits K in"):
+    with pytest.raises(ValueError, match="splits K in 2 and needs K >= 256"):
         run_variant(variant, a, a_s, b, b_s)
 
 
