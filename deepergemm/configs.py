@@ -1,11 +1,11 @@
 """Which kernel variant runs a given GEMM: plain Python, CPU-testable.
 
 A variant is one compiled instance of ptx/fp8_gemm.cuh (template parameters BLOCK_M, BLOCK_N, stages,
-dual accumulators, cluster shape); ``VARIANTS`` lists every one ``select`` can return, and CI compiles all
+dual accumulators, cluster shape, K splits); ``VARIANTS`` lists every one ``select`` can return, and CI compiles all
 of them.
 
 Choice (``select``): BLOCK_M = 64 when M <= 128 (no tensor-core rows wasted on padding, and twice the tiles
-to spread the memory-bound stream of B over more SMs), else 128. Among that BLOCK_M's variants, take the
+to spread the memory-bound stream of B over more SMs), else 128 or 256. Among those variants, take the
 one with the least modelled time, ``waves * BLOCK_M * BLOCK_N * cost`` (ties: the larger tile): a
 persistent CTA takes one tile per wave, so a tile shape that leaves the last wave half empty pays for a
 full one (wave quantization). With BLOCK_M = 128 and at least two M-tiles, CTAs run in clusters that
@@ -23,7 +23,7 @@ the SMs, splitting was -20%..+9%.
 Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_DUAL_ACC=0        single partial accumulator (promotion not overlapped within a warpgroup)
   DEEPERGEMM_VARIANT=BMxBN     force a tile shape, e.g. "128x128" (must be in TILE_SHAPES)
-  DEEPERGEMM_CLUSTER=1|2|2x2   force the cluster shape (CMxCN; "2" = 2x1; needs BLOCK_M = 128)
+  DEEPERGEMM_CLUSTER=1|2|1x2|2x2  force the cluster shape (CMxCN; "2" = 2x1; needs BLOCK_M >= 128)
   DEEPERGEMM_GROUP_N=g         rasterization band width in N-units (default: 16)
   DEEPERGEMM_SPLIT_K=0         never split K
 """
