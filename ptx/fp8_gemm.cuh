@@ -8,12 +8,15 @@
 //                the others, and the CN CTAs of one M-block likewise share the A tile (scheduler.cuh),
 //                so each operand crosses L2 -> SM once per cluster; a stage is refilled only when the
 //                math warps of every CTA of the cluster have released it.
+// With KS > 1 (split-K clusters, small M, no multicast) the KS CTAs of a cluster share one tile, each over
+// its own range of K; rank 0 adds the others' partial sums from its shared memory and stores the tile.
 //   warpgroups 1, 2  math: per stage (128 of K) four wgmma m64nNk32 into a partial accumulator, then
 //                promotion total += partial * sa[row] * sb[n-block] on the CUDA cores. With two sets (ACC) the
 //                next stage's wgmmas are issued into a second partial before promoting the previous
 //                one, so the tensor cores never wait on the promotion (nor on the epilogue).
 // Tile split between the math warpgroups: BM = 256: two 64-row slabs each (rows 64w.. and 128 + 64w..),
-//                                              all BN columns, one after the other per stage;
+//                                              all BN columns, one after the other per stage, the two
+//                                              warpgroups issuing in strict turns (named barriers);
 //                                         BM = 128: 64 rows each, all BN columns;
 //                                         BM = 64: all 64 rows, BN/2 columns each.
 #pragma once
