@@ -8,8 +8,6 @@
 //                the others, and the CN CTAs of one M-block likewise share the A tile (scheduler.cuh),
 //                so each operand crosses L2 -> SM once per cluster; a stage is refilled only when the
 //                math warps of every CTA of the cluster have released it.
-// With KS > 1 (split-K clusters, small M, no multicast) the KS CTAs of a cluster share one tile, each over
-// its own range of K; rank 0 adds the others' partial sums from its shared memory and stores the tile.
 //   warpgroups 1, 2  math: per stage (128 of K) four wgmma m64nNk32 into a partial accumulator, then
 //                promotion total += partial * sa[row] * sb[n-block] on the CUDA cores. With two sets (ACC) the
 //                next stage's wgmmas are issued into a second partial before promoting the previous
@@ -19,6 +17,8 @@
 //                                              warpgroups issuing in strict turns (named barriers);
 //                                         BM = 128: 64 rows each, all BN columns;
 //                                         BM = 64: all 64 rows, BN/2 columns each.
+// With KS > 1 (split-K clusters, small M, no multicast) the KS CTAs of a cluster share one tile, each over
+// its own range of K; rank 0 adds the others' partial sums from its shared memory and stores the tile.
 #pragma once
 
 #include <cstdint>
