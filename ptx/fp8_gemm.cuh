@@ -377,7 +377,7 @@ struct MathWarpgroup {
           st_shared_cluster_v4_f32(mine + ((i / 4) * 256 + thread) * 16, total[i], total[i + 1], total[i + 2],
                                    total[i + 3]);
         }
-        mbar_arrive_release_cluster(&red[0], 0);
+        mbar_arrive_cluster<true>(&red[0], 0);
       } else {
         mbar_wait_acquire_cluster(&red[0], red_phase);
 #pragma unroll
@@ -392,7 +392,7 @@ struct MathWarpgroup {
           }
         }
 #pragma unroll
-        for (int r = 1; r < KS; ++r) mbar_arrive_release_cluster(&red[1], r);
+        for (int r = 1; r < KS; ++r) mbar_arrive_cluster<true>(&red[1], r);
         epilogue(total, m_block, n_block, 0);
       }
       red_phase ^= 1;

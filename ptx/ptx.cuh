@@ -73,27 +73,27 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t by
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
 }
-// Arrive on the barrier at the same shared-memory offset in CTA `cta_rank` of the cluster. Default
-// (.release.cta) semantics: the arrive only says "my wgmmas have read this stage", and they completed
-// before it. An explicit .release.cluster would put a cluster-wide memory barrier in front of every
-// arrive (measured 2026-11-25: 3x slower kernel, warps stalled on MEMBAR).
+// The address of the same shared-memory offset in CTA `cta_rank` of the cluster (for st.shared::cluster).
+__device__ __forceinline__ uint32_t map_shared_to_cta(uint32_t addr, uint32_t cta_rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(cta_rank));
+  return remote;
+}
+// Arrive on the barrier at the same shared-memory offset in CTA `cta_rank` of the cluster.
+// Default (.release.cta) semantics: the arrive only says "my wgmmas have read this stage", and they
+// completed before it. An explicit .release.cluster puts a cluster-wide memory barrier in front of the
+// arrive (measured 2026-11-25: 3x slower kernel per stage, warps stalled on MEMBAR): only the split-K
+// hand-offs use it (kReleaseCluster), once per tile, to publish this thread's remote stores or slot reads.
+template <bool kReleaseCluster = false>
 __device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t cta_rank) {
-  asm volatile(
-      "{\n .reg .b32 remote;\n mapa.shared::cluster.u32 remote, %0, %1;\n"
-      " mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(smem_addr(bar)),
-      "r"(cta_rank)
-      : "memory");
+  const uint32_t remote = map_shared_to_cta(smem_addr(bar), cta_rank);
+  if constexpr (kReleaseCluster) {
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
+  } else {
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
+  }
 }
-// The split-K reduction's hand-offs between CTAs: an arrive that releases this thread's earlier shared
-// memory accesses (its remote stores, or its reads of a slot) to the whole cluster, and the matching
-// acquire-wait. Once per tile, so the cluster-wide fence is cheap there.
-__device__ __forceinline__ void mbar_arrive_release_cluster(uint64_t* bar, uint32_t cta_rank) {
-  asm volatile(
-      "{\n .reg .b32 remote;\n mapa.shared::cluster.u32 remote, %0, %1;\n"
-      " mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(smem_addr(bar)),
-      "r"(cta_rank)
-      : "memory");
-}
+// The acquire side of the split-K hand-offs.
 __device__ __forceinline__ void mbar_wait_acquire_cluster(uint64_t* bar, uint32_t parity) {
   const uint32_t addr = smem_addr(bar);
   uint32_t done = 0;
@@ -105,12 +105,6 @@ __device__ __forceinline__ void mbar_wait_acquire_cluster(uint64_t* bar, uint32_
         : "r"(addr), "r"(parity)
         : "memory");
   }
-}
-// The address of the same shared-memory offset in CTA `cta_rank` of the cluster (for st.shared::cluster).
-__device__ __forceinline__ uint32_t map_shared_to_cta(uint32_t addr, uint32_t cta_rank) {
-  uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(cta_rank));
-  return remote;
 }
 __device__ __forceinline__ void st_shared_cluster_v4_f32(uint32_t remote_addr, float a, float b, float c, float d) {
   asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(remote_addr), "f"(a), "f"(b), "f"(c), "f"(d)
