@@ -45,7 +45,7 @@ for step in "$@"; do
          grep -E "gemm|nvjet|Duration|Throughput|Issued Ipc|Eligible|Hit Rate" "$OUT/ncu_vs_cublas.txt" | head -40 ;;
     ablate) # one sweep per define set (DEFINE_SETS, ';'-separated, empty = baseline), all sets built in
          # parallel first; outputs are not checked (ablation builds compute wrong results on purpose)
-         IFS=';' read -ra sets <<< "${DEFINE_SETS:-;DG_PINGPONG;DG_ABLATE_PROMOTION;DG_ABLATE_PROMOTION DG_ABLATE_EPILOGUE}"
+         IFS=";" read -ra sets <<< "${DEFINE_SETS:-;DG_PINGPONG=0;DG_ABLATE_PROMOTION;DG_ABLATE_PROMOTION DG_ABLATE_EPILOGUE}"
          for d in "${sets[@]}"; do
            DEEPERGEMM_NVCC_DEFINES="$d" timeout 400 python -m deepergemm warmup --jobs 4 --variants "$LARGE" \
              > "/tmp/warm_${d// /_}.log" 2>&1 &

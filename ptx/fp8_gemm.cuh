@@ -58,20 +58,14 @@ enum AccMode : int {
 //   DG_ABLATE_PROMOTION  skip all but one promotion FFMA (wrong results: times the loop without them)
 //   DG_DUMMY_FFMA        with DG_ABLATE_PROMOTION: as many FFMAs on registers the wgmmas do not use
 //   DG_ABLATE_EPILOGUE   skip the output stores (wrong results: times the loop without them)
-//   DG_PINGPONG=0|1|2|3  override the math warpgroups' turn-taking (default: 1 on 256-row tiles, else 0):
-//                        1 = they issue their wgmmas in strict turns (named barriers);
-//                        2 = ...and pass the turn once the first DG_HANDOVER (default 3) of the four
-//                            k32 wgmmas have completed (one partial set only);
-//                        3 = 256-row tiles: warpgroup 1 starts one slab after warpgroup 0, once.
+//   DG_PINGPONG=0|1      override the math warpgroups' turn-taking (default: 1 on 256-row tiles, else 0):
+//                        1 = they issue their wgmmas in strict turns (named barriers). Two other
+//                        orders measured slower (handing over on completion, a one-time stagger) are in
+//                        the history (commits a237fe0, 3058150; ptx/NOTES.md, fourth session).
 #ifndef DG_PINGPONG
 #define DG_PINGPONG -1
 #endif
 constexpr int kPingPongOverride = DG_PINGPONG;
-#ifndef DG_HANDOVER
-#define DG_HANDOVER 3
-#endif
-constexpr int kHandover = DG_HANDOVER;
-static_assert(kHandover >= 1 && kHandover <= 3, "DG_HANDOVER: 1..3 of the four k32 wgmmas");
 constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w waits on 1 + w for its turn
 
 constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
@@ -246,9 +240,8 @@ struct MathWarpgroup {
   static constexpr int kRegs = T::kRegs;
   // Turn-taking (DG_PINGPONG above). On 256-row tiles each warpgroup's promotion can only overlap the
   // other's wgmmas; strict turns keep the two a slab apart (measured +5-7% there, ptx/NOTES.md).
-  static constexpr int kPingPong = kPingPongOverride >= 0 ? kPingPongOverride
-                                   : (T::kSlabs > 1 && ACC == kAccSingle ? 1 : 0);
-  static constexpr bool kTurnEverySlab = kPingPong == 1 || kPingPong == 2;
+  static constexpr bool kTurns = kPingPongOverride >= 0 ? kPingPongOverride == 1
+                                                        : (T::kSlabs > 1 && ACC == kAccSingle);
 
   const GemmParams& p;
   const TileScheduler<CM, CN, KS>& sched;
@@ -315,25 +308,14 @@ struct MathWarpgroup {
         smem_desc_kmajor_sw128(smem_addr(smem + L::kB + stage * L::kBBytes + col_base * kSwizzleBytes));
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
-    if constexpr (kTurnEverySlab) named_barrier_sync(kTurnBarrier + wg, 256);  // this warpgroup's turn
+    if constexpr (kTurns) named_barrier_sync(kTurnBarrier + wg, 256);  // this warpgroup's turn
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < kBlockK / 32; ++k) {
       Wgmma<T::kWgN>::mma(acc, desc_a + k * kDescK32Step, desc_b + k * kDescK32Step, k);
-      if (kPingPong == 2 && k == kHandover - 1) wgmma_commit();  // the hand-over point
     }
     wgmma_commit();  // no operand fence here: touching acc before the wait would make ptxas serialize
-    if constexpr (kPingPong == 1) named_barrier_arrive(kTurnBarrier + (wg ^ 1), 256);  // the other's turn
-  }
-
-  // Wait for the one slab in flight (one partial set). With completion turns the other warpgroup gets
-  // the turn when this slab's first kHandover wgmmas are done: its wgmmas queue behind this one's rest.
-  __device__ __forceinline__ void wait_slab() {
-    if constexpr (kPingPong == 2) {
-      wgmma_wait<1>();
-      named_barrier_arrive(kTurnBarrier + (wg ^ 1), 256);
-    }
-    wgmma_wait<0>();
+    if constexpr (kTurns) named_barrier_arrive(kTurnBarrier + (wg ^ 1), 256);  // the other's turn
   }
 
   // The step's wgmmas have completed: free its stage in every CTA of the cluster (each one's producer
@@ -508,7 +490,7 @@ struct MathWarpgroup {
     const uint32_t steps = sched.num_steps();
     if (steps == 0) return;
     // Turns: warpgroup 0 issues first; warpgroup 1's extra arrive is taken back after the loop.
-    if (kTurnEverySlab && wg == 1) named_barrier_arrive(kTurnBarrier, 256);
+    if (kTurns && wg == 1) named_barrier_arrive(kTurnBarrier, 256);
     float total[kRegs];
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
@@ -524,10 +506,10 @@ struct MathWarpgroup {
       // The next step's slab 0 is issued before a finished tile's stores, so they overlap its wgmmas.
       // Straight-line steady state (no path merge with a group in flight), the last step after it.
       auto finish_step = [&]() {  // entry: slab 0 of step sc0 in flight
-        wait_slab();
+        wgmma_wait<0>();
         promote_only(acc0, total, sc0);
         issue_slab(acc0, sc0, 1);
-        wait_slab();
+        wgmma_wait<0>();
         release(sc0);
         promote_only(acc0, total1, sc0);
       };
@@ -537,13 +519,8 @@ struct MathWarpgroup {
 #pragma unroll
         for (int i = 0; i < kRegs; ++i) total[i] = total1[i] = 0.f;
       };
-      if (kPingPong == 3 && wg == 1) named_barrier_sync(kTurnBarrier + 1, 256);  // stagger: wait for WG 0
       acquire(sc0);
       issue_slab(acc0, sc0, 0);
-      if constexpr (kPingPong == 3) {
-        wgmma_wait<0>();
-        if (wg == 0) named_barrier_arrive(kTurnBarrier + 1, 256);
-      }
       for (uint32_t s = 0; s + 1 < steps; ++s) {
         finish_step();
         const int m_block = sc0.m_block, n_block = sc0.n_block, last_k = sc0.last_k;
@@ -556,12 +533,11 @@ struct MathWarpgroup {
     } else if constexpr (ACC == kAccSingle) {
       for (uint32_t s = 0; s < steps; ++s) {
         issue(acc0, sc0);
-        wait_slab();
+        wgmma_wait<0>();
         release(sc0);
         promote(acc0, total, sc0);
       }
     } else if constexpr (ACC == kAccDualWait) {
-      static_assert(kPingPong != 2 || ACC == kAccSingle, "completion turns need one partial set (ACC p)");
       // Per step: wait for step s (the only one in flight), free its stage at once, issue step s+1 into
       // the other set, then promote step s while s+1 runs on the tensor cores.
       float acc1[kRegs];
@@ -591,7 +567,6 @@ struct MathWarpgroup {
       }
     } else {
       static_assert(ACC == kAccDualAhead, "unknown accumulation mode");
-      static_assert(kPingPong != 2 || ACC == kAccSingle, "completion turns need one partial set (ACC p)");
       // Two partial sets, two steps in flight: step s+1 is issued before waiting for step s, so the
       // tensor cores always find this warpgroup's next step queued; step s is promoted (and, at a
       // tile's end, stored) while s+1 runs. Both dual loops are straight-line in the steady state (a
@@ -624,7 +599,7 @@ struct MathWarpgroup {
         promote(acc0, total, sc0);
       }
     }
-    if (kTurnEverySlab && wg == 0) named_barrier_sync(kTurnBarrier, 256);
+    if (kTurns && wg == 0) named_barrier_sync(kTurnBarrier, 256);
     if (lane == 0) bulk_wait_group<0>();  // this warp's last TMA stores have finished before the CTA exits
   }
 };
