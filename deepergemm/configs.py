@@ -48,7 +48,7 @@ CLUSTER_SHAPES = ((1, 1), (2, 1), (1, 2), (2, 2))  # (CTAs along M, along N) the
 # equal (wait-first dual accumulators, 1.15-1.17x cuBLAS either way). 2x2 and 1x2 measured slower overall.
 CLUSTER_SHAPE = (2, 1)
 # 256-row tiles pair CTAs along N instead (A multicast, as DeepGEMM and cuBLAS do): measured 2026-11-25 on the
-# H100 1-2% faster than B multicast and than no cluster (ptx/NOTES.md).
+# H100 1-3% faster than B multicast and than no cluster (ptx/NOTES.md).
 CLUSTER_SHAPE_256 = (1, 2)
 # Dual-accumulator step ordering per BLOCK_M (measured 2026-11-25, H100, one sweep, ptx/NOTES.md): with two
 # steps in flight 128-row tiles ran 2-7% slower than waiting for each step first (0.94 vs 1.01x cuBLAS at
