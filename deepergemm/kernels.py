@@ -39,7 +39,7 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales:
     n = b.shape[0]
     num_sms = _sm_count(a.device.index)
     choice = configs.select(m, n, k, num_sms)
-    choice.variant.check_k(a.shape[1])
+    choice.variant.check_k(k)
     module = extension.load(choice.variant)
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if bias is not None and bias.dtype not in (torch.float32, torch.bfloat16):

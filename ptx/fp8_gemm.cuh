@@ -352,7 +352,7 @@ struct MathWarpgroup {
       const uint32_t thread = wg * 128 + tid;  // of the 256 math threads
       const uint32_t slots = smem_addr(smem + L::kRed);
       if (sched.rank_k != 0) {
-        mbar_wait_acquire_cluster(&red[1], red_phase ^ 1);  // rank 0 has read this slot's previous tile
+        mbar_wait<true>(&red[1], red_phase ^ 1);  // rank 0 has read this slot's previous tile
         const uint32_t mine = map_shared_to_cta(slots + (sched.rank_k - 1) * L::kRedSlotBytes, 0);
 #pragma unroll
         for (int i = 0; i < kRegs; i += 4) {
@@ -361,7 +361,7 @@ struct MathWarpgroup {
         }
         mbar_arrive_cluster<true>(&red[0], 0);
       } else {
-        mbar_wait_acquire_cluster(&red[0], red_phase);
+        mbar_wait<true>(&red[0], red_phase);
 #pragma unroll
         for (int r = 1; r < KS; ++r) {
 #pragma unroll
