@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # also under ncu / compute-sanitizer
-from deepergemm import cublas, layouts  # noqa: E402
+from deepergemm import configs, cublas, layouts  # noqa: E402
 from deepergemm import reference as ref  # noqa: E402
 
 
@@ -21,10 +21,13 @@ class GemmCase:
     sms: int                 # SMs of the GPU (the persistent grid)
     stream: int              # the current CUDA stream's handle
 
-    def launch(self, module, group_n: int = 16) -> None:
-        """One launch of a compiled variant (extension.load(...)): no bias, bf16 out."""
+    def launch(self, module, group_n: int = 16, l2_hints: int | None = None) -> None:
+        """One launch of a compiled variant (extension.load(...)): no bias, bf16 out; L2 hints as configs
+        would pick them unless given."""
+        if l2_hints is None:
+            l2_hints = configs.l2_hints_for(self.a.shape[0], module.variant_info()[0])
         module.fp8_gemm(self.a, self.a_scales, self.b, self.b_scales, self.out, self.out, 0, self.sms, group_n,
-                        self.stream)
+                        l2_hints, self.stream)
 
     def launch_cublas(self) -> torch.Tensor:
         return cublas.fp8_gemm_cublas(self.a, self.a_scales, self.b, self.b_scales, torch.bfloat16, None)

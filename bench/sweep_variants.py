@@ -42,6 +42,8 @@ def main() -> int:
     parser.add_argument("--shapes", default="all")
     parser.add_argument("--variants", default="auto,listed")
     parser.add_argument("--group-n", default=str(configs.DEFAULT_GROUP_N))
+    parser.add_argument("--l2-hints", default="auto",
+                        help="comma list of L2 hint codes (A priority | B priority << 2; 0 = none) or auto (configs')")
     parser.add_argument("--launches", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=extension.default_jobs())
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
@@ -72,25 +74,27 @@ def main() -> int:
         tried = variants + ([picks[shape]] if auto and picks[shape] not in variants else [])
         for v in tried:
             mod = extension.load(v)
-            for g in (int(x) for x in args.group_n.split(",")):
+            hints = [configs.l2_hints_for(m, v.block_m) if h == "auto" else int(h) for h in args.l2_hints.split(",")]
+            for g, h in ((g, h) for g in (int(x) for x in args.group_n.split(",")) for h in dict.fromkeys(hints)):
                 out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+                tag = f"g{g}" + (f"h{h}" if len(set(hints)) > 1 else "")
 
                 def launch():
-                    mod.fp8_gemm(a, a_s_k, b, b_s, out, out, 0, sms, g, stream)
+                    mod.fp8_gemm(a, a_s_k, b, b_s, out, out, 0, sms, g, h, stream)
 
                 launch()
                 torch.cuda.synchronize()
                 unwritten = int(out.isnan().sum())
                 diff = ref.calc_diff(out.float().nan_to_num(0), expected)
-                row = {"shape": shape.label, "variant": v.key, "group_n": g, "cublas_us": cublas,
+                row = {"shape": shape.label, "variant": v.key, "group_n": g, "l2_hints": h, "cublas_us": cublas,
                        "calc_diff": diff, "unwritten": unwritten, "auto": v == picks[shape]}
                 if (unwritten or not diff <= 2e-6) and not args.no_check:
                     failures += 1
-                    print(f"{'':>16} {v.key:>13} g{g:<3} FAIL calc_diff {diff:.2e}, {unwritten} unwritten", flush=True)
+                    print(f"{'':>16} {v.key:>13} {tag:<5} FAIL calc_diff {diff:.2e}, {unwritten} unwritten", flush=True)
                 else:
                     us = time_cold_l2(launch, args.launches).median_us
                     row.update(us=us, tflops=2 * m * n * k / us / 1e6, ratio=cublas / us)
-                    print(f"{'':>16} {v.key:>13} g{g:<3} {us:8.1f} us {row['tflops']:6.0f} TFLOPS "
+                    print(f"{'':>16} {v.key:>13} {tag:<5} {us:8.1f} us {row['tflops']:6.0f} TFLOPS "
                           f"{row['ratio']:5.2f}x cuBLAS{'  <- configs' if row['auto'] else ''}"
                           f"{f'  (WRONG: calc_diff {diff:.1e})' if unwritten or not diff <= 2e-6 else ''}", flush=True)
                 rows.append(row)

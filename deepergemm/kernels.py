@@ -46,5 +46,5 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales:
         bias = bias.float()  # fp16 bias: the kernel reads fp32 or bf16
     bias_arg = bias.contiguous() if bias is not None else out  # unused when bias_kind == 0
     module.fp8_gemm(a, a_scales, b, b_scales, out, bias_arg, _BIAS_KIND[None if bias is None else bias.dtype],
-                    num_sms, choice.group_n, torch.cuda.current_stream(a.device).cuda_stream)
+                    num_sms, choice.group_n, choice.l2_hints, torch.cuda.current_stream(a.device).cuda_stream)
     return out

@@ -66,7 +66,8 @@ CUtensorMap tensor_map_2d(const void* base, CUtensorMapDataType type, uint64_t i
 // a_scales: (M, K/128) fp32 with strides (1, M_pad), M_pad % 4 == 0. bias_kind: 0 none, 1 fp32, 2 bf16.
 // stream: the caller's current CUDA stream (passed from Python: no torch CUDA headers needed here).
 void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b, const at::Tensor& b_scales,
-              at::Tensor& out, const at::Tensor& bias, int64_t bias_kind, int64_t num_sms, int64_t group_n, int64_t stream) {
+              at::Tensor& out, const at::Tensor& bias, int64_t bias_kind, int64_t num_sms, int64_t group_n, int64_t l2_hints,
+              int64_t stream) {
   const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
   TORCH_CHECK(k % dg::kBlockK == 0 && n % 8 == 0 && m > 0, "deepergemm: bad GEMM shape ", m, "x", n, "x", k);
   TORCH_CHECK(a.stride(1) == 1 && b.stride(1) == 1 && out.is_contiguous() && b_scales.is_contiguous(),
@@ -104,6 +105,8 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   p.bias = bias_kind != dg::kBiasNone ? bias.data_ptr() : nullptr;
   p.bias_kind = static_cast<int>(bias_kind);
   p.group_n = static_cast<int>(group_n);
+  p.l2_a = static_cast<int>(l2_hints & 3);         // dg::L2Priority of the A loads...
+  p.l2_b = static_cast<int>((l2_hints >> 2) & 3);  // ...and of the B loads
 
   static bool attributes_set = false;  // per module = per variant; the value is the same on every device
   if (!attributes_set) {

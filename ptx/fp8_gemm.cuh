@@ -2,12 +2,13 @@
 // sa per 1x128 (M-major fp32), sb per 128x128 block, fp32 accumulation, bf16 or fp32 out (+ bias).
 //
 // One persistent CTA per SM, 384 threads, in clusters of CM x CN CTAs (1x1, 2x1, 1x2 or 2x2):
-//   warpgroup 0  producer: one thread issues the TMA loads of A, B and the A scales into a ring of
-//                STAGES shared-memory stages (full/empty mbarriers), running ahead across tiles. In a
-//                cluster the CM CTAs of one N-block each load 1/CM of the B tile and multicast it to
-//                the others, and the CN CTAs of one M-block likewise share the A tile (scheduler.cuh),
-//                so each operand crosses L2 -> SM once per cluster; a stage is refilled only when the
-//                math warps of every CTA of the cluster have released it.
+//   warpgroup 0  producer: three threads (one per operand) issue the TMA loads of A, B and the A scales
+//                into a ring of STAGES shared-memory stages (full/empty mbarriers), running ahead across
+//                tiles, and a fourth warp publishes each step's tile and B scales. In a cluster the CM CTAs
+//                of one N-block each load 1/CM of the B tile and multicast it to the others, and the CN CTAs
+//                of one M-block likewise share the A tile (scheduler.cuh), so each operand crosses L2 -> SM
+//                once per cluster; a stage is refilled only when the math warps of every CTA of the cluster
+//                have released it. Loads carry an L2 eviction priority chosen per problem (configs.py).
 //   warpgroups 1, 2  math: per stage (128 of K) four wgmma m64nNk32 into a partial accumulator, then
 //                promotion total += partial * sa[row] * sb[n-block] on the CUDA cores. With two sets (ACC) the
 //                next stage's wgmmas are issued into a second partial before promoting the previous
@@ -39,6 +40,7 @@ struct GemmParams {
   const void* bias;          // (N,) or null
   int bias_kind;
   int group_n;               // rasterization band width in N-tiles
+  int l2_a, l2_b;            // L2Priority of the A (and A-scale) loads and of the B loads
 };
 
 constexpr int kThreads = 384;
@@ -58,6 +60,7 @@ enum AccMode : int {
 //   DG_ABLATE_PROMOTION  skip all but one promotion FFMA (wrong results: times the loop without them)
 //   DG_DUMMY_FFMA        with DG_ABLATE_PROMOTION: as many FFMAs on registers the wgmmas do not use
 //   DG_ABLATE_EPILOGUE   skip the output stores (wrong results: times the loop without them)
+//   DG_PRODUCERS=1|2|3   how many producer threads share the loads (default 3, one per operand)
 //   DG_PINGPONG=0|1      override the math warpgroups' turn-taking (default: 1 on 256-row tiles, else 0):
 //                        1 = they issue their wgmmas in strict turns (named barriers). Two other
 //                        orders measured slower (handing over on completion, a one-time stagger) are in
@@ -129,27 +132,60 @@ __device__ __forceinline__ uint16_t same_m_block_mask(const TileScheduler<CM, CN
   return static_cast<uint16_t>(mask);
 }
 
-// One operand slice of a stage: a plain TMA load, or a multicast to the CTAs in `mask` when shared.
+// The producer threads: lane 0 of warps 0, 2 and 3 (warp 1 publishes the step metadata), each streaming
+// the operands in its mask. One thread issuing every load became the bottleneck once stages are small
+// (small-M tiles: ~75 instructions per stage, ptx/NOTES.md). Each producer arrives on a stage's full barrier
+// with the bytes of its operands, and so does the meta writer.
+enum OperandBits : int { kLoadA = 1, kLoadB = 2, kLoadSA = 4 };
+#ifndef DG_PRODUCERS
+#define DG_PRODUCERS 3
+#endif
+// DG_PRODUCERS (a developers' switch, see above): 1 = one thread loads everything, 2 = A and its scales / B,
+// 3 = A / B / A scales.
+constexpr int kProducers = DG_PRODUCERS;
+static_assert(kProducers >= 1 && kProducers <= 3, "DG_PRODUCERS is 1, 2 or 3");
+__host__ __device__ constexpr int producer_operands(int producer) {
+  return kProducers == 1 ? kLoadA | kLoadB | kLoadSA
+         : kProducers == 2 ? (producer == 0 ? kLoadA | kLoadSA : kLoadB)
+                           : (producer == 0 ? kLoadA : producer == 1 ? kLoadB : kLoadSA);
+}
+constexpr int kFullArrivals = kProducers + 1;  // each producer's arrive.expect_tx + the meta writer's arrive
+
+// One operand of one stage: a TMA load, multicast to the cluster CTAs in `mask` when they share it, with an
+// L2 eviction hint unless the priority is normal.
 template <bool kShared>
-__device__ __forceinline__ void load_slice(void* dst, const CUtensorMap* map, uint64_t* bar, int x, int y,
-                                           uint16_t mask) {
+__device__ __forceinline__ void load_operand(void* dst, const CUtensorMap* map, uint64_t* bar, int x, int y,
+                                             uint16_t mask, bool hinted, uint64_t policy) {
   if constexpr (kShared) {
-    tma_load_2d_multicast(dst, map, bar, x, y, mask);
+    if (hinted) {
+      tma_load_2d_multicast(dst, map, bar, x, y, mask, policy);
+    } else {
+      tma_load_2d_multicast(dst, map, bar, x, y, mask);
+    }
+  } else if (hinted) {
+    tma_load_2d(dst, map, bar, x, y, policy);
   } else {
     tma_load_2d(dst, map, bar, x, y);
   }
 }
 
-template <int BM, int BN, int STAGES, int CM, int CN, int KS>
-__device__ __forceinline__ void produce_tiles(const TileScheduler<CM, CN, KS>& sched, uint8_t* smem, uint64_t* full,
-                                              uint64_t* empty, const CUtensorMap* map_a, const CUtensorMap* map_b,
-                                              const CUtensorMap* map_sa) {
+template <int OPERANDS, int BM, int BN, int STAGES, int CM, int CN, int KS>
+__device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>& sched, const GemmParams& p,
+                                                 uint8_t* smem, uint64_t* full, uint64_t* empty,
+                                                 const CUtensorMap* map_a, const CUtensorMap* map_b,
+                                                 const CUtensorMap* map_sa) {
   using L = SmemLayout<BM, BN, STAGES, 64, 16>;  // the epilogue size does not move the tile offsets
-  constexpr int kASlice = BM / CN;  // A rows this CTA loads (and multicasts along its M-block) per stage
-  constexpr int kBSlice = BN / CM;  // B rows this CTA loads (and multicasts along its N-block) per stage
+  // In a cluster, A is shared by the CN CTAs of an M-block and B by the CM CTAs of an N-block: each loads
+  // its slice and multicasts it. Whole tiles land in every CTA (its slice and the partners'); out-of-bounds
+  // boxes count in full.
+  constexpr int kASlice = BM / CN, kBSlice = BN / CM;
   static_assert(kASlice * kSwizzleBytes % kSwizzleAtomBytes == 0 && kBSlice * kSwizzleBytes % kSwizzleAtomBytes == 0,
                 "operand slices must keep the swizzle alignment");
+  constexpr uint32_t kBytes = ((OPERANDS & kLoadA) ? L::kABytes : 0) + ((OPERANDS & kLoadB) ? L::kBBytes : 0) +
+                              ((OPERANDS & kLoadSA) ? L::kSABytes : 0);
   const uint16_t a_mask = same_m_block_mask(sched), b_mask = same_n_block_mask(sched);
+  const bool a_hinted = p.l2_a != kL2Normal, b_hinted = p.l2_b != kL2Normal;
+  const uint64_t a_policy = l2_policy(p.l2_a), b_policy = l2_policy(p.l2_b);
   const uint32_t steps = sched.num_steps();
   int unit = 0, k_block = 0, m_block = 0, n_block = 0;
   sched.tile_coords(unit, m_block, n_block);
@@ -157,16 +193,24 @@ __device__ __forceinline__ void produce_tiles(const TileScheduler<CM, CN, KS>& s
   for (uint32_t s = 0; s < steps; ++s, pos.advance()) {
     const uint32_t stage = pos.stage;
     mbar_wait(&empty[stage], pos.phase ^ 1);  // the first pass finds every stage free
-    // Whole A and B tiles land here (this CTA's slices and the partners'); out-of-bounds boxes count in full.
-    mbar_arrive_expect_tx(&full[stage], L::kTxBytes);
+    mbar_arrive_expect_tx(&full[stage], kBytes);
     // A padding tile of a cluster loads real rows (its results are never stored); B rows past N read as 0.
     const int m_load = min(m_block, sched.m_tiles - 1) * BM;
-    const int k = (sched.k_begin + k_block) * kBlockK;  // this CTA's K range (split-K)
-    load_slice<(CN > 1)>(smem + L::kA + stage * L::kABytes + sched.rank_n * kASlice * kSwizzleBytes, map_a,
-                         &full[stage], k, m_load + sched.rank_n * kASlice, a_mask);
-    load_slice<(CM > 1)>(smem + L::kB + stage * L::kBBytes + sched.rank_m * kBSlice * kSwizzleBytes, map_b,
-                         &full[stage], k, n_block * BN + sched.rank_m * kBSlice, b_mask);
-    tma_load_2d(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], m_load, sched.k_begin + k_block);
+    const int k_abs = sched.k_begin + k_block;  // this CTA's K range (split-K)
+    if constexpr ((OPERANDS & kLoadA) != 0) {
+      load_operand<(CN > 1)>(smem + L::kA + stage * L::kABytes + sched.rank_n * kASlice * kSwizzleBytes, map_a,
+                             &full[stage], k_abs * kBlockK, m_load + sched.rank_n * kASlice, a_mask, a_hinted,
+                             a_policy);
+    }
+    if constexpr ((OPERANDS & kLoadB) != 0) {
+      load_operand<(CM > 1)>(smem + L::kB + stage * L::kBBytes + sched.rank_m * kBSlice * kSwizzleBytes, map_b,
+                             &full[stage], k_abs * kBlockK, n_block * BN + sched.rank_m * kBSlice, b_mask, b_hinted,
+                             b_policy);
+    }
+    if constexpr ((OPERANDS & kLoadSA) != 0) {
+      load_operand<false>(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], m_load, k_abs, 0, a_hinted,
+                          a_policy);
+    }
     if (++k_block == sched.k_blocks) {  // incremental: no division per step
       k_block = 0;
       ++unit;
@@ -629,7 +673,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (!p.out_fp32) prefetch_tensor_map(&map_out);
 #pragma unroll
     for (int i = 0; i < STAGES; ++i) {
-      mbar_init(&full[i], 2);            // the TMA thread's arrive.expect_tx + the meta writer's arrive
+      mbar_init(&full[i], kFullArrivals);
       mbar_init(&empty[i], kMathWarps * MCAST);  // one arrive per math warp of every CTA sharing the stage
     }
     if constexpr (KS > 1) {
@@ -646,9 +690,16 @@ __global__ void __launch_bounds__(kThreads, 1)
                                      CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()));
   if (wg == 0) {
     setmaxnreg_dec<kProducerRegs>();
-    const int warp = threadIdx.x / 32;
-    if (threadIdx.x == 0) produce_tiles<BM, BN, STAGES>(sched, smem, full, empty, &map_a, &map_b, &map_sa);
-    if (warp == 1) publish_step_meta<BM, BN, STAGES>(sched, p, smem, full, empty, threadIdx.x % 32);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp == 1) {
+      publish_step_meta<BM, BN, STAGES>(sched, p, smem, full, empty, lane);
+    } else if (lane == 0) {  // producer (warp + 1) / 2: warps 0, 2, 3
+      if (warp == 0) produce_operands<producer_operands(0), BM, BN, STAGES>(sched, p, smem, full, empty, &map_a, &map_b, &map_sa);
+      if (kProducers > 1 && warp == 2)
+        produce_operands<producer_operands(1), BM, BN, STAGES>(sched, p, smem, full, empty, &map_a, &map_b, &map_sa);
+      if (kProducers > 2 && warp == 3)
+        produce_operands<producer_operands(2), BM, BN, STAGES>(sched, p, smem, full, empty, &map_a, &map_b, &map_sa);
+    }
   } else {
     setmaxnreg_inc<kMathRegs>();
     // The warpgroup index through a shuffle: ptxas then treats it (and the A descriptors built from it)

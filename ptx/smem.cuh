@@ -31,7 +31,6 @@ struct SmemLayout {
   static constexpr int kBBytes = BN * kBlockK;                    // fp8 B tile of one stage
   static constexpr int kSABytes = BM * 4;                         // fp32 A scales of one stage
   static constexpr int kSASlot = round_up_c(kSABytes, 128);
-  static constexpr int kTxBytes = kABytes + kBBytes + kSABytes;   // what TMA delivers per stage
   // Epilogue staging: per math warpgroup EPI_ROWS x EPI_N bf16, dense and swizzled like the output
   // tensor map (rows of EPI_N * 2 = 64 or 128 bytes), which a TMA store reads.
   static constexpr int kEpiPitch = EPI_N * 2;

@@ -115,7 +115,22 @@ def test_switches(monkeypatch):
     assert configs.select(4096, 7168, 2048, H100_SMS).group_n == 3
 
 
+def test_l2_hints_keep_a_and_stream_b_only_at_small_m(monkeypatch):
+    keep_a = configs.L2_EVICT_LAST
+    stream_b = configs.L2_EVICT_FIRST << 2
+    # one M-tile: nobody else reads a B tile, so B is streamed; every CTA re-reads A
+    assert configs.select(64, 4096, 7168, H100_SMS).l2_hints == keep_a | stream_b
+    assert configs.select(1, 2112, 7168, H100_SMS).l2_hints == keep_a | stream_b
+    # two 64-row M-tiles read each B tile: B keeps the normal priority (evict-first measured 10-20% slower)
+    assert configs.select(128, 7168, 16384, H100_SMS).l2_hints == keep_a
+    assert configs.select(4096, 7168, 16384, H100_SMS).l2_hints == 0
+    monkeypatch.setenv("DEEPERGEMM_L2_HINTS", "0")
+    assert configs.select(64, 4096, 7168, H100_SMS).l2_hints == 0
+
+
 @pytest.mark.parametrize("name, value, words", [
+    ("DEEPERGEMM_L2_HINTS", "-1", "integer 0..15"),
+    ("DEEPERGEMM_L2_HINTS", "16", "integer 0..15"),
     ("DEEPERGEMM_DUAL_ACC", "yes", "must be 0 or 1"),
     ("DEEPERGEMM_VARIANT", "128x96", "not a compiled tile shape"),
     ("DEEPERGEMM_VARIANT", "big", "must look like"),

@@ -40,16 +40,17 @@ def exact(a, a_s, b, b_s):
     return ref.exact_fp32_matmul(ref.dequantize_act(a, a_s), ref.dequantize_weight(b, b_s))
 
 
-def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, group_n=16):
-    """Launch one variant directly into a NaN-poisoned output."""
+def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, group_n=16, l2_hints=None):
+    """Launch one variant directly into a NaN-poisoned output (L2 hints: configs' choice unless given)."""
     m, n = a.shape[0], b.shape[0]
+    l2_hints = configs.l2_hints_for(m, variant.block_m) if l2_hints is None else l2_hints
     variant.check_k(a.shape[1])  # the rule Python enforces before any launch (the binding's check aborts)
     out = torch.full((m, n), float("nan"), device="cuda", dtype=out_dtype)
     bias_kind = {None: 0, torch.float32: 1, torch.bfloat16: 2}[None if bias is None else bias.dtype]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     extension.load(variant).fp8_gemm(a, layouts.to_act_scale_layout(a_s), b, b_s, out,
                                      bias if bias is not None else out, bias_kind, sms, group_n,
-                                     torch.cuda.current_stream().cuda_stream)
+                                     l2_hints, torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()
     return out
 
@@ -146,3 +147,12 @@ def test_group_n_rasterization_does_not_change_results():
     outs = [run_variant(variant, a, a_s, b, b_s, group_n=g) for g in (1, 3, 16, 100)]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     check(outs[0], exact(a, a_s, b, b_s), "group_n", (a, a_s, b, b_s))
+
+
+def test_l2_hints_do_not_change_results():
+    """The L2 eviction priorities (every combination of A's and B's) only move data in L2: same bits."""
+    a, a_s, b, b_s = make_inputs(65, 2056, 640)
+    for variant in (configs.find_variant(64, 64, True), configs.find_variant(128, 128, True, cluster=(2, 1))):
+        outs = [run_variant(variant, a, a_s, b, b_s, l2_hints=h) for h in (0, 1, 2, 4, 6, 9, 10)]
+        assert all(torch.equal(outs[0], o) for o in outs[1:]), variant.key
+        check(outs[0], exact(a, a_s, b, b_s), f"{variant.key} l2 hints", (a, a_s, b, b_s))
