@@ -195,15 +195,17 @@ def _variant(block_m: int, block_n: int, dual: bool, cluster: tuple[int, int] = 
 # Tile shapes the heuristic may pick; each with dual accumulators where the registers allow, and a
 # single-accumulator twin so DEEPERGEMM_DUAL_ACC=0 can measure what dual buys.
 TILE_SHAPES: tuple[tuple[int, int], ...] = (
-    (256, 128), (128, 128),
+    (256, 128), (128, 128), (128, 192),
     (64, 32), (64, 64), (64, 128),
 )
-# Measured 2026-11-25 on the H100 (ptx/NOTES.md): BLOCK_N 96/112/144/160 ran 10-30% slower than 128 on
-# every large shape tried, so they are not selectable until that is understood.
-# Relative cost per output element: 64-row tiles re-read B from shared memory twice as often per flop;
-# 256-row tiles (one partial set, warpgroups taking turns) ran 3-8% faster than 128-row ones (dual partial
-# sets) at equal waves on the H100, 2026-11-25 (ptx/NOTES.md), and lose where they round up to more waves.
-_TILE_COST = {64: 1.1, 128: 1.0, 256: 0.93}
+# Relative cost per output element (the wave model's weight), measured 2026-11-25 (ptx/NOTES.md):
+# 64-row tiles re-read B from shared memory twice as often per flop; 256-row tiles (one partial set,
+# warpgroups taking turns) ran 3-8% faster than 128-row ones (dual partial sets) at equal waves on the
+# H100. 128x192 tiles (one partial set; their warpgroup columns span two B-scale blocks) run about 10%
+# slower per element than 128x128, but fill the waves at N = 2112 (352 tiles for 132 SMs against 544 of
+# 128x128): 4096x2112x7168 0.98 against 0.92x cuBLAS (H200). BLOCK_N 96/112/144/160 ran 10-30% slower than
+# 128 on every large shape tried, so they are not selectable.
+_TILE_COST = {(256, 128): 0.93, (128, 128): 1.0, (128, 192): 1.08, (64, 32): 1.1, (64, 64): 1.1, (64, 128): 1.1}
 
 
 def _variants() -> tuple[Variant, ...]:
@@ -364,7 +366,7 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
             bm, bn = shape
             cluster = _cluster_shape(m, n, bm, bn)
             _, waves = waves_for(m, n, bm, bn, num_sms, cluster)
-            return waves * cluster[0] * cluster[1] * bm * bn * _TILE_COST[bm], -bm * bn  # ties: the larger tile
+            return waves * cluster[0] * cluster[1] * bm * bn * _TILE_COST[shape], -bm * bn  # ties: the larger tile
 
         shape = min(shapes, key=modelled_time)
     cluster = _cluster_shape(m, n, *shape)

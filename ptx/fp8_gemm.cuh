@@ -440,14 +440,43 @@ struct MathWarpgroup {
 #endif
     const float f_lo = sc.sa_lo * sc.sb_lo, f_hi = sc.sa_hi * sc.sb_lo;
     const float g_lo = sc.sa_lo * sc.sb_hi, g_hi = sc.sa_hi * sc.sb_hi;
+    if constexpr (T::kOneScaleBlock) {
+      promote_split<T::kWgN>(acc, total, f_lo, f_hi, g_lo, g_hi);
+    } else {
+      promote_dispatch<T::kScaleAlign>(sc.sb_switch, acc, total, f_lo, f_hi, g_lo, g_hi);
+    }
+  }
+
+  // Columns [0, SWITCH) of the warpgroup take the first B-scale block's factors (f), the rest the next
+  // block's (g); 8-column groups never straddle a block. SWITCH is a compile-time constant: a runtime
+  // select per group would cost almost as many instructions as the FFMAs it feeds.
+  template <int SWITCH>
+  __device__ __forceinline__ void promote_split(float (&acc)[kRegs], float (&total)[kRegs], float f_lo, float f_hi,
+                                                float g_lo, float g_hi) {
 #pragma unroll
     for (int j = 0; j < T::kGroups8; ++j) {
-      const bool hi = !T::kOneScaleBlock && 8 * j >= sc.sb_switch;  // 8-column groups never straddle a block
-      const float s_lo = hi ? g_lo : f_lo, s_hi = hi ? g_hi : f_hi;
+      const float s_lo = 8 * j >= SWITCH ? g_lo : f_lo, s_hi = 8 * j >= SWITCH ? g_hi : f_hi;
       total[4 * j + 0] = fmaf(acc[4 * j + 0], s_lo, total[4 * j + 0]);
       total[4 * j + 1] = fmaf(acc[4 * j + 1], s_lo, total[4 * j + 1]);
       total[4 * j + 2] = fmaf(acc[4 * j + 2], s_hi, total[4 * j + 2]);
       total[4 * j + 3] = fmaf(acc[4 * j + 3], s_hi, total[4 * j + 3]);
+    }
+  }
+  // The step's switch column (a multiple of kScaleAlign in [kScaleAlign, 128]) picks one promote_split;
+  // from kWgN on, all columns are in the first block.
+  template <int SWITCH>
+  __device__ __forceinline__ void promote_dispatch(int sb_switch, float (&acc)[kRegs], float (&total)[kRegs],
+                                                   float f_lo, float f_hi, float g_lo, float g_hi) {
+    if constexpr (SWITCH >= T::kWgN) {
+      promote_split<T::kWgN>(acc, total, f_lo, f_hi, g_lo, g_hi);
+    } else if constexpr (SWITCH >= kBlockK) {  // the last possible value
+      promote_split<kBlockK>(acc, total, f_lo, f_hi, g_lo, g_hi);
+    } else {
+      if (sb_switch == SWITCH) {
+        promote_split<SWITCH>(acc, total, f_lo, f_hi, g_lo, g_hi);
+      } else {
+        promote_dispatch<SWITCH + T::kScaleAlign>(sb_switch, acc, total, f_lo, f_hi, g_lo, g_hi);
+      }
     }
   }
 
