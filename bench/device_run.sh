@@ -45,6 +45,7 @@ for step in "$@"; do
          grep -E "gemm|nvjet|Duration|Throughput|Issued Ipc|Eligible|Hit Rate" "$OUT/ncu_vs_cublas.txt" | head -40 ;;
     ablate) # one sweep per define set (DEFINE_SETS, ';'-separated, empty = baseline), all sets built in
          # parallel first; outputs are not checked (ablation builds compute wrong results on purpose)
+         # unless ABLATE_CHECK=1 (define sets that only reorder the kernel)
          IFS=";" read -ra sets <<< "${DEFINE_SETS:-;DG_PINGPONG=0;DG_ABLATE_PROMOTION;DG_ABLATE_PROMOTION DG_ABLATE_EPILOGUE}"
          for d in "${sets[@]}"; do
            DEEPERGEMM_NVCC_DEFINES="$d" timeout 400 python -m deepergemm warmup --jobs 4 --variants "$LARGE" \
@@ -53,7 +54,7 @@ for step in "$@"; do
          for d in "${sets[@]}"; do
            echo "--- defines: ${d:-none}"
            DEEPERGEMM_NVCC_DEFINES="$d" timeout 200 python bench/sweep_variants.py --shapes "${ABLATE_SHAPES:-4096x7168x16384,8192x4096x7168,4096x7168x2048}" \
-             --variants "$LARGE" --no-check 2>&1 | grep -v "^\[deepergemm\]"
+             --variants "$LARGE" $([ "${ABLATE_CHECK:-0}" = 1 ] || echo --no-check) 2>&1 | grep -v "^\[deepergemm\]"
          done | tee "$OUT/ablate${TAG:-}.log" ;;
     sanitize) for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
            timeout ${SANITIZE_TIMEOUT:-240} compute-sanitizer --tool $tool python bench/sanitize_case.py ${SANITIZE_VARIANTS:-} > "$OUT/sanitize_$tool.log" 2>&1

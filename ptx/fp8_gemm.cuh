@@ -266,14 +266,24 @@ __device__ __forceinline__ void publish_step_meta(const TileScheduler<CM, CN, KS
 // ---------------------------------------------------------------------------------------------
 // math warpgroups
 // ---------------------------------------------------------------------------------------------
-// What a step's promotion needs, captured when its wgmmas are issued.
+// What a step's promotion needs, read from the stage when the step is acquired.
+constexpr int kMaxSlabs = 2;
 struct StepScales {
-  float sa_lo, sa_hi;   // A scales of the thread's two rows (r and r + 8)
-  float sb_lo, sb_hi;   // B scales of the 128-block holding the warpgroup's first column, and the next
-  int sb_switch;        // first warpgroup column that uses sb_hi (>= kWgN: none)
+  float f_lo[kMaxSlabs], f_hi[kMaxSlabs];  // per slab: A scales of the thread's rows r, r + 8 times the B scale
+  float g_lo[kMaxSlabs], g_hi[kMaxSlabs];  // of the warpgroup's first 128-column block (f) and of the next (g)
+  int sb_switch;        // first warpgroup column that uses g (>= kWgN: none)
   int m_block, n_block, last_k;
   uint32_t stage;       // the stage the step's operands sit in (freed when it retires)
 };
+
+// Developers' switch DG_EARLY_ACQUIRE=0|1 (default 1): 1 = wait for the next step's stage and read its
+// scales before waiting for the wgmmas in flight, so that between a warpgroup's last wgmma completing and
+// its next issue there is only the promotion (the other warpgroup's wgmmas are all the tensor cores have
+// queued meanwhile); 0 = after the wait (the order before, for measurements).
+#ifndef DG_EARLY_ACQUIRE
+#define DG_EARLY_ACQUIRE 1
+#endif
+constexpr bool kEarlyAcquire = DG_EARLY_ACQUIRE != 0;
 
 template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS>
 struct MathWarpgroup {
@@ -320,7 +330,8 @@ struct MathWarpgroup {
     issue_slab(acc, sc, 0);
   }
 
-  // Wait for the next step's stage and note its tile and B scales.
+  // Wait for the next step's stage; note its tile and, per slab, the products of the A and B scales that
+  // its promotion multiplies by.
   __device__ __forceinline__ void acquire(StepScales& sc) {
     const uint32_t stage = pos.stage;
     mbar_wait(&full[stage], pos.phase);
@@ -333,19 +344,25 @@ struct MathWarpgroup {
     sc.last_k = static_cast<int>(coords.w);
     const int n_tile = sc.n_block * BN, n0 = n_tile + col_base;
     const int j = n0 / kBlockK - n_tile / kBlockK;  // which of the tile's scale blocks this warpgroup starts in
-    sc.sb_lo = ld_shared_f32(meta + 4 * j);
-    sc.sb_hi = ld_shared_f32(meta + 4 * (j + 1));
+    const float sb_lo = ld_shared_f32(meta + 4 * j);
+    const float sb_hi = ld_shared_f32(meta + 4 * (j + 1));
     sc.sb_switch = (n0 / kBlockK + 1) * kBlockK - n0;
+#pragma unroll
+    for (int slab = 0; slab < T::kSlabs; ++slab) {
+      const uint32_t sa_addr =
+          smem_addr(smem + L::kSA + stage * L::kSASlot) + (row_base + 128 * slab + warp * 16 + lane / 4) * 4;
+      const float sa_lo = ld_shared_f32(sa_addr), sa_hi = ld_shared_f32(sa_addr + 8 * 4);
+      sc.f_lo[slab] = sa_lo * sb_lo;
+      sc.f_hi[slab] = sa_hi * sb_lo;
+      sc.g_lo[slab] = sa_lo * sb_hi;
+      sc.g_hi[slab] = sa_hi * sb_hi;
+    }
   }
 
-  // Note slab `slab`'s A scales and issue its four k32 wgmmas (stage sc.stage) into acc, one commit group.
-  __device__ __forceinline__ void issue_slab(float (&acc)[kRegs], StepScales& sc, int slab) {
+  // Issue slab `slab`'s four k32 wgmmas (stage sc.stage) into acc, one commit group.
+  __device__ __forceinline__ void issue_slab(float (&acc)[kRegs], const StepScales& sc, int slab) {
     const uint32_t stage = sc.stage;
     const int rows = row_base + 128 * slab;
-    const uint32_t sa_addr = smem_addr(smem + L::kSA + stage * L::kSASlot) + (rows + warp * 16 + lane / 4) * 4;
-    sc.sa_lo = ld_shared_f32(sa_addr);
-    sc.sa_hi = ld_shared_f32(sa_addr + 8 * 4);
-
     const uint64_t desc_a =
         smem_desc_kmajor_sw128(smem_addr(smem + L::kA + stage * L::kABytes + rows * kSwizzleBytes));
     const uint64_t desc_b =
@@ -379,7 +396,7 @@ struct MathWarpgroup {
   // Promote a completed step's partial sums into total, and finish the tile if it was the tile's last
   // K block (one-slab tiles; 256-row tiles finish both slabs in run()).
   __device__ __forceinline__ void promote(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc) {
-    promote_only(acc, total, sc);
+    promote_only(acc, total, sc, 0);
     if (sc.last_k) {
       finish_tile(total, sc.m_block, sc.n_block);
 #pragma unroll
@@ -427,19 +444,19 @@ struct MathWarpgroup {
     }
   }
 
-  __device__ __forceinline__ void promote_only(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc) {
+  __device__ __forceinline__ void promote_only(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc,
+                                               int slab) {
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
 #ifdef DG_ABLATE_PROMOTION
     total[0] += acc[0];  // one use keeps the wgmmas (their asm has outputs only the promotion reads)
 #ifdef DG_DUMMY_FFMA  // as many FFMAs as the promotion, on registers the wgmmas do not touch
 #pragma unroll
-    for (int j = 0; j < kRegs; ++j) total[1 + j % 8] = fmaf(total[1 + j % 8], sc.sa_lo, sc.sb_lo);
+    for (int j = 0; j < kRegs; ++j) total[1 + j % 8] = fmaf(total[1 + j % 8], sc.f_lo[slab], sc.g_lo[slab]);
 #endif
     return;
 #endif
-    const float f_lo = sc.sa_lo * sc.sb_lo, f_hi = sc.sa_hi * sc.sb_lo;
-    const float g_lo = sc.sa_lo * sc.sb_hi, g_hi = sc.sa_hi * sc.sb_hi;
+    const float f_lo = sc.f_lo[slab], f_hi = sc.f_hi[slab], g_lo = sc.g_lo[slab], g_hi = sc.g_hi[slab];
     if constexpr (T::kOneScaleBlock) {
       promote_split<T::kWgN>(acc, total, f_lo, f_hi, g_lo, g_hi);
     } else {
@@ -578,38 +595,51 @@ struct MathWarpgroup {
       for (int i = 0; i < kRegs; ++i) total1[i] = 0.f;
       // The next step's slab 0 is issued before a finished tile's stores, so they overlap its wgmmas.
       // Straight-line steady state (no path merge with a group in flight), the last step after it.
-      auto finish_step = [&]() {  // entry: slab 0 of step sc0 in flight
-        wgmma_wait<0>();
-        promote_only(acc0, total, sc0);
-        issue_slab(acc0, sc0, 1);
-        wgmma_wait<0>();
-        release(sc0);
-        promote_only(acc0, total1, sc0);
-      };
       auto store_tile = [&](int m_block, int n_block) {
         epilogue(total, m_block, n_block, 0);
         epilogue(total1, m_block, n_block, 1);
 #pragma unroll
         for (int i = 0; i < kRegs; ++i) total[i] = total1[i] = 0.f;
       };
+      StepScales next;
       acquire(sc0);
       issue_slab(acc0, sc0, 0);
-      for (uint32_t s = 0; s + 1 < steps; ++s) {
-        finish_step();
-        const int m_block = sc0.m_block, n_block = sc0.n_block, last_k = sc0.last_k;
-        acquire(sc0);
-        issue_slab(acc0, sc0, 0);
-        if (last_k) store_tile(m_block, n_block);
+      for (uint32_t s = 0; s + 1 < steps; ++s) {  // entry: slab 0 of step sc0 in flight
+        wgmma_wait<0>();
+        promote_only(acc0, total, sc0, 0);
+        issue_slab(acc0, sc0, 1);
+        if constexpr (kEarlyAcquire) acquire(next);
+        wgmma_wait<0>();
+        release(sc0);
+        promote_only(acc0, total1, sc0, 1);
+        if constexpr (!kEarlyAcquire) acquire(next);
+        issue_slab(acc0, next, 0);
+        if (sc0.last_k) store_tile(sc0.m_block, sc0.n_block);
+        sc0 = next;
       }
-      finish_step();
+      wgmma_wait<0>();
+      promote_only(acc0, total, sc0, 0);
+      issue_slab(acc0, sc0, 1);
+      wgmma_wait<0>();
+      release(sc0);
+      promote_only(acc0, total1, sc0, 1);
       store_tile(sc0.m_block, sc0.n_block);  // the last step ends the last tile
     } else if constexpr (ACC == kAccSingle) {
-      for (uint32_t s = 0; s < steps; ++s) {
-        issue(acc0, sc0);
+      StepScales next;
+      acquire(sc0);
+      issue_slab(acc0, sc0, 0);
+      for (uint32_t s = 0; s + 1 < steps; ++s) {  // entry: step sc0 in flight
+        if constexpr (kEarlyAcquire) acquire(next);
         wgmma_wait<0>();
         release(sc0);
         promote(acc0, total, sc0);
+        if constexpr (!kEarlyAcquire) acquire(next);
+        issue_slab(acc0, next, 0);
+        sc0 = next;
       }
+      wgmma_wait<0>();
+      release(sc0);
+      promote(acc0, total, sc0);
     } else if constexpr (ACC == kAccDualWait) {
       // Per step: wait for step s (the only one in flight), free its stage at once, issue step s+1 into
       // the other set, then promote step s while s+1 runs on the tensor cores.
@@ -618,24 +648,32 @@ struct MathWarpgroup {
       issue(acc0, sc0);
       uint32_t s = 0;
       for (; s + 2 < steps; s += 2) {
+        if constexpr (kEarlyAcquire) acquire(sc1);
         wgmma_wait<0>();
         release(sc0);
-        issue(acc1, sc1);
+        if constexpr (!kEarlyAcquire) acquire(sc1);
+        issue_slab(acc1, sc1, 0);
         promote(acc0, total, sc0);
+        if constexpr (kEarlyAcquire) acquire(sc0);
         wgmma_wait<0>();
         release(sc1);
-        issue(acc0, sc0);
+        if constexpr (!kEarlyAcquire) acquire(sc0);
+        issue_slab(acc0, sc0, 0);
         promote(acc1, total, sc1);
       }
-      wgmma_wait<0>();
-      release(sc0);
       if (s + 1 < steps) {
-        issue(acc1, sc1);
+        if constexpr (kEarlyAcquire) acquire(sc1);
+        wgmma_wait<0>();
+        release(sc0);
+        if constexpr (!kEarlyAcquire) acquire(sc1);
+        issue_slab(acc1, sc1, 0);
         promote(acc0, total, sc0);
         wgmma_wait<0>();
         release(sc1);
         promote(acc1, total, sc1);
       } else {
+        wgmma_wait<0>();
+        release(sc0);
         promote(acc0, total, sc0);
       }
     } else {
