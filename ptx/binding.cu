@@ -103,6 +103,9 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   p.out_fp32 = out_fp32;
   p.b_scales = b_scales.data_ptr<float>();
   p.bias = bias_kind != dg::kBiasNone ? bias.data_ptr() : nullptr;
+#ifdef DG_TRACE
+  p.bias = bias.data_ptr();  // the diagnostic build's event log (fp8_gemm.cuh), with bias_kind 0
+#endif
   p.bias_kind = static_cast<int>(bias_kind);
   p.group_n = static_cast<int>(group_n);
   p.l2_a = static_cast<int>(l2_hints & 3);         // dg::L2Priority of the A loads...

@@ -60,6 +60,8 @@ enum AccMode : int {
 //   DG_ABLATE_PROMOTION  skip all but one promotion FFMA (wrong results: times the loop without them)
 //   DG_DUMMY_FFMA        with DG_ABLATE_PROMOTION: as many FFMAs on registers the wgmmas do not use
 //   DG_ABLATE_EPILOGUE   skip the output stores (wrong results: times the loop without them)
+//   DG_TRACE             256-row tiles: CTA 0 logs clock64 at each step's events into the bias argument
+//                        (bias_kind 0; bench/trace_case.py reads it), to see where the tensor cores idle
 //   DG_PRODUCERS=1|2|3   how many producer threads share the loads (default 3, one per operand)
 //   DG_PINGPONG=0|1      override the math warpgroups' turn-taking (default: 1 on 256-row tiles, else 0):
 //                        1 = they issue their wgmmas in strict turns (named barriers). Two other
@@ -193,6 +195,13 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
   for (uint32_t s = 0; s < steps; ++s, pos.advance()) {
     const uint32_t stage = pos.stage;
     mbar_wait(&empty[stage], pos.phase ^ 1);  // the first pass finds every stage free
+#ifdef DG_TRACE
+    if ((OPERANDS & kLoadA) != 0 && blockIdx.x == 0 && s < 320) {  // after the math warpgroups' events
+      unsigned long long t;
+      asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)::"memory");
+      static_cast<unsigned long long*>(const_cast<void*>(p.bias))[320 * 2 * 5 + s] = t;
+    }
+#endif
     mbar_arrive_expect_tx(&full[stage], kBytes);
     // A padding tile of a cluster loads real rows (its results are never stored); B rows past N read as 0.
     const int m_load = min(m_block, sched.m_tiles - 1) * BM;
@@ -322,6 +331,20 @@ struct MathWarpgroup {
     row_base = BM >= 128 ? 64 * wg : 0;
     col_base = BM >= 128 ? 0 : T::kWgN * wg;
   }
+
+#ifdef DG_TRACE
+  // Event e of step s of this warpgroup (CTA 0, one thread): [(s * 2 + wg) * kTraceEvents + e].
+  static constexpr uint32_t kTraceSteps = 320, kTraceEvents = 5;
+  __device__ __forceinline__ void trace(uint32_t s, int e) const {
+    if (blockIdx.x == 0 && tid == 0 && s < kTraceSteps) {
+      unsigned long long t;
+      asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)::"memory");
+      static_cast<unsigned long long*>(const_cast<void*>(p.bias))[(s * 2 + wg) * kTraceEvents + e] = t;
+    }
+  }
+#else
+  __device__ __forceinline__ void trace(uint32_t, int) const {}
+#endif
 
   // Wait for the next step's data, note its scales and tile, issue its four k32 wgmmas into acc (one
   // commit group).
@@ -606,14 +629,19 @@ struct MathWarpgroup {
       issue_slab(acc0, sc0, 0);
       for (uint32_t s = 0; s + 1 < steps; ++s) {  // entry: slab 0 of step sc0 in flight
         wgmma_wait<0>();
+        trace(s, 1);
         promote_only(acc0, total, sc0, 0);
         issue_slab(acc0, sc0, 1);
+        trace(s, 2);
         if constexpr (kEarlyAcquire) acquire(next);
+        trace(s, 3);
         wgmma_wait<0>();
+        trace(s, 4);
         release(sc0);
         promote_only(acc0, total1, sc0, 1);
         if constexpr (!kEarlyAcquire) acquire(next);
         issue_slab(acc0, next, 0);
+        trace(s + 1, 0);
         if (sc0.last_k) store_tile(sc0.m_block, sc0.n_block);
         sc0 = next;
       }
@@ -629,9 +657,10 @@ struct MathWarpgroup {
       acquire(sc0);
       issue_slab(acc0, sc0, 0);
       for (uint32_t s = 0; s + 1 < steps; ++s) {  // entry: step sc0 in flight
-        if constexpr (kEarlyAcquire) acquire(next);
+        if constexpr (DG_EARLY_ACQUIRE == 1) acquire(next);
         wgmma_wait<0>();
         release(sc0);
+        if constexpr (DG_EARLY_ACQUIRE == 2) acquire(next);
         promote(acc0, total, sc0);
         if constexpr (!kEarlyAcquire) acquire(next);
         issue_slab(acc0, next, 0);
