@@ -84,12 +84,10 @@ class Variant:
     def __post_init__(self):
         """The rules dg::GemmTraits enforces at compile time, as a Python error before any build."""
         problems = []
-        if self.block_m not in (64, 128, 192, 256):
-            problems.append("BLOCK_M must be 64, 128, 192 or 256")
+        if self.block_m not in (64, 128, 256):
+            problems.append("BLOCK_M must be 64, 128 or 256")
         elif self.block_m == 256 and self.dual_acc:
             problems.append("256-row tiles hold two totals per thread: registers for one partial set only")
-        elif self.block_m == 192 and self.dual_acc:
-            problems.append("192-row tiles run three math warpgroups of 152 registers: one partial set only")
         if self.block_n % 16 or not 16 <= self.wg_n <= 256 or self.wg_n % 16:
             problems.append("each math warpgroup's N (BLOCK_N, or BLOCK_N / 2 at BLOCK_M = 64) must be a "
                             "multiple of 16 in 16..256")
@@ -130,11 +128,6 @@ class Variant:
         return self.cluster_m * self.cluster_n * self.splits
 
     @property
-    def math_warpgroups(self) -> int:
-        """Math warpgroups of the kernel (dg::GemmTraits::kMathWGs): three 64-row ones at BLOCK_M = 192."""
-        return 3 if self.block_m == 192 else 2
-
-    @property
     def wg_n(self) -> int:
         """Columns of one math warpgroup (BLOCK_M = 64 splits the tile's columns between the two)."""
         return self.block_n if self.block_m >= 128 else self.block_n // 2
@@ -156,7 +149,7 @@ class Variant:
         """Dynamic shared memory the kernel asks for; mirrors dg::SmemLayout (the CI build checks they agree)."""
         stage = self.block_m * BLOCK_K + self.block_n * BLOCK_K + round_up(self.block_m * 4, 128) + STEP_META_BYTES
         epilogue_start = round_up(self.stages * stage, SWIZZLE_ATOM)  # the staging buffers are swizzled
-        epilogue = self.math_warpgroups * 64 * self.epi_n * 2
+        epilogue = 2 * 64 * self.epi_n * 2
         reduction = (self.splits - 1) * self.block_m * self.block_n * 4  # the other splits' partial tiles
         barriers = (2 * self.stages + (2 if self.splits > 1 else 0)) * 8
         return round_up(epilogue_start + epilogue + reduction, 8) + barriers + SWIZZLE_ATOM

@@ -121,7 +121,7 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   // clusters as fit on the GPU at once (a GPC's SMs need not divide into whole clusters).
   const int64_t units = ((m + kBM * kClusterM - 1) / (kBM * kClusterM)) * ((n + kBN * kClusterN - 1) / (kBN * kClusterN));
   cudaLaunchConfig_t config = {};
-  config.blockDim = dim3(Traits::kThreads);
+  config.blockDim = dim3(dg::kThreads);
   config.dynamicSmemBytes = Layout::kDynamicBytes;
   config.stream = reinterpret_cast<cudaStream_t>(stream);
   cudaLaunchAttribute cluster_attr;

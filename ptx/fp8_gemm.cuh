@@ -43,7 +43,11 @@ struct GemmParams {
   int l2_a, l2_b;            // L2Priority of the A (and A-scale) loads and of the B loads
 };
 
+constexpr int kThreads = 384;
+constexpr int kMathWarpgroups = 2;
+constexpr int kMathWarps = kMathWarpgroups * 4;
 constexpr int kProducerRegs = 40;
+constexpr int kMathRegs = 232;
 
 // How the math warpgroups accumulate (template parameter ACC):
 enum AccMode : int {
@@ -67,20 +71,13 @@ enum AccMode : int {
 #define DG_PINGPONG -1
 #endif
 constexpr int kPingPongOverride = DG_PINGPONG;
-constexpr uint32_t kTurnBarrier = 1;  // named barriers 1, 2 (, 3): math warpgroup w waits on 1 + w for its turn
+constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w waits on 1 + w for its turn
 
 constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
 
 template <int BM, int BN, int STAGES, int KS = 1>
 struct GemmTraits {
-  static_assert(BM == 64 || BM == 128 || BM == 192 || BM == 256, "BLOCK_M is 64, 128, 192 or 256");
-  // 192-row tiles have three math warpgroups of 64 rows each (one partial set): each one's promotion then
-  // runs while the other two's wgmmas keep the tensor cores busy. With 512 threads they get 152 registers.
-  static constexpr int kMathWGs = BM == 192 ? 3 : 2;
-  static constexpr int kThreads = 128 * (1 + kMathWGs);
-  static constexpr int kMathWarps = 4 * kMathWGs;
-  static constexpr int kMathRegs = kMathWGs == 3 ? 152 : 232;
-  static_assert(kProducerRegs * 128 + kMathRegs * 128 * kMathWGs <= 65536, "register file overcommitted");
+  static_assert(BM == 64 || BM == 128 || BM == 256, "BLOCK_M is 64, 128 or 256");
   static constexpr int kSlabs = BM == 256 ? 2 : 1;       // 64-row slabs per math warpgroup, 128 rows apart
   static constexpr int kWgN = BM >= 128 ? BN : BN / 2;   // columns per math warpgroup
   static constexpr int kRegs = kWgN / 2;                 // fp32 accumulators per thread per set (and slab)
@@ -89,7 +86,7 @@ struct GemmTraits {
   // bf16 epilogue band width: the staging buffer holds 64 rows x kEpiN columns per warpgroup, rows of
   // kEpiN * 2 = 128, 64 or 32 bytes, swizzled the way the output tensor map's TMA store reads them.
   static constexpr int kEpiN = kWgN % 64 == 0 ? 64 : kWgN % 32 == 0 ? 32 : 16;
-  using Layout = SmemLayout<BM, BN, STAGES, 64, kEpiN, KS, kMathWGs>;
+  using Layout = SmemLayout<BM, BN, STAGES, 64, kEpiN, KS>;
   // A warpgroup's columns start at multiples of gcd(kWgN, 128) inside a 128-wide B-scale block, so
   // they touch at most two blocks iff 128 - gcd + kWgN <= 256 (BN = 176 would touch three).
   static constexpr int kScaleAlign = gcd_c(kWgN, 128);
@@ -307,7 +304,7 @@ struct MathWarpgroup {
   // Turn-taking (DG_PINGPONG above). On 256-row tiles each warpgroup's promotion can only overlap the
   // other's wgmmas; strict turns keep the two a slab apart (measured +5-7% there, ptx/NOTES.md).
   static constexpr bool kTurns = kPingPongOverride >= 0 ? kPingPongOverride == 1
-                                                        : ((T::kSlabs > 1 || T::kMathWGs > 2) && ACC == kAccSingle);
+                                                        : (T::kSlabs > 1 && ACC == kAccSingle);
 
   const GemmParams& p;
   const TileScheduler<CM, CN, KS>& sched;
@@ -348,9 +345,6 @@ struct MathWarpgroup {
 #else
   __device__ __forceinline__ void trace(uint32_t, int) const {}
 #endif
-
-  // The warpgroup whose turn follows this one's (turns go round the math warpgroups in order).
-  __device__ __forceinline__ int next_wg() const { return wg + 1 == T::kMathWGs ? 0 : wg + 1; }
 
   // Wait for the next step's data, note its scales and tile, issue its four k32 wgmmas into acc (one
   // commit group).
@@ -405,7 +399,7 @@ struct MathWarpgroup {
       Wgmma<T::kWgN>::mma(acc, desc_a + k * kDescK32Step, desc_b + k * kDescK32Step, k);
     }
     wgmma_commit();  // no operand fence here: touching acc before the wait would make ptxas serialize
-    if constexpr (kTurns) named_barrier_arrive(kTurnBarrier + next_wg(), 256);  // the next one's turn
+    if constexpr (kTurns) named_barrier_arrive(kTurnBarrier + (wg ^ 1), 256);  // the other's turn
   }
 
   // The step's wgmmas have completed: free its stage in every CTA of the cluster (each one's producer
@@ -608,8 +602,8 @@ struct MathWarpgroup {
   __device__ __forceinline__ void run() {
     const uint32_t steps = sched.num_steps();
     if (steps == 0) return;
-    // Turns: warpgroup 0 issues first; the last warpgroup's extra arrive is taken back after the loop.
-    if (kTurns && wg == T::kMathWGs - 1) named_barrier_arrive(kTurnBarrier, 256);
+    // Turns: warpgroup 0 issues first; warpgroup 1's extra arrive is taken back after the loop.
+    if (kTurns && wg == 1) named_barrier_arrive(kTurnBarrier, 256);
     float total[kRegs];
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
@@ -754,12 +748,11 @@ struct MathWarpgroup {
 // the kernel
 // ---------------------------------------------------------------------------------------------
 template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS>
-__global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS>::kThreads, 1)
+__global__ void __launch_bounds__(kThreads, 1)
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                     const __grid_constant__ CUtensorMap map_sa, const __grid_constant__ CUtensorMap map_out,
                     const GemmParams p) {
-  using Traits = GemmTraits<BM, BN, STAGES, KS>;
-  using L = typename Traits::Layout;
+  using L = typename GemmTraits<BM, BN, STAGES, KS>::Layout;
   constexpr int MCAST = CM * CN;         // CTAs that share stages by multicast
   constexpr int CLUSTER = CM * CN * KS;  // ...times the K splits of one tile
   extern __shared__ uint8_t smem_raw[];
@@ -777,7 +770,7 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS>::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < STAGES; ++i) {
       mbar_init(&full[i], kFullArrivals);
-      mbar_init(&empty[i], Traits::kMathWarps * MCAST);  // one arrive per math warp of every CTA sharing the stage
+      mbar_init(&empty[i], kMathWarps * MCAST);  // one arrive per math warp of every CTA sharing the stage
     }
     if constexpr (KS > 1) {
       uint64_t* red = reinterpret_cast<uint64_t*>(smem + L::kRedBarriers);
@@ -804,7 +797,7 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS>::kThreads, 1)
         produce_operands<producer_operands(2), BM, BN, STAGES>(sched, p, smem, full, empty, &map_a, &map_b, &map_sa);
     }
   } else {
-    setmaxnreg_inc<Traits::kMathRegs>();
+    setmaxnreg_inc<kMathRegs>();
     // The warpgroup index through a shuffle: ptxas then treats it (and the A descriptors built from it)
     // as warp-uniform and keeps them in uniform registers (no R2UR between the wgmmas).
     MathWarpgroup<BM, BN, STAGES, ACC, CM, CN, KS> math(p, sched, &map_out, smem, full, empty,
