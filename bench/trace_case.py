@@ -1,6 +1,7 @@
 """Developer tool: run a DG_TRACE build (DEEPERGEMM_NVCC_DEFINES=DG_TRACE) of a 256-row variant and print
 where CTA 0's tensor cores idle, from the clock64 events its math warpgroups log per step:
-  0 slab 0 queued, 1 slab 0 done, 2 slab 1 queued, 3 next step acquired, 4 slab 1 done
+  0 slab 0 queued, 1 slab 0 done, 5 slab 0 promoted, 2 slab 1 queued, 3 next step acquired,
+  4 slab 1 done, 6 slab 1 promoted (then the next step's slab 0 is queued: event 0 of step s + 1)
 (and when the A producer found each stage free). The tensor cores run the groups in issue order
 WG0.s0, WG1.s0, WG0.s1, WG1.s1, ...: a group starts at max(its queue time, the previous group's end).
 
@@ -14,7 +15,7 @@ import torch
 from gemm_case import make_case
 from deepergemm import configs, extension
 
-STEPS, EVENTS = 320, 5
+STEPS, EVENTS = 320, 8  # dg::kTraceSteps, dg::kTraceEvents
 
 
 def main() -> None:
@@ -25,14 +26,17 @@ def main() -> None:
     args = parser.parse_args()
     module = extension.load(configs.parse_key(args.variant))
     case = make_case(args.shape)
-    log = torch.zeros(STEPS * 2 * EVENTS + STEPS + 64, dtype=torch.int64, device="cuda")
+    log = torch.zeros(STEPS * 2 * EVENTS + STEPS + 64, dtype=torch.int32, device="cuda")
     for _ in range(3):  # the last launch's log is read (warm clocks, warm L2 for the tensor maps)
         log.zero_()
         l2 = configs.l2_hints_for(case.a.shape[0], module.variant_info()[0])
         module.fp8_gemm(case.a, case.a_scales, case.b, case.b_scales, case.out, log, 0, case.sms, 16, l2, case.stream)
         torch.cuda.synchronize()
-    ev = log[: STEPS * 2 * EVENTS].view(STEPS, 2, EVENTS).cpu().tolist()
-    prod = log[STEPS * 2 * EVENTS: STEPS * 2 * EVENTS + STEPS].cpu().tolist()
+    raw = log.cpu().to(torch.int64) & 0xFFFFFFFF  # 32-bit SM clock: unwrap against the first event
+    base = int(raw[2 * EVENTS])  # step 0's slab-0 done of warpgroup 0
+    raw = torch.where(raw == 0, raw, (raw - base) % (1 << 32) + 1_000_000)
+    ev = raw[: STEPS * 2 * EVENTS].view(STEPS, 2, EVENTS).tolist()
+    prod = raw[STEPS * 2 * EVENTS: STEPS * 2 * EVENTS + STEPS].tolist()
     # groups in tensor-core order: (queued, done) per (step, slab, wg)
     groups = []
     for s in range(1, STEPS - 1):
@@ -59,16 +63,18 @@ def main() -> None:
           f"(m64n128k32 x4 at the tensor cores' peak: 256)")
     print(f"  gap before a group (queued after the previous ended): median {statistics.median(idle):.0f}, "
           f"mean {statistics.mean(idle):.0f} clk, {sum(1 for x in idle if x > 0)}/{len(idle)} groups")
-    total = rows and (groups[-1][4] - groups[args.skip * 4][3])
-    print(f"  steps {args.skip}..{STEPS - 2}: {total / max(1, (STEPS - 2 - args.skip)):.0f} clk per step (ideal 1024)")
+    per_step = [ev[s + 1][0][0] - ev[s][0][0] for s in range(args.skip, STEPS - 2) if ev[s + 1][0][0] and ev[s][0][0]]
+    print(f"  WG0 slab 0 queued to the next one: median {statistics.median(per_step):.0f} clk per step (ideal 1024)")
     # per-event latencies of warpgroup 0
-    def lat(a, b):
-        xs = [ev[s][0][b] - ev[s][0][a] for s in range(args.skip, STEPS - 1) if ev[s][0][a] and ev[s][0][b]]
-        return statistics.median(xs) if xs else float("nan")
-    print(f"  WG0 medians: s0 queued->done {lat(0, 1):.0f}, s0 done->s1 queued (promote) {lat(1, 2):.0f}, "
-          f"s1 queued->acquired {lat(2, 3):.0f}, acquired->s1 done {lat(3, 4):.0f}")
-    nxt = [ev[s + 1][0][0] - ev[s][0][4] for s in range(args.skip, STEPS - 2) if ev[s + 1][0][0] and ev[s][0][4]]
-    print(f"  WG0 s1 done -> next s0 queued (promote + turn): median {statistics.median(nxt):.0f}")
+    for wg in (0, 1):
+        def lat(a, b, wg=wg):
+            xs = [ev[s][wg][b] - ev[s][wg][a] for s in range(args.skip, STEPS - 1) if ev[s][wg][a] and ev[s][wg][b]]
+            return statistics.median(xs) if xs else float("nan")
+        print(f"  WG{wg} medians: s0 queued->done {lat(0, 1):.0f}, promote s0 {lat(1, 5):.0f}, turn + issue s1 "
+              f"{lat(5, 2):.0f}, s1 queued->acquired {lat(2, 3):.0f}, acquired->s1 done {lat(3, 4):.0f}, "
+              f"release + promote s1 {lat(4, 6):.0f}")
+    nxt = [ev[s + 1][0][0] - ev[s][0][6] for s in range(args.skip, STEPS - 2) if ev[s + 1][0][0] and ev[s][0][6]]
+    print(f"  WG0 slab 1 promoted -> next slab 0 queued (turn + issue): median {statistics.median(nxt):.0f}")
     lead = [ev[s - 1][0][3] - prod[s] for s in range(args.skip, STEPS - 1) if prod[s] and ev[s - 1][0][3]]
     if lead:
         print(f"  A producer issued step s's loads -> WG0 acquired step s: median {statistics.median(lead):.0f} clk, "

@@ -60,8 +60,8 @@ enum AccMode : int {
 //   DG_ABLATE_PROMOTION  skip all but one promotion FFMA (wrong results: times the loop without them)
 //   DG_DUMMY_FFMA        with DG_ABLATE_PROMOTION: as many FFMAs on registers the wgmmas do not use
 //   DG_ABLATE_EPILOGUE   skip the output stores (wrong results: times the loop without them)
-//   DG_TRACE             256-row tiles: CTA 0 logs clock64 at each step's events into the bias argument
-//                        (bias_kind 0; bench/trace_case.py reads it), to see where the tensor cores idle
+//   DG_TRACE             256-row tiles: CTA 0 logs the SM clock (32 bits) at each step's events into the
+//                        bias argument (bias_kind 0; bench/trace_case.py reads it): where the tensor cores idle
 //   DG_PRODUCERS=1|2|3   how many producer threads share the loads (default 3, one per operand)
 //   DG_PINGPONG=0|1      override the math warpgroups' turn-taking (default: 1 on 256-row tiles, else 0):
 //                        1 = they issue their wgmmas in strict turns (named barriers). Two other
@@ -72,6 +72,10 @@ enum AccMode : int {
 #endif
 constexpr int kPingPongOverride = DG_PINGPONG;
 constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w waits on 1 + w for its turn
+
+#ifdef DG_TRACE
+constexpr uint32_t kTraceSteps = 320, kTraceEvents = 8;
+#endif
 
 constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
 
@@ -196,10 +200,10 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
     const uint32_t stage = pos.stage;
     mbar_wait(&empty[stage], pos.phase ^ 1);  // the first pass finds every stage free
 #ifdef DG_TRACE
-    if ((OPERANDS & kLoadA) != 0 && blockIdx.x == 0 && s < 320) {  // after the math warpgroups' events
-      unsigned long long t;
-      asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)::"memory");
-      static_cast<unsigned long long*>(const_cast<void*>(p.bias))[320 * 2 * 5 + s] = t;
+    if ((OPERANDS & kLoadA) != 0 && blockIdx.x == 0 && s < kTraceSteps) {  // after the math warpgroups' events
+      uint32_t t;
+      asm volatile("mov.u32 %0, %%clock;" : "=r"(t));
+      static_cast<uint32_t*>(const_cast<void*>(p.bias))[kTraceSteps * 2 * kTraceEvents + s] = t;
     }
 #endif
     mbar_arrive_expect_tx(&full[stage], kBytes);
@@ -333,13 +337,15 @@ struct MathWarpgroup {
   }
 
 #ifdef DG_TRACE
-  // Event e of step s of this warpgroup (CTA 0, one thread): [(s * 2 + wg) * kTraceEvents + e].
-  static constexpr uint32_t kTraceSteps = 320, kTraceEvents = 5;
+  // Event e of step s of this warpgroup (CTA 0, one thread): [(s * 2 + wg) * kTraceEvents + e]. A
+  // predicated clock read and store each (no memory clobber: the wgmma and barrier asm around them
+  // are volatile too, so the events stay in program order with them).
   __device__ __forceinline__ void trace(uint32_t s, int e) const {
+    uint32_t* log = static_cast<uint32_t*>(const_cast<void*>(p.bias));
     if (blockIdx.x == 0 && tid == 0 && s < kTraceSteps) {
-      unsigned long long t;
-      asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)::"memory");
-      static_cast<unsigned long long*>(const_cast<void*>(p.bias))[(s * 2 + wg) * kTraceEvents + e] = t;
+      uint32_t t;
+      asm volatile("mov.u32 %0, %%clock;" : "=r"(t));
+      log[(s * 2 + wg) * kTraceEvents + e] = t;
     }
   }
 #else
@@ -631,6 +637,7 @@ struct MathWarpgroup {
         wgmma_wait<0>();
         trace(s, 1);
         promote_only(acc0, total, sc0, 0);
+        trace(s, 5);
         issue_slab(acc0, sc0, 1);
         trace(s, 2);
         if constexpr (kEarlyAcquire) acquire(next);
@@ -640,6 +647,7 @@ struct MathWarpgroup {
         release(sc0);
         promote_only(acc0, total1, sc0, 1);
         if constexpr (!kEarlyAcquire) acquire(next);
+        trace(s, 6);
         issue_slab(acc0, next, 0);
         trace(s + 1, 0);
         if (sc0.last_k) store_tile(sc0.m_block, sc0.n_block);
