@@ -289,10 +289,13 @@ struct StepScales {
   uint32_t stage;       // the stage the step's operands sit in (freed when it retires)
 };
 
-// Developers' switch DG_EARLY_ACQUIRE=0|1 (default 1): 1 = wait for the next step's stage and read its
-// scales before waiting for the wgmmas in flight, so that between a warpgroup's last wgmma completing and
-// its next issue there is only the promotion (the other warpgroup's wgmmas are all the tensor cores have
-// queued meanwhile); 0 = after the wait (the order before, for measurements).
+// Developers' switch DG_EARLY_ACQUIRE=0|1 (default 1): when a warpgroup waits for the next step's stage
+// and reads its scales (acquire). 1 = off the path from one of its wgmma groups completing to its next
+// issue, where only the promotion should be (the other warpgroup's wgmmas are all the tensor cores have
+// meanwhile): with two partial sets or two slabs before the wait for the wgmmas in flight; with one
+// partial set right after that wait and the stage's release, before the promotion (earlier, a late
+// stage would hold back the release). 0 = after the promotion (the order before, for measurements).
+// Measured 2026-11-25, H100 (ptx/NOTES.md): +9% on 256x128, +4% on 128x128 "w", +6..12% on 128x192.
 #ifndef DG_EARLY_ACQUIRE
 #define DG_EARLY_ACQUIRE 1
 #endif
@@ -665,10 +668,9 @@ struct MathWarpgroup {
       acquire(sc0);
       issue_slab(acc0, sc0, 0);
       for (uint32_t s = 0; s + 1 < steps; ++s) {  // entry: step sc0 in flight
-        if constexpr (DG_EARLY_ACQUIRE == 1) acquire(next);
         wgmma_wait<0>();
         release(sc0);
-        if constexpr (DG_EARLY_ACQUIRE == 2) acquire(next);
+        if constexpr (kEarlyAcquire) acquire(next);
         promote(acc0, total, sc0);
         if constexpr (!kEarlyAcquire) acquire(next);
         issue_slab(acc0, next, 0);
