@@ -74,7 +74,7 @@ def main() -> int:
         tried = variants + ([picks[shape]] if auto and picks[shape] not in variants else [])
         for v in tried:
             mod = extension.load(v)
-            hints = [configs.l2_hints_for(m, v.block_m) if h == "auto" else int(h) for h in args.l2_hints.split(",")]
+            hints = [configs.l2_hints_for(m, v.block_m, v.cluster_m) if h == "auto" else int(h) for h in args.l2_hints.split(",")]
             for g, h in ((g, h) for g in (int(x) for x in args.group_n.split(",")) for h in dict.fromkeys(hints)):
                 out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
                 tag = f"g{g}" + (f"h{h}" if len(set(hints)) > 1 else "")

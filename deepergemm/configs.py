@@ -23,14 +23,17 @@ the SMs, splitting was -20%..+9%.
 Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_DUAL_ACC=0        single partial accumulator (promotion not overlapped within a warpgroup)
   DEEPERGEMM_VARIANT=BMxBN     force a tile shape, e.g. "128x128" (must be in TILE_SHAPES)
-  DEEPERGEMM_CLUSTER=1|2|1x2|2x2  force the cluster shape (CMxCN; "2" = 2x1; needs BLOCK_M >= 128)
+  DEEPERGEMM_CLUSTER=1|2|1x2|2x2  force the cluster shape (CMxCN; "2" = 2x1; CN > 1 needs BLOCK_M >= 128)
   DEEPERGEMM_GROUP_N=g         rasterization band width in N-units (default: 16)
   DEEPERGEMM_SPLIT_K=0         never split K
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
                                2 evict-last (default: l2_hints_for; 0 = no hints)
 
+Small-M clusters: at 64 < M <= 128 the two 64-row M-tiles of an N-tile run as a 2x1 cluster that multicasts B
+(SMALL_M_CLUSTER), for tiles at least SMALL_M_CLUSTER_MIN_N wide and K >= SMALL_M_CLUSTER_MIN_K.
+
 L2 hints (M <= 128): A is kept (evict-last: every CTA re-reads it), B streamed (evict-first) when one M-tile
-means no other CTA reads its tiles. Measured 2026-11-25 (H100, ptx/NOTES.md): +4..+28% on the M = 64
+(or one cluster's multicast) means no other load reads its tiles. Measured 2026-11-25 (H100, ptx/NOTES.md): +4..+28% on the M = 64
 anchors, and evict-first B with two M-tiles -10..-20% (so B stays normal there).
 """
 from __future__ import annotations
@@ -60,6 +63,14 @@ CLUSTER_SHAPE_256 = (1, 2)
 # steps in flight 128-row tiles ran 2-7% slower than waiting for each step first (0.94 vs 1.01x cuBLAS at
 # 4096x4096x7168); 64-row tiles ran 0-3% faster.
 DUAL_ISSUE_AHEAD = {64: True, 128: False}
+# 64-row tiles at 64 < M <= 128 (two M-tiles, each B tile read by both): pair the two in a 2x1 cluster that
+# multicasts B, so B crosses L2 -> SM once per N-tile and can be loaded evict-first. Measured 2026-11-25 (H100,
+# one sweep, ptx/NOTES.md): 128x7168x16384 1.01 -> 1.13x cuBLAS, 128x4096x7168 1.19 -> 1.37, 128x24576x1536
+# 0.96 -> 1.04, 128x7168x2048 equal; slower with 64x32 tiles (128x2112x7168 1.48 -> 1.37) and at K = 512
+# (128x32768x512 0.97 -> 0.94), hence the tile width and K bounds.
+SMALL_M_CLUSTER = (2, 1)
+SMALL_M_CLUSTER_MIN_N = 64     # BLOCK_N
+SMALL_M_CLUSTER_MIN_K = 1536
 SPLIT_KS = (1, 2, 4)     # K splits per tile a variant may be built with (split-K clusters)
 SPLIT_K = 2              # the split the selectable split-K variants use
 SPLIT_K_IDLE = 0.5       # split only when the unsplit tiles occupy at most this fraction of the SMs
@@ -95,10 +106,10 @@ class Variant:
             problems.append("a warpgroup's columns would span three 128-wide B-scale blocks")
         if (self.cluster_m, self.cluster_n) not in CLUSTER_SHAPES:
             problems.append(f"cluster shape must be one of {', '.join(f'{m}x{n}' for m, n in CLUSTER_SHAPES)}")
-        elif self.cluster_m * self.cluster_n > 1 and self.block_m < 128:
+        elif self.cluster_n > 1 and self.block_m < 128:
             # a policy, not a kernel limit: 64-row tiles with A multicast (1x2) ran correctly but slower than
             # unclustered on 10 of the 12 small-M anchors (H100, 2026-11-25, ptx/NOTES.md): not built
-            problems.append("clusters need BLOCK_M >= 128")
+            problems.append("A multicast (CN > 1) needs BLOCK_M >= 128")
         elif self.block_n % (8 * self.cluster_m):
             problems.append("each CTA's slice of the B tile must be a multiple of 8 rows")
         if self.splits not in SPLIT_KS:
@@ -220,9 +231,14 @@ def _variants() -> tuple[Variant, ...]:
 
 
 _CLUSTER_FOR = {128: CLUSTER_SHAPE, 256: CLUSTER_SHAPE_256}
+# The 64-row tiles that may run in SMALL_M_CLUSTER pairs (dual, two steps in flight, as unclustered).
+SMALL_M_CLUSTER_VARIANTS: tuple[Variant, ...] = tuple(
+    _variant(bm, bn, True, SMALL_M_CLUSTER, DUAL_ISSUE_AHEAD[64]) for bm, bn in TILE_SHAPES
+    if bm == 64 and bn >= SMALL_M_CLUSTER_MIN_N)
 # Split-K: select() only ever wants the narrowest tile (the most CTAs); a wider one is tested below.
 SPLIT_K_TILE = (64, 32)
-VARIANTS: tuple[Variant, ...] = _variants() + (_variant(*SPLIT_K_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),)
+VARIANTS: tuple[Variant, ...] = (_variants() + SMALL_M_CLUSTER_VARIANTS
+                                 + (_variant(*SPLIT_K_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),))
 # 256-row tiles with the other cluster shape (B multicast): not selected (1-2% slower, ptx/NOTES.md), kept
 # tested because the kernel supports it.
 LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False, CLUSTER_SHAPE),)
@@ -240,9 +256,10 @@ TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
 L2_NORMAL, L2_EVICT_FIRST, L2_EVICT_LAST = 0, 1, 2
 
 
-def l2_hints_for(m: int, block_m: int) -> int:
+def l2_hints_for(m: int, block_m: int, cluster_m: int = 1) -> int:
     """Small M: every CTA re-reads all of A (keep it: evict-last), and B is streamed; B goes evict-first
-    only where no other CTA reads the same B tile (one M-tile). Large M: no hints."""
+    only where no other load reads the same B tile (one M-tile, or the M-tiles of one cluster, which
+    multicasts it). Large M: no hints."""
     value = os.environ.get("DEEPERGEMM_L2_HINTS", "").strip()
     if value:
         if not value.isdigit() or int(value) > 15:
@@ -250,7 +267,7 @@ def l2_hints_for(m: int, block_m: int) -> int:
         return int(value)
     if m > 128:
         return L2_NORMAL | L2_NORMAL << 2
-    return L2_EVICT_LAST | (L2_EVICT_FIRST if ceil_div(m, block_m) == 1 else L2_NORMAL) << 2
+    return L2_EVICT_LAST | (L2_EVICT_FIRST if ceil_div(m, block_m) <= cluster_m else L2_NORMAL) << 2
 
 
 @dataclass(frozen=True)
@@ -332,13 +349,18 @@ def _parse_cluster(value: str) -> tuple[int, int]:
     return shape
 
 
-def _cluster_shape(m: int, n: int, block_m: int, block_n: int) -> tuple[int, int]:
+def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int) -> tuple[int, int]:
     value = os.environ.get("DEEPERGEMM_CLUSTER", "").strip()
     if value:
         shape = _parse_cluster(value)
-        if shape != (1, 1) and block_m < 128:
-            raise ValueError(f"DEEPERGEMM_CLUSTER={value} needs BLOCK_M >= 128, this problem uses {block_m}")
+        if shape[1] > 1 and block_m < 128:
+            raise ValueError(f"DEEPERGEMM_CLUSTER={value}: A multicast needs BLOCK_M >= 128, this problem uses "
+                             f"{block_m}")
         return shape
+    if block_m == 64:
+        paired = (ceil_div(m, block_m) == SMALL_M_CLUSTER[0] and block_n >= SMALL_M_CLUSTER_MIN_N
+                  and k >= SMALL_M_CLUSTER_MIN_K)
+        return SMALL_M_CLUSTER if paired else (1, 1)
     shape = _CLUSTER_FOR.get(block_m, (1, 1))
     # a pair needs two tiles along its direction
     return shape if ceil_div(m, block_m) >= shape[0] and ceil_div(n, block_n) >= shape[1] else (1, 1)
@@ -357,19 +379,20 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
         built = {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n)) for v in VARIANTS}
         # (a forced DEEPERGEMM_CLUSTER leaves only the tiles built with that cluster shape)
         shapes = [(bm, bn) for bm, bn in TILE_SHAPES
-                  if bm in block_ms and (bm, bn, _cluster_shape(m, n, bm, bn)) in built]
+                  if bm in block_ms and (bm, bn, _cluster_shape(m, n, k, bm, bn)) in built]
         if not shapes:
             raise ValueError(f"DEEPERGEMM_CLUSTER={os.environ.get('DEEPERGEMM_CLUSTER')}: no selectable tile for "
                              f"{'M <= 128' if m <= 128 else 'M > 128'} is built with that cluster shape")
 
         def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
             bm, bn = shape
-            cluster = _cluster_shape(m, n, bm, bn)
+            cluster = _cluster_shape(m, n, k, bm, bn)
             _, waves = waves_for(m, n, bm, bn, num_sms, cluster)
-            return waves * cluster[0] * cluster[1] * bm * bn * _TILE_COST[shape], -bm * bn  # ties: the larger tile
+            # a wave: every CTA of every cluster runs one tile
+            return waves * bm * bn * _TILE_COST[shape], -bm * bn  # ties: the larger tile
 
         shape = min(shapes, key=modelled_time)
-    cluster = _cluster_shape(m, n, *shape)
+    cluster = _cluster_shape(m, n, k, *shape)
     if forced is not None and (*shape, cluster) not in {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n))
                                                          for v in VARIANTS}:
         cluster = (1, 1)  # a forced tile shape without a clustered build runs unclustered
@@ -383,4 +406,5 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
     if group_n < 1:
         raise ValueError(f"DEEPERGEMM_GROUP_N must be >= 1, got {group_n}")
     grid = min(units, num_sms // variant.cluster) * variant.cluster
-    return Choice(variant, min(group_n, n_units), units * variant.cluster, waves, grid, l2_hints_for(m, variant.block_m))
+    return Choice(variant, min(group_n, n_units), units * variant.cluster, waves, grid,
+                  l2_hints_for(m, variant.block_m, variant.cluster_m))

@@ -21,7 +21,8 @@ def test_variant_fits_and_round_trips(variant):
     assert configs.parse_key(variant.key) == variant
     assert variant.stages >= 4, "the issue asks for a ring of at least 4 stages"
     if variant.cluster_m * variant.cluster_n > 1:
-        assert variant.block_m >= 128 and variant.block_n % (8 * variant.cluster_m) == 0
+        assert variant.block_n % (8 * variant.cluster_m) == 0
+        assert variant.block_m >= 128 or (variant.cluster_m, variant.cluster_n) == configs.SMALL_M_CLUSTER
     if variant.splits > 1:
         assert (variant.block_m, variant.cluster_m, variant.cluster_n) == (64, 1, 1) and variant.cluster == variant.splits
 
@@ -49,9 +50,24 @@ def test_cluster_for_several_m_tiles():
     assert configs.select(4096, 7168, 2048, H100_SMS).variant.cluster == 2
     assert configs.select(4096, 32768, 512, H100_SMS).variant.cluster == 2
     # one M-tile: nothing to share (a split-K pair is not a multicast cluster)
-    v = configs.select(128, 4096, 7168, H100_SMS).variant
+    v = configs.select(64, 4096, 7168, H100_SMS).variant
     assert v.cluster_m * v.cluster_n == 1
     assert configs.select(129, 4096, 7168, H100_SMS).variant.cluster == 2    # two M-tiles (the second padded)
+
+
+def test_small_m_pairs_the_two_m_tiles_to_multicast_b():
+    # 64 < M <= 128: two 64-row M-tiles share each B tile -> a 2x1 cluster, and B is read once: evict-first
+    for m, n, k in ((128, 4096, 7168), (128, 7168, 16384), (100, 24576, 1536), (65, 7168, 2048)):
+        choice = configs.select(m, n, k, H100_SMS)
+        assert (choice.variant.block_m, choice.variant.cluster_m, choice.variant.cluster_n) == (64, 2, 1), (m, n, k)
+        assert choice.l2_hints == configs.L2_EVICT_LAST | configs.L2_EVICT_FIRST << 2
+    # not for 64x32 tiles (N = 2112), K = 512, or one M-tile
+    for m, n, k in ((128, 2112, 7168), (128, 32768, 512), (64, 7168, 16384)):
+        choice = configs.select(m, n, k, H100_SMS)
+        assert choice.variant.cluster_m * choice.variant.cluster_n == 1, (m, n, k)
+    # two unpaired M-tiles read each B tile twice: B keeps the normal priority
+    assert configs.l2_hints_for(128, 64) == configs.L2_EVICT_LAST
+    assert configs.l2_hints_for(128, 64, cluster_m=2) == configs.L2_EVICT_LAST | configs.L2_EVICT_FIRST << 2
 
 
 def test_large_m_takes_256_row_tiles_unless_they_round_up_to_more_waves():
@@ -123,8 +139,10 @@ def test_l2_hints_keep_a_and_stream_b_only_at_small_m(monkeypatch):
     # one M-tile: nobody else reads a B tile, so B is streamed; every CTA re-reads A
     assert configs.select(64, 4096, 7168, H100_SMS).l2_hints == keep_a | stream_b
     assert configs.select(1, 2112, 7168, H100_SMS).l2_hints == keep_a | stream_b
-    # two 64-row M-tiles read each B tile: B keeps the normal priority (evict-first measured 10-20% slower)
-    assert configs.select(128, 7168, 16384, H100_SMS).l2_hints == keep_a
+    # two unpaired 64-row M-tiles read each B tile: B keeps the normal priority (evict-first measured 10-20%
+    # slower); paired in a cluster that multicasts B, B is read once again
+    assert configs.select(128, 32768, 512, H100_SMS).l2_hints == keep_a
+    assert configs.select(128, 7168, 16384, H100_SMS).l2_hints == keep_a | stream_b
     assert configs.select(4096, 7168, 16384, H100_SMS).l2_hints == 0
     monkeypatch.setenv("DEEPERGEMM_L2_HINTS", "0")
     assert configs.select(64, 4096, 7168, H100_SMS).l2_hints == 0
@@ -146,10 +164,12 @@ def test_bad_switches_are_rejected_by_name(monkeypatch, name, value, words):
         configs.select(4096, 7168, 2048, H100_SMS)
 
 
-def test_cluster_2_needs_block_m_128(monkeypatch):
-    monkeypatch.setenv("DEEPERGEMM_CLUSTER", "2")
-    with pytest.raises(ValueError, match="BLOCK_M >= 128"):
+def test_a_multicast_needs_block_m_128(monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_CLUSTER", "1x2")
+    with pytest.raises(ValueError, match="A multicast needs BLOCK_M >= 128"):
         configs.select(64, 4096, 7168, H100_SMS)
+    monkeypatch.setenv("DEEPERGEMM_CLUSTER", "2")  # B multicast: 64-row tiles have a built pair
+    assert configs.select(128, 4096, 7168, H100_SMS).variant.cluster_m == 2
 
 
 def test_select_rejects_bad_problem():
@@ -164,7 +184,7 @@ def test_parse_key_rejects_garbage():
 
 @pytest.mark.parametrize("key, rule", [
     ("128x176s5pc2", "three 128-wide B-scale blocks"),   # columns at offset 112 of a block run to 288
-    ("64x128s8dc2", "clusters need BLOCK_M >= 128"),
+    ("64x128s8dc1x2", "A multicast .CN > 1. needs BLOCK_M >= 128"),
     ("128x128s6dc4", "cluster shape must be one of"),
     ("64x24s8d", "multiple of 16"),
     ("96x128s6d", "BLOCK_M must be 64, 128 or 256"),
