@@ -17,7 +17,11 @@ for step in "$@"; do
                    2>&1 | tee "$OUT/sweep_large${TAG:-}.log" | grep -v "^\[deepergemm\]" ;;
     sweep-small) timeout 240 python bench/sweep_variants.py --shapes small --variants "auto,$SMALL" --jobs 16 \
                    2>&1 | tee "$OUT/sweep_small${TAG:-}.log" | grep -v "^\[deepergemm\]" ;;
-    warmup) timeout 200 python -m deepergemm warmup --jobs 16 --variants "${WARMUP_VARIANTS:-tested}" 2>&1 | tail -2 ;;
+    warmup) # every later step needs the builds: stop here if they did not all finish (a test or bench that
+            # builds on first use takes a minute per variant and runs out the call's time)
+            timeout 420 python -m deepergemm warmup --jobs 16 --variants "${WARMUP_VARIANTS:-tested}" > /tmp/warmup.log 2>&1
+            rc=$?; tail -2 /tmp/warmup.log
+            if [ $rc -ne 0 ]; then echo "warmup failed or timed out (rc=$rc): stopping"; tail -20 /tmp/warmup.log; exit 1; fi ;;
     tests) timeout 300 python -m pytest -q -m gpu -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
     bench) timeout 300 python -m deepergemm bench --shapes all --launches 30 --backends ptx,cublas --markdown \
              --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40 ;;
