@@ -94,6 +94,9 @@ class Variant:
     # Split-K clusters (key suffix "k2"): the `splits` CTAs of a cluster share one tile, each over its own
     # range of K, and the first adds the others' partial sums from their shared memory in a fixed order.
     splits: int = 1
+    # Math warpgroups (key suffix "m1" for one): two, or one on 64-row tiles, which then takes all BLOCK_N
+    # columns (wider wgmmas, one wait and promotion per step; DeepGEMM's 64-row layout). Not selected yet.
+    math_wgs: int = 2
 
     def __post_init__(self):
         """The rules dg::GemmTraits enforces at compile time, as a Python error before any build."""
@@ -119,6 +122,10 @@ class Variant:
             problems.append(f"split-K must be one of {SPLIT_KS}")
         elif self.splits > 1 and (self.block_m != 64 or self.cluster_m * self.cluster_n > 1):
             problems.append("split-K clusters are built for 64-row tiles without multicast")
+        if self.math_wgs not in (1, 2):
+            problems.append("one or two math warpgroups")
+        elif self.math_wgs == 1 and self.block_m != 64:
+            problems.append("one math warpgroup covers 64 rows: BLOCK_M must be 64")
         if self.stages < 2:
             problems.append("at least 2 stages")
         if problems:
@@ -143,8 +150,8 @@ class Variant:
 
     @property
     def wg_n(self) -> int:
-        """Columns of one math warpgroup (BLOCK_M = 64 splits the tile's columns between the two)."""
-        return self.block_n if self.block_m >= 128 else self.block_n // 2
+        """Columns of one math warpgroup (BLOCK_M = 64 splits the tile's columns between the warpgroups)."""
+        return self.block_n if self.block_m >= 128 else self.block_n // self.math_wgs
 
     @property
     def epi_n(self) -> int:
@@ -156,14 +163,15 @@ class Variant:
         cluster = ("" if self.cluster_m * self.cluster_n == 1 else f"c{self.cluster_m}" if self.cluster_n == 1
                    else f"c{self.cluster_m}x{self.cluster_n}")
         split = f"k{self.splits}" if self.splits > 1 else ""
-        return f"{self.block_m}x{self.block_n}s{self.stages}{'pwd'[self.acc_mode]}{cluster}{split}"
+        wgs = "m1" if self.math_wgs == 1 else ""
+        return f"{self.block_m}x{self.block_n}s{self.stages}{'pwd'[self.acc_mode]}{cluster}{split}{wgs}"
 
     @property
     def smem_bytes(self) -> int:
         """Dynamic shared memory the kernel asks for; mirrors dg::SmemLayout (the CI build checks they agree)."""
         stage = self.block_m * BLOCK_K + self.block_n * BLOCK_K + round_up(self.block_m * 4, 128) + STEP_META_BYTES
         epilogue_start = round_up(self.stages * stage, SWIZZLE_ATOM)  # the staging buffers are swizzled
-        epilogue = 2 * 64 * self.epi_n * 2
+        epilogue = self.math_wgs * 64 * self.epi_n * 2
         reduction = (self.splits - 1) * self.block_m * self.block_n * 4  # the other splits' partial tiles
         barriers = (2 * self.stages + (2 if self.splits > 1 else 0)) * 8
         return round_up(epilogue_start + epilogue + reduction, 8) + barriers + SWIZZLE_ATOM
@@ -171,39 +179,41 @@ class Variant:
     def compile_defines(self) -> dict[str, int]:
         return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,
                 "DG_ACC": self.acc_mode, "DG_CLUSTER_M": self.cluster_m, "DG_CLUSTER_N": self.cluster_n,
-                "DG_SPLIT_K": self.splits}
+                "DG_SPLIT_K": self.splits, "DG_MATH_WGS": self.math_wgs}
 
     @property
     def template_args(self) -> str:
         """The C++ template arguments of dg::fp8_gemm_kernel for this variant."""
         return (f"{self.block_m}, {self.block_n}, {self.stages}, {self.acc_mode}, "
-                f"{self.cluster_m}, {self.cluster_n}, {self.splits}")
+                f"{self.cluster_m}, {self.cluster_n}, {self.splits}, {self.math_wgs}")
 
 
 def parse_key(key: str) -> Variant:
     """The Variant a key such as "128x128s6dc2" names (also shapes not in VARIANTS: for experiments).
 
     The letter after the stage count: p = one partial accumulator set, d = two sets with two steps in
-    flight, w = two sets waiting for each step before issuing the next."""
-    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?", key)
+    flight, w = two sets waiting for each step before issuing the next. Suffixes: c = cluster shape, k = K
+    splits, m1 = one math warpgroup."""
+    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?(?:m(\d))?", key)
     if match is None:
         raise ValueError(f"variant key {key!r} does not look like 128x128s6d, 128x128s6dc2, 128x128s6dc2x2 "
-                         f"or 64x64s12dk2")
-    bm, bn, stages, acc, cm, cn, ks = match.groups()
-    return Variant(int(bm), int(bn), int(stages), acc != "p", int(cm or 1), int(cn or 1), acc != "w", int(ks or 1))
+                         f", 64x64s12dk2 or 64x32s16dm1")
+    bm, bn, stages, acc, cm, cn, ks, wgs = match.groups()
+    return Variant(int(bm), int(bn), int(stages), acc != "p", int(cm or 1), int(cn or 1), acc != "w", int(ks or 1),
+                   int(wgs or 2))
 
 
-def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES, splits: int = 1) -> int:
+def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES, splits: int = 1, math_wgs: int = 2) -> int:
     for stages in range(cap, 0, -1):
-        if Variant(block_m, block_n, stages, False, splits=splits).smem_bytes <= SMEM_LIMIT:
+        if Variant(block_m, block_n, stages, False, splits=splits, math_wgs=math_wgs).smem_bytes <= SMEM_LIMIT:
             return stages
     raise ValueError(f"no stage count fits {block_m}x{block_n}")
 
 
 def _variant(block_m: int, block_n: int, dual: bool, cluster: tuple[int, int] = (1, 1),
-             issue_ahead: bool = True, splits: int = 1) -> Variant:
-    return Variant(block_m, block_n, _max_stages(block_m, block_n, splits=splits), dual, *cluster, issue_ahead,
-                   splits)
+             issue_ahead: bool = True, splits: int = 1, math_wgs: int = 2) -> Variant:
+    return Variant(block_m, block_n, _max_stages(block_m, block_n, splits=splits, math_wgs=math_wgs), dual, *cluster,
+                   issue_ahead, splits, math_wgs)
 
 
 # Tile shapes the heuristic may pick; each with dual accumulators where the registers allow, and a
@@ -248,9 +258,14 @@ LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False, CLUSTER_SH
 # What the tests (GPU) and the CI compile gate cover: every selectable variant, plus each cluster shape the
 # kernel supports and both dual-accumulator orderings on the 128x128 tile, and the 256-row tiles, so what
 # select() does not pick today still builds and stays exact.
+# 64-row tiles with one math warpgroup (DeepGEMM's layout for them; to be measured against two at small M):
+# 64x16 (N = 2112 in one wave of 132 tiles at M = 64) and 64x32.
+ONE_WARPGROUP_VARIANTS: tuple[Variant, ...] = tuple(
+    _variant(64, bn, True, (1, 1), DUAL_ISSUE_AHEAD[64], math_wgs=1) for bn in (16, 32))
 TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
     v for v in (*(_variant(128, 128, True, shape, ahead) for shape in CLUSTER_SHAPES for ahead in (False, True)),
-                *LARGE_TILE_VARIANTS, _variant(64, 128, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K))
+                *LARGE_TILE_VARIANTS, _variant(64, 128, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),
+                *ONE_WARPGROUP_VARIANTS)
     if v not in VARIANTS))
 
 

@@ -1,5 +1,5 @@
 // Host side of one GEMM variant: tensor maps, launch configuration, and the function Python calls.
-// The variant (DG_BM, DG_BN, DG_STAGES, DG_ACC, DG_CLUSTER_M, DG_CLUSTER_N, DG_SPLIT_K) is fixed at compile time by deepergemm/extension.py,
+// The variant (DG_BM, DG_BN, DG_STAGES, DG_ACC, DG_CLUSTER_M, DG_CLUSTER_N, DG_SPLIT_K, DG_MATH_WGS) is fixed at compile time by deepergemm/extension.py,
 // one extension module per variant. Python has already validated every input (deepergemm/layouts.py);
 // the checks here only guard against a caller that bypassed it. Plain host code (no <regex>: it was
 // seen to crash under torch 2.11's runtime).
@@ -12,7 +12,7 @@
 #include "fp8_gemm.cuh"
 
 #ifndef DG_BM
-#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_ACC=.. -DDG_CLUSTER_M=.. -DDG_CLUSTER_N=.. -DDG_SPLIT_K=.."
+#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_ACC=.. -DDG_CLUSTER_M=.. -DDG_CLUSTER_N=.. -DDG_SPLIT_K=.. -DDG_MATH_WGS=.."
 #endif
 
 namespace {
@@ -21,8 +21,10 @@ constexpr int kBM = DG_BM, kBN = DG_BN, kStages = DG_STAGES, kClusterM = DG_CLUS
 constexpr int kSplitK = DG_SPLIT_K;                     // CTAs sharing one tile along K
 constexpr int kCluster = kClusterM * kClusterN * kSplitK;  // CTAs per cluster
 constexpr int kAcc = DG_ACC;  // dg::AccMode
-using Layout = typename dg::GemmTraits<kBM, kBN, kStages, kSplitK>::Layout;
-constexpr auto kKernel = dg::fp8_gemm_kernel<kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK>;
+constexpr int kMathWGs = DG_MATH_WGS;  // math warpgroups (1 only on 64-row tiles)
+using Traits = dg::GemmTraits<kBM, kBN, kStages, kSplitK, kMathWGs>;
+using Layout = typename Traits::Layout;
+constexpr auto kKernel = dg::fp8_gemm_kernel<kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK, kMathWGs>;
 
 #define DG_CUDA_CHECK(expr)                                                                   \
   do {                                                                                        \
@@ -86,7 +88,6 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
                                            sa_stride * 4, kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
   // bf16 output: TMA stores of 16-row (one warp's) x kEpiN-column slices, swizzled like the staging buffer. fp32 output
   // is stored directly from registers (the map is not read; map_a stands in for it).
-  using Traits = dg::GemmTraits<kBM, kBN, kStages, kSplitK>;
   const bool out_fp32 = out.scalar_type() == at::kFloat;
   const CUtensorMap map_out =
       out_fp32 ? map_a
@@ -121,7 +122,7 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   // clusters as fit on the GPU at once (a GPC's SMs need not divide into whole clusters).
   const int64_t units = ((m + kBM * kClusterM - 1) / (kBM * kClusterM)) * ((n + kBN * kClusterN - 1) / (kBN * kClusterN));
   cudaLaunchConfig_t config = {};
-  config.blockDim = dim3(dg::kThreads);
+  config.blockDim = dim3(Traits::kThreads);
   config.dynamicSmemBytes = Layout::kDynamicBytes;
   config.stream = reinterpret_cast<cudaStream_t>(stream);
   cudaLaunchAttribute cluster_attr;
@@ -148,5 +149,5 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
 
 // The compile-time facts of this variant, for Python's checks and reports.
 std::vector<int64_t> variant_info() {
-  return {kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK, Layout::kDynamicBytes};
+  return {kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK, kMathWGs, Layout::kDynamicBytes};
 }

@@ -1,7 +1,8 @@
 // The FP8 block-scaled GEMM: out (M, N) = (A * sa) @ (B * sb)^T, A (M, K) and B (N, K) fp8 e4m3 K-major,
 // sa per 1x128 (M-major fp32), sb per 128x128 block, fp32 accumulation, bf16 or fp32 out (+ bias).
 //
-// One persistent CTA per SM, 384 threads, in clusters of CM x CN CTAs (1x1, 2x1, 1x2 or 2x2):
+// One persistent CTA per SM, 384 threads (256 with one math warpgroup), in clusters of CM x CN CTAs (1x1, 2x1,
+// 1x2 or 2x2):
 //   warpgroup 0  producer: three threads (one per operand) issue the TMA loads of A, B and the A scales
 //                into a ring of STAGES shared-memory stages (full/empty mbarriers), running ahead across
 //                tiles, and a fourth warp publishes each step's tile and B scales. In a cluster the CM CTAs
@@ -9,15 +10,15 @@
 //                of one M-block likewise share the A tile (scheduler.cuh), so each operand crosses L2 -> SM
 //                once per cluster; a stage is refilled only when the math warps of every CTA of the cluster
 //                have released it. Loads carry an L2 eviction priority chosen per problem (configs.py).
-//   warpgroups 1, 2  math: per stage (128 of K) four wgmma m64nNk32 into a partial accumulator, then
-//                promotion total += partial * sa[row] * sb[n-block] on the CUDA cores. With two sets (ACC) the
+//   warpgroups 1, 2  math (WGS of them: 2, or 1 on 64-row tiles): per stage (128 of K) four wgmma m64nNk32
+//                into a partial accumulator, then promotion total += partial * sa[row] * sb[n-block] on the CUDA cores. With two sets (ACC) the
 //                next stage's wgmmas are issued into a second partial before promoting the previous
 //                one, so the tensor cores never wait on the promotion (nor on the epilogue).
 // Tile split between the math warpgroups: BM = 256: two 64-row slabs each (rows 64w.. and 128 + 64w..),
 //                                              all BN columns, one after the other per stage, the two
 //                                              warpgroups issuing in strict turns (named barriers);
 //                                         BM = 128: 64 rows each, all BN columns;
-//                                         BM = 64: all 64 rows, BN/2 columns each.
+//                                         BM = 64: all 64 rows, BN/WGS columns each.
 // With KS > 1 (split-K clusters, small M, no multicast) the KS CTAs of a cluster share one tile, each over
 // its own range of K; rank 0 adds the others' partial sums from its shared memory and stores the tile.
 #pragma once
@@ -43,9 +44,6 @@ struct GemmParams {
   int l2_a, l2_b;            // L2Priority of the A (and A-scale) loads and of the B loads
 };
 
-constexpr int kThreads = 384;
-constexpr int kMathWarpgroups = 2;
-constexpr int kMathWarps = kMathWarpgroups * 4;
 constexpr int kProducerRegs = 40;
 constexpr int kMathRegs = 232;
 
@@ -79,18 +77,24 @@ constexpr uint32_t kTraceSteps = 320, kTraceEvents = 8;
 
 constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
 
-template <int BM, int BN, int STAGES, int KS = 1>
+template <int BM, int BN, int STAGES, int KS = 1, int WGS = 2>
 struct GemmTraits {
   static_assert(BM == 64 || BM == 128 || BM == 256, "BLOCK_M is 64, 128 or 256");
+  // Math warpgroups: two, or one on 64-row tiles (it then takes all BN columns: wider wgmmas, one wait
+  // and one promotion per step instead of two, as DeepGEMM runs its 64-row tiles).
+  static_assert(WGS == 2 || (WGS == 1 && BM == 64), "two math warpgroups, or one on 64-row tiles");
+  static constexpr int kMathWGs = WGS;
+  static constexpr int kThreads = 128 * (1 + WGS);
+  static constexpr int kMathWarps = 4 * WGS;
   static constexpr int kSlabs = BM == 256 ? 2 : 1;       // 64-row slabs per math warpgroup, 128 rows apart
-  static constexpr int kWgN = BM >= 128 ? BN : BN / 2;   // columns per math warpgroup
+  static constexpr int kWgN = BM >= 128 ? BN : BN / WGS; // columns per math warpgroup
   static constexpr int kRegs = kWgN / 2;                 // fp32 accumulators per thread per set (and slab)
   static constexpr int kGroups8 = kWgN / 8;              // 8-column groups per warpgroup
   static_assert(kWgN % 16 == 0 && kWgN <= 256, "warpgroup N must be a multiple of 16 (stmatrix.x4), <= 256");
   // bf16 epilogue band width: the staging buffer holds 64 rows x kEpiN columns per warpgroup, rows of
   // kEpiN * 2 = 128, 64 or 32 bytes, swizzled the way the output tensor map's TMA store reads them.
   static constexpr int kEpiN = kWgN % 64 == 0 ? 64 : kWgN % 32 == 0 ? 32 : 16;
-  using Layout = SmemLayout<BM, BN, STAGES, 64, kEpiN, KS>;
+  using Layout = SmemLayout<BM, BN, STAGES, 64, kEpiN, KS, WGS>;
   // A warpgroup's columns start at multiples of gcd(kWgN, 128) inside a 128-wide B-scale block, so
   // they touch at most two blocks iff 128 - gcd + kWgN <= 256 (BN = 176 would touch three).
   static constexpr int kScaleAlign = gcd_c(kWgN, 128);
@@ -301,17 +305,17 @@ struct StepScales {
 #endif
 constexpr bool kEarlyAcquire = DG_EARLY_ACQUIRE != 0;
 
-template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS>
+template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS>
 struct MathWarpgroup {
   static constexpr int kCluster = CM * CN;  // the multicast group: CTAs that share (and release) stages
-  using T = GemmTraits<BM, BN, STAGES, KS>;
+  using T = GemmTraits<BM, BN, STAGES, KS, WGS>;
   using L = typename T::Layout;
   static_assert(KS == 1 || T::kSlabs == 1, "split-K clusters are built for one-slab tiles");
   static constexpr int kRegs = T::kRegs;
   // Turn-taking (DG_PINGPONG above). On 256-row tiles each warpgroup's promotion can only overlap the
   // other's wgmmas; strict turns keep the two a slab apart (measured +5-7% there, ptx/NOTES.md).
-  static constexpr bool kTurns = kPingPongOverride >= 0 ? kPingPongOverride == 1
-                                                        : (T::kSlabs > 1 && ACC == kAccSingle);
+  static constexpr bool kTurns = WGS > 1 && (kPingPongOverride >= 0 ? kPingPongOverride == 1
+                                                                    : (T::kSlabs > 1 && ACC == kAccSingle));
 
   const GemmParams& p;
   const TileScheduler<CM, CN, KS>& sched;
@@ -442,14 +446,15 @@ struct MathWarpgroup {
   // (i, thread) is the same output element in every rank. Once per tile.
   __device__ __forceinline__ void finish_tile(float (&total)[kRegs], int m_block, int n_block) {
     if constexpr (KS > 1) {
-      const uint32_t thread = wg * 128 + tid;  // of the 256 math threads
+      constexpr uint32_t kMathThreads = 128 * WGS;
+      const uint32_t thread = wg * 128 + tid;  // of the kMathThreads math threads
       const uint32_t slots = smem_addr(smem + L::kRed);
       if (sched.rank_k != 0) {
         mbar_wait<true>(&red[1], red_phase ^ 1);  // rank 0 has read this slot's previous tile
         const uint32_t mine = map_shared_to_cta(slots + (sched.rank_k - 1) * L::kRedSlotBytes, 0);
 #pragma unroll
         for (int i = 0; i < kRegs; i += 4) {
-          st_shared_cluster_v4_f32(mine + ((i / 4) * 256 + thread) * 16, total[i], total[i + 1], total[i + 2],
+          st_shared_cluster_v4_f32(mine + ((i / 4) * kMathThreads + thread) * 16, total[i], total[i + 1], total[i + 2],
                                    total[i + 3]);
         }
         mbar_arrive_cluster<true>(&red[0], 0);
@@ -459,7 +464,7 @@ struct MathWarpgroup {
         for (int r = 1; r < KS; ++r) {
 #pragma unroll
           for (int i = 0; i < kRegs; i += 4) {
-            const uint4 v = ld_shared_v4(slots + (r - 1) * L::kRedSlotBytes + ((i / 4) * 256 + thread) * 16);
+            const uint4 v = ld_shared_v4(slots + (r - 1) * L::kRedSlotBytes + ((i / 4) * kMathThreads + thread) * 16);
             total[i] += __uint_as_float(v.x);
             total[i + 1] += __uint_as_float(v.y);
             total[i + 2] += __uint_as_float(v.z);
@@ -757,12 +762,13 @@ struct MathWarpgroup {
 // ---------------------------------------------------------------------------------------------
 // the kernel
 // ---------------------------------------------------------------------------------------------
-template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS>
-__global__ void __launch_bounds__(kThreads, 1)
+template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS>
+__global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS>::kThreads, 1)
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                     const __grid_constant__ CUtensorMap map_sa, const __grid_constant__ CUtensorMap map_out,
                     const GemmParams p) {
-  using L = typename GemmTraits<BM, BN, STAGES, KS>::Layout;
+  using Traits = GemmTraits<BM, BN, STAGES, KS, WGS>;
+  using L = typename Traits::Layout;
   constexpr int MCAST = CM * CN;         // CTAs that share stages by multicast
   constexpr int CLUSTER = CM * CN * KS;  // ...times the K splits of one tile
   extern __shared__ uint8_t smem_raw[];
@@ -780,12 +786,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int i = 0; i < STAGES; ++i) {
       mbar_init(&full[i], kFullArrivals);
-      mbar_init(&empty[i], kMathWarps * MCAST);  // one arrive per math warp of every CTA sharing the stage
+      mbar_init(&empty[i], Traits::kMathWarps * MCAST);  // one arrive per math warp of every CTA sharing the stage
     }
     if constexpr (KS > 1) {
       uint64_t* red = reinterpret_cast<uint64_t*>(smem + L::kRedBarriers);
-      mbar_init(&red[0], (KS - 1) * 2 * 128);  // every math thread of the other ranks, per tile
-      mbar_init(&red[1], 2 * 128);             // every math thread of rank 0, per tile
+      mbar_init(&red[0], (KS - 1) * WGS * 128);  // every math thread of the other ranks, per tile
+      mbar_init(&red[1], WGS * 128);             // every math thread of rank 0, per tile
     }
     fence_barrier_init();
   }
@@ -795,7 +801,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const TileScheduler<CM, CN, KS> sched((p.m + BM - 1) / BM, (p.n + BN - 1) / BN, p.k_blocks, p.group_n,
                                      CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()));
   if (wg == 0) {
-    setmaxnreg_dec<kProducerRegs>();
+    if constexpr (WGS > 1) setmaxnreg_dec<kProducerRegs>();  // (256 threads: registers enough for all)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (warp == 1) {
       publish_step_meta<BM, BN, STAGES>(sched, p, smem, full, empty, lane);
@@ -807,10 +813,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         produce_operands<producer_operands(2), BM, BN, STAGES>(sched, p, smem, full, empty, &map_a, &map_b, &map_sa);
     }
   } else {
-    setmaxnreg_inc<kMathRegs>();
+    if constexpr (WGS > 1) setmaxnreg_inc<kMathRegs>();
     // The warpgroup index through a shuffle: ptxas then treats it (and the A descriptors built from it)
     // as warp-uniform and keeps them in uniform registers (no R2UR between the wgmmas).
-    MathWarpgroup<BM, BN, STAGES, ACC, CM, CN, KS> math(p, sched, &map_out, smem, full, empty,
+    MathWarpgroup<BM, BN, STAGES, ACC, CM, CN, KS, WGS> math(p, sched, &map_out, smem, full, empty,
                                                         reinterpret_cast<uint64_t*>(smem + L::kRedBarriers),
                                                         __shfl_sync(0xffffffffu, wg - 1, 0));
     math.run();

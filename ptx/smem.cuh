@@ -25,13 +25,13 @@ constexpr uint64_t kDescK32Step = 32 >> 4;
 
 // Byte offsets of every region of the kernel's dynamic shared memory (from a 1024-aligned base).
 // KS > 1 (split-K clusters): room for the other KS - 1 splits' fp32 partial tiles, and two more barriers.
-template <int BM, int BN, int STAGES, int EPI_ROWS, int EPI_N, int KS = 1>
+template <int BM, int BN, int STAGES, int EPI_ROWS, int EPI_N, int KS = 1, int MATH_WGS = 2>
 struct SmemLayout {
   static constexpr int kABytes = BM * kBlockK;                    // fp8 A tile of one stage
   static constexpr int kBBytes = BN * kBlockK;                    // fp8 B tile of one stage
   static constexpr int kSABytes = BM * 4;                         // fp32 A scales of one stage
   static constexpr int kSASlot = round_up_c(kSABytes, 128);
-  // Epilogue staging: per math warpgroup EPI_ROWS x EPI_N bf16, dense and swizzled like the output
+  // Epilogue staging: per math warpgroup (MATH_WGS) EPI_ROWS x EPI_N bf16, dense and swizzled like the output
   // tensor map (rows of EPI_N * 2 = 64 or 128 bytes), which a TMA store reads.
   static constexpr int kEpiPitch = EPI_N * 2;
   static constexpr int kEpiBytesPerWG = EPI_ROWS * kEpiPitch;
@@ -41,7 +41,7 @@ struct SmemLayout {
   static constexpr int kMeta = kSA + STAGES * kSASlot;          // per stage: StepMeta (32 bytes)
   static constexpr int kMetaSlot = 32;
   static constexpr int kEpi = round_up_c(kMeta + STAGES * kMetaSlot, kSwizzleAtomBytes);
-  static constexpr int kRed = kEpi + 2 * kEpiBytesPerWG;         // split-K partial tiles (rank 0 reads)
+  static constexpr int kRed = kEpi + MATH_WGS * kEpiBytesPerWG;  // split-K partial tiles (rank 0 reads)
   static constexpr int kRedSlotBytes = BM * BN * 4;
   static constexpr int kBarriers = round_up_c(kRed + (KS - 1) * kRedSlotBytes, 8);
   static constexpr int kRedBarriers = kBarriers + 2 * STAGES * 8;  // [0] slots full (rank 0), [1] slot free

@@ -102,7 +102,7 @@ def test_split_k_switch_and_keys(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
     assert configs.select(64, 2112, 7168, H100_SMS).variant.key == "64x32s16d"
     v = configs.parse_key("64x64s12dk2")
-    assert (v.splits, v.cluster, v.key, v.template_args) == (2, 2, "64x64s12dk2", "64, 64, 12, 2, 1, 1, 2")
+    assert (v.splits, v.cluster, v.key, v.template_args) == (2, 2, "64x64s12dk2", "64, 64, 12, 2, 1, 1, 2, 2")
     assert v.smem_bytes == configs.parse_key("64x64s12d").smem_bytes + 64 * 64 * 4 + 16
     with pytest.raises(ValueError, match="64-row tiles without multicast"):
         configs.parse_key("128x128s6wc2k2")
@@ -246,3 +246,18 @@ def test_256_row_tiles_take_one_partial_set():
     with pytest.raises(ValueError, match="64, 128 or 256"):
         configs.parse_key("192x128s4p")
     assert all(v in configs.TESTED_VARIANTS and v not in configs.VARIANTS for v in configs.LARGE_TILE_VARIANTS)
+
+
+def test_one_math_warpgroup_variants():
+    v = configs.parse_key("64x16s16dm1")
+    assert (v.math_wgs, v.wg_n, v.key, v.template_args) == (1, 16, "64x16s16dm1", "64, 16, 16, 2, 1, 1, 1, 1")
+    assert v.compile_defines()["DG_MATH_WGS"] == 1
+    # one warpgroup's staging buffer: less shared memory than the two-warpgroup twin
+    assert v.smem_bytes < configs.parse_key("64x32s16d").smem_bytes
+    assert all(w.math_wgs == 1 and w in configs.TESTED_VARIANTS for w in configs.ONE_WARPGROUP_VARIANTS)
+    assert all(w.math_wgs == 2 for w in configs.VARIANTS)  # not selected until measured
+    with pytest.raises(ValueError, match="BLOCK_M must be 64"):
+        configs.parse_key("128x128s6wm1")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        configs.parse_key("64x16s16d")  # two warpgroups of 8 columns
+

@@ -42,7 +42,8 @@ def _compile(variant: configs.Variant, workdir: pathlib.Path) -> tuple[str, path
     src = workdir / f"{variant.key}.cu"
     src.write_text(
         '#include "fp8_gemm.cuh"\n'
-        f"using V = dg::GemmTraits<{variant.block_m}, {variant.block_n}, {variant.stages}, {variant.splits}>;\n"
+        f"using V = dg::GemmTraits<{variant.block_m}, {variant.block_n}, {variant.stages}, {variant.splits}, "
+        f"{variant.math_wgs}>;\n"
         f"static_assert(V::Layout::kDynamicBytes == {variant.smem_bytes}, "
         '"configs.Variant.smem_bytes disagrees with dg::SmemLayout");\n'
         f"template __global__ void dg::fp8_gemm_kernel<{variant.template_args}>(const __grid_constant__ CUtensorMap, "
