@@ -11,9 +11,10 @@
 //                once per cluster; a stage is refilled only when the math warps of every CTA of the cluster
 //                have released it. Loads carry an L2 eviction priority chosen per problem (configs.py).
 //   warpgroups 1, 2  math (WGS of them: 2, or 1 on 64-row tiles): per stage (128 of K) four wgmma m64nNk32
-//                into a partial accumulator, then promotion total += partial * sa[row] * sb[n-block] on the CUDA cores. With two sets (ACC) the
-//                next stage's wgmmas are issued into a second partial before promoting the previous
-//                one, so the tensor cores never wait on the promotion (nor on the epilogue).
+//                into a partial accumulator, then promotion total += partial * sa[row] * sb[n-block] on
+//                the CUDA cores. With two sets (ACC) the next stage's wgmmas are issued into a second
+//                partial before promoting the previous one, so the tensor cores never wait on the
+//                promotion (nor on the epilogue).
 // Tile split between the math warpgroups: BM = 256: two 64-row slabs each (rows 64w.. and 128 + 64w..),
 //                                              all BN columns, one after the other per stage, the two
 //                                              warpgroups issuing in strict turns (named barriers);
