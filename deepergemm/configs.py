@@ -36,8 +36,8 @@ and K >= SMALL_M_CLUSTER_MIN_K. Their variants are built and tested like every l
 by default once the GPU suite has run on them (it has not yet: ptx/NOTES.md, sixth session).
 
 L2 hints (M <= 128): A is kept (evict-last: every CTA re-reads it), B streamed (evict-first) when one M-tile
-(or one cluster's multicast) means no other load reads its tiles. Measured 2026-11-25 (H100, ptx/NOTES.md): +4..+28% on the M = 64
-anchors, and evict-first B with two M-tiles -10..-20% (so B stays normal there).
+(or one cluster's multicast) means no other load reads its tiles. Measured 2026-11-25 (H100, ptx/NOTES.md):
++4..+28% on the M = 64 anchors, and evict-first B with two unpaired M-tiles -10..-20% (B stays normal there).
 """
 from __future__ import annotations
 
