@@ -25,7 +25,8 @@ class GemmCase:
         """One launch of a compiled variant (extension.load(...)): no bias, bf16 out; L2 hints as configs
         would pick them unless given."""
         if l2_hints is None:
-            l2_hints = configs.l2_hints_for(self.a.shape[0], *module.variant_info()[0:5:4])  # BLOCK_M, CM
+            block_m, cluster_m = module.variant_info()[0], module.variant_info()[4]
+            l2_hints = configs.l2_hints_for(self.a.shape[0], block_m, cluster_m)
         module.fp8_gemm(self.a, self.a_scales, self.b, self.b_scales, self.out, self.out, 0, self.sms, group_n,
                         l2_hints, self.stream)
 
