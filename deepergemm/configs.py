@@ -26,14 +26,15 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_CLUSTER=1|2|1x2|2x2  force the cluster shape (CMxCN; "2" = 2x1; CN > 1 needs BLOCK_M >= 128)
   DEEPERGEMM_GROUP_N=g         rasterization band width in N-units (default: 16)
   DEEPERGEMM_SPLIT_K=0         never split K
-  DEEPERGEMM_SMALL_M_CLUSTER=1  pair the two 64-row M-tiles at 64 < M <= 128 in B-multicast clusters (see below)
+  DEEPERGEMM_SMALL_M_CLUSTER=0  do not pair the two 64-row M-tiles at 64 < M <= 128 in B-multicast clusters
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
                                2 evict-last (default: l2_hints_for; 0 = no hints)
 
-Small-M clusters (opt-in for now: DEEPERGEMM_SMALL_M_CLUSTER=1): at 64 < M <= 128 the two 64-row M-tiles of an
-N-tile run as a 2x1 cluster that multicasts B (SMALL_M_CLUSTER), for tiles at least SMALL_M_CLUSTER_MIN_N wide
-and K >= SMALL_M_CLUSTER_MIN_K. Their variants are built and tested like every listed one; select() takes them
-by default once the GPU suite has run on them (it has not yet: ptx/NOTES.md, sixth session).
+Small-M clusters: at 64 < M <= 128 the two 64-row M-tiles of an N-tile run as a 2x1 cluster that multicasts B
+(SMALL_M_CLUSTER), for tiles at least SMALL_M_CLUSTER_MIN_N wide and K >= SMALL_M_CLUSTER_MIN_K. Measured
+2026-11-25 (H100, ptx/NOTES.md sixth and seventh sessions): 128x7168x16384 1.01 -> 1.10-1.13x cuBLAS,
+128x4096x7168 1.19-1.23 -> 1.37-1.38, 128x24576x1536 0.96-0.99 -> 1.04-1.07, 128x7168x2048 equal; slower with
+64x32 tiles and at K = 512, hence the bounds.
 
 L2 hints (M <= 128): A is kept (evict-last: every CTA re-reads it), B streamed (evict-first) when one M-tile
 (or one cluster's multicast) means no other load reads its tiles. Measured 2026-11-25 (H100, ptx/NOTES.md):
@@ -376,7 +377,7 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int) -> tuple[
                              f"{block_m}")
         return shape
     if block_m == 64:
-        paired = (_env_flag("DEEPERGEMM_SMALL_M_CLUSTER", False) and ceil_div(m, block_m) == SMALL_M_CLUSTER[0]
+        paired = (_env_flag("DEEPERGEMM_SMALL_M_CLUSTER", True) and ceil_div(m, block_m) == SMALL_M_CLUSTER[0]
                   and block_n >= SMALL_M_CLUSTER_MIN_N and k >= SMALL_M_CLUSTER_MIN_K)
         return SMALL_M_CLUSTER if paired else (1, 1)
     shape = _CLUSTER_FOR.get(block_m, (1, 1))

@@ -56,9 +56,10 @@ def test_cluster_for_several_m_tiles():
 
 
 def test_small_m_pairs_the_two_m_tiles_to_multicast_b(monkeypatch):
-    # opt-in until the GPU suite has run on the paired variants
+    # the switch turns the pairing off (a measurement baseline)
+    monkeypatch.setenv("DEEPERGEMM_SMALL_M_CLUSTER", "0")
     assert configs.select(128, 4096, 7168, H100_SMS).variant.cluster == 1
-    monkeypatch.setenv("DEEPERGEMM_SMALL_M_CLUSTER", "1")
+    monkeypatch.delenv("DEEPERGEMM_SMALL_M_CLUSTER")
     # 64 < M <= 128: two 64-row M-tiles share each B tile -> a 2x1 cluster, and B is read once: evict-first
     for m, n, k in ((128, 4096, 7168), (128, 7168, 16384), (100, 24576, 1536), (65, 7168, 2048)):
         choice = configs.select(m, n, k, H100_SMS)
@@ -144,11 +145,11 @@ def test_l2_hints_keep_a_and_stream_b_only_at_small_m(monkeypatch):
     assert configs.select(1, 2112, 7168, H100_SMS).l2_hints == keep_a | stream_b
     # two unpaired 64-row M-tiles read each B tile: B keeps the normal priority (evict-first measured 10-20%
     # slower); paired in a cluster that multicasts B, B is read once again
+    monkeypatch.setenv("DEEPERGEMM_SMALL_M_CLUSTER", "0")
     assert configs.select(128, 7168, 16384, H100_SMS).l2_hints == keep_a
-    monkeypatch.setenv("DEEPERGEMM_SMALL_M_CLUSTER", "1")
+    monkeypatch.delenv("DEEPERGEMM_SMALL_M_CLUSTER")
     assert configs.select(128, 32768, 512, H100_SMS).l2_hints == keep_a
     assert configs.select(128, 7168, 16384, H100_SMS).l2_hints == keep_a | stream_b
-    monkeypatch.delenv("DEEPERGEMM_SMALL_M_CLUSTER")
     assert configs.select(4096, 7168, 16384, H100_SMS).l2_hints == 0
     monkeypatch.setenv("DEEPERGEMM_L2_HINTS", "0")
     assert configs.select(64, 4096, 7168, H100_SMS).l2_hints == 0
