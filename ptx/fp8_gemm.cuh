@@ -61,6 +61,8 @@ enum AccMode : int {
 //   DG_ABLATE_EPILOGUE   skip the output stores (wrong results: times the loop without them)
 //   DG_TRACE             256-row tiles: CTA 0 logs the SM clock (32 bits) at each step's events into the
 //                        bias argument (bias_kind 0; bench/trace_case.py reads it): where the tensor cores idle
+//   DG_PAIRED_F32_STORES  fp32 epilogue with v2 stores, which puts each promotion FFMA's two accumulator
+//                        operands in one register bank (the layout before the seventh session)
 //   DG_PRODUCERS=1|2|3   how many producer threads share the loads (default 3, one per operand)
 //   DG_PINGPONG=0|1      override the math warpgroups' turn-taking (default: 1 on 256-row tiles, else 0):
 //                        1 = they issue their wgmmas in strict turns (named barriers). Two other
@@ -535,6 +537,19 @@ struct MathWarpgroup {
     }
   }
 
+  // Two adjacent fp32 outputs. A v2 store would tie the pair to an aligned register pair, which ties every
+  // total to the register bank of its wgmma partial (whose registers are aligned the same way): then each
+  // promotion FFMA reads two operands from one bank (ptx/NOTES.md, seventh session). Two scalar stores
+  // leave ptxas free to put the totals in the other bank; the fp32 output path pays a few stores per tile.
+  __device__ __forceinline__ static void store_f32_pair(float* dst, float x, float y) {
+#ifdef DG_PAIRED_F32_STORES
+    st_global_v2_f32(dst, x, y);
+#else
+    st_global_f32(dst, x);
+    st_global_f32(dst + 1, y);
+#endif
+  }
+
   __device__ __forceinline__ float bias_at(int col) const {
     if (p.bias_kind == kBiasF32) return static_cast<const float*>(p.bias)[col];
     const uint16_t bits = static_cast<const uint16_t*>(p.bias)[col];
@@ -574,9 +589,9 @@ struct MathWarpgroup {
       for (int j = 0; j < T::kGroups8; ++j) {
         const int col = n0 + 8 * j + quad_col;
         if (col < p.n) {
-          if (r < p.m) st_global_v2_f32(out + static_cast<int64_t>(r) * p.n + col, total[4 * j], total[4 * j + 1]);
+          if (r < p.m) store_f32_pair(out + static_cast<int64_t>(r) * p.n + col, total[4 * j], total[4 * j + 1]);
           if (r + 8 < p.m)
-            st_global_v2_f32(out + static_cast<int64_t>(r + 8) * p.n + col, total[4 * j + 2], total[4 * j + 3]);
+            store_f32_pair(out + static_cast<int64_t>(r + 8) * p.n + col, total[4 * j + 2], total[4 * j + 3]);
         }
       }
       return;
