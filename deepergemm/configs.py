@@ -224,13 +224,14 @@ TILE_SHAPES: tuple[tuple[int, int], ...] = (
     (64, 32), (64, 64), (64, 128),
 )
 # Relative cost per output element (the wave model's weight), measured 2026-11-25 (ptx/NOTES.md):
-# 64-row tiles re-read B from shared memory twice as often per flop; 256-row tiles (one partial set,
-# warpgroups taking turns) ran 3-8% faster than 128-row ones (dual partial sets) at equal waves on the
-# H100. 128x192 tiles (one partial set; their warpgroup columns span two B-scale blocks) run about 10%
-# slower per element than 128x128, but fill the waves at N = 2112 (352 tiles for 132 SMs against 544 of
-# 128x128): 4096x2112x7168 0.98 against 0.92x cuBLAS (H200). BLOCK_N 96/112/144/160 ran 10-30% slower than
-# 128 on every large shape tried, so they are not selectable.
-_TILE_COST = {(256, 128): 0.93, (128, 128): 1.0, (128, 192): 1.08, (64, 32): 1.1, (64, 64): 1.1, (64, 128): 1.1}
+# 64-row tiles re-read B from shared memory twice as often per flop; 256-row tiles (one partial set) ran
+# 3-8% faster than 128-row ones (dual partial sets) at equal waves on the H100. 128x192 tiles (one partial
+# set; their warpgroup columns span two B-scale blocks) run slower per element than 128x128 at long K, but
+# at N = 2112 they fill the waves (11 N-tiles): 4096x2112x7168 1.07-1.10 against 0.96-0.97x cuBLAS, and
+# 8192x2112x7168 (5.3 waves, rounded up to 6) still 3-6% faster than 128x128 or 256x128 in three sweeps of
+# the seventh session; the weight 0.98 picks it at both and nowhere else among the anchors. BLOCK_N
+# 96/112/144/160 ran 10-30% slower than 128 on every large shape tried, so they are not selectable.
+_TILE_COST = {(256, 128): 0.93, (128, 128): 1.0, (128, 192): 0.98, (64, 32): 1.1, (64, 64): 1.1, (64, 128): 1.1}
 
 
 def _variants() -> tuple[Variant, ...]:

@@ -16,8 +16,8 @@
 //                partial before promoting the previous one, so the tensor cores never wait on the
 //                promotion (nor on the epilogue).
 // Tile split between the math warpgroups: BM = 256: two 64-row slabs each (rows 64w.. and 128 + 64w..),
-//                                              all BN columns, one after the other per stage, the two
-//                                              warpgroups issuing in strict turns (named barriers);
+//                                              all BN columns, one after the other per stage (each
+//                                              promotion overlaps the other warpgroup's wgmmas);
 //                                         BM = 128: 64 rows each, all BN columns;
 //                                         BM = 64: all 64 rows, BN/WGS columns each.
 // With KS > 1 (split-K clusters, small M, no multicast) the KS CTAs of a cluster share one tile, each over
@@ -64,12 +64,13 @@ enum AccMode : int {
 //   DG_PAIRED_F32_STORES  fp32 epilogue with v2 stores, which puts each promotion FFMA's two accumulator
 //                        operands in one register bank (the layout before the seventh session)
 //   DG_PRODUCERS=1|2|3   how many producer threads share the loads (default 3, one per operand)
-//   DG_PINGPONG=0|1      override the math warpgroups' turn-taking (default: 1 on 256-row tiles, else 0):
-//                        1 = they issue their wgmmas in strict turns (named barriers). Two other
-//                        orders measured slower (handing over on completion, a one-time stagger) are in
-//                        the history (commits a237fe0, 3058150; ptx/NOTES.md, fourth session).
+//   DG_PINGPONG=1        the math warpgroups issue their wgmmas in strict turns (named barriers; default 0).
+//                        It gained 5-7% on 256-row tiles while each promotion FFMA read two operands from
+//                        one register bank, and costs 1-3% since that is gone (ptx/NOTES.md, seventh
+//                        session). Two other orders measured slower (handing over on completion, a one-time
+//                        stagger) are in the history (commits a237fe0, 3058150; fourth session).
 #ifndef DG_PINGPONG
-#define DG_PINGPONG -1
+#define DG_PINGPONG 0
 #endif
 constexpr int kPingPongOverride = DG_PINGPONG;
 constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w waits on 1 + w for its turn
@@ -315,10 +316,8 @@ struct MathWarpgroup {
   using L = typename T::Layout;
   static_assert(KS == 1 || T::kSlabs == 1, "split-K clusters are built for one-slab tiles");
   static constexpr int kRegs = T::kRegs;
-  // Turn-taking (DG_PINGPONG above). On 256-row tiles each warpgroup's promotion can only overlap the
-  // other's wgmmas; strict turns keep the two a slab apart (measured +5-7% there, ptx/NOTES.md).
-  static constexpr bool kTurns = WGS > 1 && (kPingPongOverride >= 0 ? kPingPongOverride == 1
-                                                                    : (T::kSlabs > 1 && ACC == kAccSingle));
+  // Turn-taking (DG_PINGPONG above, off by default): the two warpgroups issue in strict alternation.
+  static constexpr bool kTurns = WGS > 1 && kPingPongOverride == 1;
 
   const GemmParams& p;
   const TileScheduler<CM, CN, KS>& sched;
@@ -692,9 +691,15 @@ struct MathWarpgroup {
         wgmma_wait<0>();
         release(sc0);
         if constexpr (kEarlyAcquire) acquire(next);
-        promote(acc0, total, sc0);
+        promote_only(acc0, total, sc0, 0);
         if constexpr (!kEarlyAcquire) acquire(next);
+        // The next step is issued before a finished tile's stores, so they overlap its wgmmas.
         issue_slab(acc0, next, 0);
+        if (sc0.last_k) {
+          finish_tile(total, sc0.m_block, sc0.n_block);
+#pragma unroll
+          for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
+        }
         sc0 = next;
       }
       wgmma_wait<0>();
