@@ -234,7 +234,7 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(gemm, "bench_device", lambda: torch.device("cpu"))
     monkeypatch.setitem(gemm.BACKEND_ALIASES, "cublas", "reference")
     times = iter([20.0, 10.0, 30.0] * 10)  # per shape: deepergemm, cublas, bf16
-    monkeypatch.setattr(gemm, "time_cold_l2", lambda fn, launches, device=None: (fn(), _timing(next(times)))[1])
+    monkeypatch.setattr(gemm, "time_steady", lambda fn, launches, device=None: (fn(), _timing(next(times)))[1])
 
 
 def test_main_end_to_end_on_fake_gpu(fake_gpu, tmp_path, capsys):
@@ -297,3 +297,28 @@ def test_gpu_bench_cublas(tmp_path, capsys):
     assert data["rows"][0]["deepgemm_vs_cublas"] == 1.82 and data["rows"][1]["anchor"] is None
     if _has_matplotlib():
         assert json_path.with_suffix(".png").exists()
+
+
+def test_steadiest_timing_wins_and_stalls_are_retried(monkeypatch):
+    from deepergemm.benchmark import timing
+    stalled = Timing(median_us=488.7, min_us=52.0, p20_us=53.0, p80_us=1560.6, launches=30)
+    steady = Timing(median_us=53.3, min_us=52.0, p20_us=52.8, p80_us=54.0, launches=30)
+    assert timing.steadiest([stalled, steady]) is steady
+    with pytest.raises(ValueError):
+        timing.steadiest([])
+    runs = iter([stalled, stalled, steady, stalled])
+    calls = []
+
+    def fake_time(fn, launches, device=None):
+        calls.append(launches)
+        return next(runs)
+
+    monkeypatch.setattr(timing, "time_cold_l2", fake_time)
+    assert timing.time_steady(lambda: None, 30) is steady  # third attempt
+    assert calls == [30, 30, 30]
+    calls.clear()
+    runs = iter([steady, stalled])
+    assert timing.time_steady(lambda: None, 30) is steady and calls == [30]  # steady at once: no repeat
+    calls.clear()
+    runs = iter([stalled] * 5)
+    assert timing.time_steady(lambda: None, 30) is stalled and calls == [30, 30, 30]  # gives up after three

@@ -6,8 +6,9 @@ For each shape: N(0,1) bf16 inputs x (M, K) and w (N, K), quantized through the 
 (1x128 activation groups, 128x128 weight blocks). Each backend runs once and its bf16 output is
 checked against the fp32 GEMM of the dequantized inputs (TF32 off): calc_diff must be at most
 --check-tol, for cuBLAS too. A backend that fails is reported, left untimed, and makes the exit
-status 1. Passing backends are timed with benchmark.timing.time_cold_l2 (a 1 GiB buffer zeroed
-before each launch, CUDA events, median of --launches), and so is bf16 torch.matmul(x, w.t()) for
+status 1. Passing backends are timed with benchmark.timing.time_steady (a 1 GiB buffer zeroed
+before each launch, CUDA events, median of --launches; repeated, at most three times, while the spread
+shows a stall of the machine), and so is bf16 torch.matmul(x, w.t()) for
 context. The table gives ours / cuBLAS next to DeepGEMM / cuBLAS from design/ANCHORS.md (the
 figure to beat); gemm_<timestamp>.json and .png go to --out.
 
@@ -35,7 +36,7 @@ from .. import ops, reference
 from . import report
 from .report import Measurement
 from .shapes import Shape, select_shapes
-from .timing import time_cold_l2
+from .timing import time_steady
 
 MIN_LAUNCHES = 30    # below this the median is too noisy to compare with the anchors
 QUICK_LAUNCHES = 5   # --quick default: a smoke run, not figures to report
@@ -143,7 +144,7 @@ def measure_backend(name: str, fn, expected: torch.Tensor, args, device: torch.d
         if not diff <= args.check_tol:  # NaN fails too
             return Measurement(name, calc_diff=diff,
                                error=f"calc_diff {diff:.2e} > tolerance {args.check_tol:.1e} (not timed)")
-        return Measurement(name, calc_diff=diff, timing=time_cold_l2(fn, args.launches, device=device))
+        return Measurement(name, calc_diff=diff, timing=time_steady(fn, args.launches, device=device))
     except Exception as exc:  # a crashing backend is a result to report, not a reason to lose the others
         first_line = (str(exc).strip().splitlines() or [""])[0]
         return Measurement(name, error=f"{type(exc).__name__}: {first_line}")
@@ -163,7 +164,7 @@ def measure_shape(shape: Shape, backends: list[str], args, device: torch.device)
                                BACKEND_ALIASES.get(name, name))
         measurements.append(measure_backend(name, fn, expected, args, device))
     del expected  # up to 1 GiB (8192x32768 fp32): not needed for the bf16 timing
-    bf16 = time_cold_l2(lambda: torch.matmul(x, w.t()), args.launches, device=device) if args.bf16 else None
+    bf16 = time_steady(lambda: torch.matmul(x, w.t()), args.launches, device=device) if args.bf16 else None
     return report.build_row(shape, measurements, args.hbm_tbps, bf16)
 
 
