@@ -136,8 +136,14 @@ def test_exactness_bound_is_the_tolerance_unless_bf16_rounding_alone_exceeds_it(
     torch.manual_seed(0)
     big = torch.randn(256, 512)
     assert ref.exactness_bound(big, torch.bfloat16) == ref.EXACT_TOL
-    # 8 outputs where each one's bf16 rounding error is near its worst (half a unit in the last place)
-    tiny = torch.tensor([1.0 + 2 ** -8 * 0.999] * 8)  # bf16 spacing at 1 is 2**-7: rounds down to 1
-    floor = ref.calc_diff(tiny.to(torch.bfloat16), tiny)
-    assert floor > ref.EXACT_TOL
-    assert ref.exactness_bound(tiny, torch.bfloat16) == pytest.approx(1.25 * floor)
+    assert ref.exactness_bound(big, torch.float32) == ref.EXACT_TOL
+    # 8 outputs just below a bf16 midpoint (spacing at 1 is 2**-7): the exact rounding goes down to 1,
+    # a tensor-core sum (relative error up to TENSOR_CORE_REL) may land above the midpoint: 1 + 2**-7
+    tiny = torch.tensor([1.0 + 2 ** -8 * (1 - 2 ** -12)] * 8)
+    down, up = torch.ones(8), torch.full((8,), 1.0 + 2 ** -7)
+    assert ref.calc_diff(down, tiny) > ref.EXACT_TOL
+    bound = ref.exactness_bound(tiny, torch.bfloat16)
+    assert ref.calc_diff(down, tiny) <= bound and ref.calc_diff(up, tiny) <= bound
+    # but not two units off, nor a wrong scale
+    assert ref.calc_diff(torch.full((8,), 1.0 + 2 ** -6), tiny) > bound
+    assert ref.calc_diff(tiny * 1.01, tiny) > bound
