@@ -86,12 +86,13 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
                                           kBN / kClusterM, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's B slice
   const CUtensorMap map_sa = tensor_map_2d(a_scales.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m, k_blocks,
                                            sa_stride * 4, kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
-  // bf16 output: TMA stores of 16-row (one warp's) x kEpiN-column slices, swizzled like the staging buffer. fp32 output
+  // bf16 output: TMA stores of 16-row (one warp's; 64 with DG_WG_STORE) x kEpiN-column slices, swizzled like the
+  // staging buffer. fp32 output
   // is stored directly from registers (the map is not read; map_a stands in for it).
   const bool out_fp32 = out.scalar_type() == at::kFloat;
   const CUtensorMap map_out =
       out_fp32 ? map_a
-               : tensor_map_2d(out.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, n, m, n * 2, Traits::kEpiN, 16,
+               : tensor_map_2d(out.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, n, m, n * 2, Traits::kEpiN, dg::kEpiStoreRows,
                                Traits::kEpiN == 64   ? CU_TENSOR_MAP_SWIZZLE_128B
                                : Traits::kEpiN == 32 ? CU_TENSOR_MAP_SWIZZLE_64B
                                                      : CU_TENSOR_MAP_SWIZZLE_32B);

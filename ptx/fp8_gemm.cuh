@@ -63,6 +63,8 @@ enum AccMode : int {
 //                        bias argument (bias_kind 0; bench/trace_case.py reads it): where the tensor cores idle
 //   DG_PAIRED_F32_STORES  fp32 epilogue with v2 stores, which puts each promotion FFMA's two accumulator
 //                        operands in one register bank (the layout before the seventh session)
+//   DG_WG_STORE=1        bf16 epilogue with one TMA store per warpgroup and band (64-row boxes, two named
+//                        barriers of the warpgroup per band) instead of one per warp (16-row boxes)
 //   DG_PRODUCERS=1|2|3   how many producer threads share the loads (default 3, one per operand)
 //   DG_PINGPONG=1        the math warpgroups issue their wgmmas in strict turns (named barriers; default 0).
 //                        It gained 5-7% on 256-row tiles while each promotion FFMA read two operands from
@@ -74,6 +76,12 @@ enum AccMode : int {
 #endif
 constexpr int kPingPongOverride = DG_PINGPONG;
 constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w waits on 1 + w for its turn
+#ifndef DG_WG_STORE
+#define DG_WG_STORE 0
+#endif
+constexpr bool kWarpgroupStores = DG_WG_STORE != 0;
+constexpr int kEpiStoreRows = kWarpgroupStores ? 64 : 16;  // rows of one bf16 TMA store (the output map's box)
+constexpr uint32_t kEpiBarrier = 3;   // named barriers 3 and 4: warpgroup w's staging buffer (DG_WG_STORE)
 
 #ifdef DG_TRACE
 constexpr uint32_t kTraceSteps = 320, kTraceEvents = 8;
@@ -608,8 +616,13 @@ struct MathWarpgroup {
     const int warp_m = m0 + warp * 16;
 #pragma unroll
     for (int band = 0; band < T::kWgN / T::kEpiN; ++band) {
-      if (lane == 0) bulk_wait_group_read<0>();  // the previous band's (or tile's) store has read the slice
-      __syncwarp();
+      if constexpr (kWarpgroupStores) {
+        if (tid == 0) bulk_wait_group_read<0>();  // the previous band's store has read the buffer
+        named_barrier_sync(kEpiBarrier + wg, 128);
+      } else {
+        if (lane == 0) bulk_wait_group_read<0>();  // the previous band's (or tile's) store has read the slice
+        __syncwarp();
+      }
 #pragma unroll
       for (int jj = 0; jj < T::kEpiN / 16; ++jj) {
         const int j = band * (T::kEpiN / 8) + 2 * jj;
@@ -619,11 +632,19 @@ struct MathWarpgroup {
                     pack_bf16x2(total[4 * j + 4], total[4 * j + 5]), pack_bf16x2(total[4 * j + 6], total[4 * j + 7]));
       }
       fence_proxy_async_shared();  // each lane's stmatrix writes, before the TMA engine reads them
-      __syncwarp();
       const int band_n = n0 + band * T::kEpiN;
-      if (lane == 0 && warp_m < p.m && band_n < p.n) {  // skip slices wholly outside (e.g. a padding tile)
-        tma_store_2d(map_out, slice, band_n, warp_m);
-        bulk_commit_group();
+      if constexpr (kWarpgroupStores) {
+        named_barrier_sync(kEpiBarrier + wg, 128);  // every warp's rows are in the buffer
+        if (tid == 0 && m0 < p.m && band_n < p.n) {
+          tma_store_2d(map_out, smem + L::kEpi + wg * L::kEpiBytesPerWG, band_n, m0);
+          bulk_commit_group();
+        }
+      } else {
+        __syncwarp();
+        if (lane == 0 && warp_m < p.m && band_n < p.n) {  // skip slices wholly outside (e.g. a padding tile)
+          tma_store_2d(map_out, slice, band_n, warp_m);
+          bulk_commit_group();
+        }
       }
     }
   }
