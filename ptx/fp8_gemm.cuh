@@ -443,6 +443,11 @@ struct MathWarpgroup {
   // K block (one-slab tiles; 256-row tiles finish both slabs in run()).
   __device__ __forceinline__ void promote(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc) {
     promote_only(acc, total, sc, 0);
+    finish_if_last(total, sc);
+  }
+
+  // After a step's promotion: if it was its tile's last K block, store the tile and start the next one's sums.
+  __device__ __forceinline__ void finish_if_last(float (&total)[kRegs], const StepScales& sc) {
     if (sc.last_k) {
       finish_tile(total, sc.m_block, sc.n_block);
 #pragma unroll
@@ -716,11 +721,7 @@ struct MathWarpgroup {
         if constexpr (!kEarlyAcquire) acquire(next);
         // The next step is issued before a finished tile's stores, so they overlap its wgmmas.
         issue_slab(acc0, next, 0);
-        if (sc0.last_k) {
-          finish_tile(total, sc0.m_block, sc0.n_block);
-#pragma unroll
-          for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
-        }
+        finish_if_last(total, sc0);
         sc0 = next;
       }
       wgmma_wait<0>();
