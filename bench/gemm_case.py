@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # also under ncu / compute-sanitizer
-from deepergemm import configs, cublas, layouts  # noqa: E402
+from deepergemm import configs, cublas, extension, kernels, layouts  # noqa: E402
 from deepergemm import reference as ref  # noqa: E402
 
 
@@ -21,14 +21,17 @@ class GemmCase:
     sms: int                 # SMs of the GPU (the persistent grid)
     stream: int              # the current CUDA stream's handle
 
-    def launch(self, module, group_n: int = 16, l2_hints: int | None = None) -> None:
-        """One launch of a compiled variant (extension.load(...)): no bias, bf16 out; L2 hints as configs
-        would pick them unless given."""
+    def launch(self, module, group_n: int = 16, l2_hints: int | None = None, bias: torch.Tensor | None = None,
+               stream_k: bool | None = None) -> None:
+        """One launch of a compiled variant (extension.load(...)): no bias (or a DG_TRACE / DG_LIFETRACE
+        log in its place), bf16 out; L2 hints and stream-K as configs would pick them unless given."""
+        variant = extension.variant_of(module)
         if l2_hints is None:
-            block_m, cluster_m = module.variant_info()[0], module.variant_info()[4]
-            l2_hints = configs.l2_hints_for(self.a.shape[0], block_m, cluster_m)
-        module.fp8_gemm(self.a, self.a_scales, self.b, self.b_scales, self.out, self.out, 0, self.sms, group_n,
-                        l2_hints, self.stream)
+            l2_hints = configs.l2_hints_for(self.a.shape[0], variant.block_m, variant.cluster_m)
+        if stream_k is None:
+            stream_k = configs.stream_k_pays(self.a.shape[0], self.b.shape[0], variant, self.sms)
+        kernels.launch(module, variant, self.a, self.a_scales, self.b, self.b_scales, self.out, bias, self.sms, group_n,
+                       l2_hints, stream_k, bias_kind=0)
 
     def launch_cublas(self) -> torch.Tensor:
         return cublas.fp8_gemm_cublas(self.a, self.a_scales, self.b, self.b_scales, torch.bfloat16, None)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deepergemm import configs, extension, layouts  # noqa: E402
+from deepergemm import configs, extension, kernels, layouts  # noqa: E402
 from deepergemm import reference as ref  # noqa: E402
 from deepergemm.benchmark.shapes import anchor_for, select_shapes  # noqa: E402
 from deepergemm.benchmark.timing import time_cold_l2  # noqa: E402
@@ -45,6 +45,8 @@ def main() -> int:
     parser.add_argument("--l2-hints", default="auto",
                         help="comma list of L2 hint codes (A priority | B priority << 2; 0 = none) or auto (configs')")
     parser.add_argument("--launches", type=int, default=20)
+    parser.add_argument("--stream-k", default="auto",
+                        help="stream-K tail: auto (where configs would), 0, 1, or 0,1 to time both")
     parser.add_argument("--jobs", type=int, default=extension.default_jobs())
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--no-check", action="store_true",
@@ -55,7 +57,6 @@ def main() -> int:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     picks = {s: configs.select(s.m, s.n, s.k, sms).variant for s in shapes}
     extension.build_variants(list(dict.fromkeys(variants + (list(picks.values()) if auto else []))), args.jobs)
-    stream = torch.cuda.current_stream().cuda_stream
     rows, failures = [], 0
     for shape in shapes:
         m, n, k = shape.m, shape.n, shape.k
@@ -75,18 +76,21 @@ def main() -> int:
         for v in tried:
             mod = extension.load(v)
             hints = [configs.l2_hints_for(m, v.block_m, v.cluster_m) if h == "auto" else int(h) for h in args.l2_hints.split(",")]
-            for g, h in ((g, h) for g in (int(x) for x in args.group_n.split(",")) for h in dict.fromkeys(hints)):
+            sk_options = [configs.stream_k_pays(m, n, v, sms) if x == "auto" else x == "1" for x in args.stream_k.split(",")]
+            for g, h, stream_k in ((g, h, sk) for g in (int(x) for x in args.group_n.split(","))
+                                   for h in dict.fromkeys(hints) for sk in sk_options):
                 out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-                tag = f"g{g}" + (f"h{h}" if len(set(hints)) > 1 else "")
+                tag = f"g{g}" + (f"h{h}" if len(set(hints)) > 1 else "") + (f"sk{int(stream_k)}" if len(sk_options) > 1 else "")
 
                 def launch():
-                    mod.fp8_gemm(a, a_s_k, b, b_s, out, out, 0, sms, g, h, stream)
+                    kernels.launch(mod, v, a, a_s_k, b, b_s, out, None, sms, g, h, stream_k)
 
                 launch()
                 torch.cuda.synchronize()
                 unwritten = int(out.isnan().sum())
                 diff = ref.calc_diff(out.float().nan_to_num(0), expected)
-                row = {"shape": shape.label, "variant": v.key, "group_n": g, "l2_hints": h, "cublas_us": cublas,
+                row = {"shape": shape.label, "variant": v.key, "group_n": g, "l2_hints": h, "stream_k": stream_k,
+                       "cublas_us": cublas,
                        "calc_diff": diff, "unwritten": unwritten, "auto": v == picks[shape]}
                 if (unwritten or not diff <= 2e-6) and not args.no_check:
                     failures += 1

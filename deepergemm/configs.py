@@ -298,6 +298,7 @@ class Choice:
     waves: int
     grid: int
     l2_hints: int = 0
+    stream_k: bool = False  # share the part-filled last wave out by K blocks (see stream_k_for)
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -341,6 +342,34 @@ def waves_for(m: int, n: int, block_m: int, block_n: int, num_sms: int,
     cm, cn = cluster
     units = ceil_div(ceil_div(m, block_m), cm) * ceil_div(ceil_div(n, block_n), cn)
     return units, ceil_div(units, max(1, num_sms // (cm * cn * splits)))
+
+
+def stream_k_for(variant: Variant) -> bool:
+    """Whether this variant can run the stream-K tail (ptx/scheduler.cuh): when the units leave the last wave
+    part-filled, that wave's units and one full wave more are shared out among all clusters by K blocks,
+    each cluster's heads and tails of tiles joined through a workspace in a fixed order. Large-M tiles
+    with one partial set (BLOCK_M >= 128, key letter p; the two-set loops do not start a tile's sums from
+    the workspace), no split-K. DEEPERGEMM_STREAM_K=0 turns it off."""
+    return (variant.splits == 1 and variant.block_m >= 128 and not variant.dual_acc
+            and _env_flag("DEEPERGEMM_STREAM_K", True))
+
+
+# Stream-K pays where the last wave leaves at least this share of the SMs' time idle: measured on the H100
+# 2026-11-25 (ptx/NOTES.md, eighth session), 256x128 gained 17% at 4096x2112x7168 (2.2 waves) and 5% at
+# 8192x2112x7168 (4.4 waves), and lost 1-8% at 3.9-31 waves (its hand-offs cost more than the 3% idle).
+STREAM_K_MIN_IDLE = 0.10
+STREAM_K_TILES = ((256, 128),)  # 128x192 gained less and nowhere where it would be picked
+STREAM_K_COST = 1.03            # the hand-offs, on the fractional waves the wave model charges
+
+
+def stream_k_pays(m: int, n: int, variant: Variant, num_sms: int) -> bool:
+    """stream_k_for(variant), on a tile shape where it was measured to pay, for a problem whose last wave
+    idles at least STREAM_K_MIN_IDLE of the time (the binding re-checks with the clusters that fit)."""
+    if not stream_k_for(variant) or (variant.block_m, variant.block_n) not in STREAM_K_TILES:
+        return False
+    units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, (variant.cluster_m, variant.cluster_n))
+    clusters = max(1, num_sms // variant.cluster)
+    return units > clusters and (waves - units / clusters) / waves >= STREAM_K_MIN_IDLE
 
 
 def _split_k_choice(m: int, n: int, k_blocks: int, num_sms: int, shape: tuple[int, int]) -> tuple[int, tuple[int, int]]:
@@ -407,8 +436,10 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
         def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
             bm, bn = shape
             cluster = _cluster_shape(m, n, k, bm, bn)
-            _, waves = waves_for(m, n, bm, bn, num_sms, cluster)
-            # a wave: every CTA of every cluster runs one tile
+            units, waves = waves_for(m, n, bm, bn, num_sms, cluster)
+            # a wave: every CTA of every cluster runs one tile; stream-K evens the last one out
+            if stream_k_pays(m, n, find_variant(bm, bn, dual, cluster), num_sms):
+                waves = units / max(1, num_sms // (cluster[0] * cluster[1])) * STREAM_K_COST
             return waves * bm * bn * _TILE_COST[shape], -bm * bn  # ties: the larger tile
 
         shape = min(shapes, key=modelled_time)
@@ -427,4 +458,4 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
         raise ValueError(f"DEEPERGEMM_GROUP_N must be >= 1, got {group_n}")
     grid = min(units, num_sms // variant.cluster) * variant.cluster
     return Choice(variant, min(group_n, n_units), units * variant.cluster, waves, grid,
-                  l2_hints_for(m, variant.block_m, variant.cluster_m))
+                  l2_hints_for(m, variant.block_m, variant.cluster_m), stream_k_pays(m, n, variant, num_sms))

@@ -31,7 +31,7 @@ NVCC_FLAGS = ("-O3", "-gencode=arch=compute_90a,code=sm_90a", "--expt-relaxed-co
 CPP_DECLARATIONS = """
 void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b, const at::Tensor& b_scales,
               at::Tensor& out, const at::Tensor& bias, int64_t bias_kind, int64_t num_sms, int64_t group_n,
-              int64_t l2_hints, int64_t stream);
+              int64_t l2_hints, const at::Tensor& stream_k_workspace, int64_t stream);
 std::vector<int64_t> variant_info();
 """
 FUNCTIONS = ["fp8_gemm", "variant_info"]
@@ -115,6 +115,14 @@ def load(variant: configs.Variant):
                            f"ptx/smem.cuh and configs.Variant.smem_bytes disagree")
     _modules[variant] = module
     return module
+
+
+def variant_of(module) -> configs.Variant:
+    """The variant a module returned by load() was built for."""
+    for variant, loaded in _modules.items():
+        if loaded is module:
+            return variant
+    raise ValueError("variant_of: not a module returned by deepergemm.extension.load")
 
 
 def _build_in_subprocess(variant: configs.Variant) -> str:

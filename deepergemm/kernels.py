@@ -33,6 +33,42 @@ def available(device: torch.device) -> bool:
     return _device_ok(device.index if device.index is not None else torch.cuda.current_device())
 
 
+_NO_WORKSPACE = torch.empty(0, dtype=torch.int32)
+_stream_k_workspaces: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def stream_k_workspace(variant: configs.Variant, device: torch.device, num_sms: int) -> torch.Tensor:
+    """The stream-K tail's workspace (ptx/scheduler.cuh): a flag per CTA and math warpgroup, which every
+    launch leaves at zero, then a slot of BLOCK_M x BLOCK_N fp32 partial sums per CTA (17 MB for 256x128
+    tiles on 132 SMs). One per device and stream, grown on demand: launches on one stream run in order,
+    two streams never share one. While a CUDA graph is captured, a fresh one (the graph owns it and
+    replays the zeroing of its flags)."""
+    flags = num_sms * variant.math_wgs
+    size = flags + num_sms * variant.block_m * variant.block_n
+    if torch.cuda.is_current_stream_capturing():
+        workspace = torch.empty(size, dtype=torch.int32, device=device)
+        workspace[:flags].zero_()
+        return workspace
+    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    workspace = _stream_k_workspaces.get(key)
+    if workspace is None or workspace.numel() < size:
+        workspace = torch.zeros(size, dtype=torch.int32, device=device)
+        _stream_k_workspaces[key] = workspace
+    return workspace
+
+
+def launch(module, variant: configs.Variant, a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor,
+           b_scales: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None, num_sms: int, group_n: int,
+           l2_hints: int, stream_k: bool, bias_kind: int | None = None) -> None:
+    """One launch of a loaded variant on the current stream (inputs already in the kernel's layouts). The
+    developer tools pass bias_kind 0 with a log buffer as `bias` (DG_TRACE / DG_LIFETRACE builds)."""
+    if bias_kind is None:
+        bias_kind = _BIAS_KIND[None if bias is None else bias.dtype]
+    workspace = stream_k_workspace(variant, a.device, num_sms) if stream_k else _NO_WORKSPACE
+    module.fp8_gemm(a, a_scales, b, b_scales, out, bias if bias is not None else out, bias_kind, num_sms, group_n,
+                    l2_hints, workspace, torch.cuda.current_stream(a.device).cuda_stream)
+
+
 def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
              out_dtype: torch.dtype, bias: torch.Tensor | None) -> torch.Tensor:
     m, k = a.shape
@@ -44,7 +80,6 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales:
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if bias is not None and bias.dtype not in (torch.float32, torch.bfloat16):
         bias = bias.float()  # fp16 bias: the kernel reads fp32 or bf16
-    bias_arg = bias.contiguous() if bias is not None else out  # unused when bias_kind == 0
-    module.fp8_gemm(a, a_scales, b, b_scales, out, bias_arg, _BIAS_KIND[None if bias is None else bias.dtype],
-                    num_sms, choice.group_n, choice.l2_hints, torch.cuda.current_stream(a.device).cuda_stream)
+    launch(module, choice.variant, a, a_scales, b, b_scales, out, bias.contiguous() if bias is not None else None,
+           num_sms, choice.group_n, choice.l2_hints, choice.stream_k)
     return out

@@ -69,7 +69,7 @@ CUtensorMap tensor_map_2d(const void* base, CUtensorMapDataType type, uint64_t i
 // stream: the caller's current CUDA stream (passed from Python: no torch CUDA headers needed here).
 void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b, const at::Tensor& b_scales,
               at::Tensor& out, const at::Tensor& bias, int64_t bias_kind, int64_t num_sms, int64_t group_n, int64_t l2_hints,
-              int64_t stream) {
+              const at::Tensor& stream_k_workspace, int64_t stream) {
   const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
   TORCH_CHECK(k % dg::kBlockK == 0 && n % 8 == 0 && m > 0, "deepergemm: bad GEMM shape ", m, "x", n, "x", k);
   TORCH_CHECK(a.stride(1) == 1 && b.stride(1) == 1 && out.is_contiguous() && b_scales.is_contiguous(),
@@ -86,9 +86,8 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
                                           kBN / kClusterM, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's B slice
   const CUtensorMap map_sa = tensor_map_2d(a_scales.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m, k_blocks,
                                            sa_stride * 4, kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
-  // bf16 output: TMA stores of 16-row (one warp's; 64 with DG_WG_STORE) x kEpiN-column slices, swizzled like the
-  // staging buffer. fp32 output
-  // is stored directly from registers (the map is not read; map_a stands in for it).
+  // bf16 output: TMA stores of 16-row (one warp's) x kEpiN-column slices, swizzled like the staging
+  // buffer. fp32 output is stored directly from registers (the map is not read; map_a stands in for it).
   const bool out_fp32 = out.scalar_type() == at::kFloat;
   const CUtensorMap map_out =
       out_fp32 ? map_a
@@ -105,7 +104,7 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   p.out_fp32 = out_fp32;
   p.b_scales = b_scales.data_ptr<float>();
   p.bias = bias_kind != dg::kBiasNone ? bias.data_ptr() : nullptr;
-#ifdef DG_TRACE
+#if defined(DG_TRACE) || defined(DG_LIFETRACE)
   p.bias = bias.data_ptr();  // the diagnostic build's event log (fp8_gemm.cuh), with bias_kind 0
 #endif
   p.bias_kind = static_cast<int>(bias_kind);
@@ -144,7 +143,24 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
       resident_clusters = std::min<int64_t>(resident_clusters, fits);
     }
   }
-  config.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(units, resident_clusters) * kCluster));
+  const int64_t clusters = std::min<int64_t>(units, resident_clusters);
+  config.gridDim = dim3(static_cast<unsigned>(clusters * kCluster));
+  // Stream-K tail (scheduler.cuh), when Python passes a workspace: only if the units leave the last wave
+  // part-filled. It takes that wave's units and one full wave more, so each cluster's range is >= 1 tile.
+  // One-partial-set loops only (the others never start a tile's sums from a workspace slot).
+  p.sk_units = 0;
+  p.sk_partials = nullptr;
+  p.sk_flags = nullptr;
+  if (stream_k_workspace.numel() > 0 && kSplitK == 1 && kAcc == dg::kAccSingle && units > clusters &&
+      units % clusters != 0) {
+    // num_sms flags per math warpgroup, then num_sms slots (the grid has at most num_sms CTAs)
+    TORCH_CHECK(stream_k_workspace.is_cuda() && stream_k_workspace.scalar_type() == at::kInt &&
+                    stream_k_workspace.numel() >= num_sms * (kBM * kBN + kMathWGs) && clusters * kCluster <= num_sms,
+                "deepergemm: the stream-K workspace needs ", num_sms * (kBM * kBN + kMathWGs), " int32 elements");
+    p.sk_units = static_cast<int>(units % clusters + clusters);
+    p.sk_flags = stream_k_workspace.data_ptr<int>();  // zero between launches
+    p.sk_partials = reinterpret_cast<float*>(stream_k_workspace.data_ptr<int>() + num_sms * kMathWGs);
+  }
   DG_CUDA_CHECK(cudaLaunchKernelEx(&config, kKernel, map_a, map_b, map_sa, map_out, p));
 }
 

@@ -43,6 +43,9 @@ struct GemmParams {
   int bias_kind;
   int group_n;               // rasterization band width in N-tiles
   int l2_a, l2_b;            // L2Priority of the A (and A-scale) loads and of the B loads
+  int sk_units;              // stream-K tail units (scheduler.cuh; 0: none)
+  float* sk_partials;        // stream-K workspace: one slot of BM x BN fp32 partial sums per CTA of the grid...
+  int* sk_flags;             // ...and one flag per slot and math warpgroup (0 between launches)
 };
 
 constexpr int kProducerRegs = 40;
@@ -61,10 +64,12 @@ enum AccMode : int {
 //   DG_ABLATE_EPILOGUE   skip the output stores (wrong results: times the loop without them)
 //   DG_TRACE             256-row tiles: CTA 0 logs the SM clock (32 bits) at each step's events into the
 //                        bias argument (bias_kind 0; bench/trace_case.py reads it): where the tensor cores idle
+//   DG_LIFETRACE         every CTA logs 8 stamps of its life (entry, setup, first data, loop end, drain,
+//                        exit) into the bias argument (bench/lifetrace_case.py): launch, ramp and tail costs
 //   DG_PAIRED_F32_STORES  fp32 epilogue with v2 stores, which puts each promotion FFMA's two accumulator
 //                        operands in one register bank (the layout before the seventh session)
-//   DG_WG_STORE=1        bf16 epilogue with one TMA store per warpgroup and band (64-row boxes, two named
-//                        barriers of the warpgroup per band) instead of one per warp (16-row boxes)
+//   DG_INIT_RELEASE_ARRIVE  the cluster sync after the barrier inits with a release arrive (before the eighth
+//                        session; the fence.mbarrier_init makes it unneeded: 3-5% slower on small shapes)
 //   DG_PRODUCERS=1|2|3   how many producer threads share the loads (default 3, one per operand)
 //   DG_PINGPONG=1        the math warpgroups issue their wgmmas in strict turns (named barriers; default 0).
 //                        It gained 5-7% on 256-row tiles while each promotion FFMA read two operands from
@@ -76,16 +81,27 @@ enum AccMode : int {
 #endif
 constexpr int kPingPongOverride = DG_PINGPONG;
 constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w waits on 1 + w for its turn
-#ifndef DG_WG_STORE
-#define DG_WG_STORE 0
-#endif
-constexpr bool kWarpgroupStores = DG_WG_STORE != 0;
-constexpr int kEpiStoreRows = kWarpgroupStores ? 64 : 16;  // rows of one bf16 TMA store (the output map's box)
-constexpr uint32_t kEpiBarrier = 3;   // named barriers 3 and 4: warpgroup w's staging buffer (DG_WG_STORE)
+constexpr int kEpiStoreRows = 16;     // rows of one bf16 TMA store (one warp's; the output map's box)
+constexpr uint32_t kSkBarrier = 3;    // named barriers 3 and 4: warpgroup w's stream-K handshake
 
 #ifdef DG_TRACE
 constexpr uint32_t kTraceSteps = 320, kTraceEvents = 8;
 #endif
+
+// DG_LIFETRACE (developers' switch, any variant): every CTA logs 8 64-bit stamps of its life into the bias
+// argument (bias_kind 0; bench/lifetrace_case.py reads them): [cta * 8 + e], e =
+//   0 globaltimer at entry, 1 clock at entry, 2 clock after the barrier-init sync (thread 0);
+//   3 clock when math warpgroup 0 found its first stage full, 4 after its last step's promotion and stores,
+//   5 after its stores drained, 6 after the exit sync, 7 globaltimer then (math warpgroup 0, thread 0).
+enum LifeEvent { kLifeEntryNs, kLifeEntry, kLifeInit, kLifeFirstData, kLifeLoopEnd, kLifeDrained, kLifeExit, kLifeExitNs };
+__device__ __forceinline__ void life_stamp(const void* log, int e, bool ns = false) {
+#ifdef DG_LIFETRACE
+  uint64_t t;
+  if (ns) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  else asm volatile("mov.u64 %0, %%clock64;" : "=l"(t));
+  static_cast<uint64_t*>(const_cast<void*>(log))[blockIdx.x * 8 + e] = t;
+#endif
+}
 
 constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
 
@@ -137,8 +153,9 @@ constexpr int kMaxScaleBlocks = 4;  // 128-wide B scale blocks a tile of up to 2
 
 struct StepMeta {                   // one per stage, 32 bytes (SmemLayout::kMetaSlot)
   float sb[kMaxScaleBlocks];        // B scales of blocks n_block*BN/128 + j (clamped to the last block)
-  int m_block, n_block, k_block, last_k;
+  int m_block, n_block, k_block, last_k;  // last_k: Step::last_k, plus kFirstOfTail
 };
+constexpr int kFirstOfTail = 4;     // StepMeta::last_k bit: Step::first_of_tail
 static_assert(sizeof(StepMeta) == 32, "StepMeta must fill its 32-byte slot");
 
 // The CTAs of the cluster that receive a multicast from this one: those of its N-block (B) or M-block (A).
@@ -209,8 +226,9 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
   const bool a_hinted = p.l2_a != kL2Normal, b_hinted = p.l2_b != kL2Normal;
   const uint64_t a_policy = l2_policy(p.l2_a), b_policy = l2_policy(p.l2_b);
   const uint32_t steps = sched.num_steps();
-  int unit = 0, k_block = 0, m_block = 0, n_block = 0;
-  sched.tile_coords(unit, m_block, n_block);
+  int j = 0;
+  Work w = sched.work(0);
+  int k_block = w.k_begin;
   RingPos<STAGES> pos;
   for (uint32_t s = 0; s < steps; ++s, pos.advance()) {
     const uint32_t stage = pos.stage;
@@ -224,26 +242,24 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
 #endif
     mbar_arrive_expect_tx(&full[stage], kBytes);
     // A padding tile of a cluster loads real rows (its results are never stored); B rows past N read as 0.
-    const int m_load = min(m_block, sched.m_tiles - 1) * BM;
-    const int k_abs = sched.k_begin + k_block;  // this CTA's K range (split-K)
+    const int m_load = min(w.m_block, sched.m_tiles - 1) * BM;
     if constexpr ((OPERANDS & kLoadA) != 0) {
       load_operand<(CN > 1)>(smem + L::kA + stage * L::kABytes + sched.rank_n * kASlice * kSwizzleBytes, map_a,
-                             &full[stage], k_abs * kBlockK, m_load + sched.rank_n * kASlice, a_mask, a_hinted,
+                             &full[stage], k_block * kBlockK, m_load + sched.rank_n * kASlice, a_mask, a_hinted,
                              a_policy);
     }
     if constexpr ((OPERANDS & kLoadB) != 0) {
       load_operand<(CM > 1)>(smem + L::kB + stage * L::kBBytes + sched.rank_m * kBSlice * kSwizzleBytes, map_b,
-                             &full[stage], k_abs * kBlockK, n_block * BN + sched.rank_m * kBSlice, b_mask, b_hinted,
-                             b_policy);
+                             &full[stage], k_block * kBlockK, w.n_block * BN + sched.rank_m * kBSlice, b_mask,
+                             b_hinted, b_policy);
     }
     if constexpr ((OPERANDS & kLoadSA) != 0) {
-      load_operand<false>(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], m_load, k_abs, 0, a_hinted,
+      load_operand<false>(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], m_load, k_block, 0, a_hinted,
                           a_policy);
     }
-    if (++k_block == sched.k_blocks) {  // incremental: no division per step
-      k_block = 0;
-      ++unit;
-      if (s + 1 < steps) sched.tile_coords(unit, m_block, n_block);
+    if (++k_block == w.k_end && s + 1 < steps) {  // incremental: no division per step
+      w = sched.work(++j);
+      k_block = w.k_begin;
     }
   }
 }
@@ -265,7 +281,7 @@ __device__ __forceinline__ StepMeta prepare_step_meta(const TileScheduler<CM, CN
     meta.m_block = st.m_block;
     meta.n_block = st.n_block;
     meta.k_block = st.k_block;
-    meta.last_k = st.last_k;
+    meta.last_k = st.last_k | (st.first_of_tail ? kFirstOfTail : 0);
   }
   return meta;
 }
@@ -301,7 +317,8 @@ struct StepScales {
   float f_lo[kMaxSlabs], f_hi[kMaxSlabs];  // per slab: A scales of the thread's rows r, r + 8 times the B scale
   float g_lo[kMaxSlabs], g_hi[kMaxSlabs];  // of the warpgroup's first 128-column block (f) and of the next (g)
   int sb_switch;        // first warpgroup column that uses g (>= kWgN: none)
-  int m_block, n_block, last_k;
+  int m_block, n_block, last_k;  // last_k: 0, or 1 + TileFixup (scheduler.cuh)
+  bool first_of_tail;   // a stream-K tail starts: its sums start from the previous cluster's head
   uint32_t stage;       // the stage the step's operands sit in (freed when it retires)
 };
 
@@ -368,6 +385,9 @@ struct MathWarpgroup {
 #else
   __device__ __forceinline__ void trace(uint32_t, int) const {}
 #endif
+#ifdef DG_LIFETRACE
+  bool first_data_logged = false;
+#endif
 
   // Wait for the next step's data, note its scales and tile, issue its four k32 wgmmas into acc (one
   // commit group).
@@ -381,13 +401,17 @@ struct MathWarpgroup {
   __device__ __forceinline__ void acquire(StepScales& sc) {
     const uint32_t stage = pos.stage;
     mbar_wait(&full[stage], pos.phase);
+#ifdef DG_LIFETRACE
+    if (wg == 0 && tid == 0 && !first_data_logged) life_stamp(p.bias, kLifeFirstData), first_data_logged = true;
+#endif
     pos.advance();
     sc.stage = stage;
     const uint32_t meta = smem_addr(smem + L::kMeta + stage * L::kMetaSlot);
     const uint4 coords = ld_shared_v4(meta + 4 * kMaxScaleBlocks);
     sc.m_block = static_cast<int>(coords.x);
     sc.n_block = static_cast<int>(coords.y);
-    sc.last_k = static_cast<int>(coords.w);
+    sc.last_k = static_cast<int>(coords.w & (kFirstOfTail - 1));
+    sc.first_of_tail = (coords.w & kFirstOfTail) != 0;
     const int n_tile = sc.n_block * BN, n0 = n_tile + col_base;
     const int j = n0 / kBlockK - n_tile / kBlockK;  // which of the tile's scale blocks this warpgroup starts in
     const float sb_lo = ld_shared_f32(meta + 4 * j);
@@ -441,18 +465,90 @@ struct MathWarpgroup {
 
   // Promote a completed step's partial sums into total, and finish the tile if it was the tile's last
   // K block (one-slab tiles; 256-row tiles finish both slabs in run()).
+  // (Also the last step of the one-set loop: no tile follows.)
   __device__ __forceinline__ void promote(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc) {
     promote_only(acc, total, sc, 0);
-    finish_if_last(total, sc);
-  }
-
-  // After a step's promotion: if it was its tile's last K block, store the tile and start the next one's sums.
-  __device__ __forceinline__ void finish_if_last(float (&total)[kRegs], const StepScales& sc) {
     if (sc.last_k) {
-      finish_tile(total, sc.m_block, sc.n_block);
+      finish_tile(total, stream_k_head_done(total, sc), sc.n_block);
 #pragma unroll
       for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
     }
+  }
+
+  // After a step's promotion: if it was its tile's last K block (of this CTA's part), finish the tile
+  // (store it, or hand its partial sums on) and start the sums of the tile whose first step is `next`.
+  __device__ __forceinline__ void finish_if_last(float (&total)[kRegs], const StepScales& sc, const StepScales& next) {
+    if (sc.last_k) {
+      finish_tile(total, stream_k_head_done(total, sc), sc.n_block);
+      start_sums(total, next, 0);
+    }
+  }
+
+  // A tile's sums start at zero, or for a stream-K tail from the previous cluster's head (loaded straight
+  // into them: the loads' latency hides behind the step's wgmmas until its promotion needs them).
+  __device__ __forceinline__ void start_sums(float (&total)[kRegs], const StepScales& first, int slab) {
+    if (KS == 1 && ACC == kAccSingle && first.first_of_tail) {
+      if (slab == 0) stream_k_wait();
+      const float* slot = stream_k_slot(sched.cluster - 1) + slab * kRegs * (128 * WGS);
+#pragma unroll
+      for (int i = 0; i < kRegs; ++i) total[i] = ld_global_cg_f32(slot + i * (128 * WGS));
+    } else {
+#pragma unroll
+      for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
+    }
+  }
+
+  // Before a tile's store (sc: its last step): a stream-K head writes its (slab 0) partial sums to the
+  // workspace and is not stored: it returns an M-block past the end, whose stores the epilogue skips (the
+  // same code path either way: a path that skipped the epilogue made ptxas spill the totals). Returns
+  // the M-block to store.
+  __device__ __forceinline__ int stream_k_head_done(const float (&total)[kRegs], const StepScales& sc) {
+    if (KS == 1 && ACC == kAccSingle && sc.last_k - 1 == kFixContribute) {
+      stream_k_write(total, 0);
+      if constexpr (T::kSlabs == 1) stream_k_publish();
+      return (p.m + BM - 1) / BM;
+    }
+    return sc.m_block;
+  }
+  // ...and slab 1 of 256-row tiles (after slab 0): the flag covers both.
+  __device__ __forceinline__ void stream_k_head_done_slab1(const float (&total1)[kRegs], const StepScales& sc) {
+    if (sc.last_k - 1 == kFixContribute) {
+      stream_k_write(total1, 1);
+      stream_k_publish();
+    }
+  }
+
+  // Stream-K (scheduler.cuh): a cluster's slot holds the partial sums of the tile head it did, one BM x BN
+  // fp32 block per CTA. Each thread moves its own accumulators (element (slab, i) of thread t at
+  // (slab * kRegs + i) * threads + t: coalesced), so the owner's thread t adds the same output elements.
+  // Scalar stores: vector ones would tie the totals to aligned registers (the promotion's bank conflicts).
+  __device__ __forceinline__ float* stream_k_slot(int cluster) const {
+    const int slot = cluster * (CM * CN) + sched.rank_m + CM * sched.rank_n;
+    return opaque_ptr(p.sk_partials + static_cast<int64_t>(slot) * (BM * BN) + wg * 128 + tid);
+  }
+  __device__ __forceinline__ int* stream_k_flag(int cluster) const {
+    return p.sk_flags + (cluster * (CM * CN) + sched.rank_m + CM * sched.rank_n) * WGS + wg;
+  }
+  __device__ __forceinline__ void stream_k_write(const float (&total)[kRegs], int slab) {
+    float* slot = stream_k_slot(sched.cluster) + slab * kRegs * (128 * WGS);
+#pragma unroll
+    for (int i = 0; i < kRegs; ++i) st_global_f32(slot + i * (128 * WGS), total[i]);
+  }
+  // Every thread of this warpgroup has written its part: raise the warpgroup's flag.
+  __device__ __forceinline__ void stream_k_publish() {
+    named_barrier_sync(kSkBarrier + wg, 128);
+    if (tid == 0) flag_release_gpu(stream_k_flag(sched.cluster), 1);
+  }
+  // Wait for the previous cluster's warpgroup to have published its head (its first work), and lower
+  // its flag for the next launch.
+  __device__ __forceinline__ void stream_k_wait() {
+    if (tid == 0) {
+      int* flag = stream_k_flag(sched.cluster - 1);
+      while (flag_acquire_gpu(flag) == 0) {
+      }
+      flag_store_relaxed_gpu(flag, 0);
+    }
+    named_barrier_sync(kSkBarrier + wg, 128);
   }
 
   // A finished tile: stored, or with split-K joined first. The other ranks' partial sums go to slots in
@@ -621,13 +717,8 @@ struct MathWarpgroup {
     const int warp_m = m0 + warp * 16;
 #pragma unroll
     for (int band = 0; band < T::kWgN / T::kEpiN; ++band) {
-      if constexpr (kWarpgroupStores) {
-        if (tid == 0) bulk_wait_group_read<0>();  // the previous band's store has read the buffer
-        named_barrier_sync(kEpiBarrier + wg, 128);
-      } else {
-        if (lane == 0) bulk_wait_group_read<0>();  // the previous band's (or tile's) store has read the slice
-        __syncwarp();
-      }
+      if (lane == 0) bulk_wait_group_read<0>();  // the previous band's (or tile's) store has read the slice
+      __syncwarp();
 #pragma unroll
       for (int jj = 0; jj < T::kEpiN / 16; ++jj) {
         const int j = band * (T::kEpiN / 8) + 2 * jj;
@@ -638,18 +729,10 @@ struct MathWarpgroup {
       }
       fence_proxy_async_shared();  // each lane's stmatrix writes, before the TMA engine reads them
       const int band_n = n0 + band * T::kEpiN;
-      if constexpr (kWarpgroupStores) {
-        named_barrier_sync(kEpiBarrier + wg, 128);  // every warp's rows are in the buffer
-        if (tid == 0 && m0 < p.m && band_n < p.n) {
-          tma_store_2d(map_out, smem + L::kEpi + wg * L::kEpiBytesPerWG, band_n, m0);
-          bulk_commit_group();
-        }
-      } else {
-        __syncwarp();
-        if (lane == 0 && warp_m < p.m && band_n < p.n) {  // skip slices wholly outside (e.g. a padding tile)
-          tma_store_2d(map_out, slice, band_n, warp_m);
-          bulk_commit_group();
-        }
+      __syncwarp();
+      if (lane == 0 && warp_m < p.m && band_n < p.n) {  // skip slices wholly outside (e.g. a padding tile)
+        tma_store_2d(map_out, slice, band_n, warp_m);
+        bulk_commit_group();
       }
     }
   }
@@ -673,15 +756,17 @@ struct MathWarpgroup {
       for (int i = 0; i < kRegs; ++i) total1[i] = 0.f;
       // The next step's slab 0 is issued before a finished tile's stores, so they overlap its wgmmas.
       // Straight-line steady state (no path merge with a group in flight), the last step after it.
-      auto store_tile = [&](int m_block, int n_block) {
-        epilogue(total, m_block, n_block, 0);
-        epilogue(total1, m_block, n_block, 1);
-#pragma unroll
-        for (int i = 0; i < kRegs; ++i) total[i] = total1[i] = 0.f;
+      auto store_tile = [&](const StepScales& sc) {
+        const int m_block = stream_k_head_done(total, sc);
+        stream_k_head_done_slab1(total1, sc);
+        epilogue(total, m_block, sc.n_block, 0);
+        epilogue(total1, m_block, sc.n_block, 1);
       };
       StepScales next;
       acquire(sc0);
       issue_slab(acc0, sc0, 0);
+      start_sums(total, sc0, 0);
+      start_sums(total1, sc0, 1);
       for (uint32_t s = 0; s + 1 < steps; ++s) {  // entry: slab 0 of step sc0 in flight
         wgmma_wait<0>();
         trace(s, 1);
@@ -699,7 +784,11 @@ struct MathWarpgroup {
         trace(s, 6);
         issue_slab(acc0, next, 0);
         trace(s + 1, 0);
-        if (sc0.last_k) store_tile(sc0.m_block, sc0.n_block);
+        if (sc0.last_k) {
+          store_tile(sc0);
+          start_sums(total, next, 0);
+          start_sums(total1, next, 1);
+        }
         sc0 = next;
       }
       wgmma_wait<0>();
@@ -708,11 +797,12 @@ struct MathWarpgroup {
       wgmma_wait<0>();
       release(sc0);
       promote_only(acc0, total1, sc0, 1);
-      store_tile(sc0.m_block, sc0.n_block);  // the last step ends the last tile
+      store_tile(sc0);  // the last step ends the last tile
     } else if constexpr (ACC == kAccSingle) {
       StepScales next;
       acquire(sc0);
       issue_slab(acc0, sc0, 0);
+      start_sums(total, sc0, 0);
       for (uint32_t s = 0; s + 1 < steps; ++s) {  // entry: step sc0 in flight
         wgmma_wait<0>();
         release(sc0);
@@ -721,7 +811,7 @@ struct MathWarpgroup {
         if constexpr (!kEarlyAcquire) acquire(next);
         // The next step is issued before a finished tile's stores, so they overlap its wgmmas.
         issue_slab(acc0, next, 0);
-        finish_if_last(total, sc0);
+        finish_if_last(total, sc0, next);
         sc0 = next;
       }
       wgmma_wait<0>();
@@ -798,7 +888,9 @@ struct MathWarpgroup {
       }
     }
     if (kTurns && wg == 0) named_barrier_sync(kTurnBarrier, 256);
+    if (wg == 0 && tid == 0) life_stamp(p.bias, kLifeLoopEnd);
     if (lane == 0) bulk_wait_group<0>();  // this warp's last TMA stores have finished before the CTA exits
+    if (wg == 0 && tid == 0) life_stamp(p.bias, kLifeDrained);
   }
 };
 
@@ -822,6 +914,8 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS>::kThreads,
 
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
+    life_stamp(p.bias, kLifeEntryNs, true);
+    life_stamp(p.bias, kLifeEntry);
     prefetch_tensor_map(&map_a);
     prefetch_tensor_map(&map_b);
     prefetch_tensor_map(&map_sa);
@@ -839,10 +933,15 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS>::kThreads,
     fence_barrier_init();
   }
   // The partner's barriers must be initialised before its first multicast or remote arrive.
+#ifdef DG_INIT_RELEASE_ARRIVE  // developers' switch: the full release-acquire sync used before
   if constexpr (CLUSTER == 1) __syncthreads(); else cluster_sync();
+#else
+  if constexpr (CLUSTER == 1) __syncthreads(); else cluster_sync_after_barrier_init();
+#endif
+  if (threadIdx.x == 0) life_stamp(p.bias, kLifeInit);
 
   const TileScheduler<CM, CN, KS> sched((p.m + BM - 1) / BM, (p.n + BN - 1) / BN, p.k_blocks, p.group_n,
-                                     CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()));
+                                     CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()), p.sk_units);
   if (wg == 0) {
     if constexpr (WGS > 1) setmaxnreg_dec<kProducerRegs>();  // (256 threads: registers enough for all)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -866,6 +965,10 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS>::kThreads,
   }
   // No CTA leaves while its partner may still multicast into it or arrive on its barriers.
   if constexpr (CLUSTER > 1) cluster_sync();
+  if (threadIdx.x == 128) {
+    life_stamp(p.bias, kLifeExit);
+    life_stamp(p.bias, kLifeExitNs, true);
+  }
 }
 
 }  // namespace dg

@@ -55,6 +55,11 @@ __device__ __forceinline__ uint32_t cluster_cta_rank() {
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
+// After fence.mbarrier_init only: the fence already releases the barrier inits to the cluster, so the
+// arrive needs no release of its own (which costs a MEMBAR.ALL.GPU at the kernel's start).
+__device__ __forceinline__ void cluster_sync_after_barrier_init() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
 
 // ---------------------------------------------------------------------------------------------
 // mbarrier
@@ -260,6 +265,33 @@ __device__ __forceinline__ void st_global_f32(void* p, float x) {
 }
 __device__ __forceinline__ void st_global_v2_f32(void* p, float x, float y) {
   asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(x), "f"(y) : "memory");
+}
+
+// Cross-CTA handshake through global memory (stream-K): the writer's threads store, meet at a barrier,
+// then one of them fences and raises the flag; the reader's one thread waits for the flag with acquire
+// loads, then its threads meet at a barrier and read with L2 loads (.cg: no stale L1 line).
+__device__ __forceinline__ void flag_release_gpu(int* flag, int value) {
+  asm volatile("fence.acq_rel.gpu;\nst.relaxed.gpu.global.s32 [%0], %1;" ::"l"(flag), "r"(value) : "memory");
+}
+__device__ __forceinline__ int flag_acquire_gpu(const int* flag) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+  return v;
+}
+__device__ __forceinline__ void flag_store_relaxed_gpu(int* flag, int value) {
+  asm volatile("st.relaxed.gpu.global.s32 [%0], %1;" ::"l"(flag), "r"(value) : "memory");
+}
+// The same pointer, opaque to the compiler: addresses derived from it are computed where they are used,
+// not hoisted out of the main loop (128 of them would take 256 registers for the whole loop).
+template <typename T>
+__device__ __forceinline__ T* opaque_ptr(T* p) {
+  asm volatile("mov.b64 %0, %0;" : "+l"(p));
+  return p;
+}
+__device__ __forceinline__ float ld_global_cg_f32(const float* p) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+  return v;
 }
 
 // Round two fp32 values to a packed bf16x2 (x in the low half), round-to-nearest-even.

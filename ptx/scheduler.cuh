@@ -1,22 +1,49 @@
 // Persistent tile scheduler. The grid is made of clusters of CM x CN CTAs; a cluster works on one "unit"
 // at a time: CM tiles along M times CN tiles along N, so the CTAs of a cluster can multicast what they
-// share: the CM CTAs of one N-block the B tile, the CN CTAs of one M-block the A tile. Cluster u takes
-// units u, u + clusters, ...; CTA rank r = rank_m + CM * rank_n of the cluster takes tile
-// (CM * m_unit + rank_m, CN * n_unit + rank_n) of each. With KS > 1 (split-K clusters, CM = CN = 1) the
-// KS CTAs of a cluster take the same tile, rank_k over K blocks [k_begin, k_begin + k_blocks). The
-// producer and the math warpgroups walk the same flat sequence of (unit, k-block) steps, so the producer
-// runs ahead across tile boundaries.
+// share: the CM CTAs of one N-block the B tile, the CN CTAs of one M-block the A tile. CTA rank
+// r = rank_m + CM * rank_n of the cluster takes tile (CM * m_unit + rank_m, CN * n_unit + rank_n) of a
+// unit. With KS > 1 (split-K clusters, CM = CN = 1) the KS CTAs of a cluster take the same tile, rank_k
+// over K blocks [k_begin, k_begin + k_blocks). The producers, the step-meta writer and the math
+// warpgroups walk the same sequence of works (a unit and a range of its K blocks), so the producer runs
+// ahead across tile boundaries.
+//
+// Stream-K tail (sk_units > 0, only without split-K): when the units do not fill the last wave of the G
+// clusters, the first S = units % G + G units (in raster order) are shared out by K blocks instead: their
+// S * KB steps are cut into G equal ranges, one per cluster, so every cluster does the same work and no
+// SM idles in a last, partial wave. As each range is >= KB long, a tile is cut at most once: its head
+// (K blocks [0, x)) ends cluster c's range and its tail ([x, KB)) starts cluster c + 1's. A cluster
+// walks its range backwards by tile: the head first, whose partial sums it writes to its workspace slot
+// (kFixContribute), the tail last, whose sums start from cluster c - 1's slot (kFixOwn; loaded straight
+// into the sums when the tail starts, so the loads' latency hides behind its first wgmmas). So a tile's
+// owner waits only on a lower-numbered cluster (launched no later), for work that cluster did first, and
+// (the range being >= KB) it reaches the tail no earlier than that cluster finishes the head. The order of the two additions is fixed: results are bitwise reproducible. The remaining units
+// follow, one per cluster and wave as before.
 #pragma once
 
 #include <cstdint>
 
 namespace dg {
 
+// What a step's promotion is followed by, when it is the last step of a tile (or of this CTA's part of it).
+enum TileFixup : int {
+  kFixStore = 0,       // the tile is complete: store it (split-K clusters: join the ranks first)
+  kFixContribute = 1,  // stream-K head: write the partial sums to this cluster's workspace slot
+  kFixOwn = 2,         // stream-K tail: add the previous cluster's slot, then store the tile
+};
+
+// A stretch of one unit's K blocks that this CTA runs back to back.
+struct Work {
+  int m_block, n_block;  // this CTA's tile (may be >= m_tiles / n_tiles: a padding tile of a cluster)
+  int k_begin, k_end;    // absolute K blocks [k_begin, k_end)
+  int fixup;             // TileFixup after the last of them
+};
+
 struct Step {
   int m_block;   // tile row index (units of BLOCK_M); may be >= m_tiles (a padding tile of a cluster)
   int n_block;   // tile column index (units of BLOCK_N); may be >= n_tiles likewise
   int k_block;   // 128-wide K block (of the whole K)
-  bool last_k;   // this CTA's last K block of the tile: its promotion is followed by the epilogue
+  int last_k;    // 0, or 1 + TileFixup on this CTA's last K block of the tile (its promotion is followed by it)
+  bool first_of_tail;  // the first K block of a stream-K tail: its sums start from the previous cluster's head
 };
 
 template <int CM, int CN, int KS = 1>
@@ -24,38 +51,52 @@ struct TileScheduler {
   static_assert(KS == 1 || CM * CN == 1, "split-K clusters do not multicast");
   static constexpr int kCtas = CM * CN * KS;
   int m_tiles, n_tiles;
-  int k_begin, k_blocks;  // this CTA's K blocks of every tile (all of K unless split)
+  int k_begin, k_blocks;  // this CTA's K blocks of every data-parallel tile (all of K unless split)
   int group_n;   // grouped rasterization: bands of group_n N-units, M walked inside a band
   int m_units;   // ceil(m_tiles / CM)
   int n_units;   // ceil(n_tiles / CN)
-  int unit0;     // this cluster's first unit
-  int units;     // clusters in the grid: the stride between this cluster's units
+  int cluster;   // this cluster's index (its first data-parallel unit without stream-K)
+  int clusters;  // clusters in the grid (G): the stride between this cluster's data-parallel units
   int rank_m;    // this CTA's position in its cluster along M (which A tile)...
   int rank_n;    // ...and along N (which B tile)
   int rank_k;    // split-K: which range of K (0 adds the others' partial sums and stores the tile)
+  int sk_units;  // stream-K: the first sk_units units are shared out by K blocks (0: none)
+  int sk_begin, sk_end;    // this cluster's range of the stream-K steps (unit u's K block k is u * KB + k)
+  int sk_first, sk_works;  // the last unit its range touches, and how many units it touches
+  int dp_works;            // data-parallel units of this cluster
 
-  // total_k_blocks >= KS (the host checks): every split gets at least one K block.
-  __device__ __forceinline__ TileScheduler(int m_tiles_, int n_tiles_, int total_k_blocks, int group_n_, int rank)
+  // total_k_blocks >= KS (the host checks): every split gets at least one K block. sk_units is 0 or
+  // >= the number of clusters (so every stream-K range is at least one tile long).
+  __device__ __forceinline__ TileScheduler(int m_tiles_, int n_tiles_, int total_k_blocks, int group_n_, int rank,
+                                           int sk_units_ = 0)
       : m_tiles(m_tiles_), n_tiles(n_tiles_), group_n(group_n_),
         m_units((m_tiles_ + CM - 1) / CM), n_units((n_tiles_ + CN - 1) / CN),
-        unit0(static_cast<int>(blockIdx.x) / kCtas), units(static_cast<int>(gridDim.x) / kCtas),
-        rank_m(rank % CM), rank_n((rank / CM) % CN), rank_k(rank / (CM * CN)) {
+        cluster(static_cast<int>(blockIdx.x) / kCtas), clusters(static_cast<int>(gridDim.x) / kCtas),
+        rank_m(rank % CM), rank_n((rank / CM) % CN), rank_k(rank / (CM * CN)), sk_units(KS == 1 ? sk_units_ : 0) {
     k_begin = rank_k * total_k_blocks / KS;
     k_blocks = (rank_k + 1) * total_k_blocks / KS - k_begin;
+    sk_begin = sk_end = sk_first = sk_works = 0;
+    if (sk_units > 0) {
+      const int64_t total = static_cast<int64_t>(sk_units) * k_blocks;
+      sk_begin = static_cast<int>(total * cluster / clusters);
+      sk_end = static_cast<int>(total * (cluster + 1) / clusters);
+      sk_first = (sk_end - 1) / k_blocks;
+      sk_works = sk_first - sk_begin / k_blocks + 1;
+    }
+    const int dp_total = m_units * n_units - sk_units;
+    dp_works = dp_total > cluster ? (dp_total - cluster + clusters - 1) / clusters : 0;
   }
 
-  // Steps this CTA runs (all its cluster's units times the K blocks of each); equal in every CTA of a
-  // cluster, which the multicast handshakes rely on.
+  __device__ __forceinline__ int num_works() const { return sk_works + dp_works; }
+
+  // Steps this CTA runs; equal in every CTA of a cluster, which the multicast handshakes rely on.
   __device__ __forceinline__ uint32_t num_steps() const {
-    const int total = m_units * n_units;
-    const int mine = total > unit0 ? (total - unit0 + units - 1) / units : 0;
-    return static_cast<uint32_t>(mine) * k_blocks;
+    return static_cast<uint32_t>(sk_end - sk_begin) + static_cast<uint32_t>(dp_works) * k_blocks;
   }
 
-  // The i-th unit of this cluster -> this CTA's tile (m, n). Consecutive units sweep a band of group_n
-  // N-units row by row, so the clusters of one wave share A rows and B columns in L2.
-  __device__ __forceinline__ void tile_coords(int i, int& m_block, int& n_block) const {
-    const int unit = unit0 + i * units;
+  // Unit -> this CTA's tile (m, n). Consecutive units sweep a band of group_n N-units row by row, so the
+  // clusters of one wave share A rows and B columns in L2.
+  __device__ __forceinline__ void unit_coords(int unit, int& m_block, int& n_block) const {
     const int band_units = group_n * m_units;
     const int band = unit / band_units;
     const int in_band = unit - band * band_units;
@@ -66,13 +107,47 @@ struct TileScheduler {
     m_block = m_unit * CM + rank_m;
   }
 
+  // This CTA's j-th work: its stream-K units from the last one back, then its data-parallel units.
+  __device__ __forceinline__ Work work(int j) const {
+    Work w;
+    int unit;
+    if (j < sk_works) {
+      unit = sk_first - j;
+      const int base = unit * k_blocks;
+      w.k_begin = max(sk_begin, base) - base;
+      w.k_end = min(sk_end, base + k_blocks) - base;
+      w.fixup = w.k_begin > 0 ? kFixOwn : w.k_end < k_blocks ? kFixContribute : kFixStore;
+    } else {
+      unit = sk_units + cluster + (j - sk_works) * clusters;
+      w.k_begin = k_begin;
+      w.k_end = k_begin + k_blocks;
+      w.fixup = kFixStore;
+    }
+    unit_coords(unit, w.m_block, w.n_block);
+    return w;
+  }
+
+  // Step s of this CTA (random access, for the step-meta writer; the producers walk work by work).
   __device__ __forceinline__ Step step(uint32_t s) const {
-    const int i = static_cast<int>(s / k_blocks);
+    int j = 0;
+    int left = static_cast<int>(s);
+    const int sk_steps = sk_end - sk_begin;
+    if (left >= sk_steps) {  // data-parallel: whole tiles
+      left -= sk_steps;
+      j = sk_works + left / k_blocks;
+      left -= (j - sk_works) * k_blocks;
+    }
+    Work w = work(j);
+    while (left >= w.k_end - w.k_begin) {  // stream-K: at most three works
+      left -= w.k_end - w.k_begin;
+      w = work(++j);
+    }
     Step st;
-    const int local_k = static_cast<int>(s - static_cast<uint32_t>(i) * k_blocks);
-    st.k_block = k_begin + local_k;
-    st.last_k = local_k == k_blocks - 1;
-    tile_coords(i, st.m_block, st.n_block);
+    st.m_block = w.m_block;
+    st.n_block = w.n_block;
+    st.k_block = w.k_begin + left;
+    st.last_k = st.k_block == w.k_end - 1 ? 1 + w.fixup : 0;
+    st.first_of_tail = w.fixup == kFixOwn && st.k_block == w.k_begin;
     return st;
   }
 };

@@ -79,9 +79,15 @@ def test_large_m_takes_256_row_tiles_unless_they_round_up_to_more_waves():
     for shape in ((4096, 7168, 16384), (8192, 4096, 7168), (4096, 24576, 1536)):
         assert configs.select(*shape, H100_SMS).variant.key == "256x128s4pc1x2", shape
     # N = 2112: 256x128 needs 3 waves of 66 pairs for 144 pairs (2.2 used), 128x128 5 for 272 (4.1); 128x192
-    # (11 N-tiles) 3 for 176 (2.7), and at M = 8192 6 for 5.3 against 9 for 8.2 (measured faster at both)
-    assert configs.select(4096, 2112, 7168, H100_SMS).variant.key == "128x192s5pc2"
-    assert configs.select(8192, 2112, 7168, H100_SMS).variant.key == "128x192s5pc2"
+    # (11 N-tiles) 3 for 176 (2.7), and at M = 8192 6 for 5.3 against 9 for 8.2. With stream-K (the tail
+    # evened out) 256x128 counts 2.2 and 4.4 waves: measured faster than 128x192 at both.
+    for m in (4096, 8192):
+        choice = configs.select(m, 2112, 7168, H100_SMS)
+        assert (choice.variant.key, choice.stream_k) == ("256x128s4pc1x2", True)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DEEPERGEMM_STREAM_K", "0")
+        assert configs.select(4096, 2112, 7168, H100_SMS).variant.key == "128x192s5pc2"
+        assert configs.select(8192, 2112, 7168, H100_SMS).variant.key == "128x192s5pc2"
 
 
 def test_split_k_only_where_half_the_sms_would_idle():
@@ -261,3 +267,18 @@ def test_one_math_warpgroup_variants():
     with pytest.raises(ValueError, match="multiple of 16"):
         configs.parse_key("64x16s16d")  # two warpgroups of 8 columns
 
+
+
+def test_stream_k_only_for_large_m_tiles_without_split_k(monkeypatch):
+    monkeypatch.delenv("DEEPERGEMM_STREAM_K", raising=False)
+    for v in configs.TESTED_VARIANTS:
+        assert configs.stream_k_for(v) == (v.block_m >= 128 and v.splits == 1 and not v.dual_acc), v.key
+    assert configs.select(4096, 2112, 7168, 132).stream_k  # 2.2 waves of 256x128: the last one 82% idle
+    assert configs.select(4096, 2112, 7168, 132).variant.block_m == 256  # (128x192 without it: 2.7 waves)
+    assert not configs.select(4096, 7168, 16384, 132).stream_k  # 6.8 waves: 3% idle, less than the hand-offs
+    assert not configs.select(64, 2112, 7168, 132).stream_k
+    monkeypatch.setenv("DEEPERGEMM_STREAM_K", "0")
+    assert not configs.select(4096, 2112, 7168, 132).stream_k
+    monkeypatch.setenv("DEEPERGEMM_STREAM_K", "yes")
+    with pytest.raises(ValueError, match="DEEPERGEMM_STREAM_K must be 0 or 1"):
+        configs.select(4096, 2112, 7168, 132)

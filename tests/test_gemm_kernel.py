@@ -40,7 +40,8 @@ def exact(a, a_s, b, b_s):
     return ref.exact_fp32_matmul(ref.dequantize_act(a, a_s), ref.dequantize_weight(b, b_s))
 
 
-def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, group_n=16, l2_hints=None):
+def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, group_n=16, l2_hints=None,
+                stream_k=None):
     """Launch one variant directly into a NaN-poisoned output (L2 hints: configs' choice unless given)."""
     m, n = a.shape[0], b.shape[0]
     l2_hints = configs.l2_hints_for(m, variant.block_m, variant.cluster_m) if l2_hints is None else l2_hints
@@ -48,9 +49,8 @@ def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, gr
     out = torch.full((m, n), float("nan"), device="cuda", dtype=out_dtype)
     bias_kind = {None: 0, torch.float32: 1, torch.bfloat16: 2}[None if bias is None else bias.dtype]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    extension.load(variant).fp8_gemm(a, layouts.to_act_scale_layout(a_s), b, b_s, out,
-                                     bias if bias is not None else out, bias_kind, sms, group_n,
-                                     l2_hints, torch.cuda.current_stream().cuda_stream)
+    kernels.launch(extension.load(variant), variant, a, layouts.to_act_scale_layout(a_s), b, b_s, out, bias, sms,
+                   group_n, l2_hints, configs.stream_k_pays(m, n, variant, sms) if stream_k is None else stream_k)
     torch.cuda.synchronize()
     return out
 
@@ -142,9 +142,10 @@ def test_fp32_output_every_element_written():
 
 
 def test_group_n_rasterization_does_not_change_results():
+    # (without stream-K: where it cuts a tile's K range depends on the tile's place in the raster order)
     a, a_s, b, b_s = make_inputs(1000, 2056, 384)
     variant = configs.find_variant(128, 128, True, cluster=(2, 1))
-    outs = [run_variant(variant, a, a_s, b, b_s, group_n=g) for g in (1, 3, 16, 100)]
+    outs = [run_variant(variant, a, a_s, b, b_s, group_n=g, stream_k=False) for g in (1, 3, 16, 100)]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     check(outs[0], exact(a, a_s, b, b_s), "group_n", (a, a_s, b, b_s))
 
@@ -156,3 +157,66 @@ def test_l2_hints_do_not_change_results():
         outs = [run_variant(variant, a, a_s, b, b_s, l2_hints=h) for h in (0, 1, 2, 4, 6, 9, 10)]
         assert all(torch.equal(outs[0], o) for o in outs[1:]), variant.key
         check(outs[0], exact(a, a_s, b, b_s), f"{variant.key} l2 hints", (a, a_s, b, b_s))
+
+
+STREAM_K_VARIANTS = [v for v in configs.TESTED_VARIANTS if configs.stream_k_for(v)]
+
+
+def _stream_k_shapes(variant):
+    """Shapes whose units leave the last wave part-filled (so the launch takes the stream-K tail): with K of
+    1, 3 and 9 K blocks (a tile cut at most once, or not at all with one block), odd M and N tails, and
+    several waves."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    clusters = sms // variant.cluster
+    out = []
+    for m, k in ((1000, 384), (4100, 1152), (2304, 128)):
+        m_units = -(-m // (variant.block_m * variant.cluster_m))
+        n_units = clusters * 3 // (2 * m_units) + 1  # about 1.5 waves: the tail is cut
+        while (m_units * n_units) % clusters == 0:
+            n_units += 1
+        n = n_units * variant.block_n * variant.cluster_n - 8
+        units, _ = configs.waves_for(m, n, variant.block_m, variant.block_n, sms, (variant.cluster_m, variant.cluster_n))
+        assert units == m_units * n_units and units > clusters and units % clusters, (m, n, units, clusters)
+        out.append((m, n, k))
+    return out
+
+
+@pytest.mark.parametrize("variant", STREAM_K_VARIANTS, ids=lambda v: v.key)
+def test_stream_k_exact_deterministic_and_flags_left_at_zero(variant):
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for m, n, k in _stream_k_shapes(variant):
+        a, a_s, b, b_s = make_inputs(m, n, k)
+        expected = exact(a, a_s, b, b_s)
+        first = run_variant(variant, a, a_s, b, b_s, stream_k=True)
+        check(first, expected, f"{variant.key} {m}x{n}x{k} stream-K", (a, a_s, b, b_s))
+        again = run_variant(variant, a, a_s, b, b_s, stream_k=True)
+        assert torch.equal(first.view(torch.int16), again.view(torch.int16)), f"{variant.key} {m}x{n}x{k}: not reproducible"
+        check(run_variant(variant, a, a_s, b, b_s, stream_k=False), expected, f"{variant.key} {m}x{n}x{k}", (a, a_s, b, b_s))
+        # every flag a tile's head raised was lowered by its tail: the next launch starts clean
+        workspace = kernels.stream_k_workspace(variant, a.device, sms)
+        torch.cuda.synchronize()
+        assert int(workspace[: sms * variant.math_wgs].count_nonzero()) == 0
+
+
+def test_stream_k_through_the_op_and_a_cuda_graph():
+    """The op picks the stream-K tail for a large-M shape with a part-filled last wave; inside a captured
+    CUDA graph it gets a workspace of its own, and replays stay exact and reproducible."""
+    m, n, k = 4096, 2112, 512
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert configs.select(m, n, k, sms).stream_k
+    a, a_s, b, b_s = make_inputs(m, n, k, spread=False)
+    eager = dg.fp8_gemm(a, a_s, b, b_s, backend="ptx")
+    check(eager, exact(a, a_s, b, b_s), "op stream-K")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        dg.fp8_gemm(a, a_s, b, b_s, backend="ptx")  # warm-up off the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = dg.fp8_gemm(a, a_s, b, b_s, backend="ptx")
+    for _ in range(2):
+        static_out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_out.view(torch.int16), eager.view(torch.int16))
