@@ -27,6 +27,7 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_GROUP_N=g         rasterization band width in N-units (default: 16)
   DEEPERGEMM_SPLIT_K=0         never split K
   DEEPERGEMM_SMALL_M_CLUSTER=0  do not pair the two 64-row M-tiles at 64 < M <= 128 in B-multicast clusters
+  DEEPERGEMM_STREAM_K=0        no stream-K tail (stream_k_pays)
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
                                2 evict-last (default: l2_hints_for; 0 = no hints)
 
