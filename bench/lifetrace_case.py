@@ -13,9 +13,12 @@ from gemm_case import make_case
 from deepergemm import configs, extension
 from deepergemm.benchmark.timing import _flush_buffer
 
-EVENTS = 8  # dg::LifeEvent
+EVENTS = 16  # dg::kLifeEvents
 PHASES = [("setup (barrier init, sync)", 1, 2), ("first stage full", 2, 3), ("K loop + stores", 3, 4),
-          ("stores drain", 4, 5), ("exit sync", 5, 6)]
+          ("stores drain", 4, 5), ("exit sync", 5, 6),
+          # stream-K (CTAs with a head / a tail only)
+          ("first data -> head flag up", 3, 8), ("first data -> tail wait", 3, 9), ("tail wait", 9, 10),
+          ("tail wait end -> promotion", 10, 11), ("tail promotion -> loop end", 11, 4)]
 
 
 def quantiles(xs: list[float]) -> str:
@@ -48,7 +51,7 @@ def main() -> None:
         if i < 2:
             continue
         rows = [r for r in log.view(-1, EVENTS).tolist() if r[0]]
-        if not rows or any(0 in r for r in rows):
+        if not rows or any(0 in r[:8] for r in rows):
             raise SystemExit("no or incomplete stamps: is this a DEEPERGEMM_NVCC_DEFINES=DG_LIFETRACE build?")
         entry, exit_ = min(r[0] for r in rows), max(r[7] for r in rows)
         event_us.append(start.elapsed_time(stop) * 1e3)
@@ -57,7 +60,7 @@ def main() -> None:
         tail_us.append((exit_ - min(r[7] for r in rows)) / 1e3)
         ghz += [(r[6] - r[1]) / (r[7] - r[0]) for r in rows if r[7] > r[0]]
         for name, a, b in PHASES:
-            phases[name] += [r[b] - r[a] for r in rows]
+            phases[name] += [r[b] - r[a] for r in rows if r[a] and r[b]]
     print(f"{args.variant} {args.shape}: {len(rows)} CTAs, {args.launches} cold-L2 launches"
           f"{'' if args.stream_k is None else f', stream-K {args.stream_k}'}")
     print(f"  CUDA events per launch     median {statistics.median(event_us):7.2f} us")
@@ -67,7 +70,8 @@ def main() -> None:
     print(f"  SM clock (clock64 / globaltimer) median {statistics.median(ghz):.2f} GHz")
     print("  per CTA, clocks:")
     for name, _, _ in PHASES:
-        print(f"    {name:28s} {quantiles(phases[name])}")
+        if phases[name]:
+            print(f"    {name:28s} {quantiles(phases[name])}  ({len(phases[name])} samples)")
 
 
 if __name__ == "__main__":

@@ -64,8 +64,9 @@ enum AccMode : int {
 //   DG_ABLATE_EPILOGUE   skip the output stores (wrong results: times the loop without them)
 //   DG_TRACE             256-row tiles: CTA 0 logs the SM clock (32 bits) at each step's events into the
 //                        bias argument (bias_kind 0; bench/trace_case.py reads it): where the tensor cores idle
-//   DG_LIFETRACE         every CTA logs 8 stamps of its life (entry, setup, first data, loop end, drain,
-//                        exit) into the bias argument (bench/lifetrace_case.py): launch, ramp and tail costs
+//   DG_LIFETRACE         every CTA logs 16 stamps of its life (entry, setup, first data, loop end, drain,
+//                        exit, stream-K hand-offs) into the bias argument (bench/lifetrace_case.py)
+//   DG_SK_V4=1           the stream-K hand-off with 16-byte loads and stores (see kStreamKVectors; untried)
 //   DG_PAIRED_F32_STORES  fp32 epilogue with v2 stores, which puts each promotion FFMA's two accumulator
 //                        operands in one register bank (the layout before the seventh session)
 //   DG_INIT_RELEASE_ARRIVE  the cluster sync after the barrier inits with a release arrive (before the eighth
@@ -83,23 +84,43 @@ constexpr int kPingPongOverride = DG_PINGPONG;
 constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w waits on 1 + w for its turn
 constexpr int kEpiStoreRows = 16;     // rows of one bf16 TMA store (one warp's; the output map's box)
 constexpr uint32_t kSkBarrier = 3;    // named barriers 3 and 4: warpgroup w's stream-K handshake
+// Developers' switch DG_SK_V4=0|1: the stream-K hand-off moves 16 bytes per thread and instruction (each
+// quad's register pairs swapped, so a total still sits in the other register bank than its partial) or 4.
+// The tail's 128 scalar loads per thread took 7000-9000 clocks to land (eighth session).
+#ifndef DG_SK_V4
+#define DG_SK_V4 0
+#endif
+constexpr bool kStreamKVectors = DG_SK_V4 != 0;
 
 #ifdef DG_TRACE
 constexpr uint32_t kTraceSteps = 320, kTraceEvents = 8;
 #endif
 
-// DG_LIFETRACE (developers' switch, any variant): every CTA logs 8 64-bit stamps of its life into the bias
-// argument (bias_kind 0; bench/lifetrace_case.py reads them): [cta * 8 + e], e =
+// DG_LIFETRACE (developers' switch, any variant): every CTA logs 16 64-bit stamps of its life into the bias
+// argument (bias_kind 0; bench/lifetrace_case.py reads them): [cta * 16 + e], e =
 //   0 globaltimer at entry, 1 clock at entry, 2 clock after the barrier-init sync (thread 0);
 //   3 clock when math warpgroup 0 found its first stage full, 4 after its last step's promotion and stores,
-//   5 after its stores drained, 6 after the exit sync, 7 globaltimer then (math warpgroup 0, thread 0).
-enum LifeEvent { kLifeEntryNs, kLifeEntry, kLifeInit, kLifeFirstData, kLifeLoopEnd, kLifeDrained, kLifeExit, kLifeExitNs };
+//   5 after its stores drained, 6 after the exit sync, 7 globaltimer then (math warpgroup 0, thread 0);
+//   stream-K (math warpgroup 0, thread 0): 8 the head's flag raised, 9 the tail's wait begins, 10 it ends,
+//   11 the tail's first promotion begins (its loads of the head's sums have landed).
+enum LifeEvent {
+  kLifeEntryNs, kLifeEntry, kLifeInit, kLifeFirstData, kLifeLoopEnd, kLifeDrained, kLifeExit, kLifeExitNs,
+  kLifeHeadPublished, kLifeTailWait, kLifeTailGo, kLifeTailPromote, kLifeEvents = 16
+};
 __device__ __forceinline__ void life_stamp(const void* log, int e, bool ns = false) {
 #ifdef DG_LIFETRACE
   uint64_t t;
   if (ns) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   else asm volatile("mov.u64 %0, %%clock64;" : "=l"(t));
-  static_cast<uint64_t*>(const_cast<void*>(log))[blockIdx.x * 8 + e] = t;
+  static_cast<uint64_t*>(const_cast<void*>(log))[blockIdx.x * kLifeEvents + e] = t;
+#endif
+}
+// ...read once `after` is computed (an input of the clock read: no earlier).
+__device__ __forceinline__ void life_stamp_after(const void* log, int e, float after) {
+#ifdef DG_LIFETRACE
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%clock64;" : "=l"(t) : "f"(after));
+  static_cast<uint64_t*>(const_cast<void*>(log))[blockIdx.x * kLifeEvents + e] = t;
 #endif
 }
 
@@ -490,8 +511,15 @@ struct MathWarpgroup {
     if (KS == 1 && ACC == kAccSingle && first.first_of_tail) {
       if (slab == 0) stream_k_wait();
       const float* slot = stream_k_slot(sched.cluster - 1) + slab * kRegs * (128 * WGS);
+      if constexpr (kStreamKVectors) {
 #pragma unroll
-      for (int i = 0; i < kRegs; ++i) total[i] = ld_global_cg_f32(slot + i * (128 * WGS));
+        for (int i = 0; i < kRegs; i += 4) {
+          ld_global_cg_v4_f32(slot + i * (128 * WGS), total[i + 1], total[i], total[i + 3], total[i + 2]);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kRegs; ++i) total[i] = ld_global_cg_f32(slot + i * (128 * WGS));
+      }
     } else {
 #pragma unroll
       for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
@@ -522,31 +550,46 @@ struct MathWarpgroup {
   // fp32 block per CTA. Each thread moves its own accumulators (element (slab, i) of thread t at
   // (slab * kRegs + i) * threads + t: coalesced), so the owner's thread t adds the same output elements.
   // Scalar stores: vector ones would tie the totals to aligned registers (the promotion's bank conflicts).
+  // (With kStreamKVectors, thread t's elements 4q..4q+3 are contiguous, at (slab * kRegs + 4q) * threads + 4t.)
   __device__ __forceinline__ float* stream_k_slot(int cluster) const {
     const int slot = cluster * (CM * CN) + sched.rank_m + CM * sched.rank_n;
-    return opaque_ptr(p.sk_partials + static_cast<int64_t>(slot) * (BM * BN) + wg * 128 + tid);
+    if constexpr (kStreamKVectors) {
+      return opaque_ptr(p.sk_partials + static_cast<int64_t>(slot) * (BM * BN) + (wg * 128 + tid) * 4);
+    } else {
+      return opaque_ptr(p.sk_partials + static_cast<int64_t>(slot) * (BM * BN) + wg * 128 + tid);
+    }
   }
   __device__ __forceinline__ int* stream_k_flag(int cluster) const {
     return p.sk_flags + (cluster * (CM * CN) + sched.rank_m + CM * sched.rank_n) * WGS + wg;
   }
   __device__ __forceinline__ void stream_k_write(const float (&total)[kRegs], int slab) {
     float* slot = stream_k_slot(sched.cluster) + slab * kRegs * (128 * WGS);
+    if constexpr (kStreamKVectors) {
 #pragma unroll
-    for (int i = 0; i < kRegs; ++i) st_global_f32(slot + i * (128 * WGS), total[i]);
+      for (int i = 0; i < kRegs; i += 4) {
+        st_global_v4_f32(slot + i * (128 * WGS), total[i + 1], total[i], total[i + 3], total[i + 2]);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kRegs; ++i) st_global_f32(slot + i * (128 * WGS), total[i]);
+    }
   }
   // Every thread of this warpgroup has written its part: raise the warpgroup's flag.
   __device__ __forceinline__ void stream_k_publish() {
     named_barrier_sync(kSkBarrier + wg, 128);
     if (tid == 0) flag_release_gpu(stream_k_flag(sched.cluster), 1);
+    if (wg == 0 && tid == 0) life_stamp(p.bias, kLifeHeadPublished);
   }
   // Wait for the previous cluster's warpgroup to have published its head (its first work), and lower
   // its flag for the next launch.
   __device__ __forceinline__ void stream_k_wait() {
     if (tid == 0) {
+      if (wg == 0) life_stamp(p.bias, kLifeTailWait);
       int* flag = stream_k_flag(sched.cluster - 1);
       while (flag_acquire_gpu(flag) == 0) {
       }
       flag_store_relaxed_gpu(flag, 0);
+      if (wg == 0) life_stamp(p.bias, kLifeTailGo);
     }
     named_barrier_sync(kSkBarrier + wg, 128);
   }
@@ -772,6 +815,9 @@ struct MathWarpgroup {
         trace(s, 1);
         promote_only(acc0, total, sc0, 0);
         trace(s, 5);
+#ifdef DG_LIFETRACE
+        if (sc0.first_of_tail && wg == 0 && tid == 0) life_stamp_after(p.bias, kLifeTailPromote, total[kRegs - 1]);
+#endif
         issue_slab(acc0, sc0, 1);
         trace(s, 2);
         if constexpr (kEarlyAcquire) acquire(next);
@@ -914,7 +960,7 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS>::kThreads,
 
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
-    life_stamp(p.bias, kLifeEntryNs, true);
+    life_stamp(p.bias, kLifeEntryNs, true);  // (the log is zeroed before the launch: absent events read 0)
     life_stamp(p.bias, kLifeEntry);
     prefetch_tensor_map(&map_a);
     prefetch_tensor_map(&map_b);
