@@ -987,7 +987,9 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS>::kThreads,
   if (threadIdx.x == 0) life_stamp(p.bias, kLifeInit);
 
   const TileScheduler<CM, CN, KS> sched((p.m + BM - 1) / BM, (p.n + BN - 1) / BN, p.k_blocks, p.group_n,
-                                     CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()), p.sk_units);
+                                     CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()),
+                                     static_cast<int>(blockIdx.x) / CLUSTER, static_cast<int>(gridDim.x) / CLUSTER,
+                                     p.sk_units);
   if (wg == 0) {
     if constexpr (WGS > 1) setmaxnreg_dec<kProducerRegs>();  // (256 threads: registers enough for all)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -22,6 +22,10 @@
 
 #include <cstdint>
 
+// Host and device: tests/scheduler_check.cpp runs this scheduler on the CPU (every CTA of a grid) and
+// checks the partition (tests/test_scheduler.py).
+#define DG_HD __host__ __device__ __forceinline__
+
 namespace dg {
 
 // What a step's promotion is followed by, when it is the last step of a tile (or of this CTA's part of it).
@@ -66,12 +70,13 @@ struct TileScheduler {
   int dp_works;            // data-parallel units of this cluster
 
   // total_k_blocks >= KS (the host checks): every split gets at least one K block. sk_units is 0 or
-  // >= the number of clusters (so every stream-K range is at least one tile long).
-  __device__ __forceinline__ TileScheduler(int m_tiles_, int n_tiles_, int total_k_blocks, int group_n_, int rank,
-                                           int sk_units_ = 0)
+  // >= the number of clusters (so every stream-K range is at least one tile long). cluster_ / clusters_:
+  // blockIdx.x / kCtas and gridDim.x / kCtas.
+  DG_HD TileScheduler(int m_tiles_, int n_tiles_, int total_k_blocks, int group_n_, int rank, int cluster_,
+                      int clusters_, int sk_units_ = 0)
       : m_tiles(m_tiles_), n_tiles(n_tiles_), group_n(group_n_),
         m_units((m_tiles_ + CM - 1) / CM), n_units((n_tiles_ + CN - 1) / CN),
-        cluster(static_cast<int>(blockIdx.x) / kCtas), clusters(static_cast<int>(gridDim.x) / kCtas),
+        cluster(cluster_), clusters(clusters_),
         rank_m(rank % CM), rank_n((rank / CM) % CN), rank_k(rank / (CM * CN)), sk_units(KS == 1 ? sk_units_ : 0) {
     k_begin = rank_k * total_k_blocks / KS;
     k_blocks = (rank_k + 1) * total_k_blocks / KS - k_begin;
@@ -87,16 +92,16 @@ struct TileScheduler {
     dp_works = dp_total > cluster ? (dp_total - cluster + clusters - 1) / clusters : 0;
   }
 
-  __device__ __forceinline__ int num_works() const { return sk_works + dp_works; }
+  DG_HD int num_works() const { return sk_works + dp_works; }
 
   // Steps this CTA runs; equal in every CTA of a cluster, which the multicast handshakes rely on.
-  __device__ __forceinline__ uint32_t num_steps() const {
+  DG_HD uint32_t num_steps() const {
     return static_cast<uint32_t>(sk_end - sk_begin) + static_cast<uint32_t>(dp_works) * k_blocks;
   }
 
   // Unit -> this CTA's tile (m, n). Consecutive units sweep a band of group_n N-units row by row, so the
   // clusters of one wave share A rows and B columns in L2.
-  __device__ __forceinline__ void unit_coords(int unit, int& m_block, int& n_block) const {
+  DG_HD void unit_coords(int unit, int& m_block, int& n_block) const {
     const int band_units = group_n * m_units;
     const int band = unit / band_units;
     const int in_band = unit - band * band_units;
@@ -108,7 +113,7 @@ struct TileScheduler {
   }
 
   // This CTA's j-th work: its stream-K units from the last one back, then its data-parallel units.
-  __device__ __forceinline__ Work work(int j) const {
+  DG_HD Work work(int j) const {
     Work w;
     int unit;
     if (j < sk_works) {
@@ -128,7 +133,7 @@ struct TileScheduler {
   }
 
   // Step s of this CTA (random access, for the step-meta writer; the producers walk work by work).
-  __device__ __forceinline__ Step step(uint32_t s) const {
+  DG_HD Step step(uint32_t s) const {
     int j = 0;
     int left = static_cast<int>(s);
     const int sk_steps = sk_end - sk_begin;

@@ -1,0 +1,199 @@
+// Runs ptx/scheduler.cuh on the CPU for every CTA of many grids and checks the partition of the work
+// (built and run by tests/test_scheduler.py; no GPU needed). For each grid it checks that
+//  - every CTA's step sequence (TileScheduler::step, what the step-meta writer publishes) equals its walk
+//    work by work (TileScheduler::work, what the producers load);
+//  - the CTAs of a cluster run the same number of steps on the same K blocks (the multicast handshakes
+//    and the split-K join rely on it), each on its own tile of the unit;
+//  - every K block of every tile (padding tiles included) is run exactly once;
+//  - stream-K: a tile is cut at most once; its head (K blocks from 0) is the first work of cluster c - 1
+//    and ends with kFixContribute, its tail is the last stream-K work of cluster c, starts with
+//    first_of_tail and ends with kFixOwn; every other tile ends with kFixStore; the clusters' step counts
+//    differ by at most one K block plus nothing else (the tail wave is evened out).
+// Prints one line per failure and exits 1 if there was any.
+#include <cstdio>
+#include <map>
+#include <tuple>
+#include <vector>
+
+#include "scheduler.cuh"
+
+namespace {
+
+int failures = 0;
+#define CHECK(cond, ...)                          \
+  do {                                            \
+    if (!(cond)) {                                \
+      if (failures++ < 20) {                      \
+        std::printf("FAIL %s: ", #cond);          \
+        std::printf(__VA_ARGS__);                 \
+        std::printf("\n");                        \
+      }                                           \
+    }                                             \
+  } while (0)
+
+struct Seen {
+  int cta, step;
+};
+
+template <int CM, int CN, int KS>
+void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, bool stream_k) {
+  using Sched = dg::TileScheduler<CM, CN, KS>;
+  constexpr int kCtas = CM * CN * KS;
+  const int m_units = (m_tiles + CM - 1) / CM, n_units = (n_tiles + CN - 1) / CN;
+  const int units = m_units * n_units;
+  if (clusters > units) clusters = units;
+  // the binding's rule (ptx/binding.cu)
+  const int sk_units = stream_k && KS == 1 && units > clusters && units % clusters != 0 ? units % clusters + clusters : 0;
+  char what[160];
+  std::snprintf(what, sizeof what, "CM %d CN %d KS %d, %dx%d tiles, KB %d, group_n %d, %d clusters, sk_units %d",
+                CM, CN, KS, m_tiles, n_tiles, kb, group_n, clusters, sk_units);
+  std::map<std::tuple<int, int, int>, std::vector<Seen>> runs;  // (m, n, k) -> who ran it
+  std::vector<std::vector<dg::Step>> steps_of(clusters * kCtas);
+  for (int c = 0; c < clusters; ++c) {
+    for (int rank = 0; rank < kCtas; ++rank) {
+      const Sched s(m_tiles, n_tiles, kb, group_n, rank, c, clusters, sk_units);
+      const int cta = c * kCtas + rank;
+      const uint32_t n = s.num_steps();
+      std::vector<dg::Step>& seq = steps_of[cta];
+      for (uint32_t i = 0; i < n; ++i) seq.push_back(s.step(i));
+      // the producers' walk, work by work
+      uint32_t i = 0;
+      for (int j = 0; j < s.num_works(); ++j) {
+        const dg::Work w = s.work(j);
+        CHECK(w.k_begin < w.k_end, "%s: CTA %d work %d is empty", what, cta, j);
+        for (int k = w.k_begin; k < w.k_end; ++k, ++i) {
+          CHECK(i < n && seq[i].m_block == w.m_block && seq[i].n_block == w.n_block && seq[i].k_block == k,
+                "%s: CTA %d step %u differs from work %d", what, cta, i, j);
+          if (i >= n) break;
+          const int last = k == w.k_end - 1 ? 1 + w.fixup : 0;
+          CHECK(seq[i].last_k == last, "%s: CTA %d step %u last_k %d, expected %d", what, cta, i, seq[i].last_k, last);
+          CHECK(seq[i].first_of_tail == (w.fixup == dg::kFixOwn && k == w.k_begin),
+                "%s: CTA %d step %u first_of_tail", what, cta, i);
+        }
+      }
+      CHECK(i == n, "%s: CTA %d works cover %u steps, num_steps %u", what, cta, i, n);
+      for (uint32_t t = 0; t < n; ++t) runs[{seq[t].m_block, seq[t].n_block, seq[t].k_block}].push_back({cta, int(t)});
+    }
+    // the CTAs of a cluster: the same steps (multicast) on their own tiles of each unit; split-K ranks the
+    // same tiles in the same order (their K ranges may differ by a block: the join is per tile)
+    for (int rank = 1; rank < kCtas; ++rank) {
+      const auto& a = steps_of[c * kCtas];
+      const auto& b = steps_of[c * kCtas + rank];
+      if constexpr (KS > 1) {
+        std::vector<std::pair<int, int>> ta, tb;
+        for (const auto& st : a) if (st.last_k) ta.push_back({st.m_block, st.n_block});
+        for (const auto& st : b) if (st.last_k) tb.push_back({st.m_block, st.n_block});
+        CHECK(ta == tb, "%s: cluster %d split-K ranks 0 and %d finish different tiles", what, c, rank);
+      } else {
+        CHECK(a.size() == b.size(), "%s: cluster %d ranks 0 and %d run %zu and %zu steps", what, c, rank, a.size(),
+              b.size());
+        for (size_t t = 0; t < a.size() && t < b.size(); ++t) {
+          CHECK(a[t].k_block == b[t].k_block && a[t].last_k == b[t].last_k &&
+                    b[t].m_block == a[t].m_block + rank % CM && b[t].n_block == a[t].n_block + rank / CM,
+                "%s: cluster %d rank %d step %zu is not rank 0's step on its own tile", what, c, rank, t);
+        }
+      }
+    }
+  }
+  // every K block of every tile of every unit (padding tiles included) exactly once
+  for (int mu = 0; mu < m_units; ++mu) {
+    for (int nu = 0; nu < n_units; ++nu) {
+      for (int r = 0; r < CM * CN; ++r) {
+        const int m = mu * CM + r % CM, n = nu * CN + r / CM;
+        for (int k = 0; k < kb; ++k) {
+          const auto it = runs.find({m, n, k});
+          const size_t times = it == runs.end() ? 0 : it->second.size();
+          CHECK(times == 1, "%s: tile (%d, %d) K block %d run %zu times", what, m, n, k, times);
+        }
+      }
+    }
+  }
+  if (KS > 1) return;
+  // stream-K hand-offs: per tile, the CTAs that ran it and where its pieces start and end
+  std::map<std::pair<int, int>, std::vector<std::pair<int, int>>> pieces;  // tile -> (cta, first step) per piece
+  for (int cta = 0; cta < clusters * kCtas; ++cta) {
+    const auto& seq = steps_of[cta];
+    for (size_t t = 0; t < seq.size(); ++t) {
+      if (t == 0 || seq[t - 1].last_k != 0) pieces[{seq[t].m_block, seq[t].n_block}].push_back({cta, int(t)});
+    }
+  }
+  for (const auto& [tile, list] : pieces) {
+    CHECK(list.size() <= 2, "%s: tile (%d, %d) in %zu pieces", what, tile.first, tile.second, list.size());
+    if (list.size() == 1) {
+      const auto& seq = steps_of[list[0].first];
+      const dg::Step& first = seq[list[0].second];
+      CHECK(first.k_block == 0 && !first.first_of_tail, "%s: whole tile (%d, %d) starts at K block %d", what,
+            tile.first, tile.second, first.k_block);
+      const dg::Step& last = seq[list[0].second + kb - 1];
+      CHECK(last.last_k == 1 + dg::kFixStore, "%s: whole tile (%d, %d) ends with last_k %d", what, tile.first,
+            tile.second, last.last_k);
+    } else if (list.size() == 2) {
+      const auto head = steps_of[list[0].first][list[0].second].k_block == 0 ? list[0] : list[1];
+      const auto tail = steps_of[list[0].first][list[0].second].k_block == 0 ? list[1] : list[0];
+      const int head_cluster = head.first / kCtas, tail_cluster = tail.first / kCtas;
+      CHECK(tail_cluster == head_cluster + 1 && head.first % kCtas == tail.first % kCtas,
+            "%s: tile (%d, %d) head in CTA %d, tail in CTA %d", what, tile.first, tile.second, head.first, tail.first);
+      CHECK(head.second == 0, "%s: tile (%d, %d): the head is not cluster %d's first work", what, tile.first,
+            tile.second, head_cluster);
+      const auto& hs = steps_of[head.first];
+      const auto& ts = steps_of[tail.first];
+      int h = head.second;
+      while (hs[h].last_k == 0) ++h;
+      CHECK(hs[h].last_k == 1 + dg::kFixContribute, "%s: tile (%d, %d) head ends with last_k %d", what, tile.first,
+            tile.second, hs[h].last_k);
+      CHECK(ts[tail.second].first_of_tail && ts[tail.second].k_block == hs[h].k_block + 1,
+            "%s: tile (%d, %d) tail does not start where the head ends", what, tile.first, tile.second);
+      int e = tail.second;
+      while (ts[e].last_k == 0) ++e;
+      CHECK(ts[e].last_k == 1 + dg::kFixOwn && ts[e].k_block == kb - 1, "%s: tile (%d, %d) tail ends badly", what,
+            tile.first, tile.second);
+      // the tail is reached no earlier (in steps) than the head is done
+      CHECK(tail.second >= h, "%s: tile (%d, %d) tail at step %d, head done at step %d", what, tile.first,
+            tile.second, tail.second, h);
+    }
+  }
+  // the tail wave is evened out: cluster step counts within one K block (stream-K) or one unit (not)
+  size_t lo = ~size_t(0), hi = 0;
+  for (int c = 0; c < clusters; ++c) {
+    lo = std::min(lo, steps_of[c * kCtas].size());
+    hi = std::max(hi, steps_of[c * kCtas].size());
+  }
+  CHECK(hi - lo <= size_t(sk_units > 0 ? 1 : kb), "%s: cluster step counts %zu..%zu", what, lo, hi);
+  CHECK(sk_units == 0 || hi * clusters <= size_t(units) * kb + clusters, "%s: %zu steps for the busiest cluster",
+        what, hi);
+}
+
+template <int CM, int CN, int KS>
+void check_shapes() {
+  const int ks[] = {1, 2, 3, 16, 56};
+  const int grids[] = {66, 132, 7, 64};
+  const int tiles[][2] = {{16, 17}, {32, 11}, {4, 50}, {1, 1}, {3, 5}, {33, 8}, {16, 56}, {1, 132}};
+  for (const int kb : ks) {
+    if (kb < KS) continue;
+    for (const int g : grids) {
+      for (const auto& t : tiles) {
+        for (const int group_n : {16, 3}) {
+          const int clusters = g / (CM * CN * KS) > 0 ? g / (CM * CN * KS) : 1;
+          check_grid<CM, CN, KS>(t[0], t[1], kb, group_n, clusters, false);
+          check_grid<CM, CN, KS>(t[0], t[1], kb, group_n, clusters, true);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  check_shapes<1, 1, 1>();
+  check_shapes<2, 1, 1>();
+  check_shapes<1, 2, 1>();
+  check_shapes<2, 2, 1>();
+  check_shapes<1, 1, 2>();
+  if (failures) {
+    std::printf("%d failures\n", failures);
+    return 1;
+  }
+  std::printf("scheduler ok\n");
+  return 0;
+}
