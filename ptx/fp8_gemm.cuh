@@ -551,8 +551,11 @@ struct MathWarpgroup {
   // (slab * kRegs + i) * threads + t: coalesced), so the owner's thread t adds the same output elements.
   // Scalar stores: vector ones would tie the totals to aligned registers (the promotion's bank conflicts).
   // (With kStreamKVectors, thread t's elements 4q..4q+3 are contiguous, at (slab * kRegs + 4q) * threads + 4t.)
+  __device__ __forceinline__ int stream_k_slot_index(int cluster) const {  // this CTA's slot (and flags)
+    return cluster * (CM * CN) + sched.rank_m + CM * sched.rank_n;
+  }
   __device__ __forceinline__ float* stream_k_slot(int cluster) const {
-    const int slot = cluster * (CM * CN) + sched.rank_m + CM * sched.rank_n;
+    const int slot = stream_k_slot_index(cluster);
     if constexpr (kStreamKVectors) {
       return opaque_ptr(p.sk_partials + static_cast<int64_t>(slot) * (BM * BN) + (wg * 128 + tid) * 4);
     } else {
@@ -560,7 +563,7 @@ struct MathWarpgroup {
     }
   }
   __device__ __forceinline__ int* stream_k_flag(int cluster) const {
-    return p.sk_flags + (cluster * (CM * CN) + sched.rank_m + CM * sched.rank_n) * WGS + wg;
+    return p.sk_flags + stream_k_slot_index(cluster) * WGS + wg;
   }
   __device__ __forceinline__ void stream_k_write(const float (&total)[kRegs], int slab) {
     float* slot = stream_k_slot(sched.cluster) + slab * kRegs * (128 * WGS);
