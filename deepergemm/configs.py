@@ -122,8 +122,8 @@ class Variant:
             problems.append("each CTA's slice of the B tile must be a multiple of 8 rows")
         if self.splits not in SPLIT_KS:
             problems.append(f"split-K must be one of {SPLIT_KS}")
-        elif self.splits > 1 and (self.block_m != 64 or self.cluster_m * self.cluster_n > 1):
-            problems.append("split-K clusters are built for 64-row tiles without multicast")
+        elif self.splits > 1 and (self.block_m > 128 or self.cluster_m * self.cluster_n > 1):
+            problems.append("split-K clusters are built for 64- and 128-row tiles without multicast")
         if self.math_wgs not in (1, 2):
             problems.append("one or two math warpgroups")
         elif self.math_wgs == 1 and self.block_m != 64:

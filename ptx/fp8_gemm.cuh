@@ -66,7 +66,7 @@ enum AccMode : int {
 //                        bias argument (bias_kind 0; bench/trace_case.py reads it): where the tensor cores idle
 //   DG_LIFETRACE         every CTA logs 16 stamps of its life (entry, setup, first data, loop end, drain,
 //                        exit, stream-K hand-offs) into the bias argument (bench/lifetrace_case.py)
-//   DG_SK_V4=1           the stream-K hand-off with 16-byte loads and stores (see kStreamKVectors; untried)
+//   DG_SK_V4=0           the stream-K hand-off with 4-byte loads and stores (see kStreamKVectors)
 //   DG_PAIRED_F32_STORES  fp32 epilogue with v2 stores, which puts each promotion FFMA's two accumulator
 //                        operands in one register bank (the layout before the seventh session)
 //   DG_INIT_RELEASE_ARRIVE  the cluster sync after the barrier inits with a release arrive (before the eighth
@@ -84,11 +84,12 @@ constexpr int kPingPongOverride = DG_PINGPONG;
 constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w waits on 1 + w for its turn
 constexpr int kEpiStoreRows = 16;     // rows of one bf16 TMA store (one warp's; the output map's box)
 constexpr uint32_t kSkBarrier = 3;    // named barriers 3 and 4: warpgroup w's stream-K handshake
-// Developers' switch DG_SK_V4=0|1: the stream-K hand-off moves 16 bytes per thread and instruction (each
-// quad's register pairs swapped, so a total still sits in the other register bank than its partial) or 4.
-// The tail's 128 scalar loads per thread took 7000-9000 clocks to land (eighth session).
+// Developers' switch DG_SK_V4=0|1 (default 1): the stream-K hand-off moves 16 bytes per thread and
+// instruction (each quad's register pairs swapped, so a total still sits in the other register bank than
+// its partial) or 4. The tail's loads took 7300-9100 clocks to land with 4 bytes, 4000-5200 with 16
+// (median, 256x128, H100, ninth session).
 #ifndef DG_SK_V4
-#define DG_SK_V4 0
+#define DG_SK_V4 1
 #endif
 constexpr bool kStreamKVectors = DG_SK_V4 != 0;
 
@@ -547,10 +548,12 @@ struct MathWarpgroup {
   }
 
   // Stream-K (scheduler.cuh): a cluster's slot holds the partial sums of the tile head it did, one BM x BN
-  // fp32 block per CTA. Each thread moves its own accumulators (element (slab, i) of thread t at
-  // (slab * kRegs + i) * threads + t: coalesced), so the owner's thread t adds the same output elements.
-  // Scalar stores: vector ones would tie the totals to aligned registers (the promotion's bank conflicts).
-  // (With kStreamKVectors, thread t's elements 4q..4q+3 are contiguous, at (slab * kRegs + 4q) * threads + 4t.)
+  // fp32 block per CTA. Each thread moves its own accumulators (coalesced), so the owner's thread t adds the
+  // same output elements.
+  // 16-byte vectors (kStreamKVectors): thread t's elements 4q..4q+3 are contiguous, at (slab * kRegs + 4q) *
+  // threads + 4t, moved with each pair swapped ({1, 0, 3, 2}) so the quad's aligned registers do not tie a
+  // total to its partial's register bank (the promotion's bank conflicts). Scalar (DG_SK_V4=0): element
+  // (slab, i) of thread t at (slab * kRegs + i) * threads + t.
   __device__ __forceinline__ int stream_k_slot_index(int cluster) const {  // this CTA's slot (and flags)
     return cluster * (CM * CN) + sched.rank_m + CM * sched.rank_n;
   }

@@ -110,8 +110,11 @@ def test_split_k_switch_and_keys(monkeypatch):
     v = configs.parse_key("64x64s12dk2")
     assert (v.splits, v.cluster, v.key, v.template_args) == (2, 2, "64x64s12dk2", "64, 64, 12, 2, 1, 1, 2, 2")
     assert v.smem_bytes == configs.parse_key("64x64s12d").smem_bytes + 64 * 64 * 4 + 16
-    with pytest.raises(ValueError, match="64-row tiles without multicast"):
+    with pytest.raises(ValueError, match="128-row tiles without multicast"):
         configs.parse_key("128x128s6wc2k2")
+    with pytest.raises(ValueError, match="128-row tiles without multicast"):
+        configs.parse_key("256x128s3pk2")
+    assert configs.parse_key("128x64s7dk2").cluster == 2  # 128-row split-K pairs build (not selected)
     with pytest.raises(ValueError, match="split-K must be one of"):
         configs.parse_key("64x64s12dk3")
 
