@@ -355,12 +355,6 @@ struct StepScales {
 #define DG_EARLY_ACQUIRE 1
 #endif
 constexpr bool kEarlyAcquire = DG_EARLY_ACQUIRE != 0;
-// Developers' switch DG_ISSUE_FIRST=0|1 (default 1): the two-steps-in-flight loop (64-row tiles) issues a
-// step's wgmmas right after its stage's wait, before reading its scales and tile from shared memory.
-#ifndef DG_ISSUE_FIRST
-#define DG_ISSUE_FIRST 1
-#endif
-constexpr bool kIssueFirst = DG_ISSUE_FIRST != 0;
 
 template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS>
 struct MathWarpgroup {
@@ -376,7 +370,6 @@ struct MathWarpgroup {
   const TileScheduler<CM, CN, KS>& sched;
   const CUtensorMap* map_out;  // bf16 output, box 16 rows (one warp's) x kEpiN columns
   uint8_t* smem;
-  uint32_t smem_s;  // smem's shared-window address (descriptors and shared loads add offsets to it)
   uint64_t* full;
   uint64_t* empty;
   int wg;          // 0 or 1
@@ -392,7 +385,6 @@ struct MathWarpgroup {
                                            const CUtensorMap* out_map, uint8_t* sm, uint64_t* f, uint64_t* e,
                                            uint64_t* reduction, int math_wg)
       : p(params), sched(s), map_out(out_map), smem(sm), full(f), empty(e), red(reduction), wg(math_wg) {
-    smem_s = smem_addr(sm);
     tid = threadIdx.x % 128;
     warp = tid / 32;
     lane = tid % 32;
@@ -419,53 +411,38 @@ struct MathWarpgroup {
   bool first_data_logged = false;
 #endif
 
-  // Wait for the next step's data, issue its four k32 wgmmas into acc (one commit group), then note its
-  // scales and tile. The wgmmas need only the stage: issued before the step's shared loads and the
-  // arithmetic on them (in-order issue would otherwise hold them behind that chain; kIssueFirst).
+  // Wait for the next step's data, note its scales and tile, issue its four k32 wgmmas into acc (one
+  // commit group).
   __device__ __forceinline__ void issue(float (&acc)[kRegs], StepScales& sc) {
-    if constexpr (kIssueFirst) {
-      wait_stage(sc);
-      issue_slab(acc, sc, 0);
-      read_step(sc);
-    } else {
-      acquire(sc);
-      issue_slab(acc, sc, 0);
-    }
+    acquire(sc);
+    issue_slab(acc, sc, 0);
   }
 
   // Wait for the next step's stage; note its tile and, per slab, the products of the A and B scales that
   // its promotion multiplies by.
   __device__ __forceinline__ void acquire(StepScales& sc) {
-    wait_stage(sc);
-    read_step(sc);
-  }
-  __device__ __forceinline__ void wait_stage(StepScales& sc) {
-    sc.stage = pos.stage;
-    mbar_wait(&full[pos.stage], pos.phase);
+    const uint32_t stage = pos.stage;
+    mbar_wait(&full[stage], pos.phase);
 #ifdef DG_LIFETRACE
     if (wg == 0 && tid == 0 && !first_data_logged) life_stamp(p.bias, kLifeFirstData), first_data_logged = true;
 #endif
     pos.advance();
-  }
-  __device__ __forceinline__ void read_step(StepScales& sc) {
-    const uint32_t stage = sc.stage;
-    const uint32_t meta = smem_s + L::kMeta + stage * L::kMetaSlot;
+    sc.stage = stage;
+    const uint32_t meta = smem_addr(smem + L::kMeta + stage * L::kMetaSlot);
     const uint4 coords = ld_shared_v4(meta + 4 * kMaxScaleBlocks);
     sc.m_block = static_cast<int>(coords.x);
     sc.n_block = static_cast<int>(coords.y);
     sc.last_k = static_cast<int>(coords.w & (kFirstOfTail - 1));
     sc.first_of_tail = (coords.w & kFirstOfTail) != 0;
-    // Which of the tile's B-scale blocks this warpgroup starts in (always the first when no warpgroup's
-    // columns cross a block: then the second is never used). Unsigned: no sign fix-ups on the way to the load.
-    const uint32_t n_tile = static_cast<uint32_t>(sc.n_block) * BN, n0 = n_tile + col_base;
-    const uint32_t j = T::kOneScaleBlock ? 0u : n0 / kBlockK - n_tile / kBlockK;
+    const int n_tile = sc.n_block * BN, n0 = n_tile + col_base;
+    const int j = n0 / kBlockK - n_tile / kBlockK;  // which of the tile's scale blocks this warpgroup starts in
     const float sb_lo = ld_shared_f32(meta + 4 * j);
-    const float sb_hi = T::kOneScaleBlock ? sb_lo : ld_shared_f32(meta + 4 * (j + 1));
-    sc.sb_switch = static_cast<int>((n0 / kBlockK + 1) * kBlockK - n0);
+    const float sb_hi = ld_shared_f32(meta + 4 * (j + 1));
+    sc.sb_switch = (n0 / kBlockK + 1) * kBlockK - n0;
 #pragma unroll
     for (int slab = 0; slab < T::kSlabs; ++slab) {
       const uint32_t sa_addr =
-          smem_s + L::kSA + stage * L::kSASlot + (row_base + 128 * slab + warp * 16 + lane / 4) * 4;
+          smem_addr(smem + L::kSA + stage * L::kSASlot) + (row_base + 128 * slab + warp * 16 + lane / 4) * 4;
       const float sa_lo = ld_shared_f32(sa_addr), sa_hi = ld_shared_f32(sa_addr + 8 * 4);
       sc.f_lo[slab] = sa_lo * sb_lo;
       sc.f_hi[slab] = sa_hi * sb_lo;
@@ -479,9 +456,9 @@ struct MathWarpgroup {
     const uint32_t stage = sc.stage;
     const int rows = row_base + 128 * slab;
     const uint64_t desc_a =
-        smem_desc_kmajor_sw128(smem_s + L::kA + stage * L::kABytes + rows * kSwizzleBytes);
+        smem_desc_kmajor_sw128(smem_addr(smem + L::kA + stage * L::kABytes + rows * kSwizzleBytes));
     const uint64_t desc_b =
-        smem_desc_kmajor_sw128(smem_s + L::kB + stage * L::kBBytes + col_base * kSwizzleBytes);
+        smem_desc_kmajor_sw128(smem_addr(smem + L::kB + stage * L::kBBytes + col_base * kSwizzleBytes));
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
     if constexpr (kTurns) named_barrier_sync(kTurnBarrier + wg, 256);  // this warpgroup's turn
