@@ -253,8 +253,17 @@ SMALL_M_CLUSTER_VARIANTS: tuple[Variant, ...] = tuple(
     if bm == 64 and bn >= SMALL_M_CLUSTER_MIN_N)
 # Split-K: select() only ever wants the narrowest tile (the most CTAs); a wider one is tested below.
 SPLIT_K_TILE = (64, 32)
+# At 64 < M <= 128, where one wave of unclustered 64-row tiles fills the SMs (N = 2112: 132 tiles of 64x32),
+# one 128-row M-tile split over K in two fills them as well: each B tile crosses L2 -> SM once, each CTA
+# reads half of K, and each step does twice the work (two m64n32 wgmma groups instead of two m64n16).
+# Measured 2026-11-25 (H100, ptx/NOTES.md, ninth session): 128x2112x7168 17.7 -> 15.7 us (1.43 -> 1.62x
+# cuBLAS), 128x2112x14336 28.6 -> 22.6, equal at K = 3584 (hence the K bound: the join costs a fixed time).
+# Two steps in flight ("d"), as measured.
+SPLIT_K_TILE_128 = (128, 32)
+SPLIT_K_128_MIN_K = 4096
 VARIANTS: tuple[Variant, ...] = (_variants() + SMALL_M_CLUSTER_VARIANTS
-                                 + (_variant(*SPLIT_K_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),))
+                                 + (_variant(*SPLIT_K_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),
+                                    _variant(*SPLIT_K_TILE_128, True, (1, 1), True, SPLIT_K)))
 # 256-row tiles with the other cluster shape (B multicast): not selected (1-2% slower, ptx/NOTES.md), kept
 # tested because the kernel supports it.
 LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False, CLUSTER_SHAPE),)
@@ -374,17 +383,24 @@ def stream_k_pays(m: int, n: int, variant: Variant, num_sms: int) -> bool:
 
 
 def _split_k_choice(m: int, n: int, k_blocks: int, num_sms: int, shape: tuple[int, int]) -> tuple[int, tuple[int, int]]:
-    """(splits, tile) for a small-M problem whose unsplit pick is `shape`: split K when those tiles occupy at
-    most SPLIT_K_IDLE of the SMs; then the split tile with the most CTAs in one wave (fewest bytes per CTA
-    on ties)."""
+    """(splits, tile) for a small-M problem whose unsplit, unclustered pick is `shape`: split K when those
+    tiles occupy at most SPLIT_K_IDLE of the SMs, into the 64-row split tile with the most CTAs in one wave
+    (fewest bytes per CTA on ties); or, at 64 < M <= 128 and K >= SPLIT_K_128_MIN_K with those tiles in one
+    wave, into 128-row tiles (SPLIT_K_TILE_128) when they keep at least as many CTAs busy."""
+    if k_blocks < SPLIT_K:
+        return 1, shape
     tiles = waves_for(m, n, *shape, num_sms)[0]
-    if tiles > SPLIT_K_IDLE * num_sms or k_blocks < SPLIT_K:
+    if tiles <= SPLIT_K_IDLE * num_sms:
+        fitting = [(v.block_m, v.block_n) for v in VARIANTS if v.splits == SPLIT_K and v.block_m == 64
+                   and waves_for(m, n, v.block_m, v.block_n, num_sms)[0] * SPLIT_K <= num_sms]
+        if fitting:
+            return SPLIT_K, max(fitting, key=lambda s: (waves_for(m, n, *s, num_sms)[0], -(s[0] + s[1])))
         return 1, shape
-    fitting = [(v.block_m, v.block_n) for v in VARIANTS
-               if v.splits == SPLIT_K and waves_for(m, n, v.block_m, v.block_n, num_sms)[0] * SPLIT_K <= num_sms]
-    if not fitting:
-        return 1, shape
-    return SPLIT_K, max(fitting, key=lambda s: (waves_for(m, n, *s, num_sms)[0], -(s[0] + s[1])))
+    if 64 < m <= 128 and shape[0] == 64 and tiles <= num_sms and k_blocks * BLOCK_K >= SPLIT_K_128_MIN_K:
+        split_ctas = waves_for(m, n, *SPLIT_K_TILE_128, num_sms)[0] * SPLIT_K
+        if tiles <= split_ctas <= num_sms:
+            return SPLIT_K, SPLIT_K_TILE_128
+    return 1, shape
 
 
 def _parse_cluster(value: str) -> tuple[int, int]:

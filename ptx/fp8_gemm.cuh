@@ -67,6 +67,7 @@ enum AccMode : int {
 //   DG_LIFETRACE         every CTA logs 16 stamps of its life (entry, setup, first data, loop end, drain,
 //                        exit, stream-K hand-offs) into the bias argument (bench/lifetrace_case.py)
 //   DG_SK_V4=0           the stream-K hand-off with 4-byte loads and stores (see kStreamKVectors)
+//   DG_SPLIT_K_SWAP=0    the split-K hand-off's quads in register order (see kSplitKSwap)
 //   DG_PAIRED_F32_STORES  fp32 epilogue with v2 stores, which puts each promotion FFMA's two accumulator
 //                        operands in one register bank (the layout before the seventh session)
 //   DG_INIT_RELEASE_ARRIVE  the cluster sync after the barrier inits with a release arrive (before the eighth
@@ -92,6 +93,13 @@ constexpr uint32_t kSkBarrier = 3;    // named barriers 3 and 4: warpgroup w's s
 #define DG_SK_V4 1
 #endif
 constexpr bool kStreamKVectors = DG_SK_V4 != 0;
+// Developers' switch DG_SPLIT_K_SWAP=0|1 (default 1): split-K ranks hand their totals to rank 0 in 16-byte
+// quads with each pair swapped, so no total is tied to its partial's register bank (0 same-bank promotion
+// FFMAs on 64x32s16dk2 and 128x32s9dk2, against all of them with 0; ninth session).
+#ifndef DG_SPLIT_K_SWAP
+#define DG_SPLIT_K_SWAP 1
+#endif
+constexpr bool kSplitKSwap = DG_SPLIT_K_SWAP != 0;
 
 #ifdef DG_TRACE
 constexpr uint32_t kTraceSteps = 320, kTraceEvents = 8;
@@ -614,8 +622,11 @@ struct MathWarpgroup {
         const uint32_t mine = map_shared_to_cta(slots + (sched.rank_k - 1) * L::kRedSlotBytes, 0);
 #pragma unroll
         for (int i = 0; i < kRegs; i += 4) {
-          st_shared_cluster_v4_f32(mine + ((i / 4) * kMathThreads + thread) * 16, total[i], total[i + 1], total[i + 2],
-                                   total[i + 3]);
+          // pairs swapped (kSplitKSwap): the quad's aligned registers then keep each total out of its
+          // partial's register bank
+          const int a = kSplitKSwap ? 1 : 0;
+          st_shared_cluster_v4_f32(mine + ((i / 4) * kMathThreads + thread) * 16, total[i + a], total[i + 1 - a],
+                                   total[i + 2 + a], total[i + 3 - a]);
         }
         mbar_arrive_cluster<true>(&red[0], 0);
       } else {
@@ -625,10 +636,10 @@ struct MathWarpgroup {
 #pragma unroll
           for (int i = 0; i < kRegs; i += 4) {
             const uint4 v = ld_shared_v4(slots + (r - 1) * L::kRedSlotBytes + ((i / 4) * kMathThreads + thread) * 16);
-            total[i] += __uint_as_float(v.x);
-            total[i + 1] += __uint_as_float(v.y);
-            total[i + 2] += __uint_as_float(v.z);
-            total[i + 3] += __uint_as_float(v.w);
+            total[i] += __uint_as_float(kSplitKSwap ? v.y : v.x);
+            total[i + 1] += __uint_as_float(kSplitKSwap ? v.x : v.y);
+            total[i + 2] += __uint_as_float(kSplitKSwap ? v.w : v.z);
+            total[i + 3] += __uint_as_float(kSplitKSwap ? v.z : v.w);
           }
         }
 #pragma unroll

@@ -24,7 +24,8 @@ def test_variant_fits_and_round_trips(variant):
         assert variant.block_n % (8 * variant.cluster_m) == 0
         assert variant.block_m >= 128 or (variant.cluster_m, variant.cluster_n) == configs.SMALL_M_CLUSTER
     if variant.splits > 1:
-        assert (variant.block_m, variant.cluster_m, variant.cluster_n) == (64, 1, 1) and variant.cluster == variant.splits
+        assert variant.block_m in (64, 128) and (variant.cluster_m, variant.cluster_n) == (1, 1)
+        assert variant.cluster == variant.splits
 
 
 def test_variant_keys_are_unique():
@@ -94,8 +95,19 @@ def test_split_k_only_where_half_the_sms_would_idle():
     # 64 x 2112: 66 tiles of 64x32 leave half the SMs idle; two K splits per tile fill all 132
     c = configs.select(64, 2112, 7168, H100_SMS)
     assert (c.variant.key, c.tiles, c.grid) == ("64x32s16dk2", 132, 132)
+    # 64 < M <= 128 with one full wave of unclustered 64x32 tiles (N = 2112): one 128-row M-tile split in two
+    for m, k in ((128, 7168), (65, 4096), (100, 14336)):
+        c = configs.select(m, 2112, k, H100_SMS)
+        assert (c.variant.key, c.tiles, c.grid) == ("128x32s9dk2", 132, 132), (m, k)
+        assert c.l2_hints == configs.L2_EVICT_LAST | configs.L2_EVICT_FIRST << 2  # one M-tile: B read once
+    # ...but not at short K (the join's fixed cost), nor where the 64-row tiles are clustered or in waves
+    for shape in ((128, 2112, 2048), (128, 4096, 7168), (128, 32768, 512), (128, 7168, 16384)):
+        assert configs.select(*shape, H100_SMS).variant.block_m == 64, shape
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DEEPERGEMM_SPLIT_K", "0")
+        assert configs.select(128, 2112, 7168, H100_SMS).variant.key == "64x32s16d"
     # tiles that fill the SMs, several waves, M > 128, or K = 128: no split
-    for shape in ((128, 2112, 7168), (64, 4096, 7168), (64, 7168, 2048), (64, 24576, 1536), (128, 32768, 512),
+    for shape in ((64, 4096, 7168), (64, 7168, 2048), (64, 24576, 1536), (128, 32768, 512),
                   (4096, 2112, 7168), (1, 2112, 128), (128, 7168, 16384)):
         assert configs.select(*shape, H100_SMS).variant.splits == 1, shape
     # a tiny problem: split where it fits
@@ -238,8 +250,10 @@ def test_forced_cluster_shape(monkeypatch):
 def test_accumulation_mode_letters():
     assert [configs.parse_key(f"128x128s6{c}").acc_mode for c in "pwd"] == [0, 1, 2]
     assert configs.parse_key("128x128s6wc2").key == "128x128s6wc2"
-    # dual ordering as measured: wait for each step first at BLOCK_M = 128, two steps in flight at 64
-    assert {v.acc_mode for v in configs.VARIANTS if v.dual_acc and v.block_m == 128} == {1}
+    # dual ordering as measured: wait for each step first at BLOCK_M = 128 (but two steps in flight on the
+    # narrow 128-row split-K tile), two steps in flight at 64
+    assert {v.acc_mode for v in configs.VARIANTS if v.dual_acc and v.block_m == 128 and v.splits == 1} == {1}
+    assert configs.find_variant(*configs.SPLIT_K_TILE_128, True, splits=2).acc_mode == 2
     assert {v.acc_mode for v in configs.VARIANTS if v.dual_acc and v.block_m == 64} == {2}
     tested = {(v.block_m, v.block_n, v.cluster_m, v.cluster_n, v.acc_mode) for v in configs.TESTED_VARIANTS}
     assert all((128, 128, cm, cn, acc) in tested for cm, cn in configs.CLUSTER_SHAPES for acc in (1, 2))
