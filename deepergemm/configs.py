@@ -97,7 +97,8 @@ class Variant:
     # range of K, and the first adds the others' partial sums from their shared memory in a fixed order.
     splits: int = 1
     # Math warpgroups (key suffix "m1" for one): two, or one on 64-row tiles, which then takes all BLOCK_N
-    # columns (wider wgmmas, one wait and promotion per step; DeepGEMM's 64-row layout). Not selected yet.
+    # columns (wider wgmmas, one wait and promotion per step; DeepGEMM's 64-row layout). Selected for the
+    # 64-row split-K tile (SPLIT_K_MATH_WGS).
     math_wgs: int = 2
 
     def __post_init__(self):
@@ -251,8 +252,12 @@ _CLUSTER_FOR = {128: CLUSTER_SHAPE, 256: CLUSTER_SHAPE_256}
 SMALL_M_CLUSTER_VARIANTS: tuple[Variant, ...] = tuple(
     _variant(bm, bn, True, SMALL_M_CLUSTER, DUAL_ISSUE_AHEAD[64]) for bm, bn in TILE_SHAPES
     if bm == 64 and bn >= SMALL_M_CLUSTER_MIN_N)
-# Split-K: select() only ever wants the narrowest tile (the most CTAs); a wider one is tested below.
+# Split-K: select() only ever wants the narrowest tile (the most CTAs); a wider one is tested below. One
+# math warpgroup takes all 32 columns (m64n32 wgmmas: half the wgmma and promotion instructions of two
+# warpgroups of n16). Measured 2026-11-25 (H100, ptx/NOTES.md, ninth session), 64x2112x7168 15.5 -> 14.6 us
+# (1.65 -> 1.75x cuBLAS), 2-3% at K = 3584 and 14336; the two-warpgroup tile stays tested.
 SPLIT_K_TILE = (64, 32)
+SPLIT_K_MATH_WGS = 1
 # At 64 < M <= 128, where one wave of unclustered 64-row tiles fills the SMs (N = 2112: 132 tiles of 64x32),
 # one 128-row M-tile split over K in two fills them as well: each B tile crosses L2 -> SM once, each CTA
 # reads half of K, and each step does twice the work (two m64n32 wgmma groups instead of two m64n16).
@@ -262,7 +267,8 @@ SPLIT_K_TILE = (64, 32)
 SPLIT_K_TILE_128 = (128, 32)
 SPLIT_K_128_MIN_K = 4096
 VARIANTS: tuple[Variant, ...] = (_variants() + SMALL_M_CLUSTER_VARIANTS
-                                 + (_variant(*SPLIT_K_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),
+                                 + (_variant(*SPLIT_K_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K,
+                                             SPLIT_K_MATH_WGS),
                                     _variant(*SPLIT_K_TILE_128, True, (1, 1), True, SPLIT_K)))
 # 256-row tiles with the other cluster shape (B multicast): not selected (1-2% slower, ptx/NOTES.md), kept
 # tested because the kernel supports it.
@@ -270,13 +276,15 @@ LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False, CLUSTER_SH
 # What the tests (GPU) and the CI compile gate cover: every selectable variant, plus each cluster shape the
 # kernel supports and both dual-accumulator orderings on the 128x128 tile, and the 256-row tiles, so what
 # select() does not pick today still builds and stays exact.
-# 64-row tiles with one math warpgroup (DeepGEMM's layout for them; to be measured against two at small M):
-# 64x16 (N = 2112 in one wave of 132 tiles at M = 64) and 64x32.
+# Unsplit 64-row tiles with one math warpgroup (DeepGEMM's layout for them; selected only split, so far):
+# 64x16 (N = 2112 in one wave of 132 tiles at M = 64) and 64x32. At 128x2112x4096 64x32s16dm1 ran 11.8 us
+# against 13.1 for configs' pick (ninth session): the next small-M candidate to model.
 ONE_WARPGROUP_VARIANTS: tuple[Variant, ...] = tuple(
     _variant(64, bn, True, (1, 1), DUAL_ISSUE_AHEAD[64], math_wgs=1) for bn in (16, 32))
 TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
     v for v in (*(_variant(128, 128, True, shape, ahead) for shape in CLUSTER_SHAPES for ahead in (False, True)),
                 *LARGE_TILE_VARIANTS, _variant(64, 128, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),
+                _variant(*SPLIT_K_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),  # two math warpgroups
                 *ONE_WARPGROUP_VARIANTS)
     if v not in VARIANTS))
 
