@@ -26,6 +26,7 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_CLUSTER=1|2|1x2|2x2  force the cluster shape (CMxCN; "2" = 2x1; CN > 1 needs BLOCK_M >= 128)
   DEEPERGEMM_GROUP_N=g         rasterization band width in N-units (default: 16)
   DEEPERGEMM_SPLIT_K=0         never split K
+  DEEPERGEMM_SMALL_M_WGS=2     two math warpgroups on unsplit 64-row tiles (each half of BLOCK_N), not one
   DEEPERGEMM_SMALL_M_CLUSTER=0  do not pair the two 64-row M-tiles at 64 < M <= 128 in B-multicast clusters
   DEEPERGEMM_STREAM_K=0        no stream-K tail (stream_k_pays)
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
@@ -76,6 +77,12 @@ DUAL_ISSUE_AHEAD = {64: True, 128: False}
 SMALL_M_CLUSTER = (2, 1)
 SMALL_M_CLUSTER_MIN_N = 64     # BLOCK_N
 SMALL_M_CLUSTER_MIN_K = 1536
+# 64-row tiles run one math warpgroup that takes all BLOCK_N columns (one wgmma group, one wait and one
+# promotion per step instead of two of half the width; DeepGEMM's layout). Measured 2026-11-25 (H100, one
+# sweep, ptx/NOTES.md tenth session) against two warpgroups on the same tiles: equal or faster on 8 of the 10
+# unsplit small-M anchors (64x4096x7168 19.5 -> 18.6 us, 128x4096x7168 20.6 -> 19.6, 64x24576x1536 22.7 ->
+# 22.1, 64x7168x16384 53.3 -> 52.2), within 2% slower on the two K = 512 ones.
+SMALL_M_MATH_WGS = 1
 SPLIT_KS = (1, 2, 4)     # K splits per tile a variant may be built with (split-K clusters)
 SPLIT_K = 2              # the split the selectable split-K variants use
 SPLIT_K_IDLE = 0.5       # split only when the unsplit tiles occupy at most this fraction of the SMs
@@ -97,8 +104,8 @@ class Variant:
     # range of K, and the first adds the others' partial sums from their shared memory in a fixed order.
     splits: int = 1
     # Math warpgroups (key suffix "m1" for one): two, or one on 64-row tiles, which then takes all BLOCK_N
-    # columns (wider wgmmas, one wait and promotion per step; DeepGEMM's 64-row layout). Selected for the
-    # 64-row split-K tile (SPLIT_K_MATH_WGS).
+    # columns (wider wgmmas, one wait and promotion per step; DeepGEMM's 64-row layout). Selected for every
+    # 64-row tile (SMALL_M_MATH_WGS, SPLIT_K_MATH_WGS).
     math_wgs: int = 2
 
     def __post_init__(self):
@@ -244,14 +251,16 @@ def _variants() -> tuple[Variant, ...]:
             out.append(_variant(bm, bn, False, cluster))
             if wg_n <= MAX_MATH_REGS_DUAL and bm <= 128:  # 256 rows: registers for one partial set
                 out.append(_variant(bm, bn, True, cluster, DUAL_ISSUE_AHEAD[bm]))
+            if bm == 64:  # the default 64-row layout: one math warpgroup (SMALL_M_MATH_WGS)
+                out.append(_variant(bm, bn, True, cluster, DUAL_ISSUE_AHEAD[bm], math_wgs=1))
     return tuple(out)
 
 
 _CLUSTER_FOR = {128: CLUSTER_SHAPE, 256: CLUSTER_SHAPE_256}
 # The 64-row tiles that may run in SMALL_M_CLUSTER pairs (dual, two steps in flight, as unclustered).
 SMALL_M_CLUSTER_VARIANTS: tuple[Variant, ...] = tuple(
-    _variant(bm, bn, True, SMALL_M_CLUSTER, DUAL_ISSUE_AHEAD[64]) for bm, bn in TILE_SHAPES
-    if bm == 64 and bn >= SMALL_M_CLUSTER_MIN_N)
+    _variant(bm, bn, True, SMALL_M_CLUSTER, DUAL_ISSUE_AHEAD[64], math_wgs=wgs) for bm, bn in TILE_SHAPES
+    if bm == 64 and bn >= SMALL_M_CLUSTER_MIN_N for wgs in (1, 2))
 # Split-K: select() only ever wants the narrowest tile (the most CTAs); a wider one is tested below. One
 # math warpgroup takes all 32 columns (m64n32 wgmmas: half the wgmma and promotion instructions of two
 # warpgroups of n16). Measured 2026-11-25 (H100, ptx/NOTES.md, ninth session), 64x2112x7168 15.5 -> 14.6 us
@@ -263,9 +272,11 @@ SPLIT_K_MATH_WGS = 1
 # reads half of K, and each step does twice the work (two m64n32 wgmma groups instead of two m64n16).
 # Measured 2026-11-25 (H100, ptx/NOTES.md, ninth session): 128x2112x7168 17.7 -> 15.7 us (1.43 -> 1.62x
 # cuBLAS), 128x2112x14336 28.6 -> 22.6, equal at K = 3584 (hence the K bound: the join costs a fixed time).
-# Two steps in flight ("d"), as measured.
+# Two steps in flight ("d"), as measured. Against the one-warpgroup 64x32 tile (SMALL_M_MATH_WGS, tenth
+# session) the split pays from K ~ 6144 on: 128x2112x4096 13.1 against 11.8 us, 128x2112x7168 15.8 against
+# 16.5 (the crossing of the two lines through these points).
 SPLIT_K_TILE_128 = (128, 32)
-SPLIT_K_128_MIN_K = 4096
+SPLIT_K_128_MIN_K = 6144
 VARIANTS: tuple[Variant, ...] = (_variants() + SMALL_M_CLUSTER_VARIANTS
                                  + (_variant(*SPLIT_K_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K,
                                              SPLIT_K_MATH_WGS),
@@ -276,11 +287,9 @@ LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False, CLUSTER_SH
 # What the tests (GPU) and the CI compile gate cover: every selectable variant, plus each cluster shape the
 # kernel supports and both dual-accumulator orderings on the 128x128 tile, and the 256-row tiles, so what
 # select() does not pick today still builds and stays exact.
-# Unsplit 64-row tiles with one math warpgroup (DeepGEMM's layout for them; selected only split, so far):
-# 64x16 (N = 2112 in one wave of 132 tiles at M = 64) and 64x32. At 128x2112x4096 64x32s16dm1 ran 11.8 us
-# against 13.1 for configs' pick (ninth session): the next small-M candidate to model.
-ONE_WARPGROUP_VARIANTS: tuple[Variant, ...] = tuple(
-    _variant(64, bn, True, (1, 1), DUAL_ISSUE_AHEAD[64], math_wgs=1) for bn in (16, 32))
+# The 64x16 tile with one math warpgroup (N = 2112 in one wave of 132 tiles at M = 64): not selected (slower
+# than the split-K pick, seventh session), kept building.
+ONE_WARPGROUP_VARIANTS: tuple[Variant, ...] = (_variant(64, 16, True, (1, 1), DUAL_ISSUE_AHEAD[64], math_wgs=1),)
 TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
     v for v in (*(_variant(128, 128, True, shape, ahead) for shape in CLUSTER_SHAPES for ahead in (False, True)),
                 *LARGE_TILE_VARIANTS, _variant(64, 128, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),
@@ -328,6 +337,13 @@ def _env_flag(name: str, default: bool) -> bool:
     return value == "1"
 
 
+def _small_m_math_wgs() -> int:
+    value = os.environ.get("DEEPERGEMM_SMALL_M_WGS", "").strip()
+    if value not in ("", "1", "2"):
+        raise ValueError(f"DEEPERGEMM_SMALL_M_WGS must be 1 or 2 (math warpgroups of a 64-row tile), got {value!r}")
+    return int(value) if value else SMALL_M_MATH_WGS
+
+
 def _forced_shape() -> tuple[int, int] | None:
     value = os.environ.get("DEEPERGEMM_VARIANT", "").strip()
     if not value:
@@ -343,14 +359,14 @@ def _forced_shape() -> tuple[int, int] | None:
 
 
 def find_variant(block_m: int, block_n: int, dual_acc: bool, cluster: tuple[int, int] = (1, 1),
-                 splits: int = 1) -> Variant:
-    """The listed variant for a tile shape and cluster shape; the single-accumulator one when dual does not fit."""
+                 splits: int = 1, math_wgs: int = 2) -> Variant:
+    """The listed variant for a tile shape and cluster shape; the single-accumulator one when dual does not fit,
+    the other number of math warpgroups when the one asked for is not built (single accumulators: two)."""
     matches = [v for v in VARIANTS if (v.block_m, v.block_n, (v.cluster_m, v.cluster_n), v.splits)
                == (block_m, block_n, cluster, splits)]
     if not matches:
         raise ValueError(f"no variant with tile {block_m}x{block_n} and cluster shape {cluster[0]}x{cluster[1]}")
-    dual = [v for v in matches if v.dual_acc == dual_acc]
-    return (dual or matches)[0]
+    return min(matches, key=lambda v: (v.dual_acc != dual_acc, v.math_wgs != math_wgs))
 
 
 def waves_for(m: int, n: int, block_m: int, block_n: int, num_sms: int,
@@ -475,7 +491,7 @@ def select(m: int, n: int, k: int, num_sms: int) -> Choice:
     splits = 1
     if forced is None and m <= 128 and cluster == (1, 1) and _env_flag("DEEPERGEMM_SPLIT_K", True):
         splits, shape = _split_k_choice(m, n, k // BLOCK_K, num_sms, shape)
-    variant = find_variant(*shape, dual, cluster, splits)
+    variant = find_variant(*shape, dual, cluster, splits, _small_m_math_wgs() if shape[0] == 64 else 2)
     units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, cluster, splits)
     n_units = ceil_div(ceil_div(n, variant.block_n), variant.cluster_n)
     group_n = int(os.environ.get("DEEPERGEMM_GROUP_N", DEFAULT_GROUP_N))

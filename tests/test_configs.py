@@ -96,7 +96,7 @@ def test_split_k_only_where_half_the_sms_would_idle():
     c = configs.select(64, 2112, 7168, H100_SMS)
     assert (c.variant.key, c.tiles, c.grid) == ("64x32s16dk2m1", 132, 132)
     # 64 < M <= 128 with one full wave of unclustered 64x32 tiles (N = 2112): one 128-row M-tile split in two
-    for m, k in ((128, 7168), (65, 4096), (100, 14336)):
+    for m, k in ((128, 7168), (65, 6144), (100, 14336)):
         c = configs.select(m, 2112, k, H100_SMS)
         assert (c.variant.key, c.tiles, c.grid) == ("128x32s9dk2", 132, 132), (m, k)
         assert c.l2_hints == configs.L2_EVICT_LAST | configs.L2_EVICT_FIRST << 2  # one M-tile: B read once
@@ -105,7 +105,9 @@ def test_split_k_only_where_half_the_sms_would_idle():
         assert configs.select(*shape, H100_SMS).variant.block_m == 64, shape
     with pytest.MonkeyPatch.context() as env:
         env.setenv("DEEPERGEMM_SPLIT_K", "0")
-        assert configs.select(128, 2112, 7168, H100_SMS).variant.key == "64x32s16d"
+        assert configs.select(128, 2112, 7168, H100_SMS).variant.key == "64x32s16dm1"
+    # ...nor at K = 4096, where the unsplit one-warpgroup 64x32 tile is faster (tenth session)
+    assert configs.select(128, 2112, 4096, H100_SMS).variant.key == "64x32s16dm1"
     # tiles that fill the SMs, several waves, M > 128, or K = 128: no split
     for shape in ((64, 4096, 7168), (64, 7168, 2048), (64, 24576, 1536), (128, 32768, 512),
                   (4096, 2112, 7168), (1, 2112, 128), (128, 7168, 16384)):
@@ -118,7 +120,7 @@ def test_split_k_only_where_half_the_sms_would_idle():
 
 def test_split_k_switch_and_keys(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
-    assert configs.select(64, 2112, 7168, H100_SMS).variant.key == "64x32s16d"
+    assert configs.select(64, 2112, 7168, H100_SMS).variant.key == "64x32s16dm1"
     v = configs.parse_key("64x64s12dk2")
     assert (v.splits, v.cluster, v.key, v.template_args) == (2, 2, "64x64s12dk2", "64, 64, 12, 2, 1, 1, 2, 2")
     assert v.smem_bytes == configs.parse_key("64x64s12d").smem_bytes + 64 * 64 * 4 + 16
@@ -278,13 +280,32 @@ def test_one_math_warpgroup_variants():
     # one warpgroup's staging buffer: less shared memory than the two-warpgroup twin
     assert v.smem_bytes < configs.parse_key("64x32s16d").smem_bytes
     assert all(w.math_wgs == 1 and w in configs.TESTED_VARIANTS for w in configs.ONE_WARPGROUP_VARIANTS)
-    # selected only as the 64-row split-K tile (measured); unsplit 64-row tiles keep two warpgroups
-    assert {w.key for w in configs.VARIANTS if w.math_wgs == 1} == {"64x32s16dk2m1"}
+    # every 64-row tile the heuristic builds has a one-warpgroup twin, and that is what select() picks
+    for w in configs.VARIANTS:
+        if w.block_m == 64 and w.dual_acc:
+            assert any(t.math_wgs == 1 and (t.block_n, t.cluster_m, t.splits) == (w.block_n, w.cluster_m, w.splits)
+                       for t in configs.VARIANTS), w.key
+    for m, n, k in ((1, 4096, 7168), (64, 24576, 1536), (128, 4096, 7168), (100, 7168, 2048), (128, 2112, 4096)):
+        assert configs.select(m, n, k, H100_SMS).variant.math_wgs == 1, (m, n, k)
+    assert configs.select(4096, 4096, 7168, H100_SMS).variant.math_wgs == 2
     with pytest.raises(ValueError, match="BLOCK_M must be 64"):
         configs.parse_key("128x128s6wm1")
     with pytest.raises(ValueError, match="multiple of 16"):
         configs.parse_key("64x16s16d")  # two warpgroups of 8 columns
 
+
+
+def test_small_m_warpgroups_switch(monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_SMALL_M_WGS", "2")
+    c = configs.select(128, 4096, 7168, H100_SMS)
+    assert (c.variant.key, c.variant.math_wgs) == ("64x64s13dc2", 2)
+    assert configs.select(64, 2112, 7168, H100_SMS).variant.key == "64x32s16dk2m1"  # the split tile is built m1 only
+    monkeypatch.setenv("DEEPERGEMM_DUAL_ACC", "0")  # single accumulators exist with two warpgroups only
+    monkeypatch.setenv("DEEPERGEMM_SMALL_M_WGS", "1")
+    assert configs.select(64, 4096, 7168, H100_SMS).variant.key == "64x32s16p"
+    monkeypatch.setenv("DEEPERGEMM_SMALL_M_WGS", "3")
+    with pytest.raises(ValueError, match="DEEPERGEMM_SMALL_M_WGS must be 1 or 2"):
+        configs.select(64, 4096, 7168, H100_SMS)
 
 
 def test_stream_k_only_for_large_m_tiles_without_split_k(monkeypatch):
