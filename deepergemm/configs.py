@@ -44,6 +44,7 @@ L2 hints (M <= 128): A is kept (evict-last: every CTA re-reads it), B streamed (
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -456,8 +457,24 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int) -> tuple[
     return shape if ceil_div(m, block_m) >= shape[0] and ceil_div(n, block_n) >= shape[1] else (1, 1)
 
 
+# The environment switches select() reads (module docstring): its cache key, so a changed switch counts at once.
+SWITCHES = ("DEEPERGEMM_DUAL_ACC", "DEEPERGEMM_VARIANT", "DEEPERGEMM_CLUSTER", "DEEPERGEMM_GROUP_N",
+            "DEEPERGEMM_SPLIT_K", "DEEPERGEMM_SMALL_M_CLUSTER", "DEEPERGEMM_SMALL_M_WGS", "DEEPERGEMM_STREAM_K",
+            "DEEPERGEMM_L2_HINTS")
+
+
 def select(m: int, n: int, k: int, num_sms: int) -> Choice:
-    """The variant and rasterization for an (M, N, K) problem on a GPU with num_sms SMs."""
+    """The variant and rasterization for an (M, N, K) problem on a GPU with num_sms SMs. Cached per problem
+    and switch settings: the model takes ~40 us of Python, more than a decode-size GEMM on the GPU."""
+    return _select_cached(m, n, k, num_sms, tuple(os.environ.get(name) for name in SWITCHES))
+
+
+@functools.lru_cache(maxsize=4096)
+def _select_cached(m: int, n: int, k: int, num_sms: int, switches: tuple) -> Choice:
+    return _select(m, n, k, num_sms)
+
+
+def _select(m: int, n: int, k: int, num_sms: int) -> Choice:
     if m < 1 or n < 1 or k < BLOCK_K or num_sms < 1:
         raise ValueError(f"select: need M, N >= 1, K >= {BLOCK_K}, num_sms >= 1; got {m}, {n}, {k}, {num_sms}")
     dual = _env_flag("DEEPERGEMM_DUAL_ACC", True)

@@ -1,5 +1,8 @@
 """configs.py on the CPU: every listed variant fits the GPU, select() returns listed variants with a sane
 launch geometry, and the switches are honoured or rejected with a clear message."""
+import pathlib
+import re
+
 import pytest
 
 from deepergemm import configs
@@ -321,3 +324,20 @@ def test_stream_k_only_for_large_m_tiles_without_split_k(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_STREAM_K", "yes")
     with pytest.raises(ValueError, match="DEEPERGEMM_STREAM_K must be 0 or 1"):
         configs.select(4096, 2112, 7168, 132)
+
+
+def test_select_cache_key_covers_every_switch(monkeypatch):
+    # every environment variable configs.py reads is part of select()'s cache key...
+    source = pathlib.Path(configs.__file__).read_text()
+    read = set(re.findall(r'(?:os\.environ\.get|_env_flag)\("(DEEPERGEMM_[A-Z0-9_]+)"', source))
+    assert read and read <= set(configs.SWITCHES), read - set(configs.SWITCHES)
+    # ...so a switch changed between two calls takes effect (the cached choice is not reused)
+    monkeypatch.delenv("DEEPERGEMM_SPLIT_K", raising=False)
+    assert configs.select(64, 2112, 7168, H100_SMS).variant.splits == 2
+    monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
+    assert configs.select(64, 2112, 7168, H100_SMS).variant.splits == 1
+    monkeypatch.setenv("DEEPERGEMM_GROUP_N", "0")
+    with pytest.raises(ValueError, match="DEEPERGEMM_GROUP_N"):  # errors are raised every time, not cached
+        configs.select(64, 2112, 7168, H100_SMS)
+    with pytest.raises(ValueError, match="DEEPERGEMM_GROUP_N"):
+        configs.select(64, 2112, 7168, H100_SMS)

@@ -2,7 +2,10 @@
 
 Before each timed launch a >= 1 GiB buffer is zeroed (larger than any Hopper L2: 50 MB on H100,
 60 MB on H200), so every launch reads its inputs from HBM; CUDA events bracket the launch alone;
-the median of many launches is reported, with the spread, so noise is visible. The device machines
+the median of many launches is reported, with the spread, so noise is visible. After the flush the GPU
+spins (HOST_SLACK_CYCLES) while the host enqueues the launch: a backend whose Python launch path takes
+longer than the flush (ours once did, ~0.1-0.3 ms on the device machine) must not be timed idling for the
+host between the start event and its kernel (a bench measured 128 us for a 15 us GEMM). The device machines
 sometimes stall for a stretch of launches (1-1.5 ms each, for ours and cuBLAS alike, never twice in a
 row for one shape): time_steady repeats a measurement whose spread says it caught one, and keeps the
 steadiest of at most three.
@@ -16,6 +19,7 @@ from typing import Callable
 import torch
 
 FLUSH_BYTES = 1 << 30
+HOST_SLACK_CYCLES = 2_000_000  # ~1.1 ms of GPU clock: covers the host's enqueue of start event, launch, end event
 _flush_buffers: dict[torch.device, torch.Tensor] = {}
 
 
@@ -54,6 +58,7 @@ def time_cold_l2(fn: Callable[[], object], launches: int = 30, warmup: int = 3,
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(launches)]
     for i in range(launches):
         flush.zero_()
+        torch.cuda._sleep(HOST_SLACK_CYCLES)
         starts[i].record()
         fn()
         ends[i].record()
