@@ -26,7 +26,7 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_CLUSTER=1|2|1x2|2x2  force the cluster shape (CMxCN; "2" = 2x1; CN > 1 needs BLOCK_M >= 128)
   DEEPERGEMM_GROUP_N=g         rasterization band width in N-units (default: 16)
   DEEPERGEMM_SPLIT_K=0         never split K
-  DEEPERGEMM_SMALL_M_WGS=2     two math warpgroups on unsplit 64-row tiles (each half of BLOCK_N), not one
+  DEEPERGEMM_SMALL_M_WGS=1|2   math warpgroups of unsplit 64-row tiles (default: one, two below K = 1024)
   DEEPERGEMM_SMALL_M_CLUSTER=0  do not pair the two 64-row M-tiles at 64 < M <= 128 in B-multicast clusters
   DEEPERGEMM_STREAM_K=0        no stream-K tail (stream_k_pays)
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
@@ -82,8 +82,11 @@ SMALL_M_CLUSTER_MIN_K = 1536
 # promotion per step instead of two of half the width; DeepGEMM's layout). Measured 2026-11-25 (H100, one
 # sweep, ptx/NOTES.md tenth session) against two warpgroups on the same tiles: equal or faster on 8 of the 10
 # unsplit small-M anchors (64x4096x7168 19.5 -> 18.6 us, 128x4096x7168 20.6 -> 19.6, 64x24576x1536 22.7 ->
-# 22.1, 64x7168x16384 53.3 -> 52.2), within 2% slower on the two K = 512 ones.
+# 22.1, 64x7168x16384 53.3 -> 52.2), 2-4% slower on the two K = 512 ones (in the sweep and in a bench: four
+# K blocks per tile, so the stores weigh most, and two warpgroups store a tile's halves in parallel), hence
+# the K bound. Small-M bench geomean (same call): 1.197 -> 1.206x cuBLAS with one warpgroup everywhere.
 SMALL_M_MATH_WGS = 1
+SMALL_M_ONE_WG_MIN_K = 1024
 SPLIT_KS = (1, 2, 4)     # K splits per tile a variant may be built with (split-K clusters)
 SPLIT_K = 2              # the split the selectable split-K variants use
 SPLIT_K_IDLE = 0.5       # split only when the unsplit tiles occupy at most this fraction of the SMs
@@ -338,11 +341,13 @@ def _env_flag(name: str, default: bool) -> bool:
     return value == "1"
 
 
-def _small_m_math_wgs() -> int:
+def _small_m_math_wgs(k: int) -> int:
     value = os.environ.get("DEEPERGEMM_SMALL_M_WGS", "").strip()
     if value not in ("", "1", "2"):
         raise ValueError(f"DEEPERGEMM_SMALL_M_WGS must be 1 or 2 (math warpgroups of a 64-row tile), got {value!r}")
-    return int(value) if value else SMALL_M_MATH_WGS
+    if value:
+        return int(value)
+    return SMALL_M_MATH_WGS if k >= SMALL_M_ONE_WG_MIN_K else 2
 
 
 def _forced_shape() -> tuple[int, int] | None:
@@ -508,7 +513,7 @@ def _select(m: int, n: int, k: int, num_sms: int) -> Choice:
     splits = 1
     if forced is None and m <= 128 and cluster == (1, 1) and _env_flag("DEEPERGEMM_SPLIT_K", True):
         splits, shape = _split_k_choice(m, n, k // BLOCK_K, num_sms, shape)
-    variant = find_variant(*shape, dual, cluster, splits, _small_m_math_wgs() if shape[0] == 64 else 2)
+    variant = find_variant(*shape, dual, cluster, splits, _small_m_math_wgs(k) if shape[0] == 64 else 2)
     units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, cluster, splits)
     n_units = ceil_div(ceil_div(n, variant.block_n), variant.cluster_n)
     group_n = int(os.environ.get("DEEPERGEMM_GROUP_N", DEFAULT_GROUP_N))

@@ -291,6 +291,8 @@ def test_one_math_warpgroup_variants():
     for m, n, k in ((1, 4096, 7168), (64, 24576, 1536), (128, 4096, 7168), (100, 7168, 2048), (128, 2112, 4096)):
         assert configs.select(m, n, k, H100_SMS).variant.math_wgs == 1, (m, n, k)
     assert configs.select(4096, 4096, 7168, H100_SMS).variant.math_wgs == 2
+    # at K = 512 the stores weigh most: two warpgroups store a tile's halves in parallel
+    assert configs.select(64, 32768, 512, H100_SMS).variant.key == "64x128s8d"
     with pytest.raises(ValueError, match="BLOCK_M must be 64"):
         configs.parse_key("128x128s6wm1")
     with pytest.raises(ValueError, match="multiple of 16"):
@@ -306,6 +308,8 @@ def test_small_m_warpgroups_switch(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_DUAL_ACC", "0")  # single accumulators exist with two warpgroups only
     monkeypatch.setenv("DEEPERGEMM_SMALL_M_WGS", "1")
     assert configs.select(64, 4096, 7168, H100_SMS).variant.key == "64x32s16p"
+    monkeypatch.delenv("DEEPERGEMM_DUAL_ACC")
+    assert configs.select(64, 32768, 512, H100_SMS).variant.key == "64x128s8dm1"  # the switch overrides the K rule
     monkeypatch.setenv("DEEPERGEMM_SMALL_M_WGS", "3")
     with pytest.raises(ValueError, match="DEEPERGEMM_SMALL_M_WGS must be 1 or 2"):
         configs.select(64, 4096, 7168, H100_SMS)
