@@ -363,12 +363,6 @@ struct StepScales {
 #define DG_EARLY_ACQUIRE 1
 #endif
 constexpr bool kEarlyAcquire = DG_EARLY_ACQUIRE != 0;
-// Developers' switch DG_AHEAD_EARLY_ACQUIRE=0|1 (default 0): in the loop with two steps in flight (64-row
-// tiles), acquire step s+2 before waiting for step s instead of after promoting it.
-#ifndef DG_AHEAD_EARLY_ACQUIRE
-#define DG_AHEAD_EARLY_ACQUIRE 0
-#endif
-constexpr bool kAheadEarlyAcquire = DG_AHEAD_EARLY_ACQUIRE != 0;
 
 // Developers' switch DG_RELEASE_MODE=0|1|2 (default 0): how a clustered stage is freed in every CTA of the
 // cluster. 0 = lane 0 arrives on each CTA's barrier, mapping the address (mapa) per arrive; 1 = the same
@@ -960,56 +954,6 @@ struct MathWarpgroup {
       // merge of paths with a set in flight makes ptxas insert a wait, C7517); the tails finish the rest.
       float acc1[kRegs];
       StepScales sc1;
-      if constexpr (kAheadEarlyAcquire) {
-        // Step s+2 is acquired (its stage waited for, its scales read) while step s still runs, so the
-        // path from s completing to s+2 being queued holds only s's release and promotion.
-        StepScales scn;
-        acquire(sc0);
-        issue_slab(acc0, sc0, 0);
-        if (steps > 1) acquire(sc1);
-        uint32_t s = 0;
-        for (; s + 3 < steps; s += 2) {  // entry: s in flight in acc0, s+1 acquired into sc1
-          issue_slab(acc1, sc1, 0);
-          acquire(scn);
-          wgmma_wait<1>();
-          release(sc0);
-          promote(acc0, total, sc0);
-          sc0 = scn;
-          issue_slab(acc0, sc0, 0);
-          acquire(scn);
-          wgmma_wait<1>();
-          release(sc1);
-          promote(acc1, total, sc1);
-          sc1 = scn;
-        }
-        const uint32_t left = steps - s;  // 1, 2 or 3, s in flight, s+1 acquired if it exists
-        if (left == 1) {
-          wgmma_wait<0>();
-          release(sc0);
-          promote(acc0, total, sc0);
-        } else if (left == 2) {
-          issue_slab(acc1, sc1, 0);
-          wgmma_wait<1>();
-          release(sc0);
-          promote(acc0, total, sc0);
-          wgmma_wait<0>();
-          release(sc1);
-          promote(acc1, total, sc1);
-        } else {
-          issue_slab(acc1, sc1, 0);
-          acquire(scn);
-          wgmma_wait<1>();
-          release(sc0);
-          promote(acc0, total, sc0);
-          issue_slab(acc0, scn, 0);
-          wgmma_wait<1>();
-          release(sc1);
-          promote(acc1, total, sc1);
-          wgmma_wait<0>();
-          release(scn);
-          promote(acc0, total, scn);
-        }
-      } else {
       issue(acc0, sc0);
       uint32_t s = 0;
       for (; s + 2 < steps; s += 2) {  // entry: step s in flight in acc0
@@ -1034,7 +978,6 @@ struct MathWarpgroup {
         wgmma_wait<0>();
         release(sc0);
         promote(acc0, total, sc0);
-      }
       }
     }
     if (kTurns && wg == 0) named_barrier_sync(kTurnBarrier, 256);
