@@ -364,6 +364,17 @@ struct StepScales {
 #endif
 constexpr bool kEarlyAcquire = DG_EARLY_ACQUIRE != 0;
 
+// How a clustered stage is freed in every CTA of the cluster (DG_RELEASE_MODE, developers' switch): 1 (the
+// default) = lane 0 arrives on each CTA's barrier at an address mapped (mapa) once, before the loop; 0 = mapped
+// per arrive (before the tenth session); 2 = lane r arrives on CTA r's barrier (one instruction). Measured
+// 2026-11-25, H100, one call (ptx/NOTES.md): 1 against 0, 128x192s5pc2 5-10% faster on seven large shapes,
+// 256x128s4pc1x2 0.3-2%; 2 the same as 1. (Both arrives right after the wait, through a __syncwarp each,
+// was 10% slower.)
+#ifndef DG_RELEASE_MODE
+#define DG_RELEASE_MODE 1
+#endif
+constexpr int kReleaseMode = DG_RELEASE_MODE;
+
 template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS>
 struct MathWarpgroup {
   static constexpr int kCluster = CM * CN;  // the multicast group: CTAs that share (and release) stages
@@ -380,6 +391,8 @@ struct MathWarpgroup {
   uint8_t* smem;
   uint64_t* full;
   uint64_t* empty;
+  // The empty barriers' base in cluster CTA r's window (kReleaseMode 1: [r]; 2: [0] is lane r's CTA).
+  uint32_t empty_remote[kReleaseMode == 1 ? kCluster : 1];
   int wg;          // 0 or 1
   int tid;         // thread in the warpgroup
   int warp, lane;
@@ -396,6 +409,12 @@ struct MathWarpgroup {
     tid = threadIdx.x % 128;
     warp = tid / 32;
     lane = tid % 32;
+    if constexpr (kReleaseMode == 1) {
+#pragma unroll
+      for (uint32_t r = 0; r < kCluster; ++r) empty_remote[r] = map_shared_to_cta(smem_addr(empty), r);
+    } else if constexpr (kReleaseMode == 2) {
+      empty_remote[0] = map_shared_to_cta(smem_addr(empty), lane % kCluster);
+    }
     row_base = BM >= 128 ? 64 * wg : 0;
     col_base = BM >= 128 ? 0 : T::kWgN * wg;
   }
@@ -482,10 +501,17 @@ struct MathWarpgroup {
   // The step's wgmmas have completed: free its stage in every CTA of the cluster (each one's producer
   // multicasts into it). Done as soon as possible: the producer refills the stage only after this.
   __device__ __forceinline__ void release(const StepScales& sc) {
+    if constexpr (kCluster > 1 && kReleaseMode == 2) {
+      if (lane < kCluster) mbar_arrive_remote(empty_remote[0] + sc.stage * 8);  // lane r: CTA r's barrier
+      return;
+    }
     __syncwarp();
     if (lane == 0) {
       if constexpr (kCluster == 1) {
         mbar_arrive(&empty[sc.stage]);
+      } else if constexpr (kReleaseMode == 1) {
+#pragma unroll
+        for (uint32_t r = 0; r < kCluster; ++r) mbar_arrive_remote(empty_remote[r] + sc.stage * 8);
       } else {
 #pragma unroll
         for (uint32_t r = 0; r < kCluster; ++r) mbar_arrive_cluster(&empty[sc.stage], r);
