@@ -366,10 +366,10 @@ constexpr bool kEarlyAcquire = DG_EARLY_ACQUIRE != 0;
 
 // How a clustered stage is freed in every CTA of the cluster (DG_RELEASE_MODE, developers' switch): 1 (the
 // default) = lane 0 arrives on each CTA's barrier at an address mapped (mapa) once, before the loop; 0 = mapped
-// per arrive (before the tenth session); 2 = lane r arrives on CTA r's barrier (one instruction). Measured
-// 2026-11-25, H100, one call (ptx/NOTES.md): 1 against 0, 128x192s5pc2 5-10% faster on seven large shapes,
-// 256x128s4pc1x2 0.3-2%; 2 the same as 1. (Both arrives right after the wait, through a __syncwarp each,
-// was 10% slower.)
+// per arrive (before the tenth session). Measured 2026-11-25, H100, one call (ptx/NOTES.md): 1 against 0,
+// 128x192s5pc2 5-10% faster on seven large shapes, 256x128s4pc1x2 0.3-2%. Not kept (slower): lane r
+// arriving on CTA r's barrier (equal to 1), the own CTA's arrive in the local form (-3..-6%), both arrives
+// placed right after the wait through a __syncwarp each (-10%).
 #ifndef DG_RELEASE_MODE
 #define DG_RELEASE_MODE 1
 #endif
@@ -391,8 +391,7 @@ struct MathWarpgroup {
   uint8_t* smem;
   uint64_t* full;
   uint64_t* empty;
-  // The empty barriers' base in cluster CTA r's window (kReleaseMode 1: [r]; 2: [0] is lane r's CTA).
-  uint32_t empty_remote[kReleaseMode == 1 ? kCluster : 1];
+  uint32_t empty_remote[kCluster];  // the empty barriers' base in cluster CTA r's window (mapped once)
   int wg;          // 0 or 1
   int tid;         // thread in the warpgroup
   int warp, lane;
@@ -409,11 +408,9 @@ struct MathWarpgroup {
     tid = threadIdx.x % 128;
     warp = tid / 32;
     lane = tid % 32;
-    if constexpr (kReleaseMode == 1) {
+    if constexpr (kCluster > 1 && kReleaseMode == 1) {
 #pragma unroll
       for (uint32_t r = 0; r < kCluster; ++r) empty_remote[r] = map_shared_to_cta(smem_addr(empty), r);
-    } else if constexpr (kReleaseMode == 2) {
-      empty_remote[0] = map_shared_to_cta(smem_addr(empty), lane % kCluster);
     }
     row_base = BM >= 128 ? 64 * wg : 0;
     col_base = BM >= 128 ? 0 : T::kWgN * wg;
@@ -501,10 +498,6 @@ struct MathWarpgroup {
   // The step's wgmmas have completed: free its stage in every CTA of the cluster (each one's producer
   // multicasts into it). Done as soon as possible: the producer refills the stage only after this.
   __device__ __forceinline__ void release(const StepScales& sc) {
-    if constexpr (kCluster > 1 && kReleaseMode == 2) {
-      if (lane < kCluster) mbar_arrive_remote(empty_remote[0] + sc.stage * 8);  // lane r: CTA r's barrier
-      return;
-    }
     __syncwarp();
     if (lane == 0) {
       if constexpr (kCluster == 1) {
