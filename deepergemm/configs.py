@@ -12,7 +12,8 @@ full one (wave quantization). With BLOCK_M = 128 and at least two M-tiles, CTAs 
 multicast the operands they share (CLUSTER_SHAPE: 2 M-tiles x 1 N-tile share B): a unit of work is then a
 cluster's tiles, and a wave has num_sms / cluster units. Dual accumulators wait for each step before issuing
 the next at BLOCK_M = 128 and keep two steps in flight at BLOCK_M = 64 (DUAL_ISSUE_AHEAD, measured).
-At M > 128 the candidates include 256x128 tiles (A multicast in 1x2 clusters, CLUSTER_SHAPE_256).
+At M > 128 the candidates include 256x128 tiles (A multicast in 1x2 clusters, CLUSTER_SHAPE_256). 64-row
+tiles run one math warpgroup over all their columns from K = 1024 on (SMALL_M_MATH_WGS), two below.
 
 Split-K (M <= 128): when the unsplit pick leaves at least half the SMs idle, a variant whose clusters of
 SPLIT_K CTAs share each tile, one range of K apiece, takes its place (the partial sums are joined in shared

@@ -73,6 +73,8 @@ enum AccMode : int {
 //   DG_INIT_RELEASE_ARRIVE  the cluster sync after the barrier inits with a release arrive (before the eighth
 //                        session; the fence.mbarrier_init makes it unneeded: 3-5% slower on small shapes)
 //   DG_PRODUCERS=1|2|3   how many producer threads share the loads (default 3, one per operand)
+//   DG_RELEASE_MODE=0    clustered stages freed with the partner's barrier address mapped per arrive (before the
+//                        tenth session: 128x192 5-10% slower, see kReleaseMode)
 //   DG_PINGPONG=1        the math warpgroups issue their wgmmas in strict turns (named barriers; default 0).
 //                        It gained 5-7% on 256-row tiles while each promotion FFMA read two operands from
 //                        one register bank, and costs 1-3% since that is gone (ptx/NOTES.md, seventh
