@@ -372,6 +372,22 @@ constexpr bool kEarlyAcquire = DG_EARLY_ACQUIRE != 0;
 // 128x192s5pc2 5-10% faster on seven large shapes, 256x128s4pc1x2 0.3-2%. Not kept (slower): lane r
 // arriving on CTA r's barrier (equal to 1), the own CTA's arrive in the local form (-3..-6%), both arrives
 // placed right after the wait through a __syncwarp each (-10%).
+// Developers' switch DG_SMEM_BASE=0|1 (default 0 until measured): the math warpgroups address shared memory
+// as offsets from its base converted once (smem_s), instead of converting each generic pointer, which
+// compiles to an S2UR of SR_CgaCtaId inside the loop (two of them, with the per-arrive mapa, cost 128x192
+// 5-10%: see kReleaseMode).
+#ifndef DG_SMEM_BASE
+#define DG_SMEM_BASE 0
+#endif
+constexpr bool kSmemBase = DG_SMEM_BASE != 0;
+// The shared::cta address of ptr == smem + offset inside MathWarpgroup. A macro, so that the default build is
+// the code measured before the switch existed, expression for expression.
+#if DG_SMEM_BASE
+#define DG_SM(ptr, offset) (smem_s + static_cast<uint32_t>(offset))
+#else
+#define DG_SM(ptr, offset) smem_addr(ptr)
+#endif
+
 #ifndef DG_RELEASE_MODE
 #define DG_RELEASE_MODE 1
 #endif
@@ -394,6 +410,7 @@ struct MathWarpgroup {
   uint64_t* full;
   uint64_t* empty;
   uint32_t empty_remote[kCluster];  // the empty barriers' base in cluster CTA r's window (mapped once)
+  uint32_t smem_s, full_s, empty_s;  // shared::cta addresses of smem and of the barrier arrays (kSmemBase)
   int wg;          // 0 or 1
   int tid;         // thread in the warpgroup
   int warp, lane;
@@ -410,6 +427,11 @@ struct MathWarpgroup {
     tid = threadIdx.x % 128;
     warp = tid / 32;
     lane = tid % 32;
+    if constexpr (kSmemBase) {
+      smem_s = smem_addr(smem);
+      full_s = smem_addr(full);
+      empty_s = smem_addr(empty);
+    }
     if constexpr (kCluster > 1 && kReleaseMode == 1) {
 #pragma unroll
       for (uint32_t r = 0; r < kCluster; ++r) empty_remote[r] = map_shared_to_cta(smem_addr(empty), r);
@@ -437,6 +459,9 @@ struct MathWarpgroup {
   bool first_data_logged = false;
 #endif
 
+
+
+
   // Wait for the next step's data, note its scales and tile, issue its four k32 wgmmas into acc (one
   // commit group).
   __device__ __forceinline__ void issue(float (&acc)[kRegs], StepScales& sc) {
@@ -448,13 +473,17 @@ struct MathWarpgroup {
   // its promotion multiplies by.
   __device__ __forceinline__ void acquire(StepScales& sc) {
     const uint32_t stage = pos.stage;
+#if DG_SMEM_BASE
+    mbar_wait(full_s + 8 * stage, pos.phase);
+#else
     mbar_wait(&full[stage], pos.phase);
+#endif
 #ifdef DG_LIFETRACE
     if (wg == 0 && tid == 0 && !first_data_logged) life_stamp(p.bias, kLifeFirstData), first_data_logged = true;
 #endif
     pos.advance();
     sc.stage = stage;
-    const uint32_t meta = smem_addr(smem + L::kMeta + stage * L::kMetaSlot);
+    const uint32_t meta = DG_SM(smem + L::kMeta + stage * L::kMetaSlot, L::kMeta + stage * L::kMetaSlot);
     const uint4 coords = ld_shared_v4(meta + 4 * kMaxScaleBlocks);
     sc.m_block = static_cast<int>(coords.x);
     sc.n_block = static_cast<int>(coords.y);
@@ -468,7 +497,7 @@ struct MathWarpgroup {
 #pragma unroll
     for (int slab = 0; slab < T::kSlabs; ++slab) {
       const uint32_t sa_addr =
-          smem_addr(smem + L::kSA + stage * L::kSASlot) + (row_base + 128 * slab + warp * 16 + lane / 4) * 4;
+          DG_SM(smem + L::kSA + stage * L::kSASlot, L::kSA + stage * L::kSASlot) + (row_base + 128 * slab + warp * 16 + lane / 4) * 4;
       const float sa_lo = ld_shared_f32(sa_addr), sa_hi = ld_shared_f32(sa_addr + 8 * 4);
       sc.f_lo[slab] = sa_lo * sb_lo;
       sc.f_hi[slab] = sa_hi * sb_lo;
@@ -482,9 +511,11 @@ struct MathWarpgroup {
     const uint32_t stage = sc.stage;
     const int rows = row_base + 128 * slab;
     const uint64_t desc_a =
-        smem_desc_kmajor_sw128(smem_addr(smem + L::kA + stage * L::kABytes + rows * kSwizzleBytes));
+        smem_desc_kmajor_sw128(DG_SM(smem + L::kA + stage * L::kABytes + rows * kSwizzleBytes,
+                                  L::kA + stage * L::kABytes + rows * kSwizzleBytes));
     const uint64_t desc_b =
-        smem_desc_kmajor_sw128(smem_addr(smem + L::kB + stage * L::kBBytes + col_base * kSwizzleBytes));
+        smem_desc_kmajor_sw128(DG_SM(smem + L::kB + stage * L::kBBytes + col_base * kSwizzleBytes,
+                                  L::kB + stage * L::kBBytes + col_base * kSwizzleBytes));
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
     if constexpr (kTurns) named_barrier_sync(kTurnBarrier + wg, 256);  // this warpgroup's turn
@@ -503,7 +534,11 @@ struct MathWarpgroup {
     __syncwarp();
     if (lane == 0) {
       if constexpr (kCluster == 1) {
+#if DG_SMEM_BASE
+        mbar_arrive(empty_s + 8 * sc.stage);
+#else
         mbar_arrive(&empty[sc.stage]);
+#endif
       } else if constexpr (kReleaseMode == 1) {
 #pragma unroll
         for (uint32_t r = 0; r < kCluster; ++r) mbar_arrive_remote(empty_remote[r] + sc.stage * 8);
@@ -791,7 +826,11 @@ struct MathWarpgroup {
     // the tails of M and N and runs on while the warp goes back to its wgmmas. The only wait is for the
     // previous band's store to have read the slice (a few hundred bytes' worth of TMA work).
     constexpr int kSliceBytes = 16 * L::kEpiPitch;
+#if DG_SMEM_BASE
+    const uint32_t slice = smem_s + L::kEpi + wg * L::kEpiBytesPerWG + warp * kSliceBytes;
+#else
     uint8_t* slice = smem + L::kEpi + wg * L::kEpiBytesPerWG + warp * kSliceBytes;
+#endif
     const int row = (lane % 8) + 8 * ((lane / 8) % 2);  // the row this lane addresses in stmatrix
     const uint32_t row_offset = row * L::kEpiPitch;
     const uint32_t swizzle = ((row_offset >> 7) & (T::kEpiN * 2 / 16 - 1)) << 4;  // TMA's 32B/64B/128B swizzle
@@ -804,7 +843,7 @@ struct MathWarpgroup {
       for (int jj = 0; jj < T::kEpiN / 16; ++jj) {
         const int j = band * (T::kEpiN / 8) + 2 * jj;
         const uint32_t chunk = 2 * jj + lane / 16;
-        stmatrix_x4(smem_addr(slice) + row_offset + ((chunk * 16) ^ swizzle),
+        stmatrix_x4(DG_SM(slice, slice) + row_offset + ((chunk * 16) ^ swizzle),
                     pack_bf16x2(total[4 * j + 0], total[4 * j + 1]), pack_bf16x2(total[4 * j + 2], total[4 * j + 3]),
                     pack_bf16x2(total[4 * j + 4], total[4 * j + 5]), pack_bf16x2(total[4 * j + 6], total[4 * j + 7]));
       }

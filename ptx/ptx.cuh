@@ -75,9 +75,10 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t by
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
                : "memory");
 }
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) { mbar_arrive(smem_addr(bar)); }
 // The address of the same shared-memory offset in CTA `cta_rank` of the cluster (for st.shared::cluster).
 __device__ __forceinline__ uint32_t map_shared_to_cta(uint32_t addr, uint32_t cta_rank) {
   uint32_t remote;
@@ -130,10 +131,13 @@ __device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
 }
 // Block until the barrier's phase with this parity has completed.
 template <bool kAcquireCluster = false>
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  const uint32_t addr = smem_addr(bar);
-  while (!mbar_try_wait<kAcquireCluster>(addr, parity)) {
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  while (!mbar_try_wait<kAcquireCluster>(bar, parity)) {
   }
+}
+template <bool kAcquireCluster = false>
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  mbar_wait<kAcquireCluster>(smem_addr(bar), parity);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,11 +201,14 @@ __device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorM
 }
 
 // 2-D tile shared -> global (clipped at the tensor's bounds), tracked by the issuing thread's bulk groups.
-__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void* src, int x, int y) {
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int x, int y) {
   asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
                    reinterpret_cast<uint64_t>(map)),
-               "r"(smem_addr(src)), "r"(x), "r"(y)
+               "r"(src), "r"(x), "r"(y)
                : "memory");
+}
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void* src, int x, int y) {
+  tma_store_2d(map, smem_addr(src), x, y);
 }
 __device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 // Wait until at most kPending bulk groups of this thread are still reading their shared-memory source.
