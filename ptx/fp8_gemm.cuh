@@ -73,6 +73,7 @@ enum AccMode : int {
 //   DG_INIT_RELEASE_ARRIVE  the cluster sync after the barrier inits with a release arrive (before the eighth
 //                        session; the fence.mbarrier_init makes it unneeded: 3-5% slower on small shapes)
 //   DG_PRODUCERS=1|2|3   how many producer threads share the loads (default 3, one per operand)
+//   DG_SMEM_BASE=1       math warpgroups address shared memory from a base converted once (see kSmemBase)
 //   DG_RELEASE_MODE=0    clustered stages freed with the partner's barrier address mapped per arrive (before the
 //                        tenth session: 128x192 5-10% slower, see kReleaseMode)
 //   DG_PINGPONG=1        the math warpgroups issue their wgmmas in strict turns (named barriers; default 0).
@@ -366,16 +367,10 @@ struct StepScales {
 #endif
 constexpr bool kEarlyAcquire = DG_EARLY_ACQUIRE != 0;
 
-// How a clustered stage is freed in every CTA of the cluster (DG_RELEASE_MODE, developers' switch): 1 (the
-// default) = lane 0 arrives on each CTA's barrier at an address mapped (mapa) once, before the loop; 0 = mapped
-// per arrive (before the tenth session). Measured 2026-11-25, H100, one call (ptx/NOTES.md): 1 against 0,
-// 128x192s5pc2 5-10% faster on seven large shapes, 256x128s4pc1x2 0.3-2%. Not kept (slower): lane r
-// arriving on CTA r's barrier (equal to 1), the own CTA's arrive in the local form (-3..-6%), both arrives
-// placed right after the wait through a __syncwarp each (-10%).
-// Developers' switch DG_SMEM_BASE=0|1 (default 0 until measured): the math warpgroups address shared memory
-// as offsets from its base converted once (smem_s), instead of converting each generic pointer, which
-// compiles to an S2UR of SR_CgaCtaId inside the loop (two of them, with the per-arrive mapa, cost 128x192
-// 5-10%: see kReleaseMode).
+// Developers' switch DG_SMEM_BASE=0|1 (default 0: not measured yet): the math warpgroups address shared
+// memory as offsets from its base converted once (smem_s) instead of converting each generic pointer, which
+// compiles to an S2UR of SR_CgaCtaId inside the loop. (The per-arrive mapa and S2URs that kReleaseMode removed
+// cost 128x192 5-10%.) ptxas still rematerializes the base from SR_CgaCtaId in some loops (64x32s16dm1).
 #ifndef DG_SMEM_BASE
 #define DG_SMEM_BASE 0
 #endif
@@ -388,6 +383,12 @@ constexpr bool kSmemBase = DG_SMEM_BASE != 0;
 #define DG_SM(ptr, offset) smem_addr(ptr)
 #endif
 
+// How a clustered stage is freed in every CTA of the cluster (DG_RELEASE_MODE, developers' switch): 1 (the
+// default) = lane 0 arrives on each CTA's barrier at an address mapped (mapa) once, before the loop; 0 = mapped
+// per arrive (before the tenth session). Measured 2026-11-25, H100, one call (ptx/NOTES.md): 1 against 0,
+// 128x192s5pc2 5-10% faster on seven large shapes, 256x128s4pc1x2 0.3-2%. Not kept (slower): lane r
+// arriving on CTA r's barrier (equal to 1), the own CTA's arrive in the local form (-3..-6%), both arrives
+// placed right after the wait through a __syncwarp each (-10%).
 #ifndef DG_RELEASE_MODE
 #define DG_RELEASE_MODE 1
 #endif
@@ -459,9 +460,6 @@ struct MathWarpgroup {
   bool first_data_logged = false;
 #endif
 
-
-
-
   // Wait for the next step's data, note its scales and tile, issue its four k32 wgmmas into acc (one
   // commit group).
   __device__ __forceinline__ void issue(float (&acc)[kRegs], StepScales& sc) {
@@ -497,7 +495,8 @@ struct MathWarpgroup {
 #pragma unroll
     for (int slab = 0; slab < T::kSlabs; ++slab) {
       const uint32_t sa_addr =
-          DG_SM(smem + L::kSA + stage * L::kSASlot, L::kSA + stage * L::kSASlot) + (row_base + 128 * slab + warp * 16 + lane / 4) * 4;
+          DG_SM(smem + L::kSA + stage * L::kSASlot, L::kSA + stage * L::kSASlot) +
+          (row_base + 128 * slab + warp * 16 + lane / 4) * 4;
       const float sa_lo = ld_shared_f32(sa_addr), sa_hi = ld_shared_f32(sa_addr + 8 * 4);
       sc.f_lo[slab] = sa_lo * sb_lo;
       sc.f_hi[slab] = sa_hi * sb_lo;
@@ -843,7 +842,7 @@ struct MathWarpgroup {
       for (int jj = 0; jj < T::kEpiN / 16; ++jj) {
         const int j = band * (T::kEpiN / 8) + 2 * jj;
         const uint32_t chunk = 2 * jj + lane / 16;
-        stmatrix_x4(DG_SM(slice, slice) + row_offset + ((chunk * 16) ^ swizzle),
+        stmatrix_x4(shared_u32(slice) + row_offset + ((chunk * 16) ^ swizzle),
                     pack_bf16x2(total[4 * j + 0], total[4 * j + 1]), pack_bf16x2(total[4 * j + 2], total[4 * j + 3]),
                     pack_bf16x2(total[4 * j + 4], total[4 * j + 5]), pack_bf16x2(total[4 * j + 6], total[4 * j + 7]));
       }

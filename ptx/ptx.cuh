@@ -12,6 +12,9 @@ namespace dg {
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
+// A shared-memory operand as a shared::cta address, whether given as a generic pointer or already as one.
+__device__ __forceinline__ uint32_t shared_u32(const void* p) { return smem_addr(p); }
+__device__ __forceinline__ uint32_t shared_u32(uint32_t addr) { return addr; }
 
 // ---------------------------------------------------------------------------------------------
 // thread-group helpers
