@@ -88,6 +88,10 @@ __device__ __forceinline__ uint32_t map_shared_to_cta(uint32_t addr, uint32_t ct
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(cta_rank));
   return remote;
 }
+// Arrive on a barrier at a shared::cluster address (from map_shared_to_cta).
+__device__ __forceinline__ void mbar_arrive_remote(uint32_t remote) {
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
+}
 // Arrive on the barrier at the same shared-memory offset in CTA `cta_rank` of the cluster.
 // Default (.release.cta) semantics: the arrive only says "my wgmmas have read this stage", and they
 // completed before it. An explicit .release.cluster puts a cluster-wide memory barrier in front of the
@@ -99,12 +103,8 @@ __device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t cta_
   if constexpr (kReleaseCluster) {
     asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
   } else {
-    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
+    mbar_arrive_remote(remote);
   }
-}
-// Arrive on a barrier at a shared::cluster address (from map_shared_to_cta).
-__device__ __forceinline__ void mbar_arrive_remote(uint32_t remote) {
-  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
 }
 __device__ __forceinline__ void st_shared_cluster_v4_f32(uint32_t remote_addr, float a, float b, float c, float d) {
   asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(remote_addr), "f"(a), "f"(b), "f"(c), "f"(d)
