@@ -21,6 +21,8 @@ for variant in variants:
     module = extension.load(variant)
     case = make_case(f"200x264x{128 * (variant.stages + 3)}")  # M and N tails, the ring wraps
     case.launch(module)
+    if variant.spans_three_scale_blocks:  # tiles starting 96 or 112 columns into a scale block (N-tiles 2, 5)
+        make_case(f"200x2056x{128 * (variant.stages + 3)}").launch(module)
     if configs.stream_k_for(variant):
         m_units = -(-1000 // (variant.block_m * variant.cluster_m))
         n_units = sms // variant.cluster * 3 // (2 * m_units) + 1

@@ -25,7 +25,7 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_DUAL_ACC=0        single partial accumulator (promotion not overlapped within a warpgroup)
   DEEPERGEMM_VARIANT=BMxBN     force a tile shape, e.g. "128x128" (must be in TILE_SHAPES)
   DEEPERGEMM_CLUSTER=1|2|1x2|2x2  force the cluster shape (CMxCN; "2" = 2x1; CN > 1 needs BLOCK_M >= 128)
-  DEEPERGEMM_GROUP_N=g         rasterization band width in N-units (default: 16)
+  DEEPERGEMM_GROUP_N=g         rasterization band width in N-units (default: 16; 4 at short K, see SHORT_K_GROUP_N)
   DEEPERGEMM_SPLIT_K=0         never split K
   DEEPERGEMM_SMALL_M_WGS=1|2   math warpgroups of unsplit 64-row tiles (default: one, two below K = 1024)
   DEEPERGEMM_SMALL_M_CLUSTER=0  do not pair the two 64-row M-tiles at 64 < M <= 128 in B-multicast clusters
@@ -46,10 +46,10 @@ L2 hints (M <= 128): A is kept (evict-last: every CTA re-reads it), B streamed (
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 from dataclasses import dataclass
+from math import gcd
 
 from .layouts import ceil_div, round_up
 
@@ -58,6 +58,13 @@ SMEM_LIMIT = 232448        # bytes of dynamic shared memory per block on sm_90 (
 SWIZZLE_ATOM = 1024        # the kernel aligns its shared memory base to this (slack is allocated)
 MAX_MATH_REGS_DUAL = 128   # warpgroup N up to which three accumulator sets fit in 232 registers
 DEFAULT_GROUP_N = 16
+# Short K at large M (256-row tiles, K <= SHORT_K_GROUP_MAX_K), where the output's stores weigh most: bands of
+# 4 N-units when one wave covers whole bands (all M-units of 4 N-units: its stores spread over every row of
+# the output) ran faster than 16. Measured 2026-11-25 (H100, ptx/NOTES.md eleventh session; four calls):
+# 4096x32768x512 153.0-153.9 -> 148.0-149.8 us, 4096x24576x1536 250.8-251.0 -> 248.3-248.7; where a band
+# takes two waves it did not pay (8192x24576x1536 477 -> 482, 8192x32768x512 equal), so those keep 16.
+SHORT_K_GROUP_N = 4
+SHORT_K_GROUP_MAX_K = 1536
 MAX_STAGES = 16          # deeper rings only help small tiles, whose stages are cheap (memory-bound shapes)
 CLUSTER_SHAPES = ((1, 1), (2, 1), (1, 2), (2, 2))  # (CTAs along M, along N) the kernel supports
 # Multicast of B between 2 M-tiles (measured 2026-11-25 on H100 and H200, 128x128 tiles, ptx/NOTES.md): at
@@ -123,8 +130,6 @@ class Variant:
         if self.block_n % 16 or not 16 <= self.wg_n <= 256 or self.wg_n % 16:
             problems.append("each math warpgroup's N (BLOCK_N, or BLOCK_N / 2 at BLOCK_M = 64) must be a "
                             "multiple of 16 in 16..256")
-        elif BLOCK_K - math.gcd(self.wg_n, BLOCK_K) + self.wg_n > 2 * BLOCK_K:
-            problems.append("a warpgroup's columns would span three 128-wide B-scale blocks")
         if (self.cluster_m, self.cluster_n) not in CLUSTER_SHAPES:
             problems.append(f"cluster shape must be one of {', '.join(f'{m}x{n}' for m, n in CLUSTER_SHAPES)}")
         elif self.cluster_n > 1 and self.block_m < 128:
@@ -169,9 +174,21 @@ class Variant:
         return self.block_n if self.block_m >= 128 else self.block_n // self.math_wgs
 
     @property
+    def spans_three_scale_blocks(self) -> bool:
+        """Whether some tile's warpgroup columns touch three 128-wide B-scale blocks (dg::GemmTraits::
+        kThreeScaleBlocks; BLOCK_N = 176 at BLOCK_M = 128)."""
+        return BLOCK_K - gcd(self.wg_n, BLOCK_K) + self.wg_n > 2 * BLOCK_K
+
+    @property
     def epi_n(self) -> int:
-        """Columns per band of the bf16 epilogue's staging buffer (dg::GemmTraits::kEpiN)."""
+        """Columns of one bf16 TMA store box (dg::GemmTraits::kEpiN)."""
         return 64 if self.wg_n % 64 == 0 else 32 if self.wg_n % 32 == 0 else 16
+
+    @property
+    def band_n(self) -> int:
+        """Columns per band of the bf16 epilogue's staging buffer (dg::GemmTraits::kBandN): up to 64, whole
+        boxes stored after one wait."""
+        return self.epi_n * (64 // self.epi_n if self.wg_n >= 64 else 1)
 
     @property
     def key(self) -> str:
@@ -186,7 +203,7 @@ class Variant:
         """Dynamic shared memory the kernel asks for; mirrors dg::SmemLayout (the CI build checks they agree)."""
         stage = self.block_m * BLOCK_K + self.block_n * BLOCK_K + round_up(self.block_m * 4, 128) + STEP_META_BYTES
         epilogue_start = round_up(self.stages * stage, SWIZZLE_ATOM)  # the staging buffers are swizzled
-        epilogue = self.math_wgs * 64 * self.epi_n * 2
+        epilogue = self.math_wgs * 64 * self.band_n * 2
         reduction = (self.splits - 1) * self.block_m * self.block_n * 4  # the other splits' partial tiles
         barriers = (2 * self.stages + (2 if self.splits > 1 else 0)) * 8
         return round_up(epilogue_start + epilogue + reduction, 8) + barriers + SWIZZLE_ATOM
@@ -295,11 +312,15 @@ LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False, CLUSTER_SH
 # The 64x16 tile with one math warpgroup (N = 2112 in one wave of 132 tiles at M = 64): not selected (slower
 # than the split-K pick, seventh session), kept building.
 ONE_WARPGROUP_VARIANTS: tuple[Variant, ...] = (_variant(64, 16, True, (1, 1), DUAL_ISSUE_AHEAD[64], math_wgs=1),)
+# 128x176 (2x1 clusters): warpgroup columns that span three B-scale blocks and epilogue bands of several
+# 16-column boxes. Not selected: 10-11% slower per element than 128x192 on the large anchors (eleventh
+# session, ptx/NOTES.md), so at 4096x2112x7168 its fuller last wave does not pay; kept building and tested.
+THREE_SCALE_BLOCK_VARIANTS: tuple[Variant, ...] = (_variant(128, 176, False, CLUSTER_SHAPE),)
 TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
     v for v in (*(_variant(128, 128, True, shape, ahead) for shape in CLUSTER_SHAPES for ahead in (False, True)),
                 *LARGE_TILE_VARIANTS, _variant(64, 128, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),
                 _variant(*SPLIT_K_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),  # two math warpgroups
-                *ONE_WARPGROUP_VARIANTS)
+                *ONE_WARPGROUP_VARIANTS, *THREE_SCALE_BLOCK_VARIANTS)
     if v not in VARIANTS))
 
 
@@ -517,9 +538,18 @@ def _select(m: int, n: int, k: int, num_sms: int) -> Choice:
     variant = find_variant(*shape, dual, cluster, splits, _small_m_math_wgs(k) if shape[0] == 64 else 2)
     units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, cluster, splits)
     n_units = ceil_div(ceil_div(n, variant.block_n), variant.cluster_n)
-    group_n = int(os.environ.get("DEEPERGEMM_GROUP_N", DEFAULT_GROUP_N))
-    if group_n < 1:
-        raise ValueError(f"DEEPERGEMM_GROUP_N must be >= 1, got {group_n}")
+    m_units = ceil_div(ceil_div(m, variant.block_m), variant.cluster_m)
+    short_k = (variant.block_m == 256 and k <= SHORT_K_GROUP_MAX_K
+               and m_units * SHORT_K_GROUP_N <= num_sms // variant.cluster)  # a wave covers whole bands
+    value = os.environ.get("DEEPERGEMM_GROUP_N", "").strip()  # (empty: the default, like the other switches)
+    group_n = SHORT_K_GROUP_N if short_k else DEFAULT_GROUP_N
+    if value:
+        try:
+            group_n = int(value)
+        except ValueError:
+            group_n = 0
+        if group_n < 1:
+            raise ValueError(f"DEEPERGEMM_GROUP_N must be an integer >= 1, got {value!r}")
     grid = min(units, num_sms // variant.cluster) * variant.cluster
     return Choice(variant, min(group_n, n_units), units * variant.cluster, waves, grid,
                   l2_hints_for(m, variant.block_m, variant.cluster_m), stream_k_pays(m, n, variant, num_sms))

@@ -73,7 +73,7 @@ enum AccMode : int {
 //   DG_INIT_RELEASE_ARRIVE  the cluster sync after the barrier inits with a release arrive (before the eighth
 //                        session; the fence.mbarrier_init makes it unneeded: 3-5% slower on small shapes)
 //   DG_PRODUCERS=1|2|3   how many producer threads share the loads (default 3, one per operand)
-//   DG_SMEM_BASE=1       math warpgroups address shared memory from a base converted once (see kSmemBase)
+//   DG_STORE_HINT=1|2    the bf16 output stores evict-first (1) or evict-last (2) in L2 (see kStoreHint)
 //   DG_RELEASE_MODE=0    clustered stages freed with the partner's barrier address mapped per arrive (before the
 //                        tenth session: 128x192 5-10% slower, see kReleaseMode)
 //   DG_PINGPONG=1        the math warpgroups issue their wgmmas in strict turns (named barriers; default 0).
@@ -152,14 +152,21 @@ struct GemmTraits {
   static constexpr int kRegs = kWgN / 2;                 // fp32 accumulators per thread per set (and slab)
   static constexpr int kGroups8 = kWgN / 8;              // 8-column groups per warpgroup
   static_assert(kWgN % 16 == 0 && kWgN <= 256, "warpgroup N must be a multiple of 16 (stmatrix.x4), <= 256");
-  // bf16 epilogue band width: the staging buffer holds 64 rows x kEpiN columns per warpgroup, rows of
-  // kEpiN * 2 = 128, 64 or 32 bytes, swizzled the way the output tensor map's TMA store reads them.
+  // bf16 epilogue: a TMA store writes a box of 16 rows x kEpiN columns (rows of kEpiN * 2 = 128, 64 or
+  // 32 bytes, swizzled the way the output tensor map reads them). A band is up to 64 columns: kEpiBoxes
+  // boxes staged side by side and stored after one wait (BN = 176: bands of 64, 64 and 48 columns, not
+  // eleven bands of 16). The staging buffer holds 64 rows x one band per warpgroup.
   static constexpr int kEpiN = kWgN % 64 == 0 ? 64 : kWgN % 32 == 0 ? 32 : 16;
-  using Layout = SmemLayout<BM, BN, STAGES, 64, kEpiN, KS, WGS>;
+  static constexpr int kEpiBoxes = kWgN >= 64 ? 64 / kEpiN : 1;
+  static constexpr int kBandN = kEpiN * kEpiBoxes;
+  static constexpr int kBands = (kWgN + kBandN - 1) / kBandN;
+  using Layout = SmemLayout<BM, BN, STAGES, 64, kBandN, KS, WGS>;
   // A warpgroup's columns start at multiples of gcd(kWgN, 128) inside a 128-wide B-scale block, so
-  // they touch at most two blocks iff 128 - gcd + kWgN <= 256 (BN = 176 would touch three).
+  // they touch at most two blocks iff 128 - gcd + kWgN <= 256, else three (BN = 176: a tile starting 96
+  // or 112 columns into a block ends in the block after next).
   static constexpr int kScaleAlign = gcd_c(kWgN, 128);
-  static_assert(128 - kScaleAlign + kWgN <= 256, "a warpgroup's columns may span at most two B-scale blocks");
+  static constexpr bool kThreeScaleBlocks = 128 - kScaleAlign + kWgN > 256;
+  static_assert(128 - kScaleAlign + kWgN <= 384, "a warpgroup's columns may span at most three B-scale blocks");
   // ...and exactly one when they never cross a block boundary (BN dividing 128, or 128-aligned halves).
   static constexpr bool kOneScaleBlock = (128 % BN == 0) || (BN % 128 == 0 && kWgN % 128 == 0 && kWgN <= 128);
 };
@@ -349,7 +356,8 @@ constexpr int kMaxSlabs = 2;
 struct StepScales {
   float f_lo[kMaxSlabs], f_hi[kMaxSlabs];  // per slab: A scales of the thread's rows r, r + 8 times the B scale
   float g_lo[kMaxSlabs], g_hi[kMaxSlabs];  // of the warpgroup's first 128-column block (f) and of the next (g)
-  int sb_switch;        // first warpgroup column that uses g (>= kWgN: none)
+  float h_lo[kMaxSlabs], h_hi[kMaxSlabs];  // ...and of the one after (GemmTraits::kThreeScaleBlocks only)
+  int sb_switch;        // first warpgroup column that uses g (>= kWgN: none); h from sb_switch + 128
   int m_block, n_block, last_k;  // last_k: 0, or 1 + TileFixup (scheduler.cuh)
   bool first_of_tail;   // a stream-K tail starts: its sums start from the previous cluster's head
   uint32_t stage;       // the stage the step's operands sit in (freed when it retires)
@@ -367,21 +375,14 @@ struct StepScales {
 #endif
 constexpr bool kEarlyAcquire = DG_EARLY_ACQUIRE != 0;
 
-// Developers' switch DG_SMEM_BASE=0|1 (default 0: not measured yet): the math warpgroups address shared
-// memory as offsets from its base converted once (smem_s) instead of converting each generic pointer, which
-// compiles to an S2UR of SR_CgaCtaId inside the loop. (The per-arrive mapa and S2URs that kReleaseMode removed
-// cost 128x192 5-10%.) ptxas still rematerializes the base from SR_CgaCtaId in some loops (64x32s16dm1).
-#ifndef DG_SMEM_BASE
-#define DG_SMEM_BASE 0
+// Developers' switch DG_STORE_HINT=0|1|2 (default 0): the bf16 output's TMA stores carry no L2 hint (0),
+// evict-first (1: the output is written once and never read here, so its lines should not push the operands
+// that later tiles re-read out of L2) or evict-last (2). Measured 2026-11-25, H100 (ptx/NOTES.md, eleventh
+// session): 1 within +-1% of 0 on the short-K shapes (as many losses as gains), 2 up to 5% slower.
+#ifndef DG_STORE_HINT
+#define DG_STORE_HINT 0
 #endif
-constexpr bool kSmemBase = DG_SMEM_BASE != 0;
-// The shared::cta address of ptr == smem + offset inside MathWarpgroup. A macro, so that the default build is
-// the code measured before the switch existed, expression for expression.
-#if DG_SMEM_BASE
-#define DG_SM(ptr, offset) (smem_s + static_cast<uint32_t>(offset))
-#else
-#define DG_SM(ptr, offset) smem_addr(ptr)
-#endif
+constexpr int kStoreHint = DG_STORE_HINT;
 
 // How a clustered stage is freed in every CTA of the cluster (DG_RELEASE_MODE, developers' switch): 1 (the
 // default) = lane 0 arrives on each CTA's barrier at an address mapped (mapa) once, before the loop; 0 = mapped
@@ -411,7 +412,6 @@ struct MathWarpgroup {
   uint64_t* full;
   uint64_t* empty;
   uint32_t empty_remote[kCluster];  // the empty barriers' base in cluster CTA r's window (mapped once)
-  uint32_t smem_s, full_s, empty_s;  // shared::cta addresses of smem and of the barrier arrays (kSmemBase)
   int wg;          // 0 or 1
   int tid;         // thread in the warpgroup
   int warp, lane;
@@ -428,11 +428,6 @@ struct MathWarpgroup {
     tid = threadIdx.x % 128;
     warp = tid / 32;
     lane = tid % 32;
-    if constexpr (kSmemBase) {
-      smem_s = smem_addr(smem);
-      full_s = smem_addr(full);
-      empty_s = smem_addr(empty);
-    }
     if constexpr (kCluster > 1 && kReleaseMode == 1) {
 #pragma unroll
       for (uint32_t r = 0; r < kCluster; ++r) empty_remote[r] = map_shared_to_cta(smem_addr(empty), r);
@@ -471,17 +466,13 @@ struct MathWarpgroup {
   // its promotion multiplies by.
   __device__ __forceinline__ void acquire(StepScales& sc) {
     const uint32_t stage = pos.stage;
-#if DG_SMEM_BASE
-    mbar_wait(full_s + 8 * stage, pos.phase);
-#else
     mbar_wait(&full[stage], pos.phase);
-#endif
 #ifdef DG_LIFETRACE
     if (wg == 0 && tid == 0 && !first_data_logged) life_stamp(p.bias, kLifeFirstData), first_data_logged = true;
 #endif
     pos.advance();
     sc.stage = stage;
-    const uint32_t meta = DG_SM(smem + L::kMeta + stage * L::kMetaSlot, L::kMeta + stage * L::kMetaSlot);
+    const uint32_t meta = smem_addr(smem + L::kMeta + stage * L::kMetaSlot);
     const uint4 coords = ld_shared_v4(meta + 4 * kMaxScaleBlocks);
     sc.m_block = static_cast<int>(coords.x);
     sc.n_block = static_cast<int>(coords.y);
@@ -491,17 +482,21 @@ struct MathWarpgroup {
     const int j = n0 / kBlockK - n_tile / kBlockK;  // which of the tile's scale blocks this warpgroup starts in
     const float sb_lo = ld_shared_f32(meta + 4 * j);
     const float sb_hi = ld_shared_f32(meta + 4 * (j + 1));
+    const float sb_h = T::kThreeScaleBlocks ? ld_shared_f32(meta + 4 * (j + 2)) : 0.f;
     sc.sb_switch = (n0 / kBlockK + 1) * kBlockK - n0;
 #pragma unroll
     for (int slab = 0; slab < T::kSlabs; ++slab) {
       const uint32_t sa_addr =
-          DG_SM(smem + L::kSA + stage * L::kSASlot, L::kSA + stage * L::kSASlot) +
-          (row_base + 128 * slab + warp * 16 + lane / 4) * 4;
+          smem_addr(smem + L::kSA + stage * L::kSASlot) + (row_base + 128 * slab + warp * 16 + lane / 4) * 4;
       const float sa_lo = ld_shared_f32(sa_addr), sa_hi = ld_shared_f32(sa_addr + 8 * 4);
       sc.f_lo[slab] = sa_lo * sb_lo;
       sc.f_hi[slab] = sa_hi * sb_lo;
       sc.g_lo[slab] = sa_lo * sb_hi;
       sc.g_hi[slab] = sa_hi * sb_hi;
+      if constexpr (T::kThreeScaleBlocks) {
+        sc.h_lo[slab] = sa_lo * sb_h;
+        sc.h_hi[slab] = sa_hi * sb_h;
+      }
     }
   }
 
@@ -510,11 +505,9 @@ struct MathWarpgroup {
     const uint32_t stage = sc.stage;
     const int rows = row_base + 128 * slab;
     const uint64_t desc_a =
-        smem_desc_kmajor_sw128(DG_SM(smem + L::kA + stage * L::kABytes + rows * kSwizzleBytes,
-                                  L::kA + stage * L::kABytes + rows * kSwizzleBytes));
+        smem_desc_kmajor_sw128(smem_addr(smem + L::kA + stage * L::kABytes + rows * kSwizzleBytes));
     const uint64_t desc_b =
-        smem_desc_kmajor_sw128(DG_SM(smem + L::kB + stage * L::kBBytes + col_base * kSwizzleBytes,
-                                  L::kB + stage * L::kBBytes + col_base * kSwizzleBytes));
+        smem_desc_kmajor_sw128(smem_addr(smem + L::kB + stage * L::kBBytes + col_base * kSwizzleBytes));
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
     if constexpr (kTurns) named_barrier_sync(kTurnBarrier + wg, 256);  // this warpgroup's turn
@@ -533,11 +526,7 @@ struct MathWarpgroup {
     __syncwarp();
     if (lane == 0) {
       if constexpr (kCluster == 1) {
-#if DG_SMEM_BASE
-        mbar_arrive(empty_s + 8 * sc.stage);
-#else
         mbar_arrive(&empty[sc.stage]);
-#endif
       } else if constexpr (kReleaseMode == 1) {
 #pragma unroll
         for (uint32_t r = 0; r < kCluster; ++r) mbar_arrive_remote(empty_remote[r] + sc.stage * 8);
@@ -720,22 +709,25 @@ struct MathWarpgroup {
     return;
 #endif
     const float f_lo = sc.f_lo[slab], f_hi = sc.f_hi[slab], g_lo = sc.g_lo[slab], g_hi = sc.g_hi[slab];
+    const float h_lo = T::kThreeScaleBlocks ? sc.h_lo[slab] : 0.f, h_hi = T::kThreeScaleBlocks ? sc.h_hi[slab] : 0.f;
     if constexpr (T::kOneScaleBlock) {
-      promote_split<T::kWgN>(acc, total, f_lo, f_hi, g_lo, g_hi);
+      promote_split<T::kWgN>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
     } else {
-      promote_dispatch<T::kScaleAlign>(sc.sb_switch, acc, total, f_lo, f_hi, g_lo, g_hi);
+      promote_dispatch<T::kScaleAlign>(sc.sb_switch, acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
     }
   }
 
-  // Columns [0, SWITCH) of the warpgroup take the first B-scale block's factors (f), the rest the next
-  // block's (g); 8-column groups never straddle a block. SWITCH is a compile-time constant: a runtime
-  // select per group would cost almost as many instructions as the FFMAs it feeds.
+  // Columns [0, SWITCH) of the warpgroup take the first B-scale block's factors (f), the next 128 the
+  // next block's (g), any after those the third block's (h); 8-column groups never straddle a block.
+  // SWITCH is a compile-time constant: a runtime select per group would cost almost as many instructions
+  // as the FFMAs it feeds.
   template <int SWITCH>
   __device__ __forceinline__ void promote_split(float (&acc)[kRegs], float (&total)[kRegs], float f_lo, float f_hi,
-                                                float g_lo, float g_hi) {
+                                                float g_lo, float g_hi, float h_lo, float h_hi) {
 #pragma unroll
     for (int j = 0; j < T::kGroups8; ++j) {
-      const float s_lo = 8 * j >= SWITCH ? g_lo : f_lo, s_hi = 8 * j >= SWITCH ? g_hi : f_hi;
+      const float s_lo = 8 * j >= SWITCH + kBlockK ? h_lo : 8 * j >= SWITCH ? g_lo : f_lo;
+      const float s_hi = 8 * j >= SWITCH + kBlockK ? h_hi : 8 * j >= SWITCH ? g_hi : f_hi;
       total[4 * j + 0] = fmaf(acc[4 * j + 0], s_lo, total[4 * j + 0]);
       total[4 * j + 1] = fmaf(acc[4 * j + 1], s_lo, total[4 * j + 1]);
       total[4 * j + 2] = fmaf(acc[4 * j + 2], s_hi, total[4 * j + 2]);
@@ -746,16 +738,17 @@ struct MathWarpgroup {
   // from kWgN on, all columns are in the first block.
   template <int SWITCH>
   __device__ __forceinline__ void promote_dispatch(int sb_switch, float (&acc)[kRegs], float (&total)[kRegs],
-                                                   float f_lo, float f_hi, float g_lo, float g_hi) {
+                                                   float f_lo, float f_hi, float g_lo, float g_hi, float h_lo,
+                                                   float h_hi) {
     if constexpr (SWITCH >= T::kWgN) {
-      promote_split<T::kWgN>(acc, total, f_lo, f_hi, g_lo, g_hi);
+      promote_split<T::kWgN>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
     } else if constexpr (SWITCH >= kBlockK) {  // the last possible value
-      promote_split<kBlockK>(acc, total, f_lo, f_hi, g_lo, g_hi);
+      promote_split<kBlockK>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
     } else {
       if (sb_switch == SWITCH) {
-        promote_split<SWITCH>(acc, total, f_lo, f_hi, g_lo, g_hi);
+        promote_split<SWITCH>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
       } else {
-        promote_dispatch<SWITCH + T::kScaleAlign>(sb_switch, acc, total, f_lo, f_hi, g_lo, g_hi);
+        promote_dispatch<SWITCH + T::kScaleAlign>(sb_switch, acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
       }
     }
   }
@@ -820,37 +813,44 @@ struct MathWarpgroup {
       return;
     }
     // bf16, warp by warp (no warpgroup barrier): each warp owns 16 rows of the warpgroup's 64. Per band
-    // of kEpiN columns it stmatrix-es its rows into its own slice of the staging buffer (swizzled like
-    // the output tensor map: conflict-free), and its lane 0 hands the slice to a TMA store, which clips
-    // the tails of M and N and runs on while the warp goes back to its wgmmas. The only wait is for the
-    // previous band's store to have read the slice (a few hundred bytes' worth of TMA work).
+    // of up to kBandN columns it stmatrix-es its rows into its own slice of the staging buffer (one TMA
+    // box of 16 x kEpiN after another, each swizzled like the output tensor map: conflict-free), and its
+    // lane 0 hands the boxes to TMA stores (one bulk group), which clip the tails of M and N and run on
+    // while the warp goes back to its wgmmas. The only wait is for the previous band's stores to have
+    // read the slice (a few hundred bytes' worth of TMA work).
     constexpr int kSliceBytes = 16 * L::kEpiPitch;
-#if DG_SMEM_BASE
-    const uint32_t slice = smem_s + L::kEpi + wg * L::kEpiBytesPerWG + warp * kSliceBytes;
-#else
+    constexpr int kBoxPitch = T::kEpiN * 2, kBoxBytes = 16 * kBoxPitch;
     uint8_t* slice = smem + L::kEpi + wg * L::kEpiBytesPerWG + warp * kSliceBytes;
-#endif
     const int row = (lane % 8) + 8 * ((lane / 8) % 2);  // the row this lane addresses in stmatrix
-    const uint32_t row_offset = row * L::kEpiPitch;
+    const uint32_t row_offset = row * kBoxPitch;
     const uint32_t swizzle = ((row_offset >> 7) & (T::kEpiN * 2 / 16 - 1)) << 4;  // TMA's 32B/64B/128B swizzle
     const int warp_m = m0 + warp * 16;
 #pragma unroll
-    for (int band = 0; band < T::kWgN / T::kEpiN; ++band) {
-      if (lane == 0) bulk_wait_group_read<0>();  // the previous band's (or tile's) store has read the slice
+    for (int band = 0; band < T::kBands; ++band) {
+      constexpr int kLastBandN = T::kWgN - (T::kBands - 1) * T::kBandN;
+      const int band_cols = band + 1 < T::kBands ? T::kBandN : kLastBandN;
+      if (lane == 0) bulk_wait_group_read<0>();  // the previous band's (or tile's) stores have read the slice
       __syncwarp();
 #pragma unroll
-      for (int jj = 0; jj < T::kEpiN / 16; ++jj) {
-        const int j = band * (T::kEpiN / 8) + 2 * jj;
-        const uint32_t chunk = 2 * jj + lane / 16;
-        stmatrix_x4(shared_u32(slice) + row_offset + ((chunk * 16) ^ swizzle),
+      for (int jj = 0; jj < band_cols / 16; ++jj) {  // 16 columns: one stmatrix.x4 (two 8-column groups)
+        const int j = band * (T::kBandN / 8) + 2 * jj;
+        const int box = jj * 16 / T::kEpiN;
+        const uint32_t chunk = 2 * (jj % (T::kEpiN / 16)) + lane / 16;  // 16-byte chunk in the box row
+        stmatrix_x4(smem_addr(slice) + box * kBoxBytes + row_offset + ((chunk * 16) ^ swizzle),
                     pack_bf16x2(total[4 * j + 0], total[4 * j + 1]), pack_bf16x2(total[4 * j + 2], total[4 * j + 3]),
                     pack_bf16x2(total[4 * j + 4], total[4 * j + 5]), pack_bf16x2(total[4 * j + 6], total[4 * j + 7]));
       }
       fence_proxy_async_shared();  // each lane's stmatrix writes, before the TMA engine reads them
-      const int band_n = n0 + band * T::kEpiN;
+      const int band_n = n0 + band * T::kBandN;
       __syncwarp();
       if (lane == 0 && warp_m < p.m && band_n < p.n) {  // skip slices wholly outside (e.g. a padding tile)
-        tma_store_2d(map_out, slice, band_n, warp_m);
+#pragma unroll
+        for (int box = 0; box < band_cols / T::kEpiN; ++box) {
+          const int box_n = band_n + box * T::kEpiN;
+          if (box > 0 && box_n >= p.n) break;  // boxes past N (the TMA store would clip them whole)
+          if constexpr (kStoreHint == 0) tma_store_2d(map_out, slice + box * kBoxBytes, box_n, warp_m);
+          else tma_store_2d(map_out, slice + box * kBoxBytes, box_n, warp_m, l2_policy(kStoreHint));
+        }
         bulk_commit_group();
       }
     }

@@ -12,9 +12,6 @@ namespace dg {
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
-// A shared-memory operand as a shared::cta address, whether given as a generic pointer or already as one.
-__device__ __forceinline__ uint32_t shared_u32(const void* p) { return smem_addr(p); }
-__device__ __forceinline__ uint32_t shared_u32(uint32_t addr) { return addr; }
 
 // ---------------------------------------------------------------------------------------------
 // thread-group helpers
@@ -212,6 +209,16 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t sr
 }
 __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void* src, int x, int y) {
   tma_store_2d(map, smem_addr(src), x, y);
+}
+// ...with an L2 eviction policy (l2_policy) for the written lines.
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int x, int y, uint64_t policy) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group.L2::cache_hint [%0, {%2, %3}], [%1], %4;" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(src), "r"(x), "r"(y), "l"(policy)
+               : "memory");
+}
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void* src, int x, int y, uint64_t policy) {
+  tma_store_2d(map, smem_addr(src), x, y, policy);
 }
 __device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 // Wait until at most kPending bulk groups of this thread are still reading their shared-memory source.

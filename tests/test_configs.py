@@ -188,7 +188,8 @@ def test_l2_hints_keep_a_and_stream_b_only_at_small_m(monkeypatch):
     ("DEEPERGEMM_VARIANT", "big", "must look like"),
     ("DEEPERGEMM_CLUSTER", "4", "must be one of"),
     ("DEEPERGEMM_CLUSTER", "2x3", "must be one of"),
-    ("DEEPERGEMM_GROUP_N", "0", "must be >= 1"),
+    ("DEEPERGEMM_GROUP_N", "0", "must be an integer >= 1"),
+    ("DEEPERGEMM_GROUP_N", "four", "must be an integer >= 1"),
 ])
 def test_bad_switches_are_rejected_by_name(monkeypatch, name, value, words):
     monkeypatch.setenv(name, value)
@@ -215,7 +216,6 @@ def test_parse_key_rejects_garbage():
 
 
 @pytest.mark.parametrize("key, rule", [
-    ("128x176s5pc2", "three 128-wide B-scale blocks"),   # columns at offset 112 of a block run to 288
     ("64x128s8dc1x2", "A multicast .CN > 1. needs BLOCK_M >= 128"),
     ("128x128s6dc4", "cluster shape must be one of"),
     ("64x24s8d", "multiple of 16"),
@@ -227,9 +227,24 @@ def test_impossible_variants_are_rejected_before_any_build(key, rule):
         configs.parse_key(key)
 
 
-def test_tile_widths_that_straddle_two_scale_blocks_are_allowed():
-    for key in ("128x144s6p", "128x160s5p", "128x192s5p", "64x96s8d"):
+def test_tile_widths_that_straddle_two_or_three_scale_blocks_are_allowed():
+    # 128x176: a tile starting 96 or 112 columns into a 128-wide block ends two blocks later
+    for key in ("128x144s6p", "128x160s5p", "128x192s5p", "64x96s8d", "128x176s5pc2", "128x208s4p"):
         assert configs.parse_key(key).key == key
+
+
+def test_three_scale_block_tiles_are_recognised():
+    assert configs.parse_key("128x176s5pc2").spans_three_scale_blocks
+    assert not any(configs.parse_key(k).spans_three_scale_blocks
+                   for k in ("128x192s5pc2", "128x160s5p", "256x128s4pc1x2", "64x96s8d"))
+    assert any(v.spans_three_scale_blocks for v in configs.TESTED_VARIANTS)
+
+
+def test_epilogue_bands_group_whole_boxes_up_to_64_columns():
+    # dg::GemmTraits: boxes of 64/32/16 columns (the widest dividing the warpgroup's N), bands of up to 64
+    assert [(configs.parse_key(k).epi_n, configs.parse_key(k).band_n)
+            for k in ("128x128s6d", "128x176s5pc2", "128x160s5p", "64x32s16dm1", "64x96s8d")] == [
+        (64, 64), (16, 64), (32, 64), (32, 32), (16, 16)]
 
 
 def test_cluster_shapes_round_trip_and_count_units():
@@ -345,3 +360,21 @@ def test_select_cache_key_covers_every_switch(monkeypatch):
         configs.select(64, 2112, 7168, H100_SMS)
     with pytest.raises(ValueError, match="DEEPERGEMM_GROUP_N"):
         configs.select(64, 2112, 7168, H100_SMS)
+
+
+def test_short_k_large_m_rasterizes_in_narrower_bands():
+    # 256-row tiles at K <= 1536 where one wave covers whole bands of SHORT_K_GROUP_N N-units (M <= 4096 on
+    # 132 SMs); longer K, taller M and smaller tiles keep 16
+    assert configs.select(4096, 32768, 512, H100_SMS).group_n == configs.SHORT_K_GROUP_N == 4
+    assert configs.select(4096, 24576, 1536, H100_SMS).group_n == 4
+    assert configs.select(8192, 24576, 1536, H100_SMS).group_n == configs.DEFAULT_GROUP_N
+    assert configs.select(8192, 32768, 512, H100_SMS).group_n == configs.DEFAULT_GROUP_N
+    assert configs.select(4096, 7168, 2048, H100_SMS).group_n == configs.DEFAULT_GROUP_N
+    assert configs.select(4096, 7168, 16384, H100_SMS).group_n == configs.DEFAULT_GROUP_N
+    assert configs.select(128, 32768, 512, H100_SMS).group_n == configs.DEFAULT_GROUP_N
+
+
+def test_group_n_switch_set_empty_means_default(monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_GROUP_N", "")
+    assert configs.select(4096, 7168, 2048, H100_SMS).group_n == configs.DEFAULT_GROUP_N
+    assert configs.select(4096, 32768, 512, H100_SMS).group_n == configs.SHORT_K_GROUP_N
