@@ -73,6 +73,7 @@ enum AccMode : int {
 //   DG_INIT_RELEASE_ARRIVE  the cluster sync after the barrier inits with a release arrive (before the eighth
 //                        session; the fence.mbarrier_init makes it unneeded: 3-5% slower on small shapes)
 //   DG_PRODUCERS=1|2|3   how many producer threads share the loads (default 3, one per operand)
+//   DG_PROMOTE_SEARCH=1  the promotion's switch column found by binary search (see kPromoteSearch)
 //   DG_STORE_HINT=1|2    the bf16 output stores evict-first (1) or evict-last (2) in L2 (see kStoreHint)
 //   DG_RELEASE_MODE=0    clustered stages freed with the partner's barrier address mapped per arrive (before the
 //                        tenth session: 128x192 5-10% slower, see kReleaseMode)
@@ -383,6 +384,16 @@ constexpr bool kEarlyAcquire = DG_EARLY_ACQUIRE != 0;
 #define DG_STORE_HINT 0
 #endif
 constexpr int kStoreHint = DG_STORE_HINT;
+
+// Developers' switch DG_PROMOTE_SEARCH=0|1 (default 0; 1 is compile-checked, not yet run on a GPU): where a
+// warpgroup's columns may cross a B-scale block boundary at several places (BN = 176: eight), the
+// promotion's compile-time variant is found by a chain of comparisons (0) or by binary search (1). Why try:
+// with its promotion ablated 128x176 runs per column as fast as 128x192 (0.98), with it 0.89 (eleventh
+// session, ptx/NOTES.md); the chain puts up to seven branches between the wgmma wait and the next issue.
+#ifndef DG_PROMOTE_SEARCH
+#define DG_PROMOTE_SEARCH 0
+#endif
+constexpr bool kPromoteSearch = DG_PROMOTE_SEARCH != 0;
 
 // How a clustered stage is freed in every CTA of the cluster (DG_RELEASE_MODE, developers' switch): 1 (the
 // default) = lane 0 arrives on each CTA's barrier at an address mapped (mapa) once, before the loop; 0 = mapped
@@ -713,7 +724,12 @@ struct MathWarpgroup {
     if constexpr (T::kOneScaleBlock) {
       promote_split<T::kWgN>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
     } else {
-      promote_dispatch<T::kScaleAlign>(sc.sb_switch, acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
+      if constexpr (kPromoteSearch) {
+        promote_search<T::kScaleAlign, (T::kWgN < kBlockK ? T::kWgN : kBlockK)>(sc.sb_switch, acc, total, f_lo, f_hi,
+                                                                              g_lo, g_hi, h_lo, h_hi);
+      } else {
+        promote_dispatch<T::kScaleAlign>(sc.sb_switch, acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
+      }
     }
   }
 
@@ -734,8 +750,27 @@ struct MathWarpgroup {
       total[4 * j + 3] = fmaf(acc[4 * j + 3], s_hi, total[4 * j + 3]);
     }
   }
+  // The same choice by binary search (kPromoteSearch): the switch column lies in [LO, HI] (multiples of
+  // kScaleAlign; HI = min(kWgN, 128), and any switch >= kWgN means all columns in the first block), so
+  // BN = 176's eight positions take three branches on the way from the wgmma wait to the next issue,
+  // not up to seven.
+  template <int LO, int HI>
+  __device__ __forceinline__ void promote_search(int sb_switch, float (&acc)[kRegs], float (&total)[kRegs],
+                                                 float f_lo, float f_hi, float g_lo, float g_hi, float h_lo,
+                                                 float h_hi) {
+    if constexpr (LO >= HI) {
+      promote_split<HI>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
+    } else {
+      constexpr int kMid = LO + (HI - LO) / T::kScaleAlign / 2 * T::kScaleAlign;  // last of the lower half
+      if (sb_switch <= kMid) {
+        promote_search<LO, kMid>(sb_switch, acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
+      } else {
+        promote_search<kMid + T::kScaleAlign, HI>(sb_switch, acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
+      }
+    }
+  }
   // The step's switch column (a multiple of kScaleAlign in [kScaleAlign, 128]) picks one promote_split;
-  // from kWgN on, all columns are in the first block.
+  // from kWgN on, all columns are in the first block. (A linear chain: DG_PROMOTE_SEARCH=0.)
   template <int SWITCH>
   __device__ __forceinline__ void promote_dispatch(int sb_switch, float (&acc)[kRegs], float (&total)[kRegs],
                                                    float f_lo, float f_hi, float g_lo, float g_hi, float h_lo,
