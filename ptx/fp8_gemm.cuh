@@ -73,7 +73,7 @@ enum AccMode : int {
 //   DG_INIT_RELEASE_ARRIVE  the cluster sync after the barrier inits with a release arrive (before the eighth
 //                        session; the fence.mbarrier_init makes it unneeded: 3-5% slower on small shapes)
 //   DG_PRODUCERS=1|2|3   how many producer threads share the loads (default 3, one per operand)
-//   DG_PROMOTE_SEARCH=1  the promotion's switch column found by binary search (see kPromoteSearch)
+//   DG_PROMOTE_SEARCH=1|2  the promotion's switch column by binary search or a jump table (see kPromoteSearch)
 //   DG_STORE_HINT=1|2    the bf16 output stores evict-first (1) or evict-last (2) in L2 (see kStoreHint)
 //   DG_RELEASE_MODE=0    clustered stages freed with the partner's barrier address mapped per arrive (before the
 //                        tenth session: 128x192 5-10% slower, see kReleaseMode)
@@ -385,15 +385,16 @@ constexpr bool kEarlyAcquire = DG_EARLY_ACQUIRE != 0;
 #endif
 constexpr int kStoreHint = DG_STORE_HINT;
 
-// Developers' switch DG_PROMOTE_SEARCH=0|1 (default 0; 1 is compile-checked, not yet run on a GPU): where a
-// warpgroup's columns may cross a B-scale block boundary at several places (BN = 176: eight), the
-// promotion's compile-time variant is found by a chain of comparisons (0) or by binary search (1). Why try:
+// Developers' switch DG_PROMOTE_SEARCH=0|1|2 (default 0; 1 and 2 are compile-checked, not yet run on a GPU):
+// where a warpgroup's columns may cross a B-scale block boundary at several places (BN = 176: eight), the
+// promotion's compile-time variant is found by a chain of comparisons (0), by binary search (1: three
+// branches for 176) or through a switch statement (2: ptxas emits a jump table, one BRX). Why try:
 // with its promotion ablated 128x176 runs per column as fast as 128x192 (0.98), with it 0.89 (eleventh
 // session, ptx/NOTES.md); the chain puts up to seven branches between the wgmma wait and the next issue.
 #ifndef DG_PROMOTE_SEARCH
 #define DG_PROMOTE_SEARCH 0
 #endif
-constexpr bool kPromoteSearch = DG_PROMOTE_SEARCH != 0;
+constexpr int kPromoteSearch = DG_PROMOTE_SEARCH;
 
 // How a clustered stage is freed in every CTA of the cluster (DG_RELEASE_MODE, developers' switch): 1 (the
 // default) = lane 0 arrives on each CTA's barrier at an address mapped (mapa) once, before the loop; 0 = mapped
@@ -724,7 +725,9 @@ struct MathWarpgroup {
     if constexpr (T::kOneScaleBlock) {
       promote_split<T::kWgN>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
     } else {
-      if constexpr (kPromoteSearch) {
+      if constexpr (kPromoteSearch == 2) {
+        promote_table(sc.sb_switch, acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
+      } else if constexpr (kPromoteSearch) {
         promote_search<T::kScaleAlign, (T::kWgN < kBlockK ? T::kWgN : kBlockK)>(sc.sb_switch, acc, total, f_lo, f_hi,
                                                                               g_lo, g_hi, h_lo, h_hi);
       } else {
@@ -767,6 +770,27 @@ struct MathWarpgroup {
       } else {
         promote_search<kMid + T::kScaleAlign, HI>(sb_switch, acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
       }
+    }
+  }
+  // The same choice through a switch statement over the eight possible columns (kPromoteSearch == 2), which
+  // the compiler may turn into one indirect branch (a jump table).
+  template <int C>
+  __device__ __forceinline__ void promote_case(float (&acc)[kRegs], float (&total)[kRegs], float f_lo, float f_hi,
+                                               float g_lo, float g_hi, float h_lo, float h_hi) {
+    promote_split<(C < T::kWgN ? C : T::kWgN)>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi);
+  }
+  __device__ __forceinline__ void promote_table(int sb_switch, float (&acc)[kRegs], float (&total)[kRegs],
+                                                float f_lo, float f_hi, float g_lo, float g_hi, float h_lo,
+                                                float h_hi) {
+    switch (sb_switch >> 4) {  // kScaleAlign is a multiple of 16
+      case 1: promote_case<16>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi); break;
+      case 2: promote_case<32>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi); break;
+      case 3: promote_case<48>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi); break;
+      case 4: promote_case<64>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi); break;
+      case 5: promote_case<80>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi); break;
+      case 6: promote_case<96>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi); break;
+      case 7: promote_case<112>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi); break;
+      default: promote_case<128>(acc, total, f_lo, f_hi, g_lo, g_hi, h_lo, h_hi); break;
     }
   }
   // The step's switch column (a multiple of kScaleAlign in [kScaleAlign, 128]) picks one promote_split;
