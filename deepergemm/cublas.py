@@ -21,6 +21,11 @@ _ROW_ALIGN = 4  # cuBLASLt's blockwise scales want 16-byte aligned M columns
 _N_ALIGN = 16   # torch._scaled_mm's rule for N
 
 
+def supports_n(n: int) -> bool:
+    """Whether torch._scaled_mm takes this N (rows of b)."""
+    return n % _N_ALIGN == 0
+
+
 def fp8_gemm_cublas(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
                     out_dtype: torch.dtype, bias: torch.Tensor | None) -> torch.Tensor:
     m = a.shape[0]
@@ -29,7 +34,7 @@ def fp8_gemm_cublas(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_
         a = F.pad(a.view(torch.uint8), (0, 0, 0, m_pad - m)).view(a.dtype)
         a_scales = F.pad(a_scales, (0, 0, 0, m_pad - m), value=1.0)
     n = b.shape[0]
-    if n % _N_ALIGN != 0:
+    if not supports_n(n):
         raise ValueError(f"backend='cublas' needs N (rows of b) to be a multiple of {_N_ALIGN}, got N={n}; "
                          f"use backend='ptx' (any N % 8 == 0) or backend='reference'")
     scale_a = a_scales.t().contiguous().t()  # (M, K/128), strides (1, M)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import deepergemm as dg
+from deepergemm import cublas
 from deepergemm import reference as ref
 
 OPS = torch.ops.deepergemm
@@ -130,7 +131,7 @@ def test_cuda_fp8_gemm_is_exact(backend, m, n, k):
     a_q, a_s = dg.quantize_act(a)
     b_q, b_s = dg.quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
     expected = ref.fp8_gemm(a_q, a_s, b_q, b_s, torch.float32)
-    if backend == "cublas" and n % 16:
+    if backend == "cublas" and not cublas.supports_n(n):
         with pytest.raises(ValueError, match="multiple of 16"):
             dg.fp8_gemm(a_q, a_s, b_q, b_s, backend=backend)
         return
@@ -195,3 +196,12 @@ def test_cuda_compile_and_cuda_graph_equal_eager():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(static_y, model(fresh))
+
+
+def test_cublas_backend_n_rule_is_exposed():
+    # the rule callers (bench/sweep_variants.py) check before asking cuBLAS, and the error that names it
+    assert cublas.supports_n(2112) and not cublas.supports_n(2056) and not cublas.supports_n(8)
+    a, a_s = dg.quantize_act(torch.randn(4, 128, dtype=torch.bfloat16))
+    b, b_s = dg.quantize_weight(torch.randn(136, 128, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match=r"needs N \(rows of b\) to be a multiple of 16, got N=136"):
+        cublas.fp8_gemm_cublas(a, a_s, b, b_s, torch.bfloat16, None)
