@@ -31,8 +31,9 @@ struct SmemLayout {
   static constexpr int kBBytes = BN * kBlockK;                    // fp8 B tile of one stage
   static constexpr int kSABytes = BM * 4;                         // fp32 A scales of one stage
   static constexpr int kSASlot = round_up_c(kSABytes, 128);
-  // Epilogue staging: per math warpgroup (MATH_WGS) EPI_ROWS x EPI_N bf16, dense and swizzled like the output
-  // tensor map (rows of EPI_N * 2 = 64 or 128 bytes), which a TMA store reads.
+  // Epilogue staging: per math warpgroup (MATH_WGS) EPI_ROWS x EPI_N bf16 (EPI_N: one band, GemmTraits::kBandN),
+  // each warp's 16 rows stored as whole TMA boxes side by side, each dense and swizzled like the output tensor
+  // map (box rows of 32, 64 or 128 bytes), which the TMA stores read.
   static constexpr int kEpiPitch = EPI_N * 2;
   static constexpr int kEpiBytesPerWG = EPI_ROWS * kEpiPitch;
   static constexpr int kA = 0;
