@@ -51,7 +51,7 @@ import re
 from dataclasses import dataclass
 from math import gcd
 
-from .layouts import ceil_div, round_up
+from .layouts import GROUPED_M_ALIGNMENT, MAX_GROUPS, ceil_div, round_up
 
 BLOCK_K = 128
 SMEM_LIMIT = 232448        # bytes of dynamic shared memory per block on sm_90 (227 KiB)
@@ -99,6 +99,10 @@ SPLIT_KS = (1, 2, 4)     # K splits per tile a variant may be built with (split-
 SPLIT_K = 2              # the split the selectable split-K variants use
 SPLIT_K_IDLE = 0.5       # split only when the unsplit tiles occupy at most this fraction of the SMs
 STEP_META_BYTES = 32     # per stage: the step's tile coordinates and B scales (dg::StepMeta)
+# Grouped (MoE) GEMMs (dg::GroupMode): the kernel's scheduler walks the M-tiles of every group's rows, read on the
+# device from the row counts. A table of MAX_GROUPS (layouts.py, dg::kMaxGroups) groups sits in shared memory.
+GROUP_NONE, GROUP_CONTIGUOUS, GROUP_MASKED = 0, 1, 2
+GROUP_TABLE_BYTES = (3 * MAX_GROUPS + 1) * 4     # tiles before, start and end of each group, + the total
 
 
 @dataclass(frozen=True, order=True)
@@ -119,6 +123,10 @@ class Variant:
     # columns (wider wgmmas, one wait and promotion per step; DeepGEMM's 64-row layout). Selected for every
     # 64-row tile (SMALL_M_MATH_WGS, SPLIT_K_MATH_WGS).
     math_wgs: int = 2
+    # Grouped GEMMs (key suffix "gc" contiguous, "gm" masked; GROUP_*): B holds one (N, K) matrix per group, and
+    # the M-tiles come from the groups' row counts on the device. No B multicast (two M-tiles of a pair may
+    # belong to different groups), no split-K; contiguous tiles divide the segments' alignment.
+    grouping: int = GROUP_NONE
 
     def __post_init__(self):
         """The rules dg::GemmTraits enforces at compile time, as a Python error before any build."""
@@ -148,6 +156,12 @@ class Variant:
             problems.append("one math warpgroup covers 64 rows: BLOCK_M must be 64")
         if self.stages < 2:
             problems.append("at least 2 stages")
+        if self.grouping not in (GROUP_NONE, GROUP_CONTIGUOUS, GROUP_MASKED):
+            problems.append("grouping must be GROUP_NONE, GROUP_CONTIGUOUS or GROUP_MASKED")
+        elif self.grouping != GROUP_NONE and (self.cluster_m > 1 or self.splits > 1):
+            problems.append("grouped GEMMs run without B multicast (CM = 1) and without split-K")
+        elif self.grouping == GROUP_CONTIGUOUS and GROUPED_M_ALIGNMENT % self.block_m:
+            problems.append(f"contiguous grouped tiles must divide the segment alignment {GROUPED_M_ALIGNMENT}")
         if problems:
             raise ValueError(f"variant {self.block_m}x{self.block_n} stages={self.stages} "
                              f"cluster={self.cluster_m}x{self.cluster_n}: " + "; ".join(problems))
@@ -196,7 +210,8 @@ class Variant:
                    else f"c{self.cluster_m}x{self.cluster_n}")
         split = f"k{self.splits}" if self.splits > 1 else ""
         wgs = "m1" if self.math_wgs == 1 else ""
-        return f"{self.block_m}x{self.block_n}s{self.stages}{'pwd'[self.acc_mode]}{cluster}{split}{wgs}"
+        grouped = ("", "gc", "gm")[self.grouping]
+        return f"{self.block_m}x{self.block_n}s{self.stages}{'pwd'[self.acc_mode]}{cluster}{split}{wgs}{grouped}"
 
     @property
     def smem_bytes(self) -> int:
@@ -206,18 +221,19 @@ class Variant:
         epilogue = self.math_wgs * 64 * self.band_n * 2
         reduction = (self.splits - 1) * self.block_m * self.block_n * 4  # the other splits' partial tiles
         barriers = (2 * self.stages + (2 if self.splits > 1 else 0)) * 8
-        return round_up(epilogue_start + epilogue + reduction, 8) + barriers + SWIZZLE_ATOM
+        table = GROUP_TABLE_BYTES if self.grouping else 0
+        return round_up(epilogue_start + epilogue + reduction, 8) + barriers + table + SWIZZLE_ATOM
 
     def compile_defines(self) -> dict[str, int]:
         return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,
                 "DG_ACC": self.acc_mode, "DG_CLUSTER_M": self.cluster_m, "DG_CLUSTER_N": self.cluster_n,
-                "DG_SPLIT_K": self.splits, "DG_MATH_WGS": self.math_wgs}
+                "DG_SPLIT_K": self.splits, "DG_MATH_WGS": self.math_wgs, "DG_GROUPED": self.grouping}
 
     @property
     def template_args(self) -> str:
         """The C++ template arguments of dg::fp8_gemm_kernel for this variant."""
         return (f"{self.block_m}, {self.block_n}, {self.stages}, {self.acc_mode}, "
-                f"{self.cluster_m}, {self.cluster_n}, {self.splits}, {self.math_wgs}")
+                f"{self.cluster_m}, {self.cluster_n}, {self.splits}, {self.math_wgs}, {self.grouping}")
 
 
 def parse_key(key: str) -> Variant:
@@ -225,27 +241,29 @@ def parse_key(key: str) -> Variant:
 
     The letter after the stage count: p = one partial accumulator set, d = two sets with two steps in
     flight, w = two sets waiting for each step before issuing the next. Suffixes: c = cluster shape, k = K
-    splits, m1 = one math warpgroup."""
-    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?(?:m(\d))?", key)
+    splits, m1 = one math warpgroup, gc / gm = grouped contiguous / masked."""
+    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?(?:m(\d))?(?:g([cm]))?", key)
     if match is None:
         raise ValueError(f"variant key {key!r} does not look like 128x128s6d, 128x128s6dc2, 128x128s6dc2x2 "
-                         f", 64x64s12dk2 or 64x32s16dm1")
-    bm, bn, stages, acc, cm, cn, ks, wgs = match.groups()
+                         f", 64x64s12dk2, 64x32s16dm1 or 128x128s6wgc")
+    bm, bn, stages, acc, cm, cn, ks, wgs, grouped = match.groups()
     return Variant(int(bm), int(bn), int(stages), acc != "p", int(cm or 1), int(cn or 1), acc != "w", int(ks or 1),
-                   int(wgs or 2))
+                   int(wgs or 2), {None: GROUP_NONE, "c": GROUP_CONTIGUOUS, "m": GROUP_MASKED}[grouped])
 
 
-def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES, splits: int = 1, math_wgs: int = 2) -> int:
-    for stages in range(cap, 0, -1):
-        if Variant(block_m, block_n, stages, False, splits=splits, math_wgs=math_wgs).smem_bytes <= SMEM_LIMIT:
+def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES, splits: int = 1, math_wgs: int = 2,
+                grouping: int = GROUP_NONE) -> int:
+    for stages in range(cap, 1, -1):
+        if Variant(block_m, block_n, stages, False, splits=splits, math_wgs=math_wgs,
+                   grouping=grouping).smem_bytes <= SMEM_LIMIT:
             return stages
     raise ValueError(f"no stage count fits {block_m}x{block_n}")
 
 
 def _variant(block_m: int, block_n: int, dual: bool, cluster: tuple[int, int] = (1, 1),
-             issue_ahead: bool = True, splits: int = 1, math_wgs: int = 2) -> Variant:
-    return Variant(block_m, block_n, _max_stages(block_m, block_n, splits=splits, math_wgs=math_wgs), dual, *cluster,
-                   issue_ahead, splits, math_wgs)
+             issue_ahead: bool = True, splits: int = 1, math_wgs: int = 2, grouping: int = GROUP_NONE) -> Variant:
+    return Variant(block_m, block_n, _max_stages(block_m, block_n, splits=splits, math_wgs=math_wgs, grouping=grouping),
+                   dual, *cluster, issue_ahead, splits, math_wgs, grouping)
 
 
 # Tile shapes the heuristic may pick; each with dual accumulators where the registers allow, and a
@@ -553,3 +571,73 @@ def _select(m: int, n: int, k: int, num_sms: int) -> Choice:
     grid = min(units, num_sms // variant.cluster) * variant.cluster
     return Choice(variant, min(group_n, n_units), units * variant.cluster, waves, grid,
                   l2_hints_for(m, variant.block_m, variant.cluster_m), stream_k_pays(m, n, variant, num_sms))
+
+
+# ----------------------------------------------------------------------------------------------
+# grouped (MoE) GEMMs
+# ----------------------------------------------------------------------------------------------
+# Tile shapes per grouping. The kernel is the plain GEMM's with a grouped scheduler (ptx/scheduler.cuh), so the
+# plain tiles' measured costs (_TILE_COST) and accumulator orderings carry over, except B multicast, which
+# grouped tiles cannot use (two M-tiles of a pair may belong to different groups): 128-row tiles run
+# unclustered, 256-row tiles keep their A multicast (the two CTAs of a 1x2 pair share an M-tile, so a group).
+# Contiguous tiles must divide the segment alignment (128). Not yet measured on a GPU (ptx/NOTES.md).
+GROUPED_TILES: dict[int, tuple[tuple[int, int], ...]] = {
+    GROUP_CONTIGUOUS: ((128, 128), (128, 192), (64, 128)),
+    GROUP_MASKED: ((256, 128), (128, 128), (128, 192), (64, 128), (64, 64)),
+}
+GROUPING_NAMES = {GROUP_CONTIGUOUS: "contiguous", GROUP_MASKED: "masked"}
+
+
+def _grouped_variant(grouping: int, block_m: int, block_n: int) -> Variant:
+    cluster = CLUSTER_SHAPE_256 if block_m == 256 else (1, 1)
+    if block_m == 64:  # the plain 64-row layout: one math warpgroup, two steps in flight
+        return _variant(64, block_n, True, cluster, DUAL_ISSUE_AHEAD[64], math_wgs=SMALL_M_MATH_WGS, grouping=grouping)
+    dual = block_m <= 128 and block_n <= MAX_MATH_REGS_DUAL
+    return _variant(block_m, block_n, dual, cluster, DUAL_ISSUE_AHEAD[block_m] if dual else True, grouping=grouping)
+
+
+GROUPED_VARIANTS: tuple[Variant, ...] = tuple(
+    _grouped_variant(grouping, bm, bn) for grouping, tiles in GROUPED_TILES.items() for bm, bn in tiles)
+# What CI compiles (and `warmup --variants tested` builds): the tested plain variants and the grouped ones.
+BUILT_VARIANTS: tuple[Variant, ...] = TESTED_VARIANTS + GROUPED_VARIANTS
+
+
+def select_grouped(grouping: int, rows_per_group: int, groups: int, n: int, k: int, num_sms: int) -> Choice:
+    """The grouped variant for `groups` GEMMs of about `rows_per_group` rows each (masked: expected_m;
+    contiguous: the mean real rows per group) by N by K: the wave model of select() over GROUPED_TILES, with
+    64-row tiles up to 64 rows per group, 128-row ones above, 256-row ones (masked only) above 128.
+    DEEPERGEMM_VARIANT=BMxBN forces one of GROUPED_TILES."""
+    if grouping not in GROUPED_TILES:
+        raise ValueError(f"select_grouped: grouping must be GROUP_CONTIGUOUS or GROUP_MASKED, got {grouping!r}")
+    if rows_per_group < 1 or groups < 1 or n < 1 or k < BLOCK_K or num_sms < 1:
+        raise ValueError(f"select_grouped: need rows_per_group, groups, N >= 1, K >= {BLOCK_K}, num_sms >= 1; got "
+                         f"{rows_per_group}, {groups}, {n}, {k}, {num_sms}")
+    tiles = GROUPED_TILES[grouping]
+    forced = os.environ.get("DEEPERGEMM_VARIANT", "").strip()
+    if forced:
+        try:
+            shape = tuple(int(v) for v in forced.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if shape not in tiles:
+            raise ValueError(f"DEEPERGEMM_VARIANT={forced!r} is not a {GROUPING_NAMES[grouping]} grouped tile; choose "
+                             f"from {', '.join(f'{m}x{n}' for m, n in tiles)}")
+        candidates = [shape]
+    else:
+        block_ms = (64,) if rows_per_group <= 64 else (128,) if rows_per_group <= 128 else (128, 256)
+        candidates = [s for s in tiles if s[0] in block_ms] or [min(tiles)]
+
+    def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
+        variant = _grouped_variant(grouping, *shape)
+        units = groups * ceil_div(rows_per_group, shape[0]) * ceil_div(ceil_div(n, shape[1]), variant.cluster_n)
+        waves = ceil_div(units, max(1, num_sms // variant.cluster))
+        return waves * shape[0] * shape[1] * _TILE_COST.get(shape, 1.1), -shape[0] * shape[1]
+
+    variant = _grouped_variant(grouping, *min(candidates, key=modelled_time))
+    m_tiles = groups * ceil_div(rows_per_group, variant.block_m)
+    n_units = ceil_div(ceil_div(n, variant.block_n), variant.cluster_n)
+    units = m_tiles * n_units
+    waves = ceil_div(units, max(1, num_sms // variant.cluster))
+    return Choice(variant, min(DEFAULT_GROUP_N, n_units), units * variant.cluster, waves,
+                  min(units, num_sms // variant.cluster) * variant.cluster,
+                  l2_hints_for(rows_per_group, variant.block_m, 1), False)

@@ -31,7 +31,8 @@ NVCC_FLAGS = ("-O3", "-gencode=arch=compute_90a,code=sm_90a", "--expt-relaxed-co
 CPP_DECLARATIONS = """
 void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b, const at::Tensor& b_scales,
               at::Tensor& out, const at::Tensor& bias, int64_t bias_kind, int64_t num_sms, int64_t group_n,
-              int64_t l2_hints, const at::Tensor& stream_k_workspace, int64_t stream);
+              int64_t l2_hints, const at::Tensor& stream_k_workspace, const at::Tensor& group_rows, int64_t groups,
+              int64_t group_stride, int64_t stream);
 std::vector<int64_t> variant_info();
 """
 FUNCTIONS = ["fp8_gemm", "variant_info"]
@@ -109,7 +110,7 @@ def load(variant: configs.Variant):
         _say(f"built {variant.key} in {time.perf_counter() - start:.1f} s")
     info = list(module.variant_info())
     expected = [variant.block_m, variant.block_n, variant.stages, variant.acc_mode, variant.cluster_m,
-                variant.cluster_n, variant.splits, variant.math_wgs, variant.smem_bytes]
+                variant.cluster_n, variant.splits, variant.math_wgs, variant.grouping, variant.smem_bytes]
     if info != expected:
         raise RuntimeError(f"deepergemm: module {name} reports {info}, configs.py expects {expected}: "
                            f"ptx/smem.cuh and configs.Variant.smem_bytes disagree")
@@ -151,13 +152,13 @@ def warmup_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=default_jobs(),
                         help="variants built at once (each nvcc uses about 1.5 GB)")
     parser.add_argument("--variants", default="selectable",
-                        help="'selectable' (what configs.select can pick: the default), 'tested' (also the "
-                             "cluster shapes the tests cover), or comma-separated keys such as 128x128s6dc2")
+                        help="'selectable' (what configs.select and select_grouped can pick: the default), 'tested' "
+                             "(also the cluster shapes the tests cover), or comma-separated keys such as 128x128s6dc2")
     args = parser.parse_args(argv or [])
     if args.variants == "selectable":
-        variants = configs.VARIANTS
+        variants = configs.VARIANTS + configs.GROUPED_VARIANTS
     elif args.variants == "tested":
-        variants = configs.TESTED_VARIANTS
+        variants = configs.BUILT_VARIANTS
     else:
         try:
             variants = tuple(configs.parse_key(key.strip()) for key in args.variants.split(","))

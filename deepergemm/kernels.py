@@ -59,14 +59,19 @@ def stream_k_workspace(variant: configs.Variant, device: torch.device, num_sms: 
 
 def launch(module, variant: configs.Variant, a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor,
            b_scales: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None, num_sms: int, group_n: int,
-           l2_hints: int, stream_k: bool, bias_kind: int | None = None) -> None:
+           l2_hints: int, stream_k: bool, bias_kind: int | None = None, group_rows: torch.Tensor | None = None,
+           group_stride: int = 0) -> None:
     """One launch of a loaded variant on the current stream (inputs already in the kernel's layouts). The
-    developer tools pass bias_kind 0 with a log buffer as `bias` (DG_TRACE / DG_LIFETRACE builds)."""
+    developer tools pass bias_kind 0 with a log buffer as `bias` (DG_TRACE / DG_LIFETRACE builds). Grouped
+    variants take b (groups * N, K), b_scales (groups * ceil(N/128), K/128), the (groups,) int32 row counts
+    and the group stride (the alignment, or masked max_m)."""
     if bias_kind is None:
         bias_kind = _BIAS_KIND[None if bias is None else bias.dtype]
     workspace = stream_k_workspace(variant, a.device, num_sms) if stream_k else _NO_WORKSPACE
+    groups = 0 if group_rows is None else group_rows.numel()
     module.fp8_gemm(a, a_scales, b, b_scales, out, bias if bias is not None else out, bias_kind, num_sms, group_n,
-                    l2_hints, workspace, torch.cuda.current_stream(a.device).cuda_stream)
+                    l2_hints, workspace, _NO_WORKSPACE if group_rows is None else group_rows, groups, group_stride,
+                    torch.cuda.current_stream(a.device).cuda_stream)
 
 
 def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
@@ -83,3 +88,18 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales:
     launch(module, choice.variant, a, a_scales, b, b_scales, out, bias.contiguous() if bias is not None else None,
            num_sms, choice.group_n, choice.l2_hints, choice.stream_k)
     return out
+
+
+def m_grouped_fp8_gemm(grouping: int, a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor,
+                       b_scales: torch.Tensor, group_rows: torch.Tensor, group_stride: int, rows_per_group: int,
+                       out: torch.Tensor) -> None:
+    """Grouped GEMM into `out` (rows of A, N): a (rows, K) with its scales in the kernel's layout, b (groups, N, K)
+    and b_scales (groups, ceil(N/128), K/128) contiguous, group_rows (groups,) int32 (contiguous: real rows per
+    group; masked: masked_m), group_stride the segments' alignment or max_m, rows_per_group the tile choice's
+    hint. Rows outside the groups' real rows are not written."""
+    groups, n, k = b.shape
+    num_sms = _sm_count(a.device.index)
+    choice = configs.select_grouped(grouping, max(1, rows_per_group), groups, n, k, num_sms)
+    launch(extension.load(choice.variant), choice.variant, a, a_scales, b.view(groups * n, k),
+           b_scales.view(-1, b_scales.shape[-1]), out, None, num_sms, choice.group_n, choice.l2_hints, False,
+           group_rows=group_rows, group_stride=group_stride)

@@ -25,6 +25,10 @@ N_ALIGN = 8  # output rows must be 16-byte aligned for the TMA store of bf16
 OUT_DTYPES = (torch.bfloat16, torch.float32)
 BIAS_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 LINEAR_X_DTYPES = (torch.bfloat16, torch.float32)
+# Grouped (MoE) GEMMs, contiguous layout: each expert's rows start at a multiple of this many rows of A (the
+# rows after its last real row, up to the next multiple, are padding). Every grouped kernel variant's BLOCK_M
+# divides it, so no M-tile holds rows of two experts.
+GROUPED_M_ALIGNMENT = 128
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -98,9 +102,12 @@ def _require_dtype(name: str, t: torch.Tensor, allowed: tuple[torch.dtype, ...])
         raise TypeError(f"{name} must have dtype {want}, got {t.dtype}")
 
 
-def _require_rank(name: str, t: torch.Tensor, rank: int, what: str) -> None:
+def check_rank(name: str, t: torch.Tensor, rank: int, what: str) -> None:
     if t.dim() != rank:
         raise ValueError(f"{name} must be {rank}-D {what}, got shape {tuple(t.shape)}")
+
+
+_require_rank = check_rank  # (the module-internal name)
 
 
 def _require_k_major(name: str, t: torch.Tensor) -> None:
@@ -131,7 +138,7 @@ def check_quantize_input(name: str, x: torch.Tensor) -> None:
     """Rules for quantize_act / quantize_weight inputs."""
     _require_tensor(name, x)
     _require_dtype(name, x, (torch.bfloat16, torch.float16, torch.float32))
-    _require_rank(name, x, 2, "(rows, K)")
+    check_rank(name, x, 2, "(rows, K)")
     if x.shape[1] % GROUP_K != 0:
         raise ValueError(f"{name}.shape[1] (K) must be a multiple of {GROUP_K}, got K={x.shape[1]}")
 
@@ -143,8 +150,8 @@ def check_gemm_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, 
         _require_tensor(name, t)
     _require_dtype("a", a, (FP8_DTYPE,))
     _require_dtype("b", b, (FP8_DTYPE,))
-    _require_rank("a", a, 2, "(M, K)")
-    _require_rank("b", b, 2, "(N, K)")
+    check_rank("a", a, 2, "(M, K)")
+    check_rank("b", b, 2, "(N, K)")
     m, k = a.shape
     n, kb_ = b.shape
     if kb_ != k:
@@ -183,6 +190,121 @@ def check_linear_inputs(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor
         raise ValueError(f"x must have at least 1 dimension (..., K), got shape {tuple(x.shape)}")
     _require_tensor("w", w)
     _require_dtype("w", w, (FP8_DTYPE,))
-    _require_rank("w", w, 2, "(N, K)")
+    check_rank("w", w, 2, "(N, K)")
     if x.shape[-1] != w.shape[1]:
         raise ValueError(f"x.shape[-1] (K={x.shape[-1]}) must equal w.shape[1] (K={w.shape[1]})")
+
+
+# ----------------------------------------------------------------------------------------------
+# grouped (MoE) GEMMs
+# ----------------------------------------------------------------------------------------------
+MAX_GROUPS = 256           # groups one launch takes (the kernel's shared-memory table: configs.MAX_GROUPS)
+MAX_GROUPED_ROWS = 1 << 25  # rows of A (the kernel sums segment sizes in 32-bit integers)
+
+
+def _check_grouped_b(b: torch.Tensor, b_scales: torch.Tensor, k: int) -> tuple[int, int]:
+    """b (G, N, K) fp8 contiguous and b_scales (G, ceil(N/128), K/128) fp32; returns (G, N)."""
+    _require_dtype("b", b, (FP8_DTYPE,))
+    check_rank("b", b, 3, "(groups, N, K)")
+    groups, n, kb_ = b.shape
+    if kb_ != k:
+        raise ValueError(f"a and b must share K (b is (groups, N, K)): got K={k} for a, b {tuple(b.shape)}")
+    if not 1 <= groups <= MAX_GROUPS:
+        raise ValueError(f"b.shape[0] (groups) must be 1..{MAX_GROUPS}, got {groups}")
+    if n % N_ALIGN != 0 or n == 0:
+        raise ValueError(f"N (b.shape[1]) must be a positive multiple of {N_ALIGN} (16-byte aligned output rows), "
+                         f"got N={n}")
+    if not b.is_contiguous():
+        raise ValueError(f"b must be contiguous (groups, N, K), got strides {b.stride()}; call .contiguous() first")
+    if has_storage(b) and b.data_ptr() % TMA_ALIGN_BYTES != 0:
+        raise ValueError(f"b data pointer must be {TMA_ALIGN_BYTES}-byte aligned (TMA), got {b.data_ptr():#x}")
+    _require_dtype("b_scales", b_scales, (torch.float32,))
+    want = (groups, ceil_div(n, GROUP_K), k // GROUP_K)
+    if tuple(b_scales.shape) != want:
+        raise ValueError(f"b_scales must have shape (groups, ceil(N/128), K/128) = {want}, got {tuple(b_scales.shape)}")
+    return groups, n
+
+
+def _check_group_counts(name: str, t: torch.Tensor, groups: int) -> None:
+    _require_tensor(name, t)
+    _require_dtype(name, t, (torch.int32,))
+    if tuple(t.shape) != (groups,):
+        raise ValueError(f"{name} must have shape (groups,) = ({groups},), got {tuple(t.shape)}")
+
+
+def _check_grouped_out(out: torch.Tensor, shape: tuple[int, ...]) -> None:
+    _require_tensor("out", out)
+    if out.dtype not in OUT_DTYPES:
+        raise TypeError(f"out must have dtype torch.bfloat16 or torch.float32, got {out.dtype}")
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out must have shape {shape}, got {tuple(out.shape)}")
+    if not out.is_contiguous():
+        raise ValueError(f"out must be contiguous, got strides {out.stride()}")
+
+
+def _check_k(k: int) -> None:
+    if k == 0 or k % GROUP_K != 0:
+        raise ValueError(f"K must be a positive multiple of {GROUP_K}, got K={k}")
+
+
+def check_grouped_contiguous_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                                    group_sizes: torch.Tensor, out: torch.Tensor) -> tuple[int, int, int, int]:
+    """Rules of m_grouped_fp8_gemm_contiguous; returns (M, N, K, groups). a (M, K) fp8 K-major with a_scales
+    (M, K/128) fp32; b (groups, N, K) fp8 contiguous with b_scales (groups, ceil(N/128), K/128) fp32;
+    group_sizes (groups,) int32; out (M, N) bf16 or fp32, contiguous; all on one device."""
+    for name, t in (("a", a), ("a_scales", a_scales), ("b", b), ("b_scales", b_scales)):
+        _require_tensor(name, t)
+    _require_dtype("a", a, (FP8_DTYPE,))
+    check_rank("a", a, 2, "(M, K): the tokens of every group back to back")
+    m, k = a.shape
+    _check_k(k)
+    if m >= MAX_GROUPED_ROWS:
+        raise ValueError(f"a.shape[0] (M) must be below {MAX_GROUPED_ROWS}, got {m}")
+    groups, n = _check_grouped_b(b, b_scales, k)
+    _require_dtype("a_scales", a_scales, (torch.float32,))
+    if tuple(a_scales.shape) != (m, k // GROUP_K):
+        raise ValueError(f"a_scales must have shape (M, K/128) = {(m, k // GROUP_K)}, got {tuple(a_scales.shape)}")
+    _check_group_counts("group_sizes", group_sizes, groups)
+    _check_grouped_out(out, (m, n))
+    _require_same_device({"a": a, "a_scales": a_scales, "b": b, "b_scales": b_scales, "group_sizes": group_sizes,
+                          "out": out})
+    _require_k_major("a", a)
+    return m, n, k, groups
+
+
+def check_expected_m(expected_m) -> None:
+    if isinstance(expected_m, bool) or not isinstance(expected_m, (int, torch.SymInt)) or expected_m < 1:
+        raise ValueError(f"expected_m must be an int >= 1 (the rows per group the tile choice plans for), "
+                         f"got {expected_m!r}")
+
+
+def check_grouped_masked_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                                masked_m: torch.Tensor, expected_m: int, out: torch.Tensor) -> tuple[int, int, int, int]:
+    """Rules of m_grouped_fp8_gemm_masked; returns (groups, max_m, N, K). a (groups, max_m, K) fp8 contiguous with
+    a_scales (groups, max_m, K/128) fp32; b, b_scales as for the contiguous form; masked_m (groups,) int32;
+    expected_m >= 1 (a hint); out (groups, max_m, N) bf16 or fp32, contiguous; all on one device."""
+    for name, t in (("a", a), ("a_scales", a_scales), ("b", b), ("b_scales", b_scales)):
+        _require_tensor(name, t)
+    _require_dtype("a", a, (FP8_DTYPE,))
+    check_rank("a", a, 3, "(groups, max_m, K)")
+    groups_a, max_m, k = a.shape
+    _check_k(k)
+    groups, n = _check_grouped_b(b, b_scales, k)
+    if groups_a != groups:
+        raise ValueError(f"a and b must have the same number of groups: a {tuple(a.shape)}, b {tuple(b.shape)}")
+    if groups * max_m >= MAX_GROUPED_ROWS:
+        raise ValueError(f"groups * max_m must be below {MAX_GROUPED_ROWS}, got {groups} * {max_m}")
+    if not a.is_contiguous():
+        raise ValueError(f"a must be contiguous (groups, max_m, K), got strides {a.stride()}; call .contiguous() first")
+    if has_storage(a) and a.data_ptr() % TMA_ALIGN_BYTES != 0:
+        raise ValueError(f"a data pointer must be {TMA_ALIGN_BYTES}-byte aligned (TMA), got {a.data_ptr():#x}")
+    _require_dtype("a_scales", a_scales, (torch.float32,))
+    if tuple(a_scales.shape) != (groups, max_m, k // GROUP_K):
+        raise ValueError(f"a_scales must have shape (groups, max_m, K/128) = {(groups, max_m, k // GROUP_K)}, got "
+                         f"{tuple(a_scales.shape)}")
+    _check_group_counts("masked_m", masked_m, groups)
+    check_expected_m(expected_m)
+    _check_grouped_out(out, (groups, max_m, n))
+    _require_same_device({"a": a, "a_scales": a_scales, "b": b, "b_scales": b_scales, "masked_m": masked_m,
+                          "out": out})
+    return groups, max_m, n, k

@@ -1,5 +1,5 @@
 // Host side of one GEMM variant: tensor maps, launch configuration, and the function Python calls.
-// The variant (DG_BM, DG_BN, DG_STAGES, DG_ACC, DG_CLUSTER_M, DG_CLUSTER_N, DG_SPLIT_K, DG_MATH_WGS) is fixed at compile time by deepergemm/extension.py,
+// The variant (DG_BM, DG_BN, DG_STAGES, DG_ACC, DG_CLUSTER_M, DG_CLUSTER_N, DG_SPLIT_K, DG_MATH_WGS, DG_GROUPED) is fixed at compile time by deepergemm/extension.py,
 // one extension module per variant. Python has already validated every input (deepergemm/layouts.py);
 // the checks here only guard against a caller that bypassed it. Plain host code (no <regex>: it was
 // seen to crash under torch 2.11's runtime).
@@ -12,7 +12,7 @@
 #include "fp8_gemm.cuh"
 
 #ifndef DG_BM
-#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_ACC=.. -DDG_CLUSTER_M=.. -DDG_CLUSTER_N=.. -DDG_SPLIT_K=.. -DDG_MATH_WGS=.."
+#error "compile with -DDG_BM=.. -DDG_BN=.. -DDG_STAGES=.. -DDG_ACC=.. -DDG_CLUSTER_M=.. -DDG_CLUSTER_N=.. -DDG_SPLIT_K=.. -DDG_MATH_WGS=.. -DDG_GROUPED=.."
 #endif
 
 namespace {
@@ -22,9 +22,11 @@ constexpr int kSplitK = DG_SPLIT_K;                     // CTAs sharing one tile
 constexpr int kCluster = kClusterM * kClusterN * kSplitK;  // CTAs per cluster
 constexpr int kAcc = DG_ACC;  // dg::AccMode
 constexpr int kMathWGs = DG_MATH_WGS;  // math warpgroups (1 only on 64-row tiles)
-using Traits = dg::GemmTraits<kBM, kBN, kStages, kSplitK, kMathWGs>;
+constexpr int kGrouped = DG_GROUPED;   // dg::GroupMode: plain, m-grouped contiguous or m-grouped masked
+using Traits = dg::GemmTraits<kBM, kBN, kStages, kSplitK, kMathWGs, kGrouped>;
 using Layout = typename Traits::Layout;
-constexpr auto kKernel = dg::fp8_gemm_kernel<kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK, kMathWGs>;
+constexpr auto kKernel =
+    dg::fp8_gemm_kernel<kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK, kMathWGs, kGrouped>;
 
 #define DG_CUDA_CHECK(expr)                                                                   \
   do {                                                                                        \
@@ -67,10 +69,17 @@ CUtensorMap tensor_map_2d(const void* base, CUtensorMapDataType type, uint64_t i
 // out = (a * a_scales) @ (b * b_scales)^T (+ bias), written into `out` (M, N) bf16 or fp32.
 // a_scales: (M, K/128) fp32 with strides (1, M_pad), M_pad % 4 == 0. bias_kind: 0 none, 1 fp32, 2 bf16.
 // stream: the caller's current CUDA stream (passed from Python: no torch CUDA headers needed here).
+// Grouped variants (scheduler.cuh): b is (groups * N, K) and b_scales (groups * ceil(N/128), K/128);
+// group_rows (groups,) int32 on the device, group_stride the alignment (contiguous) or max_m (masked). Plain
+// variants take groups = 0.
 void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b, const at::Tensor& b_scales,
               at::Tensor& out, const at::Tensor& bias, int64_t bias_kind, int64_t num_sms, int64_t group_n, int64_t l2_hints,
-              const at::Tensor& stream_k_workspace, int64_t stream) {
-  const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
+              const at::Tensor& stream_k_workspace, const at::Tensor& group_rows, int64_t groups, int64_t group_stride,
+              int64_t stream) {
+  TORCH_CHECK(kGrouped == dg::kGroupNone ? groups == 0 : groups >= 1 && groups <= dg::kMaxGroups && group_stride > 0,
+              "deepergemm: this variant takes ", kGrouped == dg::kGroupNone ? "no groups" : "1..256 groups", ", got ",
+              groups, " (stride ", group_stride, ")");
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(0) / (groups > 0 ? groups : 1);
   TORCH_CHECK(k % dg::kBlockK == 0 && n % 8 == 0 && m > 0, "deepergemm: bad GEMM shape ", m, "x", n, "x", k);
   TORCH_CHECK(a.stride(1) == 1 && b.stride(1) == 1 && out.is_contiguous() && b_scales.is_contiguous(),
               "deepergemm: a, b must be K-major and out, b_scales contiguous");
@@ -111,6 +120,15 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   p.group_n = static_cast<int>(group_n);
   p.l2_a = static_cast<int>(l2_hints & 3);         // dg::L2Priority of the A loads...
   p.l2_b = static_cast<int>((l2_hints >> 2) & 3);  // ...and of the B loads
+  p.group_rows = nullptr;
+  p.groups = static_cast<int>(groups);
+  p.group_stride = static_cast<int>(group_stride);
+  if (kGrouped != dg::kGroupNone) {
+    TORCH_CHECK(group_rows.is_cuda() && group_rows.scalar_type() == at::kInt && group_rows.numel() == groups &&
+                    b.size(0) == groups * n,
+                "deepergemm: grouped GEMM needs group_rows (", groups, ",) int32 on the GPU and b (groups * N, K)");
+    p.group_rows = group_rows.data_ptr<int>();
+  }
 
   static bool attributes_set = false;  // per module = per variant; the value is the same on every device
   if (!attributes_set) {
@@ -120,7 +138,12 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   }
   // One unit = kClusterM x kClusterN tiles (scheduler.cuh; with split-K one tile for kSplitK CTAs); one cluster per unit, at most as many
   // clusters as fit on the GPU at once (a GPC's SMs need not divide into whole clusters).
-  const int64_t units = ((m + kBM * kClusterM - 1) / (kBM * kClusterM)) * ((n + kBN * kClusterN - 1) / (kBN * kClusterN));
+  // Grouped: the kernel counts its tiles from the device's row counts; the grid takes the most there can be
+  // (every group's rows may start a tile of their own), idle CTAs leave at once.
+  const int64_t m_tiles = kGrouped == dg::kGroupNone ? (m + kBM - 1) / kBM
+                          : kGrouped == dg::kGroupMasked ? groups * ((group_stride + kBM - 1) / kBM)
+                                                         : (m + kBM - 1) / kBM + groups;
+  const int64_t units = ((m_tiles + kClusterM - 1) / kClusterM) * ((n + kBN * kClusterN - 1) / (kBN * kClusterN));
   cudaLaunchConfig_t config = {};
   config.blockDim = dim3(Traits::kThreads);
   config.dynamicSmemBytes = Layout::kDynamicBytes;
@@ -151,7 +174,8 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   p.sk_units = 0;
   p.sk_partials = nullptr;
   p.sk_flags = nullptr;
-  if (stream_k_workspace.numel() > 0 && kSplitK == 1 && kAcc == dg::kAccSingle && units > clusters &&
+  if (stream_k_workspace.numel() > 0 && kSplitK == 1 && kAcc == dg::kAccSingle && kGrouped == dg::kGroupNone &&
+      units > clusters &&
       units % clusters != 0) {
     // num_sms flags per math warpgroup, then num_sms slots (the grid has at most num_sms CTAs)
     TORCH_CHECK(stream_k_workspace.is_cuda() && stream_k_workspace.scalar_type() == at::kInt &&
@@ -166,5 +190,5 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
 
 // The compile-time facts of this variant, for Python's checks and reports.
 std::vector<int64_t> variant_info() {
-  return {kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK, kMathWGs, Layout::kDynamicBytes};
+  return {kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK, kMathWGs, kGrouped, Layout::kDynamicBytes};
 }

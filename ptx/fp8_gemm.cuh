@@ -46,6 +46,10 @@ struct GemmParams {
   int sk_units;              // stream-K tail units (scheduler.cuh; 0: none)
   float* sk_partials;        // stream-K workspace: one slot of BM x BN fp32 partial sums per CTA of the grid...
   int* sk_flags;             // ...and one flag per slot and math warpgroup (0 between launches)
+  // Grouped GEMMs (GM != kGroupNone, scheduler.cuh): B is (groups * N, K), its scales (groups * ceil(N/128), K/128).
+  const int* group_rows;     // (groups,) int32 on the device: real rows per group (contiguous) or masked_m
+  int groups;                // 1..kMaxGroups
+  int group_stride;          // masked: max_m (rows of A per group); contiguous: the segments' alignment
 };
 
 constexpr int kProducerRegs = 40;
@@ -139,7 +143,7 @@ __device__ __forceinline__ void life_stamp_after(const void* log, int e, float a
 
 constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
 
-template <int BM, int BN, int STAGES, int KS = 1, int WGS = 2>
+template <int BM, int BN, int STAGES, int KS = 1, int WGS = 2, int GM = kGroupNone>
 struct GemmTraits {
   static_assert(BM == 64 || BM == 128 || BM == 256, "BLOCK_M is 64, 128 or 256");
   // Math warpgroups: two, or one on 64-row tiles (it then takes all BN columns: wider wgmmas, one wait
@@ -161,7 +165,9 @@ struct GemmTraits {
   static constexpr int kEpiBoxes = kWgN >= 64 ? 64 / kEpiN : 1;
   static constexpr int kBandN = kEpiN * kEpiBoxes;
   static constexpr int kBands = (kWgN + kBandN - 1) / kBandN;
-  using Layout = SmemLayout<BM, BN, STAGES, 64, kBandN, KS, WGS>;
+  // grouped GEMMs: the group table (tiles before, start and end of every group) after everything else
+  static constexpr int kGroupTableInts = GM != kGroupNone ? 3 * kMaxGroups + 1 : 0;
+  using Layout = SmemLayout<BM, BN, STAGES, 64, kBandN, KS, WGS, kGroupTableInts>;
   // A warpgroup's columns start at multiples of gcd(kWgN, 128) inside a 128-wide B-scale block, so
   // they touch at most two blocks iff 128 - gcd + kWgN <= 256, else three (BN = 176: a tile starting 96
   // or 112 columns into a block ends in the block after next).
@@ -249,10 +255,10 @@ __device__ __forceinline__ void load_operand(void* dst, const CUtensorMap* map, 
   }
 }
 
-template <int OPERANDS, int BM, int BN, int STAGES, int CM, int CN, int KS>
+template <int OPERANDS, int BM, int BN, int STAGES, int GM, int CM, int CN, int KS>
 __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>& sched, const GemmParams& p,
-                                                 uint8_t* smem, uint64_t* full, uint64_t* empty,
-                                                 const CUtensorMap* map_a, const CUtensorMap* map_b,
+                                                 const GroupTable& groups, uint8_t* smem, uint64_t* full,
+                                                 uint64_t* empty, const CUtensorMap* map_a, const CUtensorMap* map_b,
                                                  const CUtensorMap* map_sa) {
   using L = SmemLayout<BM, BN, STAGES, 64, 16>;  // the epilogue size does not move the tile offsets
   // In a cluster, A is shared by the CN CTAs of an M-block and B by the CM CTAs of an N-block: each loads
@@ -270,6 +276,8 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
   int j = 0;
   Work w = sched.work(0);
   int k_block = w.k_begin;
+  TileRows tile{};  // grouped: the work's rows of A and its group's rows of B, looked up once per work
+  if constexpr (GM != kGroupNone) tile = groups.rows(w.m_block, BM);
   RingPos<STAGES> pos;
   for (uint32_t s = 0; s < steps; ++s, pos.advance()) {
     const uint32_t stage = pos.stage;
@@ -282,8 +290,10 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
     }
 #endif
     mbar_arrive_expect_tx(&full[stage], kBytes);
-    // A padding tile of a cluster loads real rows (its results are never stored); B rows past N read as 0.
-    const int m_load = min(w.m_block, sched.m_tiles - 1) * BM;
+    // A padding tile of a cluster loads real rows (its results are never stored); B rows past N read as 0
+    // (grouped: the next group's rows, whose products land in columns that are never stored).
+    const int m_load = GM != kGroupNone ? tile.row0 : min(w.m_block, sched.m_tiles - 1) * BM;
+    const int n_load = (GM != kGroupNone ? tile.group * p.n : 0) + w.n_block * BN;
     if constexpr ((OPERANDS & kLoadA) != 0) {
       load_operand<(CN > 1)>(smem + L::kA + stage * L::kABytes + sched.rank_n * kASlice * kSwizzleBytes, map_a,
                              &full[stage], k_block * kBlockK, m_load + sched.rank_n * kASlice, a_mask, a_hinted,
@@ -291,7 +301,7 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
     }
     if constexpr ((OPERANDS & kLoadB) != 0) {
       load_operand<(CM > 1)>(smem + L::kB + stage * L::kBBytes + sched.rank_m * kBSlice * kSwizzleBytes, map_b,
-                             &full[stage], k_block * kBlockK, w.n_block * BN + sched.rank_m * kBSlice, b_mask,
+                             &full[stage], k_block * kBlockK, n_load + sched.rank_m * kBSlice, b_mask,
                              b_hinted, b_policy);
     }
     if constexpr ((OPERANDS & kLoadSA) != 0) {
@@ -301,6 +311,7 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
     if (++k_block == w.k_end && s + 1 < steps) {  // incremental: no division per step
       w = sched.work(++j);
       k_block = w.k_begin;
+      if constexpr (GM != kGroupNone) tile = groups.rows(w.m_block, BM);
     }
   }
 }
@@ -308,34 +319,39 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
 // Lane i prepares step base + i (its B scales are global loads: 32 steps share one latency), then the
 // warp hands the steps to the stages in order, lane j writing step base + j and arriving on full. The
 // next batch's loads are issued before this batch is handed out, so their latency hides behind it.
-template <int BM, int BN, int CM, int CN, int KS>
+// Grouped GEMMs publish the tile's first row in m_block and its group's end row in k_block (which the math
+// warpgroups do not read otherwise), and take the B scales of the tile's group.
+template <int BM, int BN, int GM, int CM, int CN, int KS>
 __device__ __forceinline__ StepMeta prepare_step_meta(const TileScheduler<CM, CN, KS>& sched, const GemmParams& p,
-                                                      uint32_t step, uint32_t steps) {
+                                                      const GroupTable& groups, uint32_t step, uint32_t steps) {
   StepMeta meta;
   if (step < steps) {
     const Step st = sched.step(step);
     const int nb0 = st.n_block * BN / kBlockK;
     const int nb_last = (p.n - 1) / kBlockK;
-    const float* col = p.b_scales + static_cast<int64_t>(nb0) * p.k_blocks + st.k_block;
+    TileRows tile{};
+    if constexpr (GM != kGroupNone) tile = groups.rows(st.m_block, BM);
+    const float* col = p.b_scales + (static_cast<int64_t>(tile.group) * (nb_last + 1) + nb0) * p.k_blocks + st.k_block;
 #pragma unroll
     for (int j = 0; j < kMaxScaleBlocks; ++j) meta.sb[j] = ld_global_nc_f32(col + min(j, nb_last - nb0) * p.k_blocks);
-    meta.m_block = st.m_block;
+    meta.m_block = GM != kGroupNone ? tile.row0 : st.m_block;
     meta.n_block = st.n_block;
-    meta.k_block = st.k_block;
+    meta.k_block = GM != kGroupNone ? tile.row_end : st.k_block;
     meta.last_k = st.last_k | (st.first_of_tail ? kFirstOfTail : 0);
   }
   return meta;
 }
 
-template <int BM, int BN, int STAGES, int CM, int CN, int KS>
-__device__ __forceinline__ void publish_step_meta(const TileScheduler<CM, CN, KS>& sched, const GemmParams& p, uint8_t* smem,
-                                                  uint64_t* full, uint64_t* empty, int lane) {
+template <int BM, int BN, int STAGES, int GM, int CM, int CN, int KS>
+__device__ __forceinline__ void publish_step_meta(const TileScheduler<CM, CN, KS>& sched, const GemmParams& p,
+                                                  const GroupTable& groups, uint8_t* smem, uint64_t* full,
+                                                  uint64_t* empty, int lane) {
   using L = SmemLayout<BM, BN, STAGES, 64, 16>;
   const uint32_t steps = sched.num_steps();
   RingPos<STAGES> pos;
-  StepMeta meta = prepare_step_meta<BM, BN>(sched, p, lane, steps);
+  StepMeta meta = prepare_step_meta<BM, BN, GM>(sched, p, groups, lane, steps);
   for (uint32_t base = 0; base < steps; base += 32) {
-    const StepMeta next = prepare_step_meta<BM, BN>(sched, p, base + 32 + lane, steps);
+    const StepMeta next = prepare_step_meta<BM, BN, GM>(sched, p, groups, base + 32 + lane, steps);
     const uint32_t count = min(32u, steps - base);
     for (uint32_t j = 0; j < count; ++j, pos.advance()) {
       mbar_wait(&empty[pos.stage], pos.phase ^ 1);
@@ -349,6 +365,35 @@ __device__ __forceinline__ void publish_step_meta(const TileScheduler<CM, CN, KS
   }
 }
 
+// Grouped GEMMs: one warp fills the shared-memory group table (scheduler.cuh) from the row counts on the
+// device, 32 groups at a time (two prefix sums over the warp: segment rows and M-tiles), before the
+// kernel's first barrier. Reading the counts here, not on the host, keeps the launch free of host
+// synchronization (CUDA graphs replay it with new counts).
+template <int BM, int GM>
+__device__ __forceinline__ void build_group_table(const GemmParams& p, int* table, int lane) {
+  int* tiles_before = table;
+  int* start = table + kMaxGroups + 1;
+  int* end = start + kMaxGroups;
+  int tiles_done = 0, rows_done = 0;  // over the groups of earlier rounds (rows: saturated at M)
+  for (int base = 0; base < p.groups; base += 32) {
+    const int g = base + lane;
+    const int requested = g < p.groups ? ld_global_nc_s32(p.group_rows + g) : 0;
+    const int span = GM == kGroupContiguous && g < p.groups ? group_span(requested, p.group_stride, p.m) : 0;
+    const int span_incl = warp_inclusive_sum(span);
+    const GroupExtent e = group_extent(GM, g, requested, rows_done + span_incl - span, p.group_stride, p.m);
+    const int tiles = g < p.groups ? (e.rows + BM - 1) / BM : 0;
+    const int tiles_incl = warp_inclusive_sum(tiles);
+    if (g < p.groups) {
+      tiles_before[g] = tiles_done + tiles_incl - tiles;
+      start[g] = e.start;
+      end[g] = e.start + e.rows;
+    }
+    tiles_done += __shfl_sync(0xffffffffu, tiles_incl, 31);
+    rows_done = min(rows_done + __shfl_sync(0xffffffffu, span_incl, 31), p.m);
+  }
+  if (lane == 0) tiles_before[p.groups] = tiles_done;
+}
+
 // ---------------------------------------------------------------------------------------------
 // math warpgroups
 // ---------------------------------------------------------------------------------------------
@@ -359,7 +404,8 @@ struct StepScales {
   float g_lo[kMaxSlabs], g_hi[kMaxSlabs];  // of the warpgroup's first 128-column block (f) and of the next (g)
   float h_lo[kMaxSlabs], h_hi[kMaxSlabs];  // ...and of the one after (GemmTraits::kThreeScaleBlocks only)
   int sb_switch;        // first warpgroup column that uses g (>= kWgN: none); h from sb_switch + 128
-  int m_block, n_block, last_k;  // last_k: 0, or 1 + TileFixup (scheduler.cuh)
+  int m_block, n_block, last_k;  // last_k: 0, or 1 + TileFixup (scheduler.cuh); grouped: m_block is a row
+  int row_end;          // grouped: the tile's group ends at this row (rows from here on are not stored)
   bool first_of_tail;   // a stream-K tail starts: its sums start from the previous cluster's head
   uint32_t stage;       // the stage the step's operands sit in (freed when it retires)
 };
@@ -407,10 +453,10 @@ constexpr int kPromoteSearch = DG_PROMOTE_SEARCH;
 #endif
 constexpr int kReleaseMode = DG_RELEASE_MODE;
 
-template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS>
+template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS, int GM>
 struct MathWarpgroup {
   static constexpr int kCluster = CM * CN;  // the multicast group: CTAs that share (and release) stages
-  using T = GemmTraits<BM, BN, STAGES, KS, WGS>;
+  using T = GemmTraits<BM, BN, STAGES, KS, WGS, GM>;
   using L = typename T::Layout;
   static_assert(KS == 1 || T::kSlabs == 1, "split-K clusters are built for one-slab tiles");
   static constexpr int kRegs = T::kRegs;
@@ -488,6 +534,7 @@ struct MathWarpgroup {
     const uint4 coords = ld_shared_v4(meta + 4 * kMaxScaleBlocks);
     sc.m_block = static_cast<int>(coords.x);
     sc.n_block = static_cast<int>(coords.y);
+    if constexpr (GM != kGroupNone) sc.row_end = static_cast<int>(coords.z);
     sc.last_k = static_cast<int>(coords.w & (kFirstOfTail - 1));
     sc.first_of_tail = (coords.w & kFirstOfTail) != 0;
     const int n_tile = sc.n_block * BN, n0 = n_tile + col_base;
@@ -549,13 +596,16 @@ struct MathWarpgroup {
     }
   }
 
+  // Where a tile's stored rows end: the problem's last row, or (grouped) the end of the tile's group.
+  __device__ __forceinline__ int row_end_of(const StepScales& sc) const { return GM != kGroupNone ? sc.row_end : p.m; }
+
   // Promote a completed step's partial sums into total, and finish the tile if it was the tile's last
   // K block (one-slab tiles; 256-row tiles finish both slabs in run()).
   // (Also the last step of the one-set loop: no tile follows.)
   __device__ __forceinline__ void promote(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc) {
     promote_only(acc, total, sc, 0);
     if (sc.last_k) {
-      finish_tile(total, stream_k_head_done(total, sc), sc.n_block);
+      finish_tile(total, stream_k_head_done(total, sc), sc.n_block, row_end_of(sc));
 #pragma unroll
       for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
     }
@@ -565,7 +615,7 @@ struct MathWarpgroup {
   // (store it, or hand its partial sums on) and start the sums of the tile whose first step is `next`.
   __device__ __forceinline__ void finish_if_last(float (&total)[kRegs], const StepScales& sc, const StepScales& next) {
     if (sc.last_k) {
-      finish_tile(total, stream_k_head_done(total, sc), sc.n_block);
+      finish_tile(total, stream_k_head_done(total, sc), sc.n_block, row_end_of(sc));
       start_sums(total, next, 0);
     }
   }
@@ -573,7 +623,7 @@ struct MathWarpgroup {
   // A tile's sums start at zero, or for a stream-K tail from the previous cluster's head (loaded straight
   // into them: the loads' latency hides behind the step's wgmmas until its promotion needs them).
   __device__ __forceinline__ void start_sums(float (&total)[kRegs], const StepScales& first, int slab) {
-    if (KS == 1 && ACC == kAccSingle && first.first_of_tail) {
+    if (KS == 1 && ACC == kAccSingle && GM == kGroupNone && first.first_of_tail) {
       if (slab == 0) stream_k_wait();
       const float* slot = stream_k_slot(sched.cluster - 1) + slab * kRegs * (128 * WGS);
       if constexpr (kStreamKVectors) {
@@ -596,7 +646,7 @@ struct MathWarpgroup {
   // same code path either way: a path that skipped the epilogue made ptxas spill the totals). Returns
   // the M-block to store.
   __device__ __forceinline__ int stream_k_head_done(const float (&total)[kRegs], const StepScales& sc) {
-    if (KS == 1 && ACC == kAccSingle && sc.last_k - 1 == kFixContribute) {
+    if (KS == 1 && ACC == kAccSingle && GM == kGroupNone && sc.last_k - 1 == kFixContribute) {
       stream_k_write(total, 0);
       if constexpr (T::kSlabs == 1) stream_k_publish();
       return (p.m + BM - 1) / BM;
@@ -605,7 +655,7 @@ struct MathWarpgroup {
   }
   // ...and slab 1 of 256-row tiles (after slab 0): the flag covers both.
   __device__ __forceinline__ void stream_k_head_done_slab1(const float (&total1)[kRegs], const StepScales& sc) {
-    if (sc.last_k - 1 == kFixContribute) {
+    if (GM == kGroupNone && sc.last_k - 1 == kFixContribute) {
       stream_k_write(total1, 1);
       stream_k_publish();
     }
@@ -668,7 +718,7 @@ struct MathWarpgroup {
   // rank 0's shared memory (st.shared::cluster), rank 0 adds them to its own in rank order (a fixed
   // order: deterministic) and stores the tile. Each thread moves its own accumulators, so slot element
   // (i, thread) is the same output element in every rank. Once per tile.
-  __device__ __forceinline__ void finish_tile(float (&total)[kRegs], int m_block, int n_block) {
+  __device__ __forceinline__ void finish_tile(float (&total)[kRegs], int m_block, int n_block, int row_end) {
     if constexpr (KS > 1) {
       constexpr uint32_t kMathThreads = 128 * WGS;
       const uint32_t thread = wg * 128 + tid;  // of the kMathThreads math threads
@@ -700,11 +750,11 @@ struct MathWarpgroup {
         }
 #pragma unroll
         for (int r = 1; r < KS; ++r) mbar_arrive_cluster<true>(&red[1], r);
-        epilogue(total, m_block, n_block, 0);
+        epilogue(total, m_block, n_block, 0, row_end);
       }
       red_phase ^= 1;
     } else {
-      epilogue(total, m_block, n_block, 0);
+      epilogue(total, m_block, n_block, 0, row_end);
     }
   }
 
@@ -832,8 +882,9 @@ struct MathWarpgroup {
   }
 
   // Accumulator element (j, e) of this thread: row warp*16 + lane/4 (+8 for e >= 2),
-  // column 8j + 2*(lane%4) + (e & 1).
-  __device__ __forceinline__ void epilogue(float (&total)[kRegs], int m_block, int n_block, int slab) {
+  // column 8j + 2*(lane%4) + (e & 1). Rows from row_end on are not stored (p.m; grouped: the group's end).
+  // m_block: the tile's M index, or (grouped) its first row.
+  __device__ __forceinline__ void epilogue(float (&total)[kRegs], int m_block, int n_block, int slab, int row_end) {
 #ifdef DG_ABLATE_EPILOGUE
     float sum = 0.f;  // one use of every total (never stored), so the promotion stays
 #pragma unroll
@@ -841,7 +892,7 @@ struct MathWarpgroup {
     if (__float_as_uint(sum) == 0x7fc00001u) static_cast<float*>(p.out)[0] = 0.f;
     return;
 #endif
-    const int m0 = m_block * BM + row_base + 128 * slab;
+    const int m0 = (GM != kGroupNone ? m_block : m_block * BM) + row_base + 128 * slab;
     const int n0 = n_block * BN + col_base;
     const int quad_col = 2 * (lane % 4);
     if (p.bias_kind != kBiasNone) {
@@ -864,8 +915,8 @@ struct MathWarpgroup {
       for (int j = 0; j < T::kGroups8; ++j) {
         const int col = n0 + 8 * j + quad_col;
         if (col < p.n) {
-          if (r < p.m) store_f32_pair(out + static_cast<int64_t>(r) * p.n + col, total[4 * j], total[4 * j + 1]);
-          if (r + 8 < p.m)
+          if (r < row_end) store_f32_pair(out + static_cast<int64_t>(r) * p.n + col, total[4 * j], total[4 * j + 1]);
+          if (r + 8 < row_end)
             store_f32_pair(out + static_cast<int64_t>(r + 8) * p.n + col, total[4 * j + 2], total[4 * j + 3]);
         }
       }
@@ -884,6 +935,25 @@ struct MathWarpgroup {
     const uint32_t row_offset = row * kBoxPitch;
     const uint32_t swizzle = ((row_offset >> 7) & (T::kEpiN * 2 / 16 - 1)) << 4;  // TMA's 32B/64B/128B swizzle
     const int warp_m = m0 + warp * 16;
+    if constexpr (GM != kGroupNone) {
+      // A warp whose 16 rows straddle its group's end stores from registers: a TMA box would also write
+      // the rows after it (the next group's, or padding the caller keeps).
+      if (warp_m < row_end && warp_m + 16 > row_end) {
+        uint16_t* out = static_cast<uint16_t*>(p.out);  // bf16
+        const int r = warp_m + lane / 4;
+#pragma unroll
+        for (int j = 0; j < T::kGroups8; ++j) {
+          const int col = n0 + 8 * j + quad_col;
+          if (col < p.n) {
+            if (r < row_end) st_global_b32(out + static_cast<int64_t>(r) * p.n + col,
+                                           pack_bf16x2(total[4 * j], total[4 * j + 1]));
+            if (r + 8 < row_end) st_global_b32(out + static_cast<int64_t>(r + 8) * p.n + col,
+                                               pack_bf16x2(total[4 * j + 2], total[4 * j + 3]));
+          }
+        }
+        return;
+      }
+    }
 #pragma unroll
     for (int band = 0; band < T::kBands; ++band) {
       constexpr int kLastBandN = T::kWgN - (T::kBands - 1) * T::kBandN;
@@ -902,7 +972,7 @@ struct MathWarpgroup {
       fence_proxy_async_shared();  // each lane's stmatrix writes, before the TMA engine reads them
       const int band_n = n0 + band * T::kBandN;
       __syncwarp();
-      if (lane == 0 && warp_m < p.m && band_n < p.n) {  // skip slices wholly outside (e.g. a padding tile)
+      if (lane == 0 && warp_m < row_end && band_n < p.n) {  // skip slices wholly outside (e.g. a padding tile)
 #pragma unroll
         for (int box = 0; box < band_cols / T::kEpiN; ++box) {
           const int box_n = band_n + box * T::kEpiN;
@@ -937,8 +1007,8 @@ struct MathWarpgroup {
       auto store_tile = [&](const StepScales& sc) {
         const int m_block = stream_k_head_done(total, sc);
         stream_k_head_done_slab1(total1, sc);
-        epilogue(total, m_block, sc.n_block, 0);
-        epilogue(total1, m_block, sc.n_block, 1);
+        epilogue(total, m_block, sc.n_block, 0, row_end_of(sc));
+        epilogue(total1, m_block, sc.n_block, 1, row_end_of(sc));
       };
       StepScales next;
       acquire(sc0);
@@ -1078,12 +1148,15 @@ struct MathWarpgroup {
 // ---------------------------------------------------------------------------------------------
 // the kernel
 // ---------------------------------------------------------------------------------------------
-template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS>
-__global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS>::kThreads, 1)
+template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS, int GM = kGroupNone>
+__global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThreads, 1)
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                     const __grid_constant__ CUtensorMap map_sa, const __grid_constant__ CUtensorMap map_out,
                     const GemmParams p) {
-  using Traits = GemmTraits<BM, BN, STAGES, KS, WGS>;
+  // Grouped GEMMs: the two M-tiles of a B-multicast pair may belong to different groups (other B tiles), and
+  // split-K / stream-K need the tile count on the host.
+  static_assert(GM == kGroupNone || (CM == 1 && KS == 1), "grouped GEMMs run without B multicast or split-K");
+  using Traits = GemmTraits<BM, BN, STAGES, KS, WGS, GM>;
   using L = typename Traits::Layout;
   constexpr int MCAST = CM * CN;         // CTAs that share stages by multicast
   constexpr int CLUSTER = CM * CN * KS;  // ...times the K splits of one tile
@@ -1113,6 +1186,11 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS>::kThreads,
     }
     fence_barrier_init();
   }
+  int* group_table = reinterpret_cast<int*>(smem + L::kGroupTable);
+  if constexpr (GM != kGroupNone) {
+    if (threadIdx.x / 32 == 1) build_group_table<BM, GM>(p, group_table, threadIdx.x % 32);
+    if constexpr (CLUSTER > 1) __syncthreads();  // the cluster barrier below arrives relaxed: no release
+  }
   // The partner's barriers must be initialised before its first multicast or remote arrive.
 #ifdef DG_INIT_RELEASE_ARRIVE  // developers' switch: the full release-acquire sync used before
   if constexpr (CLUSTER == 1) __syncthreads(); else cluster_sync();
@@ -1121,7 +1199,9 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS>::kThreads,
 #endif
   if (threadIdx.x == 0) life_stamp(p.bias, kLifeInit);
 
-  const TileScheduler<CM, CN, KS> sched((p.m + BM - 1) / BM, (p.n + BN - 1) / BN, p.k_blocks, p.group_n,
+  const GroupTable groups{group_table, group_table + kMaxGroups + 1, group_table + 2 * kMaxGroups + 1, p.groups};
+  const TileScheduler<CM, CN, KS> sched(GM != kGroupNone ? groups.m_tiles() : (p.m + BM - 1) / BM,
+                                     (p.n + BN - 1) / BN, p.k_blocks, p.group_n,
                                      CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()),
                                      static_cast<int>(blockIdx.x) / CLUSTER, static_cast<int>(gridDim.x) / CLUSTER,
                                      p.sk_units);
@@ -1129,19 +1209,21 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS>::kThreads,
     if constexpr (WGS > 1) setmaxnreg_dec<kProducerRegs>();  // (256 threads: registers enough for all)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (warp == 1) {
-      publish_step_meta<BM, BN, STAGES>(sched, p, smem, full, empty, lane);
+      publish_step_meta<BM, BN, STAGES, GM>(sched, p, groups, smem, full, empty, lane);
     } else if (lane == 0) {  // producer (warp + 1) / 2: warps 0, 2, 3
-      if (warp == 0) produce_operands<producer_operands(0), BM, BN, STAGES>(sched, p, smem, full, empty, &map_a, &map_b, &map_sa);
+      if (warp == 0) produce_operands<producer_operands(0), BM, BN, STAGES, GM>(sched, p, groups, smem, full, empty, &map_a, &map_b, &map_sa);
       if (kProducers > 1 && warp == 2)
-        produce_operands<producer_operands(1), BM, BN, STAGES>(sched, p, smem, full, empty, &map_a, &map_b, &map_sa);
+        produce_operands<producer_operands(1), BM, BN, STAGES, GM>(sched, p, groups, smem, full, empty, &map_a, &map_b,
+                                                                 &map_sa);
       if (kProducers > 2 && warp == 3)
-        produce_operands<producer_operands(2), BM, BN, STAGES>(sched, p, smem, full, empty, &map_a, &map_b, &map_sa);
+        produce_operands<producer_operands(2), BM, BN, STAGES, GM>(sched, p, groups, smem, full, empty, &map_a, &map_b,
+                                                                 &map_sa);
     }
   } else {
     if constexpr (WGS > 1) setmaxnreg_inc<kMathRegs>();
     // The warpgroup index through a shuffle: ptxas then treats it (and the A descriptors built from it)
     // as warp-uniform and keeps them in uniform registers (no R2UR between the wgmmas).
-    MathWarpgroup<BM, BN, STAGES, ACC, CM, CN, KS, WGS> math(p, sched, &map_out, smem, full, empty,
+    MathWarpgroup<BM, BN, STAGES, ACC, CM, CN, KS, WGS, GM> math(p, sched, &map_out, smem, full, empty,
                                                         reinterpret_cast<uint64_t*>(smem + L::kRedBarriers),
                                                         __shfl_sync(0xffffffffu, wg - 1, 0));
     math.run();

@@ -10,6 +10,7 @@
 //    first_of_tail and ends with kFixOwn; every other tile ends with kFixStore; the clusters' step counts
 //    differ by at most one K block plus nothing else (the tail wave is evened out).
 // Prints one line per failure and exits 1 if there was any.
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <tuple>
@@ -182,9 +183,77 @@ void check_shapes() {
   }
 }
 
+// Grouped GEMMs: the group table built the kernel's way (scheduler.cuh's group_span and group_extent, summed
+// in order as the kernel's warp does in rounds of 32), against a row-by-row definition: every real row of
+// every group lies in exactly one of the table's M-tiles (GroupTable::rows), no tile starts outside its
+// group's real rows, tiles never reach into another group's rows before their end, and nothing lies past
+// row M. Sizes include zeros, negatives, overlong and misaligned counts.
+void check_groups(int mode, const std::vector<int>& requested, int stride, int m, int bm) {
+  const int groups = static_cast<int>(requested.size());
+  std::vector<int> tiles_before(groups + 1), start(groups), end(groups);
+  int tiles = 0, offset = 0;
+  for (int g = 0; g < groups; ++g) {
+    const dg::GroupExtent e = dg::group_extent(mode, g, requested[g], offset, stride, m);
+    if (mode == dg::kGroupContiguous) offset = std::min(offset + dg::group_span(requested[g], stride, m), m);
+    tiles_before[g] = tiles;
+    start[g] = e.start;
+    end[g] = e.start + e.rows;
+    tiles += (e.rows + bm - 1) / bm;
+  }
+  tiles_before[groups] = tiles;
+  const dg::GroupTable table{tiles_before.data(), start.data(), end.data(), groups};
+  // the definition: contiguous segments of round_up(size, align) rows back to back, masked g * max_m
+  std::vector<int> owner(m, -1);
+  int seg = 0;
+  for (int g = 0; g < groups; ++g) {
+    const int want = std::max(requested[g], 0);
+    const int first = mode == dg::kGroupMasked ? g * stride : seg;
+    const int real = mode == dg::kGroupMasked ? std::min(want, stride) : want;
+    for (int r = first; r < first + real && r < m; ++r) owner[r] = g;
+    if (mode == dg::kGroupContiguous) seg += (want + stride - 1) / stride * stride;
+    if (seg > m) seg = m;
+  }
+  std::vector<int> covered(m, 0);
+  for (int t = 0; t < table.m_tiles(); ++t) {
+    const dg::TileRows r = table.rows(t, bm);
+    CHECK(r.row0 >= 0 && r.row0 < r.row_end && r.row_end <= m && owner[r.row0] == r.group,
+          "groups mode %d: tile %d starts at row %d (group %d, end %d)", mode, t, r.row0, r.group, r.row_end);
+    for (int row = std::max(r.row0, 0); row < std::min(std::min(r.row0 + bm, r.row_end), m); ++row) {
+      CHECK(owner[row] == r.group, "groups mode %d: tile %d row %d belongs to %d, not %d", mode, t, row, owner[row],
+            r.group);
+      ++covered[row];
+    }
+  }
+  for (int row = 0; row < m; ++row) {
+    CHECK(covered[row] == (owner[row] >= 0 ? 1 : 0), "groups mode %d: row %d (group %d) covered %d times", mode,
+          row, owner[row], covered[row]);
+  }
+}
+
+void check_group_tables() {
+  unsigned seed = 12345;
+  auto next = [&seed](int mod) { seed = seed * 1103515245u + 12345u; return static_cast<int>((seed >> 8) % mod); };
+  for (int bm : {64, 128, 256}) {
+    for (int trial = 0; trial < 200; ++trial) {
+      const int groups = 1 + next(trial < 100 ? 8 : dg::kMaxGroups);
+      std::vector<int> sizes(groups);
+      for (int& v : sizes) v = next(10) == 0 ? -next(50) : next(10) == 0 ? 0 : next(3 * bm);
+      if (bm <= 128) {  // contiguous: alignment 128, A sized for the segments, shorter, or longer
+        int need = 0;
+        for (int v : sizes) need += (std::max(v, 0) + 127) / 128 * 128;
+        const int m = std::max(1, trial % 3 == 0 ? need : trial % 3 == 1 ? need / 2 + 1 : need + 300);
+        check_groups(dg::kGroupContiguous, sizes, 128, m, bm);
+      }
+      const int max_m = 1 + next(3 * bm);
+      check_groups(dg::kGroupMasked, sizes, max_m, groups * max_m, bm);
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
+  check_group_tables();
   check_shapes<1, 1, 1>();
   check_shapes<2, 1, 1>();
   check_shapes<1, 2, 1>();

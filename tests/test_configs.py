@@ -125,7 +125,7 @@ def test_split_k_switch_and_keys(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
     assert configs.select(64, 2112, 7168, H100_SMS).variant.key == "64x32s16dm1"
     v = configs.parse_key("64x64s12dk2")
-    assert (v.splits, v.cluster, v.key, v.template_args) == (2, 2, "64x64s12dk2", "64, 64, 12, 2, 1, 1, 2, 2")
+    assert (v.splits, v.cluster, v.key, v.template_args) == (2, 2, "64x64s12dk2", "64, 64, 12, 2, 1, 1, 2, 2, 0")
     assert v.smem_bytes == configs.parse_key("64x64s12d").smem_bytes + 64 * 64 * 4 + 16
     with pytest.raises(ValueError, match="128-row tiles without multicast"):
         configs.parse_key("128x128s6wc2k2")
@@ -293,7 +293,7 @@ def test_256_row_tiles_take_one_partial_set():
 
 def test_one_math_warpgroup_variants():
     v = configs.parse_key("64x16s16dm1")
-    assert (v.math_wgs, v.wg_n, v.key, v.template_args) == (1, 16, "64x16s16dm1", "64, 16, 16, 2, 1, 1, 1, 1")
+    assert (v.math_wgs, v.wg_n, v.key, v.template_args) == (1, 16, "64x16s16dm1", "64, 16, 16, 2, 1, 1, 1, 1, 0")
     assert v.compile_defines()["DG_MATH_WGS"] == 1
     # one warpgroup's staging buffer: less shared memory than the two-warpgroup twin
     assert v.smem_bytes < configs.parse_key("64x32s16d").smem_bytes
@@ -378,3 +378,60 @@ def test_group_n_switch_set_empty_means_default(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_GROUP_N", "")
     assert configs.select(4096, 7168, 2048, H100_SMS).group_n == configs.DEFAULT_GROUP_N
     assert configs.select(4096, 32768, 512, H100_SMS).group_n == configs.SHORT_K_GROUP_N
+
+
+# ----------------------------------------------------------------------------------------------
+# grouped (MoE) GEMMs
+# ----------------------------------------------------------------------------------------------
+def test_grouped_variants_follow_the_kernel_rules():
+    assert {v.grouping for v in configs.GROUPED_VARIANTS} == {configs.GROUP_CONTIGUOUS, configs.GROUP_MASKED}
+    for v in configs.GROUPED_VARIANTS:
+        assert v.cluster_m == 1 and v.splits == 1, v.key  # no B multicast, no split-K
+        assert v.smem_bytes <= configs.SMEM_LIMIT, v.key
+        assert configs.parse_key(v.key) == v and v.key.endswith(("gc", "gm"))
+        assert v.compile_defines()["DG_GROUPED"] == v.grouping
+        if v.grouping == configs.GROUP_CONTIGUOUS:
+            assert dg_align() % v.block_m == 0, v.key
+        plain = configs.Variant(**{**v.__dict__, "grouping": configs.GROUP_NONE})
+        assert v.smem_bytes == plain.smem_bytes + configs.GROUP_TABLE_BYTES
+    assert set(configs.GROUPED_VARIANTS) <= set(configs.BUILT_VARIANTS)
+    assert not set(configs.GROUPED_VARIANTS) & set(configs.TESTED_VARIANTS)  # the plain GPU suite launches those
+
+
+def dg_align():
+    from deepergemm.layouts import GROUPED_M_ALIGNMENT
+
+    return GROUPED_M_ALIGNMENT
+
+
+@pytest.mark.parametrize("bad", [dict(cluster_m=2), dict(splits=2), dict(block_m=256)])
+def test_grouped_variant_rules_are_python_errors(bad):
+    base = dict(block_m=128, block_n=128, stages=4, dual_acc=False, grouping=configs.GROUP_CONTIGUOUS)
+    with pytest.raises(ValueError, match="grouped|divide the segment alignment|split-K"):
+        configs.Variant(**{**base, **bad})
+
+
+@pytest.mark.parametrize("grouping,rows,groups,n,k,block_m", [
+    (configs.GROUP_CONTIGUOUS, 8192, 4, 4096, 7168, 128), (configs.GROUP_CONTIGUOUS, 4096, 8, 7168, 2048, 128),
+    (configs.GROUP_CONTIGUOUS, 40, 64, 2048, 7168, 64),
+    (configs.GROUP_MASKED, 1024, 1, 4096, 7168, 256), (configs.GROUP_MASKED, 256, 4, 7168, 2048, 256),
+    (configs.GROUP_MASKED, 100, 8, 4096, 7168, 128), (configs.GROUP_MASKED, 16, 32, 4096, 7168, 64),
+])
+def test_select_grouped_picks_a_grouped_variant_of_the_right_height(grouping, rows, groups, n, k, block_m):
+    choice = configs.select_grouped(grouping, rows, groups, n, k, 132)
+    assert choice.variant in configs.GROUPED_VARIANTS and choice.variant.grouping == grouping
+    assert choice.variant.block_m == block_m
+    assert not choice.stream_k and choice.grid <= 132 and 1 <= choice.group_n <= configs.DEFAULT_GROUP_N
+
+
+def test_select_grouped_switch_and_errors(monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_VARIANT", "64x128")
+    assert configs.select_grouped(configs.GROUP_CONTIGUOUS, 8192, 4, 4096, 7168, 132).variant.block_m == 64
+    monkeypatch.setenv("DEEPERGEMM_VARIANT", "256x128")
+    with pytest.raises(ValueError, match="not a contiguous grouped tile"):
+        configs.select_grouped(configs.GROUP_CONTIGUOUS, 8192, 4, 4096, 7168, 132)
+    monkeypatch.delenv("DEEPERGEMM_VARIANT")
+    with pytest.raises(ValueError, match="grouping must be"):
+        configs.select_grouped(configs.GROUP_NONE, 8, 1, 8, 128, 132)
+    with pytest.raises(ValueError, match="need rows_per_group"):
+        configs.select_grouped(configs.GROUP_MASKED, 0, 1, 8, 128, 132)

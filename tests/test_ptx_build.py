@@ -1,5 +1,5 @@
-"""CI's compile gate for the inline-PTX kernel (no GPU needed): every variant configs.py can select is
-compiled with nvcc for sm_90a, and fails on any spill or local memory, on ptxas warnings C7510 (a wgmma
+"""CI's compile gate for the inline-PTX kernel (no GPU needed): every variant configs.py can select (plain and
+grouped) is compiled with nvcc for sm_90a, and fails on any spill or local memory, on ptxas warnings C7510 (a wgmma
 pipeline serialized across a function boundary) and C7517 (a wgmma wait injected by ptxas, which
 defeats the dual accumulators), on SASS without QGMMA, and on a shared-memory size that disagrees with
 configs.Variant.smem_bytes. The generated wgmma header must be current."""
@@ -43,7 +43,7 @@ def _compile(variant: configs.Variant, workdir: pathlib.Path) -> tuple[str, path
     src.write_text(
         '#include "fp8_gemm.cuh"\n'
         f"using V = dg::GemmTraits<{variant.block_m}, {variant.block_n}, {variant.stages}, {variant.splits}, "
-        f"{variant.math_wgs}>;\n"
+        f"{variant.math_wgs}, {variant.grouping}>;\n"
         f"static_assert(V::Layout::kDynamicBytes == {variant.smem_bytes}, "
         '"configs.Variant.smem_bytes disagrees with dg::SmemLayout");\n'
         f"template __global__ void dg::fp8_gemm_kernel<{variant.template_args}>(const __grid_constant__ CUtensorMap, "
@@ -63,14 +63,14 @@ def builds(tmp_path_factory):
         pytest.skip("nvcc not found (CI has /usr/local/cuda/bin/nvcc)")
     workdir = tmp_path_factory.mktemp("ptx_build")
     with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-        results = dict(zip(configs.TESTED_VARIANTS, pool.map(lambda v: _compile(v, workdir), configs.TESTED_VARIANTS)))
+        results = dict(zip(configs.BUILT_VARIANTS, pool.map(lambda v: _compile(v, workdir), configs.BUILT_VARIANTS)))
     for variant, (report, _) in results.items():  # the ptxas report of each variant, in CI's log
         used = re.search(r"Used (\d+) registers", report)
         print(f"{variant.key}: {used.group(0) if used else '?'}, {variant.smem_bytes} B shared memory")
     return results
 
 
-@pytest.mark.parametrize("variant", configs.TESTED_VARIANTS, ids=lambda v: v.key)
+@pytest.mark.parametrize("variant", configs.BUILT_VARIANTS, ids=lambda v: v.key)
 def test_ptxas_report_is_clean(builds, variant):
     report, _ = builds[variant]
     assert "C7510" not in report, f"{variant.key}: wgmma serialized across a function boundary\n{report}"
@@ -82,7 +82,7 @@ def test_ptxas_report_is_clean(builds, variant):
         f"{variant.key}: spills or local memory\n{report}"
 
 
-@pytest.mark.parametrize("variant", configs.TESTED_VARIANTS, ids=lambda v: v.key)
+@pytest.mark.parametrize("variant", configs.BUILT_VARIANTS, ids=lambda v: v.key)
 def test_sass_uses_fp8_wgmma(builds, variant):
     tool = _cuobjdump()
     if tool is None:
