@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench grouped ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -25,6 +25,13 @@ for step in "$@"; do
     tests) timeout 300 python -m pytest -q -m gpu --maxfail=3 -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
     bench) timeout 300 python -m deepergemm bench --shapes all --launches 30 --backends ptx,cublas --markdown \
              --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40 ;;
+    grouped) # the grouped (MoE) GEMMs: GPU tests of test_grouped.py, then the ANCHORS.md grouped cases, equal and
+             # uneven (+-30%) sizes
+         timeout 240 python -m pytest -q -m gpu tests/test_grouped.py tests/test_moe_layout.py -p no:cacheprovider 2>&1 \
+           | tee "$OUT/gpu_grouped_tests.log" | tail -8
+         for flag in "" --uneven; do
+           timeout 200 python -m deepergemm grouped-bench --markdown $flag 2>&1 | grep -v "^\[deepergemm\]"
+         done | tee "$OUT/grouped_bench.log" ;;
     ncu) for v in ${NCU_VARIANTS:-128x128s6dc2 128x192s5pc2}; do
            timeout 150 ncu ${NCU_ARGS:---set full} -k regex:fp8_gemm -c 1 \
              python bench/launch_once.py --variant "$v" --shape ${NCU_SHAPE:-4096x7168x16384} --launches 1 \

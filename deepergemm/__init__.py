@@ -6,7 +6,11 @@
     a, a_s = dg.quantize_act(x2d)              # (M, K) fp8, (M, K/128) fp32 (M-major, TMA aligned)
     y = dg.fp8_gemm(a, a_s, w8, w_s)           # bf16 (M, N) = dequant(a) @ dequant(w8).T
 
-All four are torch.library custom ops (torch.ops.deepergemm.*): they run inside
+    # Mixture-of-experts: one launch for every expert (b: (experts, N, K), b_s: (experts, ceil(N/128), K/128))
+    y = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, group_sizes)   # a: experts' rows back to back
+    y = dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, masked_m, expected_m)  # a3: (experts, max_m, K)
+
+All of them are torch.library custom ops (torch.ops.deepergemm.*): they run inside
 torch.compile(fullgraph=True) and CUDA graphs, on CPU through the pure-torch reference.
 """
 from __future__ import annotations
@@ -18,13 +22,16 @@ from ._checkout import register_checkout_subpackages as _register
 _register(__name__)  # before anything imports deepergemm.triton_kernels or deepergemm._ptx
 
 from . import ops as _ops  # registers torch.ops.deepergemm.*
+from . import layouts as _layouts
+from .layouts import GROUPED_M_ALIGNMENT, MAX_GROUPS
 from .layouts import require_tensors as _require_tensors
 from .reference import calc_diff, dequantize_act, dequantize_weight
 
 __version__ = "0.1.0"
 
 __all__ = ["quantize_act", "quantize_weight", "fp8_gemm", "linear", "calc_diff",
-           "dequantize_act", "dequantize_weight", "BACKENDS"]
+           "dequantize_act", "dequantize_weight", "BACKENDS",
+           "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked", "GROUPED_M_ALIGNMENT", "MAX_GROUPS"]
 
 BACKENDS = _ops.BACKENDS
 
@@ -62,3 +69,57 @@ def linear(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor, bias: torch
     x (..., K) bf16 or fp32; w (N, K) fp8 e4m3 with w_scales (ceil(N/128), K/128) fp32."""
     _require_tensors(x=x, w=w, w_scales=w_scales, bias=bias)
     return torch.ops.deepergemm.linear(x, w, w_scales, bias, backend)
+
+
+def _grouped_out(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor,
+                 out_dtype: torch.dtype) -> torch.Tensor:
+    if out is not None:
+        return out
+    if not isinstance(out_dtype, torch.dtype) or out_dtype not in (torch.bfloat16, torch.float32):
+        raise TypeError(f"out_dtype must be torch.bfloat16 or torch.float32, got {out_dtype}")
+    return torch.empty(shape, dtype=out_dtype, device=like.device)
+
+
+def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                                  group_sizes: torch.Tensor, out: torch.Tensor | None = None,
+                                  out_dtype: torch.dtype = torch.bfloat16, zero_padding: bool = False,
+                                  backend: str = "auto") -> torch.Tensor:
+    """Mixture-of-experts GEMM, m-grouped contiguous layout: the rows of A hold every group's (expert's) tokens
+    back to back, group g's segment starting at ``sum_{j<g} round_up(group_sizes[j], GROUPED_M_ALIGNMENT)``
+    (128); the rows of a segment after its ``group_sizes[g]`` real rows are padding.
+
+    a (M, K) fp8 with a_scales (M, K/128) fp32; b (groups, N, K) fp8 with b_scales (groups, ceil(N/128), K/128)
+    fp32; group_sizes (groups,) int32 on a's device (read by the kernel: no host synchronization, so CUDA graphs
+    replay it with new sizes). Row r of group g: out[r] = dequant(a[r]) @ dequant(b[g]).T, rounded once.
+    Padding rows and rows past the last segment are never computed nor written: they keep what ``out`` held
+    (uninitialized memory when ``out`` is None), or are zero with ``zero_padding=True`` (a memset of out first).
+    Sizes are clamped: negative counts read as 0 and a segment past row M is cut off. Up to MAX_GROUPS groups.
+    Returns out ((M, N), out_dtype when allocated here). backend: "auto", "ptx" or "reference"."""
+    _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales, group_sizes=group_sizes, out=out)
+    if out is None:
+        _layouts.check_rank("a", a, 2, "(M, K): the tokens of every group back to back")
+        _layouts.check_rank("b", b, 3, "(groups, N, K)")
+        out = _grouped_out(out, (a.shape[0], b.shape[1]), a, out_dtype)
+    torch.ops.deepergemm.m_grouped_fp8_gemm_contiguous(a, a_scales, b, b_scales, group_sizes, out, zero_padding,
+                                                       backend)
+    return out
+
+
+def m_grouped_fp8_gemm_masked(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                              masked_m: torch.Tensor, expected_m: int, out: torch.Tensor | None = None,
+                              out_dtype: torch.dtype = torch.bfloat16, backend: str = "auto") -> torch.Tensor:
+    """Mixture-of-experts GEMM, m-grouped masked layout (decode): a (groups, max_m, K) fp8 with a_scales
+    (groups, max_m, K/128) fp32, of which group g's first masked_m[g] rows are real; b, b_scales as for
+    m_grouped_fp8_gemm_contiguous; masked_m (groups,) int32 on a's device, read by the kernel (no host
+    synchronization: capture once in a CUDA graph, replay with new counts); expected_m, the rows per group the
+    caller expects, only guides the tile choice. out[g, r] = dequant(a[g, r]) @ dequant(b[g]).T for r <
+    masked_m[g]; the rows after them are never written (they keep what ``out`` held, uninitialized memory when
+    it is None). Returns out ((groups, max_m, N))."""
+    _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales, masked_m=masked_m, out=out)
+    _layouts.check_expected_m(expected_m)  # (the dispatcher's own error for a float is a RuntimeError)
+    if out is None:
+        _layouts.check_rank("a", a, 3, "(groups, max_m, K)")
+        _layouts.check_rank("b", b, 3, "(groups, N, K)")
+        out = _grouped_out(out, (a.shape[0], a.shape[1], b.shape[1]), a, out_dtype)
+    torch.ops.deepergemm.m_grouped_fp8_gemm_masked(a, a_scales, b, b_scales, masked_m, expected_m, out, backend)
+    return out

@@ -1,4 +1,4 @@
-"""Command line: `python -m deepergemm [run|bench|quant-bench|warmup|info] ...`.
+"""Command line: `python -m deepergemm [run|bench|quant-bench|grouped-bench|warmup|info] ...`.
 
 run (the default): on a Hopper GPU, check and benchmark the real kernels against cuBLAS (the bench
 table); on any other machine, run the reference path on a small problem and say what a GPU adds.
@@ -72,6 +72,12 @@ def cmd_quant_bench(args) -> int:
     return quantize.main(args.rest) or 0
 
 
+def cmd_grouped_bench(args) -> int:
+    from deepergemm.benchmark import grouped
+
+    return grouped.main(args.rest) or 0
+
+
 def cmd_warmup(args) -> int:
     from deepergemm import extension
 
@@ -89,6 +95,7 @@ COMMANDS = {
     "run": (cmd_run, "default: GPU bench on Hopper, reference demo elsewhere"),
     "bench": (cmd_bench, "GEMM benchmark vs cuBLAS (options: bench --help)"),
     "quant-bench": (cmd_quant_bench, "quantizer bandwidth benchmark"),
+    "grouped-bench": (cmd_grouped_bench, "grouped (MoE) GEMM benchmark vs DeepGEMM's anchors (grouped-bench --help)"),
     "warmup": (cmd_warmup, "build and cache every kernel variant"),
     "info": (cmd_info, "machine and backend"),
 }

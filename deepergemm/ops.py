@@ -6,6 +6,10 @@ Ops (``torch.ops.deepergemm.*``):
   fp8_gemm(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, ScalarType out_dtype=bfloat16,
            Tensor? bias=None, str backend="auto") -> Tensor
   linear(Tensor x, Tensor w, Tensor w_scales, Tensor? bias=None, str backend="auto") -> Tensor
+  m_grouped_fp8_gemm_contiguous(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor group_sizes,
+                                Tensor(a!) out, bool zero_padding=False, str backend="auto") -> ()
+  m_grouped_fp8_gemm_masked(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor masked_m,
+                            int expected_m, Tensor(a!) out, str backend="auto") -> ()
 
 CPU kernels run the pure-torch reference (deepergemm.reference); CUDA kernels run Triton
 quantizers and the selected GEMM backend; fake kernels give shapes, dtypes and strides only, so
@@ -183,3 +187,82 @@ def _linear_fake(x, w, w_scales, bias=None, backend="auto"):
         x.new_empty((rows, x.shape[-1]), dtype=reference.FP8_DTYPE),
         layouts.empty_act_scales(rows, x.shape[-1], x.device), w, w_scales, x.dtype, bias)
     return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+# ----------------------------------------------------------------------------------------------
+# grouped (MoE) GEMMs: write into `out`, only the groups' real rows (mutating ops: "untouched" is observable)
+# ----------------------------------------------------------------------------------------------
+def resolve_grouped_backend(backend: str, device: torch.device) -> str:
+    """Like resolve_backend, but cuBLAS has no block-scaled grouped GEMM: "auto" falls back to the reference."""
+    if backend == "cublas":
+        raise ValueError("backend='cublas' has no grouped GEMM (torch._scaled_mm has no block-scaled grouped form); "
+                         "use 'auto', 'ptx' or 'reference'")
+    chosen = resolve_backend(backend, device)
+    return "reference" if chosen == "cublas" else chosen
+
+
+@custom_op("deepergemm::m_grouped_fp8_gemm_contiguous", mutates_args=("out",), device_types="cpu")
+def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                                  group_sizes: torch.Tensor, out: torch.Tensor, zero_padding: bool = False,
+                                  backend: str = "auto") -> None:
+    layouts.check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, out)
+    resolve_grouped_backend(backend, a.device)  # validates the name; CPU always runs the reference
+    if zero_padding:
+        out.zero_()
+    reference.m_grouped_fp8_gemm_contiguous(a, a_scales, b, b_scales, group_sizes, out, layouts.GROUPED_M_ALIGNMENT)
+
+
+@m_grouped_fp8_gemm_contiguous.register_kernel("cuda")
+def _m_grouped_fp8_gemm_contiguous_cuda(a, a_scales, b, b_scales, group_sizes, out, zero_padding=False,
+                                        backend="auto") -> None:
+    m, _, _, groups = layouts.check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, out)
+    chosen = resolve_grouped_backend(backend, a.device)
+    if zero_padding:
+        out.zero_()
+    if m == 0:
+        return
+    if chosen == "reference":
+        reference.m_grouped_fp8_gemm_contiguous(a, a_scales, b, b_scales, group_sizes, out, layouts.GROUPED_M_ALIGNMENT)
+        return
+    from . import configs, kernels
+
+    kernels.m_grouped_fp8_gemm(configs.GROUP_CONTIGUOUS, a, layouts.to_act_scale_layout(a_scales), b,
+                               b_scales.contiguous(), group_sizes, layouts.GROUPED_M_ALIGNMENT, ceil_div(m, groups), out)
+
+
+@m_grouped_fp8_gemm_contiguous.register_fake
+def _m_grouped_fp8_gemm_contiguous_fake(a, a_scales, b, b_scales, group_sizes, out, zero_padding=False,
+                                        backend="auto") -> None:
+    layouts.check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, out)
+
+
+@custom_op("deepergemm::m_grouped_fp8_gemm_masked", mutates_args=("out",), device_types="cpu")
+def m_grouped_fp8_gemm_masked(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                              masked_m: torch.Tensor, expected_m: int, out: torch.Tensor,
+                              backend: str = "auto") -> None:
+    layouts.check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, out)
+    resolve_grouped_backend(backend, a.device)
+    reference.m_grouped_fp8_gemm_masked(a, a_scales, b, b_scales, masked_m, out)
+
+
+@m_grouped_fp8_gemm_masked.register_kernel("cuda")
+def _m_grouped_fp8_gemm_masked_cuda(a, a_scales, b, b_scales, masked_m, expected_m, out, backend="auto") -> None:
+    groups, max_m, n, k = layouts.check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, out)
+    chosen = resolve_grouped_backend(backend, a.device)
+    if max_m == 0:
+        return
+    if chosen == "reference":
+        reference.m_grouped_fp8_gemm_masked(a, a_scales, b, b_scales, masked_m, out)
+        return
+    from . import configs, kernels
+
+    # the groups' rows back to back: one (groups * max_m)-row problem whose tiles the kernel takes per group
+    rows = groups * max_m
+    kernels.m_grouped_fp8_gemm(configs.GROUP_MASKED, a.view(rows, k),
+                               layouts.to_act_scale_layout(a_scales.reshape(rows, k // GROUP_K)), b,
+                               b_scales.contiguous(), masked_m, max_m, min(expected_m, max_m), out.view(rows, n))
+
+
+@m_grouped_fp8_gemm_masked.register_fake
+def _m_grouped_fp8_gemm_masked_fake(a, a_scales, b, b_scales, masked_m, expected_m, out, backend="auto") -> None:
+    layouts.check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, out)

@@ -45,6 +45,7 @@ __all__ = [
     "FP8_DTYPE", "FP8_MAX", "AMAX_EPS", "GROUP_K",
     "ue8m0_round_up", "quantize_act", "quantize_weight", "dequantize_act", "dequantize_weight",
     "fp8_gemm", "linear", "calc_diff", "exact_fp32_matmul",
+    "contiguous_group_bounds", "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked",
 ]
 
 
@@ -171,6 +172,51 @@ def linear(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor, bias: torch
     q, s = quantize_act(x2, ue8m0=ue8m0)
     out = fp8_gemm(q, s, w, w_scales, out_dtype=x.dtype, bias=bias)
     return out.reshape(*lead, w.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# grouped (MoE) GEMMs: out rows of group g = dequant(a rows of g) @ dequant(b[g]).T; other rows untouched
+# ----------------------------------------------------------------------------------------------
+def contiguous_group_bounds(group_sizes: torch.Tensor, rows: int, alignment: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, end) (G,) int64 of each group's real rows in a contiguous grouped layout of `rows` rows, on the
+    sizes' device, with no host synchronization. Group g starts where the segment of g - 1 ends, rounded up to
+    `alignment` (segment = real rows rounded up); negative sizes count as 0, and rows past the end of A are
+    cut off (a segment that starts at or past `rows` is empty). The kernel's scheduler clamps the same way."""
+    sizes = group_sizes.to(torch.int64).clamp(min=0, max=rows)
+    spans = (sizes + alignment - 1) // alignment * alignment
+    start = (torch.cumsum(spans, 0) - spans).clamp(max=rows)
+    end = start + torch.minimum(sizes, rows - start)
+    return start, end
+
+
+def _write_rows(out: torch.Tensor, keep: torch.Tensor, value: torch.Tensor) -> None:
+    """out[r] = value[r] where keep[r]; other rows untouched (no host sync: the row counts stay on the device)."""
+    out.copy_(torch.where(keep.unsqueeze(1), value.to(out.dtype), out))
+
+
+def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                                  group_sizes: torch.Tensor, out: torch.Tensor, alignment: int) -> None:
+    """Reference m-grouped contiguous GEMM into out (M, N): a (M, K) fp8 with a_scales (M, K/128); b (G, N, K)
+    fp8 with b_scales (G, ceil(N/128), K/128); group g's real rows [start, end) (contiguous_group_bounds)
+    get dequant(a) @ dequant(b[g]).T in fp32, rounded once; every other row of out is left as it was."""
+    start, end = contiguous_group_bounds(group_sizes, a.shape[0], alignment)
+    row = torch.arange(a.shape[0], device=a.device)
+    full = dequantize_act(a, a_scales)
+    for g in range(b.shape[0]):
+        keep = (row >= start[g]) & (row < end[g])
+        _write_rows(out, keep, exact_fp32_matmul(full, dequantize_weight(b[g], b_scales[g])))
+
+
+def m_grouped_fp8_gemm_masked(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                              masked_m: torch.Tensor, out: torch.Tensor) -> None:
+    """Reference m-grouped masked GEMM into out (G, max_m, N): a (G, max_m, K) fp8 with a_scales (G, max_m,
+    K/128); b, b_scales as for the contiguous form; rows r < masked_m[g] (clamped to 0..max_m) of group g get
+    dequant(a[g]) @ dequant(b[g]).T, the rows after them are left as they were."""
+    row = torch.arange(a.shape[1], device=a.device)
+    for g in range(a.shape[0]):
+        keep = row < masked_m[g].to(torch.int64)
+        _write_rows(out[g], keep, exact_fp32_matmul(dequantize_act(a[g], a_scales[g]),
+                                                    dequantize_weight(b[g], b_scales[g])))
 
 
 def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:

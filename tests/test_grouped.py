@@ -1,0 +1,343 @@
+"""Grouped (MoE) GEMMs: m-grouped contiguous and masked, through the custom ops.
+
+CPU: the reference semantics against an independent per-group loop (which rows are written, which are left
+alone, clamped counts), the input rules and their errors, the ops' schemas (opcheck) and torch.compile.
+GPU (marked): the kernel's grouped scheduler, every grouped variant, NaN-poisoned outputs, per-group exactness,
+determinism, and a CUDA graph replayed with new row counts.
+"""
+import pytest
+import torch
+
+import deepergemm as dg
+from deepergemm import configs, layouts
+from deepergemm import reference as ref
+
+OPS = torch.ops.deepergemm
+ALIGN = dg.GROUPED_M_ALIGNMENT
+FP8_OPCHECK = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def _weights(groups, n, k, device="cpu", spread=False):
+    """(groups, N, K) fp8 and (groups, ceil(N/128), K/128) scales, each group quantized on its own."""
+    qs, ss = [], []
+    for _ in range(groups):
+        w = torch.randn(n, k, device=device)
+        if spread:
+            w = w * torch.pow(10.0, torch.empty(-(-n // 128), k // 128, device=device).uniform_(-3, 3)
+                              ).repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)
+        q, s = dg.quantize_weight(w.bfloat16())
+        qs.append(q)
+        ss.append(s)
+    return torch.stack(qs), torch.stack(ss)
+
+
+def _acts(rows, k, device="cpu", spread=False):
+    x = torch.randn(rows, k, device=device)
+    if spread:
+        x = x * torch.pow(10.0, torch.empty(rows, k // 128, device=device).uniform_(-3, 3)).repeat_interleave(128, 1)
+    return dg.quantize_act(x.bfloat16())
+
+
+def _segments(sizes, rows):
+    """The contiguous layout's definition, on the host: [(group, first row, real rows)] clipped at `rows`."""
+    out, start = [], 0
+    for g, size in enumerate(sizes):
+        size = max(size, 0)
+        first = min(start, rows)
+        out.append((g, first, min(size, rows - first)))
+        start += -(-size // ALIGN) * ALIGN
+    return out
+
+
+def _expected_contiguous(a, a_s, b, b_s, sizes):
+    """Per group, the plain reference GEMM of its rows (fp32, unrounded), and the rows it owns."""
+    parts = []
+    for g, first, real in _segments(sizes, a.shape[0]):
+        if real > 0:
+            rows = slice(first, first + real)
+            parts.append((g, rows, ref.exact_fp32_matmul(ref.dequantize_act(a[rows], a_s[rows]),
+                                                         ref.dequantize_weight(b[g], b_s[g]))))
+    return parts
+
+
+def _check_contiguous(out, parts, what, bound=None):
+    written = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
+    for g, rows, want in parts:
+        got = out[rows]
+        assert not got.isnan().any(), f"{what}: group {g} has unwritten elements"
+        diff = ref.calc_diff(got, want)
+        tol = bound if bound is not None else ref.exactness_bound(want, out.dtype)
+        assert diff <= tol, f"{what}: group {g} calc_diff {diff:.3e} > {tol:.3e}"
+        written[rows] = True
+    assert out[~written].isnan().all(), f"{what}: rows outside the groups' real rows were written"
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: reference semantics
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sizes,extra_rows", [
+    ([5, 0, 130], 0), ([1], 0), ([0, 0, 7, 128, 129, 3], 0), ([64, 64], 300),  # exact, empty groups, room after
+    ([200, 50], -100),  # A shorter than the segments: the second group is cut off
+    ([-3, 9], 0),       # a negative count reads as 0
+])
+def test_contiguous_reference_writes_exactly_the_real_rows(sizes, extra_rows):
+    n, k = 136, 256
+    need = sum(-(-max(s, 0) // ALIGN) * ALIGN for s in sizes)
+    rows = max(1, need + extra_rows)
+    a, a_s = _acts(rows, k)
+    b, b_s = _weights(len(sizes), n, k)
+    out = torch.full((rows, n), float("nan"), dtype=torch.bfloat16)
+    res = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, torch.tensor(sizes, dtype=torch.int32), out=out)
+    assert res is out
+    _check_contiguous(out, _expected_contiguous(a, a_s, b, b_s, sizes), f"sizes {sizes}")
+
+
+def test_contiguous_zero_padding_and_fp32_output():
+    sizes = [3, 0, 70]
+    a, a_s = _acts(256, 128)
+    b, b_s = _weights(3, 16, 128)
+    out = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, torch.tensor(sizes, dtype=torch.int32),
+                                           out_dtype=torch.float32, zero_padding=True)
+    assert out.dtype == torch.float32 and out.shape == (256, 16)
+    owned = torch.zeros(256, dtype=torch.bool)
+    for g, rows, want in _expected_contiguous(a, a_s, b, b_s, sizes):
+        assert ref.calc_diff(out[rows], want) < 1e-12
+        owned[rows] = True
+    assert (out[~owned] == 0).all()
+
+
+@pytest.mark.parametrize("groups,max_m,masked", [(1, 1, [1]), (3, 65, [0, 65, 17]), (4, 200, [200, 1, 500, -2])])
+def test_masked_reference_writes_exactly_the_first_masked_rows(groups, max_m, masked):
+    n, k = 24, 384
+    a, a_s = _acts(groups * max_m, k)
+    a, a_s = a.view(groups, max_m, k), a_s.reshape(groups, max_m, k // 128)
+    b, b_s = _weights(groups, n, k)
+    out = torch.full((groups, max_m, n), float("nan"), dtype=torch.bfloat16)
+    dg.m_grouped_fp8_gemm_masked(a, a_s, b, b_s, torch.tensor(masked, dtype=torch.int32), max_m, out=out)
+    for g in range(groups):
+        real = min(max(masked[g], 0), max_m)
+        want = ref.fp8_gemm(a[g, :real], a_s[g, :real], b[g], b_s[g])
+        assert torch.equal(out[g, :real], want), f"group {g}"
+        assert out[g, real:].isnan().all(), f"group {g}: rows past masked_m were written"
+
+
+def test_contiguous_bounds_match_the_definition():
+    for sizes, rows in (([5, 0, 130], 384), ([200, 50], 156), ([0], 1), ([-4, 128, 1], 1000)):
+        start, end = ref.contiguous_group_bounds(torch.tensor(sizes, dtype=torch.int32), rows, ALIGN)
+        want = [(first, first + real) for _, first, real in _segments(sizes, rows)]
+        assert list(zip(start.tolist(), end.tolist())) == want, sizes
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: input rules
+# ----------------------------------------------------------------------------------------------
+def _contiguous_args(groups=2, rows=256, n=16, k=128):
+    a, a_s = _acts(rows, k)
+    b, b_s = _weights(groups, n, k)
+    return a, a_s, b, b_s, torch.tensor([rows // (2 * groups)] * groups, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (lambda a: {**a, "b": a["b"][0]}, ValueError, r"b must be 3-D \(groups, N, K\)"),
+    (lambda a: {**a, "b": a["b"].float()}, TypeError, "b must have dtype torch.float8_e4m3fn"),
+    (lambda a: {**a, "b_scales": a["b_scales"][:, :, :0]}, ValueError, r"b_scales must have shape \(groups"),
+    (lambda a: {**a, "group_sizes": a["group_sizes"].long()}, TypeError, "group_sizes must have dtype torch.int32"),
+    (lambda a: {**a, "group_sizes": a["group_sizes"][:1]}, ValueError, r"group_sizes must have shape \(groups,\)"),
+    (lambda a: {**a, "out": torch.empty(3, 16, dtype=torch.bfloat16)}, ValueError, "out must have shape"),
+    (lambda a: {**a, "out": torch.empty(256, 16, dtype=torch.float16)}, TypeError, "out must have dtype"),
+    (lambda a: {**a, "out": torch.empty(16, 256, dtype=torch.bfloat16).t()}, ValueError, "out must be contiguous"),
+    (lambda a: {**a, "b": a["b"].transpose(1, 2).contiguous().transpose(1, 2)}, ValueError, "b must be contiguous"),
+    (lambda a: {**a, "backend": "cublas"}, ValueError, "backend='cublas' has no grouped GEMM"),
+    (lambda a: {**a, "backend": "fast"}, ValueError, "backend must be one of"),
+])
+def test_contiguous_rules(change, error, match):
+    a, a_s, b, b_s, sizes = _contiguous_args()
+    args = change({"a": a, "a_scales": a_s, "b": b, "b_scales": b_s, "group_sizes": sizes,
+                   "out": torch.empty(256, 16, dtype=torch.bfloat16), "backend": "auto"})
+    with pytest.raises(error, match=match):
+        dg.m_grouped_fp8_gemm_contiguous(**args)
+
+
+def test_group_count_limit():
+    a, a_s = _acts(128, 128)
+    b = torch.zeros(dg.MAX_GROUPS + 1, 8, 128, dtype=ref.FP8_DTYPE)
+    b_s = torch.ones(dg.MAX_GROUPS + 1, 1, 1)
+    with pytest.raises(ValueError, match=r"b.shape\[0\] \(groups\) must be 1..256"):
+        dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, torch.zeros(dg.MAX_GROUPS + 1, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (lambda a: {**a, "a": a["a"][0]}, ValueError, r"a must be 3-D \(groups, max_m, K\)"),
+    (lambda a: {**a, "expected_m": 0}, ValueError, "expected_m must be an int >= 1"),
+    (lambda a: {**a, "expected_m": 2.5}, ValueError, "expected_m must be an int >= 1"),
+    (lambda a: {**a, "masked_m": a["masked_m"].float()}, TypeError, "masked_m must have dtype torch.int32"),
+    (lambda a: {**a, "a_scales": a["a_scales"][:, :3]}, ValueError, r"a_scales must have shape \(groups, max_m"),
+    (lambda a: {**a, "b": a["b"][:1], "b_scales": a["b_scales"][:1]}, ValueError, "the same number of groups"),
+    (lambda a: {**a, "out": torch.empty(2, 8, 8, dtype=torch.bfloat16)}, ValueError, "out must have shape"),
+])
+def test_masked_rules(change, error, match):
+    a, a_s = _acts(2 * 8, 128)
+    b, b_s = _weights(2, 16, 128)
+    args = change({"a": a.view(2, 8, 128), "a_scales": a_s.reshape(2, 8, 1), "b": b, "b_scales": b_s,
+                   "masked_m": torch.tensor([3, 8], dtype=torch.int32), "expected_m": 4, "out": None})
+    with pytest.raises(error, match=match):
+        dg.m_grouped_fp8_gemm_masked(**args)
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: ops and torch.compile
+# ----------------------------------------------------------------------------------------------
+def test_opcheck_grouped_ops():
+    a, a_s, b, b_s, sizes = _contiguous_args(rows=256, n=24)
+    out = torch.zeros(256, 24, dtype=torch.bfloat16)
+    torch.library.opcheck(OPS.m_grouped_fp8_gemm_contiguous.default, (a, a_s, b, b_s, sizes, out, False, "auto"),
+                          test_utils=FP8_OPCHECK)
+    a3, a3_s = a[:64].reshape(2, 32, 128), a_s[:64].reshape(2, 32, 1)
+    out3 = torch.zeros(2, 32, 24, dtype=torch.bfloat16)
+    torch.library.opcheck(OPS.m_grouped_fp8_gemm_masked.default,
+                          (a3, a3_s, b, b_s, torch.tensor([5, 32], dtype=torch.int32), 16, out3, "auto"),
+                          test_utils=FP8_OPCHECK)
+
+
+def test_torch_compile_fullgraph():
+    a, a_s, b, b_s, sizes = _contiguous_args(rows=256, n=24)
+    a3, a3_s = a[:64].reshape(2, 32, 128), a_s[:64].reshape(2, 32, 1)
+    masked = torch.tensor([5, 32], dtype=torch.int32)
+
+    def both(a, a_s, b, b_s, sizes, a3, a3_s, masked):
+        y = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, sizes, zero_padding=True)
+        z = dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, masked, 16, out=torch.zeros(2, 32, 24, dtype=torch.bfloat16))
+        return y, z
+
+    eager = both(a, a_s, b, b_s, sizes, a3, a3_s, masked)
+    compiled = torch.compile(both, fullgraph=True)(a, a_s, b, b_s, sizes, a3, a3_s, masked)
+    assert all(torch.equal(x, y) for x, y in zip(eager, compiled))
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU: the kernel
+# ----------------------------------------------------------------------------------------------
+def _run_contiguous(variant, a, a_s, b, b_s, sizes, out_dtype=torch.bfloat16):
+    from deepergemm import extension, kernels
+
+    out = torch.full((a.shape[0], b.shape[1]), float("nan"), device="cuda", dtype=out_dtype)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    groups, n, k = b.shape
+    kernels.launch(extension.load(variant), variant, a, layouts.to_act_scale_layout(a_s), b.view(groups * n, k),
+                   b_s.view(-1, b_s.shape[-1]), out, None, sms, 16, 0, False,
+                   group_rows=torch.tensor(sizes, dtype=torch.int32, device="cuda"), group_stride=ALIGN)
+    torch.cuda.synchronize()
+    return out
+
+
+CONTIGUOUS_VARIANTS = [v for v in configs.GROUPED_VARIANTS if v.grouping == configs.GROUP_CONTIGUOUS]
+MASKED_VARIANTS = [v for v in configs.GROUPED_VARIANTS if v.grouping == configs.GROUP_MASKED]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", CONTIGUOUS_VARIANTS, ids=lambda v: v.key)
+def test_gpu_contiguous_every_variant(variant):
+    # sizes that are 0, 1, not multiples of any tile, a whole alignment, and a group cut off by A's end
+    for sizes, n, k, cut in (([0, 1, 130, 128, 7], 136, 384, 0), ([300, 0, 0, 65], 2056, 128, 0),
+                             ([1000, 77, 129], 264, 1152, 100), ([5] * 40, 392, 256, 0)):
+        rows = sum(-(-s // ALIGN) * ALIGN for s in sizes) + 64 - cut
+        a, a_s = _acts(rows, k, "cuda", spread=True)
+        b, b_s = _weights(len(sizes), n, k, "cuda", spread=True)
+        parts = _expected_contiguous(a, a_s, b, b_s, sizes)
+        for out_dtype in (torch.bfloat16, torch.float32):
+            out = _run_contiguous(variant, a, a_s, b, b_s, sizes, out_dtype)
+            _check_contiguous(out, parts, f"{variant.key} sizes {sizes[:6]} N {n} K {k} {out_dtype}")
+        again = _run_contiguous(variant, a, a_s, b, b_s, sizes)
+        assert torch.equal(again.nan_to_num(0).view(torch.int16), _run_contiguous(variant, a, a_s, b, b_s, sizes)
+                           .nan_to_num(0).view(torch.int16)), f"{variant.key}: not reproducible"
+
+
+def _masked_inputs(groups, max_m, n, k, spread=True):
+    a, a_s = _acts(groups * max_m, k, "cuda", spread=spread)
+    b, b_s = _weights(groups, n, k, "cuda", spread=spread)
+    return a.view(groups, max_m, k), a_s.reshape(groups, max_m, k // 128), b, b_s
+
+
+def _check_masked(out, a, a_s, b, b_s, masked, what):
+    for g, m in enumerate(masked):
+        real = min(max(m, 0), a.shape[1])
+        if real:
+            want = ref.exact_fp32_matmul(ref.dequantize_act(a[g, :real], a_s[g, :real]),
+                                         ref.dequantize_weight(b[g], b_s[g]))
+            got = out[g, :real]
+            assert not got.isnan().any(), f"{what}: group {g} has unwritten elements"
+            diff, tol = ref.calc_diff(got, want), ref.exactness_bound(want, out.dtype)
+            assert diff <= tol, f"{what}: group {g} calc_diff {diff:.3e} > {tol:.3e}"
+        assert out[g, real:].isnan().all(), f"{what}: group {g} rows past masked_m were written"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", MASKED_VARIANTS, ids=lambda v: v.key)
+def test_gpu_masked_every_variant(variant, monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_VARIANT", f"{variant.block_m}x{variant.block_n}")
+    for groups, max_m, n, k, masked in ((4, 200, 136, 384, [0, 1, 200, 77]), (3, 64, 2056, 128, [64, 63, 9]),
+                                        (2, 1000, 264, 1152, [999, 300]), (33, 16, 392, 256, [i % 17 for i in range(33)])):
+        a, a_s, b, b_s = _masked_inputs(groups, max_m, n, k)
+        counts = torch.tensor(masked, dtype=torch.int32, device="cuda")
+        out = torch.full((groups, max_m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+        dg.m_grouped_fp8_gemm_masked(a, a_s, b, b_s, counts, max(1, sum(masked) // groups), out=out, backend="ptx")
+        _check_masked(out, a, a_s, b, b_s, masked, f"{variant.key} {groups}x{max_m} N {n} K {k}")
+
+
+@pytest.mark.gpu
+def test_gpu_masked_cuda_graph_replays_new_counts():
+    groups, max_m, n, k = 4, 256, 4096, 1024
+    a, a_s, b, b_s = _masked_inputs(groups, max_m, n, k, spread=False)
+    counts = torch.tensor([256, 0, 100, 3], dtype=torch.int32, device="cuda")
+    out = torch.full((groups, max_m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    dg.m_grouped_fp8_gemm_masked(a, a_s, b, b_s, counts, 128, out=out, backend="ptx")  # builds, warms up
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        dg.m_grouped_fp8_gemm_masked(a, a_s, b, b_s, counts, 128, out=out, backend="ptx")
+    for masked in ([1, 2, 3, 4], [0, 256, 255, 129], [256, 256, 256, 256]):
+        counts.copy_(torch.tensor(masked, dtype=torch.int32))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        _check_masked(out, a, a_s, b, b_s, masked, f"graph replay {masked}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("groups,m,n,k", [(4, 8192, 4096, 7168), (8, 4096, 7168, 2048)])
+def test_gpu_contiguous_anchor_shapes_with_uneven_routing(groups, m, n, k):
+    """The ANCHORS.md contiguous shapes, with sizes drawn around the mean (+-30%), through the op."""
+    sizes = (torch.rand(groups) * 0.6 + 0.7).mul(m).long().tolist()
+    rows = sum(-(-s // ALIGN) * ALIGN for s in sizes)
+    a, a_s = _acts(rows, k, "cuda")
+    b, b_s = _weights(groups, n, k, "cuda")
+    out = torch.full((rows, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    counts = torch.tensor(sizes, dtype=torch.int32, device="cuda")
+    dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, counts, out=out, backend="ptx")
+    _check_contiguous(out, _expected_contiguous(a, a_s, b, b_s, sizes), f"{groups}x{m}x{n}x{k}", ref.EXACT_TOL)
+    first = out.clone()
+    dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, counts, out=out, backend="ptx")
+    assert torch.equal(first.view(torch.int16), out.view(torch.int16)), "not reproducible"
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: the grouped benchmark's pieces
+# ----------------------------------------------------------------------------------------------
+def test_grouped_bench_cases_sizes_and_check():
+    from deepergemm.benchmark import grouped
+
+    assert len(grouped.select_cases("all")) == 10 and len(grouped.select_cases("masked")) == 6
+    with pytest.raises(ValueError, match="--cases must be"):
+        grouped.select_cases("dense")
+    gen = torch.Generator().manual_seed(1)
+    case = grouped.CASES[-1]  # masked 4 x 256
+    assert grouped.group_sizes(case, False, gen) == [256] * 4
+    uneven = grouped.group_sizes(case, True, gen)
+    assert all(179 <= s <= 256 for s in uneven) and len(uneven) == 4
+    small = {"contiguous": grouped.GroupedCase("contiguous", 3, 40, 24, 256, 1.0, 1.0),
+             "masked": grouped.GroupedCase("masked", 3, 40, 24, 256, 1.0, 1.0)}
+    for kind, c in small.items():
+        call, check = grouped.case_inputs(c, [40, 7, 0] if kind == "masked" else [40, 7, 129], torch.device("cpu"),
+                                          backend="reference")
+        assert check() <= ref.EXACT_TOL, kind
+    if not torch.cuda.is_available():
+        assert grouped.main([]) == 1
