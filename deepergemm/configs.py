@@ -24,6 +24,7 @@ the SMs, splitting was -20%..+9%.
 Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_DUAL_ACC=0        single partial accumulator (promotion not overlapped within a warpgroup)
   DEEPERGEMM_VARIANT=BMxBN     force a tile shape, e.g. "128x128" (must be in TILE_SHAPES)
+  DEEPERGEMM_GROUPED_VARIANT=BMxBN  the same for grouped (MoE) GEMMs (GROUPED_TILES)
   DEEPERGEMM_CLUSTER=1|2|1x2|2x2  force the cluster shape (CMxCN; "2" = 2x1; CN > 1 needs BLOCK_M >= 128)
   DEEPERGEMM_GROUP_N=g         rasterization band width in N-units (default: 16; 4 at short K, see SHORT_K_GROUP_N)
   DEEPERGEMM_SPLIT_K=0         never split K
@@ -505,7 +506,7 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int) -> tuple[
 # The environment switches select() reads (module docstring): its cache key, so a changed switch counts at once.
 SWITCHES = ("DEEPERGEMM_DUAL_ACC", "DEEPERGEMM_VARIANT", "DEEPERGEMM_CLUSTER", "DEEPERGEMM_GROUP_N",
             "DEEPERGEMM_SPLIT_K", "DEEPERGEMM_SMALL_M_CLUSTER", "DEEPERGEMM_SMALL_M_WGS", "DEEPERGEMM_STREAM_K",
-            "DEEPERGEMM_L2_HINTS")
+            "DEEPERGEMM_L2_HINTS", "DEEPERGEMM_GROUPED_VARIANT")  # (the last: select_grouped's, keyed there too)
 
 
 def select(m: int, n: int, k: int, num_sms: int) -> Choice:
@@ -606,21 +607,28 @@ def select_grouped(grouping: int, rows_per_group: int, groups: int, n: int, k: i
     """The grouped variant for `groups` GEMMs of about `rows_per_group` rows each (masked: expected_m;
     contiguous: the mean real rows per group) by N by K: the wave model of select() over GROUPED_TILES, with
     64-row tiles up to 64 rows per group, 128-row ones above, 256-row ones (masked only) above 128.
-    DEEPERGEMM_VARIANT=BMxBN forces one of GROUPED_TILES."""
+    DEEPERGEMM_GROUPED_VARIANT=BMxBN forces one of GROUPED_TILES. Cached like select()."""
+    return _select_grouped_cached(grouping, rows_per_group, groups, n, k, num_sms,
+                                  os.environ.get("DEEPERGEMM_GROUPED_VARIANT"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _select_grouped_cached(grouping: int, rows_per_group: int, groups: int, n: int, k: int, num_sms: int,
+                           forced: str | None) -> Choice:
     if grouping not in GROUPED_TILES:
         raise ValueError(f"select_grouped: grouping must be GROUP_CONTIGUOUS or GROUP_MASKED, got {grouping!r}")
     if rows_per_group < 1 or groups < 1 or n < 1 or k < BLOCK_K or num_sms < 1:
         raise ValueError(f"select_grouped: need rows_per_group, groups, N >= 1, K >= {BLOCK_K}, num_sms >= 1; got "
                          f"{rows_per_group}, {groups}, {n}, {k}, {num_sms}")
     tiles = GROUPED_TILES[grouping]
-    forced = os.environ.get("DEEPERGEMM_VARIANT", "").strip()
+    forced = (forced or "").strip()
     if forced:
         try:
             shape = tuple(int(v) for v in forced.lower().split("x"))
         except ValueError:
             shape = ()
         if shape not in tiles:
-            raise ValueError(f"DEEPERGEMM_VARIANT={forced!r} is not a {GROUPING_NAMES[grouping]} grouped tile; choose "
+            raise ValueError(f"DEEPERGEMM_GROUPED_VARIANT={forced!r} is not a {GROUPING_NAMES[grouping]} grouped tile; choose "
                              f"from {', '.join(f'{m}x{n}' for m, n in tiles)}")
         candidates = [shape]
     else:

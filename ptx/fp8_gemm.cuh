@@ -273,6 +273,9 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
   const bool a_hinted = p.l2_a != kL2Normal, b_hinted = p.l2_b != kL2Normal;
   const uint64_t a_policy = l2_policy(p.l2_a), b_policy = l2_policy(p.l2_b);
   const uint32_t steps = sched.num_steps();
+  if constexpr (GM != kGroupNone) {
+    if (steps == 0) return;  // (grouped problems may have no M-tile at all: no work to look up)
+  }
   int j = 0;
   Work w = sched.work(0);
   int k_block = w.k_begin;

@@ -425,12 +425,12 @@ def test_select_grouped_picks_a_grouped_variant_of_the_right_height(grouping, ro
 
 
 def test_select_grouped_switch_and_errors(monkeypatch):
-    monkeypatch.setenv("DEEPERGEMM_VARIANT", "64x128")
+    monkeypatch.setenv("DEEPERGEMM_GROUPED_VARIANT", "64x128")
     assert configs.select_grouped(configs.GROUP_CONTIGUOUS, 8192, 4, 4096, 7168, 132).variant.block_m == 64
-    monkeypatch.setenv("DEEPERGEMM_VARIANT", "256x128")
+    monkeypatch.setenv("DEEPERGEMM_GROUPED_VARIANT", "256x128")
     with pytest.raises(ValueError, match="not a contiguous grouped tile"):
         configs.select_grouped(configs.GROUP_CONTIGUOUS, 8192, 4, 4096, 7168, 132)
-    monkeypatch.delenv("DEEPERGEMM_VARIANT")
+    monkeypatch.delenv("DEEPERGEMM_GROUPED_VARIANT")
     with pytest.raises(ValueError, match="grouping must be"):
         configs.select_grouped(configs.GROUP_NONE, 8, 1, 8, 128, 132)
     with pytest.raises(ValueError, match="need rows_per_group"):

@@ -274,7 +274,7 @@ def _check_masked(out, a, a_s, b, b_s, masked, what):
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", MASKED_VARIANTS, ids=lambda v: v.key)
 def test_gpu_masked_every_variant(variant, monkeypatch):
-    monkeypatch.setenv("DEEPERGEMM_VARIANT", f"{variant.block_m}x{variant.block_n}")
+    monkeypatch.setenv("DEEPERGEMM_GROUPED_VARIANT", f"{variant.block_m}x{variant.block_n}")
     for groups, max_m, n, k, masked in ((4, 200, 136, 384, [0, 1, 200, 77]), (3, 64, 2056, 128, [64, 63, 9]),
                                         (2, 1000, 264, 1152, [999, 300]), (33, 16, 392, 256, [i % 17 for i in range(33)])):
         a, a_s, b, b_s = _masked_inputs(groups, max_m, n, k)
