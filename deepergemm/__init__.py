@@ -9,6 +9,9 @@
     # Mixture-of-experts: one launch for every expert (b: (experts, N, K), b_s: (experts, ceil(N/128), K/128))
     y = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, group_sizes)   # a: experts' rows back to back
     y = dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, masked_m, expected_m)  # a3: (experts, max_m, K)
+    layout = dg.build_contiguous_layout(topk_ids, experts)    # router output -> rows per expert
+    a, a_s = dg.quantize_act(dg.permute_tokens(x, layout))    # ... grouped GEMM with layout.group_sizes ...
+    y = dg.unpermute_tokens(out, layout, topk_weights)        # back to (tokens, N), weighted sum over top-k
 
 All of them are torch.library custom ops (torch.ops.deepergemm.*): they run inside
 torch.compile(fullgraph=True) and CUDA graphs, on CPU through the pure-torch reference.
@@ -24,6 +27,8 @@ _register(__name__)  # before anything imports deepergemm.triton_kernels or deep
 from . import ops as _ops  # registers torch.ops.deepergemm.*
 from . import layouts as _layouts
 from .layouts import GROUPED_M_ALIGNMENT, MAX_GROUPS
+from .moe import (ContiguousLayout, build_contiguous_layout, contiguous_rows_bound, permute_tokens,
+                  unpermute_tokens)
 from .layouts import require_tensors as _require_tensors
 from .reference import calc_diff, dequantize_act, dequantize_weight
 
@@ -31,7 +36,8 @@ __version__ = "0.1.0"
 
 __all__ = ["quantize_act", "quantize_weight", "fp8_gemm", "linear", "calc_diff",
            "dequantize_act", "dequantize_weight", "BACKENDS",
-           "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked", "GROUPED_M_ALIGNMENT", "MAX_GROUPS"]
+           "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked", "GROUPED_M_ALIGNMENT", "MAX_GROUPS",
+           "ContiguousLayout", "build_contiguous_layout", "contiguous_rows_bound", "permute_tokens", "unpermute_tokens"]
 
 BACKENDS = _ops.BACKENDS
 

@@ -266,3 +266,47 @@ def _m_grouped_fp8_gemm_masked_cuda(a, a_scales, b, b_scales, masked_m, expected
 @m_grouped_fp8_gemm_masked.register_fake
 def _m_grouped_fp8_gemm_masked_fake(a, a_scales, b, b_scales, masked_m, expected_m, out, backend="auto") -> None:
     layouts.check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# MoE token layout (deepergemm/moe.py): router output -> the contiguous grouped rows, and back
+# ----------------------------------------------------------------------------------------------
+@custom_op("deepergemm::moe_contiguous_layout", mutates_args=(), device_types=("cpu", "cuda"))
+def moe_contiguous_layout(topk_ids: torch.Tensor, num_experts: int, alignment: int,
+                          max_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row_of (T, topk), token_of (max_rows,), group_sizes (E,), group_starts (E,)), all int32."""
+    from . import moe
+
+    return moe.place(topk_ids, num_experts, alignment, max_rows)
+
+
+@moe_contiguous_layout.register_fake
+def _moe_contiguous_layout_fake(topk_ids, num_experts, alignment, max_rows):
+    def make(*shape):
+        return topk_ids.new_empty(shape, dtype=torch.int32)
+
+    return make(*topk_ids.shape), make(max_rows), make(num_experts), make(num_experts)
+
+
+@custom_op("deepergemm::moe_permute", mutates_args=(), device_types=("cpu", "cuda"))
+def moe_permute(x: torch.Tensor, token_of: torch.Tensor) -> torch.Tensor:
+    from . import moe
+
+    return moe.permute(x, token_of)
+
+
+@moe_permute.register_fake
+def _moe_permute_fake(x, token_of):
+    return x.new_empty((token_of.shape[0], x.shape[1]))
+
+
+@custom_op("deepergemm::moe_unpermute", mutates_args=(), device_types=("cpu", "cuda"))
+def moe_unpermute(y_perm: torch.Tensor, row_of: torch.Tensor, topk_weights: torch.Tensor | None) -> torch.Tensor:
+    from . import moe
+
+    return moe.unpermute(y_perm, row_of, topk_weights)
+
+
+@moe_unpermute.register_fake
+def _moe_unpermute_fake(y_perm, row_of, topk_weights):
+    return y_perm.new_empty((row_of.shape[0], y_perm.shape[1]))

@@ -341,3 +341,45 @@ def test_grouped_bench_cases_sizes_and_check():
         assert check() <= ref.EXACT_TOL, kind
     if not torch.cuda.is_available():
         assert grouped.main([]) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: a whole MoE layer through the public API, eager and compiled
+# ----------------------------------------------------------------------------------------------
+def _moe_layer(x, topk_ids, topk_weights, b, b_s, max_rows):
+    experts = b.shape[0]
+    layout = dg.build_contiguous_layout(topk_ids, experts, max_rows=max_rows)
+    a, a_s = dg.quantize_act(dg.permute_tokens(x, layout))
+    out = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, layout.group_sizes, zero_padding=True)
+    return dg.unpermute_tokens(out, layout, topk_weights)
+
+
+def test_moe_layer_end_to_end_eager_and_compiled():
+    tokens, k, n, experts, topk = 37, 256, 48, 5, 2
+    x = torch.randn(tokens, k, dtype=torch.bfloat16)
+    topk_ids = torch.stack([torch.randperm(experts)[:topk] for _ in range(tokens)]).int()
+    topk_ids[3, 1] = -1  # a choice routed elsewhere (expert parallelism)
+    topk_weights = torch.rand(tokens, topk)
+    b, b_s = _weights(experts, n, k)
+    bound = dg.contiguous_rows_bound(tokens, topk, experts)
+    eager = _moe_layer(x, topk_ids, topk_weights, b, b_s, bound)
+    # per token: the weighted sum of its experts' GEMMs (bf16 per expert, as the grouped GEMM rounds them)
+    a, a_s = ref.quantize_act(x)
+    want = torch.zeros(tokens, n)
+    for t in range(tokens):
+        for j in range(topk):
+            e = int(topk_ids[t, j])
+            if e >= 0:
+                want[t] += topk_weights[t, j] * ref.fp8_gemm(a[t:t + 1], a_s[t:t + 1], b[e], b_s[e]).float()[0]
+    assert torch.equal(eager, want.to(torch.bfloat16))
+    compiled = torch.compile(_moe_layer, fullgraph=True)(x, topk_ids, topk_weights, b, b_s, bound)
+    assert torch.equal(compiled, eager)
+
+
+def test_opcheck_moe_layout_ops():
+    ids = torch.randint(-1, 4, (9, 2), dtype=torch.int32)
+    torch.library.opcheck(OPS.moe_contiguous_layout.default, (ids, 4, 128, 640))
+    row_of, token_of, _, _ = OPS.moe_contiguous_layout(ids, 4, 128, 640)
+    torch.library.opcheck(OPS.moe_permute.default, (torch.randn(9, 64), token_of))
+    torch.library.opcheck(OPS.moe_unpermute.default, (torch.randn(640, 24), row_of, torch.rand(9, 2)))
+    torch.library.opcheck(OPS.moe_unpermute.default, (torch.randn(640, 24), row_of, None))
