@@ -628,8 +628,8 @@ def _select_grouped_cached(grouping: int, rows_per_group: int, groups: int, n: i
         except ValueError:
             shape = ()
         if shape not in tiles:
-            raise ValueError(f"DEEPERGEMM_GROUPED_VARIANT={forced!r} is not a {GROUPING_NAMES[grouping]} grouped tile; choose "
-                             f"from {', '.join(f'{m}x{n}' for m, n in tiles)}")
+            raise ValueError(f"DEEPERGEMM_GROUPED_VARIANT={forced!r} is not a {GROUPING_NAMES[grouping]} grouped "
+                             f"tile; choose from {', '.join(f'{m}x{n}' for m, n in tiles)}")
         candidates = [shape]
     else:
         block_ms = (64,) if rows_per_group <= 64 else (128,) if rows_per_group <= 128 else (128, 256)

@@ -171,6 +171,27 @@ def test_plot(rows, tmp_path):
     assert report.write_plot(only_cublas, tmp_path / "cublas.png")
 
 
+def test_roofline_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [report.build_row(shapes.Shape(m, 2112, 7168),
+                             [Measurement("ptx", calc_diff=1e-6, timing=_timing(10.0 + m / 100)),
+                              Measurement("cublas", calc_diff=1e-6, timing=_timing(25.0 + m / 50))], 3.0)
+            for m in (1, 64, 4096)]
+    path = tmp_path / "roofline.png"
+    assert report.write_roofline(rows, path, 3.0)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not report.write_roofline(rows[:1], tmp_path / "one.png", 3.0)  # one M per (N, K): no line to draw
+    assert not (tmp_path / "one.png").exists()
+
+
+def test_decode_subset_spans_m_for_every_anchor_pair():
+    decode = shapes.select_shapes("decode")
+    pairs = {(s.n, s.k) for s in shapes.ALL_SHAPES}
+    assert len(pairs) == 6 and {(s.n, s.k) for s in decode} == pairs
+    assert all(sorted(s.m for s in decode if (s.n, s.k) == nk) == [1, 8, 16, 32, 64, 128] for nk in pairs)
+    assert {s for s in decode if s.m >= 64} == set(shapes.SUBSETS["small"])  # the small anchors are in it
+
+
 # ----------------------------------------------------------------------------------------------
 # shapes and options
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """GEMM benchmark: deepergemm's fp8_gemm backends side by side with cuBLAS, cold L2, one process.
 
-    python -m deepergemm bench [--shapes all|small|large|MxNxK,...] [--backends ptx,cublas] [--markdown]
+    python -m deepergemm bench [--shapes all|small|large|decode|MxNxK,...] [--backends ptx,cublas] [--markdown]
 
 For each shape: N(0,1) bf16 inputs x (M, K) and w (N, K), quantized through the public API
 (1x128 activation groups, 128x128 weight blocks). Each backend runs once and its bf16 output is
@@ -10,7 +10,8 @@ status 1. Passing backends are timed with benchmark.timing.time_steady (a 1 GiB 
 before each launch, CUDA events, median of --launches; repeated, at most three times, while the spread
 shows a stall of the machine), and so is bf16 torch.matmul(x, w.t()) for
 context. The table gives ours / cuBLAS next to DeepGEMM / cuBLAS from design/ANCHORS.md (the
-figure to beat); gemm_<timestamp>.json and .png go to --out.
+figure to beat); gemm_<timestamp>.json and .png (and _roofline.png: bandwidth and TFLOPS against M for each
+(N, K) pair timed at several M, e.g. --shapes all,decode) go to --out.
 
 Backends: the names of deepergemm.ops.BACKENDS, and "deepergemm" for backend="auto". All of them
 go through torch.ops.deepergemm.fp8_gemm, cuBLAS included (backend="cublas" is
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deepergemm bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="all",
-                   help="subset names (all, small, large) and/or MxNxK shapes, comma separated (default: all)")
+                   help="subset names (all, small, large, decode) and/or MxNxK shapes, comma separated (default: all)")
     p.add_argument("--launches", type=int, default=None,
                    help=f"timed launches per measurement, median reported (default {MIN_LAUNCHES}; "
                         f"at least {MIN_LAUNCHES} unless --quick)")
@@ -212,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     png_path = args.out / f"gemm_{stamp}.png"
     if report.write_plot(rows, png_path, title=f"fp8 GEMM speed vs cuBLAS, {device_name}, {payload['date']}"):
         print(f"wrote {png_path}")
+        roofline_path = args.out / f"gemm_{stamp}_roofline.png"
+        if report.write_roofline(rows, roofline_path, args.hbm_tbps,
+                                 title=f"fp8 GEMM roofline, {device_name}, {payload['date']} (cuBLAS dashed)"):
+            print(f"wrote {roofline_path}")
     else:
         print("note: matplotlib is not installed, so no plot (pip install matplotlib)")
 

@@ -13,46 +13,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
-
 import torch
 
 import deepergemm as dg
 
 from .. import reference
+from .shapes import GROUPED_ANCHORS, GroupedAnchor
 from .timing import time_steady
 
 MIN_LAUNCHES = 30
 
 
-@dataclass(frozen=True)
-class GroupedCase:
-    kind: str          # "contiguous" or "masked"
-    groups: int
-    m: int             # rows per group (masked: max_m = expected_m = m)
-    n: int
-    k: int
-    deepgemm_us: float  # ANCHORS.md
-    deepgemm_tflops: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} {self.groups}x{self.m}x{self.n}x{self.k}"
+# The cases: ANCHORS.md's grouped table (shapes.GROUPED_ANCHORS; m_per_group is masked max_m = expected_m).
+GroupedCase = GroupedAnchor
+CASES = GROUPED_ANCHORS
 
 
-# ANCHORS.md, "Grouped (MoE) GEMMs" (H100 80GB HBM3, 2026-11-24)
-CASES = (
-    GroupedCase("contiguous", 4, 8192, 4096, 7168, 1368.2, 1406),
-    GroupedCase("contiguous", 4, 8192, 7168, 2048, 727.6, 1322),
-    GroupedCase("contiguous", 8, 4096, 4096, 7168, 1373.0, 1401),
-    GroupedCase("contiguous", 8, 4096, 7168, 2048, 726.1, 1325),
-    GroupedCase("masked", 1, 1024, 4096, 7168, 54.9, 1096),
-    GroupedCase("masked", 1, 1024, 7168, 2048, 38.4, 783),
-    GroupedCase("masked", 2, 512, 4096, 7168, 59.6, 1009),
-    GroupedCase("masked", 2, 512, 7168, 2048, 41.8, 719),
-    GroupedCase("masked", 4, 256, 4096, 7168, 73.6, 817),
-    GroupedCase("masked", 4, 256, 7168, 2048, 46.6, 645),
-)
+def case_label(case: GroupedCase) -> str:
+    return f"{case.kind} {case.groups}x{case.m_per_group}x{case.n}x{case.k}"
 
 
 def select_cases(spec: str) -> list[GroupedCase]:
@@ -66,10 +44,10 @@ def select_cases(spec: str) -> list[GroupedCase]:
 def group_sizes(case: GroupedCase, uneven: bool, generator: torch.Generator) -> list[int]:
     """Rows per group: equal, or mean * U(0.7, 1.3) (masked: at most max_m)."""
     if not uneven:
-        return [case.m] * case.groups
-    draw = (torch.rand(case.groups, generator=generator) * 0.6 + 0.7) * case.m
+        return [case.m_per_group] * case.groups
+    draw = (torch.rand(case.groups, generator=generator) * 0.6 + 0.7) * case.m_per_group
     sizes = [max(1, int(v)) for v in draw.tolist()]
-    return [min(s, case.m) for s in sizes] if case.kind == "masked" else sizes
+    return [min(s, case.m_per_group) for s in sizes] if case.kind == "masked" else sizes
 
 
 def case_inputs(case: GroupedCase, sizes: list[int], device: torch.device, backend: str = "ptx"):
@@ -78,37 +56,37 @@ def case_inputs(case: GroupedCase, sizes: list[int], device: torch.device, backe
     k, n = case.k, case.n
     w = torch.randn(case.groups * n, k, device=device, dtype=torch.bfloat16)
     b, b_s = _quantize_groups(w, case.groups, n)
+    counts = torch.tensor(sizes, dtype=torch.int32, device=device)
     if case.kind == "contiguous":
         align = dg.GROUPED_M_ALIGNMENT
-        rows = sum(-(-s // align) * align for s in sizes)
-        a, a_s = dg.quantize_act(torch.randn(rows, k, device=device, dtype=torch.bfloat16))
-        counts = torch.tensor(sizes, dtype=torch.int32, device=device)
-        out = torch.empty(rows, n, device=device, dtype=torch.bfloat16)
-        starts = [sum(-(-s // align) * align for s in sizes[:g]) for g in range(case.groups)]
-        views = [(slice(starts[g], starts[g] + sizes[g]), a, a_s, out) for g in range(case.groups)]
+        firsts = [sum(-(-s // align) * align for s in sizes[:g]) for g in range(case.groups + 1)]
+        a, a_s = dg.quantize_act(torch.randn(firsts[-1], k, device=device, dtype=torch.bfloat16))
+        out = torch.empty(firsts[-1], n, device=device, dtype=torch.bfloat16)
 
         def call():
             dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, counts, out=out, backend=backend)
     else:
-        a, a_s = dg.quantize_act(torch.randn(case.groups * case.m, k, device=device, dtype=torch.bfloat16))
-        a3, a3_s = a.view(case.groups, case.m, k), a_s.reshape(case.groups, case.m, k // 128)
-        counts = torch.tensor(sizes, dtype=torch.int32, device=device)
-        out = torch.empty(case.groups, case.m, n, device=device, dtype=torch.bfloat16)
-        views = [(slice(g * case.m, g * case.m + sizes[g]), a, a_s, out.view(-1, n)) for g in range(case.groups)]
+        max_m = case.m_per_group
+        firsts = [g * max_m for g in range(case.groups)]
+        a, a_s = dg.quantize_act(torch.randn(case.groups * max_m, k, device=device, dtype=torch.bfloat16))
+        a3, a3_s = a.view(case.groups, max_m, k), a_s.reshape(case.groups, max_m, k // 128)
+        out = torch.empty(case.groups * max_m, n, device=device, dtype=torch.bfloat16)
 
         def call():
-            dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, counts, case.m, out=out, backend=backend)
+            dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, counts, max_m, out=out.view(case.groups, max_m, n),
+                                         backend=backend)
 
     def check() -> float:
         out.fill_(float("nan"))
         call()
         worst = 0.0
-        for g, (rows, a2, s2, o2) in enumerate(views):
-            want = reference.exact_fp32_matmul(reference.dequantize_act(a2[rows], s2[rows]),
-                                               reference.dequantize_weight(b[g], b_s[g]))
-            if o2[rows].isnan().any():  # (max() would drop calc_diff's NaN)
+        for g in range(case.groups):
+            rows = slice(firsts[g], firsts[g] + sizes[g])
+            if out[rows].isnan().any():  # (max() would drop calc_diff's NaN)
                 return float("nan")
-            worst = max(worst, reference.calc_diff(o2[rows], want))
+            want = reference.exact_fp32_matmul(reference.dequantize_act(a[rows], a_s[rows]),
+                                               reference.dequantize_weight(b[g], b_s[g]))
+            worst = max(worst, reference.calc_diff(out[rows], want))
         return worst
 
     return call, check
@@ -155,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = group_sizes(case, args.uneven, generator)
         call, check = case_inputs(case, sizes, device)
         diff = check()
-        cells = [case.label, "equal" if not args.uneven else f"{min(sizes)}..{max(sizes)}", f"{diff:.2e}"]
+        cells = [case_label(case), "equal" if not args.uneven else f"{min(sizes)}..{max(sizes)}", f"{diff:.2e}"]
         if not diff <= args.check_tol:
             status = 1
             cells += ["FAIL", "-", f"{case.deepgemm_tflops:.0f}", "-"]

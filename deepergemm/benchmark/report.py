@@ -335,3 +335,48 @@ def write_plot(rows: list[dict], path: Path | str, title: str = "") -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return True
+
+
+def write_roofline(rows: list[dict], path: Path | str, hbm_tbps: float, title: str = "") -> bool:
+    """Achieved bandwidth (bytes of A + B + D + scales / time) and TFLOPS against M, one line per (N, K) pair
+    with at least two M values and per timed backend (cuBLAS dashed), the HBM bandwidth as
+    a line: where each backend leaves the memory roof. Returns False when matplotlib is not installed or
+    no (N, K) pair has two M values (nothing to draw)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    series: dict[tuple[int, int], list[dict]] = {}
+    for row in rows:
+        series.setdefault((row["n"], row["k"]), []).append(row)
+    series = {nk: sorted(rs, key=lambda r: r["m"]) for nk, rs in series.items() if len({r["m"] for r in rs}) > 1}
+    if not series:
+        return False
+    fig = Figure(figsize=(13, 5.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_bw, ax_tf = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    names = ours(rows) + [CUBLAS]
+    colors = {}
+    for (n, k), rs in series.items():
+        ms = [r["m"] for r in rs]
+        for name in names:
+            figs = [r["backends"].get(name, {}) for r in rs]
+            style = "--" if name == CUBLAS else "-"
+            for ax, key in ((ax_bw, "gbps"), (ax_tf, "tflops")):
+                values = [f.get(key) if f.get(key) is not None else math.nan for f in figs]
+                line, = ax.plot(ms, values, style, marker="o", markersize=3, color=colors.get((n, k)),
+                                label=f"{name} N={n} K={k}")
+                colors[(n, k)] = line.get_color()
+    ax_bw.axhline(hbm_tbps * 1000, color="black", linewidth=1, label=f"HBM {hbm_tbps:.1f} TB/s")
+    for ax, ylabel in ((ax_bw, "achieved GB/s (A + B + D + scales)"), (ax_tf, "TFLOPS")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("M")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    ax_bw.legend(fontsize=6, ncol=2)
+    fig.suptitle(title or "fp8 GEMM roofline: bandwidth and TFLOPS vs M (cuBLAS dashed)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return True

@@ -4,7 +4,8 @@ Anchors were measured on one H100 80GB HBM3, 2026-11-24, torch 2.11.0+cu130, col
 launches. Absolute times drift between machines and runs; the figure to beat is the ratio
 ``DeepGEMM / cuBLAS`` (speed), compared with our own ``ours / cuBLAS`` measured in one run.
 
-Shape selection (``select_shapes``): a subset name ("all", "small" = M <= 128, "large" = M >= 4096),
+Shape selection (``select_shapes``): a subset name ("all", "small" = M <= 128, "large" = M >= 4096, "decode" =
+M in 1, 8, 16, 32, 64, 128 for each anchor (N, K) pair),
 or a comma-separated list mixing subset names and explicit shapes "MxNxK", e.g.
 "64x2112x7168,128x4096x7168" or "small,256x7168x2048".
 """
@@ -94,7 +95,7 @@ DENSE_ANCHORS: dict[Shape, Anchor] = _dense("""
 8192x7168x2048  49.8  205.9  186.4  1.10  216.3 1291
 """)
 
-# Grouped GEMMs, for the grouped benchmark of a later issue.
+# Grouped GEMMs: the cases of the grouped benchmark (benchmark/grouped.py).
 GROUPED_ANCHORS: tuple[GroupedAnchor, ...] = (
     GroupedAnchor("contiguous", 4, 8192, 4096, 7168, 1368.2, 1406),
     GroupedAnchor("contiguous", 4, 8192, 7168, 2048, 727.6, 1322),
@@ -110,10 +111,16 @@ GROUPED_ANCHORS: tuple[GroupedAnchor, ...] = (
 
 ALL_SHAPES: tuple[Shape, ...] = tuple(DENSE_ANCHORS)  # table order: M, then the six (N, K) pairs
 
+# Decode sizes: the anchors' six (N, K) pairs at every M a serving batch commonly has (M = 64 and 128 are
+# anchors; 1..32 are not: no DeepGEMM figure). With the large anchors they trace the roofline (report.py).
+DECODE_MS = (1, 8, 16, 32, 64, 128)
+NK_PAIRS: tuple[tuple[int, int], ...] = tuple(dict.fromkeys((s.n, s.k) for s in ALL_SHAPES))
+
 SUBSETS: dict[str, tuple[Shape, ...]] = {
     "all": ALL_SHAPES,
     "small": tuple(s for s in ALL_SHAPES if s.m <= SMALL_M_MAX),
     "large": tuple(s for s in ALL_SHAPES if s.m >= LARGE_M_MIN),
+    "decode": tuple(Shape(m, n, k) for n, k in NK_PAIRS for m in DECODE_MS),
 }
 
 _SHAPE_RE = re.compile(r"^(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)$")
