@@ -31,6 +31,7 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_SMALL_M_WGS=1|2   math warpgroups of unsplit 64-row tiles (default: one, two below K = 1024)
   DEEPERGEMM_SMALL_M_CLUSTER=0  do not pair the two 64-row M-tiles at 64 < M <= 128 in B-multicast clusters
   DEEPERGEMM_STREAM_K=0        no stream-K tail (stream_k_pays)
+  DEEPERGEMM_PDL=1             programmatic dependent launch (pdl_enabled; off by default, not yet measured)
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
                                2 evict-last (default: l2_hints_for; 0 = no hints)
 
@@ -506,7 +507,16 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int) -> tuple[
 # The environment switches select() reads (module docstring): its cache key, so a changed switch counts at once.
 SWITCHES = ("DEEPERGEMM_DUAL_ACC", "DEEPERGEMM_VARIANT", "DEEPERGEMM_CLUSTER", "DEEPERGEMM_GROUP_N",
             "DEEPERGEMM_SPLIT_K", "DEEPERGEMM_SMALL_M_CLUSTER", "DEEPERGEMM_SMALL_M_WGS", "DEEPERGEMM_STREAM_K",
-            "DEEPERGEMM_L2_HINTS", "DEEPERGEMM_GROUPED_VARIANT")  # (the last: select_grouped's, keyed there too)
+            "DEEPERGEMM_L2_HINTS", "DEEPERGEMM_GROUPED_VARIANT",  # (select_grouped's, keyed there too)
+            "DEEPERGEMM_PDL")  # (read per launch: pdl_enabled)
+
+
+def pdl_enabled() -> bool:
+    """DEEPERGEMM_PDL=1: launch the GEMMs with programmatic dependent launch, so a kernel's prologue (barrier
+    setup, tensor-map prefetch, register reallocation) overlaps the previous kernel's tail in the stream; the
+    kernel waits for that kernel (griddepcontrol.wait) before it touches global memory, so results are the same.
+    Off by default until measured on a GPU (ptx/NOTES.md, twelfth session)."""
+    return _env_flag("DEEPERGEMM_PDL", False)
 
 
 def select(m: int, n: int, k: int, num_sms: int) -> Choice:

@@ -71,7 +71,7 @@ def launch(module, variant: configs.Variant, a: torch.Tensor, a_scales: torch.Te
     groups = 0 if group_rows is None else group_rows.numel()
     module.fp8_gemm(a, a_scales, b, b_scales, out, bias if bias is not None else out, bias_kind, num_sms, group_n,
                     l2_hints, workspace, _NO_WORKSPACE if group_rows is None else group_rows, groups, group_stride,
-                    torch.cuda.current_stream(a.device).cuda_stream)
+                    int(configs.pdl_enabled()), torch.cuda.current_stream(a.device).cuda_stream)
 
 
 def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,

@@ -240,6 +240,9 @@ def _check_grouped_out(out: torch.Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"out must have shape {shape}, got {tuple(out.shape)}")
     if not out.is_contiguous():
         raise ValueError(f"out must be contiguous, got strides {out.stride()}")
+    if has_storage(out) and out.data_ptr() % TMA_ALIGN_BYTES != 0:
+        raise ValueError(f"out data pointer must be {TMA_ALIGN_BYTES}-byte aligned (TMA), got address "
+                         f"{out.data_ptr():#x} (a view at an odd offset?)")
 
 
 def _check_k(k: int) -> None:

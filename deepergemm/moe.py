@@ -108,7 +108,9 @@ def build_contiguous_layout(topk_ids: torch.Tensor, num_experts: int, alignment:
     """Place the router's choices topk_ids (T, topk) int32/int64 in the contiguous grouped layout.
 
     Ids outside [0, num_experts) (-1 included) are dropped. max_rows=None reads the total back from the
-    device (one synchronization); a given max_rows never synchronizes and drops the choices past it."""
+    device (one synchronization); a given max_rows never synchronizes and drops the choices past it. The grouped
+    GEMM (m_grouped_fp8_gemm_contiguous) places segments at multiples of GROUPED_M_ALIGNMENT: keep the default
+    alignment for it (another alignment lays out rows the GEMM would read elsewhere)."""
     _require_tensor("topk_ids", topk_ids)
     _require_dtype("topk_ids", topk_ids, _ID_DTYPES)
     check_rank("topk_ids", topk_ids, 2, "(T, topk)")

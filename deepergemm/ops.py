@@ -227,7 +227,8 @@ def _m_grouped_fp8_gemm_contiguous_cuda(a, a_scales, b, b_scales, group_sizes, o
     from . import configs, kernels
 
     kernels.m_grouped_fp8_gemm(configs.GROUP_CONTIGUOUS, a, layouts.to_act_scale_layout(a_scales), b,
-                               b_scales.contiguous(), group_sizes, layouts.GROUPED_M_ALIGNMENT, ceil_div(m, groups), out)
+                               b_scales.contiguous(), group_sizes.contiguous(), layouts.GROUPED_M_ALIGNMENT,
+                               ceil_div(m, groups), out)
 
 
 @m_grouped_fp8_gemm_contiguous.register_fake
@@ -260,7 +261,8 @@ def _m_grouped_fp8_gemm_masked_cuda(a, a_scales, b, b_scales, masked_m, expected
     rows = groups * max_m
     kernels.m_grouped_fp8_gemm(configs.GROUP_MASKED, a.view(rows, k),
                                layouts.to_act_scale_layout(a_scales.reshape(rows, k // GROUP_K)), b,
-                               b_scales.contiguous(), masked_m, max_m, min(expected_m, max_m), out.view(rows, n))
+                               b_scales.contiguous(), masked_m.contiguous(), max_m, min(expected_m, max_m),
+                               out.view(rows, n))
 
 
 @m_grouped_fp8_gemm_masked.register_fake

@@ -75,7 +75,7 @@ CUtensorMap tensor_map_2d(const void* base, CUtensorMapDataType type, uint64_t i
 void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b, const at::Tensor& b_scales,
               at::Tensor& out, const at::Tensor& bias, int64_t bias_kind, int64_t num_sms, int64_t group_n, int64_t l2_hints,
               const at::Tensor& stream_k_workspace, const at::Tensor& group_rows, int64_t groups, int64_t group_stride,
-              int64_t stream) {
+              int64_t pdl, int64_t stream) {
   TORCH_CHECK(kGrouped == dg::kGroupNone ? groups == 0 : groups >= 1 && groups <= dg::kMaxGroups && group_stride > 0,
               "deepergemm: this variant takes ", kGrouped == dg::kGroupNone ? "no groups" : "1..256 groups", ", got ",
               groups, " (stride ", group_stride, ")");
@@ -126,8 +126,10 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   p.group_stride = static_cast<int>(group_stride);
   if (kGrouped != dg::kGroupNone) {
     TORCH_CHECK(group_rows.is_cuda() && group_rows.scalar_type() == at::kInt && group_rows.numel() == groups &&
-                    b.size(0) == groups * n,
-                "deepergemm: grouped GEMM needs group_rows (", groups, ",) int32 on the GPU and b (groups * N, K)");
+                    group_rows.is_contiguous() && b.size(0) == groups * n &&
+                    (kGrouped != dg::kGroupMasked || m == groups * group_stride),
+                "deepergemm: grouped GEMM needs group_rows (", groups, ",) int32 contiguous on the GPU, b (groups * N, K)"
+                " and, masked, a (groups * max_m, K)");
     p.group_rows = group_rows.data_ptr<int>();
   }
 
@@ -149,13 +151,17 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   config.blockDim = dim3(Traits::kThreads);
   config.dynamicSmemBytes = Layout::kDynamicBytes;
   config.stream = reinterpret_cast<cudaStream_t>(stream);
-  cudaLaunchAttribute cluster_attr;
-  cluster_attr.id = cudaLaunchAttributeClusterDimension;
-  cluster_attr.val.clusterDim.x = kCluster;
-  cluster_attr.val.clusterDim.y = 1;
-  cluster_attr.val.clusterDim.z = 1;
-  config.attrs = &cluster_attr;
-  config.numAttrs = 1;
+  cudaLaunchAttribute attrs[2];
+  attrs[0].id = cudaLaunchAttributeClusterDimension;
+  attrs[0].val.clusterDim.x = kCluster;
+  attrs[0].val.clusterDim.y = 1;
+  attrs[0].val.clusterDim.z = 1;
+  // pdl: programmatic dependent launch, this kernel's prologue overlaps the previous kernel's tail (the kernel
+  // waits for it in griddepcontrol.wait before touching global memory)
+  attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[1].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attrs;
+  config.numAttrs = pdl != 0 ? 2 : 1;
   static int64_t resident_clusters = 0;  // per module; num_sms is the same for every call on one GPU model
   if (resident_clusters == 0) {
     resident_clusters = num_sms / kCluster;

@@ -377,10 +377,16 @@ __device__ __forceinline__ void build_group_table(const GemmParams& p, int* tabl
   int* tiles_before = table;
   int* start = table + kMaxGroups + 1;
   int* end = start + kMaxGroups;
+  constexpr int kRounds = kMaxGroups / 32;
+  int counts[kRounds];  // every count loaded first: one load latency, not one per round
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) counts[r] = r * 32 + lane < p.groups ? ld_global_nc_s32(p.group_rows + r * 32 + lane) : 0;
   int tiles_done = 0, rows_done = 0;  // over the groups of earlier rounds (rows: saturated at M)
-  for (int base = 0; base < p.groups; base += 32) {
-    const int g = base + lane;
-    const int requested = g < p.groups ? ld_global_nc_s32(p.group_rows + g) : 0;
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) {
+    if (r * 32 >= p.groups) break;
+    const int g = r * 32 + lane;
+    const int requested = counts[r];
     const int span = GM == kGroupContiguous && g < p.groups ? group_span(requested, p.group_stride, p.m) : 0;
     const int span_incl = warp_inclusive_sum(span);
     const GroupExtent e = group_extent(GM, g, requested, rows_done + span_incl - span, p.group_stride, p.m);
@@ -1189,6 +1195,12 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
     }
     fence_barrier_init();
   }
+  // Programmatic dependent launch (a launch attribute the host sets on request; without it both are no-ops):
+  // everything above overlaps the previous kernel's tail; nothing below touches global memory before that
+  // kernel is done (it may write our inputs, or still read memory our output reuses). The next kernel may be
+  // scheduled from here on; it waits for this one in its own griddepcontrol.wait.
+  griddepcontrol_wait();
+  griddepcontrol_launch_dependents();
   int* group_table = reinterpret_cast<int*>(smem + L::kGroupTable);
   if constexpr (GM != kGroupNone) {
     if (threadIdx.x / 32 == 1) build_group_table<BM, GM>(p, group_table, threadIdx.x % 32);

@@ -82,9 +82,10 @@ DG_HD int group_span(int requested, int align, int m) {
 DG_HD GroupExtent group_extent(int mode, int g, int requested, int offset, int stride, int m) {
   GroupExtent e;
   requested = requested < 0 ? 0 : requested;
-  if (mode == kGroupMasked) {  // stride: max_m
-    e.start = g * stride;
+  if (mode == kGroupMasked) {  // stride: max_m (and m = groups * max_m: the binding checks; clamped anyway)
+    e.start = g * stride < m ? g * stride : m;
     e.rows = requested < stride ? requested : stride;
+    e.rows = e.rows < m - e.start ? e.rows : m - e.start;
   } else {  // contiguous, stride: the alignment; a segment past the end of A holds no rows
     e.start = offset < m ? offset : m;
     e.rows = requested < m - e.start ? requested : m - e.start;

@@ -220,3 +220,31 @@ def test_stream_k_through_the_op_and_a_cuda_graph():
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(static_out.view(torch.int16), eager.view(torch.int16))
+
+
+def test_programmatic_dependent_launch_keeps_results(monkeypatch):
+    """DEEPERGEMM_PDL=1: each GEMM may start while the previous kernel of the stream finishes; it waits for
+    that kernel before touching global memory. A chain where each GEMM reads what the kernel before it wrote
+    (quantize -> GEMM -> quantize -> GEMM ..., also into reused allocator blocks) gives the same bits as without
+    PDL, eagerly and replayed from a CUDA graph."""
+    a, a_s, b, b_s = make_inputs(200, 1024, 1024, spread=False)
+
+    def chain():
+        y = dg.fp8_gemm(a, a_s, b, b_s, backend="ptx")
+        for _ in range(6):
+            q, s = dg.quantize_act(y)
+            y = dg.fp8_gemm(q, s, b, b_s, backend="ptx") * 0.03
+        return y
+
+    monkeypatch.setenv("DEEPERGEMM_PDL", "0")
+    want = chain()
+    monkeypatch.setenv("DEEPERGEMM_PDL", "1")
+    for _ in range(3):
+        assert torch.equal(chain().view(torch.int16), want.view(torch.int16))
+    chain()  # warm-up before the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = chain()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static.view(torch.int16), want.view(torch.int16))

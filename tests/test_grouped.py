@@ -158,6 +158,13 @@ def test_contiguous_rules(change, error, match):
         dg.m_grouped_fp8_gemm_contiguous(**args)
 
 
+def test_misaligned_out_is_a_named_error():
+    a, a_s, b, b_s, sizes = _contiguous_args()
+    storage = torch.empty(256 * 16 + 1, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="out data pointer must be 16-byte aligned"):
+        dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, sizes, out=storage[1:].view(256, 16))
+
+
 def test_group_count_limit():
     a, a_s = _acts(128, 128)
     b = torch.zeros(dg.MAX_GROUPS + 1, 8, 128, dtype=ref.FP8_DTYPE)
@@ -285,6 +292,22 @@ def test_gpu_masked_every_variant(variant, monkeypatch):
 
 
 @pytest.mark.gpu
+def test_gpu_strided_counts_are_read_by_value():
+    """Row counts given as a strided view (a column of a table) mean the same as a contiguous copy."""
+    groups, max_m, n, k = 3, 64, 136, 256
+    a, a_s, b, b_s = _masked_inputs(groups, max_m, n, k)
+    table = torch.tensor([[5, 0], [64, 0], [17, 0]], dtype=torch.int32, device="cuda")
+    out = torch.full((groups, max_m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    dg.m_grouped_fp8_gemm_masked(a, a_s, b, b_s, table[:, 0], 32, out=out, backend="ptx")
+    _check_masked(out, a, a_s, b, b_s, [5, 64, 17], "strided masked_m")
+    sizes = table[:, 0]
+    a2, a2_s = _acts(3 * ALIGN, k, "cuda")
+    out2 = torch.full((3 * ALIGN, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    dg.m_grouped_fp8_gemm_contiguous(a2, a2_s, b, b_s, sizes, out=out2, backend="ptx")
+    _check_contiguous(out2, _expected_contiguous(a2, a2_s, b, b_s, [5, 64, 17]), "strided group_sizes")
+
+
+@pytest.mark.gpu
 def test_gpu_masked_cuda_graph_replays_new_counts():
     groups, max_m, n, k = 4, 256, 4096, 1024
     a, a_s, b, b_s = _masked_inputs(groups, max_m, n, k, spread=False)
@@ -363,7 +386,8 @@ def test_moe_layer_end_to_end_eager_and_compiled():
     b, b_s = _weights(experts, n, k)
     bound = dg.contiguous_rows_bound(tokens, topk, experts)
     eager = _moe_layer(x, topk_ids, topk_weights, b, b_s, bound)
-    # per token: the weighted sum of its experts' GEMMs (bf16 per expert, as the grouped GEMM rounds them)
+    # per token: the weighted sum of its experts' GEMMs (bf16 per expert, as the grouped GEMM rounds them), and a
+    # dropped choice adds nothing
     a, a_s = ref.quantize_act(x)
     want = torch.zeros(tokens, n)
     for t in range(tokens):
@@ -371,7 +395,8 @@ def test_moe_layer_end_to_end_eager_and_compiled():
             e = int(topk_ids[t, j])
             if e >= 0:
                 want[t] += topk_weights[t, j] * ref.fp8_gemm(a[t:t + 1], a_s[t:t + 1], b[e], b_s[e]).float()[0]
-    assert torch.equal(eager, want.to(torch.bfloat16))
+    # (fp32 sums in another order inside the matmuls: a bf16 rounding may land one unit apart)
+    assert ref.calc_diff(eager, want) < 1e-5 and torch.allclose(eager.float(), want, rtol=2 ** -6, atol=1e-2)
     compiled = torch.compile(_moe_layer, fullgraph=True)(x, topk_ids, topk_weights, b, b_s, bound)
     assert torch.equal(compiled, eager)
 
