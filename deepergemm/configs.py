@@ -53,7 +53,7 @@ import re
 from dataclasses import dataclass
 from math import gcd
 
-from .layouts import GROUPED_M_ALIGNMENT, MAX_GROUPS, ceil_div, round_up
+from .layouts import MAX_GROUPS, ceil_div, round_up
 
 BLOCK_K = 128
 SMEM_LIMIT = 232448        # bytes of dynamic shared memory per block on sm_90 (227 KiB)
@@ -126,8 +126,7 @@ class Variant:
     # 64-row tile (SMALL_M_MATH_WGS, SPLIT_K_MATH_WGS).
     math_wgs: int = 2
     # Grouped GEMMs (key suffix "gc" contiguous, "gm" masked; GROUP_*): B holds one (N, K) matrix per group, and
-    # the M-tiles come from the groups' row counts on the device. No B multicast (two M-tiles of a pair may
-    # belong to different groups), no split-K; contiguous tiles divide the segments' alignment.
+    # the M-tiles come from the groups' row counts on the device. No split-K.
     grouping: int = GROUP_NONE
 
     def __post_init__(self):
@@ -160,10 +159,8 @@ class Variant:
             problems.append("at least 2 stages")
         if self.grouping not in (GROUP_NONE, GROUP_CONTIGUOUS, GROUP_MASKED):
             problems.append("grouping must be GROUP_NONE, GROUP_CONTIGUOUS or GROUP_MASKED")
-        elif self.grouping != GROUP_NONE and (self.cluster_m > 1 or self.splits > 1):
-            problems.append("grouped GEMMs run without B multicast (CM = 1) and without split-K")
-        elif self.grouping == GROUP_CONTIGUOUS and GROUPED_M_ALIGNMENT % self.block_m:
-            problems.append(f"contiguous grouped tiles must divide the segment alignment {GROUPED_M_ALIGNMENT}")
+        elif self.grouping != GROUP_NONE and self.splits > 1:
+            problems.append("grouped GEMMs run without split-K")
         if problems:
             raise ValueError(f"variant {self.block_m}x{self.block_n} stages={self.stages} "
                              f"cluster={self.cluster_m}x{self.cluster_n}: " + "; ".join(problems))
@@ -588,35 +585,49 @@ def _select(m: int, n: int, k: int, num_sms: int) -> Choice:
 # grouped (MoE) GEMMs
 # ----------------------------------------------------------------------------------------------
 # Tile shapes per grouping. The kernel is the plain GEMM's with a grouped scheduler (ptx/scheduler.cuh), so the
-# plain tiles' measured costs (_TILE_COST) and accumulator orderings carry over, except B multicast, which
-# grouped tiles cannot use (two M-tiles of a pair may belong to different groups): 128-row tiles run
-# unclustered, 256-row tiles keep their A multicast (the two CTAs of a 1x2 pair share an M-tile, so a group).
-# Contiguous tiles must divide the segment alignment (128). Not yet measured on a GPU (ptx/NOTES.md).
+# plain tiles' measured costs (_TILE_COST), accumulator orderings and clusters carry over: 128-row tiles pair
+# two M-tiles that multicast B (CLUSTER_SHAPE) where the groups are tall enough, 256-row (masked) tiles pair two
+# N-tiles that multicast A (CLUSTER_SHAPE_256). A B-multicast pair never holds two groups: each group's M-tile
+# count is rounded up to whole pairs, and the extra tile (past the group's end) is computed but never stored.
+# A tile may be taller than the segment alignment (256 > 128): its rows past the group's end are computed (the
+# next group's, or zeros) but never stored, half a tile per group on average. Not yet measured on a GPU
+# (ptx/NOTES.md).
 GROUPED_TILES: dict[int, tuple[tuple[int, int], ...]] = {
-    GROUP_CONTIGUOUS: ((128, 128), (128, 192), (64, 128)),
+    GROUP_CONTIGUOUS: ((256, 128), (128, 128), (128, 192), (64, 128)),
     GROUP_MASKED: ((256, 128), (128, 128), (128, 192), (64, 128), (64, 64)),
 }
 GROUPING_NAMES = {GROUP_CONTIGUOUS: "contiguous", GROUP_MASKED: "masked"}
+# 128-row grouped tiles run as B-multicast pairs when rounding each group's M-tiles to whole pairs adds at most
+# this share of tiles (e.g. every group has at least 5 tiles, or an even count): the plain 2x1 pairs ran 0-15%
+# faster than unpaired tiles at long K (ptx/NOTES.md, second session), a wasted tile per group costs 1/tiles.
+GROUPED_PAIR_MAX_WASTE = 0.1
 
 
-def _grouped_variant(grouping: int, block_m: int, block_n: int) -> Variant:
-    cluster = CLUSTER_SHAPE_256 if block_m == 256 else (1, 1)
+def _grouped_variant(grouping: int, block_m: int, block_n: int, paired: bool = False) -> Variant:
     if block_m == 64:  # the plain 64-row layout: one math warpgroup, two steps in flight
-        return _variant(64, block_n, True, cluster, DUAL_ISSUE_AHEAD[64], math_wgs=SMALL_M_MATH_WGS, grouping=grouping)
+        return _variant(64, block_n, True, (1, 1), DUAL_ISSUE_AHEAD[64], math_wgs=SMALL_M_MATH_WGS, grouping=grouping)
+    cluster = CLUSTER_SHAPE_256 if block_m == 256 else CLUSTER_SHAPE if paired else (1, 1)
     dual = block_m <= 128 and block_n <= MAX_MATH_REGS_DUAL
     return _variant(block_m, block_n, dual, cluster, DUAL_ISSUE_AHEAD[block_m] if dual else True, grouping=grouping)
 
 
 GROUPED_VARIANTS: tuple[Variant, ...] = tuple(
-    _grouped_variant(grouping, bm, bn) for grouping, tiles in GROUPED_TILES.items() for bm, bn in tiles)
+    _grouped_variant(grouping, bm, bn, paired) for grouping, tiles in GROUPED_TILES.items() for bm, bn in tiles
+    for paired in ((False, True) if bm == 128 else (False,)))
 # What CI compiles (and `warmup --variants tested` builds): the tested plain variants and the grouped ones.
 BUILT_VARIANTS: tuple[Variant, ...] = TESTED_VARIANTS + GROUPED_VARIANTS
+
+
+def _group_tiles(rows: int, block_m: int, cluster_m: int) -> int:
+    """M-tiles of a group of `rows` rows (dg::group_tiles): rounded up to whole B-multicast pairs."""
+    return round_up(ceil_div(rows, block_m), cluster_m)
 
 
 def select_grouped(grouping: int, rows_per_group: int, groups: int, n: int, k: int, num_sms: int) -> Choice:
     """The grouped variant for `groups` GEMMs of about `rows_per_group` rows each (masked: expected_m;
     contiguous: the mean real rows per group) by N by K: the wave model of select() over GROUPED_TILES, with
-    64-row tiles up to 64 rows per group, 128-row ones above, 256-row ones (masked only) above 128.
+    64-row tiles up to 64 rows per group, 128-row ones above, 256-row ones also above 128; 128-row
+    tiles in B-multicast pairs where GROUPED_PAIR_MAX_WASTE allows.
     DEEPERGEMM_GROUPED_VARIANT=BMxBN forces one of GROUPED_TILES. Cached like select()."""
     return _select_grouped_cached(grouping, rows_per_group, groups, n, k, num_sms,
                                   os.environ.get("DEEPERGEMM_GROUPED_VARIANT"))
@@ -645,17 +656,22 @@ def _select_grouped_cached(grouping: int, rows_per_group: int, groups: int, n: i
         block_ms = (64,) if rows_per_group <= 64 else (128,) if rows_per_group <= 128 else (128, 256)
         candidates = [s for s in tiles if s[0] in block_ms] or [min(tiles)]
 
-    def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
-        variant = _grouped_variant(grouping, *shape)
-        units = groups * ceil_div(rows_per_group, shape[0]) * ceil_div(ceil_div(n, shape[1]), variant.cluster_n)
-        waves = ceil_div(units, max(1, num_sms // variant.cluster))
-        return waves * shape[0] * shape[1] * _TILE_COST.get(shape, 1.1), -shape[0] * shape[1]
+    def variant_for(shape: tuple[int, int]) -> Variant:
+        bm = shape[0]
+        waste = _group_tiles(rows_per_group, bm, 2) / ceil_div(rows_per_group, bm) - 1
+        return _grouped_variant(grouping, *shape, paired=bm == 128 and waste <= GROUPED_PAIR_MAX_WASTE)
 
-    variant = _grouped_variant(grouping, *min(candidates, key=modelled_time))
-    m_tiles = groups * ceil_div(rows_per_group, variant.block_m)
+    def units_waves(v: Variant) -> tuple[int, int]:
+        units = (groups * _group_tiles(rows_per_group, v.block_m, v.cluster_m) // v.cluster_m
+                 * ceil_div(ceil_div(n, v.block_n), v.cluster_n))
+        return units, ceil_div(units, max(1, num_sms // v.cluster))
+
+    def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
+        return units_waves(variant_for(shape))[1] * shape[0] * shape[1] * _TILE_COST.get(shape, 1.1), -shape[0] * shape[1]
+
+    variant = variant_for(min(candidates, key=modelled_time))
+    units, waves = units_waves(variant)
     n_units = ceil_div(ceil_div(n, variant.block_n), variant.cluster_n)
-    units = m_tiles * n_units
-    waves = ceil_div(units, max(1, num_sms // variant.cluster))
     return Choice(variant, min(DEFAULT_GROUP_N, n_units), units * variant.cluster, waves,
                   min(units, num_sms // variant.cluster) * variant.cluster,
-                  l2_hints_for(rows_per_group, variant.block_m, 1), False)
+                  l2_hints_for(rows_per_group, variant.block_m, variant.cluster_m), False)

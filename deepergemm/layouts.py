@@ -26,8 +26,8 @@ OUT_DTYPES = (torch.bfloat16, torch.float32)
 BIAS_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 LINEAR_X_DTYPES = (torch.bfloat16, torch.float32)
 # Grouped (MoE) GEMMs, contiguous layout: each expert's rows start at a multiple of this many rows of A (the
-# rows after its last real row, up to the next multiple, are padding). Every grouped kernel variant's BLOCK_M
-# divides it, so no M-tile holds rows of two experts.
+# rows after its last real row, up to the next multiple, are padding; DeepGEMM's alignment). The kernel's
+# tiles start at their expert's first row, so a tile never stores another expert's rows, whatever its height.
 GROUPED_M_ALIGNMENT = 128
 
 

@@ -142,10 +142,10 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   // One unit = kClusterM x kClusterN tiles (scheduler.cuh; with split-K one tile for kSplitK CTAs); one cluster per unit, at most as many
   // clusters as fit on the GPU at once (a GPC's SMs need not divide into whole clusters).
   // Grouped: the kernel counts its tiles from the device's row counts; the grid takes the most there can be
-  // (every group's rows may start a tile of their own), idle CTAs leave at once.
+  // (every group's rows may start a tile of their own, and a pair's rounding add one), idle CTAs leave at once.
   const int64_t m_tiles = kGrouped == dg::kGroupNone ? (m + kBM - 1) / kBM
-                          : kGrouped == dg::kGroupMasked ? groups * ((group_stride + kBM - 1) / kBM)
-                                                         : (m + kBM - 1) / kBM + groups;
+                          : kGrouped == dg::kGroupMasked ? groups * dg::group_tiles(static_cast<int>(group_stride), kBM, kClusterM)
+                                                         : (m + kBM - 1) / kBM + groups * kClusterM;
   const int64_t units = ((m_tiles + kClusterM - 1) / kClusterM) * ((n + kBN * kClusterN - 1) / (kBN * kClusterN));
   cudaLaunchConfig_t config = {};
   config.blockDim = dim3(Traits::kThreads);

@@ -372,7 +372,7 @@ __device__ __forceinline__ void publish_step_meta(const TileScheduler<CM, CN, KS
 // device, 32 groups at a time (two prefix sums over the warp: segment rows and M-tiles), before the
 // kernel's first barrier. Reading the counts here, not on the host, keeps the launch free of host
 // synchronization (CUDA graphs replay it with new counts).
-template <int BM, int GM>
+template <int BM, int GM, int CM>
 __device__ __forceinline__ void build_group_table(const GemmParams& p, int* table, int lane) {
   int* tiles_before = table;
   int* start = table + kMaxGroups + 1;
@@ -390,7 +390,7 @@ __device__ __forceinline__ void build_group_table(const GemmParams& p, int* tabl
     const int span = GM == kGroupContiguous && g < p.groups ? group_span(requested, p.group_stride, p.m) : 0;
     const int span_incl = warp_inclusive_sum(span);
     const GroupExtent e = group_extent(GM, g, requested, rows_done + span_incl - span, p.group_stride, p.m);
-    const int tiles = g < p.groups ? (e.rows + BM - 1) / BM : 0;
+    const int tiles = g < p.groups ? group_tiles(e.rows, BM, CM) : 0;
     const int tiles_incl = warp_inclusive_sum(tiles);
     if (g < p.groups) {
       tiles_before[g] = tiles_done + tiles_incl - tiles;
@@ -1162,9 +1162,9 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                     const __grid_constant__ CUtensorMap map_sa, const __grid_constant__ CUtensorMap map_out,
                     const GemmParams p) {
-  // Grouped GEMMs: the two M-tiles of a B-multicast pair may belong to different groups (other B tiles), and
-  // split-K / stream-K need the tile count on the host.
-  static_assert(GM == kGroupNone || (CM == 1 && KS == 1), "grouped GEMMs run without B multicast or split-K");
+  // Grouped GEMMs: split-K / stream-K need the tile count on the host. (B multicast pairs stay in one group:
+  // group_tiles rounds each group's tiles to whole pairs.)
+  static_assert(GM == kGroupNone || KS == 1, "grouped GEMMs run without split-K");
   using Traits = GemmTraits<BM, BN, STAGES, KS, WGS, GM>;
   using L = typename Traits::Layout;
   constexpr int MCAST = CM * CN;         // CTAs that share stages by multicast
@@ -1203,7 +1203,7 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
   griddepcontrol_launch_dependents();
   int* group_table = reinterpret_cast<int*>(smem + L::kGroupTable);
   if constexpr (GM != kGroupNone) {
-    if (threadIdx.x / 32 == 1) build_group_table<BM, GM>(p, group_table, threadIdx.x % 32);
+    if (threadIdx.x / 32 == 1) build_group_table<BM, GM, CM>(p, group_table, threadIdx.x % 32);
     if constexpr (CLUSTER > 1) __syncthreads();  // the cluster barrier below arrives relaxed: no release
   }
   // The partner's barriers must be initialised before its first multicast or remote arrive.

@@ -52,8 +52,9 @@ struct Step {
 
 // Grouped GEMMs (MoE; template parameter GM of the kernel): the rows of A and of the output are cut into
 // groups (experts), group g owning rows [start[g], end[g]) and B's rows [g * N, (g + 1) * N). Its M-tiles
-// are BM-row tiles from start[g] (the last one clipped at end[g]: rows past it are never stored), numbered
-// after the tiles of the groups before it. The scheduler walks these numbers as if they were the tiles of
+// are BM-row tiles from start[g] (the last one clipped at end[g]: rows past it are never stored; with B
+// multicast pairs, CM > 1, a count rounded up to whole pairs: group_tiles), numbered after the tiles of the
+// groups before it. The scheduler walks these numbers as if they were the tiles of
 // one M dimension; GroupTable turns one back into rows and a group.
 //   contiguous: group g's segment starts where the one before ends, rounded up to the alignment (a multiple
 //               of BM, so no tile holds rows of two groups); rows[g] real rows (the rest of the segment is
@@ -92,6 +93,11 @@ DG_HD GroupExtent group_extent(int mode, int g, int requested, int offset, int s
   }
   return e;
 }
+
+// M-tiles of a group with `rows` real rows, rounded up to whole pairs when CM M-tiles share (multicast) their
+// B tile: a pair then never holds two groups. The rounding's extra tile lies past the group's end, so nothing
+// of it is stored (rows past the end read the next group's rows, or zeros past A's end).
+DG_HD int group_tiles(int rows, int bm, int cm) { return ((rows + bm - 1) / bm + cm - 1) / cm * cm; }
 
 struct GroupTable {
   const int* tiles_before;  // groups + 1 entries: M-tiles of the groups before g (the last: all of them)

@@ -188,7 +188,7 @@ void check_shapes() {
 // every group lies in exactly one of the table's M-tiles (GroupTable::rows), no tile starts outside its
 // group's real rows, tiles never reach into another group's rows before their end, and nothing lies past
 // row M. Sizes include zeros, negatives, overlong and misaligned counts.
-void check_groups(int mode, const std::vector<int>& requested, int stride, int m, int bm) {
+void check_groups(int mode, const std::vector<int>& requested, int stride, int m, int bm, int cm) {
   const int groups = static_cast<int>(requested.size());
   std::vector<int> tiles_before(groups + 1), start(groups), end(groups);
   int tiles = 0, offset = 0;
@@ -198,7 +198,7 @@ void check_groups(int mode, const std::vector<int>& requested, int stride, int m
     tiles_before[g] = tiles;
     start[g] = e.start;
     end[g] = e.start + e.rows;
-    tiles += (e.rows + bm - 1) / bm;
+    tiles += dg::group_tiles(e.rows, bm, cm);
   }
   tiles_before[groups] = tiles;
   const dg::GroupTable table{tiles_before.data(), start.data(), end.data(), groups};
@@ -214,8 +214,16 @@ void check_groups(int mode, const std::vector<int>& requested, int stride, int m
     if (seg > m) seg = m;
   }
   std::vector<int> covered(m, 0);
+  CHECK(table.m_tiles() % cm == 0, "groups mode %d: %d tiles for pairs of %d", mode, table.m_tiles(), cm);
   for (int t = 0; t < table.m_tiles(); ++t) {
     const dg::TileRows r = table.rows(t, bm);
+    // the CM tiles of a multicast unit (t / cm) share a group, so their B tile
+    CHECK(table.rows(t / cm * cm, bm).group == r.group, "groups mode %d: tile %d's pair spans two groups", mode, t);
+    if (t % cm != 0 && r.row0 >= r.row_end) {  // a pair's rounding tile: past its group's end, nothing stored
+      CHECK(r.row0 - bm < r.row_end, "groups mode %d: rounding tile %d starts %d past its group", mode, t,
+            r.row0 - r.row_end);
+      continue;
+    }
     CHECK(r.row0 >= 0 && r.row0 < r.row_end && r.row_end <= m && owner[r.row0] == r.group,
           "groups mode %d: tile %d starts at row %d (group %d, end %d)", mode, t, r.row0, r.group, r.row_end);
     for (int row = std::max(r.row0, 0); row < std::min(std::min(r.row0 + bm, r.row_end), m); ++row) {
@@ -238,14 +246,14 @@ void check_group_tables() {
       const int groups = 1 + next(trial < 100 ? 8 : dg::kMaxGroups);
       std::vector<int> sizes(groups);
       for (int& v : sizes) v = next(10) == 0 ? -next(50) : next(10) == 0 ? 0 : next(3 * bm);
-      if (bm <= 128) {  // contiguous: alignment 128, A sized for the segments, shorter, or longer
+      {  // contiguous: alignment 128 (tiles of 256 rows too), A sized for the segments, shorter, or longer
         int need = 0;
         for (int v : sizes) need += (std::max(v, 0) + 127) / 128 * 128;
         const int m = std::max(1, trial % 3 == 0 ? need : trial % 3 == 1 ? need / 2 + 1 : need + 300);
-        check_groups(dg::kGroupContiguous, sizes, 128, m, bm);
+        for (int cm : {1, 2}) check_groups(dg::kGroupContiguous, sizes, 128, m, bm, cm);
       }
       const int max_m = 1 + next(3 * bm);
-      check_groups(dg::kGroupMasked, sizes, max_m, groups * max_m, bm);
+      for (int cm : {1, 2}) check_groups(dg::kGroupMasked, sizes, max_m, groups * max_m, bm, cm);
     }
   }
 }

@@ -386,34 +386,30 @@ def test_group_n_switch_set_empty_means_default(monkeypatch):
 def test_grouped_variants_follow_the_kernel_rules():
     assert {v.grouping for v in configs.GROUPED_VARIANTS} == {configs.GROUP_CONTIGUOUS, configs.GROUP_MASKED}
     for v in configs.GROUPED_VARIANTS:
-        assert v.cluster_m == 1 and v.splits == 1, v.key  # no B multicast, no split-K
+        assert v.splits == 1, v.key  # no split-K
         assert v.smem_bytes <= configs.SMEM_LIMIT, v.key
         assert configs.parse_key(v.key) == v and v.key.endswith(("gc", "gm"))
         assert v.compile_defines()["DG_GROUPED"] == v.grouping
-        if v.grouping == configs.GROUP_CONTIGUOUS:
-            assert dg_align() % v.block_m == 0, v.key
         plain = configs.Variant(**{**v.__dict__, "grouping": configs.GROUP_NONE})
         assert v.smem_bytes == plain.smem_bytes + configs.GROUP_TABLE_BYTES
+    # both groupings have B-multicast pairs and A-multicast 256-row tiles
+    for grouping in (configs.GROUP_CONTIGUOUS, configs.GROUP_MASKED):
+        shapes = {(v.block_m, v.cluster_m, v.cluster_n) for v in configs.GROUPED_VARIANTS if v.grouping == grouping}
+        assert {(128, 2, 1), (128, 1, 1), (256, 1, 2)} <= shapes
     assert set(configs.GROUPED_VARIANTS) <= set(configs.BUILT_VARIANTS)
     assert not set(configs.GROUPED_VARIANTS) & set(configs.TESTED_VARIANTS)  # the plain GPU suite launches those
 
 
-def dg_align():
-    from deepergemm.layouts import GROUPED_M_ALIGNMENT
-
-    return GROUPED_M_ALIGNMENT
-
-
-@pytest.mark.parametrize("bad", [dict(cluster_m=2), dict(splits=2), dict(block_m=256)])
-def test_grouped_variant_rules_are_python_errors(bad):
-    base = dict(block_m=128, block_n=128, stages=4, dual_acc=False, grouping=configs.GROUP_CONTIGUOUS)
-    with pytest.raises(ValueError, match="grouped|divide the segment alignment|split-K"):
-        configs.Variant(**{**base, **bad})
+def test_grouped_variant_rules_are_python_errors():
+    with pytest.raises(ValueError, match="grouped GEMMs run without split-K"):
+        configs.Variant(64, 32, 4, True, splits=2, grouping=configs.GROUP_CONTIGUOUS)
+    with pytest.raises(ValueError, match="grouping must be"):
+        configs.Variant(128, 128, 4, False, grouping=3)
 
 
 @pytest.mark.parametrize("grouping,rows,groups,n,k,block_m", [
-    (configs.GROUP_CONTIGUOUS, 8192, 4, 4096, 7168, 128), (configs.GROUP_CONTIGUOUS, 4096, 8, 7168, 2048, 128),
-    (configs.GROUP_CONTIGUOUS, 40, 64, 2048, 7168, 64),
+    (configs.GROUP_CONTIGUOUS, 8192, 4, 4096, 7168, 256), (configs.GROUP_CONTIGUOUS, 4096, 8, 7168, 2048, 256),
+    (configs.GROUP_CONTIGUOUS, 300, 8, 4096, 7168, 128), (configs.GROUP_CONTIGUOUS, 40, 64, 2048, 7168, 64),
     (configs.GROUP_MASKED, 1024, 1, 4096, 7168, 256), (configs.GROUP_MASKED, 256, 4, 7168, 2048, 256),
     (configs.GROUP_MASKED, 100, 8, 4096, 7168, 128), (configs.GROUP_MASKED, 16, 32, 4096, 7168, 64),
 ])
@@ -427,7 +423,7 @@ def test_select_grouped_picks_a_grouped_variant_of_the_right_height(grouping, ro
 def test_select_grouped_switch_and_errors(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_GROUPED_VARIANT", "64x128")
     assert configs.select_grouped(configs.GROUP_CONTIGUOUS, 8192, 4, 4096, 7168, 132).variant.block_m == 64
-    monkeypatch.setenv("DEEPERGEMM_GROUPED_VARIANT", "256x128")
+    monkeypatch.setenv("DEEPERGEMM_GROUPED_VARIANT", "64x64")
     with pytest.raises(ValueError, match="not a contiguous grouped tile"):
         configs.select_grouped(configs.GROUP_CONTIGUOUS, 8192, 4, 4096, 7168, 132)
     monkeypatch.delenv("DEEPERGEMM_GROUPED_VARIANT")
@@ -435,3 +431,13 @@ def test_select_grouped_switch_and_errors(monkeypatch):
         configs.select_grouped(configs.GROUP_NONE, 8, 1, 8, 128, 132)
     with pytest.raises(ValueError, match="need rows_per_group"):
         configs.select_grouped(configs.GROUP_MASKED, 0, 1, 8, 128, 132)
+
+
+@pytest.mark.parametrize("rows,paired", [(512, True), (384, False), (1280, True), (1152, False), (2432, True)])
+def test_select_grouped_pairs_128_row_tiles_only_where_the_rounding_is_cheap(monkeypatch, rows, paired):
+    # 4, 3, 10, 9 and 19 tiles of 128 rows: rounding to whole pairs wastes 0, 33, 0, 11 and 5% of the tiles
+    monkeypatch.setenv("DEEPERGEMM_GROUPED_VARIANT", "128x128")
+    choice = configs.select_grouped(configs.GROUP_CONTIGUOUS, rows, 4, 2048, 7168, 132)
+    assert choice.variant.cluster_m == (2 if paired else 1)
+    tiles = 4 * (-(-rows // 128) + (1 if paired and -(-rows // 128) % 2 else 0))
+    assert choice.tiles == tiles * 16  # units * CTAs per unit: every M-tile (rounded) times 16 N-tiles

@@ -224,17 +224,22 @@ def test_torch_compile_fullgraph():
 # ----------------------------------------------------------------------------------------------
 # GPU: the kernel
 # ----------------------------------------------------------------------------------------------
-def _run_contiguous(variant, a, a_s, b, b_s, sizes, out_dtype=torch.bfloat16):
+def _launch_grouped(variant, a, a_s, b, b_s, counts, stride, out):
+    """One grouped variant, launched directly (not through select_grouped) on 2-D a / out."""
     from deepergemm import extension, kernels
 
-    out = torch.full((a.shape[0], b.shape[1]), float("nan"), device="cuda", dtype=out_dtype)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     groups, n, k = b.shape
     kernels.launch(extension.load(variant), variant, a, layouts.to_act_scale_layout(a_s), b.view(groups * n, k),
                    b_s.view(-1, b_s.shape[-1]), out, None, sms, 16, 0, False,
-                   group_rows=torch.tensor(sizes, dtype=torch.int32, device="cuda"), group_stride=ALIGN)
+                   group_rows=torch.tensor(counts, dtype=torch.int32, device="cuda"), group_stride=stride)
     torch.cuda.synchronize()
     return out
+
+
+def _run_contiguous(variant, a, a_s, b, b_s, sizes, out_dtype=torch.bfloat16):
+    out = torch.full((a.shape[0], b.shape[1]), float("nan"), device="cuda", dtype=out_dtype)
+    return _launch_grouped(variant, a, a_s, b, b_s, sizes, ALIGN, out)
 
 
 CONTIGUOUS_VARIANTS = [v for v in configs.GROUPED_VARIANTS if v.grouping == configs.GROUP_CONTIGUOUS]
@@ -280,15 +285,29 @@ def _check_masked(out, a, a_s, b, b_s, masked, what):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", MASKED_VARIANTS, ids=lambda v: v.key)
-def test_gpu_masked_every_variant(variant, monkeypatch):
-    monkeypatch.setenv("DEEPERGEMM_GROUPED_VARIANT", f"{variant.block_m}x{variant.block_n}")
-    for groups, max_m, n, k, masked in ((4, 200, 136, 384, [0, 1, 200, 77]), (3, 64, 2056, 128, [64, 63, 9]),
-                                        (2, 1000, 264, 1152, [999, 300]), (33, 16, 392, 256, [i % 17 for i in range(33)])):
+def test_gpu_masked_every_variant(variant):
+    cases = ((4, 200, 136, 384, [0, 1, 200, 77]), (3, 64, 2056, 128, [64, 63, 9]), (2, 1000, 264, 1152, [999, 300]),
+             (33, 16, 392, 256, [i % 17 for i in range(33)]))
+    for groups, max_m, n, k, masked in cases:
         a, a_s, b, b_s = _masked_inputs(groups, max_m, n, k)
-        counts = torch.tensor(masked, dtype=torch.int32, device="cuda")
+        for out_dtype in (torch.bfloat16, torch.float32):
+            out = torch.full((groups, max_m, n), float("nan"), device="cuda", dtype=out_dtype)
+            _launch_grouped(variant, a.view(groups * max_m, k), a_s.reshape(groups * max_m, k // 128), b, b_s, masked,
+                            max_m, out.view(groups * max_m, n))
+            _check_masked(out, a, a_s, b, b_s, masked, f"{variant.key} {groups}x{max_m} N {n} K {k} {out_dtype}")
+
+
+@pytest.mark.gpu
+def test_gpu_masked_through_the_op_every_expected_m():
+    """The op's own choice (select_grouped) for expected_m from 1 to above max_m, on one problem."""
+    groups, max_m, n, k = 6, 300, 520, 640
+    a, a_s, b, b_s = _masked_inputs(groups, max_m, n, k)
+    masked = [0, 300, 1, 129, 64, 250]
+    counts = torch.tensor(masked, dtype=torch.int32, device="cuda")
+    for expected in (1, 64, 65, 128, 129, 300, 4096):
         out = torch.full((groups, max_m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-        dg.m_grouped_fp8_gemm_masked(a, a_s, b, b_s, counts, max(1, sum(masked) // groups), out=out, backend="ptx")
-        _check_masked(out, a, a_s, b, b_s, masked, f"{variant.key} {groups}x{max_m} N {n} K {k}")
+        dg.m_grouped_fp8_gemm_masked(a, a_s, b, b_s, counts, expected, out=out, backend="ptx")
+        _check_masked(out, a, a_s, b, b_s, masked, f"expected_m {expected}")
 
 
 @pytest.mark.gpu
