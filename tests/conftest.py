@@ -1,5 +1,8 @@
 import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,3 +35,19 @@ def pytest_collection_modifyitems(config, items):
 def _seed_per_test(request):
     torch.manual_seed((_BASE_SEED + zlib.crc32(request.node.nodeid.encode())) % (2**63))
     yield
+
+
+@pytest.fixture
+def run_interpreted():
+    """run(module): tests/<module>.py's interpreter_cases() in a subprocess with TRITON_INTERPRET=1 (read when
+    triton is imported: it cannot be switched on in this process), seeded from this test's seed (replayable);
+    it must print "interpreter OK"."""
+    def run(module: str) -> None:
+        seed = torch.randint(0, 2**31, ()).item()
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
+                f"torch.manual_seed({seed}); import {module}; {module}.interpreter_cases()")
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0 and "interpreter OK" in out.stdout, out.stdout + out.stderr[-4000:]
+
+    return run

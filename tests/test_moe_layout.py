@@ -7,9 +7,6 @@ their PTX for sm_90. GPU: the CUDA path against the CPU path, and a CUDA-graph c
 routings.
 """
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -319,13 +316,8 @@ def interpreter_cases():
     print("interpreter OK")
 
 
-def test_interpreter_matches_torch():
-    seed = torch.randint(0, 2**31, ()).item()  # from conftest's per-test seed: replayable
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
-            f"torch.manual_seed({seed}); import test_moe_layout; test_moe_layout.interpreter_cases()")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and "interpreter OK" in out.stdout, out.stdout + out.stderr[-4000:]
+def test_interpreter_matches_torch(run_interpreted):
+    run_interpreted("test_moe_layout")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,9 +8,6 @@ through an fp32 output hook, its values before the fp8 cast (the Triton 3.9 inte
 fp32 -> fp8 cast is wrong, so its fp8 q is not checked).
 """
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -372,13 +369,8 @@ def interpreter_cases():
     print("interpreter OK")
 
 
-def test_interpreter_matches_reference():
-    seed = torch.randint(0, 2**31, ()).item()  # from conftest's per-test seed: replayable
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
-            f"torch.manual_seed({seed}); import test_quantize; test_quantize.interpreter_cases()")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and "interpreter OK" in out.stdout, out.stdout + out.stderr[-4000:]
+def test_interpreter_matches_reference(run_interpreted):
+    run_interpreted("test_quantize")
 
 
 # ----------------------------------------------------------------------------------------------
