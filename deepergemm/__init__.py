@@ -9,12 +9,13 @@
     # Mixture-of-experts: one launch for every expert (b: (experts, N, K), b_s: (experts, ceil(N/128), K/128))
     y = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, group_sizes)   # a: experts' rows back to back
     y = dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, masked_m, expected_m)  # a3: (experts, max_m, K)
-    layout = dg.build_contiguous_layout(topk_ids, experts)    # router output -> rows per expert
+    layout = dg.build_contiguous_layout(topk_ids, experts, max_rows=bound)  # router output -> rows per expert
     a, a_s = dg.quantize_act(dg.permute_tokens(x, layout))    # ... grouped GEMM with layout.group_sizes ...
     y = dg.unpermute_tokens(out, layout, topk_weights)        # back to (tokens, N), weighted sum over top-k
 
-All of them are torch.library custom ops (torch.ops.deepergemm.*): they run inside
-torch.compile(fullgraph=True) and CUDA graphs, on CPU through the pure-torch reference.
+All of them are torch.library custom ops (torch.ops.deepergemm.*; build_contiguous_layout when given max_rows,
+e.g. contiguous_rows_bound(...)): they run inside torch.compile(fullgraph=True) and CUDA graphs, on CPU through
+the pure-torch reference.
 """
 from __future__ import annotations
 
@@ -77,10 +78,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor, bias: torch
     return torch.ops.deepergemm.linear(x, w, w_scales, bias, backend)
 
 
-def _grouped_out(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor,
-                 out_dtype: torch.dtype) -> torch.Tensor:
-    if out is not None:
-        return out
+def _new_grouped_out(shape: tuple[int, ...], like: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     if not isinstance(out_dtype, torch.dtype) or out_dtype not in (torch.bfloat16, torch.float32):
         raise TypeError(f"out_dtype must be torch.bfloat16 or torch.float32, got {out_dtype}")
     return torch.empty(shape, dtype=out_dtype, device=like.device)
@@ -105,7 +103,7 @@ def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: to
     if out is None:
         _layouts.check_rank("a", a, 2, "(M, K): the tokens of every group back to back")
         _layouts.check_rank("b", b, 3, "(groups, N, K)")
-        out = _grouped_out(out, (a.shape[0], b.shape[1]), a, out_dtype)
+        out = _new_grouped_out((a.shape[0], b.shape[1]), a, out_dtype)
     torch.ops.deepergemm.m_grouped_fp8_gemm_contiguous(a, a_scales, b, b_scales, group_sizes, out, zero_padding,
                                                        backend)
     return out
@@ -126,6 +124,6 @@ def m_grouped_fp8_gemm_masked(a: torch.Tensor, a_scales: torch.Tensor, b: torch.
     if out is None:
         _layouts.check_rank("a", a, 3, "(groups, max_m, K)")
         _layouts.check_rank("b", b, 3, "(groups, N, K)")
-        out = _grouped_out(out, (a.shape[0], a.shape[1], b.shape[1]), a, out_dtype)
+        out = _new_grouped_out((a.shape[0], a.shape[1], b.shape[1]), a, out_dtype)
     torch.ops.deepergemm.m_grouped_fp8_gemm_masked(a, a_scales, b, b_scales, masked_m, expected_m, out, backend)
     return out
