@@ -28,8 +28,8 @@ _register(__name__)  # before anything imports deepergemm.triton_kernels or deep
 from . import ops as _ops  # registers torch.ops.deepergemm.*
 from . import layouts as _layouts
 from .layouts import GROUPED_M_ALIGNMENT, MAX_GROUPS
-from .moe import (ContiguousLayout, build_contiguous_layout, contiguous_rows_bound, permute_tokens,
-                  unpermute_tokens)
+from .moe import (ContiguousLayout, build_contiguous_layout, contiguous_rows_bound, group_sizes_from_m_indices,
+                  permute_tokens, unpermute_tokens)
 from .layouts import require_tensors as _require_tensors
 from .reference import calc_diff, dequantize_act, dequantize_weight
 
@@ -38,7 +38,8 @@ __version__ = "0.1.0"
 __all__ = ["quantize_act", "quantize_weight", "fp8_gemm", "linear", "calc_diff",
            "dequantize_act", "dequantize_weight", "BACKENDS",
            "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked", "GROUPED_M_ALIGNMENT", "MAX_GROUPS",
-           "ContiguousLayout", "build_contiguous_layout", "contiguous_rows_bound", "permute_tokens", "unpermute_tokens"]
+           "ContiguousLayout", "build_contiguous_layout", "contiguous_rows_bound", "group_sizes_from_m_indices",
+           "permute_tokens", "unpermute_tokens"]
 
 BACKENDS = _ops.BACKENDS
 

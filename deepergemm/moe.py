@@ -36,8 +36,8 @@ import torch
 
 from .layouts import GROUPED_M_ALIGNMENT, _require_dtype, _require_same_device, _require_tensor, check_rank
 
-__all__ = ["ContiguousLayout", "contiguous_rows_bound", "build_contiguous_layout", "permute_tokens",
-           "unpermute_tokens"]
+__all__ = ["ContiguousLayout", "contiguous_rows_bound", "build_contiguous_layout", "group_sizes_from_m_indices",
+           "permute_tokens", "unpermute_tokens"]
 
 _ID_DTYPES = (torch.int32, torch.int64)
 _Y_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -136,6 +136,23 @@ def place(topk_ids: torch.Tensor, num_experts: int, alignment: int, max_rows: in
     (row_of, token_of, group_sizes, group_starts)."""
     layout = _build(topk_ids, num_experts, alignment, max_rows, triton=topk_ids.is_cuda)
     return layout.row_of, layout.token_of, layout.group_sizes, layout.group_starts
+
+
+def group_sizes_from_m_indices(m_indices: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """DeepGEMM's per-row expert index (m_indices (M,), -1 for padding rows) -> the grouped GEMM's group_sizes
+    (E,) int32: the rows of each expert, counted on the device (no host synchronization). It describes the same
+    rows only for a layout of ours: experts' segments in expert order, each starting at a multiple of
+    GROUPED_M_ALIGNMENT, its real rows first (DeepGEMM's contiguous layout, built that way). Indices outside
+    [0, num_experts) count as padding."""
+    _require_tensor("m_indices", m_indices)
+    _require_dtype("m_indices", m_indices, _ID_DTYPES)
+    check_rank("m_indices", m_indices, 1, "(M,): the expert of each row of A, -1 for padding")
+    _require_int("num_experts", num_experts, 1)
+    valid = (m_indices >= 0) & (m_indices < num_experts)
+    counts = torch.zeros(num_experts + 1, dtype=torch.int32, device=m_indices.device)
+    bucket = torch.where(valid, m_indices, num_experts).long()  # padding: a spare last bucket
+    counts.scatter_add_(0, bucket, torch.ones_like(m_indices, dtype=torch.int32))
+    return counts[:num_experts]
 
 
 def permute_tokens(x: torch.Tensor, layout: ContiguousLayout) -> torch.Tensor:

@@ -429,3 +429,21 @@ def test_opcheck_moe_layout_ops():
     torch.library.opcheck(OPS.moe_permute.default, (torch.randn(9, 64), token_of))
     torch.library.opcheck(OPS.moe_unpermute.default, (torch.randn(640, 24), row_of, torch.rand(9, 2)))
     torch.library.opcheck(OPS.moe_unpermute.default, (torch.randn(640, 24), row_of, None))
+
+
+def test_group_sizes_from_deepgemm_m_indices():
+    """A DeepGEMM-style contiguous layout (per-row expert, -1 padding) gives the same GEMM through group_sizes."""
+    sizes = [3, 0, 130, 1]
+    m_indices = torch.full((sum(-(-s // ALIGN) * ALIGN for s in sizes),), -1, dtype=torch.int32)
+    start = 0
+    for g, size in enumerate(sizes):
+        m_indices[start:start + size] = g
+        start += -(-size // ALIGN) * ALIGN
+    m_indices[-1] = 7  # out of range: padding
+    counts = dg.group_sizes_from_m_indices(m_indices, len(sizes))
+    assert counts.dtype == torch.int32 and counts.tolist() == sizes
+    assert dg.group_sizes_from_m_indices(m_indices.long(), 2).tolist() == sizes[:2]
+    with pytest.raises(ValueError, match=r"m_indices must be 1-D"):
+        dg.group_sizes_from_m_indices(m_indices.view(-1, 1), 4)
+    with pytest.raises(TypeError, match="m_indices must have dtype"):
+        dg.group_sizes_from_m_indices(m_indices.float(), 4)
