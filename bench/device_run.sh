@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench grouped pdl ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench grouped pdl l2sides ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -32,6 +32,13 @@ for step in "$@"; do
          for flag in "" --uneven; do
            timeout 200 python -m deepergemm grouped-bench --markdown $flag 2>&1 | grep -v "^\[deepergemm\]"
          done | tee "$OUT/grouped_bench.log" ;;
+    l2sides) # issue 5: the L2-side detection, and its raw latencies for offline analysis (l2_cycles.pt)
+         timeout 120 python -c "
+import torch; from deepergemm import l2_sides
+cycles, smid = l2_sides.measure(torch.device('cuda'))
+torch.save({'cycles': cycles, 'smid': smid, 'stride': l2_sides.PROBE_STRIDE}, '$OUT/l2_cycles.pt')
+r = l2_sides.detect(refresh=True); print('decided' if r.decided else 'UNDECIDED', '-', r.reason, f'({r.seconds:.2f} s)')
+" 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/l2sides.log" ;;
     pdl) timeout 200 python bench/pdl_chain.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/pdl.log" ;;
     ncu) for v in ${NCU_VARIANTS:-128x128s6dc2 128x192s5pc2}; do
            timeout 150 ncu ${NCU_ARGS:---set full} -k regex:fp8_gemm -c 1 \
