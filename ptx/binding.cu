@@ -121,6 +121,7 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   p.group_n = static_cast<int>(group_n);
   p.l2_a = static_cast<int>(l2_hints & 3);         // dg::L2Priority of the A loads...
   p.l2_b = static_cast<int>((l2_hints >> 2) & 3);  // ...and of the B loads
+  p.pdl = pdl != 0 ? 1 : 0;
   p.group_rows = nullptr;
   p.groups = static_cast<int>(groups);
   p.group_stride = static_cast<int>(group_stride);
@@ -161,7 +162,7 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attrs[1].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attrs;
-  config.numAttrs = pdl != 0 ? 2 : 1;
+  config.numAttrs = 1;  // (the occupancy query below sees the cluster shape alone)
   static int64_t resident_clusters = 0;  // per module; num_sms is the same for every call on one GPU model
   if (resident_clusters == 0) {
     resident_clusters = num_sms / kCluster;
@@ -192,6 +193,7 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
     p.sk_flags = stream_k_workspace.data_ptr<int>();  // zero between launches
     p.sk_partials = reinterpret_cast<float*>(stream_k_workspace.data_ptr<int>() + num_sms * kMathWGs);
   }
+  config.numAttrs = pdl != 0 ? 2 : 1;
   DG_CUDA_CHECK(cudaLaunchKernelEx(&config, kKernel, map_a, map_b, map_sa, map_out, p));
 }
 

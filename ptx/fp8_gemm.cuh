@@ -50,6 +50,7 @@ struct GemmParams {
   const int* group_rows;     // (groups,) int32 on the device: real rows per group (contiguous) or masked_m
   int groups;                // 1..kMaxGroups
   int group_stride;          // masked: max_m (rows of A per group); contiguous: the segments' alignment
+  int pdl;                   // launched with programmatic dependent launch: release the next kernel early
 };
 
 constexpr int kProducerRegs = 40;
@@ -1177,7 +1178,9 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
 
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
-    life_stamp(p.bias, kLifeEntryNs, true);  // (the log is zeroed before the launch: absent events read 0)
+    // (the log is zeroed before the launch: absent events read 0; DG_LIFETRACE builds are timed without PDL,
+    // since these two stamps come before griddepcontrol.wait)
+    life_stamp(p.bias, kLifeEntryNs, true);
     life_stamp(p.bias, kLifeEntry);
     prefetch_tensor_map(&map_a);
     prefetch_tensor_map(&map_b);
@@ -1195,12 +1198,13 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
     }
     fence_barrier_init();
   }
-  // Programmatic dependent launch (a launch attribute the host sets on request; without it both are no-ops):
-  // everything above overlaps the previous kernel's tail; nothing below touches global memory before that
-  // kernel is done (it may write our inputs, or still read memory our output reuses). The next kernel may be
-  // scheduled from here on; it waits for this one in its own griddepcontrol.wait.
+  // Programmatic dependent launch (a launch attribute the host sets on request; without it the wait returns at
+  // once): everything above overlaps the previous kernel's tail; nothing below touches global memory before
+  // that kernel is done (it may write our inputs, or still read memory our output reuses). With p.pdl the next
+  // kernel, if launched with PDL too, may be scheduled from here on (it waits for this one in its own
+  // griddepcontrol.wait); without it, not before this kernel ends, whoever launches it.
   griddepcontrol_wait();
-  griddepcontrol_launch_dependents();
+  if (p.pdl) griddepcontrol_launch_dependents();
   int* group_table = reinterpret_cast<int*>(smem + L::kGroupTable);
   if constexpr (GM != kGroupNone) {
     if (threadIdx.x / 32 == 1) build_group_table<BM, GM, CM>(p, group_table, threadIdx.x % 32);

@@ -62,11 +62,12 @@ __device__ __forceinline__ void cluster_sync_after_barrier_init() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// programmatic dependent launch (PDL): both are no-ops unless the grids were launched with it
+// programmatic dependent launch (PDL)
 // ---------------------------------------------------------------------------------------------
-// Wait until the grids this one depends on have completed and their memory is visible.
+// Wait until the grids this one depends on have completed and their memory is visible (returns at once when
+// this grid was not launched with PDL).
 __device__ __forceinline__ void griddepcontrol_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-// Let the next grid (launched with PDL) be scheduled now: it still waits for this one in griddepcontrol_wait.
+// Let the next grid, if launched with PDL, be scheduled now: it still waits for this one in griddepcontrol_wait.
 __device__ __forceinline__ void griddepcontrol_launch_dependents() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }

@@ -248,3 +248,22 @@ def test_programmatic_dependent_launch_keeps_results(monkeypatch):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(static.view(torch.int16), want.view(torch.int16))
+
+
+def test_programmatic_dependent_launch_back_to_back_gemms(monkeypatch):
+    """GEMMs launched with PDL right after each other, so each is released early by the one before: the second
+    reads the first's output (as its bias) and must wait for it; stream-K GEMMs share their workspace flags, which
+    each launch must find at zero."""
+    a, a_s, b, b_s = make_inputs(4096, 2112, 512, spread=False)  # the stream-K tail (see the test above)
+
+    def pair():
+        y = dg.fp8_gemm(a, a_s, b, b_s, backend="ptx")
+        z = dg.fp8_gemm(a, a_s, b, b_s, bias=y[17], backend="ptx")  # a row of y: read in place, no copy kernel
+        return y, z, dg.fp8_gemm(a, a_s, b, b_s, backend="ptx")
+
+    monkeypatch.setenv("DEEPERGEMM_PDL", "0")
+    want = pair()
+    monkeypatch.setenv("DEEPERGEMM_PDL", "1")
+    for _ in range(5):
+        got = pair()
+        assert all(torch.equal(g.view(torch.int16), w.view(torch.int16)) for g, w in zip(got, want))
