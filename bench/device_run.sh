@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench grouped pdl l2sides ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench grouped grouped-sweep pdl l2sides ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -32,6 +32,9 @@ for step in "$@"; do
          for flag in "" --uneven; do
            timeout 200 python -m deepergemm grouped-bench --markdown $flag 2>&1 | grep -v "^\[deepergemm\]"
          done | tee "$OUT/grouped_bench.log" ;;
+    grouped-sweep) # every grouped variant on every grouped case (to tune configs.select_grouped)
+         timeout 400 python -m deepergemm grouped-bench --markdown --variants all --launches 20 2>&1 \
+           | grep -v "^\[deepergemm\]" | tee "$OUT/grouped_sweep.log" ;;
     l2sides) # issue 5: the L2-side detection, and its raw latencies for offline analysis (l2_cycles.pt)
          timeout 120 python -c "
 import torch; from deepergemm import l2_sides

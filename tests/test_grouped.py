@@ -384,6 +384,13 @@ def test_grouped_bench_cases_sizes_and_check():
         assert check() <= ref.EXACT_TOL, kind
     if not torch.cuda.is_available():
         assert grouped.main([]) == 1
+    assert grouped.variants_for("auto", configs.GROUP_MASKED) == [None]
+    every = grouped.variants_for("all", configs.GROUP_CONTIGUOUS)
+    assert every and all(v.grouping == configs.GROUP_CONTIGUOUS for v in every)
+    keys = "128x128s6wc2gc,64x64s13dm1gm"
+    assert [v.key for v in grouped.variants_for(keys, configs.GROUP_MASKED)] == ["64x64s13dm1gm"]
+    with pytest.raises(ValueError, match="grouped variant keys end in gc or gm"):
+        grouped.variants_for("128x128s6w", configs.GROUP_MASKED)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 
 import deepergemm as dg
 
-from .. import reference
+from .. import configs, layouts, reference
 from .shapes import GROUPED_ANCHORS, GroupedAnchor
 from .timing import time_steady
 
@@ -50,9 +50,10 @@ def group_sizes(case: GroupedCase, uneven: bool, generator: torch.Generator) -> 
     return [min(s, case.m_per_group) for s in sizes] if case.kind == "masked" else sizes
 
 
-def case_inputs(case: GroupedCase, sizes: list[int], device: torch.device, backend: str = "ptx"):
-    """(call, check) for one case: call() runs the op into a fixed output, check() returns the worst calc_diff
-    over the groups (after poisoning the output with NaN, so an unwritten element fails)."""
+def case_inputs(case: GroupedCase, sizes: list[int], device: torch.device, backend: str = "ptx", variant=None):
+    """(call, check) for one case: call() runs the op (or, given a configs.Variant, that grouped variant launched
+    directly) into a fixed output, check() returns the worst calc_diff over the groups (after poisoning the
+    output with NaN, so an unwritten element fails)."""
     k, n = case.k, case.n
     w = torch.randn(case.groups * n, k, device=device, dtype=torch.bfloat16)
     b, b_s = _quantize_groups(w, case.groups, n)
@@ -75,6 +76,19 @@ def case_inputs(case: GroupedCase, sizes: list[int], device: torch.device, backe
         def call():
             dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, counts, max_m, out=out.view(case.groups, max_m, n),
                                          backend=backend)
+
+    if variant is not None:  # the same problem, one variant: what select_grouped's choice is measured against
+        stride = dg.GROUPED_M_ALIGNMENT if case.kind == "contiguous" else case.m_per_group
+        scales = layouts.to_act_scale_layout(a_s)
+
+        def call():  # (instead of the op)
+            from .. import extension, kernels
+
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+            n_units = -(-(-(-n // variant.block_n)) // variant.cluster_n)
+            kernels.launch(extension.load(variant), variant, a, scales, b.view(case.groups * n, k),
+                           b_s.view(-1, b_s.shape[-1]), out, None, sms, min(16, n_units), 0, False,
+                           group_rows=counts, group_stride=stride)
 
     def check() -> float:
         out.fill_(float("nan"))
@@ -104,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uneven", action="store_true", help="group sizes drawn around the mean (+-30%%)")
     p.add_argument("--launches", type=int, default=MIN_LAUNCHES, help=f"timed launches (default {MIN_LAUNCHES})")
     p.add_argument("--check-tol", type=float, default=reference.EXACT_TOL, help="largest calc_diff per group")
+    p.add_argument("--variants", default="auto",
+                   help="auto (the op's choice), all (every grouped variant of the case's layout) or variant keys, "
+                        "comma separated, e.g. 128x128s6wc2gc (each launched directly; for tuning select_grouped)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--markdown", action="store_true", help="Markdown table (for bench/RESULTS.md)")
     return p
@@ -117,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(str(exc))
     if args.launches < 1:
         build_parser().error("--launches must be >= 1")
+    try:
+        variants_for(args.variants, configs.GROUP_CONTIGUOUS)
+    except ValueError as exc:
+        build_parser().error(str(exc))
     if not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)):
         print("grouped-bench needs a Hopper GPU (sm_90): the grouped kernels run nowhere else", file=sys.stderr)
         return 1
@@ -124,23 +145,43 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     sep = " | " if args.markdown else "  "
-    header = ["case", "sizes", "calc_diff", "ours us", "ours TFLOPS", "DeepGEMM TFLOPS", "ours/DeepGEMM"]
+    header = ["case", "sizes", "variant", "calc_diff", "ours us", "ours TFLOPS", "DeepGEMM TFLOPS", "ours/DeepGEMM"]
     print(("| " if args.markdown else "") + sep.join(header) + (" |" if args.markdown else ""))
     if args.markdown:
         print("|" + "---|" * len(header))
     status = 0
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
     for case in cases:
         sizes = group_sizes(case, args.uneven, generator)
-        call, check = case_inputs(case, sizes, device)
-        diff = check()
-        cells = [case_label(case), "equal" if not args.uneven else f"{min(sizes)}..{max(sizes)}", f"{diff:.2e}"]
-        if not diff <= args.check_tol:
-            status = 1
-            cells += ["FAIL", "-", f"{case.deepgemm_tflops:.0f}", "-"]
-        else:
-            timing = time_steady(call, args.launches, device=device)
-            tflops = 2 * sum(sizes) * case.n * case.k / timing.median_us / 1e6
-            cells += [f"{timing.median_us:.1f}", f"{tflops:.0f}", f"{case.deepgemm_tflops:.0f}",
-                      f"{tflops / case.deepgemm_tflops:.3f}"]
-        print(("| " if args.markdown else "") + sep.join(cells) + (" |" if args.markdown else ""), flush=True)
+        grouping = configs.GROUP_CONTIGUOUS if case.kind == "contiguous" else configs.GROUP_MASKED
+        auto = configs.select_grouped(grouping, max(1, sum(sizes) // case.groups) if case.kind == "contiguous"
+                                      else case.m_per_group, case.groups, case.n, case.k, sms).variant
+        for variant in variants_for(args.variants, grouping):
+            call, check = case_inputs(case, sizes, device, variant=variant)
+            diff = check()
+            cells = [case_label(case), "equal" if not args.uneven else f"{min(sizes)}..{max(sizes)}",
+                     f"auto: {auto.key}" if variant is None else variant.key + (" (auto)" if variant == auto else ""),
+                     f"{diff:.2e}"]
+            if not diff <= args.check_tol:
+                status = 1
+                cells += ["FAIL", "-", f"{case.deepgemm_tflops:.0f}", "-"]
+            else:
+                timing = time_steady(call, args.launches, device=device)
+                tflops = 2 * sum(sizes) * case.n * case.k / timing.median_us / 1e6
+                cells += [f"{timing.median_us:.1f}", f"{tflops:.0f}", f"{case.deepgemm_tflops:.0f}",
+                          f"{tflops / case.deepgemm_tflops:.3f}"]
+            print(("| " if args.markdown else "") + sep.join(cells) + (" |" if args.markdown else ""), flush=True)
     return status
+
+
+def variants_for(spec: str, grouping: int) -> list:
+    """--variants: [None] (the op's choice), every grouped variant of the layout, or the keys given (those of
+    another layout are skipped)."""
+    if spec == "auto":
+        return [None]
+    if spec == "all":
+        return [v for v in configs.GROUPED_VARIANTS if v.grouping == grouping]
+    chosen = [configs.parse_key(key.strip()) for key in spec.split(",")]
+    if any(v.grouping == configs.GROUP_NONE for v in chosen):
+        raise ValueError(f"--variants {spec!r}: grouped variant keys end in gc or gm")
+    return [v for v in chosen if v.grouping == grouping]
