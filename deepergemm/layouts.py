@@ -126,6 +126,11 @@ def _require_k_major(name: str, t: torch.Tensor) -> None:
                          f"{t.data_ptr():#x} (a view at an odd offset?); call .clone() first")
 
 
+def _check_k(k: int) -> None:
+    if k == 0 or k % GROUP_K != 0:
+        raise ValueError(f"K must be a positive multiple of {GROUP_K}, got K={k}")
+
+
 def _require_same_device(named: dict[str, torch.Tensor | None]) -> None:
     devices = {name: t.device for name, t in named.items() if t is not None}
     first_name, first = next(iter(devices.items()))
@@ -156,8 +161,7 @@ def check_gemm_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, 
     n, kb_ = b.shape
     if kb_ != k:
         raise ValueError(f"a and b must share K (a is (M, K), b is (N, K)): got a {tuple(a.shape)}, b {tuple(b.shape)}")
-    if k == 0 or k % GROUP_K != 0:
-        raise ValueError(f"K must be a positive multiple of {GROUP_K}, got K={k}")
+    _check_k(k)
     if n % N_ALIGN != 0:
         raise ValueError(f"N (b.shape[0]) must be a multiple of {N_ALIGN} (16-byte aligned output rows), got N={n}")
     _require_dtype("a_scales", a_scales, (torch.float32,))
@@ -243,11 +247,6 @@ def _check_grouped_out(out: torch.Tensor, shape: tuple[int, ...]) -> None:
     if has_storage(out) and out.data_ptr() % TMA_ALIGN_BYTES != 0:
         raise ValueError(f"out data pointer must be {TMA_ALIGN_BYTES}-byte aligned (TMA), got address "
                          f"{out.data_ptr():#x} (a view at an odd offset?)")
-
-
-def _check_k(k: int) -> None:
-    if k == 0 or k % GROUP_K != 0:
-        raise ValueError(f"K must be a positive multiple of {GROUP_K}, got K={k}")
 
 
 def check_grouped_contiguous_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
