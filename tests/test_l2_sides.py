@@ -92,7 +92,7 @@ def test_gpu_detection_decides_quickly_and_repeats(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_CACHE_DIR", str(tmp_path))
     cycles, smid = l2_sides.measure(torch.device("cuda"))
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    assert sorted(smid) == list(range(sms)), "one CTA per SM"
+    assert len(set(smid)) == len(smid) == sms, "one CTA per SM (%smid values need not be 0..SMs-1)"
     first = l2_sides.detect(refresh=True)
     print(first.reason, f"{first.seconds:.2f} s")
     assert first.seconds < 1.0 or not first.decided
