@@ -154,7 +154,7 @@ def measure(device: torch.device, chunks: int = PROBE_CHUNKS, stride: int = PROB
     offsets = torch.arange(chunks, dtype=torch.int64, device=device) * (stride // 4)
     cycles = torch.empty(props.multi_processor_count, chunks, dtype=torch.int32, device=device)
     smid = torch.empty(props.multi_processor_count, dtype=torch.int32, device=device)
-    smem = props.shared_memory_per_block_optin // 2 + 1024  # two CTAs never share an SM
+    smem = getattr(props, "shared_memory_per_block_optin", 232448) // 2 + 1024  # two CTAs never share an SM
     best = None
     for _ in range(rounds):
         module.l2_probe(buf, offsets, reps, cycles, smid, smem, torch.cuda.current_stream(device).cuda_stream)
