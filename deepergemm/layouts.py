@@ -110,6 +110,12 @@ def check_rank(name: str, t: torch.Tensor, rank: int, what: str) -> None:
 _require_rank = check_rank  # (the module-internal name)
 
 
+def _require_tma_aligned(name: str, t: torch.Tensor) -> None:
+    if has_storage(t) and t.data_ptr() % TMA_ALIGN_BYTES != 0:
+        raise ValueError(f"{name} data pointer must be {TMA_ALIGN_BYTES}-byte aligned (TMA), got address "
+                         f"{t.data_ptr():#x} (a view at an odd offset?); call .clone() first")
+
+
 def _require_k_major(name: str, t: torch.Tensor) -> None:
     """Rows of a K-major fp8 operand: unit column stride, 16-byte aligned rows and base address."""
     rows, k = t.shape
@@ -121,9 +127,7 @@ def _require_k_major(name: str, t: torch.Tensor) -> None:
     if rows > 1 and (t.stride(0) < k or (t.stride(0) * t.element_size()) % TMA_ALIGN_BYTES != 0):
         raise ValueError(f"{name} row stride must be >= K and a multiple of {TMA_ALIGN_BYTES} bytes, "
                          f"got stride(0)={t.stride(0)} for K={k}; call .contiguous() first")
-    if has_storage(t) and t.data_ptr() % TMA_ALIGN_BYTES != 0:
-        raise ValueError(f"{name} data pointer must be {TMA_ALIGN_BYTES}-byte aligned (TMA), got address "
-                         f"{t.data_ptr():#x} (a view at an odd offset?); call .clone() first")
+    _require_tma_aligned(name, t)
 
 
 def _check_k(k: int) -> None:
@@ -220,8 +224,7 @@ def _check_grouped_b(b: torch.Tensor, b_scales: torch.Tensor, k: int) -> tuple[i
                          f"got N={n}")
     if not b.is_contiguous():
         raise ValueError(f"b must be contiguous (groups, N, K), got strides {b.stride()}; call .contiguous() first")
-    if has_storage(b) and b.data_ptr() % TMA_ALIGN_BYTES != 0:
-        raise ValueError(f"b data pointer must be {TMA_ALIGN_BYTES}-byte aligned (TMA), got {b.data_ptr():#x}")
+    _require_tma_aligned("b", b)
     _require_dtype("b_scales", b_scales, (torch.float32,))
     want = (groups, ceil_div(n, GROUP_K), k // GROUP_K)
     if tuple(b_scales.shape) != want:
@@ -244,9 +247,7 @@ def _check_grouped_out(out: torch.Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"out must have shape {shape}, got {tuple(out.shape)}")
     if not out.is_contiguous():
         raise ValueError(f"out must be contiguous, got strides {out.stride()}")
-    if has_storage(out) and out.data_ptr() % TMA_ALIGN_BYTES != 0:
-        raise ValueError(f"out data pointer must be {TMA_ALIGN_BYTES}-byte aligned (TMA), got address "
-                         f"{out.data_ptr():#x} (a view at an odd offset?)")
+    _require_tma_aligned("out", out)
 
 
 def check_grouped_contiguous_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
@@ -298,8 +299,7 @@ def check_grouped_masked_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torc
         raise ValueError(f"groups * max_m must be below {MAX_GROUPED_ROWS}, got {groups} * {max_m}")
     if not a.is_contiguous():
         raise ValueError(f"a must be contiguous (groups, max_m, K), got strides {a.stride()}; call .contiguous() first")
-    if has_storage(a) and a.data_ptr() % TMA_ALIGN_BYTES != 0:
-        raise ValueError(f"a data pointer must be {TMA_ALIGN_BYTES}-byte aligned (TMA), got {a.data_ptr():#x}")
+    _require_tma_aligned("a", a)
     _require_dtype("a_scales", a_scales, (torch.float32,))
     if tuple(a_scales.shape) != (groups, max_m, k // GROUP_K):
         raise ValueError(f"a_scales must have shape (groups, max_m, K/128) = {(groups, max_m, k // GROUP_K)}, got "
