@@ -7,7 +7,9 @@
 #include <cudaTypedefs.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <numeric>
 
 #include "fp8_gemm.cuh"
 
@@ -75,11 +77,14 @@ CUtensorMap tensor_map_2d(const void* base, CUtensorMapDataType type, uint64_t i
 void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b, const at::Tensor& b_scales,
               at::Tensor& out, const at::Tensor& bias, int64_t bias_kind, int64_t num_sms, int64_t group_n, int64_t l2_hints,
               const at::Tensor& stream_k_workspace, const at::Tensor& group_rows, int64_t groups, int64_t group_stride,
-              int64_t pdl, int64_t stream) {
+              const at::Tensor& b_slots, int64_t b_slab_rows, int64_t n_placed, const at::Tensor& sm_side,
+              const at::Tensor& side_claims, int64_t side0_n_tiles, int64_t pdl, int64_t stream) {
   TORCH_CHECK(kGrouped == dg::kGroupNone ? groups == 0 : groups >= 1 && groups <= dg::kMaxGroups && group_stride > 0,
               "deepergemm: this variant takes ", kGrouped == dg::kGroupNone ? "no groups" : "1..256 groups", ", got ",
               groups, " (stride ", group_stride, ")");
-  const int64_t m = a.size(0), k = a.size(1), n = b.size(0) / (groups > 0 ? groups : 1);
+  // L2-side placement: b is the pool (rows of 128 bytes), its slabs found through b_slots (fp8_gemm.cuh)
+  const bool placed = b_slots.numel() > 0;
+  const int64_t m = a.size(0), k = a.size(1), n = placed ? n_placed : b.size(0) / (groups > 0 ? groups : 1);
   TORCH_CHECK(k % dg::kBlockK == 0 && n % 8 == 0 && m > 0, "deepergemm: bad GEMM shape ", m, "x", n, "x", k);
   TORCH_CHECK(a.stride(1) == 1 && b.stride(1) == 1 && out.is_contiguous() && b_scales.is_contiguous(),
               "deepergemm: a, b must be K-major and out, b_scales contiguous");
@@ -92,8 +97,25 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   const CUtensorMap map_a = tensor_map_2d(a.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, m, a.stride(0), dg::kBlockK,
                                           kBM / kClusterN, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's A slice
   // (grouped: every group's N rows, one after the other)
-  const CUtensorMap map_b = tensor_map_2d(b.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, b.size(0), b.stride(0),
-                                          dg::kBlockK, kBN / kClusterM, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's B slice
+  // (placed: boxes of gcd(slice, slab) rows, each from one slot; the CTA's slice has >= 8 rows)
+  const int64_t b_box_rows = placed ? std::gcd<int64_t>(kBN / kClusterM, b_slab_rows) : kBN / kClusterM;
+  if (placed) {
+    const int64_t k_blocks_ = k / dg::kBlockK;
+    TORCH_CHECK(dg::kProducers == 3 && kGrouped == dg::kGroupNone, "deepergemm: placed B needs a plain variant built "
+                "with three producers");
+    TORCH_CHECK((b_slab_rows == 16 || b_slab_rows == 32) && b.dim() == 2 && b.size(1) == dg::kBlockK &&
+                    b.is_contiguous() && b.size(0) % b_slab_rows == 0 && b_slots.is_cuda() &&
+                    b_slots.scalar_type() == at::kInt && b_slots.is_contiguous() && b_slots.dim() == 2 &&
+                    b_slots.size(0) == k_blocks_ && b_slots.size(1) * b_slab_rows >= n + 2 * kBN * kClusterN &&
+                    b_box_rows >= 8 && (kBN / kClusterM) / b_box_rows <= 32,
+                "deepergemm: a placed B needs a contiguous (slots * slab_rows, 128) pool, slab_rows 16 or 32, and an "
+                "int32 slot table (K/128, slabs) covering N plus two tiles");
+  }
+  const CUtensorMap map_b =
+      placed ? tensor_map_2d(b.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, dg::kBlockK, b.size(0), dg::kBlockK,
+                             dg::kBlockK, static_cast<uint32_t>(b_box_rows), CU_TENSOR_MAP_SWIZZLE_128B)
+             : tensor_map_2d(b.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, b.size(0), b.stride(0), dg::kBlockK,
+                             kBN / kClusterM, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's B slice
   const CUtensorMap map_sa = tensor_map_2d(a_scales.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m, k_blocks,
                                            sa_stride * 4, kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
   // bf16 output: TMA stores of 16-row (one warp's) x kEpiN-column slices, swizzled like the staging
@@ -122,6 +144,13 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   p.l2_a = static_cast<int>(l2_hints & 3);         // dg::L2Priority of the A loads...
   p.l2_b = static_cast<int>((l2_hints >> 2) & 3);  // ...and of the B loads
   p.pdl = pdl != 0 ? 1 : 0;
+  p.b_slots = placed ? b_slots.data_ptr<int>() : nullptr;
+  p.b_slot_stride = placed ? static_cast<int>(b_slots.size(1)) : 0;
+  p.b_slab_shift = b_slab_rows == 16 ? 4 : 5;
+  p.b_box_rows = static_cast<int>(b_box_rows);
+  p.sm_side = nullptr;
+  p.side_claims = nullptr;
+  p.side0_clusters = p.side0_n_tiles = p.side1_sk_units = 0;
   p.group_rows = nullptr;
   p.groups = static_cast<int>(groups);
   p.group_stride = static_cast<int>(group_stride);
@@ -179,17 +208,42 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   // Stream-K tail (scheduler.cuh), when Python passes a workspace: only if the units leave the last wave
   // part-filled. It takes that wave's units and one full wave more, so each cluster's range is >= 1 tile.
   // One-partial-set loops only (the others never start a tile's sums from a workspace slot).
+  // L2-side-aware scheduling (scheduler.cuh's SideProblem): N-tiles [0, side0_n_tiles) to side 0, the clusters
+  // split between the sides in proportion to their units, each side with its own stream-K tail.
+  const bool by_side = side_claims.numel() > 0;
+  const int64_t m_units = (m_tiles + kClusterM - 1) / kClusterM;
+  int64_t side_units[2] = {units, 0}, side_clusters[2] = {clusters, 0};
+  if (by_side) {
+    const int64_t n_tiles = (n + kBN - 1) / kBN;
+    TORCH_CHECK(kGrouped == dg::kGroupNone && side_claims.is_cuda() && side_claims.scalar_type() == at::kInt &&
+                    side_claims.numel() >= 3 && sm_side.is_cuda() && sm_side.scalar_type() == at::kByte &&
+                    sm_side.numel() == 256 && side0_n_tiles > 0 && side0_n_tiles < n_tiles &&
+                    side0_n_tiles % kClusterN == 0 && clusters >= 2,
+                "deepergemm: L2-side scheduling needs a plain variant, 3 int32 claim counters, a (256,) uint8 SM side "
+                "table, side 0's N-tiles a multiple of the cluster's N (", kClusterN, ") in (0, ", n_tiles,
+                "), and two clusters or more; got ", side0_n_tiles, " tiles, ", clusters, " clusters");
+    side_units[0] = m_units * (side0_n_tiles / kClusterN);
+    side_units[1] = units - side_units[0];
+    side_clusters[0] = std::min<int64_t>(std::max<int64_t>((clusters * side_units[0] + units / 2) / units, 1), clusters - 1);
+    side_clusters[1] = clusters - side_clusters[0];
+    p.sm_side = sm_side.data_ptr<uint8_t>();
+    p.side_claims = side_claims.data_ptr<int>();
+    p.side0_clusters = static_cast<int>(side_clusters[0]);
+    p.side0_n_tiles = static_cast<int>(side0_n_tiles);
+  }
   p.sk_units = 0;
   p.sk_partials = nullptr;
   p.sk_flags = nullptr;
+  const int sk_units[2] = {dg::stream_k_units(side_units[0], side_clusters[0]),
+                           by_side ? dg::stream_k_units(side_units[1], side_clusters[1]) : 0};
   if (stream_k_workspace.numel() > 0 && kSplitK == 1 && kAcc == dg::kAccSingle && kGrouped == dg::kGroupNone &&
-      units > clusters &&
-      units % clusters != 0) {
+      (sk_units[0] > 0 || sk_units[1] > 0)) {
     // num_sms flags per math warpgroup, then num_sms slots (the grid has at most num_sms CTAs)
     TORCH_CHECK(stream_k_workspace.is_cuda() && stream_k_workspace.scalar_type() == at::kInt &&
                     stream_k_workspace.numel() >= num_sms * (kBM * kBN + kMathWGs) && clusters * kCluster <= num_sms,
                 "deepergemm: the stream-K workspace needs ", num_sms * (kBM * kBN + kMathWGs), " int32 elements");
-    p.sk_units = static_cast<int>(units % clusters + clusters);
+    p.sk_units = sk_units[0];
+    p.side1_sk_units = sk_units[1];
     p.sk_flags = stream_k_workspace.data_ptr<int>();  // zero between launches
     p.sk_partials = reinterpret_cast<float*>(stream_k_workspace.data_ptr<int>() + num_sms * kMathWGs);
   }

@@ -51,6 +51,19 @@ struct GemmParams {
   int groups;                // 1..kMaxGroups
   int group_stride;          // masked: max_m (rows of A per group); contiguous: the segments' alignment
   int pdl;                   // launched with programmatic dependent launch: release the next kernel early
+  // L2-side placement (deepergemm/l2_placement.py): B lives in a pool of slots, each holding one slab (2^slab_shift
+  // rows x one 128-wide K block); map_b then describes the pool as rows of 128 bytes, read in boxes of
+  // b_box_rows rows (produce_placed_b). Null b_slots: B is the plain (N, K) tensor of map_b.
+  const int* b_slots;        // (k_blocks, b_slot_stride) int32: the slot of slab (k block, rows j << slab_shift ..)
+  int b_slot_stride;         // slabs per K block in the table (rows of B, padded past N, >> slab_shift)
+  int b_slab_shift;          // log2 of the rows per slab: 5 (4 KiB slots) or 4 (2 KiB)
+  int b_box_rows;            // rows per B load: divides the CTA's B slice and the slab
+  // L2-side-aware scheduling (scheduler.cuh's SideProblem). Null side_claims: off.
+  const uint8_t* sm_side;    // (256,) the L2 side of each SM id
+  int* side_claims;          // 3 ints, 0 between launches: slots claimed on side 0, on side 1, clusters claimed
+  int side0_clusters;        // slots of side 0; side 1 has the grid's other clusters
+  int side0_n_tiles;         // N-tiles [0, side0_n_tiles) are side 0's (a multiple of CN)
+  int side1_sk_units;        // side 1's stream-K units (side 0's: sk_units)
 };
 
 constexpr int kProducerRegs = 40;
@@ -317,6 +330,51 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
       k_block = w.k_begin;
       if constexpr (GM != kGroupNone) tile = groups.rows(w.m_block, BM);
     }
+  }
+}
+
+// The B producer with L2-side placement (GemmParams::b_slots): a whole warp. A step's B slice is `boxes` loads of
+// b_box_rows rows from pool slots found in the slot table; lane l looks up box l % boxes of step base + l / boxes
+// (32 / boxes steps per batch: one table latency per batch, the next batch's looked up before this one is
+// issued) and issues that load itself when the step comes. Lane 0 arms the stage's barrier first.
+template <int BM, int BN, int STAGES, int CM, int CN, int KS>
+__device__ __forceinline__ void produce_placed_b(const TileScheduler<CM, CN, KS>& sched, const GemmParams& p,
+                                                 uint8_t* smem, uint64_t* full, uint64_t* empty,
+                                                 const CUtensorMap* map_b, int lane) {
+  using L = SmemLayout<BM, BN, STAGES, 64, 16>;
+  constexpr int kBSlice = BN / CM;  // this CTA's rows of the B tile (multicast to the pair)
+  const int boxes = kBSlice / p.b_box_rows;  // <= 32: boxes are >= 8 rows
+  const uint32_t per_batch = static_cast<uint32_t>(32 / boxes);
+  const int my_step = lane / boxes, my_box = lane - my_step * boxes;
+  const uint32_t steps = sched.num_steps();
+  const uint16_t mask = same_n_block_mask(sched);
+  const bool hinted = p.l2_b != kL2Normal;
+  const uint64_t policy = l2_policy(p.l2_b);
+  const int slab_mask = (1 << p.b_slab_shift) - 1;
+  // the pool row of this lane's box in step base + my_step (-1: none)
+  auto locate = [&](uint32_t base) {
+    const uint32_t s = base + static_cast<uint32_t>(my_step);
+    if (static_cast<uint32_t>(my_step) >= per_batch || s >= steps) return -1;
+    const Step st = sched.step(s);
+    const int row = st.n_block * BN + sched.rank_m * kBSlice + my_box * p.b_box_rows;
+    const int slot = ld_global_nc_s32(p.b_slots + st.k_block * p.b_slot_stride + (row >> p.b_slab_shift));
+    return (slot << p.b_slab_shift) + (row & slab_mask);
+  };
+  uint8_t* dst = smem + L::kB + (sched.rank_m * kBSlice + my_box * p.b_box_rows) * kSwizzleBytes;
+  RingPos<STAGES> pos;
+  int y = locate(0);
+  for (uint32_t base = 0; base < steps; base += per_batch) {
+    const int y_next = locate(base + per_batch);
+    const uint32_t count = min(per_batch, steps - base);
+    for (uint32_t j = 0; j < count; ++j, pos.advance()) {
+      mbar_wait(&empty[pos.stage], pos.phase ^ 1);
+      if (lane == 0) mbar_arrive_expect_tx(&full[pos.stage], L::kBBytes);
+      __syncwarp();
+      if (static_cast<uint32_t>(my_step) == j) {
+        load_operand<(CM > 1)>(dst + pos.stage * L::kBBytes, map_b, &full[pos.stage], 0, y, mask, hinted, policy);
+      }
+    }
+    y = y_next;
   }
 }
 
@@ -679,7 +737,7 @@ struct MathWarpgroup {
   // total to its partial's register bank (the promotion's bank conflicts). Scalar (DG_SK_V4=0): element
   // (slab, i) of thread t at (slab * kRegs + i) * threads + t.
   __device__ __forceinline__ int stream_k_slot_index(int cluster) const {  // this CTA's slot (and flags)
-    return cluster * (CM * CN) + sched.rank_m + CM * sched.rank_n;
+    return (sched.slot_base + cluster) * (CM * CN) + sched.rank_m + CM * sched.rank_n;
   }
   __device__ __forceinline__ float* stream_k_slot(int cluster) const {
     const int slot = stream_k_slot_index(cluster);
@@ -1158,6 +1216,34 @@ struct MathWarpgroup {
 // ---------------------------------------------------------------------------------------------
 // the kernel
 // ---------------------------------------------------------------------------------------------
+// L2-side-aware scheduling (GemmParams::side_claims; scheduler.cuh's SideProblem): thread 0 of the cluster's first
+// CTA claims a slot, a slot of its own SM's side while that side has any left, else one of the other side (the
+// counts of slots add up to the grid's clusters, so the second claim always succeeds), and writes it into every
+// CTA of the cluster (read after the cluster barrier, which a fence before its relaxed arrive makes a release).
+// The last cluster to claim puts the counters back to zero for the next launch on the stream.
+template <int CLUSTER>
+__device__ __forceinline__ void claim_side_slot(const GemmParams& p, int* slot_smem) {
+  const int clusters = static_cast<int>(gridDim.x) / CLUSTER;
+  int side = p.sm_side[sm_id() & 255] & 1;
+  int rank = atomic_add_relaxed_gpu(&p.side_claims[side], 1);
+  if (rank >= (side == 0 ? p.side0_clusters : clusters - p.side0_clusters)) {
+    side ^= 1;
+    rank = atomic_add_relaxed_gpu(&p.side_claims[side], 1);
+  }
+  if (atomic_add_acq_rel_gpu(&p.side_claims[2], 1) == clusters - 1) {
+    p.side_claims[0] = 0;
+    p.side_claims[1] = 0;
+    p.side_claims[2] = 0;
+  }
+  slot_smem[0] = side;
+  slot_smem[1] = rank;
+  if constexpr (CLUSTER > 1) {
+#pragma unroll
+    for (uint32_t r = 1; r < CLUSTER; ++r) st_shared_cluster_v2_s32(map_shared_to_cta(smem_addr(slot_smem), r), side, rank);
+    fence_acq_rel_cluster();
+  }
+}
+
 template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS, int GM = kGroupNone>
 __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThreads, 1)
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
@@ -1205,6 +1291,9 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
   // griddepcontrol.wait); without it, not before this kernel ends, whoever launches it.
   griddepcontrol_wait();
   if (p.pdl) griddepcontrol_launch_dependents();
+  int* side_slot = reinterpret_cast<int*>(smem + L::kSideSlot);
+  const bool by_side = p.side_claims != nullptr;
+  if (by_side && threadIdx.x == 0 && (CLUSTER == 1 || cluster_cta_rank() == 0)) claim_side_slot<CLUSTER>(p, side_slot);
   int* group_table = reinterpret_cast<int*>(smem + L::kGroupTable);
   if constexpr (GM != kGroupNone) {
     if (threadIdx.x / 32 == 1) build_group_table<BM, GM, CM>(p, group_table, threadIdx.x % 32);
@@ -1219,16 +1308,20 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
   if (threadIdx.x == 0) life_stamp(p.bias, kLifeInit);
 
   const GroupTable groups{group_table, group_table + kMaxGroups + 1, group_table + 2 * kMaxGroups + 1, p.groups};
-  const TileScheduler<CM, CN, KS> sched(GM != kGroupNone ? groups.m_tiles() : (p.m + BM - 1) / BM,
-                                     (p.n + BN - 1) / BN, p.k_blocks, p.group_n,
-                                     CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()),
-                                     static_cast<int>(blockIdx.x) / CLUSTER, static_cast<int>(gridDim.x) / CLUSTER,
-                                     p.sk_units);
+  const int n_tiles = (p.n + BN - 1) / BN, clusters = static_cast<int>(gridDim.x) / CLUSTER;
+  SideProblem sp{0, n_tiles, static_cast<int>(blockIdx.x) / CLUSTER, clusters, p.sk_units, 0};
+  if (by_side) sp = side_problem(SideSlot{side_slot[0], side_slot[1]}, n_tiles, p.side0_n_tiles, clusters,
+                                 p.side0_clusters, p.sk_units, p.side1_sk_units);
+  const TileScheduler<CM, CN, KS> sched(GM != kGroupNone ? groups.m_tiles() : (p.m + BM - 1) / BM, sp.n_tiles,
+                                     p.k_blocks, p.group_n, CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()),
+                                     sp.cluster, sp.clusters, sp.sk_units, sp.n_first, sp.slot_base);
   if (wg == 0) {
     if constexpr (WGS > 1) setmaxnreg_dec<kProducerRegs>();  // (256 threads: registers enough for all)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (warp == 1) {
       publish_step_meta<BM, BN, STAGES, GM>(sched, p, groups, smem, full, empty, lane);
+    } else if (warp == 2 && p.b_slots != nullptr) {  // placed B (the host allows it with three producers only)
+      produce_placed_b<BM, BN, STAGES>(sched, p, smem, full, empty, &map_b, lane);
     } else if (lane == 0) {  // producer (warp + 1) / 2: warps 0, 2, 3
       if (warp == 0) produce_operands<producer_operands(0), BM, BN, STAGES, GM>(sched, p, groups, smem, full, empty, &map_a, &map_b, &map_sa);
       if (kProducers > 1 && warp == 2)

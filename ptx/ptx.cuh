@@ -313,6 +313,28 @@ __device__ __forceinline__ void st_global_v2_f32(void* p, float x, float y) {
 __device__ __forceinline__ void flag_release_gpu(int* flag, int value) {
   asm volatile("fence.acq_rel.gpu;\nst.relaxed.gpu.global.s32 [%0], %1;" ::"l"(flag), "r"(value) : "memory");
 }
+// L2-side slots (fp8_gemm.cuh's claim_side_slot): counters shared by the grid's clusters.
+__device__ __forceinline__ int atomic_add_relaxed_gpu(int* p, int v) {
+  int old;
+  asm volatile("atom.relaxed.gpu.global.add.s32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+// ...and the one whose result tells the last claimer that every other claim is in (acquire) after its own (release).
+__device__ __forceinline__ int atomic_add_acq_rel_gpu(int* p, int v) {
+  int old;
+  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+__device__ __forceinline__ uint32_t sm_id() {
+  uint32_t id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return id;
+}
+__device__ __forceinline__ void st_shared_cluster_v2_s32(uint32_t remote_addr, int a, int b) {
+  asm volatile("st.shared::cluster.v2.s32 [%0], {%1, %2};" ::"r"(remote_addr), "r"(a), "r"(b) : "memory");
+}
+// Orders this thread's earlier shared::cluster stores before its later (relaxed) cluster-barrier arrive.
+__device__ __forceinline__ void fence_acq_rel_cluster() { asm volatile("fence.acq_rel.cluster;" ::: "memory"); }
 __device__ __forceinline__ int flag_acquire_gpu(const int* flag) {
   int v;
   asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");

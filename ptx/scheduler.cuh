@@ -142,16 +142,19 @@ struct TileScheduler {
   int sk_begin, sk_end;    // this cluster's range of the stream-K steps (unit u's K block k is u * KB + k)
   int sk_first, sk_works;  // the last unit its range touches, and how many units it touches
   int dp_works;            // data-parallel units of this cluster
+  int n_first;   // first N-tile of the problem this scheduler walks (L2 sides: its side's; else 0)
+  int slot_base; // this side's first stream-K workspace slot, in clusters (0 without L2 sides)
 
   // total_k_blocks >= KS (the host checks): every split gets at least one K block. sk_units is 0 or
   // >= the number of clusters (so every stream-K range is at least one tile long). cluster_ / clusters_:
-  // blockIdx.x / kCtas and gridDim.x / kCtas.
+  // blockIdx.x / kCtas and gridDim.x / kCtas, or with L2 sides those of the side (SideProblem below).
   DG_HD TileScheduler(int m_tiles_, int n_tiles_, int total_k_blocks, int group_n_, int rank, int cluster_,
-                      int clusters_, int sk_units_ = 0)
+                      int clusters_, int sk_units_ = 0, int n_first_ = 0, int slot_base_ = 0)
       : m_tiles(m_tiles_), n_tiles(n_tiles_), group_n(group_n_),
         m_units((m_tiles_ + CM - 1) / CM), n_units((n_tiles_ + CN - 1) / CN),
         cluster(cluster_), clusters(clusters_),
-        rank_m(rank % CM), rank_n((rank / CM) % CN), rank_k(rank / (CM * CN)), sk_units(KS == 1 ? sk_units_ : 0) {
+        rank_m(rank % CM), rank_n((rank / CM) % CN), rank_k(rank / (CM * CN)), sk_units(KS == 1 ? sk_units_ : 0),
+        n_first(n_first_), slot_base(slot_base_) {
     k_begin = rank_k * total_k_blocks / KS;
     k_blocks = (rank_k + 1) * total_k_blocks / KS - k_begin;
     sk_begin = sk_end = sk_first = sk_works = 0;
@@ -173,7 +176,7 @@ struct TileScheduler {
     return static_cast<uint32_t>(sk_end - sk_begin) + static_cast<uint32_t>(dp_works) * k_blocks;
   }
 
-  // Unit -> this CTA's tile (m, n). Consecutive units sweep a band of group_n N-units row by row, so the
+  // Unit -> this CTA's tile (m, n) (n from n_first on). Consecutive units sweep a band of group_n N-units row by row, so the
   // clusters of one wave share A rows and B columns in L2.
   DG_HD void unit_coords(int unit, int& m_block, int& n_block) const {
     const int band_units = group_n * m_units;
@@ -182,7 +185,7 @@ struct TileScheduler {
     const int first_n = band * group_n;
     const int width = min(group_n, n_units - first_n);
     const int m_unit = in_band / width;
-    n_block = (first_n + (in_band - m_unit * width)) * CN + rank_n;
+    n_block = n_first + (first_n + (in_band - m_unit * width)) * CN + rank_n;
     m_block = m_unit * CM + rank_m;
   }
 
@@ -230,5 +233,40 @@ struct TileScheduler {
     return st;
   }
 };
+
+// L2-side-aware scheduling (issue 5; deepergemm/l2_placement.py places B): the N-tiles [0, side0_n_tiles) have
+// their B rows in memory next to L2 side 0, the others next to side 1. The grid's clusters are cut into
+// side0_clusters slots for side 0 and the rest for side 1; each cluster claims one slot when it starts
+// (claim_side_slot in fp8_gemm.cuh): one of its own SM's side while any is left, else one of the other side,
+// so every slot is taken exactly once wherever the clusters land (only the speed depends on it). Each side is
+// then a problem of its own: its N-tiles, its clusters, its stream-K tail (whose workspace slots follow the
+// other side's).
+struct SideSlot {
+  int side, rank;  // the side whose tiles this cluster works on, and its index among that side's slots
+};
+struct SideProblem {
+  int n_first, n_tiles;     // the side's N-tiles
+  int cluster, clusters;    // this cluster's index among the side's, and their number
+  int sk_units;             // the side's stream-K units (0: none)
+  int slot_base;            // first stream-K workspace slot of the side (in clusters)
+};
+DG_HD SideProblem side_problem(SideSlot slot, int n_tiles, int side0_n_tiles, int clusters, int side0_clusters,
+                               int side0_sk_units, int side1_sk_units) {
+  SideProblem sp;
+  const bool first = slot.side == 0;
+  sp.n_first = first ? 0 : side0_n_tiles;
+  sp.n_tiles = first ? side0_n_tiles : n_tiles - side0_n_tiles;
+  sp.cluster = slot.rank;
+  sp.clusters = first ? side0_clusters : clusters - side0_clusters;
+  sp.sk_units = first ? side0_sk_units : side1_sk_units;
+  sp.slot_base = first ? 0 : side0_clusters;
+  return sp;
+}
+
+// The stream-K tail's units of a problem of `units` units on `clusters` clusters (as the host chooses it: the
+// part-filled last wave and one full wave more, so every cluster's range is at least one tile), or 0.
+DG_HD int stream_k_units(int64_t units, int64_t clusters) {
+  return units > clusters && units % clusters != 0 ? static_cast<int>(units % clusters + clusters) : 0;
+}
 
 }  // namespace dg

@@ -25,7 +25,7 @@ constexpr uint64_t kDescK32Step = 32 >> 4;
 
 // Byte offsets of every region of the kernel's dynamic shared memory (from a 1024-aligned base).
 // KS > 1 (split-K clusters): room for the other KS - 1 splits' fp32 partial tiles, and two more barriers.
-// GROUP_TABLE_INTS: grouped GEMMs' table of groups (scheduler.cuh's GroupTable), last.
+// GROUP_TABLE_INTS: grouped GEMMs' table of groups (scheduler.cuh's GroupTable), then the L2-side slot (16 bytes).
 template <int BM, int BN, int STAGES, int EPI_ROWS, int EPI_N, int KS = 1, int MATH_WGS = 2, int GROUP_TABLE_INTS = 0>
 struct SmemLayout {
   static constexpr int kABytes = BM * kBlockK;                    // fp8 A tile of one stage
@@ -48,7 +48,8 @@ struct SmemLayout {
   static constexpr int kBarriers = round_up_c(kRed + (KS - 1) * kRedSlotBytes, 8);
   static constexpr int kRedBarriers = kBarriers + 2 * STAGES * 8;  // [0] slots full (rank 0), [1] slot free
   static constexpr int kGroupTable = kRedBarriers + (KS > 1 ? 2 : 0) * 8;
-  static constexpr int kEnd = kGroupTable + GROUP_TABLE_INTS * 4;
+  static constexpr int kSideSlot = kGroupTable + GROUP_TABLE_INTS * 4;  // L2 sides: the cluster's claimed slot
+  static constexpr int kEnd = kSideSlot + 16;
   static constexpr int kDynamicBytes = kEnd + kSwizzleAtomBytes;  // slack to align the base
 
   static_assert(kEpiBytesPerWG % kSwizzleAtomBytes == 0, "each staging buffer must start on a swizzle atom");

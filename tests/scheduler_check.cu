@@ -8,7 +8,9 @@
 //  - stream-K: a tile is cut at most once; its head (K blocks from 0) is the first work of cluster c - 1
 //    and ends with kFixContribute, its tail is the last stream-K work of cluster c, starts with
 //    first_of_tail and ends with kFixOwn; every other tile ends with kFixStore; the clusters' step counts
-//    differ by at most one K block plus nothing else (the tail wave is evened out).
+//    differ by at most one K block plus nothing else (the tail wave is evened out);
+//  - L2 sides: each side's clusters run only its N-tiles, the sides together every tile once, and the
+//    kernel's slot claims take every slot exactly once wherever the clusters land.
 // Prints one line per failure and exits 1 if there was any.
 #include <algorithm>
 #include <cstdio>
@@ -36,23 +38,43 @@ struct Seen {
   int cta, step;
 };
 
+// side0_n_tiles > 0: L2-side-aware scheduling (scheduler.cuh's SideProblem), the binding's split of the clusters
+// and stream-K units between the sides; cluster c below is then the global slot (side 0's slots first), which
+// is also the stream-K workspace slot, so the hand-off checks read the same.
 template <int CM, int CN, int KS>
-void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, bool stream_k) {
+void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, bool stream_k, int side0_n_tiles = 0) {
   using Sched = dg::TileScheduler<CM, CN, KS>;
   constexpr int kCtas = CM * CN * KS;
   const int m_units = (m_tiles + CM - 1) / CM, n_units = (n_tiles + CN - 1) / CN;
   const int units = m_units * n_units;
   if (clusters > units) clusters = units;
-  // the binding's rule (ptx/binding.cu)
-  const int sk_units = stream_k && KS == 1 && units > clusters && units % clusters != 0 ? units % clusters + clusters : 0;
-  char what[160];
-  std::snprintf(what, sizeof what, "CM %d CN %d KS %d, %dx%d tiles, KB %d, group_n %d, %d clusters, sk_units %d",
-                CM, CN, KS, m_tiles, n_tiles, kb, group_n, clusters, sk_units);
+  const bool by_side = side0_n_tiles > 0;
+  // the binding's rules (ptx/binding.cu)
+  int side_units[2] = {units, 0}, side_clusters[2] = {clusters, 0};
+  if (by_side) {
+    side_units[0] = m_units * (side0_n_tiles / CN);
+    side_units[1] = units - side_units[0];
+    side_clusters[0] = std::min(std::max((clusters * side_units[0] + units / 2) / units, 1), clusters - 1);
+    side_clusters[1] = clusters - side_clusters[0];
+  }
+  const int sk[2] = {stream_k && KS == 1 ? dg::stream_k_units(side_units[0], side_clusters[0]) : 0,
+                     stream_k && KS == 1 && by_side ? dg::stream_k_units(side_units[1], side_clusters[1]) : 0};
+  char what[200];
+  std::snprintf(what, sizeof what, "CM %d CN %d KS %d, %dx%d tiles, KB %d, group_n %d, %d clusters, sk_units %d+%d, "
+                "side 0: %d tiles, %d clusters", CM, CN, KS, m_tiles, n_tiles, kb, group_n, clusters, sk[0], sk[1],
+                side0_n_tiles, side_clusters[0]);
   std::map<std::tuple<int, int, int>, std::vector<Seen>> runs;  // (m, n, k) -> who ran it
   std::vector<std::vector<dg::Step>> steps_of(clusters * kCtas);
   for (int c = 0; c < clusters; ++c) {
+    dg::SideProblem sp{0, n_tiles, c, clusters, sk[0], 0};
+    if (by_side) {
+      const dg::SideSlot slot{c < side_clusters[0] ? 0 : 1, c < side_clusters[0] ? c : c - side_clusters[0]};
+      sp = dg::side_problem(slot, n_tiles, side0_n_tiles, clusters, side_clusters[0], sk[0], sk[1]);
+      CHECK(sp.slot_base + sp.cluster == c, "%s: slot %d has workspace slot %d", what, c, sp.slot_base + sp.cluster);
+    }
     for (int rank = 0; rank < kCtas; ++rank) {
-      const Sched s(m_tiles, n_tiles, kb, group_n, rank, c, clusters, sk_units);
+      const Sched s(m_tiles, sp.n_tiles, kb, group_n, rank, sp.cluster, sp.clusters, sp.sk_units, sp.n_first,
+                    sp.slot_base);
       const int cta = c * kCtas + rank;
       const uint32_t n = s.num_steps();
       std::vector<dg::Step>& seq = steps_of[cta];
@@ -73,7 +95,11 @@ void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, boo
         }
       }
       CHECK(i == n, "%s: CTA %d works cover %u steps, num_steps %u", what, cta, i, n);
-      for (uint32_t t = 0; t < n; ++t) runs[{seq[t].m_block, seq[t].n_block, seq[t].k_block}].push_back({cta, int(t)});
+      for (uint32_t t = 0; t < n; ++t) {
+        runs[{seq[t].m_block, seq[t].n_block, seq[t].k_block}].push_back({cta, int(t)});
+        CHECK(!by_side || (seq[t].n_block < side0_n_tiles) == (sp.n_first == 0),
+              "%s: slot %d of side %d runs N-tile %d", what, c, sp.n_first == 0 ? 0 : 1, seq[t].n_block);
+      }
     }
     // the CTAs of a cluster: the same steps (multicast) on their own tiles of each unit; split-K ranks the
     // same tiles in the same order (their K ranges may differ by a block: the join is per tile)
@@ -153,15 +179,46 @@ void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, boo
             tile.second, tail.second, h);
     }
   }
-  // the tail wave is evened out: cluster step counts within one K block (stream-K) or one unit (not)
-  size_t lo = ~size_t(0), hi = 0;
-  for (int c = 0; c < clusters; ++c) {
-    lo = std::min(lo, steps_of[c * kCtas].size());
-    hi = std::max(hi, steps_of[c * kCtas].size());
+  // the tail wave is evened out (per side): cluster step counts within one K block (stream-K) or one unit (not)
+  for (int side = 0; side < (by_side ? 2 : 1); ++side) {
+    const int first = side == 0 ? 0 : side_clusters[0], count = side_clusters[side];
+    size_t lo = ~size_t(0), hi = 0;
+    for (int c = first; c < first + count; ++c) {
+      lo = std::min(lo, steps_of[c * kCtas].size());
+      hi = std::max(hi, steps_of[c * kCtas].size());
+    }
+    CHECK(hi - lo <= size_t(sk[side] > 0 ? 1 : kb), "%s: side %d cluster step counts %zu..%zu", what, side, lo, hi);
+    CHECK(sk[side] == 0 || hi * count <= size_t(side_units[side]) * kb + count,
+          "%s: %zu steps for side %d's busiest cluster", what, hi, side);
   }
-  CHECK(hi - lo <= size_t(sk_units > 0 ? 1 : kb), "%s: cluster step counts %zu..%zu", what, lo, hi);
-  CHECK(sk_units == 0 || hi * clusters <= size_t(units) * kb + clusters, "%s: %zu steps for the busiest cluster",
-        what, hi);
+}
+
+// L2-side slots: the kernel's claim (fp8_gemm.cuh's claim_side_slot: the own SM's side while it has slots, else
+// the other) for clusters landing on sides in any pattern takes every slot exactly once.
+void check_side_claims() {
+  unsigned seed = 777;
+  auto next = [&seed](int mod) { seed = seed * 1103515245u + 12345u; return static_cast<int>((seed >> 8) % mod); };
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int clusters = 2 + next(131), cap0 = 1 + next(clusters - 1);
+    const int bias = next(101);  // percent of clusters landing on side 0
+    int claimed[2] = {0, 0};
+    std::vector<int> taken(clusters, 0);
+    for (int c = 0; c < clusters; ++c) {
+      int side = next(100) < bias ? 0 : 1;
+      int rank = claimed[side]++;
+      if (rank >= (side == 0 ? cap0 : clusters - cap0)) {
+        side ^= 1;
+        rank = claimed[side]++;
+      }
+      const int cap = side == 0 ? cap0 : clusters - cap0;
+      CHECK(rank < cap, "side claims: %d clusters, cap0 %d: a claim got rank %d of side %d", clusters, cap0, rank, side);
+      if (rank < cap) ++taken[(side == 0 ? 0 : cap0) + rank];
+    }
+    for (int slot = 0; slot < clusters; ++slot) {
+      CHECK(taken[slot] == 1, "side claims: %d clusters, cap0 %d: slot %d taken %d times", clusters, cap0, slot,
+            taken[slot]);
+    }
+  }
 }
 
 template <int CM, int CN, int KS>
@@ -177,6 +234,13 @@ void check_shapes() {
           const int clusters = g / (CM * CN * KS) > 0 ? g / (CM * CN * KS) : 1;
           check_grid<CM, CN, KS>(t[0], t[1], kb, group_n, clusters, false);
           check_grid<CM, CN, KS>(t[0], t[1], kb, group_n, clusters, true);
+          // L2 sides: side 0's N-tiles a multiple of CN, about half or a third of them (two clusters or more)
+          const int n_units = (t[1] + CN - 1) / CN, units = (t[0] + CM - 1) / CM * n_units;
+          if (n_units < 2 || std::min(clusters, units) < 2) continue;
+          for (const int side0_units : {n_units / 2, std::max(1, n_units / 3)}) {
+            check_grid<CM, CN, KS>(t[0], t[1], kb, group_n, clusters, false, side0_units * CN);
+            check_grid<CM, CN, KS>(t[0], t[1], kb, group_n, clusters, true, side0_units * CN);
+          }
         }
       }
     }
@@ -261,6 +325,7 @@ void check_group_tables() {
 }  // namespace
 
 int main() {
+  check_side_claims();
   check_group_tables();
   check_shapes<1, 1, 1>();
   check_shapes<2, 1, 1>();
