@@ -17,6 +17,8 @@ like the GEMM: load_inline, cached) and classifies the result (``classify``, pla
 
 Results are cached per device (name and UUID) in $DEEPERGEMM_CACHE_DIR/l2_sides.json. Not yet run on a GPU
 (ptx/NOTES.md, twelfth session): the thresholds below are first guesses to be checked against H100 data.
+The probe kernel's second mode (each chunk timed once, by one SM) is how deepergemm/l2_placement.py measures
+the memory it places weights in.
 """
 from __future__ import annotations
 
@@ -141,8 +143,15 @@ def _load():
     return _module
 
 
+# rotate < 0: every CTA probes every chunk (detection, below); rotate >= 0: each chunk once (l2_placement).
 _DECLARATION = ("void l2_probe(const at::Tensor& buf, const at::Tensor& offsets, int64_t reps, at::Tensor& cycles, "
-                "at::Tensor& smid, int64_t smem_bytes, int64_t stream);")
+                "at::Tensor& smid, int64_t smem_bytes, int64_t rotate, int64_t stream);")
+ALL_CHUNKS = -1  # the probe's rotate for "every CTA probes every chunk"
+
+
+def one_cta_per_sm_smem(props) -> int:
+    """Dynamic shared memory that keeps two probe CTAs off one SM (more than half of what one CTA may take)."""
+    return getattr(props, "shared_memory_per_block_optin", 232448) // 2 + 1024
 
 
 def measure(device: torch.device, chunks: int = PROBE_CHUNKS, stride: int = PROBE_STRIDE, reps: int = PROBE_REPS,
@@ -154,10 +163,11 @@ def measure(device: torch.device, chunks: int = PROBE_CHUNKS, stride: int = PROB
     offsets = torch.arange(chunks, dtype=torch.int64, device=device) * (stride // 4)
     cycles = torch.empty(props.multi_processor_count, chunks, dtype=torch.int32, device=device)
     smid = torch.empty(props.multi_processor_count, dtype=torch.int32, device=device)
-    smem = getattr(props, "shared_memory_per_block_optin", 232448) // 2 + 1024  # two CTAs never share an SM
+    smem = one_cta_per_sm_smem(props)
     best = None
     for _ in range(rounds):
-        module.l2_probe(buf, offsets, reps, cycles, smid, smem, torch.cuda.current_stream(device).cuda_stream)
+        module.l2_probe(buf, offsets, reps, cycles, smid, smem, ALL_CHUNKS,
+                        torch.cuda.current_stream(device).cuda_stream)
         best = cycles.clone() if best is None else torch.minimum(best, cycles)
     torch.cuda.synchronize(device)
     return best.cpu(), smid.cpu().tolist()
