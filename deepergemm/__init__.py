@@ -6,6 +6,10 @@
     a, a_s = dg.quantize_act(x2d)              # (M, K) fp8, (M, K/128) fp32 (M-major, TMA aligned)
     y = dg.fp8_gemm(a, a_s, w8, w_s)           # bf16 (M, N) = dequant(a) @ dequant(w8).T
 
+    # L2-side placement (once per weight): B stored next to the L2 half of the SMs that read it
+    wp = dg.prepare_weight(w8, w_s)            # PreparedWeight (unplaced, with the reason, where it cannot)
+    y = dg.linear(x, wp)                       # or dg.fp8_gemm(a, a_s, wp)
+
     # Mixture-of-experts: one launch for every expert (b: (experts, N, K), b_s: (experts, ceil(N/128), K/128))
     y = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, group_sizes)   # a: experts' rows back to back
     y = dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, masked_m, expected_m)  # a3: (experts, max_m, K)
@@ -32,6 +36,7 @@ from .moe import (ContiguousLayout, build_contiguous_layout, contiguous_rows_bou
                   permute_tokens, unpermute_tokens)
 from .layouts import require_tensors as _require_tensors
 from .reference import calc_diff, dequantize_act, dequantize_weight
+from .l2_placement import PreparedWeight, prepare_weight
 
 __version__ = "0.1.0"
 
@@ -39,7 +44,7 @@ __all__ = ["quantize_act", "quantize_weight", "fp8_gemm", "linear", "calc_diff",
            "dequantize_act", "dequantize_weight", "BACKENDS",
            "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked", "GROUPED_M_ALIGNMENT", "MAX_GROUPS",
            "ContiguousLayout", "build_contiguous_layout", "contiguous_rows_bound", "group_sizes_from_m_indices",
-           "permute_tokens", "unpermute_tokens"]
+           "permute_tokens", "unpermute_tokens", "PreparedWeight", "prepare_weight"]
 
 BACKENDS = _ops.BACKENDS
 
@@ -58,23 +63,55 @@ def quantize_weight(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor,
     return torch.ops.deepergemm.quantize_weight(w, ue8m0)
 
 
-def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-             out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None,
-             backend: str = "auto") -> torch.Tensor:
+def _prepared_scales(name: str, w: PreparedWeight, scales) -> torch.Tensor:
+    if scales is not None:
+        raise ValueError(f"{name}: a PreparedWeight carries its own scales; pass None (got a {type(scales).__name__})")
+    return w.scales
+
+
+def _placed_gemm(a, a_scales, w: PreparedWeight, out_dtype, bias, backend) -> torch.Tensor:
+    return torch.ops.deepergemm.fp8_gemm_placed(a, a_scales, w.pool, w.slots, w.scales, w.n, w.slab_rows,
+                                                w.split_rows, out_dtype, bias, w.sm_side, True, backend)
+
+
+def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor | PreparedWeight,
+             b_scales: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
+             bias: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
     """out (M, N) = dequant(a) @ dequant(b).T (+ bias), rounded once to out_dtype (bf16 or fp32).
 
     a (M, K) fp8 e4m3 with a_scales (M, K/128) fp32; b (N, K) fp8 e4m3 with b_scales
-    (ceil(N/128), K/128) fp32; K a multiple of 128, N a multiple of 8. backend: "auto", "ptx",
-    "cublas" or "reference" (see deepergemm.ops)."""
+    (ceil(N/128), K/128) fp32, or a PreparedWeight (prepare_weight: B placed by L2 side, its scales inside,
+    b_scales None); K a multiple of 128, N a multiple of 8. backend: "auto", "ptx", "cublas" or "reference"
+    (see deepergemm.ops)."""
+    if isinstance(b, PreparedWeight):
+        scales = _prepared_scales("b_scales", b, b_scales)
+        _require_tensors(a=a, a_scales=a_scales, bias=bias)
+        if not b.placed:
+            return torch.ops.deepergemm.fp8_gemm(a, a_scales, b.weight, scales, out_dtype, bias, backend)
+        return _placed_gemm(a, a_scales, b, out_dtype, bias, backend)
+    if b_scales is None:
+        raise ValueError("b_scales is required with a plain fp8 b (only a PreparedWeight carries its own)")
     _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales, bias=bias)
     return torch.ops.deepergemm.fp8_gemm(a, a_scales, b, b_scales, out_dtype, bias, backend)
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor, bias: torch.Tensor | None = None,
-           backend: str = "auto") -> torch.Tensor:
+def linear(x: torch.Tensor, w: torch.Tensor | PreparedWeight, w_scales: torch.Tensor | None = None,
+           bias: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
     """y = x @ dequant(w).T + bias with x quantized per 1x128 group on the fly; y has x's dtype.
 
-    x (..., K) bf16 or fp32; w (N, K) fp8 e4m3 with w_scales (ceil(N/128), K/128) fp32."""
+    x (..., K) bf16 or fp32; w (N, K) fp8 e4m3 with w_scales (ceil(N/128), K/128) fp32, or a PreparedWeight
+    (prepare_weight; w_scales None)."""
+    if isinstance(w, PreparedWeight):
+        scales = _prepared_scales("w_scales", w, w_scales)
+        _require_tensors(x=x, bias=bias)
+        if not w.placed:
+            return torch.ops.deepergemm.linear(x, w.weight, scales, bias, backend)
+        _layouts.check_linear_x(x, w.k)
+        x2 = x.reshape(-1, x.shape[-1])
+        q, s = torch.ops.deepergemm.quantize_act(x2 if x2.is_contiguous() else x2.contiguous())
+        return _placed_gemm(q, s, w, x.dtype, bias, backend).reshape(*x.shape[:-1], w.n)
+    if w_scales is None:
+        raise ValueError("w_scales is required with a plain fp8 w (only a PreparedWeight carries its own)")
     _require_tensors(x=x, w=w, w_scales=w_scales, bias=bias)
     return torch.ops.deepergemm.linear(x, w, w_scales, bias, backend)
 

@@ -78,6 +78,12 @@ def cmd_grouped_bench(args) -> int:
     return grouped.main(args.rest) or 0
 
 
+def cmd_l2_bench(args) -> int:
+    from deepergemm.benchmark import l2sides
+
+    return l2sides.main(args.rest) or 0
+
+
 def cmd_warmup(args) -> int:
     from deepergemm import extension
 
@@ -96,6 +102,7 @@ COMMANDS = {
     "bench": (cmd_bench, "GEMM benchmark vs cuBLAS (options: bench --help)"),
     "quant-bench": (cmd_quant_bench, "quantizer bandwidth benchmark"),
     "grouped-bench": (cmd_grouped_bench, "grouped (MoE) GEMM benchmark vs DeepGEMM's anchors (grouped-bench --help)"),
+    "l2-bench": (cmd_l2_bench, "B placed by L2 side vs plain vs cuBLAS (l2-bench --help)"),
     "warmup": (cmd_warmup, "build and cache every kernel variant"),
     "info": (cmd_info, "machine and backend"),
 }

@@ -105,6 +105,7 @@ STEP_META_BYTES = 32     # per stage: the step's tile coordinates and B scales (
 # device from the row counts. A table of MAX_GROUPS (layouts.py, dg::kMaxGroups) groups sits in shared memory.
 GROUP_NONE, GROUP_CONTIGUOUS, GROUP_MASKED = 0, 1, 2
 GROUP_TABLE_BYTES = (3 * MAX_GROUPS + 1) * 4     # tiles before, start and end of each group, + the total
+SIDE_SLOT_BYTES = 16     # the L2-side slot a cluster claimed (dg::SideSlot, scheduler.cuh), at the end
 
 
 @dataclass(frozen=True, order=True)
@@ -221,7 +222,7 @@ class Variant:
         reduction = (self.splits - 1) * self.block_m * self.block_n * 4  # the other splits' partial tiles
         barriers = (2 * self.stages + (2 if self.splits > 1 else 0)) * 8
         table = GROUP_TABLE_BYTES if self.grouping else 0
-        return round_up(epilogue_start + epilogue + reduction, 8) + barriers + table + SWIZZLE_ATOM
+        return round_up(epilogue_start + epilogue + reduction, 8) + barriers + table + SIDE_SLOT_BYTES + SWIZZLE_ATOM
 
     def compile_defines(self) -> dict[str, int]:
         return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,
@@ -506,6 +507,27 @@ SWITCHES = ("DEEPERGEMM_DUAL_ACC", "DEEPERGEMM_VARIANT", "DEEPERGEMM_CLUSTER", "
             "DEEPERGEMM_SPLIT_K", "DEEPERGEMM_SMALL_M_CLUSTER", "DEEPERGEMM_SMALL_M_WGS", "DEEPERGEMM_STREAM_K",
             "DEEPERGEMM_L2_HINTS", "DEEPERGEMM_GROUPED_VARIANT",  # (select_grouped's, keyed there too)
             "DEEPERGEMM_PDL")  # (read per launch: pdl_enabled)
+
+
+# L2-side-aware scheduling (issue 5): side 0 takes the N-tiles below the placement's split row (rounded to whole
+# cluster N-units). Used only when that keeps the sides' shares of the tiles within SIDE_MAX_SKEW of their shares
+# of B's rows (which follow their SM counts): the kernel gives each side clusters in proportion to its tiles, so
+# a skew sends that share of clusters to work on the other side's memory.
+SIDE_MAX_SKEW = 0.1
+
+
+def side0_n_tiles(variant: Variant, n: int, split_rows: int) -> int | None:
+    """N-tiles of side 0 for L2-side-aware scheduling of this variant, or None where it does not apply."""
+    if variant.grouping != GROUP_NONE or not 0 < split_rows < n:
+        return None
+    unit = variant.block_n * variant.cluster_n
+    n_units = -(-n // unit)
+    side0_units = round(split_rows / unit)
+    if not 0 < side0_units < n_units:
+        return None
+    if abs(side0_units / n_units - split_rows / n) > SIDE_MAX_SKEW:
+        return None
+    return side0_units * variant.cluster_n
 
 
 def pdl_enabled() -> bool:

@@ -32,7 +32,9 @@ CPP_DECLARATIONS = """
 void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b, const at::Tensor& b_scales,
               at::Tensor& out, const at::Tensor& bias, int64_t bias_kind, int64_t num_sms, int64_t group_n,
               int64_t l2_hints, const at::Tensor& stream_k_workspace, const at::Tensor& group_rows, int64_t groups,
-              int64_t group_stride, int64_t pdl, int64_t stream);
+              int64_t group_stride, const at::Tensor& b_slots, int64_t b_slab_rows, int64_t n_placed,
+              const at::Tensor& sm_side, const at::Tensor& side_claims, int64_t side0_n_tiles, int64_t pdl,
+              int64_t stream);
 std::vector<int64_t> variant_info();
 """
 FUNCTIONS = ["fp8_gemm", "variant_info"]

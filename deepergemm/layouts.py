@@ -155,16 +155,27 @@ def check_quantize_input(name: str, x: torch.Tensor) -> None:
 def check_gemm_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
                       out_dtype: torch.dtype, bias: torch.Tensor | None) -> tuple[int, int, int]:
     """Validate fp8_gemm's arguments; return (M, N, K)."""
-    for name, t in (("a", a), ("a_scales", a_scales), ("b", b), ("b_scales", b_scales)):
+    _require_tensor("b", b)
+    _require_dtype("b", b, (FP8_DTYPE,))
+    check_rank("b", b, 2, "(N, K)")
+    n, k_b = b.shape
+    m, k = _check_a_and_scales(a, a_scales, b_scales, n, k_b, out_dtype, bias,
+                               f"a and b must share K (a is (M, K), b is (N, K)): got a {{a}}, b {tuple(b.shape)}")
+    _require_same_device({"a": a, "b": b})
+    _require_k_major("b", b)
+    return m, n, k
+
+
+def _check_a_and_scales(a: torch.Tensor, a_scales: torch.Tensor, b_scales: torch.Tensor, n: int, k_b: int,
+                        out_dtype: torch.dtype, bias: torch.Tensor | None, k_mismatch: str) -> tuple[int, int]:
+    """What fp8_gemm and fp8_gemm_placed share: A, the scales, N, out_dtype and bias against B's (n, k_b)."""
+    for name, t in (("a", a), ("a_scales", a_scales), ("b_scales", b_scales)):
         _require_tensor(name, t)
     _require_dtype("a", a, (FP8_DTYPE,))
-    _require_dtype("b", b, (FP8_DTYPE,))
     check_rank("a", a, 2, "(M, K)")
-    check_rank("b", b, 2, "(N, K)")
     m, k = a.shape
-    n, kb_ = b.shape
-    if kb_ != k:
-        raise ValueError(f"a and b must share K (a is (M, K), b is (N, K)): got a {tuple(a.shape)}, b {tuple(b.shape)}")
+    if k_b != k:
+        raise ValueError(k_mismatch.format(a=tuple(a.shape)))
     _check_k(k)
     if n % N_ALIGN != 0:
         raise ValueError(f"N (b.shape[0]) must be a multiple of {N_ALIGN} (16-byte aligned output rows), got N={n}")
@@ -183,24 +194,67 @@ def check_gemm_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, 
         _require_dtype("bias", bias, BIAS_DTYPES)
         if tuple(bias.shape) != (n,):
             raise ValueError(f"bias must have shape (N,) = ({n},), got {tuple(bias.shape)}")
-    _require_same_device({"a": a, "a_scales": a_scales, "b": b, "b_scales": b_scales, "bias": bias})
+    _require_same_device({"a": a, "a_scales": a_scales, "b_scales": b_scales, "bias": bias})
     _require_k_major("a", a)
-    _require_k_major("b", b)
-    return m, n, k
+    return m, k
+
+
+PLACED_SLAB_ROWS = (16, 32)
+
+
+def check_placed_inputs(a: torch.Tensor, a_scales: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,
+                        b_scales: torch.Tensor, n: int, slab_rows: int, split_rows: int, out_dtype: torch.dtype,
+                        bias: torch.Tensor | None, sm_side: torch.Tensor | None) -> tuple[int, int]:
+    """Validate fp8_gemm_placed's arguments (B as an L2-placed pool, deepergemm/l2_placement.py); return (M, K)."""
+    for name, t in (("pool", pool), ("slots", slots)):
+        _require_tensor(name, t)
+    if slab_rows not in PLACED_SLAB_ROWS:
+        raise ValueError(f"slab_rows must be one of {PLACED_SLAB_ROWS}, got {slab_rows}")
+    _require_dtype("pool", pool, (torch.uint8,))
+    _require_dtype("slots", slots, (torch.int32,))
+    if pool.dim() != 2 or pool.shape[1] != GROUP_K or pool.shape[0] % slab_rows != 0 or not pool.is_contiguous():
+        raise ValueError(f"pool must be a contiguous (slots * slab_rows, 128) uint8 tensor, got {tuple(pool.shape)}")
+    check_rank("slots", slots, 2, "(K/128, slabs)")
+    if not slots.is_contiguous():
+        raise ValueError("slots must be contiguous")
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError(f"n (rows of B) must be a positive int, got {n!r}")
+    if slots.shape[1] * slab_rows < round_up(n, 256) + 512:
+        raise ValueError(f"slots must cover round_up(n, 256) + 512 rows of B ({round_up(n, 256) + 512}), got "
+                         f"{slots.shape[1]} slabs of {slab_rows}")
+    if not 0 <= split_rows <= n:
+        raise ValueError(f"split_rows must lie in [0, n={n}], got {split_rows}")
+    m, k = _check_a_and_scales(a, a_scales, b_scales, n, slots.shape[0] * GROUP_K, out_dtype, bias,
+                               f"a must be (M, K) with K = 128 * slots.shape[0] = {slots.shape[0] * GROUP_K}, "
+                               "got {a}")
+    _require_same_device({"a": a, "pool": pool, "slots": slots})
+    _require_tma_aligned("pool", pool)
+    if sm_side is not None:
+        _require_dtype("sm_side", sm_side, (torch.uint8,))
+        if tuple(sm_side.shape) != (256,):
+            raise ValueError(f"sm_side must have shape (256,) (the L2 side of each SM id), got {tuple(sm_side.shape)}")
+        _require_same_device({"a": a, "sm_side": sm_side})
+    return m, k
 
 
 def check_linear_inputs(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor,
                         bias: torch.Tensor | None) -> None:
     """Rules for linear(x, w, w_scales, bias): x (..., K) bf16/fp32; w and w_scales as fp8_gemm's b."""
     _require_tensor("x", x)
-    _require_dtype("x", x, LINEAR_X_DTYPES)
-    if x.dim() < 1:
-        raise ValueError(f"x must have at least 1 dimension (..., K), got shape {tuple(x.shape)}")
     _require_tensor("w", w)
     _require_dtype("w", w, (FP8_DTYPE,))
     check_rank("w", w, 2, "(N, K)")
-    if x.shape[-1] != w.shape[1]:
-        raise ValueError(f"x.shape[-1] (K={x.shape[-1]}) must equal w.shape[1] (K={w.shape[1]})")
+    check_linear_x(x, w.shape[1])
+
+
+def check_linear_x(x: torch.Tensor, k: int) -> None:
+    """linear's x against the weight's K (also for a PreparedWeight, whose w is no tensor)."""
+    _require_tensor("x", x)
+    _require_dtype("x", x, LINEAR_X_DTYPES)
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least 1 dimension (..., K), got shape {tuple(x.shape)}")
+    if x.shape[-1] != k:
+        raise ValueError(f"x.shape[-1] (K={x.shape[-1]}) must equal w.shape[1] (K={k})")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ Ops (``torch.ops.deepergemm.*``):
   quantize_weight(Tensor w, bool ue8m0=False) -> (Tensor q, Tensor scales)
   fp8_gemm(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, ScalarType out_dtype=bfloat16,
            Tensor? bias=None, str backend="auto") -> Tensor
+  fp8_gemm_placed(Tensor a, Tensor a_scales, Tensor pool, Tensor slots, Tensor b_scales, int n, int slab_rows,
+                  int split_rows, ScalarType out_dtype=bfloat16, Tensor? bias=None, Tensor? sm_side=None,
+                  bool side_aware=True, str backend="auto") -> Tensor   (B placed by L2 side: l2_placement)
   linear(Tensor x, Tensor w, Tensor w_scales, Tensor? bias=None, str backend="auto") -> Tensor
   m_grouped_fp8_gemm_contiguous(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor group_sizes,
                                 Tensor(a!) out, bool zero_padding=False, str backend="auto") -> ()
@@ -155,6 +158,51 @@ def _fp8_gemm_cuda(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_s
 @fp8_gemm.register_fake
 def _fp8_gemm_fake(a, a_scales, b, b_scales, out_dtype=torch.bfloat16, bias=None, backend="auto"):
     m, n, _ = layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias)
+    return a.new_empty((m, n), dtype=out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# fp8_gemm with an L2-placed B (deepergemm/l2_placement.py: prepare_weight)
+# ----------------------------------------------------------------------------------------------
+def _placed_b(pool, slots, n, k, slab_rows) -> torch.Tensor:
+    from . import l2_placement
+
+    return l2_placement.unpack(pool, slots, n, k, slab_rows)
+
+
+@custom_op("deepergemm::fp8_gemm_placed", mutates_args=(), device_types="cpu")
+def fp8_gemm_placed(a: torch.Tensor, a_scales: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,
+                    b_scales: torch.Tensor, n: int, slab_rows: int, split_rows: int,
+                    out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None,
+                    sm_side: torch.Tensor | None = None, side_aware: bool = True,
+                    backend: str = "auto") -> torch.Tensor:
+    m, k = layouts.check_placed_inputs(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype, bias,
+                                       sm_side)
+    resolve_backend(backend, a.device)
+    return reference.fp8_gemm(a, a_scales, _placed_b(pool, slots, n, k, slab_rows), b_scales, out_dtype, bias)
+
+
+@fp8_gemm_placed.register_kernel("cuda")
+def _fp8_gemm_placed_cuda(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype=torch.bfloat16,
+                          bias=None, sm_side=None, side_aware=True, backend="auto") -> torch.Tensor:
+    m, k = layouts.check_placed_inputs(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype, bias,
+                                       sm_side)
+    chosen = resolve_backend(backend, a.device)
+    if m == 0:
+        return a.new_empty((m, n), dtype=out_dtype)
+    if chosen != "ptx":  # cuBLAS and the reference read a plain B: gather it (slow, for checks)
+        return _run_gemm(chosen, a, a_scales, _placed_b(pool, slots, n, k, slab_rows), b_scales, out_dtype, bias)
+    from . import kernels
+
+    return kernels.fp8_gemm_placed(a, layouts.to_act_scale_layout(a_scales), pool, slots, b_scales.contiguous(), n,
+                                   slab_rows, split_rows, out_dtype, bias, sm_side, side_aware)
+
+
+@fp8_gemm_placed.register_fake
+def _fp8_gemm_placed_fake(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype=torch.bfloat16,
+                          bias=None, sm_side=None, side_aware=True, backend="auto"):
+    m, _ = layouts.check_placed_inputs(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype, bias,
+                                       sm_side)
     return a.new_empty((m, n), dtype=out_dtype)
 
 
