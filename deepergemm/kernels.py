@@ -123,9 +123,12 @@ def launch(module, variant: configs.Variant, a: torch.Tensor, a_scales: torch.Te
 
 
 def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-             out_dtype: torch.dtype, bias: torch.Tensor | None) -> torch.Tensor:
+             out_dtype: torch.dtype, bias: torch.Tensor | None, placed: PlacedB | None = None,
+             sides_for=None) -> torch.Tensor:
+    """The selected variant into a new (M, N) output. placed: b is an L2-placed pool; sides_for(variant): the
+    side-aware schedule for the chosen variant, or None."""
     m, k = a.shape
-    n = b.shape[0]
+    n = placed.n if placed is not None else b.shape[0]
     num_sms = _sm_count(a.device.index)
     choice = configs.select(m, n, k, num_sms)
     choice.variant.check_k(k)
@@ -134,7 +137,8 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales:
     if bias is not None and bias.dtype not in (torch.float32, torch.bfloat16):
         bias = bias.float()  # fp16 bias: the kernel reads fp32 or bf16
     launch(module, choice.variant, a, a_scales, b, b_scales, out, bias.contiguous() if bias is not None else None,
-           num_sms, choice.group_n, choice.l2_hints, choice.stream_k)
+           num_sms, choice.group_n, choice.l2_hints, choice.stream_k, placed=placed,
+           sides=sides_for(choice.variant) if sides_for is not None else None)
     return out
 
 
@@ -158,18 +162,11 @@ def fp8_gemm_placed(a: torch.Tensor, a_scales: torch.Tensor, pool: torch.Tensor,
                     bias: torch.Tensor | None, sm_side: torch.Tensor | None, side_aware: bool) -> torch.Tensor:
     """fp8_gemm with B from an L2-placed pool (rows [0, split_rows) next to L2 side 0); side_aware: schedule each
     side's N-tiles on its own SMs where configs.side0_n_tiles finds the split even enough, else the usual order."""
-    m, k = a.shape
-    num_sms = _sm_count(a.device.index)
-    choice = configs.select(m, n, k, num_sms)
-    choice.variant.check_k(k)
-    module = extension.load(choice.variant)
-    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
-    if bias is not None and bias.dtype not in (torch.float32, torch.bfloat16):
-        bias = bias.float()
-    side0 = configs.side0_n_tiles(choice.variant, n, split_rows) if side_aware else None
-    sides = None
-    if side0 is not None:
-        sides = SideSchedule(sm_side if sm_side is not None else sm_side_table(a.device.index), side0)
-    launch(module, choice.variant, a, a_scales, pool, b_scales, out, bias.contiguous() if bias is not None else None,
-           num_sms, choice.group_n, choice.l2_hints, choice.stream_k, placed=PlacedB(slots, slab_rows, n), sides=sides)
-    return out
+    def sides_for(variant: configs.Variant) -> SideSchedule | None:
+        side0 = configs.side0_n_tiles(variant, n, split_rows)
+        if side0 is None:
+            return None
+        return SideSchedule(sm_side if sm_side is not None else sm_side_table(a.device.index), side0)
+
+    return fp8_gemm(a, a_scales, pool, b_scales, out_dtype, bias, PlacedB(slots, slab_rows, n),
+                    sides_for if side_aware else None)
