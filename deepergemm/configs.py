@@ -222,7 +222,8 @@ class Variant:
         reduction = (self.splits - 1) * self.block_m * self.block_n * 4  # the other splits' partial tiles
         barriers = (2 * self.stages + (2 if self.splits > 1 else 0)) * 8
         table = GROUP_TABLE_BYTES if self.grouping else 0
-        return round_up(epilogue_start + epilogue + reduction, 8) + barriers + table + SIDE_SLOT_BYTES + SWIZZLE_ATOM
+        side_slot = round_up(round_up(epilogue_start + epilogue + reduction, 8) + barriers + table, 16)
+        return side_slot + SIDE_SLOT_BYTES + SWIZZLE_ATOM
 
     def compile_defines(self) -> dict[str, int]:
         return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,

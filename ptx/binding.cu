@@ -106,10 +106,11 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
     TORCH_CHECK((b_slab_rows == 16 || b_slab_rows == 32) && b.dim() == 2 && b.size(1) == dg::kBlockK &&
                     b.is_contiguous() && b.size(0) % b_slab_rows == 0 && b_slots.is_cuda() &&
                     b_slots.scalar_type() == at::kInt && b_slots.is_contiguous() && b_slots.dim() == 2 &&
-                    b_slots.size(0) == k_blocks_ && b_slots.size(1) * b_slab_rows >= n + 2 * kBN * kClusterN &&
+                    b_slots.device() == a.device() && b.device() == a.device() && b_slots.size(0) == k_blocks_ &&
+                    b_slots.size(1) * b_slab_rows >= ((n + kBN - 1) / kBN + kClusterN - 1) / kClusterN * kClusterN * kBN &&
                     b_box_rows >= 8 && (kBN / kClusterM) / b_box_rows <= 32,
                 "deepergemm: a placed B needs a contiguous (slots * slab_rows, 128) pool, slab_rows 16 or 32, and an "
-                "int32 slot table (K/128, slabs) covering N plus two tiles");
+                "int32 slot table (K/128, slabs) on a's device covering every N-tile");
   }
   const CUtensorMap map_b =
       placed ? tensor_map_2d(b.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, dg::kBlockK, b.size(0), dg::kBlockK,
@@ -217,7 +218,8 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
     const int64_t n_tiles = (n + kBN - 1) / kBN;
     TORCH_CHECK(kGrouped == dg::kGroupNone && side_claims.is_cuda() && side_claims.scalar_type() == at::kInt &&
                     side_claims.numel() >= 3 && sm_side.is_cuda() && sm_side.scalar_type() == at::kByte &&
-                    sm_side.numel() == 256 && side0_n_tiles > 0 && side0_n_tiles < n_tiles &&
+                    sm_side.numel() == 256 && sm_side.device() == a.device() && side_claims.device() == a.device() &&
+                    side0_n_tiles > 0 && side0_n_tiles < n_tiles &&
                     side0_n_tiles % kClusterN == 0 && clusters >= 2,
                 "deepergemm: L2-side scheduling needs a plain variant, 3 int32 claim counters, a (256,) uint8 SM side "
                 "table, side 0's N-tiles a multiple of the cluster's N (", kClusterN, ") in (0, ", n_tiles,

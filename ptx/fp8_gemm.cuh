@@ -1216,31 +1216,42 @@ struct MathWarpgroup {
 // ---------------------------------------------------------------------------------------------
 // the kernel
 // ---------------------------------------------------------------------------------------------
-// L2-side-aware scheduling (GemmParams::side_claims; scheduler.cuh's SideProblem): thread 0 of the cluster's first
-// CTA claims a slot, a slot of its own SM's side while that side has any left, else one of the other side (the
-// counts of slots add up to the grid's clusters, so the second claim always succeeds), and writes it into every
-// CTA of the cluster (read after the cluster barrier, which a fence before its relaxed arrive makes a release).
-// The last cluster to claim puts the counters back to zero for the next launch on the stream.
-template <int CLUSTER>
-__device__ __forceinline__ void claim_side_slot(const GemmParams& p, int* slot_smem) {
-  const int clusters = static_cast<int>(gridDim.x) / CLUSTER;
+// L2-side-aware scheduling (GemmParams::side_claims; scheduler.cuh's SideProblem). Thread 0 of the cluster's first
+// CTA claims a slot before the cluster barrier: one of its own SM's side while that side has any left, else one
+// of the other side (the counts of slots add up to the grid's clusters, so the second claim always succeeds),
+// kept in its own shared memory; the barrier (a release arrive on this path) publishes it and every thread of
+// the cluster reads it after (side_slot_of). Nothing is written into another CTA before the barrier: only then
+// are they known to run.
+__device__ __forceinline__ void claim_side_slot(const GemmParams& p, int clusters, int* slot_smem) {
   int side = p.sm_side[sm_id() & 255] & 1;
   int rank = atomic_add_relaxed_gpu(&p.side_claims[side], 1);
   if (rank >= (side == 0 ? p.side0_clusters : clusters - p.side0_clusters)) {
     side ^= 1;
     rank = atomic_add_relaxed_gpu(&p.side_claims[side], 1);
   }
+  slot_smem[0] = side;
+  slot_smem[1] = rank;
+}
+// The other CTAs of a cluster copy the leader's slot into their own shared memory (one thread, then a CTA barrier),
+// so every thread reads it locally (read straight from the leader into registers, the schedulers' values stayed
+// live through the producer code: ptxas spilled in the split-K variants).
+template <int CLUSTER>
+__device__ __forceinline__ SideSlot side_slot_of(int* slot_smem) {
+  if constexpr (CLUSTER > 1) {
+    if (threadIdx.x == 0 && cluster_cta_rank() != 0) {
+      ld_shared_cluster_v2_s32(map_shared_to_cta(smem_addr(slot_smem), 0), slot_smem[0], slot_smem[1]);
+    }
+    __syncthreads();
+  }
+  return SideSlot{slot_smem[0], slot_smem[1]};
+}
+// ...and after the barrier, off the claiming thread's path: count the cluster done claiming (release: its claim
+// came first, through the barrier); the last one puts the counters back to zero for the next launch on the stream.
+__device__ __forceinline__ void count_side_claim(const GemmParams& p, int clusters) {
   if (atomic_add_acq_rel_gpu(&p.side_claims[2], 1) == clusters - 1) {
     p.side_claims[0] = 0;
     p.side_claims[1] = 0;
     p.side_claims[2] = 0;
-  }
-  slot_smem[0] = side;
-  slot_smem[1] = rank;
-  if constexpr (CLUSTER > 1) {
-#pragma unroll
-    for (uint32_t r = 1; r < CLUSTER; ++r) st_shared_cluster_v2_s32(map_shared_to_cta(smem_addr(slot_smem), r), side, rank);
-    fence_acq_rel_cluster();
   }
 }
 
@@ -1291,9 +1302,13 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
   // griddepcontrol.wait); without it, not before this kernel ends, whoever launches it.
   griddepcontrol_wait();
   if (p.pdl) griddepcontrol_launch_dependents();
+  // (placed B and L2 sides exist for plain variants with three producer threads only: the host checks)
+  constexpr bool kSidesBuilt = GM == kGroupNone && kProducers == 3;
   int* side_slot = reinterpret_cast<int*>(smem + L::kSideSlot);
-  const bool by_side = p.side_claims != nullptr;
-  if (by_side && threadIdx.x == 0 && (CLUSTER == 1 || cluster_cta_rank() == 0)) claim_side_slot<CLUSTER>(p, side_slot);
+  const int clusters = static_cast<int>(gridDim.x) / CLUSTER;
+  const bool by_side = kSidesBuilt && p.side_claims != nullptr;
+  const bool side_leader = CLUSTER == 1 || cluster_cta_rank() == 0;
+  if (by_side && threadIdx.x == 0 && side_leader) claim_side_slot(p, clusters, side_slot);
   int* group_table = reinterpret_cast<int*>(smem + L::kGroupTable);
   if constexpr (GM != kGroupNone) {
     if (threadIdx.x / 32 == 1) build_group_table<BM, GM, CM>(p, group_table, threadIdx.x % 32);
@@ -1303,15 +1318,24 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
 #ifdef DG_INIT_RELEASE_ARRIVE  // developers' switch: the full release-acquire sync used before
   if constexpr (CLUSTER == 1) __syncthreads(); else cluster_sync();
 #else
-  if constexpr (CLUSTER == 1) __syncthreads(); else cluster_sync_after_barrier_init();
+  if constexpr (CLUSTER == 1) {
+    __syncthreads();
+  } else if (by_side) {
+    cluster_sync();  // (releases the claimed slot too)
+  } else {
+    cluster_sync_after_barrier_init();
+  }
 #endif
   if (threadIdx.x == 0) life_stamp(p.bias, kLifeInit);
 
   const GroupTable groups{group_table, group_table + kMaxGroups + 1, group_table + 2 * kMaxGroups + 1, p.groups};
-  const int n_tiles = (p.n + BN - 1) / BN, clusters = static_cast<int>(gridDim.x) / CLUSTER;
+  const int n_tiles = (p.n + BN - 1) / BN;
   SideProblem sp{0, n_tiles, static_cast<int>(blockIdx.x) / CLUSTER, clusters, p.sk_units, 0};
-  if (by_side) sp = side_problem(SideSlot{side_slot[0], side_slot[1]}, n_tiles, p.side0_n_tiles, clusters,
-                                 p.side0_clusters, p.sk_units, p.side1_sk_units);
+  if (by_side) {
+    sp = side_problem(side_slot_of<CLUSTER>(side_slot), n_tiles, p.side0_n_tiles, clusters, p.side0_clusters,
+                      p.sk_units, p.side1_sk_units);
+    if (threadIdx.x == 97 && side_leader) count_side_claim(p, clusters);  // (warp 3, lane 1: otherwise idle)
+  }
   const TileScheduler<CM, CN, KS> sched(GM != kGroupNone ? groups.m_tiles() : (p.m + BM - 1) / BM, sp.n_tiles,
                                      p.k_blocks, p.group_n, CLUSTER == 1 ? 0 : static_cast<int>(cluster_cta_rank()),
                                      sp.cluster, sp.clusters, sp.sk_units, sp.n_first, sp.slot_base);
@@ -1320,7 +1344,7 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (warp == 1) {
       publish_step_meta<BM, BN, STAGES, GM>(sched, p, groups, smem, full, empty, lane);
-    } else if (warp == 2 && p.b_slots != nullptr) {  // placed B (the host allows it with three producers only)
+    } else if (kSidesBuilt && warp == 2 && p.b_slots != nullptr) {  // placed B
       produce_placed_b<BM, BN, STAGES>(sched, p, smem, full, empty, &map_b, lane);
     } else if (lane == 0) {  // producer (warp + 1) / 2: warps 0, 2, 3
       if (warp == 0) produce_operands<producer_operands(0), BM, BN, STAGES, GM>(sched, p, groups, smem, full, empty, &map_a, &map_b, &map_sa);

@@ -330,11 +330,9 @@ __device__ __forceinline__ uint32_t sm_id() {
   asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
   return id;
 }
-__device__ __forceinline__ void st_shared_cluster_v2_s32(uint32_t remote_addr, int a, int b) {
-  asm volatile("st.shared::cluster.v2.s32 [%0], {%1, %2};" ::"r"(remote_addr), "r"(a), "r"(b) : "memory");
+__device__ __forceinline__ void ld_shared_cluster_v2_s32(uint32_t remote_addr, int& a, int& b) {
+  asm volatile("ld.shared::cluster.v2.s32 {%0, %1}, [%2];" : "=r"(a), "=r"(b) : "r"(remote_addr));
 }
-// Orders this thread's earlier shared::cluster stores before its later (relaxed) cluster-barrier arrive.
-__device__ __forceinline__ void fence_acq_rel_cluster() { asm volatile("fence.acq_rel.cluster;" ::: "memory"); }
 __device__ __forceinline__ int flag_acquire_gpu(const int* flag) {
   int v;
   asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");

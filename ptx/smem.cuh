@@ -48,7 +48,7 @@ struct SmemLayout {
   static constexpr int kBarriers = round_up_c(kRed + (KS - 1) * kRedSlotBytes, 8);
   static constexpr int kRedBarriers = kBarriers + 2 * STAGES * 8;  // [0] slots full (rank 0), [1] slot free
   static constexpr int kGroupTable = kRedBarriers + (KS > 1 ? 2 : 0) * 8;
-  static constexpr int kSideSlot = kGroupTable + GROUP_TABLE_INTS * 4;  // L2 sides: the cluster's claimed slot
+  static constexpr int kSideSlot = round_up_c(kGroupTable + GROUP_TABLE_INTS * 4, 16);  // L2 sides: the claimed slot
   static constexpr int kEnd = kSideSlot + 16;
   static constexpr int kDynamicBytes = kEnd + kSwizzleAtomBytes;  // slack to align the base
 

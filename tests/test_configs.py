@@ -391,7 +391,8 @@ def test_grouped_variants_follow_the_kernel_rules():
         assert configs.parse_key(v.key) == v and v.key.endswith(("gc", "gm"))
         assert v.compile_defines()["DG_GROUPED"] == v.grouping
         plain = configs.Variant(**{**v.__dict__, "grouping": configs.GROUP_NONE})
-        assert v.smem_bytes == plain.smem_bytes + configs.GROUP_TABLE_BYTES
+        # the table, plus up to 12 bytes to keep the L2-side slot after it 16-byte aligned
+        assert 0 <= v.smem_bytes - plain.smem_bytes - configs.GROUP_TABLE_BYTES < 16
     # both groupings have B-multicast pairs and A-multicast 256-row tiles
     for grouping in (configs.GROUP_CONTIGUOUS, configs.GROUP_MASKED):
         shapes = {(v.block_m, v.cluster_m, v.cluster_n) for v in configs.GROUPED_VARIANTS if v.grouping == grouping}

@@ -244,3 +244,34 @@ def test_prepare_weight_on_the_gpu_runs_exact():
     got = dg.fp8_gemm(a, a_s, prepared, backend="ptx")
     want = dg.fp8_gemm(a, a_s, w, w_s, backend="ptx")
     assert ref.calc_diff(got, want) <= ref.EXACT_TOL and not got.isnan().any()
+
+
+@pytest.mark.gpu
+def test_side_aware_gemms_back_to_back_with_programmatic_dependent_launch(monkeypatch):
+    """Side-aware GEMMs released early by the one before (PDL): each must find the slot counters at zero (the
+    previous launch's last claimer resets them) and the second reads the first's output as its bias."""
+    n, k = 2112, 1024
+    w, w_s = _weight(n, k, "cuda")
+    prepared = _placed(w, w_s, 32, split_rows=1024)
+    prepared.sm_side = torch.randint(0, 2, (256,), dtype=torch.uint8, device="cuda")
+    outs = {}
+    for m in (16, 300):
+        a, a_s = _act(m, k, "cuda")
+
+        def chain():
+            y = dg.fp8_gemm(a, a_s, prepared, backend="ptx")
+            z = dg.fp8_gemm(a, a_s, prepared, bias=y[0], backend="ptx")
+            return y, z, dg.fp8_gemm(a, a_s, prepared, backend="ptx")
+
+        monkeypatch.setenv("DEEPERGEMM_PDL", "0")
+        want = chain()
+        monkeypatch.setenv("DEEPERGEMM_PDL", "1")
+        for _ in range(5):
+            got = chain()
+            assert all(torch.equal(g.view(torch.int16), v.view(torch.int16)) for g, v in zip(got, want)), m
+        torch.cuda.synchronize()
+        from deepergemm import kernels
+
+        assert int(kernels.side_claims(a.device)[:3].count_nonzero()) == 0
+        outs[m] = want[0]
+    assert all(not o.isnan().any() for o in outs.values())
