@@ -129,6 +129,10 @@ class Variant:
     # Grouped GEMMs (key suffix "gc" contiguous, "gm" masked; GROUP_*): B holds one (N, K) matrix per group, and
     # the M-tiles come from the groups' row counts on the device. No split-K.
     grouping: int = GROUP_NONE
+    # Swapped (key suffix "t", small M; SWAP_TILES): the kernel computes out^T = B A^T, block_m rows of B on the
+    # wgmma M side and block_n tokens on its N side, so M <= 64 wastes no tensor-core rows on padding, A scales
+    # apply per column and the epilogue stores transposed. 64-row tiles, one math warpgroup, no multicast.
+    swapped: bool = False
 
     def __post_init__(self):
         """The rules dg::GemmTraits enforces at compile time, as a Python error before any build."""
@@ -162,6 +166,10 @@ class Variant:
             problems.append("grouping must be GROUP_NONE, GROUP_CONTIGUOUS or GROUP_MASKED")
         elif self.grouping != GROUP_NONE and self.splits > 1:
             problems.append("grouped GEMMs run without split-K")
+        if self.swapped and (self.block_m != 64 or self.math_wgs != 1 or self.cluster_m * self.cluster_n != 1
+                             or self.grouping != GROUP_NONE or self.block_n > SWAP_MAX_TOKENS):
+            problems.append(f"swapped tiles are 64 rows of B by at most {SWAP_MAX_TOKENS} tokens, one math "
+                            "warpgroup, no multicast, not grouped")
         if problems:
             raise ValueError(f"variant {self.block_m}x{self.block_n} stages={self.stages} "
                              f"cluster={self.cluster_m}x{self.cluster_n}: " + "; ".join(problems))
@@ -211,7 +219,9 @@ class Variant:
         split = f"k{self.splits}" if self.splits > 1 else ""
         wgs = "m1" if self.math_wgs == 1 else ""
         grouped = ("", "gc", "gm")[self.grouping]
-        return f"{self.block_m}x{self.block_n}s{self.stages}{'pwd'[self.acc_mode]}{cluster}{split}{wgs}{grouped}"
+        swapped = "t" if self.swapped else ""
+        return (f"{self.block_m}x{self.block_n}s{self.stages}{'pwd'[self.acc_mode]}{cluster}{split}{wgs}{grouped}"
+                f"{swapped}")
 
     @property
     def smem_bytes(self) -> int:
@@ -228,13 +238,15 @@ class Variant:
     def compile_defines(self) -> dict[str, int]:
         return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,
                 "DG_ACC": self.acc_mode, "DG_CLUSTER_M": self.cluster_m, "DG_CLUSTER_N": self.cluster_n,
-                "DG_SPLIT_K": self.splits, "DG_MATH_WGS": self.math_wgs, "DG_GROUPED": self.grouping}
+                "DG_SPLIT_K": self.splits, "DG_MATH_WGS": self.math_wgs, "DG_GROUPED": self.grouping,
+                "DG_SWAP": int(self.swapped)}
 
     @property
     def template_args(self) -> str:
         """The C++ template arguments of dg::fp8_gemm_kernel for this variant."""
         return (f"{self.block_m}, {self.block_n}, {self.stages}, {self.acc_mode}, "
-                f"{self.cluster_m}, {self.cluster_n}, {self.splits}, {self.math_wgs}, {self.grouping}")
+                f"{self.cluster_m}, {self.cluster_n}, {self.splits}, {self.math_wgs}, {self.grouping}, "
+                f"{int(self.swapped)}")
 
 
 def parse_key(key: str) -> Variant:
@@ -242,14 +254,16 @@ def parse_key(key: str) -> Variant:
 
     The letter after the stage count: p = one partial accumulator set, d = two sets with two steps in
     flight, w = two sets waiting for each step before issuing the next. Suffixes: c = cluster shape, k = K
-    splits, m1 = one math warpgroup, gc / gm = grouped contiguous / masked."""
-    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?(?:m(\d))?(?:g([cm]))?", key)
+    splits, m1 = one math warpgroup, gc / gm = grouped contiguous / masked, t = swapped (out^T = B A^T)."""
+    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?(?:m(\d))?(?:g([cm]))?(t)?",
+                         key)
     if match is None:
         raise ValueError(f"variant key {key!r} does not look like 128x128s6d, 128x128s6dc2, 128x128s6dc2x2 "
                          f", 64x64s12dk2, 64x32s16dm1 or 128x128s6wgc")
-    bm, bn, stages, acc, cm, cn, ks, wgs, grouped = match.groups()
+    bm, bn, stages, acc, cm, cn, ks, wgs, grouped, swapped = match.groups()
     return Variant(int(bm), int(bn), int(stages), acc != "p", int(cm or 1), int(cn or 1), acc != "w", int(ks or 1),
-                   int(wgs or 2), {None: GROUP_NONE, "c": GROUP_CONTIGUOUS, "m": GROUP_MASKED}[grouped])
+                   int(wgs or 2), {None: GROUP_NONE, "c": GROUP_CONTIGUOUS, "m": GROUP_MASKED}[grouped],
+                   swapped is not None)
 
 
 def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES, splits: int = 1, math_wgs: int = 2,
@@ -262,9 +276,10 @@ def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES, splits: int =
 
 
 def _variant(block_m: int, block_n: int, dual: bool, cluster: tuple[int, int] = (1, 1),
-             issue_ahead: bool = True, splits: int = 1, math_wgs: int = 2, grouping: int = GROUP_NONE) -> Variant:
+             issue_ahead: bool = True, splits: int = 1, math_wgs: int = 2, grouping: int = GROUP_NONE,
+             swapped: bool = False) -> Variant:
     return Variant(block_m, block_n, _max_stages(block_m, block_n, splits=splits, math_wgs=math_wgs, grouping=grouping),
-                   dual, *cluster, issue_ahead, splits, math_wgs, grouping)
+                   dual, *cluster, issue_ahead, splits, math_wgs, grouping, swapped)
 
 
 # Tile shapes the heuristic may pick; each with dual accumulators where the registers allow, and a
@@ -341,6 +356,38 @@ TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
                 _variant(*SPLIT_K_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K),  # two math warpgroups
                 *ONE_WARPGROUP_VARIANTS, *THREE_SCALE_BLOCK_VARIANTS)
     if v not in VARIANTS))
+
+
+# Swapped small-M tiles (issue 4; Variant.swapped, key suffix "t"): at M <= 64 the kernel computes out^T = B A^T,
+# 64 rows of B on the wgmma M side and the tokens (16, 32 or 64 of them, the smallest that holds M) on its N side:
+# no tensor-core rows spent on padding tokens, and a stage holds 8 KiB of B next to 2-8 KiB of A (not 8 KiB of
+# mostly padded A next to B). SM fill: N/64 tiles, split over K in 2 or 4 (split-K clusters) while that stays
+# within one wave. Opt-in (DEEPERGEMM_SWAP_AB=1) until measured on a GPU (ptx/NOTES.md, thirteenth session).
+SWAP_MAX_TOKENS = 64
+SWAP_TOKENS = (16, 32, 64)
+SWAP_SPLITS = (1, 2, 4)
+SWAP_MIN_K_BLOCKS_PER_SPLIT = 4  # each split keeps a few stages of work (the join costs a fixed time)
+SWAPPED_VARIANTS: tuple[Variant, ...] = tuple(
+    _variant(64, tokens, True, (1, 1), DUAL_ISSUE_AHEAD[64], splits, 1, swapped=True)
+    for tokens in SWAP_TOKENS for splits in SWAP_SPLITS)
+TESTED_VARIANTS = TESTED_VARIANTS + SWAPPED_VARIANTS
+
+
+def _select_swapped(m: int, n: int, k: int, num_sms: int) -> Choice:
+    """Swapped tiles for M <= SWAP_MAX_TOKENS: the smallest token tile that holds M, and the most K splits that
+    keep the CTAs within one wave (and SWAP_MIN_K_BLOCKS_PER_SPLIT K blocks each)."""
+    tokens = next(t for t in SWAP_TOKENS if t >= m)
+    tiles = ceil_div(n, 64) * ceil_div(m, tokens)
+    k_blocks = k // BLOCK_K
+    splits = max(s for s in SWAP_SPLITS
+                 if s == 1 or (tiles * s <= num_sms and k_blocks >= s * SWAP_MIN_K_BLOCKS_PER_SPLIT))
+    variant = next(v for v in SWAPPED_VARIANTS if v.block_n == tokens and v.splits == splits)
+    units, waves = waves_for(n, m, 64, tokens, num_sms, (1, 1), splits)
+    grid = min(units, num_sms // variant.cluster) * variant.cluster
+    # the kernel's A (B's rows) is streamed, its B (the tokens) re-read by every CTA
+    hints = L2_EVICT_FIRST | L2_EVICT_LAST << 2
+    return Choice(variant, min(DEFAULT_GROUP_N, ceil_div(m, tokens)), units * variant.cluster, waves, grid, hints,
+                  False)
 
 
 # L2 eviction priorities of the kernel's loads (dg::L2Priority): the kernel takes A's in bits 0-1, B's in
@@ -507,7 +554,8 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int) -> tuple[
 SWITCHES = ("DEEPERGEMM_DUAL_ACC", "DEEPERGEMM_VARIANT", "DEEPERGEMM_CLUSTER", "DEEPERGEMM_GROUP_N",
             "DEEPERGEMM_SPLIT_K", "DEEPERGEMM_SMALL_M_CLUSTER", "DEEPERGEMM_SMALL_M_WGS", "DEEPERGEMM_STREAM_K",
             "DEEPERGEMM_L2_HINTS", "DEEPERGEMM_GROUPED_VARIANT",  # (select_grouped's, keyed there too)
-            "DEEPERGEMM_PDL")  # (read per launch: pdl_enabled)
+            "DEEPERGEMM_PDL",  # (read per launch: pdl_enabled)
+            "DEEPERGEMM_SWAP_AB")
 
 
 # L2-side-aware scheduling (issue 5): side 0 takes the N-tiles below the placement's split row (rounded to whole
@@ -519,7 +567,7 @@ SIDE_MAX_SKEW = 0.1
 
 def side0_n_tiles(variant: Variant, n: int, split_rows: int) -> int | None:
     """N-tiles of side 0 for L2-side-aware scheduling of this variant, or None where it does not apply."""
-    if variant.grouping != GROUP_NONE or not 0 < split_rows < n:
+    if variant.grouping != GROUP_NONE or variant.swapped or not 0 < split_rows < n:
         return None
     unit = variant.block_n * variant.cluster_n
     n_units = -(-n // unit)
@@ -539,22 +587,25 @@ def pdl_enabled() -> bool:
     return _env_flag("DEEPERGEMM_PDL", False)
 
 
-def select(m: int, n: int, k: int, num_sms: int) -> Choice:
+def select(m: int, n: int, k: int, num_sms: int, swap_ok: bool = True) -> Choice:
     """The variant and rasterization for an (M, N, K) problem on a GPU with num_sms SMs. Cached per problem
-    and switch settings: the model takes ~40 us of Python, more than a decode-size GEMM on the GPU."""
-    return _select_cached(m, n, k, num_sms, tuple(os.environ.get(name) for name in SWITCHES))
+    and switch settings: the model takes ~40 us of Python, more than a decode-size GEMM on the GPU.
+    swap_ok=False: never a swapped variant (an L2-placed B, which swapped variants do not read)."""
+    return _select_cached(m, n, k, num_sms, swap_ok, tuple(os.environ.get(name) for name in SWITCHES))
 
 
 @functools.lru_cache(maxsize=4096)
-def _select_cached(m: int, n: int, k: int, num_sms: int, switches: tuple) -> Choice:
-    return _select(m, n, k, num_sms)
+def _select_cached(m: int, n: int, k: int, num_sms: int, swap_ok: bool, switches: tuple) -> Choice:
+    return _select(m, n, k, num_sms, swap_ok)
 
 
-def _select(m: int, n: int, k: int, num_sms: int) -> Choice:
+def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool = True) -> Choice:
     if m < 1 or n < 1 or k < BLOCK_K or num_sms < 1:
         raise ValueError(f"select: need M, N >= 1, K >= {BLOCK_K}, num_sms >= 1; got {m}, {n}, {k}, {num_sms}")
     dual = _env_flag("DEEPERGEMM_DUAL_ACC", True)
     forced = _forced_shape()
+    if forced is None and swap_ok and m <= SWAP_MAX_TOKENS and _env_flag("DEEPERGEMM_SWAP_AB", False):
+        return _select_swapped(m, n, k, num_sms)
     if forced is not None:
         shape = forced
     else:
@@ -637,7 +688,8 @@ def _grouped_variant(grouping: int, block_m: int, block_n: int, paired: bool = F
 GROUPED_VARIANTS: tuple[Variant, ...] = tuple(
     _grouped_variant(grouping, bm, bn, paired) for grouping, tiles in GROUPED_TILES.items() for bm, bn in tiles
     for paired in ((False, True) if bm == 128 else (False,)))
-# What CI compiles (and `warmup --variants tested` builds): the tested plain variants and the grouped ones.
+# What CI compiles (and `warmup --variants tested` builds): the tested plain variants (swapped ones included)
+# and the grouped ones.
 BUILT_VARIANTS: tuple[Variant, ...] = TESTED_VARIANTS + GROUPED_VARIANTS
 
 

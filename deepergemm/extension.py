@@ -112,7 +112,8 @@ def load(variant: configs.Variant):
         _say(f"built {variant.key} in {time.perf_counter() - start:.1f} s")
     info = list(module.variant_info())
     expected = [variant.block_m, variant.block_n, variant.stages, variant.acc_mode, variant.cluster_m,
-                variant.cluster_n, variant.splits, variant.math_wgs, variant.grouping, variant.smem_bytes]
+                variant.cluster_n, variant.splits, variant.math_wgs, variant.grouping, variant.smem_bytes,
+                int(variant.swapped)]
     if info != expected:
         raise RuntimeError(f"deepergemm: module {name} reports {info}, configs.py expects {expected}: "
                            f"ptx/smem.cuh and configs.Variant.smem_bytes disagree")

@@ -130,7 +130,7 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales:
     m, k = a.shape
     n = placed.n if placed is not None else b.shape[0]
     num_sms = _sm_count(a.device.index)
-    choice = configs.select(m, n, k, num_sms)
+    choice = configs.select(m, n, k, num_sms, swap_ok=placed is None)
     choice.variant.check_k(k)
     module = extension.load(choice.variant)
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)

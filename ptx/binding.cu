@@ -1,5 +1,5 @@
 // Host side of one GEMM variant: tensor maps, launch configuration, and the function Python calls.
-// The variant (DG_BM, DG_BN, DG_STAGES, DG_ACC, DG_CLUSTER_M, DG_CLUSTER_N, DG_SPLIT_K, DG_MATH_WGS, DG_GROUPED) is fixed at compile time by deepergemm/extension.py,
+// The variant (DG_BM, DG_BN, DG_STAGES, DG_ACC, DG_CLUSTER_M, DG_CLUSTER_N, DG_SPLIT_K, DG_MATH_WGS, DG_GROUPED, DG_SWAP) is fixed at compile time by deepergemm/extension.py,
 // one extension module per variant. Python has already validated every input (deepergemm/layouts.py);
 // the checks here only guard against a caller that bypassed it. Plain host code (no <regex>: it was
 // seen to crash under torch 2.11's runtime).
@@ -25,10 +25,14 @@ constexpr int kCluster = kClusterM * kClusterN * kSplitK;  // CTAs per cluster
 constexpr int kAcc = DG_ACC;  // dg::AccMode
 constexpr int kMathWGs = DG_MATH_WGS;  // math warpgroups (1 only on 64-row tiles)
 constexpr int kGrouped = DG_GROUPED;   // dg::GroupMode: plain, m-grouped contiguous or m-grouped masked
+#ifndef DG_SWAP
+#define DG_SWAP 0
+#endif
+constexpr int kSwap = DG_SWAP;  // swapped (small M): the kernel computes out^T = B A^T, B's rows on the wgmma M side
 using Traits = dg::GemmTraits<kBM, kBN, kStages, kSplitK, kMathWGs, kGrouped>;
 using Layout = typename Traits::Layout;
 constexpr auto kKernel =
-    dg::fp8_gemm_kernel<kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK, kMathWGs, kGrouped>;
+    dg::fp8_gemm_kernel<kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK, kMathWGs, kGrouped, kSwap>;
 
 #define DG_CUDA_CHECK(expr)                                                                   \
   do {                                                                                        \
@@ -93,8 +97,15 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
               kSplitK * dg::kBlockK, ", got K = ", k);
   const int64_t sa_stride = k_blocks > 1 ? a_scales.stride(1) : (m + 3) / 4 * 4;
   TORCH_CHECK(a_scales.stride(0) == 1 || m == 1, "deepergemm: a_scales must be M-major");
+  // The kernel's view: swapped, its M' rows (wgmma M side, A operand) are B's N rows and its N' columns the M
+  // tokens; out stays (M, N) (the epilogue stores transposed).
+  TORCH_CHECK(!kSwap || (b_slots.numel() == 0 && side_claims.numel() == 0 && groups == 0),
+              "deepergemm: swapped variants take a plain B, no L2 sides, no groups");
+  const at::Tensor& a_op = kSwap ? b : a;
+  const at::Tensor& b_op = kSwap ? a : b;
+  const int64_t km = kSwap ? n : m, kn = kSwap ? m : n;
 
-  const CUtensorMap map_a = tensor_map_2d(a.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, m, a.stride(0), dg::kBlockK,
+  const CUtensorMap map_a = tensor_map_2d(a_op.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, km, a_op.stride(0), dg::kBlockK,
                                           kBM / kClusterN, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's A slice
   // (grouped: every group's N rows, one after the other)
   // (placed: boxes of gcd(slice, slab) rows, each from one slot; the CTA's slice has >= 8 rows)
@@ -115,23 +126,24 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   const CUtensorMap map_b =
       placed ? tensor_map_2d(b.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, dg::kBlockK, b.size(0), dg::kBlockK,
                              dg::kBlockK, static_cast<uint32_t>(b_box_rows), CU_TENSOR_MAP_SWIZZLE_128B)
-             : tensor_map_2d(b.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, b.size(0), b.stride(0), dg::kBlockK,
+             : tensor_map_2d(b_op.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, b_op.size(0), b_op.stride(0), dg::kBlockK,
                              kBN / kClusterM, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's B slice
+  // (swapped: the tile's tokens are its N' columns, a box of kBN scales)
   const CUtensorMap map_sa = tensor_map_2d(a_scales.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m, k_blocks,
-                                           sa_stride * 4, kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
+                                           sa_stride * 4, kSwap ? kBN : kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
   // bf16 output: TMA stores of 16-row (one warp's) x kEpiN-column slices, swizzled like the staging
   // buffer. fp32 output is stored directly from registers (the map is not read; map_a stands in for it).
   const bool out_fp32 = out.scalar_type() == at::kFloat;
   const CUtensorMap map_out =
-      out_fp32 ? map_a
+      out_fp32 || kSwap ? map_a
                : tensor_map_2d(out.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, n, m, n * 2, Traits::kEpiN, dg::kEpiStoreRows,
                                Traits::kEpiN == 64   ? CU_TENSOR_MAP_SWIZZLE_128B
                                : Traits::kEpiN == 32 ? CU_TENSOR_MAP_SWIZZLE_64B
                                                      : CU_TENSOR_MAP_SWIZZLE_32B);
 
   dg::GemmParams p;
-  p.m = static_cast<int>(m);
-  p.n = static_cast<int>(n);
+  p.m = static_cast<int>(km);
+  p.n = static_cast<int>(kn);
   p.k_blocks = static_cast<int>(k_blocks);
   p.out = out.data_ptr();
   p.out_fp32 = out_fp32;
@@ -174,10 +186,10 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   // clusters as fit on the GPU at once (a GPC's SMs need not divide into whole clusters).
   // Grouped: the kernel counts its tiles from the device's row counts; the grid takes the most there can be
   // (every group's rows may start a tile of their own, and a pair's rounding add one), idle CTAs leave at once.
-  const int64_t m_tiles = kGrouped == dg::kGroupNone ? (m + kBM - 1) / kBM
+  const int64_t m_tiles = kGrouped == dg::kGroupNone ? (km + kBM - 1) / kBM
                           : kGrouped == dg::kGroupMasked ? groups * dg::group_tiles(static_cast<int>(group_stride), kBM, kClusterM)
                                                          : (m + kBM - 1) / kBM + groups * kClusterM;
-  const int64_t units = ((m_tiles + kClusterM - 1) / kClusterM) * ((n + kBN * kClusterN - 1) / (kBN * kClusterN));
+  const int64_t units = ((m_tiles + kClusterM - 1) / kClusterM) * ((kn + kBN * kClusterN - 1) / (kBN * kClusterN));
   cudaLaunchConfig_t config = {};
   config.blockDim = dim3(Traits::kThreads);
   config.dynamicSmemBytes = Layout::kDynamicBytes;
@@ -255,5 +267,5 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
 
 // The compile-time facts of this variant, for Python's checks and reports.
 std::vector<int64_t> variant_info() {
-  return {kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK, kMathWGs, kGrouped, Layout::kDynamicBytes};
+  return {kBM, kBN, kStages, kAcc, kClusterM, kClusterN, kSplitK, kMathWGs, kGrouped, Layout::kDynamicBytes, kSwap};
 }

@@ -269,7 +269,7 @@ __device__ __forceinline__ void load_operand(void* dst, const CUtensorMap* map, 
   }
 }
 
-template <int OPERANDS, int BM, int BN, int STAGES, int GM, int CM, int CN, int KS>
+template <int OPERANDS, int BM, int BN, int STAGES, int GM, int SW, int CM, int CN, int KS>
 __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>& sched, const GemmParams& p,
                                                  const GroupTable& groups, uint8_t* smem, uint64_t* full,
                                                  uint64_t* empty, const CUtensorMap* map_a, const CUtensorMap* map_b,
@@ -281,8 +281,10 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
   constexpr int kASlice = BM / CN, kBSlice = BN / CM;
   static_assert(kASlice * kSwizzleBytes % kSwizzleAtomBytes == 0 && kBSlice * kSwizzleBytes % kSwizzleAtomBytes == 0,
                 "operand slices must keep the swizzle alignment");
+  // (swapped: the A-scale box holds the tile's BN token scales, not BM row scales)
+  constexpr uint32_t kSABytes = SW ? BN * 4 : L::kSABytes;
   constexpr uint32_t kBytes = ((OPERANDS & kLoadA) ? L::kABytes : 0) + ((OPERANDS & kLoadB) ? L::kBBytes : 0) +
-                              ((OPERANDS & kLoadSA) ? L::kSABytes : 0);
+                              ((OPERANDS & kLoadSA) ? kSABytes : 0);
   const uint16_t a_mask = same_m_block_mask(sched), b_mask = same_n_block_mask(sched);
   const bool a_hinted = p.l2_a != kL2Normal, b_hinted = p.l2_b != kL2Normal;
   const uint64_t a_policy = l2_policy(p.l2_a), b_policy = l2_policy(p.l2_b);
@@ -321,9 +323,9 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
                              &full[stage], k_block * kBlockK, n_load + sched.rank_m * kBSlice, b_mask,
                              b_hinted, b_policy);
     }
-    if constexpr ((OPERANDS & kLoadSA) != 0) {
-      load_operand<false>(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], m_load, k_block, 0, a_hinted,
-                          a_policy);
+    if constexpr ((OPERANDS & kLoadSA) != 0) {  // (swapped: the scales of the tile's tokens, the N' side)
+      load_operand<false>(smem + L::kSA + stage * L::kSASlot, map_sa, &full[stage], SW ? n_load : m_load, k_block, 0,
+                          SW ? b_hinted : a_hinted, SW ? b_policy : a_policy);
     }
     if (++k_block == w.k_end && s + 1 < steps) {  // incremental: no division per step
       w = sched.work(++j);
@@ -383,14 +385,15 @@ __device__ __forceinline__ void produce_placed_b(const TileScheduler<CM, CN, KS>
 // next batch's loads are issued before this batch is handed out, so their latency hides behind it.
 // Grouped GEMMs publish the tile's first row in m_block and its group's end row in k_block (which the math
 // warpgroups do not read otherwise), and take the B scales of the tile's group.
-template <int BM, int BN, int GM, int CM, int CN, int KS>
+template <int BM, int BN, int GM, int SW, int CM, int CN, int KS>
 __device__ __forceinline__ StepMeta prepare_step_meta(const TileScheduler<CM, CN, KS>& sched, const GemmParams& p,
                                                       const GroupTable& groups, uint32_t step, uint32_t steps) {
   StepMeta meta;
   if (step < steps) {
     const Step st = sched.step(step);
-    const int nb0 = st.n_block * BN / kBlockK;
-    const int nb_last = (p.n - 1) / kBlockK;
+    // (swapped: B's rows are the tile's M' rows; a 64-row tile lies in one 128-row scale block)
+    const int nb0 = SW ? st.m_block * BM / kBlockK : st.n_block * BN / kBlockK;
+    const int nb_last = ((SW ? p.m : p.n) - 1) / kBlockK;
     TileRows tile{};
     if constexpr (GM != kGroupNone) tile = groups.rows(st.m_block, BM);
     const float* col = p.b_scales + (static_cast<int64_t>(tile.group) * (nb_last + 1) + nb0) * p.k_blocks + st.k_block;
@@ -404,16 +407,16 @@ __device__ __forceinline__ StepMeta prepare_step_meta(const TileScheduler<CM, CN
   return meta;
 }
 
-template <int BM, int BN, int STAGES, int GM, int CM, int CN, int KS>
+template <int BM, int BN, int STAGES, int GM, int SW, int CM, int CN, int KS>
 __device__ __forceinline__ void publish_step_meta(const TileScheduler<CM, CN, KS>& sched, const GemmParams& p,
                                                   const GroupTable& groups, uint8_t* smem, uint64_t* full,
                                                   uint64_t* empty, int lane) {
   using L = SmemLayout<BM, BN, STAGES, 64, 16>;
   const uint32_t steps = sched.num_steps();
   RingPos<STAGES> pos;
-  StepMeta meta = prepare_step_meta<BM, BN, GM>(sched, p, groups, lane, steps);
+  StepMeta meta = prepare_step_meta<BM, BN, GM, SW>(sched, p, groups, lane, steps);
   for (uint32_t base = 0; base < steps; base += 32) {
-    const StepMeta next = prepare_step_meta<BM, BN, GM>(sched, p, groups, base + 32 + lane, steps);
+    const StepMeta next = prepare_step_meta<BM, BN, GM, SW>(sched, p, groups, base + 32 + lane, steps);
     const uint32_t count = min(32u, steps - base);
     for (uint32_t j = 0; j < count; ++j, pos.advance()) {
       mbar_wait(&empty[pos.stage], pos.phase ^ 1);
@@ -467,11 +470,13 @@ __device__ __forceinline__ void build_group_table(const GemmParams& p, int* tabl
 // ---------------------------------------------------------------------------------------------
 // What a step's promotion needs, read from the stage when the step is acquired.
 constexpr int kMaxSlabs = 2;
+constexpr int kMaxSwapCols = 64;  // swapped tiles: at most 64 tokens (columns) per tile
 struct StepScales {
   float f_lo[kMaxSlabs], f_hi[kMaxSlabs];  // per slab: A scales of the thread's rows r, r + 8 times the B scale
   float g_lo[kMaxSlabs], g_hi[kMaxSlabs];  // of the warpgroup's first 128-column block (f) and of the next (g)
   float h_lo[kMaxSlabs], h_hi[kMaxSlabs];  // ...and of the one after (GemmTraits::kThreeScaleBlocks only)
   int sb_switch;        // first warpgroup column that uses g (>= kWgN: none); h from sb_switch + 128
+  float cs[kMaxSwapCols / 4];  // swapped (SW): the scale of each of the thread's columns (its tokens) times B's
   int m_block, n_block, last_k;  // last_k: 0, or 1 + TileFixup (scheduler.cuh); grouped: m_block is a row
   int row_end;          // grouped: the tile's group ends at this row (rows from here on are not stored)
   bool first_of_tail;   // a stream-K tail starts: its sums start from the previous cluster's head
@@ -521,12 +526,14 @@ constexpr int kPromoteSearch = DG_PROMOTE_SEARCH;
 #endif
 constexpr int kReleaseMode = DG_RELEASE_MODE;
 
-template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS, int GM>
+template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS, int GM, int SW>
 struct MathWarpgroup {
   static constexpr int kCluster = CM * CN;  // the multicast group: CTAs that share (and release) stages
   using T = GemmTraits<BM, BN, STAGES, KS, WGS, GM>;
   using L = typename T::Layout;
   static_assert(KS == 1 || T::kSlabs == 1, "split-K clusters are built for one-slab tiles");
+  static_assert(!SW || (BM == 64 && WGS == 1 && CM * CN == 1 && GM == kGroupNone && BN <= kMaxSwapCols),
+                "swapped tiles: 64 rows of B, one math warpgroup, at most 64 tokens, no multicast, not grouped");
   static constexpr int kRegs = T::kRegs;
   // Turn-taking (DG_PINGPONG above, off by default): the two warpgroups issue in strict alternation.
   static constexpr bool kTurns = WGS > 1 && kPingPongOverride == 1;
@@ -605,6 +612,16 @@ struct MathWarpgroup {
     if constexpr (GM != kGroupNone) sc.row_end = static_cast<int>(coords.z);
     sc.last_k = static_cast<int>(coords.w & (kFirstOfTail - 1));
     sc.first_of_tail = (coords.w & kFirstOfTail) != 0;
+    if constexpr (SW) {  // swapped: one B scale for the tile's rows, one token scale per column
+      const float sb = ld_shared_f32(meta);
+      const uint32_t sa_addr = smem_addr(smem + L::kSA + stage * L::kSASlot) + (col_base + 2 * (lane % 4)) * 4;
+#pragma unroll
+      for (int j = 0; j < T::kGroups8; ++j) {
+        sc.cs[2 * j] = sb * ld_shared_f32(sa_addr + 8 * j * 4);
+        sc.cs[2 * j + 1] = sb * ld_shared_f32(sa_addr + (8 * j + 1) * 4);
+      }
+      return;
+    }
     const int n_tile = sc.n_block * BN, n0 = n_tile + col_base;
     const int j = n0 / kBlockK - n_tile / kBlockK;  // which of the tile's scale blocks this warpgroup starts in
     const float sb_lo = ld_shared_f32(meta + 4 * j);
@@ -838,6 +855,16 @@ struct MathWarpgroup {
 #endif
     return;
 #endif
+    if constexpr (SW) {  // swapped: a scale per column (token), the same for both rows of the thread
+#pragma unroll
+      for (int j = 0; j < T::kGroups8; ++j) {
+        total[4 * j + 0] = fmaf(acc[4 * j + 0], sc.cs[2 * j], total[4 * j + 0]);
+        total[4 * j + 1] = fmaf(acc[4 * j + 1], sc.cs[2 * j + 1], total[4 * j + 1]);
+        total[4 * j + 2] = fmaf(acc[4 * j + 2], sc.cs[2 * j], total[4 * j + 2]);
+        total[4 * j + 3] = fmaf(acc[4 * j + 3], sc.cs[2 * j + 1], total[4 * j + 3]);
+      }
+      return;
+    }
     const float f_lo = sc.f_lo[slab], f_hi = sc.f_hi[slab], g_lo = sc.g_lo[slab], g_hi = sc.g_hi[slab];
     const float h_lo = T::kThreeScaleBlocks ? sc.h_lo[slab] : 0.f, h_hi = T::kThreeScaleBlocks ? sc.h_hi[slab] : 0.f;
     if constexpr (T::kOneScaleBlock) {
@@ -949,6 +976,29 @@ struct MathWarpgroup {
     return __uint_as_float(static_cast<uint32_t>(bits) << 16);
   }
 
+  // Swapped tiles (SW): the tile is out^T, rows of B (the output's columns) by tokens (the output's rows), so
+  // element (j, e) of this thread, row r = m0 + warp*16 + lane/4 (+8 for e >= 2) and column c = col0 + 8j +
+  // (e & 1), goes to out[c][r] (out is tokens x N, N = p.m here). Stored from registers: the 8 lanes of a
+  // quad column write 8 consecutive bf16 of one output row (16 bytes), which L2 merges with the other 8 rows'
+  // half of each 32-byte sector; decode outputs are small next to B. Bias is per row of B here.
+  __device__ __forceinline__ void epilogue_transposed(float (&total)[kRegs], int m0, int col0) {
+    const int r = m0 + warp * 16 + lane / 4;
+    const float bias_lo = p.bias_kind != kBiasNone && r < p.m ? bias_at(r) : 0.f;
+    const float bias_hi = p.bias_kind != kBiasNone && r + 8 < p.m ? bias_at(r + 8) : 0.f;
+#pragma unroll
+    for (int j = 0; j < T::kGroups8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = col0 + 8 * j + (e & 1), row = e < 2 ? r : r + 8;
+        if (c >= p.n || row >= p.m) continue;
+        const float v = total[4 * j + e] + (e < 2 ? bias_lo : bias_hi);
+        const int64_t at = static_cast<int64_t>(c) * p.m + row;
+        if (p.out_fp32) st_global_f32(static_cast<float*>(p.out) + at, v);
+        else st_global_b16(static_cast<uint16_t*>(p.out) + at, bf16_bits(v));
+      }
+    }
+  }
+
   // Accumulator element (j, e) of this thread: row warp*16 + lane/4 (+8 for e >= 2),
   // column 8j + 2*(lane%4) + (e & 1). Rows from row_end on are not stored (p.m; grouped: the group's end).
   // m_block: the tile's M index, or (grouped) its first row.
@@ -963,6 +1013,10 @@ struct MathWarpgroup {
     const int m0 = (GM != kGroupNone ? m_block : m_block * BM) + row_base + 128 * slab;
     const int n0 = n_block * BN + col_base;
     const int quad_col = 2 * (lane % 4);
+    if constexpr (SW) {
+      epilogue_transposed(total, m0, n0 + quad_col);
+      return;
+    }
     if (p.bias_kind != kBiasNone) {
 #pragma unroll
       for (int j = 0; j < T::kGroups8; ++j) {
@@ -1255,7 +1309,7 @@ __device__ __forceinline__ void count_side_claim(const GemmParams& p, int cluste
   }
 }
 
-template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS, int GM = kGroupNone>
+template <int BM, int BN, int STAGES, int ACC, int CM, int CN, int KS, int WGS, int GM = kGroupNone, int SW = 0>
 __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThreads, 1)
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                     const __grid_constant__ CUtensorMap map_sa, const __grid_constant__ CUtensorMap map_out,
@@ -1343,23 +1397,23 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
     if constexpr (WGS > 1) setmaxnreg_dec<kProducerRegs>();  // (256 threads: registers enough for all)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (warp == 1) {
-      publish_step_meta<BM, BN, STAGES, GM>(sched, p, groups, smem, full, empty, lane);
+      publish_step_meta<BM, BN, STAGES, GM, SW>(sched, p, groups, smem, full, empty, lane);
     } else if (kSidesBuilt && warp == 2 && p.b_slots != nullptr) {  // placed B
       produce_placed_b<BM, BN, STAGES>(sched, p, smem, full, empty, &map_b, lane);
     } else if (lane == 0) {  // producer (warp + 1) / 2: warps 0, 2, 3
-      if (warp == 0) produce_operands<producer_operands(0), BM, BN, STAGES, GM>(sched, p, groups, smem, full, empty, &map_a, &map_b, &map_sa);
+      if (warp == 0) produce_operands<producer_operands(0), BM, BN, STAGES, GM, SW>(sched, p, groups, smem, full, empty, &map_a, &map_b, &map_sa);
       if (kProducers > 1 && warp == 2)
-        produce_operands<producer_operands(1), BM, BN, STAGES, GM>(sched, p, groups, smem, full, empty, &map_a, &map_b,
+        produce_operands<producer_operands(1), BM, BN, STAGES, GM, SW>(sched, p, groups, smem, full, empty, &map_a, &map_b,
                                                                  &map_sa);
       if (kProducers > 2 && warp == 3)
-        produce_operands<producer_operands(2), BM, BN, STAGES, GM>(sched, p, groups, smem, full, empty, &map_a, &map_b,
+        produce_operands<producer_operands(2), BM, BN, STAGES, GM, SW>(sched, p, groups, smem, full, empty, &map_a, &map_b,
                                                                  &map_sa);
     }
   } else {
     if constexpr (WGS > 1) setmaxnreg_inc<kMathRegs>();
     // The warpgroup index through a shuffle: ptxas then treats it (and the A descriptors built from it)
     // as warp-uniform and keeps them in uniform registers (no R2UR between the wgmmas).
-    MathWarpgroup<BM, BN, STAGES, ACC, CM, CN, KS, WGS, GM> math(p, sched, &map_out, smem, full, empty,
+    MathWarpgroup<BM, BN, STAGES, ACC, CM, CN, KS, WGS, GM, SW> math(p, sched, &map_out, smem, full, empty,
                                                         reinterpret_cast<uint64_t*>(smem + L::kRedBarriers),
                                                         __shfl_sync(0xffffffffu, wg - 1, 0));
     math.run();

@@ -383,6 +383,16 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return r;
 }
 
+// One fp32 value rounded to bf16 (round-to-nearest-even), as its 16 bits.
+__device__ __forceinline__ uint16_t bf16_bits(float x) {
+  uint16_t r;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ void st_global_b16(uint16_t* p, uint16_t x) {
+  asm volatile("st.global.b16 [%0], %1;" ::"l"(p), "h"(x) : "memory");
+}
+
 }  // namespace dg
 
 #include "wgmma_gen.cuh"

@@ -125,7 +125,7 @@ def test_split_k_switch_and_keys(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
     assert configs.select(64, 2112, 7168, H100_SMS).variant.key == "64x32s16dm1"
     v = configs.parse_key("64x64s12dk2")
-    assert (v.splits, v.cluster, v.key, v.template_args) == (2, 2, "64x64s12dk2", "64, 64, 12, 2, 1, 1, 2, 2, 0")
+    assert (v.splits, v.cluster, v.key, v.template_args) == (2, 2, "64x64s12dk2", "64, 64, 12, 2, 1, 1, 2, 2, 0, 0")
     assert v.smem_bytes == configs.parse_key("64x64s12d").smem_bytes + 64 * 64 * 4 + 16
     with pytest.raises(ValueError, match="128-row tiles without multicast"):
         configs.parse_key("128x128s6wc2k2")
@@ -293,7 +293,7 @@ def test_256_row_tiles_take_one_partial_set():
 
 def test_one_math_warpgroup_variants():
     v = configs.parse_key("64x16s16dm1")
-    assert (v.math_wgs, v.wg_n, v.key, v.template_args) == (1, 16, "64x16s16dm1", "64, 16, 16, 2, 1, 1, 1, 1, 0")
+    assert (v.math_wgs, v.wg_n, v.key, v.template_args) == (1, 16, "64x16s16dm1", "64, 16, 16, 2, 1, 1, 1, 1, 0, 0")
     assert v.compile_defines()["DG_MATH_WGS"] == 1
     # one warpgroup's staging buffer: less shared memory than the two-warpgroup twin
     assert v.smem_bytes < configs.parse_key("64x32s16d").smem_bytes
@@ -442,3 +442,36 @@ def test_select_grouped_pairs_128_row_tiles_only_where_the_rounding_is_cheap(mon
     assert choice.variant.cluster_m == (2 if paired else 1)
     tiles = 4 * (-(-rows // 128) + (1 if paired and -(-rows // 128) % 2 else 0))
     assert choice.tiles == tiles * 16  # units * CTAs per unit: every M-tile (rounded) times 16 N-tiles
+
+
+# ----------------------------------------------------------------------------------------------
+# swapped small-M tiles (issue 4; DEEPERGEMM_SWAP_AB=1)
+# ----------------------------------------------------------------------------------------------
+def test_swapped_variants_follow_the_kernel_rules():
+    assert configs.SWAPPED_VARIANTS and set(configs.SWAPPED_VARIANTS) <= set(configs.TESTED_VARIANTS)
+    for v in configs.SWAPPED_VARIANTS:
+        assert v.swapped and v.block_m == 64 and v.math_wgs == 1 and v.cluster == v.splits
+        assert v.key.endswith("t") and configs.parse_key(v.key) == v
+        assert v.compile_defines()["DG_SWAP"] == 1 and v.template_args.endswith(", 1")
+        assert v.smem_bytes <= configs.SMEM_LIMIT
+    assert not any(v.swapped for v in configs.VARIANTS)  # (select reaches them only through _select_swapped)
+    with pytest.raises(ValueError, match="swapped tiles"):
+        configs.Variant(128, 32, 4, True, swapped=True)
+    with pytest.raises(ValueError, match="swapped tiles"):
+        configs.Variant(64, 128, 4, True, math_wgs=1, swapped=True)  # more than 64 tokens
+
+
+def test_swapped_tiles_are_opt_in_and_fill_the_sms(monkeypatch):
+    monkeypatch.delenv("DEEPERGEMM_SWAP_AB", raising=False)
+    assert not configs.select(1, 2112, 7168, 132).variant.swapped
+    monkeypatch.setenv("DEEPERGEMM_SWAP_AB", "1")
+    pick = configs.select(1, 2112, 7168, 132)
+    assert pick.variant.swapped and pick.variant.block_n == 16 and pick.variant.splits == 4 and pick.grid == 132
+    assert configs.select(17, 2112, 7168, 132).variant.block_n == 32
+    big = configs.select(64, 7168, 16384, 132)
+    assert big.variant.block_n == 64 and big.variant.splits == 1 and big.grid == 112   # 2 splits: two waves
+    assert configs.select(64, 4096, 7168, 132).variant.splits == 2                      # 64 tiles x 2
+    assert configs.select(16, 2112, 512, 132).variant.splits == 1                       # 4 K blocks: no split
+    assert not configs.select(65, 2112, 7168, 132).variant.swapped                      # more than 64 tokens
+    assert not configs.select(8, 2112, 7168, 132, swap_ok=False).variant.swapped        # (an L2-placed B)
+    assert pick.l2_hints == configs.L2_EVICT_FIRST | configs.L2_EVICT_LAST << 2         # B streamed, A kept
