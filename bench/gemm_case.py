@@ -27,7 +27,7 @@ class GemmCase:
         log in its place), bf16 out; L2 hints and stream-K as configs would pick them unless given."""
         variant = extension.variant_of(module)
         if l2_hints is None:
-            l2_hints = configs.l2_hints_for(self.a.shape[0], variant.block_m, variant.cluster_m)
+            l2_hints = configs.variant_l2_hints(self.a.shape[0], variant)
         if stream_k is None:
             stream_k = configs.stream_k_pays(self.a.shape[0], self.b.shape[0], variant, self.sms)
         kernels.launch(module, variant, self.a, self.a_scales, self.b, self.b_scales, self.out, bias, self.sms, group_n,

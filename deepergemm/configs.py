@@ -32,6 +32,8 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_SMALL_M_CLUSTER=0  do not pair the two 64-row M-tiles at 64 < M <= 128 in B-multicast clusters
   DEEPERGEMM_STREAM_K=0        no stream-K tail (stream_k_pays)
   DEEPERGEMM_PDL=1             programmatic dependent launch (pdl_enabled; off by default, not yet measured)
+  DEEPERGEMM_SWAP_AB=1         swapped tiles at M <= 64 (out^T = B A^T; SWAPPED_VARIANTS; off by default, not yet
+                               measured); DEEPERGEMM_SPLIT_K=0 and DEEPERGEMM_L2_HINTS apply to them too
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
                                2 evict-last (default: l2_hints_for; 0 = no hints)
 
@@ -367,6 +369,15 @@ SWAP_MAX_TOKENS = 64
 SWAP_TOKENS = (16, 32, 64)
 SWAP_SPLITS = (1, 2, 4)
 SWAP_MIN_K_BLOCKS_PER_SPLIT = 4  # each split keeps a few stages of work (the join costs a fixed time)
+# 4-CTA clusters that fit at once: a cluster stays inside one GPC, and the H100's 132 SMs hold 32 of them, not 33
+# (cudaOccupancyMaxActiveClusters; 33 ran in two waves, ptx/NOTES.md ninth session). 2-CTA clusters fit 66.
+CLUSTER4_SHORTFALL = 1
+
+
+def resident_clusters(num_sms: int, size: int) -> int:
+    """Clusters of `size` CTAs (1, 2 or 4) that run at once on num_sms SMs (the model select uses; the binding
+    asks the driver)."""
+    return num_sms // size - (CLUSTER4_SHORTFALL if size >= 4 else 0)
 SWAPPED_VARIANTS: tuple[Variant, ...] = tuple(
     _variant(64, tokens, True, (1, 1), DUAL_ISSUE_AHEAD[64], splits, 1, swapped=True)
     for tokens in SWAP_TOKENS for splits in SWAP_SPLITS)
@@ -379,15 +390,22 @@ def _select_swapped(m: int, n: int, k: int, num_sms: int) -> Choice:
     tokens = next(t for t in SWAP_TOKENS if t >= m)
     tiles = ceil_div(n, 64) * ceil_div(m, tokens)
     k_blocks = k // BLOCK_K
-    splits = max(s for s in SWAP_SPLITS
-                 if s == 1 or (tiles * s <= num_sms and k_blocks >= s * SWAP_MIN_K_BLOCKS_PER_SPLIT))
+    may_split = _env_flag("DEEPERGEMM_SPLIT_K", True)
+    splits = max(s for s in SWAP_SPLITS if s == 1 or (
+        may_split and tiles <= resident_clusters(num_sms, s) and k_blocks >= s * SWAP_MIN_K_BLOCKS_PER_SPLIT))
     variant = next(v for v in SWAPPED_VARIANTS if v.block_n == tokens and v.splits == splits)
     units, waves = waves_for(n, m, 64, tokens, num_sms, (1, 1), splits)
-    grid = min(units, num_sms // variant.cluster) * variant.cluster
-    # the kernel's A (B's rows) is streamed, its B (the tokens) re-read by every CTA
-    hints = L2_EVICT_FIRST | L2_EVICT_LAST << 2
-    return Choice(variant, min(DEFAULT_GROUP_N, ceil_div(m, tokens)), units * variant.cluster, waves, grid, hints,
-                  False)
+    grid = min(units, resident_clusters(num_sms, variant.cluster)) * variant.cluster
+    return Choice(variant, min(DEFAULT_GROUP_N, ceil_div(m, tokens)), units * variant.cluster, waves, grid,
+                  variant_l2_hints(m, variant), False)
+
+
+def variant_l2_hints(m: int, variant: Variant) -> int:
+    """l2_hints_for a variant: swapped, the kernel's A (B's rows) is streamed (evict-first) and its B (the tokens)
+    re-read by every CTA (evict-last); DEEPERGEMM_L2_HINTS overrides both."""
+    if variant.swapped and not os.environ.get("DEEPERGEMM_L2_HINTS", "").strip():
+        return L2_EVICT_FIRST | L2_EVICT_LAST << 2
+    return l2_hints_for(m, variant.block_m, variant.cluster_m)
 
 
 # L2 eviction priorities of the kernel's loads (dg::L2Priority): the kernel takes A's in bits 0-1, B's in

@@ -616,9 +616,11 @@ struct MathWarpgroup {
       const float sb = ld_shared_f32(meta);
       const uint32_t sa_addr = smem_addr(smem + L::kSA + stage * L::kSASlot) + (col_base + 2 * (lane % 4)) * 4;
 #pragma unroll
-      for (int j = 0; j < T::kGroups8; ++j) {
-        sc.cs[2 * j] = sb * ld_shared_f32(sa_addr + 8 * j * 4);
-        sc.cs[2 * j + 1] = sb * ld_shared_f32(sa_addr + (8 * j + 1) * 4);
+      for (int j = 0; j < T::kGroups8; ++j) {  // (the pair's two token scales are adjacent: one 8-byte load)
+        float lo, hi;
+        ld_shared_v2_f32(sa_addr + 8 * j * 4, lo, hi);
+        sc.cs[2 * j] = sb * lo;
+        sc.cs[2 * j + 1] = sb * hi;
       }
       return;
     }

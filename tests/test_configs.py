@@ -466,7 +466,9 @@ def test_swapped_tiles_are_opt_in_and_fill_the_sms(monkeypatch):
     assert not configs.select(1, 2112, 7168, 132).variant.swapped
     monkeypatch.setenv("DEEPERGEMM_SWAP_AB", "1")
     pick = configs.select(1, 2112, 7168, 132)
-    assert pick.variant.swapped and pick.variant.block_n == 16 and pick.variant.splits == 4 and pick.grid == 132
+    # 33 tiles: 4-CTA clusters fit 32 at once (a second wave), so 2 splits
+    assert pick.variant.swapped and pick.variant.block_n == 16 and pick.variant.splits == 2 and pick.grid == 66
+    assert configs.select(1, 2048, 7168, 132).variant.splits == 4  # 32 tiles x 4
     assert configs.select(17, 2112, 7168, 132).variant.block_n == 32
     big = configs.select(64, 7168, 16384, 132)
     assert big.variant.block_n == 64 and big.variant.splits == 1 and big.grid == 112   # 2 splits: two waves
@@ -475,3 +477,12 @@ def test_swapped_tiles_are_opt_in_and_fill_the_sms(monkeypatch):
     assert not configs.select(65, 2112, 7168, 132).variant.swapped                      # more than 64 tokens
     assert not configs.select(8, 2112, 7168, 132, swap_ok=False).variant.swapped        # (an L2-placed B)
     assert pick.l2_hints == configs.L2_EVICT_FIRST | configs.L2_EVICT_LAST << 2         # B streamed, A kept
+
+
+def test_swapped_tiles_follow_the_split_and_hint_switches(monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_SWAP_AB", "1")
+    monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
+    assert configs.select(1, 2112, 7168, 132).variant.splits == 1
+    monkeypatch.setenv("DEEPERGEMM_L2_HINTS", "0")
+    assert configs.select(1, 2112, 7168, 132).l2_hints == 0
+    assert configs.resident_clusters(132, 4) == 32 and configs.resident_clusters(132, 2) == 66

@@ -44,7 +44,7 @@ def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, gr
                 stream_k=None):
     """Launch one variant directly into a NaN-poisoned output (L2 hints: configs' choice unless given)."""
     m, n = a.shape[0], b.shape[0]
-    l2_hints = configs.l2_hints_for(m, variant.block_m, variant.cluster_m) if l2_hints is None else l2_hints
+    l2_hints = configs.variant_l2_hints(m, variant) if l2_hints is None else l2_hints
     variant.check_k(a.shape[1])  # the rule Python enforces before any launch (the binding's check aborts)
     out = torch.full((m, n), float("nan"), device="cuda", dtype=out_dtype)
     bias_kind = {None: 0, torch.float32: 1, torch.bfloat16: 2}[None if bias is None else bias.dtype]

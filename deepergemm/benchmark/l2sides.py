@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{shape.label}: not placed: {prepared.reason}")
             continue
         expected = reference.exact_fp32_matmul(dg.dequantize_act(a, a_s), dg.dequantize_weight(b, b_s))
-        variant = configs.select(shape.m, shape.n, shape.k, sms).variant
+        variant = configs.select(shape.m, shape.n, shape.k, sms, swap_ok=False).variant
         side0 = configs.side0_n_tiles(variant, shape.n, prepared.split_rows)
         results = {name: measure_backend(name, fn, expected, args, device)
                    for name, fn in _columns(a, a_s, b, b_s, prepared).items()}
