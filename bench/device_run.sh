@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -42,6 +42,9 @@ cycles, smid = l2_sides.measure(torch.device('cuda'))
 torch.save({'cycles': cycles, 'smid': smid, 'stride': l2_sides.PROBE_STRIDE}, '$OUT/l2_cycles.pt')
 r = l2_sides.detect(refresh=True); print('decided' if r.decided else 'UNDECIDED', '-', r.reason, f'({r.seconds:.2f} s)')
 " 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/l2sides.log" ;;
+    ablation-small) # issue 4: what each small-M technique buys, switched one at a time in one process
+         timeout 420 python -m deepergemm ablation-bench --markdown --shapes ${ABL_SHAPES:-small,decode} 2>&1 \
+           | grep -v "^\[deepergemm\]" | tee "$OUT/ablation_small.log" ;;
     swapbench) # issue 4: the decode shapes with swapped small-M tiles against the same run without (one process each)
          for swap in 0 1; do
            echo "== DEEPERGEMM_SWAP_AB=$swap"

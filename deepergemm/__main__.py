@@ -84,6 +84,12 @@ def cmd_l2_bench(args) -> int:
     return l2sides.main(args.rest) or 0
 
 
+def cmd_ablation_bench(args) -> int:
+    from deepergemm.benchmark import ablation
+
+    return ablation.main(args.rest) or 0
+
+
 def cmd_warmup(args) -> int:
     from deepergemm import extension
 
@@ -103,6 +109,7 @@ COMMANDS = {
     "quant-bench": (cmd_quant_bench, "quantizer bandwidth benchmark"),
     "grouped-bench": (cmd_grouped_bench, "grouped (MoE) GEMM benchmark vs DeepGEMM's anchors (grouped-bench --help)"),
     "l2-bench": (cmd_l2_bench, "B placed by L2 side vs plain vs cuBLAS (l2-bench --help)"),
+    "ablation-bench": (cmd_ablation_bench, "small-M techniques switched one at a time, same inputs (--help)"),
     "warmup": (cmd_warmup, "build and cache every kernel variant"),
     "info": (cmd_info, "machine and backend"),
 }

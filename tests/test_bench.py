@@ -1,5 +1,6 @@
 """The GEMM benchmark: report figures/table/JSON/plot (CPU), shape and option parsing, and one GPU run."""
 import math
+import os
 
 import pytest
 import torch
@@ -343,3 +344,35 @@ def test_steadiest_timing_wins_and_stalls_are_retried(monkeypatch):
     calls.clear()
     runs = iter([stalled] * 5)
     assert timing.time_steady(lambda: None, 30) is stalled and calls == [30, 30, 30]  # gives up after three
+
+
+def test_ablation_switches_parse_and_restore_the_environment(monkeypatch):
+    from deepergemm.benchmark import ablation
+
+    assert ablation.parse_switches("all") == list(ablation.SWITCHES)
+    assert ablation.parse_switches("swap-ab, no-split-k") == ["swap-ab", "no-split-k"]
+    with pytest.raises(ValueError, match="unknown"):
+        ablation.parse_switches("no-such-switch")
+    monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "1")
+    monkeypatch.delenv("DEEPERGEMM_SWAP_AB", raising=False)
+    with ablation.environment({"DEEPERGEMM_SPLIT_K": "0", "DEEPERGEMM_SWAP_AB": "1"}):
+        assert os.environ["DEEPERGEMM_SPLIT_K"] == "0" and os.environ["DEEPERGEMM_SWAP_AB"] == "1"
+    assert os.environ["DEEPERGEMM_SPLIT_K"] == "1" and "DEEPERGEMM_SWAP_AB" not in os.environ
+
+
+def test_ablation_configuration_tells_which_switches_apply(monkeypatch):
+    """A switch that does not change the selection for a shape is not timed again ("=")."""
+    from deepergemm.benchmark import ablation
+
+    for name in ("DEEPERGEMM_SPLIT_K", "DEEPERGEMM_SWAP_AB", "DEEPERGEMM_VARIANT", "DEEPERGEMM_L2_HINTS"):
+        monkeypatch.delenv(name, raising=False)
+    default = ablation.configuration(64, 2112, 7168, 132, {})
+    assert default.variant.splits > 1  # the decode pick splits K
+    switch = lambda name: ablation.SWITCHES[name][0]  # noqa: E731
+    assert ablation.configuration(64, 2112, 7168, 132, switch("no-split-k")) != default
+    assert ablation.configuration(64, 2112, 7168, 132, switch("swap-ab")).variant.swapped
+    assert ablation.configuration(128, 2112, 7168, 132, switch("swap-ab")) == \
+        ablation.configuration(128, 2112, 7168, 132, {})                   # M > 64: nothing to swap
+    large = ablation.configuration(4096, 7168, 7168, 132, {})
+    assert ablation.configuration(4096, 7168, 7168, 132, switch("no-split-k")) == large
+    assert ablation.configuration(4096, 7168, 7168, 132, switch("no-l2-hints")) == large  # large M: no hints anyway
