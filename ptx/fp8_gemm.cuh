@@ -1272,8 +1272,8 @@ struct MathWarpgroup {
 // ---------------------------------------------------------------------------------------------
 // the kernel
 // ---------------------------------------------------------------------------------------------
-// L2-side-aware scheduling (GemmParams::side_claims; scheduler.cuh's SideProblem). Thread 0 of the cluster's first
-// CTA claims a slot before the cluster barrier: one of its own SM's side while that side has any left, else one
+// L2-side-aware scheduling (GemmParams::side_claims; scheduler.cuh's SideProblem). Thread 32 (warp 1) of the
+// cluster's first CTA claims a slot before the cluster barrier: one of its own SM's side while that side has any left, else one
 // of the other side (the counts of slots add up to the grid's clusters, so the second claim always succeeds),
 // kept in its own shared memory; the barrier (a release arrive on this path) publishes it and every thread of
 // the cluster reads it after (side_slot_of). Nothing is written into another CTA before the barrier: only then
@@ -1364,7 +1364,8 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
   const int clusters = static_cast<int>(gridDim.x) / CLUSTER;
   const bool by_side = kSidesBuilt && p.side_claims != nullptr;
   const bool side_leader = CLUSTER == 1 || cluster_cta_rank() == 0;
-  if (by_side && threadIdx.x == 0 && side_leader) claim_side_slot(p, clusters, side_slot);
+  // (warp 1 claims: warp 0 may still be initialising the barriers, which overlaps the atomics)
+  if (by_side && threadIdx.x == 32 && side_leader) claim_side_slot(p, clusters, side_slot);
   int* group_table = reinterpret_cast<int*>(smem + L::kGroupTable);
   if constexpr (GM != kGroupNone) {
     if (threadIdx.x / 32 == 1) build_group_table<BM, GM, CM>(p, group_table, threadIdx.x % 32);
