@@ -11,7 +11,8 @@ copied into a buffer (the *pool*) whose pieces were measured, slab by slab.
 
 Storage format (the kernel relies on it exactly)
 ------------------------------------------------
-* ``slab_rows`` is 32 (4 KiB slots) or 16 (2 KiB slots). Slab (kb, j) is
+* ``slab_rows`` is a power of two from 16 (2 KiB slots) to 256 (32 KiB): the largest the measured sides allow
+  (``choose_slab_rows``), dividing split_rows. Slab (kb, j) is
   ``B[j*slab_rows:(j+1)*slab_rows, kb*128:(kb+1)*128]`` (rows past N are zero): slab_rows x 128 bytes, one TMA
   box of the kernel's B loads.
 * The pool is uint8 (pool_rows, 128), contiguous, pool_rows = total_slots * slab_rows; slot s is pool rows
@@ -64,7 +65,8 @@ from .reference import FP8_DTYPE, GROUP_K
 
 ENV_SWITCH = "DEEPERGEMM_L2_SIDES"
 SLAB_BYTES_WIDE = GROUP_K       # one K block of fp8 bytes: a slab's width and a pool row
-SLAB_ROW_CHOICES = (32, 16)     # 4 KiB slots first; 2 KiB where the sides change every 2 KiB
+SLAB_ROW_CHOICES = (256, 128, 64, 32, 16)  # 32 KiB slots down to 2 KiB: the largest the sides' granularity allows
+                                          # (fewer, larger TMA boxes per stage in the kernel)
 SPLIT_ALIGN = 128               # split_rows: whole 128-row blocks of B (its scale blocks) on one side
 TABLE_ROUND_ROWS = 256          # the table covers N rounded up to this...
 TABLE_PAD_ROWS = 512            # ...plus this many rows of padding slabs (tiles past N)
@@ -76,7 +78,8 @@ POOL_SPARE = 1.1                # pool slots per slot needed (the sides' usable 
 POOL_EXTRA_SLOTS = 8
 POOL_GROWTH = 1.5               # when a side is short, measure a pool this much larger...
 POOL_MAX_GROWTHS = 4            # ...at most this many times
-SIZING_SLOT_BYTES = SLAB_ROW_CHOICES[0] * SLAB_BYTES_WIDE  # the pool is sized in 4 KiB slots (2 KiB ones fit too)
+SIZING_SLAB_ROWS = 32
+SIZING_SLOT_BYTES = SIZING_SLAB_ROWS * SLAB_BYTES_WIDE  # the pool is sized in 4 KiB slots (a short side: grown)
 
 
 def table_slabs(n: int, slab_rows: int) -> int:
@@ -126,9 +129,9 @@ def _check_plan(n: int, k_blocks: int, slab_rows: int, split_rows: int) -> None:
     _check_slab_rows(slab_rows)
     if k_blocks < 1:
         raise ValueError(f"k_blocks must be >= 1, got {k_blocks}")
-    if not 0 < split_rows < n or split_rows % SPLIT_ALIGN != 0:
-        raise ValueError(f"split_rows must be a multiple of {SPLIT_ALIGN} with 0 < split_rows < n (rows on both "
-                         f"sides), got split_rows={split_rows} for n={n}")
+    if not 0 < split_rows < n or split_rows % SPLIT_ALIGN != 0 or split_rows % slab_rows != 0:
+        raise ValueError(f"split_rows must be a multiple of {SPLIT_ALIGN} and of slab_rows ({slab_rows}) with 0 < "
+                         f"split_rows < n (rows on both sides), got split_rows={split_rows} for n={n}")
 
 
 def _check_slot_side(slot_side: torch.Tensor) -> torch.Tensor:
@@ -428,36 +431,36 @@ def classify_pieces(cycles: torch.Tensor, smid: torch.Tensor, sides: L2Sides) ->
     return side
 
 
-def choose_slab_rows(piece_sides: torch.Tensor,
-                     piece_bytes: int = PIECE_BYTES) -> tuple[int | None, torch.Tensor, str]:
-    """(slab_rows, slot_side (total_slots,) int8, reason): 32-row (4 KiB) slots when at least 99% of them lie
-    wholly on one side, else 16-row (2 KiB) slots on the same rule, else (None, an empty tensor, why not).
+def choose_slab_rows(piece_sides: torch.Tensor, piece_bytes: int = PIECE_BYTES,
+                     max_rows: int = SLAB_ROW_CHOICES[0]) -> tuple[int | None, torch.Tensor, str]:
+    """(slab_rows, slot_side (total_slots,) int8, reason): the largest slots (256 rows = 32 KiB down to 16 rows =
+    2 KiB, at most max_rows) of which at least 99% lie wholly on one side, else (None, an empty tensor, why not).
     Slots whose pieces disagree (or are undecided) get side -1: unusable."""
     _require_tensor("piece_sides", piece_sides)
     check_rank("piece_sides", piece_sides, 1, "(pieces,)")
     sides = piece_sides.cpu().to(torch.int8)
-    shares = []
-    for slab_rows in SLAB_ROW_CHOICES:
+    shares = {}
+    for slab_rows in (rows for rows in SLAB_ROW_CHOICES if rows <= max_rows):
         slot_bytes = slab_rows * SLAB_BYTES_WIDE
         if piece_bytes <= 0 or slot_bytes % piece_bytes != 0:
             raise ValueError(f"piece_bytes must divide {slot_bytes} (the smallest slot), got {piece_bytes}")
         per_slot = slot_bytes // piece_bytes
         count = len(sides) // per_slot
         if count == 0:
-            shares.append(0.0)
+            shares[slot_bytes] = 0.0
             continue
         grid = sides[:count * per_slot].view(count, per_slot)
         first = grid[:, 0]
         whole = (grid == first.unsqueeze(1)).all(1) & (first >= 0)
         share = float(whole.double().mean())
-        shares.append(share)
+        shares[slot_bytes] = share
         if share >= UNIFORM_SHARE:
             slot_side = torch.where(whole, first, torch.full_like(first, -1))
             return slab_rows, slot_side, (f"{slot_bytes // 1024} KiB slots: {share:.1%} of {count} lie on one "
                                           f"L2 side")
     return None, torch.empty(0, dtype=torch.int8), (
-        f"only {shares[0]:.1%} of the 4 KiB and {shares[1]:.1%} of the 2 KiB slots lie on one L2 side (need "
-        f"{UNIFORM_SHARE:.0%}): sides alternate at 1 KiB or finer: placement off")
+        f"only {shares.get(4096, 0.0):.1%} of the 4 KiB and {shares.get(2048, 0.0):.1%} of the 2 KiB slots lie on "
+        f"one L2 side (need {UNIFORM_SHARE:.0%}): sides alternate at 1 KiB or finer: placement off")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,13 +482,16 @@ def _place_in_measured_pool(w: torch.Tensor, scales: torch.Tensor, sides: L2Side
     """Measure a fresh pool, plan, pack; a larger pool when a side is short (`measure`: replaceable in tests)."""
     n, k = w.shape
     k_blocks = k // GROUP_K
-    slabs = _slabs_per_side(n, SLAB_ROW_CHOICES[0], split_rows)
+    slabs = _slabs_per_side(n, SIZING_SLAB_ROWS, split_rows)
     need = max(slabs[0] * k_blocks, slabs[1] * k_blocks + 1)  # (+1: the zero slot, side 1's by preference)
-    pool_bytes = (math.ceil(2 * need * POOL_SPARE) + POOL_EXTRA_SLOTS) * SIZING_SLOT_BYTES
+    largest = SLAB_ROW_CHOICES[0] * SLAB_BYTES_WIDE
+    pool_bytes = round_up((math.ceil(2 * need * POOL_SPARE) + POOL_EXTRA_SLOTS) * SIZING_SLOT_BYTES, largest)
     shortage = None
     for _ in range(1 + POOL_MAX_GROWTHS):
         buf = torch.empty(pool_bytes, dtype=torch.uint8, device=w.device)
-        slab_rows, slot_side, why = choose_slab_rows(classify_pieces(*measure(buf), sides))
+        # (slabs must not straddle the split: at most its largest power-of-two divisor)
+        slab_rows, slot_side, why = choose_slab_rows(classify_pieces(*measure(buf), sides),
+                                                     max_rows=split_rows & -split_rows)
         if slab_rows is None:
             return _unplaced(w, scales, why, sides)
         try:
@@ -493,9 +499,9 @@ def _place_in_measured_pool(w: torch.Tensor, scales: torch.Tensor, sides: L2Side
         except NotEnoughSlots as short:
             shortage = f"{short} (pool of {pool_bytes / 2**20:.1f} MiB)"
             del buf  # (measure a larger one: other memory)
-            pool_bytes = round_up(math.ceil(pool_bytes * POOL_GROWTH), SIZING_SLOT_BYTES)
+            pool_bytes = round_up(math.ceil(pool_bytes * POOL_GROWTH), largest)
             continue
-        pool = buf.view(-1, SLAB_BYTES_WIDE)
+        pool = buf.view(-1, SLAB_BYTES_WIDE)[:len(slot_side) * slab_rows]  # (whole slots: a prefix)
         return _placed(w, scales, table, zero_slot, len(slot_side), slab_rows, split_rows, pool, sides)
     return _unplaced(w, scales, f"{shortage}, after growing the pool {POOL_MAX_GROWTHS} times", sides)
 

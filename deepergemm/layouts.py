@@ -199,7 +199,7 @@ def _check_a_and_scales(a: torch.Tensor, a_scales: torch.Tensor, b_scales: torch
     return m, k
 
 
-PLACED_SLAB_ROWS = (16, 32)
+PLACED_SLAB_ROWS = (16, 32, 64, 128, 256)
 
 
 def check_placed_inputs(a: torch.Tensor, a_scales: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,

@@ -114,13 +114,13 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
     const int64_t k_blocks_ = k / dg::kBlockK;
     TORCH_CHECK(dg::kProducers == 3 && kGrouped == dg::kGroupNone, "deepergemm: placed B needs a plain variant built "
                 "with three producers");
-    TORCH_CHECK((b_slab_rows == 16 || b_slab_rows == 32) && b.dim() == 2 && b.size(1) == dg::kBlockK &&
+    TORCH_CHECK(b_slab_rows >= 16 && b_slab_rows <= 256 && (b_slab_rows & (b_slab_rows - 1)) == 0 && b.dim() == 2 && b.size(1) == dg::kBlockK &&
                     b.is_contiguous() && b.size(0) % b_slab_rows == 0 && b_slots.is_cuda() &&
                     b_slots.scalar_type() == at::kInt && b_slots.is_contiguous() && b_slots.dim() == 2 &&
                     b_slots.device() == a.device() && b.device() == a.device() && b_slots.size(0) == k_blocks_ &&
                     b_slots.size(1) * b_slab_rows >= ((n + kBN - 1) / kBN + kClusterN - 1) / kClusterN * kClusterN * kBN &&
                     b_box_rows >= 8 && (kBN / kClusterM) / b_box_rows <= 32,
-                "deepergemm: a placed B needs a contiguous (slots * slab_rows, 128) pool, slab_rows 16 or 32, and an "
+                "deepergemm: a placed B needs a contiguous (slots * slab_rows, 128) pool, slab_rows a power of two in 16..256, and an "
                 "int32 slot table (K/128, slabs) on a's device covering every N-tile");
   }
   const CUtensorMap map_b =
@@ -159,7 +159,7 @@ void fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor&
   p.pdl = pdl != 0 ? 1 : 0;
   p.b_slots = placed ? b_slots.data_ptr<int>() : nullptr;
   p.b_slot_stride = placed ? static_cast<int>(b_slots.size(1)) : 0;
-  p.b_slab_shift = b_slab_rows == 16 ? 4 : 5;
+  p.b_slab_shift = placed ? __builtin_ctzll(static_cast<unsigned long long>(b_slab_rows)) : 0;
   p.b_box_rows = static_cast<int>(b_box_rows);
   p.sm_side = nullptr;
   p.side_claims = nullptr;

@@ -56,7 +56,7 @@ struct GemmParams {
   // b_box_rows rows (produce_placed_b). Null b_slots: B is the plain (N, K) tensor of map_b.
   const int* b_slots;        // (k_blocks, b_slot_stride) int32: the slot of slab (k block, rows j << slab_shift ..)
   int b_slot_stride;         // slabs per K block in the table (rows of B, padded past N, >> slab_shift)
-  int b_slab_shift;          // log2 of the rows per slab: 5 (4 KiB slots) or 4 (2 KiB)
+  int b_slab_shift;          // log2 of the rows per slab: 4 (2 KiB slots) .. 8 (32 KiB)
   int b_box_rows;            // rows per B load: divides the CTA's B slice and the slab
   // L2-side-aware scheduling (scheduler.cuh's SideProblem). Null side_claims: off.
   const uint8_t* sm_side;    // (256,) the L2 side of each SM id

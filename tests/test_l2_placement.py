@@ -83,8 +83,11 @@ def test_table_slabs():
     assert lp.table_slabs(264, 16) == (512 + 512) // 16
     assert lp.table_slabs(2112, 32) == (2304 + 512) // 32
     assert lp.table_slabs(256, 32) == 24
+    assert lp.table_slabs(2112, 256) == (2304 + 512) // 256
     with pytest.raises(ValueError, match="slab_rows"):
-        lp.table_slabs(256, 64)
+        lp.table_slabs(256, 48)
+    with pytest.raises(ValueError, match="slab_rows"):
+        lp.table_slabs(256, 512)
 
 
 @pytest.mark.parametrize("n,sms,want", [
@@ -331,7 +334,7 @@ class _FakeProbe:
         return _piece_latencies(truth, self.sm_side)
 
 
-@pytest.mark.parametrize("block_pieces,slab_rows", [(4, 32), (8, 32), (2, 16)])
+@pytest.mark.parametrize("block_pieces,slab_rows", [(4, 32), (8, 64), (2, 16), (32, 256), (64, 256)])
 def test_measured_pool_places_on_the_measured_sides(block_pieces, slab_rows):
     sm_side = _sm_sides()
     n, k = 2112, 512
@@ -352,7 +355,8 @@ def test_measured_pool_grows_then_gives_up_with_the_reason():
     assert not pw.placed and pw.weight is w
     assert "L2 side 1" in pw.reason and "growing the pool 4 times" in pw.reason
     assert len(probe.sizes) == 5
-    assert all(abs(b / a - 1.5) < 0.01 for a, b in zip(probe.sizes, probe.sizes[1:]))
+    # each 50% larger, rounded up to whole 32 KiB (the largest slots)
+    assert all(1.5 * a <= b < 1.5 * a + 32768 for a, b in zip(probe.sizes, probe.sizes[1:]))
 
 
 def test_measured_pool_grows_until_a_side_has_room():
@@ -473,3 +477,21 @@ def test_gpu_measure_pieces_leaves_the_buffer_alone_and_rotates():
     assert bool((cycles > 0).all()) and bool((cycles < 5000).all())
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     assert len(set(smid.flatten().tolist())) == sms
+
+
+def test_choose_slab_rows_takes_the_largest_uniform_slots_up_to_the_cap():
+    sides = _pattern(8192, 16)  # 16 KiB blocks
+    slab_rows, slot_side, reason = lp.choose_slab_rows(sides)
+    assert slab_rows == 128 and "16 KiB" in reason and len(slot_side) == 8192 // 16
+    slab_rows, _, reason = lp.choose_slab_rows(sides, max_rows=32)  # a split that is a multiple of 32 rows only
+    assert slab_rows == 32 and "4 KiB" in reason
+
+
+def test_measured_pool_keeps_slabs_inside_the_split():
+    """A split of 384 rows (3 x 128) allows 128-row slabs at most, even where the sides are coarser."""
+    sm_side = _sm_sides()
+    w, scales = _weight(1024, 256)
+    pw = lp._place_in_measured_pool(w, scales, _sides(sm_side), 384, measure=_FakeProbe(sm_side, 64))
+    assert pw.placed and pw.slab_rows == 128
+    with pytest.raises(ValueError, match="multiple of 128 and of slab_rows"):
+        lp.plan_table(torch.zeros(4096, dtype=torch.int8), 1024, 2, 256, 384)

@@ -37,7 +37,8 @@ def _placed(w, w_s, slab_rows=32, split_rows=None):
 # ----------------------------------------------------------------------------------------------
 # CPU: the op, the public API, configs
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("m,n,k,slab_rows", [(1, 264, 128, 32), (77, 512, 384, 16), (130, 2112, 256, 32)])
+@pytest.mark.parametrize("m,n,k,slab_rows", [(1, 264, 128, 32), (77, 512, 384, 16), (130, 2112, 256, 32),
+                                             (3, 1000, 256, 128), (9, 2112, 128, 256)])
 def test_placed_gemm_equals_the_plain_gemm_on_cpu(m, n, k, slab_rows):
     w, w_s = _weight(n, k)
     a, a_s = _act(m, k)
@@ -176,12 +177,14 @@ def _side0(variant, n):
 def test_every_variant_with_placed_b_and_side_scheduling(variant):
     from deepergemm import kernels
 
-    for m, n, k, slab_rows in ((77, 1000, 384, 32), (1, 2112, 768, 16), (300, 264, 1152, 32)):
+    for m, n, k, slab_rows in ((77, 1000, 384, 32), (1, 2112, 768, 16), (300, 264, 1152, 32), (5, 1000, 256, 128),
+                               (130, 2112, 512, 256)):
         if k // 128 < variant.splits:
             continue
         a, a_s = _act(m, k, "cuda")
         w, w_s = _weight(n, k, "cuda")
-        prepared = _placed(w, w_s, slab_rows, split_rows=max(128, n // 256 * 128))
+        split = max(128, n // 256 * 128) // slab_rows * slab_rows if slab_rows > 128 else max(128, n // 256 * 128)
+        prepared = _placed(w, w_s, slab_rows, split_rows=split)
         placed = kernels.PlacedB(prepared.slots, slab_rows, n)
         expected = ref.exact_fp32_matmul(ref.dequantize_act(a, a_s), ref.dequantize_weight(w, w_s))
         for stream_k in (False, True):
