@@ -24,9 +24,9 @@ import torch
 import deepergemm as dg
 
 from .. import configs, reference
+from . import sidebyside
 from .gemm import MIN_LAUNCHES, measure_backend
 from .report import gemm_bytes
-from .shapes import select_shapes
 
 # name -> (environment settings, what the default does that this switches)
 SWITCHES: dict[str, tuple[dict[str, str], str]] = {
@@ -85,27 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        shapes = select_shapes(args.shapes)
-        names = parse_switches(args.switches)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.launches < MIN_LAUNCHES:
-        parser.error(f"--launches must be at least {MIN_LAUNCHES}, got {args.launches}")
-    if not torch.cuda.is_available():
-        print("ablation-bench needs a CUDA GPU")
+    names: list[str] = []
+    args, shapes = sidebyside.parse(build_parser(), argv, lambda a: names.extend(parse_switches(a.switches)))
+    device = sidebyside.cuda_device("ablation-bench")
+    if device is None:
         return 2
-    device = torch.device("cuda", torch.cuda.current_device())
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     print(f"ablation on {torch.cuda.get_device_name(device)}: cells are time / default time; " +
           "; ".join(f"{name}: {SWITCHES[name][1]}" for name in names))
-    bar = "|" if args.markdown else ""
-    header = ["shape", "default", "us", "GB/s", "% of HBM", "vs cuBLAS"] + names
-    print(bar + bar.join(f" {h} " for h in header) + bar)
-    if args.markdown:
-        print("|" + "|".join("---" for _ in header) + "|")
+    sidebyside.print_header(["shape", "default", "us", "GB/s", "% of HBM", "vs cuBLAS"] + names, args.markdown)
     failed = False
     for shape in shapes:
         torch.manual_seed(args.seed + zlib.crc32(shape.label.encode()))
@@ -139,5 +127,5 @@ def main(argv: list[str] | None = None) -> int:
             label = "" if chosen.variant == default.variant else f" ({chosen.variant.key})"
             cells.append(f"{result.timing.median_us / t0:.3f}{label}")
         del expected
-        print(bar + bar.join(f" {c} " for c in cells) + bar, flush=True)
+        sidebyside.print_row(cells, args.markdown)
     return 1 if failed else 0

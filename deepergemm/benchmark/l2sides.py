@@ -23,8 +23,8 @@ import torch
 import deepergemm as dg
 
 from .. import configs, l2_sides, reference
+from . import sidebyside
 from .gemm import MIN_LAUNCHES, measure_backend
-from .shapes import select_shapes
 
 COLUMNS = ("plain", "placed", "sides", "cublas")
 
@@ -53,18 +53,10 @@ def _columns(a, a_s, b, b_s, prepared) -> dict[str, functools.partial]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        shapes = select_shapes(args.shapes)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.launches < MIN_LAUNCHES:
-        parser.error(f"--launches must be at least {MIN_LAUNCHES}, got {args.launches}")
-    if not torch.cuda.is_available():
-        print("l2-bench needs a CUDA GPU")
+    args, shapes = sidebyside.parse(build_parser(), argv)
+    device = sidebyside.cuda_device("l2-bench")
+    if device is None:
         return 2
-    device = torch.device("cuda", torch.cuda.current_device())
     sides = l2_sides.detect(device)
     a_count, b_count = sides.sms_per_side
     print(f"L2 sides of {torch.cuda.get_device_name(device)}: {'decided' if sides.decided else 'UNDECIDED'}: "
@@ -72,12 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if not sides.decided:
         return 2
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    bar = "|" if args.markdown else ""
-    header = ["shape", "variant", "side 0 tiles"] + [f"{c} us" for c in COLUMNS] + ["sides/plain", "placed/plain",
-                                                                                     "sides vs cuBLAS"]
-    print(bar + bar.join(f" {h} " for h in header) + bar)
-    if args.markdown:
-        print("|" + "|".join("---" for _ in header) + "|")
+    sidebyside.print_header(["shape", "variant", "side 0 tiles"] + [f"{c} us" for c in COLUMNS] +
+                            ["sides/plain", "placed/plain", "sides vs cuBLAS"], args.markdown)
     failed = False
     for shape in shapes:
         torch.manual_seed(args.seed + zlib.crc32(shape.label.encode()))
@@ -103,6 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         t = {name: r.timing.median_us for name, r in results.items() if r.timing}
         ratio = lambda num, den: f"{t[den] / t[num]:.3f}" if num in t and den in t else "-"  # noqa: E731
         cells += [ratio("sides", "plain"), ratio("placed", "plain"), ratio("sides", "cublas")]
-        print(bar + bar.join(f" {c} " for c in cells) + bar, flush=True)
+        sidebyside.print_row(cells, args.markdown)
         del prepared
     return 1 if failed else 0
