@@ -59,8 +59,8 @@ import torch
 
 from . import l2_sides
 from .l2_sides import L2Sides
-from .layouts import (N_ALIGN, _require_dtype, _require_same_device, _require_tensor, _require_tma_aligned, ceil_div,
-                      check_rank, round_up)
+from .layouts import (_require_dtype, _require_same_device, _require_tensor, ceil_div, check_rank,
+                      check_weight_layout, round_up)
 from .reference import FP8_DTYPE, GROUP_K
 
 ENV_SWITCH = "DEEPERGEMM_L2_SIDES"
@@ -299,16 +299,7 @@ def _check_weight(w: torch.Tensor, w_scales: torch.Tensor) -> tuple[int, int]:
     n, k = w.shape
     if k == 0 or k % GROUP_K != 0:
         raise ValueError(f"w.shape[1] (K) must be a positive multiple of {GROUP_K}, got K={k}")
-    if n == 0 or n % N_ALIGN != 0:
-        raise ValueError(f"w.shape[0] (N) must be a positive multiple of {N_ALIGN} (16-byte aligned output rows), "
-                         f"got N={n}")
-    if not w.is_contiguous():
-        raise ValueError(f"w must be contiguous (N, K), K-major, got strides {w.stride()}; call .contiguous() first")
-    _require_tma_aligned("w", w)
-    _require_dtype("w_scales", w_scales, (torch.float32,))
-    want = (ceil_div(n, GROUP_K), k // GROUP_K)
-    if tuple(w_scales.shape) != want:
-        raise ValueError(f"w_scales must have shape (ceil(N/128), K/128) = {want}, got {tuple(w_scales.shape)}")
+    check_weight_layout("w", w, "w_scales", w_scales, "w.shape[0] (N)")
     _require_same_device({"w": w, "w_scales": w_scales})
     return n, k
 

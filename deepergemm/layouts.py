@@ -273,17 +273,27 @@ def _check_grouped_b(b: torch.Tensor, b_scales: torch.Tensor, k: int) -> tuple[i
         raise ValueError(f"a and b must share K (b is (groups, N, K)): got K={k} for a, b {tuple(b.shape)}")
     if not 1 <= groups <= MAX_GROUPS:
         raise ValueError(f"b.shape[0] (groups) must be 1..{MAX_GROUPS}, got {groups}")
-    if n % N_ALIGN != 0 or n == 0:
-        raise ValueError(f"N (b.shape[1]) must be a positive multiple of {N_ALIGN} (16-byte aligned output rows), "
-                         f"got N={n}")
-    if not b.is_contiguous():
-        raise ValueError(f"b must be contiguous (groups, N, K), got strides {b.stride()}; call .contiguous() first")
-    _require_tma_aligned("b", b)
-    _require_dtype("b_scales", b_scales, (torch.float32,))
-    want = (groups, ceil_div(n, GROUP_K), k // GROUP_K)
-    if tuple(b_scales.shape) != want:
-        raise ValueError(f"b_scales must have shape (groups, ceil(N/128), K/128) = {want}, got {tuple(b_scales.shape)}")
+    check_weight_layout("b", b, "b_scales", b_scales, "N (b.shape[1])", (groups,))
     return groups, n
+
+
+def check_weight_layout(name: str, w: torch.Tensor, scales_name: str, scales: torch.Tensor, n_text: str,
+                        groups: tuple[int, ...] = ()) -> None:
+    """What every stored fp8 weight obeys (plain or per group, (*groups, N, K)): N a positive multiple of 8,
+    contiguous, TMA-aligned, and fp32 scales (*groups, ceil(N/128), K/128)."""
+    n, k = w.shape[-2:]
+    if n % N_ALIGN != 0 or n == 0:
+        raise ValueError(f"{n_text} must be a positive multiple of {N_ALIGN} (16-byte aligned output rows), "
+                         f"got N={n}")
+    if not w.is_contiguous():
+        raise ValueError(f"{name} must be contiguous ({'groups, ' if groups else ''}N, K), K-major, got strides "
+                         f"{w.stride()}; call .contiguous() first")
+    _require_tma_aligned(name, w)
+    _require_dtype(scales_name, scales, (torch.float32,))
+    want = (*groups, ceil_div(n, GROUP_K), k // GROUP_K)
+    if tuple(scales.shape) != want:
+        raise ValueError(f"{scales_name} must have shape ({'groups, ' if groups else ''}ceil(N/128), K/128) = {want}, "
+                         f"got {tuple(scales.shape)}")
 
 
 def _check_group_counts(name: str, t: torch.Tensor, groups: int) -> None:
