@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh warmup tests sweep-large sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh coldstart hostoverhead warmup tests sweep-large sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -10,16 +10,30 @@ SMALL=${SMALL:-64x32s16d,64x64s13d,64x64s8d,64x128s8d}
 # At most 8 files come back from $OUT: only the logs that matter go there.
 pip install -q -e . --no-deps --no-build-isolation > /tmp/install.log 2>&1 || { cat /tmp/install.log; exit 1; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
+secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(date +%s.%N)"; }
 for step in "$@"; do
   echo "=== $step $(date +%T)"
   case $step in
+    coldstart) # issue 22: a new user's first run on a fresh machine: empty cache, the main job end to end (host
+               # binding and kernel builds included), then a new process's first GEMM with one variant missing
+               # and with everything cached
+         export DEEPERGEMM_CACHE_DIR=/tmp/dg_cold; rm -rf "$DEEPERGEMM_CACHE_DIR"
+         t=$(date +%s.%N); timeout 400 python -m deepergemm > "$OUT/coldstart.log" 2>&1; rc=$?
+         echo "main job (cold cache): rc=$rc, $(secs $t) s end to end"
+         grep -E "^\[deepergemm\]|geomean|FAILED|Error" "$OUT/coldstart.log" | head -20; tail -12 "$OUT/coldstart.log"
+         t=$(date +%s.%N); python -m deepergemm build --variants 128x128s6wc2 --out /tmp/one_unit --jobs 1 > /dev/null 2>&1
+         echo "one kernel unit alone (nvcc, 1 job): $(secs $t) s"
+         rm -rf "$DEEPERGEMM_CACHE_DIR/kernels"
+         python bench/first_call.py --shape 64x7168x2048 2>&1 | grep -v "^\[deepergemm\] \[" | sed 's/^/unit missing: /'
+         python bench/first_call.py --shape 64x7168x2048 2>&1 | sed 's/^/all cached:   /' ;;
+    hostoverhead) # issue 22: host time per call, ours (C++ op) vs torch._scaled_mm, eager loops and graphs
+         timeout 300 python bench/host_overhead.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/host_overhead.log" ;;
     sweep-large) timeout 300 python bench/sweep_variants.py --shapes large --variants "auto,$LARGE" --jobs 16 \
                    2>&1 | tee "$OUT/sweep_large${TAG:-}.log" | grep -v "^\[deepergemm\]" ;;
     sweep-small) timeout 240 python bench/sweep_variants.py --shapes small --variants "auto,$SMALL" --jobs 16 \
                    2>&1 | tee "$OUT/sweep_small${TAG:-}.log" | grep -v "^\[deepergemm\]" ;;
-    warmup) # every later step needs the builds: stop here if they did not all finish (a test or bench that
-            # builds on first use takes a minute per variant and runs out the call's time)
-            timeout 420 python -m deepergemm warmup --jobs 16 --variants "${WARMUP_VARIANTS:-tested}" > /tmp/warmup.log 2>&1
+    warmup) # the binding and every tested unit, in parallel (seconds): stop here if they did not all build
+            timeout 300 python -m deepergemm warmup --jobs 16 --variants "${WARMUP_VARIANTS:-tested}" > /tmp/warmup.log 2>&1
             rc=$?; tail -2 /tmp/warmup.log
             if [ $rc -ne 0 ]; then echo "warmup failed or timed out (rc=$rc): stopping"; tail -20 /tmp/warmup.log; exit 1; fi ;;
     tests) timeout 300 python -m pytest -q -m gpu --maxfail=3 -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;

@@ -21,17 +21,17 @@ class GemmCase:
     sms: int                 # SMs of the GPU (the persistent grid)
     stream: int              # the current CUDA stream's handle
 
-    def launch(self, module, group_n: int = 16, l2_hints: int | None = None, bias: torch.Tensor | None = None,
-               stream_k: bool | None = None) -> None:
-        """One launch of a compiled variant (extension.load(...)): no bias (or a DG_TRACE / DG_LIFETRACE
-        log in its place), bf16 out; L2 hints and stream-K as configs would pick them unless given."""
-        variant = extension.variant_of(module)
+    def launch(self, kernel: extension.LoadedKernel, group_n: int = 16, l2_hints: int | None = None,
+               trace_log: torch.Tensor | None = None, stream_k: bool | None = None) -> None:
+        """One launch of a loaded variant (extension.load(...)): no bias, bf16 out, a DG_TRACE / DG_LIFETRACE log
+        if given; L2 hints and stream-K as configs would pick them unless given."""
+        variant = kernel.variant
         if l2_hints is None:
             l2_hints = configs.variant_l2_hints(self.a.shape[0], variant)
         if stream_k is None:
             stream_k = configs.stream_k_pays(self.a.shape[0], self.b.shape[0], variant, self.sms)
-        kernels.launch(module, variant, self.a, self.a_scales, self.b, self.b_scales, self.out, bias, self.sms, group_n,
-                       l2_hints, stream_k, bias_kind=0)
+        kernels.launch(kernel, self.a, self.a_scales, self.b, self.b_scales, self.out, None, group_n, l2_hints, stream_k,
+                       trace_log=trace_log)
 
     def launch_cublas(self) -> torch.Tensor:
         return cublas.fp8_gemm_cublas(self.a, self.a_scales, self.b, self.b_scales, torch.bfloat16, None)

@@ -1,13 +1,19 @@
-"""Developer tool: what one call of torch.ops.deepergemm.fp8_gemm costs the host, against the GPU time of
-the same GEMM (warm L2, so the kernel is as short as it gets). A decode step's GEMM runs ~15 us on the
-GPU: a Python launch path that takes longer leaves the GPU waiting unless the caller uses CUDA graphs.
+"""Developer tool: what one GEMM call costs the host, ours against cuBLAS (torch._scaled_mm with blockwise scales
+called directly, the way a framework calls it), and whether an eager loop is host- or GPU-bound.
 
-    python bench/host_overhead.py [--shapes 64x2112x7168,128x7168x2048] [--calls 500]
+    python bench/host_overhead.py [--shapes 64x7168x2048,...] [--calls 400] [--loop 64]
 
-Prints per shape and backend: host us per call (calls queued back to back, wall clock over many), GPU us per
-call (CUDA graph replays of the same calls), and which of the two bounds an eager loop.
+Per shape and path:
+  host us/call   calls queued back to back while the GPU is kept busy (so no call waits for it), wall clock
+  GPU us/call    CUDA-graph replays of the same calls (warm L2: the kernel as short as it gets)
+  eager us/GEMM  a loop of --loop GEMMs through the path, synchronized once at the end (wall clock per GEMM):
+                 max(host, GPU) in practice, what a decode step without CUDA graphs sees
+Paths: "ours" = torch.ops.deepergemm.fp8_gemm(..., backend="ptx") (the C++ op), "dg.fp8_gemm" = the public Python
+wrapper around it, "cuBLAS" = torch._scaled_mm with the scales already in its layouts.
+(bench/first_call.py times a new process's first GEMM.)
 """
 import argparse
+import statistics
 import time
 
 import torch
@@ -18,16 +24,18 @@ import deepergemm as dg  # noqa: E402
 
 def per_call_us(fn, calls: int) -> float:
     """Host time per call: the GPU is kept busy (a spin) meanwhile, so no call waits for it; calls stay below
-    the launch queue's depth (~1000), where the host would block on the GPU."""
+    the launch queue's depth (~1000), where the host would block on the GPU. Median of 5 rounds."""
     fn()
     torch.cuda.synchronize()
-    torch.cuda._sleep(400_000_000)  # ~0.2 s of GPU clock
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    host = (time.perf_counter() - start) / calls * 1e6
-    torch.cuda.synchronize()
-    return host
+    rounds = []
+    for _ in range(5):
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU clock
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.perf_counter() - start) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(rounds)
 
 
 def graph_us(fn, calls: int) -> float:
@@ -35,7 +43,7 @@ def graph_us(fn, calls: int) -> float:
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        fn()  # warm: builds, workspaces
+        fn()  # warm: plans, workspaces
         with torch.cuda.graph(graph, stream=stream):
             for _ in range(20):
                 fn()
@@ -52,25 +60,59 @@ def graph_us(fn, calls: int) -> float:
     return start.elapsed_time(end) * 1e3 / (reps * 20)
 
 
+def eager_loop_us(fn, gemms: int) -> float:
+    """Wall clock per GEMM of a loop of `gemms` GEMMs with one synchronization at the end (median of 7)."""
+    fn()
+    torch.cuda.synchronize()
+    rounds = []
+    for _ in range(7):
+        start = time.perf_counter()
+        for _ in range(gemms):
+            fn()
+        torch.cuda.synchronize()
+        rounds.append((time.perf_counter() - start) / gemms * 1e6)
+    return statistics.median(rounds)
+
+
+def paths(m: int, n: int, k: int):
+    x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+    w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda")
+    a, a_s = dg.quantize_act(x)
+    b, b_s = dg.quantize_weight(w)
+    m_pad = -(-m // 4) * 4
+    a_c, a_s_c = a, a_s
+    if m_pad != m:  # cuBLASLt's blockwise scales want M % 4 == 0 (deepergemm.cublas pads the same way)
+        a_c = torch.nn.functional.pad(a.view(torch.uint8), (0, 0, 0, m_pad - m)).view(a.dtype)
+        a_s_c = torch.nn.functional.pad(a_s, (0, 0, 0, m_pad - m), value=1.0)
+    scale_a = a_s_c.t().contiguous().t()  # (M, K/128) M-major with stride M
+    scale_b = b_s.contiguous().t()        # (K/128, N/128)
+    b_t = b.t()
+    op = torch.ops.deepergemm.fp8_gemm.default
+    return {
+        "ours": lambda: op(a, a_s, b, b_s, torch.bfloat16, None, "ptx"),
+        "dg.fp8_gemm": lambda: dg.fp8_gemm(a, a_s, b, b_s, backend="ptx"),
+        "cuBLAS": lambda: torch._scaled_mm(a_c, b_t, scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--shapes", default="64x2112x7168,128x7168x2048,4096x7168x2048")
-    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--shapes", default="64x7168x2048,1x7168x2048,64x2112x7168,128x7168x2048,4096x7168x2048")
+    parser.add_argument("--calls", type=int, default=400)
+    parser.add_argument("--loop", type=int, default=64, help="GEMMs per eager loop")
     args = parser.parse_args()
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    print("| shape | path | host us/call | GPU us/call | eager us/GEMM | host / cuBLAS host | eager / cuBLAS eager |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for label in args.shapes.split(","):
         m, n, k = (int(v) for v in label.split("x"))
-        x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-        w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda")
-        a, a_s = dg.quantize_act(x)
-        b, b_s = dg.quantize_weight(w)
-        for backend in ("ptx", "cublas"):
-            def fn(backend=backend):
-                return torch.ops.deepergemm.fp8_gemm(a, a_s, b, b_s, torch.bfloat16, None, backend)
-            host = per_call_us(fn, args.calls)
-            gpu = graph_us(fn, args.calls)
-            bound = "host" if host > gpu else "GPU"
-            print(f"{label:>16} {backend:>6}: host {host:7.1f} us/call, GPU {gpu:7.1f} us/call -> eager loop {bound}-bound",
-                  flush=True)
+        rows = {}
+        for name, fn in paths(m, n, k).items():
+            rows[name] = (per_call_us(fn, args.calls), graph_us(fn, args.calls), eager_loop_us(fn, args.loop))
+        base = rows["cuBLAS"]
+        for name, (host, gpu, eager) in rows.items():
+            print(f"| {label} | {name} | {host:.1f} | {gpu:.1f} | {eager:.1f} | {host / base[0]:.2f} | "
+                  f"{eager / base[2]:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

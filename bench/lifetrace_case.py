@@ -45,7 +45,7 @@ def main() -> None:
         log.zero_()
         flush.zero_()
         start.record()
-        case.launch(module, bias=log, stream_k=args.stream_k)
+        case.launch(module, trace_log=log, stream_k=args.stream_k)
         stop.record()
         torch.cuda.synchronize()
         if i < 2:

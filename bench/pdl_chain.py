@@ -56,6 +56,7 @@ def main() -> int:
         results = {}
         for flag in ("0", "1", "0", "1"):  # alternate: drift of the machine shows as a difference between pairs
             os.environ["DEEPERGEMM_PDL"] = flag
+            dg.configs.reload_switches()  # (the switches are read once; the binding re-plans)
             chain(x, weights)  # builds, warms up
             us, out = time_chain(x, weights, args.repeats)
             results.setdefault(flag, []).append((us, out))

@@ -56,7 +56,7 @@ def main() -> int:
     shapes = select_shapes(args.shapes)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     picks = {s: configs.select(s.m, s.n, s.k, sms).variant for s in shapes}
-    extension.build_variants(list(dict.fromkeys(variants + (list(picks.values()) if auto else []))), args.jobs)
+    extension.prebuild(list(dict.fromkeys(variants + (list(picks.values()) if auto else []))), args.jobs)
     rows, failures = [], 0
     for shape in shapes:
         m, n, k = shape.m, shape.n, shape.k
@@ -84,7 +84,7 @@ def main() -> int:
                 tag = f"g{g}" + (f"h{h}" if len(set(hints)) > 1 else "") + (f"sk{int(stream_k)}" if len(sk_options) > 1 else "")
 
                 def launch():
-                    kernels.launch(mod, v, a, a_s_k, b, b_s, out, None, sms, g, h, stream_k)
+                    kernels.launch(mod, a, a_s_k, b, b_s, out, None, g, h, stream_k)
 
                 launch()
                 torch.cuda.synchronize()

@@ -29,7 +29,7 @@ def main() -> None:
     log = torch.zeros(STEPS * 2 * EVENTS + STEPS + 64, dtype=torch.int32, device="cuda")
     for _ in range(3):  # the last launch's log is read (warm clocks, warm L2 for the tensor maps)
         log.zero_()
-        case.launch(module, bias=log)
+        case.launch(module, trace_log=log)
         torch.cuda.synchronize()
     raw = log.cpu().to(torch.int64) & 0xFFFFFFFF  # 32-bit SM clock: unwrap against the first event
     base = int(raw[2 * EVENTS])  # step 0's slab-0 done of warpgroup 0

@@ -1,4 +1,4 @@
-"""Command line: `python -m deepergemm [run|bench|quant-bench|grouped-bench|warmup|info] ...`.
+"""Command line: `python -m deepergemm [run|bench|quant-bench|grouped-bench|build|warmup|info] ...`.
 
 run (the default): on a Hopper GPU, check and benchmark the real kernels against cuBLAS (the bench
 table); on any other machine, run the reference path on a small problem and say what a GPU adds.
@@ -96,6 +96,12 @@ def cmd_warmup(args) -> int:
     return extension.warmup_main(args.rest) or 0
 
 
+def cmd_build(args) -> int:
+    from deepergemm import extension
+
+    return extension.build_main(args.rest) or 0
+
+
 def cmd_info(args) -> int:
     print(f"deepergemm {dg.__version__}: {describe_machine()}")
     if torch.cuda.is_available():
@@ -110,7 +116,8 @@ COMMANDS = {
     "grouped-bench": (cmd_grouped_bench, "grouped (MoE) GEMM benchmark vs DeepGEMM's anchors (grouped-bench --help)"),
     "l2-bench": (cmd_l2_bench, "B placed by L2 side vs plain vs cuBLAS (l2-bench --help)"),
     "ablation-bench": (cmd_ablation_bench, "small-M techniques switched one at a time, same inputs (--help)"),
-    "warmup": (cmd_warmup, "build and cache every kernel variant"),
+    "build": (cmd_build, "compile kernel units with nvcc, no GPU needed (build --help: --variants, --out DIR)"),
+    "warmup": (cmd_warmup, "on a Hopper GPU: build in parallel and load the binding and every kernel variant"),
     "info": (cmd_info, "machine and backend"),
 }
 

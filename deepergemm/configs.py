@@ -110,6 +110,12 @@ GROUP_TABLE_BYTES = (3 * MAX_GROUPS + 1) * 4     # tiles before, start and end o
 SIDE_SLOT_BYTES = 16     # the L2-side slot a cluster claimed (dg::SideSlot, scheduler.cuh), at the end
 
 
+# The facts of a variant the host binding launches it by, in the order of ptx/binding.cpp's VariantInfo (a CI test
+# compares the two).
+BINDING_FIELDS = ("block_m", "block_n", "stages", "acc", "cluster_m", "cluster_n", "splits", "math_wgs", "grouping",
+                  "smem_bytes", "swapped", "threads", "epi_n", "producers")
+
+
 @dataclass(frozen=True, order=True)
 class Variant:
     block_m: int
@@ -236,6 +242,17 @@ class Variant:
         table = GROUP_TABLE_BYTES if self.grouping else 0
         side_slot = round_up(round_up(epilogue_start + epilogue + reduction, 8) + barriers + table, 16)
         return side_slot + SIDE_SLOT_BYTES + SWIZZLE_ATOM
+
+    @property
+    def threads(self) -> int:
+        """Threads per CTA (dg::GemmTraits::kThreads): the producer warpgroup and the math warpgroups."""
+        return 128 * (1 + self.math_wgs)
+
+    def binding_info(self, producers: int = 3) -> list[int]:
+        """What the host binding needs to launch this variant: BINDING_FIELDS (ptx/binding.cpp's VariantInfo, in
+        its order); producers: the kernel unit's producer threads (DG_PRODUCERS)."""
+        facts = {"acc": self.acc_mode, "swapped": int(self.swapped), "producers": producers}
+        return [int(facts[name] if name in facts else getattr(self, name)) for name in BINDING_FIELDS]
 
     def compile_defines(self) -> dict[str, int]:
         return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,
@@ -384,28 +401,29 @@ SWAPPED_VARIANTS: tuple[Variant, ...] = tuple(
 TESTED_VARIANTS = TESTED_VARIANTS + SWAPPED_VARIANTS
 
 
-def _select_swapped(m: int, n: int, k: int, num_sms: int) -> Choice:
+def _select_swapped(m: int, n: int, k: int, num_sms: int, sw: Switches) -> Choice:
     """Swapped tiles for M <= SWAP_MAX_TOKENS: the smallest token tile that holds M, and the most K splits that
     keep the CTAs within one wave (and SWAP_MIN_K_BLOCKS_PER_SPLIT K blocks each)."""
     tokens = next(t for t in SWAP_TOKENS if t >= m)
     tiles = ceil_div(n, 64) * ceil_div(m, tokens)
     k_blocks = k // BLOCK_K
-    may_split = _env_flag("DEEPERGEMM_SPLIT_K", True)
+    may_split = sw.flag("DEEPERGEMM_SPLIT_K", True)
     splits = max(s for s in SWAP_SPLITS if s == 1 or (
         may_split and tiles <= resident_clusters(num_sms, s) and k_blocks >= s * SWAP_MIN_K_BLOCKS_PER_SPLIT))
     variant = next(v for v in SWAPPED_VARIANTS if v.block_n == tokens and v.splits == splits)
     units, waves = waves_for(n, m, 64, tokens, num_sms, (1, 1), splits)
     grid = min(units, resident_clusters(num_sms, variant.cluster)) * variant.cluster
     return Choice(variant, min(DEFAULT_GROUP_N, ceil_div(m, tokens)), units * variant.cluster, waves, grid,
-                  variant_l2_hints(m, variant), False)
+                  variant_l2_hints(m, variant, sw), False)
 
 
-def variant_l2_hints(m: int, variant: Variant) -> int:
+def variant_l2_hints(m: int, variant: Variant, sw: Switches | None = None) -> int:
     """l2_hints_for a variant: swapped, the kernel's A (B's rows) is streamed (evict-first) and its B (the tokens)
     re-read by every CTA (evict-last); DEEPERGEMM_L2_HINTS overrides both."""
-    if variant.swapped and not os.environ.get("DEEPERGEMM_L2_HINTS", "").strip():
+    sw = sw or switches()
+    if variant.swapped and not sw.get("DEEPERGEMM_L2_HINTS"):
         return L2_EVICT_FIRST | L2_EVICT_LAST << 2
-    return l2_hints_for(m, variant.block_m, variant.cluster_m)
+    return l2_hints_for(m, variant.block_m, variant.cluster_m, sw)
 
 
 # L2 eviction priorities of the kernel's loads (dg::L2Priority): the kernel takes A's in bits 0-1, B's in
@@ -413,11 +431,11 @@ def variant_l2_hints(m: int, variant: Variant) -> int:
 L2_NORMAL, L2_EVICT_FIRST, L2_EVICT_LAST = 0, 1, 2
 
 
-def l2_hints_for(m: int, block_m: int, cluster_m: int = 1) -> int:
+def l2_hints_for(m: int, block_m: int, cluster_m: int = 1, sw: Switches | None = None) -> int:
     """Small M: every CTA re-reads all of A (keep it: evict-last), and B is streamed; B goes evict-first
     only where no other load reads the same B tile (one M-tile, or the M-tiles of one cluster, which
     multicasts it). Large M: no hints."""
-    value = os.environ.get("DEEPERGEMM_L2_HINTS", "").strip()
+    value = (sw or switches()).get("DEEPERGEMM_L2_HINTS")
     if value:
         if not value.isdigit() or int(value) > 15:
             raise ValueError(f"DEEPERGEMM_L2_HINTS must be an integer 0..15 (A priority | B priority << 2), got {value!r}")
@@ -438,17 +456,8 @@ class Choice:
     stream_k: bool = False  # share the part-filled last wave out by K blocks (see stream_k_for)
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    if value not in ("0", "1"):
-        raise ValueError(f"environment variable {name} must be 0 or 1, got {value!r}")
-    return value == "1"
-
-
-def _small_m_math_wgs(k: int) -> int:
-    value = os.environ.get("DEEPERGEMM_SMALL_M_WGS", "").strip()
+def _small_m_math_wgs(k: int, sw: Switches) -> int:
+    value = sw.get("DEEPERGEMM_SMALL_M_WGS")
     if value not in ("", "1", "2"):
         raise ValueError(f"DEEPERGEMM_SMALL_M_WGS must be 1 or 2 (math warpgroups of a 64-row tile), got {value!r}")
     if value:
@@ -456,8 +465,8 @@ def _small_m_math_wgs(k: int) -> int:
     return SMALL_M_MATH_WGS if k >= SMALL_M_ONE_WG_MIN_K else 2
 
 
-def _forced_shape() -> tuple[int, int] | None:
-    value = os.environ.get("DEEPERGEMM_VARIANT", "").strip()
+def _forced_shape(sw: Switches) -> tuple[int, int] | None:
+    value = sw.get("DEEPERGEMM_VARIANT")
     if not value:
         return None
     try:
@@ -490,14 +499,14 @@ def waves_for(m: int, n: int, block_m: int, block_n: int, num_sms: int,
     return units, ceil_div(units, max(1, num_sms // (cm * cn * splits)))
 
 
-def stream_k_for(variant: Variant) -> bool:
+def stream_k_for(variant: Variant, sw: Switches | None = None) -> bool:
     """Whether this variant can run the stream-K tail (ptx/scheduler.cuh): when the units leave the last wave
     part-filled, that wave's units and one full wave more are shared out among all clusters by K blocks,
     each cluster's heads and tails of tiles joined through a workspace in a fixed order. Large-M tiles
     with one partial set (BLOCK_M >= 128, key letter p; the two-set loops do not start a tile's sums from
     the workspace), no split-K. DEEPERGEMM_STREAM_K=0 turns it off."""
     return (variant.splits == 1 and variant.block_m >= 128 and not variant.dual_acc
-            and _env_flag("DEEPERGEMM_STREAM_K", True))
+            and (sw or switches()).flag("DEEPERGEMM_STREAM_K", True))
 
 
 # Stream-K pays where the last wave leaves at least this share of the SMs' time idle: measured on the H100
@@ -508,10 +517,10 @@ STREAM_K_TILES = ((256, 128),)  # 128x192 gained less and nowhere where it would
 STREAM_K_COST = 1.03            # the hand-offs, on the fractional waves the wave model charges
 
 
-def stream_k_pays(m: int, n: int, variant: Variant, num_sms: int) -> bool:
+def stream_k_pays(m: int, n: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
     """stream_k_for(variant), on a tile shape where it was measured to pay, for a problem whose last wave
     idles at least STREAM_K_MIN_IDLE of the time (the binding re-checks with the clusters that fit)."""
-    if not stream_k_for(variant) or (variant.block_m, variant.block_n) not in STREAM_K_TILES:
+    if not stream_k_for(variant, sw) or (variant.block_m, variant.block_n) not in STREAM_K_TILES:
         return False
     units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, (variant.cluster_m, variant.cluster_n))
     clusters = max(1, num_sms // variant.cluster)
@@ -551,8 +560,8 @@ def _parse_cluster(value: str) -> tuple[int, int]:
     return shape
 
 
-def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int) -> tuple[int, int]:
-    value = os.environ.get("DEEPERGEMM_CLUSTER", "").strip()
+def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int, sw: Switches) -> tuple[int, int]:
+    value = sw.get("DEEPERGEMM_CLUSTER")
     if value:
         shape = _parse_cluster(value)
         if shape[1] > 1 and block_m < 128:
@@ -560,7 +569,7 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int) -> tuple[
                              f"{block_m}")
         return shape
     if block_m == 64:
-        paired = (_env_flag("DEEPERGEMM_SMALL_M_CLUSTER", True) and ceil_div(m, block_m) == SMALL_M_CLUSTER[0]
+        paired = (sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True) and ceil_div(m, block_m) == SMALL_M_CLUSTER[0]
                   and block_n >= SMALL_M_CLUSTER_MIN_N and k >= SMALL_M_CLUSTER_MIN_K)
         return SMALL_M_CLUSTER if paired else (1, 1)
     shape = _CLUSTER_FOR.get(block_m, (1, 1))
@@ -568,12 +577,61 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int) -> tuple[
     return shape if ceil_div(m, block_m) >= shape[0] and ceil_div(n, block_n) >= shape[1] else (1, 1)
 
 
-# The environment switches select() reads (module docstring): its cache key, so a changed switch counts at once.
+# The environment switches (module docstring), read once into a Switches snapshot: switches() returns it,
+# reload_switches() reads the environment again (tests, benchmarks that flip a switch). Nothing reads the environment
+# per call; select() and select_grouped() take the snapshot as part of their cache key.
 SWITCHES = ("DEEPERGEMM_DUAL_ACC", "DEEPERGEMM_VARIANT", "DEEPERGEMM_CLUSTER", "DEEPERGEMM_GROUP_N",
             "DEEPERGEMM_SPLIT_K", "DEEPERGEMM_SMALL_M_CLUSTER", "DEEPERGEMM_SMALL_M_WGS", "DEEPERGEMM_STREAM_K",
-            "DEEPERGEMM_L2_HINTS", "DEEPERGEMM_GROUPED_VARIANT",  # (select_grouped's, keyed there too)
-            "DEEPERGEMM_PDL",  # (read per launch: pdl_enabled)
-            "DEEPERGEMM_SWAP_AB")
+            "DEEPERGEMM_L2_HINTS", "DEEPERGEMM_GROUPED_VARIANT", "DEEPERGEMM_PDL", "DEEPERGEMM_SWAP_AB",
+            "DEEPERGEMM_BACKEND")
+
+
+@dataclass(frozen=True)
+class Switches:
+    """The switches' values (stripped; "" when unset), as read at one moment."""
+    values: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def from_environ(cls, environ=None) -> "Switches":
+        environ = os.environ if environ is None else environ
+        return cls(tuple((name, (environ.get(name) or "").strip()) for name in SWITCHES))
+
+    def get(self, name: str) -> str:
+        for key, value in self.values:
+            if key == name:
+                return value
+        raise KeyError(f"{name} is not one of configs.SWITCHES")
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.get(name)
+        if value == "":
+            return default
+        if value not in ("0", "1"):
+            raise ValueError(f"environment variable {name} must be 0 or 1, got {value!r}")
+        return value == "1"
+
+
+_switches: Switches | None = None
+_reload_hooks: list = []  # called with the new snapshot (extension.py pushes the binding's share of it)
+
+
+def switches() -> Switches:
+    """The switches as read at first use (or at the last reload_switches())."""
+    global _switches
+    if _switches is None:
+        _switches = Switches.from_environ()
+    return _switches
+
+
+def reload_switches() -> Switches:
+    """Read the environment switches again; the selections cached under the old values are dropped."""
+    global _switches
+    _switches = Switches.from_environ()
+    _select_cached.cache_clear()
+    _select_grouped_cached.cache_clear()
+    for hook in _reload_hooks:
+        hook(_switches)
+    return _switches
 
 
 # L2-side-aware scheduling (issue 5): side 0 takes the N-tiles below the placement's split row (rounded to whole
@@ -597,33 +655,34 @@ def side0_n_tiles(variant: Variant, n: int, split_rows: int) -> int | None:
     return side0_units * variant.cluster_n
 
 
-def pdl_enabled() -> bool:
+def pdl_enabled(sw: Switches | None = None) -> bool:
     """DEEPERGEMM_PDL=1: launch the GEMMs with programmatic dependent launch, so a kernel's prologue (barrier
     setup, tensor-map prefetch, register reallocation) overlaps the previous kernel's tail in the stream; the
     kernel waits for that kernel (griddepcontrol.wait) before it touches global memory, so results are the same.
     Off by default until measured on a GPU (ptx/NOTES.md, twelfth session)."""
-    return _env_flag("DEEPERGEMM_PDL", False)
+    return (sw or switches()).flag("DEEPERGEMM_PDL", False)
 
 
-def select(m: int, n: int, k: int, num_sms: int, swap_ok: bool = True) -> Choice:
+def select(m: int, n: int, k: int, num_sms: int, swap_ok: bool = True, sw: Switches | None = None) -> Choice:
     """The variant and rasterization for an (M, N, K) problem on a GPU with num_sms SMs. Cached per problem
     and switch settings: the model takes ~40 us of Python, more than a decode-size GEMM on the GPU.
-    swap_ok=False: never a swapped variant (an L2-placed B, which swapped variants do not read)."""
-    return _select_cached(m, n, k, num_sms, swap_ok, tuple(os.environ.get(name) for name in SWITCHES))
+    swap_ok=False: never a swapped variant (an L2-placed B, which swapped variants do not read).
+    sw: the switches (default: the current snapshot, switches())."""
+    return _select_cached(m, n, k, num_sms, swap_ok, sw or switches())
 
 
 @functools.lru_cache(maxsize=4096)
-def _select_cached(m: int, n: int, k: int, num_sms: int, swap_ok: bool, switches: tuple) -> Choice:
-    return _select(m, n, k, num_sms, swap_ok)
+def _select_cached(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -> Choice:
+    return _select(m, n, k, num_sms, swap_ok, sw)
 
 
-def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool = True) -> Choice:
+def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -> Choice:
     if m < 1 or n < 1 or k < BLOCK_K or num_sms < 1:
         raise ValueError(f"select: need M, N >= 1, K >= {BLOCK_K}, num_sms >= 1; got {m}, {n}, {k}, {num_sms}")
-    dual = _env_flag("DEEPERGEMM_DUAL_ACC", True)
-    forced = _forced_shape()
-    if forced is None and swap_ok and m <= SWAP_MAX_TOKENS and _env_flag("DEEPERGEMM_SWAP_AB", False):
-        return _select_swapped(m, n, k, num_sms)
+    dual = sw.flag("DEEPERGEMM_DUAL_ACC", True)
+    forced = _forced_shape(sw)
+    if forced is None and swap_ok and m <= SWAP_MAX_TOKENS and sw.flag("DEEPERGEMM_SWAP_AB", False):
+        return _select_swapped(m, n, k, num_sms, sw)
     if forced is not None:
         shape = forced
     else:
@@ -631,35 +690,35 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool = True) -> Choic
         built = {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n)) for v in VARIANTS}
         # (a forced DEEPERGEMM_CLUSTER leaves only the tiles built with that cluster shape)
         shapes = [(bm, bn) for bm, bn in TILE_SHAPES
-                  if bm in block_ms and (bm, bn, _cluster_shape(m, n, k, bm, bn)) in built]
+                  if bm in block_ms and (bm, bn, _cluster_shape(m, n, k, bm, bn, sw)) in built]
         if not shapes:
-            raise ValueError(f"DEEPERGEMM_CLUSTER={os.environ.get('DEEPERGEMM_CLUSTER')}: no selectable tile for "
+            raise ValueError(f"DEEPERGEMM_CLUSTER={sw.get('DEEPERGEMM_CLUSTER')}: no selectable tile for "
                              f"{'M <= 128' if m <= 128 else 'M > 128'} is built with that cluster shape")
 
         def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
             bm, bn = shape
-            cluster = _cluster_shape(m, n, k, bm, bn)
+            cluster = _cluster_shape(m, n, k, bm, bn, sw)
             units, waves = waves_for(m, n, bm, bn, num_sms, cluster)
             # a wave: every CTA of every cluster runs one tile; stream-K evens the last one out
-            if stream_k_pays(m, n, find_variant(bm, bn, dual, cluster), num_sms):
+            if stream_k_pays(m, n, find_variant(bm, bn, dual, cluster), num_sms, sw):
                 waves = units / max(1, num_sms // (cluster[0] * cluster[1])) * STREAM_K_COST
             return waves * bm * bn * _TILE_COST[shape], -bm * bn  # ties: the larger tile
 
         shape = min(shapes, key=modelled_time)
-    cluster = _cluster_shape(m, n, k, *shape)
+    cluster = _cluster_shape(m, n, k, *shape, sw)
     if forced is not None and (*shape, cluster) not in {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n))
                                                          for v in VARIANTS}:
         cluster = (1, 1)  # a forced tile shape without a clustered build runs unclustered
     splits = 1
-    if forced is None and m <= 128 and cluster == (1, 1) and _env_flag("DEEPERGEMM_SPLIT_K", True):
+    if forced is None and m <= 128 and cluster == (1, 1) and sw.flag("DEEPERGEMM_SPLIT_K", True):
         splits, shape = _split_k_choice(m, n, k // BLOCK_K, num_sms, shape)
-    variant = find_variant(*shape, dual, cluster, splits, _small_m_math_wgs(k) if shape[0] == 64 else 2)
+    variant = find_variant(*shape, dual, cluster, splits, _small_m_math_wgs(k, sw) if shape[0] == 64 else 2)
     units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, cluster, splits)
     n_units = ceil_div(ceil_div(n, variant.block_n), variant.cluster_n)
     m_units = ceil_div(ceil_div(m, variant.block_m), variant.cluster_m)
     short_k = (variant.block_m == 256 and k <= SHORT_K_GROUP_MAX_K
                and m_units * SHORT_K_GROUP_N <= num_sms // variant.cluster)  # a wave covers whole bands
-    value = os.environ.get("DEEPERGEMM_GROUP_N", "").strip()  # (empty: the default, like the other switches)
+    value = sw.get("DEEPERGEMM_GROUP_N")  # (empty: the default, like the other switches)
     group_n = SHORT_K_GROUP_N if short_k else DEFAULT_GROUP_N
     if value:
         try:
@@ -670,7 +729,7 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool = True) -> Choic
             raise ValueError(f"DEEPERGEMM_GROUP_N must be an integer >= 1, got {value!r}")
     grid = min(units, num_sms // variant.cluster) * variant.cluster
     return Choice(variant, min(group_n, n_units), units * variant.cluster, waves, grid,
-                  l2_hints_for(m, variant.block_m, variant.cluster_m), stream_k_pays(m, n, variant, num_sms))
+                  l2_hints_for(m, variant.block_m, variant.cluster_m, sw), stream_k_pays(m, n, variant, num_sms, sw))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -716,26 +775,26 @@ def _group_tiles(rows: int, block_m: int, cluster_m: int) -> int:
     return round_up(ceil_div(rows, block_m), cluster_m)
 
 
-def select_grouped(grouping: int, rows_per_group: int, groups: int, n: int, k: int, num_sms: int) -> Choice:
+def select_grouped(grouping: int, rows_per_group: int, groups: int, n: int, k: int, num_sms: int,
+                   sw: Switches | None = None) -> Choice:
     """The grouped variant for `groups` GEMMs of about `rows_per_group` rows each (masked: expected_m;
     contiguous: the mean real rows per group) by N by K: the wave model of select() over GROUPED_TILES, with
     64-row tiles up to 64 rows per group, 128-row ones above, 256-row ones also above 128; 128-row
     tiles in B-multicast pairs where GROUPED_PAIR_MAX_WASTE allows.
     DEEPERGEMM_GROUPED_VARIANT=BMxBN forces one of GROUPED_TILES. Cached like select()."""
-    return _select_grouped_cached(grouping, rows_per_group, groups, n, k, num_sms,
-                                  os.environ.get("DEEPERGEMM_GROUPED_VARIANT"))
+    return _select_grouped_cached(grouping, rows_per_group, groups, n, k, num_sms, sw or switches())
 
 
 @functools.lru_cache(maxsize=4096)
 def _select_grouped_cached(grouping: int, rows_per_group: int, groups: int, n: int, k: int, num_sms: int,
-                           forced: str | None) -> Choice:
+                           sw: Switches) -> Choice:
     if grouping not in GROUPED_TILES:
         raise ValueError(f"select_grouped: grouping must be GROUP_CONTIGUOUS or GROUP_MASKED, got {grouping!r}")
     if rows_per_group < 1 or groups < 1 or n < 1 or k < BLOCK_K or num_sms < 1:
         raise ValueError(f"select_grouped: need rows_per_group, groups, N >= 1, K >= {BLOCK_K}, num_sms >= 1; got "
                          f"{rows_per_group}, {groups}, {n}, {k}, {num_sms}")
     tiles = GROUPED_TILES[grouping]
-    forced = (forced or "").strip()
+    forced = sw.get("DEEPERGEMM_GROUPED_VARIANT")
     if forced:
         try:
             shape = tuple(int(v) for v in forced.lower().split("x"))
@@ -767,4 +826,4 @@ def _select_grouped_cached(grouping: int, rows_per_group: int, groups: int, n: i
     n_units = ceil_div(ceil_div(n, variant.block_n), variant.cluster_n)
     return Choice(variant, min(DEFAULT_GROUP_N, n_units), units * variant.cluster, waves,
                   min(units, num_sms // variant.cluster) * variant.cluster,
-                  l2_hints_for(rows_per_group, variant.block_m, variant.cluster_m), False)
+                  l2_hints_for(rows_per_group, variant.block_m, variant.cluster_m, sw), False)

@@ -365,11 +365,10 @@ def measure_pieces(buf: torch.Tensor, piece_bytes: int = PIECE_BYTES, reps: int 
     cycles = torch.empty(rounds, pieces, dtype=torch.int32, device=device)
     cta_smid = torch.empty(rounds, ctas, dtype=torch.int32, device=device)
     timer = torch.empty(rounds, pieces, dtype=torch.long, device=device)
-    stream = torch.cuda.current_stream(device).cuda_stream
     for r in range(rounds):
         rotate = r * ctas // rounds
-        module.l2_probe(words, offsets, reps, cycles[r], cta_smid[r], l2_sides.one_cta_per_sm_smem(props), rotate,
-                        stream)
+        with torch.cuda.device(device):
+            module.l2_probe(words, offsets, reps, cycles[r], cta_smid[r], l2_sides.one_cta_per_sm_smem(props), rotate)
         timer[r] = (torch.arange(pieces, device=device) + rotate) % ctas  # the CTA that probed each piece
     smid = torch.gather(cta_smid, 1, timer)
     return cycles.cpu(), smid.cpu()

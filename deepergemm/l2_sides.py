@@ -1,8 +1,8 @@
 """Which half of the L2 each SM sits next to, and where memory lives: detection for L2-side-aware placement.
 
 The H100's L2 is two partitions. A hit in the far partition crosses between them: it takes longer and costs
-crossbar bandwidth. ``detect()`` times L2 hits from every SM to chunks of one buffer (ptx/l2_probe.cu, built
-like the GEMM: load_inline, cached) and classifies the result (``classify``, plain Python, CPU-tested):
+crossbar bandwidth. ``detect()`` times L2 hits from every SM to chunks of one buffer (ptx/l2_probe.cu, a kernel
+unit built like the GEMM's and launched through the host binding) and classifies the result (``classify``, plain Python, CPU-tested):
 
 * SM sides: each SM's latencies over the chunks, minus its own median, form a pattern; SMs of one side share
   it and SMs of the other see its inverse (near and far swap). The sign of the leading eigenvector of the
@@ -117,35 +117,31 @@ def classify(cycles: torch.Tensor, smid: list[int], stride: int = PROBE_STRIDE) 
 # ----------------------------------------------------------------------------------------------
 # measuring on the GPU
 # ----------------------------------------------------------------------------------------------
-_module = None
+class _Probe:
+    """The probe kernel (ptx/l2_probe.cuh), a kernel unit of its own launched through the host binding."""
+
+    def __init__(self, probe_id: int):
+        self.id = probe_id
+
+    def l2_probe(self, buf, offsets, reps: int, cycles, smid, smem_bytes: int, rotate: int) -> None:
+        """One CTA per entry of smid, on the current stream (see deepergemm_native::l2_probe)."""
+        torch.ops.deepergemm_native.l2_probe(self.id, buf, offsets, reps, cycles, smid, smem_bytes, rotate)
 
 
-def _load():
-    global _module
-    if _module is None:
-        import hashlib
+_probe: _Probe | None = None
 
-        from torch.utils.cpp_extension import load_inline
 
+def _load() -> _Probe:
+    """The probe, built (nvcc, a few seconds) or found, and loaded."""
+    global _probe
+    if _probe is None:
         from . import extension
 
-        source = (extension.ptx_dir() / "l2_probe.cu").read_text()
-        digest = hashlib.sha256()
-        for file in ("l2_probe.cu", "l2_probe.cuh", "ptx.cuh"):
-            digest.update((extension.ptx_dir() / file).read_bytes())
-        digest.update(f"{torch.__version__}|{torch.version.cuda}".encode())
-        name = "deepergemm_l2probe_" + digest.hexdigest()[:12]
-        build_dir = extension.cache_root() / name
-        build_dir.mkdir(parents=True, exist_ok=True)
-        _module = load_inline(name=name, cpp_sources=[_DECLARATION], cuda_sources=[source], functions=["l2_probe"],
-                              extra_cuda_cflags=["-O2", "-gencode=arch=compute_90a,code=sm_90a"],
-                              extra_include_paths=[str(extension.ptx_dir())], build_directory=str(build_dir))
-    return _module
+        _probe = _Probe(extension.load_probe())
+    return _probe
 
 
 # rotate < 0: every CTA probes every chunk (detection, below); rotate >= 0: each chunk once (l2_placement).
-_DECLARATION = ("void l2_probe(const at::Tensor& buf, const at::Tensor& offsets, int64_t reps, at::Tensor& cycles, "
-                "at::Tensor& smid, int64_t smem_bytes, int64_t rotate, int64_t stream);")
 ALL_CHUNKS = -1  # the probe's rotate for "every CTA probes every chunk"
 
 
@@ -166,8 +162,8 @@ def measure(device: torch.device, chunks: int = PROBE_CHUNKS, stride: int = PROB
     smem = one_cta_per_sm_smem(props)
     best = None
     for _ in range(rounds):
-        module.l2_probe(buf, offsets, reps, cycles, smid, smem, ALL_CHUNKS,
-                        torch.cuda.current_stream(device).cuda_stream)
+        with torch.cuda.device(device):
+            module.l2_probe(buf, offsets, reps, cycles, smid, smem, ALL_CHUNKS)
         best = cycles.clone() if best is None else torch.minimum(best, cycles)
     torch.cuda.synchronize(device)
     return best.cpu(), smid.cpu().tolist()
@@ -190,7 +186,7 @@ def detect(device: torch.device | None = None, refresh: bool = False) -> L2Sides
         entry = cache[key]
         entry["sm_side"] = {int(k): v for k, v in entry["sm_side"].items()}
         return L2Sides(**entry)
-    _load()  # (a first build takes a minute: not part of the detection's time)
+    _load()  # (a first build takes seconds: not part of the detection's time)
     start = time.perf_counter()
     cycles, smid = measure(device)
     result = classify(cycles, smid)

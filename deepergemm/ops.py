@@ -14,10 +14,15 @@ Ops (``torch.ops.deepergemm.*``):
   m_grouped_fp8_gemm_masked(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor masked_m,
                             int expected_m, Tensor(a!) out, str backend="auto") -> ()
 
-CPU kernels run the pure-torch reference (deepergemm.reference); CUDA kernels run Triton
-quantizers and the selected GEMM backend; fake kernels give shapes, dtypes and strides only, so
-the ops trace under torch.compile(fullgraph=True) and replay in CUDA graphs (no host sync, no
-allocation outside PyTorch's caching allocator).
+CPU kernels run the pure-torch reference (deepergemm.reference); fake kernels give shapes, dtypes and strides
+only, so the ops trace under torch.compile(fullgraph=True) and replay in CUDA graphs (no host sync, no
+allocation outside PyTorch's caching allocator). CUDA: the quantizers run Triton kernels; the four GEMM ops are
+defined with torch.library.Library (not custom_op, whose Python autograd wrapper costs ~10 us a call) and their
+CUDA kernels are C++ (ptx/binding.cpp, loaded by deepergemm/extension.py): input rules, plan and launch with no
+Python in between. Until that binding is loaded, a CompositeExplicitAutograd kernel stands in: it loads the
+binding on first use (on a Hopper GPU) and calls the op again, or runs the Python CUDA path (cuBLAS) where the
+binding cannot be built. The binding calls back into Python only for a problem's first plan (_plan) and for the
+Python backends (_<op>_python: cuBLAS, the reference).
 
 GEMM backends (``backend=`` or the environment variable DEEPERGEMM_BACKEND, which sets "auto"):
   "ptx"       deepergemm's inline-PTX wgmma kernel (Hopper, sm_90)
@@ -27,23 +32,24 @@ GEMM backends (``backend=`` or the environment variable DEEPERGEMM_BACKEND, whic
 """
 from __future__ import annotations
 
-import os
+import warnings
 
 import torch
 from torch.library import custom_op
 
-from . import layouts, reference
+from . import configs, layouts, reference
 from .layouts import GROUP_K, ceil_div
 
 BACKENDS = ("auto", "ptx", "cublas", "reference")
 _ENV_BACKEND = "DEEPERGEMM_BACKEND"
+_lib = torch.library.Library("deepergemm", "FRAGMENT")  # the GEMM ops' definitions (kept alive with the module)
 
 
 # ----------------------------------------------------------------------------------------------
 # backend selection
 # ----------------------------------------------------------------------------------------------
 def ptx_backend_available(device: torch.device) -> bool:
-    """True when the inline-PTX kernel can run on this device (Hopper, sm_90)."""
+    """True when the inline-PTX kernel can run on this device (Hopper, sm_90, and the host binding)."""
     from . import kernels  # deferred: only CUDA calls need it
 
     return kernels.available(device)
@@ -53,7 +59,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend = os.environ.get(_ENV_BACKEND, "auto")
+        backend = configs.switches().get(_ENV_BACKEND) or "auto"
         if backend not in BACKENDS:
             raise ValueError(f"environment variable {_ENV_BACKEND} must be one of {BACKENDS}, got {backend!r}")
     if device.type != "cuda":
@@ -63,21 +69,98 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return "ptx" if ptx_backend_available(device) else "cublas"
     if backend == "ptx" and not ptx_backend_available(device):
+        from . import extension
+
+        why = extension.binding_problem() if torch.cuda.get_device_capability(device) == (9, 0) else None
         raise ValueError(f"backend='ptx' needs an sm_90 (Hopper) GPU and a CUDA toolkit to build it; "
-                         f"{device} has compute capability {torch.cuda.get_device_capability(device)}")
+                         f"{device} has compute capability {torch.cuda.get_device_capability(device)}"
+                         + (f" ({why})" if why else ""))
     return backend
 
 
-def _run_gemm(backend: str, a, a_scales, b, b_scales, out_dtype, bias) -> torch.Tensor:
-    if backend == "reference":
-        return reference.fp8_gemm(a, a_scales, b, b_scales, out_dtype, bias)
+def resolve_grouped_backend(backend: str, device: torch.device) -> str:
+    """Like resolve_backend, but cuBLAS has no block-scaled grouped GEMM: "auto" falls back to the reference."""
     if backend == "cublas":
-        from .cublas import fp8_gemm_cublas
+        raise ValueError("backend='cublas' has no grouped GEMM (torch._scaled_mm has no block-scaled grouped form); "
+                         "use 'auto', 'ptx' or 'reference'")
+    chosen = resolve_backend(backend, device)
+    return "reference" if chosen == "cublas" else chosen
 
-        return fp8_gemm_cublas(a, a_scales, b, b_scales, out_dtype, bias)
+
+# ----------------------------------------------------------------------------------------------
+# the GEMM ops' definitions: CPU and fake kernels here; CUDA in C++ (ptx/binding.cpp) once the binding is loaded
+# ----------------------------------------------------------------------------------------------
+_native_warned = False
+
+
+def _native_ready(device: torch.device) -> bool:
+    """Load the host binding for a Hopper device (building it once); False where it cannot run or build."""
+    global _native_warned
+    from . import extension, kernels
+
+    if extension.binding_loaded():
+        return True
+    if not kernels.available(device):
+        return False
+    try:
+        extension.load_binding()
+    except extension.BuildError as exc:
+        if not _native_warned:
+            warnings.warn(f"deepergemm: {exc}; backend 'auto' uses cuBLAS", RuntimeWarning, stacklevel=3)
+            _native_warned = True
+        return False
+    return True
+
+
+def _define_gemm_op(schema: str, cpu, python_cuda, fake) -> None:
+    """Define deepergemm::<name> (CPU, fake and the stand-in CUDA kernel) and deepergemm::_<name>_python, its
+    Python CUDA implementation, which the binding calls for the Python backends."""
+    name = schema[:schema.index("(")]
+    _lib.define(schema)
+    _lib.impl(name, cpu, "CPU")
+    torch.library.register_fake(f"deepergemm::{name}", fake, lib=_lib)
+    _lib.define(f"_{name}_python" + schema[len(name):])
+    _lib.impl(f"_{name}_python", python_cuda, "CUDA")
+
+    def until_binding(*args, **kwargs):
+        device = args[0].device
+        if device.type != "cuda":
+            raise ValueError(f"deepergemm.{name} runs on CPU or CUDA tensors, got tensors on {device}")
+        if _native_ready(device) and torch._C._dispatch_has_kernel_for_dispatch_key(f"deepergemm::{name}", "CUDA"):
+            return getattr(torch.ops.deepergemm, name).default(*args, **kwargs)  # now the binding's C++ kernel
+        return python_cuda(*args, **kwargs)
+
+    _lib.impl(name, until_binding, "CompositeExplicitAutograd")
+
+
+def _plan(kind: int, device: int, m: int, n: int, k: int, groups: int, rows: int, split_rows: int,
+          side_aware: bool) -> list[int]:
     from . import kernels
 
-    return kernels.fp8_gemm(a, layouts.to_act_scale_layout(a_scales), b, b_scales.contiguous(), out_dtype, bias)
+    return kernels.plan(kind, device, m, n, k, groups, rows, split_rows, side_aware)
+
+
+def _sm_side_table(device: int) -> torch.Tensor:
+    from . import kernels
+
+    return kernels.sm_side_table(device)
+
+
+# the binding's calls into Python: a problem's first plan, and the L2-side table of a device
+_lib.define("_plan(int kind, int device, int m, int n, int k, int groups, int rows, int split_rows, bool side_aware)"
+            " -> int[]")
+_lib.impl("_plan", _plan, "CompositeExplicitAutograd")
+_lib.define("_sm_side_table(int device) -> Tensor")
+_lib.impl("_sm_side_table", _sm_side_table, "CompositeExplicitAutograd")
+
+
+def _run_gemm(backend: str, a, a_scales, b, b_scales, out_dtype, bias) -> torch.Tensor:
+    """The Python backends on CUDA tensors (the ptx backend is the binding's)."""
+    if backend == "reference":
+        return reference.fp8_gemm(a, a_scales, b, b_scales, out_dtype, bias)
+    from .cublas import fp8_gemm_cublas
+
+    return fp8_gemm_cublas(a, a_scales, b, b_scales, out_dtype, bias)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,30 +218,29 @@ def _quantize_weight_fake(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.T
 # ----------------------------------------------------------------------------------------------
 # fp8_gemm
 # ----------------------------------------------------------------------------------------------
-@custom_op("deepergemm::fp8_gemm", mutates_args=(), device_types="cpu")
-def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-             out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None,
-             backend: str = "auto") -> torch.Tensor:
+def _fp8_gemm_cpu(a, a_scales, b, b_scales, out_dtype=torch.bfloat16, bias=None, backend="auto"):
     layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias)
     resolve_backend(backend, a.device)  # validates the name; CPU always runs the reference
     return reference.fp8_gemm(a, a_scales, b, b_scales, out_dtype, bias)
 
 
-@fp8_gemm.register_kernel("cuda")
-def _fp8_gemm_cuda(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-                   out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None,
-                   backend: str = "auto") -> torch.Tensor:
+def _fp8_gemm_python(a, a_scales, b, b_scales, out_dtype=torch.bfloat16, bias=None, backend="auto"):
     m, n, _ = layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias)
     chosen = resolve_backend(backend, a.device)
     if m == 0 or n == 0:
         return a.new_empty((m, n), dtype=out_dtype)
+    if chosen == "ptx":  # (the binding loaded meanwhile)
+        return torch.ops.deepergemm.fp8_gemm.default(a, a_scales, b, b_scales, out_dtype, bias, chosen)
     return _run_gemm(chosen, a, a_scales, b, b_scales, out_dtype, bias)
 
 
-@fp8_gemm.register_fake
 def _fp8_gemm_fake(a, a_scales, b, b_scales, out_dtype=torch.bfloat16, bias=None, backend="auto"):
     m, n, _ = layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias)
     return a.new_empty((m, n), dtype=out_dtype)
+
+
+_define_gemm_op("fp8_gemm(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, ScalarType out_dtype=bfloat16, "
+                "Tensor? bias=None, str backend='auto') -> Tensor", _fp8_gemm_cpu, _fp8_gemm_python, _fp8_gemm_fake)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,40 +252,39 @@ def _placed_b(pool, slots, n, k, slab_rows) -> torch.Tensor:
     return l2_placement.unpack(pool, slots, n, k, slab_rows)
 
 
-@custom_op("deepergemm::fp8_gemm_placed", mutates_args=(), device_types="cpu")
-def fp8_gemm_placed(a: torch.Tensor, a_scales: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,
-                    b_scales: torch.Tensor, n: int, slab_rows: int, split_rows: int,
-                    out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None,
-                    sm_side: torch.Tensor | None = None, side_aware: bool = True,
-                    backend: str = "auto") -> torch.Tensor:
+def _fp8_gemm_placed_cpu(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype=torch.bfloat16,
+                         bias=None, sm_side=None, side_aware=True, backend="auto"):
     m, k = layouts.check_placed_inputs(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype, bias,
                                        sm_side)
     resolve_backend(backend, a.device)
     return reference.fp8_gemm(a, a_scales, _placed_b(pool, slots, n, k, slab_rows), b_scales, out_dtype, bias)
 
 
-@fp8_gemm_placed.register_kernel("cuda")
-def _fp8_gemm_placed_cuda(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype=torch.bfloat16,
-                          bias=None, sm_side=None, side_aware=True, backend="auto") -> torch.Tensor:
+def _fp8_gemm_placed_python(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype=torch.bfloat16,
+                            bias=None, sm_side=None, side_aware=True, backend="auto"):
     m, k = layouts.check_placed_inputs(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype, bias,
                                        sm_side)
     chosen = resolve_backend(backend, a.device)
     if m == 0:
         return a.new_empty((m, n), dtype=out_dtype)
-    if chosen != "ptx":  # cuBLAS and the reference read a plain B: gather it (slow, for checks)
-        return _run_gemm(chosen, a, a_scales, _placed_b(pool, slots, n, k, slab_rows), b_scales, out_dtype, bias)
-    from . import kernels
+    if chosen == "ptx":  # (the binding loaded meanwhile)
+        return torch.ops.deepergemm.fp8_gemm_placed.default(a, a_scales, pool, slots, b_scales, n, slab_rows,
+                                                            split_rows, out_dtype, bias, sm_side, side_aware, chosen)
+    # cuBLAS and the reference read a plain B: gather it (slow, for checks)
+    return _run_gemm(chosen, a, a_scales, _placed_b(pool, slots, n, k, slab_rows), b_scales, out_dtype, bias)
 
-    return kernels.fp8_gemm_placed(a, layouts.to_act_scale_layout(a_scales), pool, slots, b_scales.contiguous(), n,
-                                   slab_rows, split_rows, out_dtype, bias, sm_side, side_aware)
 
-
-@fp8_gemm_placed.register_fake
 def _fp8_gemm_placed_fake(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype=torch.bfloat16,
                           bias=None, sm_side=None, side_aware=True, backend="auto"):
     m, _ = layouts.check_placed_inputs(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype, bias,
                                        sm_side)
     return a.new_empty((m, n), dtype=out_dtype)
+
+
+_define_gemm_op("fp8_gemm_placed(Tensor a, Tensor a_scales, Tensor pool, Tensor slots, Tensor b_scales, int n, "
+                "int slab_rows, int split_rows, ScalarType out_dtype=bfloat16, Tensor? bias=None, "
+                "Tensor? sm_side=None, bool side_aware=True, str backend='auto') -> Tensor",
+                _fp8_gemm_placed_cpu, _fp8_gemm_placed_python, _fp8_gemm_placed_fake)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,19 +321,7 @@ def _linear_fake(x, w, w_scales, bias=None, backend="auto"):
 # ----------------------------------------------------------------------------------------------
 # grouped (MoE) GEMMs: write into `out`, only the groups' real rows (mutating ops: "untouched" is observable)
 # ----------------------------------------------------------------------------------------------
-def resolve_grouped_backend(backend: str, device: torch.device) -> str:
-    """Like resolve_backend, but cuBLAS has no block-scaled grouped GEMM: "auto" falls back to the reference."""
-    if backend == "cublas":
-        raise ValueError("backend='cublas' has no grouped GEMM (torch._scaled_mm has no block-scaled grouped form); "
-                         "use 'auto', 'ptx' or 'reference'")
-    chosen = resolve_backend(backend, device)
-    return "reference" if chosen == "cublas" else chosen
-
-
-@custom_op("deepergemm::m_grouped_fp8_gemm_contiguous", mutates_args=("out",), device_types="cpu")
-def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-                                  group_sizes: torch.Tensor, out: torch.Tensor, zero_padding: bool = False,
-                                  backend: str = "auto") -> None:
+def _grouped_contiguous_cpu(a, a_scales, b, b_scales, group_sizes, out, zero_padding=False, backend="auto") -> None:
     layouts.check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, out)
     resolve_grouped_backend(backend, a.device)  # validates the name; CPU always runs the reference
     if zero_padding:
@@ -260,62 +329,54 @@ def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: to
     reference.m_grouped_fp8_gemm_contiguous(a, a_scales, b, b_scales, group_sizes, out, layouts.GROUPED_M_ALIGNMENT)
 
 
-@m_grouped_fp8_gemm_contiguous.register_kernel("cuda")
-def _m_grouped_fp8_gemm_contiguous_cuda(a, a_scales, b, b_scales, group_sizes, out, zero_padding=False,
-                                        backend="auto") -> None:
-    m, _, _, groups = layouts.check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, out)
+def _grouped_contiguous_python(a, a_scales, b, b_scales, group_sizes, out, zero_padding=False,
+                               backend="auto") -> None:
+    m, _, _, _ = layouts.check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, out)
     chosen = resolve_grouped_backend(backend, a.device)
+    if chosen == "ptx":  # (the binding loaded meanwhile)
+        torch.ops.deepergemm.m_grouped_fp8_gemm_contiguous.default(a, a_scales, b, b_scales, group_sizes, out,
+                                                                   zero_padding, chosen)
+        return
     if zero_padding:
         out.zero_()
-    if m == 0:
-        return
-    if chosen == "reference":
-        reference.m_grouped_fp8_gemm_contiguous(a, a_scales, b, b_scales, group_sizes, out, layouts.GROUPED_M_ALIGNMENT)
-        return
-    from . import configs, kernels
-
-    kernels.m_grouped_fp8_gemm(configs.GROUP_CONTIGUOUS, a, layouts.to_act_scale_layout(a_scales), b,
-                               b_scales.contiguous(), group_sizes.contiguous(), layouts.GROUPED_M_ALIGNMENT,
-                               ceil_div(m, groups), out)
+    if m:
+        reference.m_grouped_fp8_gemm_contiguous(a, a_scales, b, b_scales, group_sizes, out,
+                                                layouts.GROUPED_M_ALIGNMENT)
 
 
-@m_grouped_fp8_gemm_contiguous.register_fake
-def _m_grouped_fp8_gemm_contiguous_fake(a, a_scales, b, b_scales, group_sizes, out, zero_padding=False,
-                                        backend="auto") -> None:
+def _grouped_contiguous_fake(a, a_scales, b, b_scales, group_sizes, out, zero_padding=False, backend="auto") -> None:
     layouts.check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, out)
 
 
-@custom_op("deepergemm::m_grouped_fp8_gemm_masked", mutates_args=("out",), device_types="cpu")
-def m_grouped_fp8_gemm_masked(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-                              masked_m: torch.Tensor, expected_m: int, out: torch.Tensor,
-                              backend: str = "auto") -> None:
+_define_gemm_op("m_grouped_fp8_gemm_contiguous(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, "
+                "Tensor group_sizes, Tensor(a!) out, bool zero_padding=False, str backend='auto') -> ()",
+                _grouped_contiguous_cpu, _grouped_contiguous_python, _grouped_contiguous_fake)
+
+
+def _grouped_masked_cpu(a, a_scales, b, b_scales, masked_m, expected_m, out, backend="auto") -> None:
     layouts.check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, out)
     resolve_grouped_backend(backend, a.device)
     reference.m_grouped_fp8_gemm_masked(a, a_scales, b, b_scales, masked_m, out)
 
 
-@m_grouped_fp8_gemm_masked.register_kernel("cuda")
-def _m_grouped_fp8_gemm_masked_cuda(a, a_scales, b, b_scales, masked_m, expected_m, out, backend="auto") -> None:
-    groups, max_m, n, k = layouts.check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, out)
+def _grouped_masked_python(a, a_scales, b, b_scales, masked_m, expected_m, out, backend="auto") -> None:
+    _, max_m, _, _ = layouts.check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, out)
     chosen = resolve_grouped_backend(backend, a.device)
-    if max_m == 0:
+    if chosen == "ptx":  # (the binding loaded meanwhile)
+        torch.ops.deepergemm.m_grouped_fp8_gemm_masked.default(a, a_scales, b, b_scales, masked_m, expected_m, out,
+                                                               chosen)
         return
-    if chosen == "reference":
+    if max_m:
         reference.m_grouped_fp8_gemm_masked(a, a_scales, b, b_scales, masked_m, out)
-        return
-    from . import configs, kernels
-
-    # the groups' rows back to back: one (groups * max_m)-row problem whose tiles the kernel takes per group
-    rows = groups * max_m
-    kernels.m_grouped_fp8_gemm(configs.GROUP_MASKED, a.view(rows, k),
-                               layouts.to_act_scale_layout(a_scales.reshape(rows, k // GROUP_K)), b,
-                               b_scales.contiguous(), masked_m.contiguous(), max_m, min(expected_m, max_m),
-                               out.view(rows, n))
 
 
-@m_grouped_fp8_gemm_masked.register_fake
-def _m_grouped_fp8_gemm_masked_fake(a, a_scales, b, b_scales, masked_m, expected_m, out, backend="auto") -> None:
+def _grouped_masked_fake(a, a_scales, b, b_scales, masked_m, expected_m, out, backend="auto") -> None:
     layouts.check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, out)
+
+
+_define_gemm_op("m_grouped_fp8_gemm_masked(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor masked_m, "
+                "int expected_m, Tensor(a!) out, str backend='auto') -> ()",
+                _grouped_masked_cpu, _grouped_masked_python, _grouped_masked_fake)
 
 
 # ----------------------------------------------------------------------------------------------

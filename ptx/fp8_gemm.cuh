@@ -26,64 +26,24 @@
 
 #include <cstdint>
 
+#include "params.h"
 #include "ptx.cuh"
 #include "scheduler.cuh"
 #include "smem.cuh"
 
 namespace dg {
 
-enum BiasKind : int { kBiasNone = 0, kBiasF32 = 1, kBiasBF16 = 2 };
-
-struct GemmParams {
-  int m, n, k_blocks;
-  void* out;                 // (M, N) contiguous, bf16 or fp32
-  int out_fp32;
-  const float* b_scales;     // (ceil(N/128), K/128) row-major
-  const void* bias;          // (N,) or null
-  int bias_kind;
-  int group_n;               // rasterization band width in N-tiles
-  int l2_a, l2_b;            // L2Priority of the A (and A-scale) loads and of the B loads
-  int sk_units;              // stream-K tail units (scheduler.cuh; 0: none)
-  float* sk_partials;        // stream-K workspace: one slot of BM x BN fp32 partial sums per CTA of the grid...
-  int* sk_flags;             // ...and one flag per slot and math warpgroup (0 between launches)
-  // Grouped GEMMs (GM != kGroupNone, scheduler.cuh): B is (groups * N, K), its scales (groups * ceil(N/128), K/128).
-  const int* group_rows;     // (groups,) int32 on the device: real rows per group (contiguous) or masked_m
-  int groups;                // 1..kMaxGroups
-  int group_stride;          // masked: max_m (rows of A per group); contiguous: the segments' alignment
-  int pdl;                   // launched with programmatic dependent launch: release the next kernel early
-  // L2-side placement (deepergemm/l2_placement.py): B lives in a pool of slots, each holding one slab (2^slab_shift
-  // rows x one 128-wide K block); map_b then describes the pool as rows of 128 bytes, read in boxes of
-  // b_box_rows rows (produce_placed_b). Null b_slots: B is the plain (N, K) tensor of map_b.
-  const int* b_slots;        // (k_blocks, b_slot_stride) int32: the slot of slab (k block, rows j << slab_shift ..)
-  int b_slot_stride;         // slabs per K block in the table (rows of B, padded past N, >> slab_shift)
-  int b_slab_shift;          // log2 of the rows per slab: 4 (2 KiB slots) .. 8 (32 KiB)
-  int b_box_rows;            // rows per B load: divides the CTA's B slice and the slab
-  // L2-side-aware scheduling (scheduler.cuh's SideProblem). Null side_claims: off.
-  const uint8_t* sm_side;    // (256,) the L2 side of each SM id
-  int* side_claims;          // 3 ints, 0 between launches: slots claimed on side 0, on side 1, clusters claimed
-  int side0_clusters;        // slots of side 0; side 1 has the grid's other clusters
-  int side0_n_tiles;         // N-tiles [0, side0_n_tiles) are side 0's (a multiple of CN)
-  int side1_sk_units;        // side 1's stream-K units (side 0's: sk_units)
-};
-
 constexpr int kProducerRegs = 40;
 constexpr int kMathRegs = 232;
-
-// How the math warpgroups accumulate (template parameter ACC):
-enum AccMode : int {
-  kAccSingle = 0,     // one partial set: issue step s, wait for it, promote it
-  kAccDualWait = 1,   // two partial sets: wait for step s, issue s+1, promote s while s+1 runs
-  kAccDualAhead = 2,  // two partial sets, two steps in flight: issue s+1, wait for s, promote s
-};
 
 // Developers' switches (DEEPERGEMM_NVCC_DEFINES, part of the build's cache key), for measurements only:
 //   DG_ABLATE_PROMOTION  skip all but one promotion FFMA (wrong results: times the loop without them)
 //   DG_DUMMY_FFMA        with DG_ABLATE_PROMOTION: as many FFMAs on registers the wgmmas do not use
 //   DG_ABLATE_EPILOGUE   skip the output stores (wrong results: times the loop without them)
 //   DG_TRACE             256-row tiles: CTA 0 logs the SM clock (32 bits) at each step's events into the
-//                        bias argument (bias_kind 0; bench/trace_case.py reads it): where the tensor cores idle
+//                        trace log (GemmParams::trace_log; bench/trace_case.py reads it): where the tensor cores idle
 //   DG_LIFETRACE         every CTA logs 16 stamps of its life (entry, setup, first data, loop end, drain,
-//                        exit, stream-K hand-offs) into the bias argument (bench/lifetrace_case.py)
+//                        exit, stream-K hand-offs) into the trace log (bench/lifetrace_case.py)
 //   DG_SK_V4=0           the stream-K hand-off with 4-byte loads and stores (see kStreamKVectors)
 //   DG_SPLIT_K_SWAP=0    the split-K hand-off's quads in register order (see kSplitKSwap)
 //   DG_PAIRED_F32_STORES  fp32 epilogue with v2 stores, which puts each promotion FFMA's two accumulator
@@ -105,7 +65,6 @@ enum AccMode : int {
 #endif
 constexpr int kPingPongOverride = DG_PINGPONG;
 constexpr uint32_t kTurnBarrier = 1;  // named barriers 1 and 2: warpgroup w waits on 1 + w for its turn
-constexpr int kEpiStoreRows = 16;     // rows of one bf16 TMA store (one warp's; the output map's box)
 constexpr uint32_t kSkBarrier = 3;    // named barriers 3 and 4: warpgroup w's stream-K handshake
 // Developers' switch DG_SK_V4=0|1 (default 1): the stream-K hand-off moves 16 bytes per thread and
 // instruction (each quad's register pairs swapped, so a total still sits in the other register bank than
@@ -127,8 +86,8 @@ constexpr bool kSplitKSwap = DG_SPLIT_K_SWAP != 0;
 constexpr uint32_t kTraceSteps = 320, kTraceEvents = 8;
 #endif
 
-// DG_LIFETRACE (developers' switch, any variant): every CTA logs 16 64-bit stamps of its life into the bias
-// argument (bias_kind 0; bench/lifetrace_case.py reads them): [cta * 16 + e], e =
+// DG_LIFETRACE (developers' switch, any variant): every CTA logs 16 64-bit stamps of its life into the trace
+// log (GemmParams::trace_log; bench/lifetrace_case.py reads them): [cta * 16 + e], e =
 //   0 globaltimer at entry, 1 clock at entry, 2 clock after the barrier-init sync (thread 0);
 //   3 clock when math warpgroup 0 found its first stage full, 4 after its last step's promotion and stores,
 //   5 after its stores drained, 6 after the exit sync, 7 globaltimer then (math warpgroup 0, thread 0);
@@ -305,7 +264,7 @@ __device__ __forceinline__ void produce_operands(const TileScheduler<CM, CN, KS>
     if ((OPERANDS & kLoadA) != 0 && blockIdx.x == 0 && s < kTraceSteps) {  // after the math warpgroups' events
       uint32_t t;
       asm volatile("mov.u32 %0, %%clock;" : "=r"(t));
-      static_cast<uint32_t*>(const_cast<void*>(p.bias))[kTraceSteps * 2 * kTraceEvents + s] = t;
+      static_cast<uint32_t*>(const_cast<void*>(p.trace_log))[kTraceSteps * 2 * kTraceEvents + s] = t;
     }
 #endif
     mbar_arrive_expect_tx(&full[stage], kBytes);
@@ -574,7 +533,7 @@ struct MathWarpgroup {
   // predicated clock read and store each (no memory clobber: the wgmma and barrier asm around them
   // are volatile too, so the events stay in program order with them).
   __device__ __forceinline__ void trace(uint32_t s, int e) const {
-    uint32_t* log = static_cast<uint32_t*>(const_cast<void*>(p.bias));
+    uint32_t* log = static_cast<uint32_t*>(const_cast<void*>(p.trace_log));
     if (blockIdx.x == 0 && tid == 0 && s < kTraceSteps) {
       uint32_t t;
       asm volatile("mov.u32 %0, %%clock;" : "=r"(t));
@@ -601,7 +560,7 @@ struct MathWarpgroup {
     const uint32_t stage = pos.stage;
     mbar_wait(&full[stage], pos.phase);
 #ifdef DG_LIFETRACE
-    if (wg == 0 && tid == 0 && !first_data_logged) life_stamp(p.bias, kLifeFirstData), first_data_logged = true;
+    if (wg == 0 && tid == 0 && !first_data_logged) life_stamp(p.trace_log, kLifeFirstData), first_data_logged = true;
 #endif
     pos.advance();
     sc.stage = stage;
@@ -785,18 +744,18 @@ struct MathWarpgroup {
   __device__ __forceinline__ void stream_k_publish() {
     named_barrier_sync(kSkBarrier + wg, 128);
     if (tid == 0) flag_release_gpu(stream_k_flag(sched.cluster), 1);
-    if (wg == 0 && tid == 0) life_stamp(p.bias, kLifeHeadPublished);
+    if (wg == 0 && tid == 0) life_stamp(p.trace_log, kLifeHeadPublished);
   }
   // Wait for the previous cluster's warpgroup to have published its head (its first work), and lower
   // its flag for the next launch.
   __device__ __forceinline__ void stream_k_wait() {
     if (tid == 0) {
-      if (wg == 0) life_stamp(p.bias, kLifeTailWait);
+      if (wg == 0) life_stamp(p.trace_log, kLifeTailWait);
       int* flag = stream_k_flag(sched.cluster - 1);
       while (flag_acquire_gpu(flag) == 0) {
       }
       flag_store_relaxed_gpu(flag, 0);
-      if (wg == 0) life_stamp(p.bias, kLifeTailGo);
+      if (wg == 0) life_stamp(p.trace_log, kLifeTailGo);
     }
     named_barrier_sync(kSkBarrier + wg, 128);
   }
@@ -1145,7 +1104,7 @@ struct MathWarpgroup {
         promote_only(acc0, total, sc0, 0);
         trace(s, 5);
 #ifdef DG_LIFETRACE
-        if (sc0.first_of_tail && wg == 0 && tid == 0) life_stamp_after(p.bias, kLifeTailPromote, total[kRegs - 1]);
+        if (sc0.first_of_tail && wg == 0 && tid == 0) life_stamp_after(p.trace_log, kLifeTailPromote, total[kRegs - 1]);
 #endif
         issue_slab(acc0, sc0, 1);
         trace(s, 2);
@@ -1263,9 +1222,9 @@ struct MathWarpgroup {
       }
     }
     if (kTurns && wg == 0) named_barrier_sync(kTurnBarrier, 256);
-    if (wg == 0 && tid == 0) life_stamp(p.bias, kLifeLoopEnd);
+    if (wg == 0 && tid == 0) life_stamp(p.trace_log, kLifeLoopEnd);
     if (lane == 0) bulk_wait_group<0>();  // this warp's last TMA stores have finished before the CTA exits
-    if (wg == 0 && tid == 0) life_stamp(p.bias, kLifeDrained);
+    if (wg == 0 && tid == 0) life_stamp(p.trace_log, kLifeDrained);
   }
 };
 
@@ -1333,8 +1292,8 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
   if (threadIdx.x == 0) {
     // (the log is zeroed before the launch: absent events read 0; DG_LIFETRACE builds are timed without PDL,
     // since these two stamps come before griddepcontrol.wait)
-    life_stamp(p.bias, kLifeEntryNs, true);
-    life_stamp(p.bias, kLifeEntry);
+    life_stamp(p.trace_log, kLifeEntryNs, true);
+    life_stamp(p.trace_log, kLifeEntry);
     prefetch_tensor_map(&map_a);
     prefetch_tensor_map(&map_b);
     prefetch_tensor_map(&map_sa);
@@ -1383,7 +1342,7 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
     cluster_sync_after_barrier_init();
   }
 #endif
-  if (threadIdx.x == 0) life_stamp(p.bias, kLifeInit);
+  if (threadIdx.x == 0) life_stamp(p.trace_log, kLifeInit);
 
   const GroupTable groups{group_table, group_table + kMaxGroups + 1, group_table + 2 * kMaxGroups + 1, p.groups};
   const int n_tiles = (p.n + BN - 1) / BN;
@@ -1424,8 +1383,8 @@ __global__ void __launch_bounds__(GemmTraits<BM, BN, STAGES, KS, WGS, GM>::kThre
   // No CTA leaves while its partner may still multicast into it or arrive on its barriers.
   if constexpr (CLUSTER > 1) cluster_sync();
   if (threadIdx.x == 128) {
-    life_stamp(p.bias, kLifeExit);
-    life_stamp(p.bias, kLifeExitNs, true);
+    life_stamp(p.trace_log, kLifeExit);
+    life_stamp(p.trace_log, kLifeExitNs, true);
   }
 }
 

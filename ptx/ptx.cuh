@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cuda.h>  // CUtensorMap
 
+#include "params.h"
+
 namespace dg {
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -158,9 +160,7 @@ __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
 
-// L2 eviction priority of a load's lines (createpolicy over the whole access): normal, first (streamed
-// data read once) or last (data every CTA re-reads). The policy is a 64-bit value passed to the loads.
-enum L2Priority : int { kL2Normal = 0, kL2EvictFirst = 1, kL2EvictLast = 2 };
+// The createpolicy of an L2Priority (params.h) over the whole access: a 64-bit value passed to the loads.
 __device__ __forceinline__ uint64_t l2_policy(int priority) {
   uint64_t policy;
   if (priority == kL2EvictFirst) {

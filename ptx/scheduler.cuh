@@ -22,9 +22,9 @@
 
 #include <cstdint>
 
-// Host and device: tests/scheduler_check.cpp runs this scheduler on the CPU (every CTA of a grid) and
-// checks the partition (tests/test_scheduler.py).
-#define DG_HD __host__ __device__ __forceinline__
+// Host and device (DG_HD, params.h): tests/scheduler_check.cu runs this scheduler on the CPU (every CTA of a grid)
+// and checks the partition (tests/test_scheduler.py).
+#include "params.h"
 
 namespace dg {
 
@@ -60,8 +60,6 @@ struct Step {
 //               of BM, so no tile holds rows of two groups); rows[g] real rows (the rest of the segment is
 //               padding: never computed, never stored).
 //   masked:     group g owns rows [g * max_m, g * max_m + rows[g]) (rows[g] = masked_m[g], at most max_m).
-enum GroupMode : int { kGroupNone = 0, kGroupContiguous = 1, kGroupMasked = 2 };
-constexpr int kMaxGroups = 256;  // groups the kernel's shared-memory table holds (Python checks)
 
 struct TileRows {
   int group;    // whose B rows (and B scales) the tile multiplies
@@ -93,11 +91,6 @@ DG_HD GroupExtent group_extent(int mode, int g, int requested, int offset, int s
   }
   return e;
 }
-
-// M-tiles of a group with `rows` real rows, rounded up to whole pairs when CM M-tiles share (multicast) their
-// B tile: a pair then never holds two groups. The rounding's extra tile lies past the group's end, so nothing
-// of it is stored (rows past the end read the next group's rows, or zeros past A's end).
-DG_HD int group_tiles(int rows, int bm, int cm) { return ((rows + bm - 1) / bm + cm - 1) / cm * cm; }
 
 struct GroupTable {
   const int* tiles_before;  // groups + 1 entries: M-tiles of the groups before g (the last: all of them)
@@ -261,12 +254,6 @@ DG_HD SideProblem side_problem(SideSlot slot, int n_tiles, int side0_n_tiles, in
   sp.sk_units = first ? side0_sk_units : side1_sk_units;
   sp.slot_base = first ? 0 : side0_clusters;
   return sp;
-}
-
-// The stream-K tail's units of a problem of `units` units on `clusters` clusters (as the host chooses it: the
-// part-filled last wave and one full wave more, so every cluster's range is at least one tile), or 0.
-DG_HD int stream_k_units(int64_t units, int64_t clusters) {
-  return units > clusters && units % clusters != 0 ? static_cast<int>(units % clusters + clusters) : 0;
 }
 
 }  // namespace dg

@@ -3,11 +3,11 @@
 
 #include <cstdint>
 
+#include "params.h"
 #include "ptx.cuh"
 
 namespace dg {
 
-constexpr int kBlockK = 128;           // K per stage = the scale group: one promotion per stage
 constexpr int kSwizzleBytes = 128;     // TMA 128B swizzle: one 128-byte fp8 row per M/N index
 constexpr int kSwizzleAtomBytes = 1024;  // 8 rows x 128 B: the unit tiles must be aligned to
 

@@ -31,6 +31,52 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kernels_built_before_the_gpu_tests(request):
+    """On a Hopper GPU, build the host binding and every tested kernel variant at once (in parallel) before the
+    first GPU test, instead of one by one as the tests first call them."""
+    if hopper_available() and any("gpu" in item.keywords for item in request.session.items):
+        from deepergemm import configs, extension
+
+        extension.prebuild(configs.BUILT_VARIANTS + (extension.PROBE_UNIT,))
+    yield
+
+
+@pytest.fixture
+def monkeypatch():
+    """pytest's monkeypatch, except that setting or deleting a DEEPERGEMM_* variable re-reads the switch snapshot
+    (configs.reload_switches(), what a user who changes a switch at run time calls), and so does undoing it."""
+    from deepergemm import configs
+
+    patch = pytest.MonkeyPatch()
+    setenv, delenv = patch.setenv, patch.delenv
+
+    def reloading_setenv(name, value, prepend=None):
+        setenv(name, value, prepend)
+        if name.startswith("DEEPERGEMM_"):
+            configs.reload_switches()
+
+    def reloading_delenv(name, raising=True):
+        delenv(name, raising)
+        if name.startswith("DEEPERGEMM_"):
+            configs.reload_switches()
+
+    patch.setenv, patch.delenv = reloading_setenv, reloading_delenv
+    yield patch
+    patch.undo()
+    configs.reload_switches()
+
+
+@pytest.fixture(autouse=True)
+def _no_switches_from_the_shell(monkeypatch):
+    """Every test starts from the default switches, whatever the developer's shell exports (configs.SWITCHES)."""
+    from deepergemm import configs
+
+    for name in configs.SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _seed_per_test(request):
     torch.manual_seed((_BASE_SEED + zlib.crc32(request.node.nodeid.encode())) % (2**63))

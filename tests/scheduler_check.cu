@@ -49,12 +49,12 @@ void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, boo
   const int units = m_units * n_units;
   if (clusters > units) clusters = units;
   const bool by_side = side0_n_tiles > 0;
-  // the binding's rules (ptx/binding.cu)
+  // the binding's rules (ptx/binding.cpp, params.h)
   int side_units[2] = {units, 0}, side_clusters[2] = {clusters, 0};
   if (by_side) {
     side_units[0] = m_units * (side0_n_tiles / CN);
     side_units[1] = units - side_units[0];
-    side_clusters[0] = std::min(std::max((clusters * side_units[0] + units / 2) / units, 1), clusters - 1);
+    side_clusters[0] = static_cast<int>(dg::side0_clusters_for(clusters, side_units[0], units));
     side_clusters[1] = clusters - side_clusters[0];
   }
   const int sk[2] = {stream_k && KS == 1 ? dg::stream_k_units(side_units[0], side_clusters[0]) : 0,

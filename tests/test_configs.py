@@ -88,10 +88,10 @@ def test_large_m_takes_256_row_tiles_unless_they_round_up_to_more_waves():
     for m in (4096, 8192):
         choice = configs.select(m, 2112, 7168, H100_SMS)
         assert (choice.variant.key, choice.stream_k) == ("256x128s4pc1x2", True)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("DEEPERGEMM_STREAM_K", "0")
-        assert configs.select(4096, 2112, 7168, H100_SMS).variant.key == "128x192s5pc2"
-        assert configs.select(8192, 2112, 7168, H100_SMS).variant.key == "128x192s5pc2"
+    no_stream_k = configs.Switches.from_environ({"DEEPERGEMM_STREAM_K": "0"})  # (switches passed, not read)
+    assert configs.select(4096, 2112, 7168, H100_SMS, sw=no_stream_k).variant.key == "128x192s5pc2"
+    assert configs.select(8192, 2112, 7168, H100_SMS, sw=no_stream_k).variant.key == "128x192s5pc2"
+    assert configs.select(4096, 2112, 7168, H100_SMS).stream_k  # (the snapshot itself is unchanged)
 
 
 def test_split_k_only_where_half_the_sms_would_idle():
@@ -106,9 +106,8 @@ def test_split_k_only_where_half_the_sms_would_idle():
     # ...but not at short K (the join's fixed cost), nor where the 64-row tiles are clustered or in waves
     for shape in ((128, 2112, 2048), (128, 4096, 7168), (128, 32768, 512), (128, 7168, 16384)):
         assert configs.select(*shape, H100_SMS).variant.block_m == 64, shape
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("DEEPERGEMM_SPLIT_K", "0")
-        assert configs.select(128, 2112, 7168, H100_SMS).variant.key == "64x32s16dm1"
+    no_split = configs.Switches.from_environ({"DEEPERGEMM_SPLIT_K": "0"})
+    assert configs.select(128, 2112, 7168, H100_SMS, sw=no_split).variant.key == "64x32s16dm1"
     # ...nor at K = 4096, where the unsplit one-warpgroup 64x32 tile is faster (tenth session)
     assert configs.select(128, 2112, 4096, H100_SMS).variant.key == "64x32s16dm1"
     # tiles that fill the SMs, several waves, M > 128, or K = 128: no split
@@ -345,16 +344,27 @@ def test_stream_k_only_for_large_m_tiles_without_split_k(monkeypatch):
         configs.select(4096, 2112, 7168, 132)
 
 
-def test_select_cache_key_covers_every_switch(monkeypatch):
-    # every environment variable configs.py reads is part of select()'s cache key...
+def test_switches_are_a_snapshot_read_once_and_reloaded_on_request():
+    # configs.py reads the environment in one place (Switches.from_environ), never per call...
     source = pathlib.Path(configs.__file__).read_text()
-    read = set(re.findall(r'(?:os\.environ\.get|_env_flag)\("(DEEPERGEMM_[A-Z0-9_]+)"', source))
-    assert read and read <= set(configs.SWITCHES), read - set(configs.SWITCHES)
-    # ...so a switch changed between two calls takes effect (the cached choice is not reused)
-    monkeypatch.delenv("DEEPERGEMM_SPLIT_K", raising=False)
+    assert source.count("os.environ") == 1 and "environ.get(name)" in source
+    # ...and only the names in SWITCHES (every one the code asks for is listed: get() refuses others)
+    asked = set(re.findall(r'(?:get|flag)\("(DEEPERGEMM_[A-Z0-9_]+)"', source))
+    assert asked and asked <= set(configs.SWITCHES), asked - set(configs.SWITCHES)
+    with pytest.raises(KeyError, match="not one of configs.SWITCHES"):
+        configs.switches().get("DEEPERGEMM_NOT_A_SWITCH")
+    # a changed environment takes effect at reload_switches(), not before (selections stay cached until then)
     assert configs.select(64, 2112, 7168, H100_SMS).variant.splits == 2
-    monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
-    assert configs.select(64, 2112, 7168, H100_SMS).variant.splits == 1
+    with pytest.MonkeyPatch.context() as raw:  # (the bare MonkeyPatch: no reload)
+        raw.setenv("DEEPERGEMM_SPLIT_K", "0")
+        assert configs.select(64, 2112, 7168, H100_SMS).variant.splits == 2
+        configs.reload_switches()
+        assert configs.select(64, 2112, 7168, H100_SMS).variant.splits == 1
+    configs.reload_switches()
+    assert configs.select(64, 2112, 7168, H100_SMS).variant.splits == 2
+
+
+def test_switch_errors_are_raised_every_time(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_GROUP_N", "0")
     with pytest.raises(ValueError, match="DEEPERGEMM_GROUP_N"):  # errors are raised every time, not cached
         configs.select(64, 2112, 7168, H100_SMS)

@@ -49,8 +49,8 @@ def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, gr
     out = torch.full((m, n), float("nan"), device="cuda", dtype=out_dtype)
     bias_kind = {None: 0, torch.float32: 1, torch.bfloat16: 2}[None if bias is None else bias.dtype]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    kernels.launch(extension.load(variant), variant, a, layouts.to_act_scale_layout(a_s), b, b_s, out, bias, sms,
-                   group_n, l2_hints, configs.stream_k_pays(m, n, variant, sms) if stream_k is None else stream_k)
+    kernels.launch(extension.load(variant), a, layouts.to_act_scale_layout(a_s), b, b_s, out, bias, group_n, l2_hints,
+                   configs.stream_k_pays(m, n, variant, sms) if stream_k is None else stream_k)
     torch.cuda.synchronize()
     return out
 
@@ -193,7 +193,7 @@ def test_stream_k_exact_deterministic_and_flags_left_at_zero(variant):
         assert torch.equal(first.view(torch.int16), again.view(torch.int16)), f"{variant.key} {m}x{n}x{k}: not reproducible"
         check(run_variant(variant, a, a_s, b, b_s, stream_k=False), expected, f"{variant.key} {m}x{n}x{k}", (a, a_s, b, b_s))
         # every flag a tile's head raised was lowered by its tail: the next launch starts clean
-        workspace = kernels.stream_k_workspace(variant, a.device, sms)
+        workspace = kernels.stream_k_workspace(a.device)
         torch.cuda.synchronize()
         assert int(workspace[: sms * variant.math_wgs].count_nonzero()) == 0
 

@@ -229,11 +229,10 @@ def _launch_grouped(variant, a, a_s, b, b_s, counts, stride, out):
     """One grouped variant, launched directly (not through select_grouped) on 2-D a / out."""
     from deepergemm import extension, kernels
 
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     groups, n, k = b.shape
-    kernels.launch(extension.load(variant), variant, a, layouts.to_act_scale_layout(a_s), b.view(groups * n, k),
-                   b_s.view(-1, b_s.shape[-1]), out, None, sms, 16, 0, False,
-                   group_rows=torch.tensor(counts, dtype=torch.int32, device="cuda"), group_stride=stride)
+    kernels.launch(extension.load(variant), a, layouts.to_act_scale_layout(a_s), b.view(groups * n, k),
+                   b_s.view(-1, b_s.shape[-1]), out, group_rows=torch.tensor(counts, dtype=torch.int32, device="cuda"),
+                   group_stride=stride)
     torch.cuda.synchronize()
     return out
 

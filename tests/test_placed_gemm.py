@@ -159,9 +159,8 @@ def _launch(variant, a, a_s, b, b_s, n, stream_k, placed=None, sides=None):
     from deepergemm import extension, kernels, layouts
 
     m = a.shape[0]
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-    kernels.launch(extension.load(variant), variant, a, layouts.to_act_scale_layout(a_s), b, b_s, out, None, sms, 16,
+    kernels.launch(extension.load(variant), a, layouts.to_act_scale_layout(a_s), b, b_s, out, None, 16,
                    configs.l2_hints_for(m, variant.block_m, variant.cluster_m), stream_k, placed=placed, sides=sides)
     torch.cuda.synchronize()
     return out

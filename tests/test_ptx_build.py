@@ -1,13 +1,15 @@
-"""CI's compile gate for the inline-PTX kernel (no GPU needed): every variant configs.py can select (plain and
-grouped) is compiled with nvcc for sm_90a, and fails on any spill or local memory, on ptxas warnings C7510 (a wgmma
-pipeline serialized across a function boundary) and C7517 (a wgmma wait injected by ptxas, which
-defeats the dual accumulators), on SASS without QGMMA, and on a shared-memory size that disagrees with
-configs.Variant.smem_bytes. The generated wgmma header must be current."""
-import concurrent.futures
+"""CI's compile gate for the kernel units (no GPU needed): every variant configs.py can select or the tests cover
+(plain, swapped and grouped) is built exactly as users get it, by `python -m deepergemm build` (nvcc -cubin of
+ptx/kernel_unit.cu, the same flags), and fails on any spill or local memory, on ptxas warnings C7510 (a wgmma
+pipeline serialized across a function boundary) and C7517 (a wgmma wait injected by ptxas, which defeats the dual
+accumulators), on SASS without QGMMA, on a unit that does not hold exactly one kernel (the binding loads a unit by
+enumerating its kernels), and on a shared-memory size, thread count or epilogue box that disagrees with
+configs.Variant (kernel_unit.cu's static_asserts). The generated wgmma header must be current."""
 import os
 import pathlib
 import re
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -16,7 +18,7 @@ import pytest
 from deepergemm import configs, extension
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+pytestmark = pytest.mark.slow  # (47 nvcc builds: about a minute on 16 cores, five on 2)
 
 
 def _cuobjdump():
@@ -38,41 +40,44 @@ def test_generated_wgmma_header_is_current():
         "ptx/wgmma_gen.cuh is stale: run python ptx/gen_wgmma.py"
 
 
-def _compile(variant: configs.Variant, workdir: pathlib.Path) -> tuple[str, pathlib.Path]:
-    src = workdir / f"{variant.key}.cu"
-    src.write_text(
-        '#include "fp8_gemm.cuh"\n'
-        f"using V = dg::GemmTraits<{variant.block_m}, {variant.block_n}, {variant.stages}, {variant.splits}, "
-        f"{variant.math_wgs}, {variant.grouping}>;\n"
-        f"static_assert(V::Layout::kDynamicBytes == {variant.smem_bytes}, "
-        '"configs.Variant.smem_bytes disagrees with dg::SmemLayout");\n'
-        f"template __global__ void dg::fp8_gemm_kernel<{variant.template_args}>(const __grid_constant__ CUtensorMap, "
-        "const __grid_constant__ CUtensorMap, const __grid_constant__ CUtensorMap, "
-        "const __grid_constant__ CUtensorMap, const dg::GemmParams);\n")
-    cubin = workdir / f"{variant.key}.cubin"
-    flags = [f for f in extension.NVCC_FLAGS if f != "-lineinfo"]
-    cmd = [NVCC, *flags, "-std=c++17", "-cubin", "-Xptxas", "-v", "-I", str(ROOT / "ptx"), str(src), "-o", str(cubin)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{variant.key}: nvcc failed\n{proc.stderr[-4000:]}"
-    return proc.stderr, cubin
+def kernel_sections(cubin: pathlib.Path) -> list[str]:
+    """Names of the kernels in a cubin: its ELF sections `.text.<mangled name>` (every device function of the
+    kernel is inlined into it, so each .text section is a kernel)."""
+    data = cubin.read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 2, f"{cubin} is not a 64-bit ELF"
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names_at = headers[shstrndx][4]
+
+    def name(offset: int) -> str:
+        end = data.index(b"\0", names_at + offset)
+        return data[names_at + offset:end].decode()
+
+    return [name(h[0])[len(".text."):] for h in headers if name(h[0]).startswith(".text.")]
 
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
-    if NVCC is None:
+    if extension.toolchain_problem() is not None:
         pytest.skip("nvcc not found (CI has /usr/local/cuda/bin/nvcc)")
-    workdir = tmp_path_factory.mktemp("ptx_build")
-    with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-        results = dict(zip(configs.BUILT_VARIANTS, pool.map(lambda v: _compile(v, workdir), configs.BUILT_VARIANTS)))
-    for variant, (report, _) in results.items():  # the ptxas report of each variant, in CI's log
-        used = re.search(r"Used (\d+) registers", report)
+    out = tmp_path_factory.mktemp("kernels")
+    from deepergemm.__main__ import main
+
+    assert main(["build", "--variants", "tested", "--out", str(out)]) == 0
+    results = {}
+    for variant in configs.BUILT_VARIANTS:
+        cubin = out / extension.kernel_file_name(variant)
+        report = cubin.with_suffix(".log").read_text()
+        results[variant] = (report, cubin)
+        used = re.search(r"Used (\d+) registers", report)  # the ptxas report of each variant, in CI's log
         print(f"{variant.key}: {used.group(0) if used else '?'}, {variant.smem_bytes} B shared memory")
-    return results
+    return out, results
 
 
 @pytest.mark.parametrize("variant", configs.BUILT_VARIANTS, ids=lambda v: v.key)
 def test_ptxas_report_is_clean(builds, variant):
-    report, _ = builds[variant]
+    report, _ = builds[1][variant]
     assert "C7510" not in report, f"{variant.key}: wgmma serialized across a function boundary\n{report}"
     assert "C7517" not in report, f"{variant.key}: ptxas injected a wgmma wait\n{report}"
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
@@ -83,12 +88,56 @@ def test_ptxas_report_is_clean(builds, variant):
 
 
 @pytest.mark.parametrize("variant", configs.BUILT_VARIANTS, ids=lambda v: v.key)
+def test_unit_holds_one_kernel_of_the_variant(builds, variant):
+    _, cubin = builds[1][variant]
+    kernels = kernel_sections(cubin)
+    assert len(kernels) == 1 and kernels[0].startswith("_ZN2dg15fp8_gemm_kernelILi"), kernels
+    # the template arguments in the mangled name are the variant's (ILi128ELi128ELi6E... = <128, 128, 6, ...>)
+    args = [int(v) for v in re.findall(r"Li(-?\d+)E", kernels[0])]
+    assert args == [variant.block_m, variant.block_n, variant.stages, variant.acc_mode, variant.cluster_m,
+                    variant.cluster_n, variant.splits, variant.math_wgs, variant.grouping, int(variant.swapped)], \
+        (variant.key, kernels[0])
+
+
+def test_the_l2_probe_is_a_unit_too(builds):
+    cubin = builds[0] / extension.PROBE_UNIT.file_name
+    assert kernel_sections(cubin) == ["_ZN2dg15l2_probe_kernelEPKjPKliiijPjPi"]
+    report = cubin.with_suffix(".log").read_text()
+    assert "0 bytes spill stores" in report and "0 bytes stack frame" in report, report
+
+
+@pytest.mark.parametrize("variant", configs.BUILT_VARIANTS, ids=lambda v: v.key)
 def test_sass_uses_fp8_wgmma(builds, variant):
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("cuobjdump not found (pip install triton ships one)")
-    _, cubin = builds[variant]
+    _, cubin = builds[1][variant]
     sass = subprocess.run([tool, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
     wg_n = variant.wg_n
     assert f"QGMMA.64x{wg_n}x32.F32.E4M3.E4M3" in sass, f"{variant.key}: no fp8 wgmma of N={wg_n} in the SASS"
     assert not re.search(r"\b(LDL|STL)\b", sass), f"{variant.key}: local memory in the SASS"
+
+
+def test_prebuilt_folder_is_found_through_the_environment(builds, monkeypatch, tmp_path):
+    folder, _ = builds
+    variant = configs.VARIANTS[0]
+    monkeypatch.setenv("DEEPERGEMM_CACHE_DIR", str(tmp_path / "empty-cache"))
+    assert extension.find_kernel(variant) is None
+    monkeypatch.setenv(extension.KERNEL_DIR_ENV, str(folder))
+    assert extension.find_kernel(variant) == folder / extension.kernel_file_name(variant)
+    # found, not rebuilt: build_kernels returns the prebuilt path and writes nothing to the cache
+    assert extension.build_kernels([variant], quiet=True) == {variant: folder / extension.kernel_file_name(variant)}
+    assert not (tmp_path / "empty-cache").exists()
+
+
+def test_a_static_assert_catches_a_layout_python_got_wrong(tmp_path, monkeypatch):
+    """kernel_unit.cu checks configs.Variant's shared-memory size against dg::SmemLayout at compile time."""
+    if extension.toolchain_problem() is not None:
+        pytest.skip("nvcc not found")
+    variant = configs.VARIANTS[0]
+    flags = [f for f in extension.kernel_flags(variant) if not f.startswith("-DDG_EXPECT_SMEM_BYTES=")]
+    flags.append(f"-DDG_EXPECT_SMEM_BYTES={variant.smem_bytes + 16}")
+    done = subprocess.run([extension.nvcc_path(), *flags, "-cubin", "-I", str(ROOT / "ptx"),
+                           str(ROOT / "ptx" / "kernel_unit.cu"), "-o", str(tmp_path / "x.cubin")],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "configs.Variant.smem_bytes disagrees" in done.stderr, done.stderr[-2000:]

@@ -52,9 +52,10 @@ def parse_switches(spec: str) -> list[str]:
 
 @contextmanager
 def environment(settings: dict[str, str]):
-    """The settings in os.environ for the block, then the previous values back."""
+    """The settings in os.environ (and the switch snapshot) for the block, then the previous values back."""
     saved = {key: os.environ.get(key) for key in settings}
     os.environ.update(settings)
+    configs.reload_switches()
     try:
         yield
     finally:
@@ -63,6 +64,7 @@ def environment(settings: dict[str, str]):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        configs.reload_switches()
 
 
 def configuration(m: int, n: int, k: int, num_sms: int, settings: dict[str, str]) -> configs.Choice:

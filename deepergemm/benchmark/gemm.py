@@ -138,6 +138,23 @@ def usable_backends(names: list[str], device: torch.device) -> list[str]:
     return kept
 
 
+def prebuild_selected(shapes: list[Shape], backends: list[str], device: torch.device) -> None:
+    """Build every kernel variant the shapes will select (and the host binding) before timing anything, all in
+    parallel: nothing builds one variant after another while the table waits."""
+    if not any(BACKEND_ALIASES.get(name, name) in ("ptx", "auto") for name in backends):
+        return
+    if not ops.ptx_backend_available(device):
+        return
+    from .. import configs, extension, kernels
+
+    sms = kernels.sm_count(device.index)
+    variants = [configs.select(s.m, s.n, s.k, sms).variant for s in shapes]
+    try:
+        extension.prebuild(variants)
+    except extension.BuildError as exc:  # the shapes report it as their error
+        print(f"note: {exc}", file=sys.stderr)
+
+
 def measure_backend(name: str, fn, expected: torch.Tensor, args, device: torch.device) -> Measurement:
     """Check one backend's output against the reference, then time it (only if it passed)."""
     try:
@@ -180,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     device = bench_device()
     device_name = torch.cuda.get_device_name(device)
     backends = usable_backends(backends, device)
+    prebuild_selected(shapes, backends, device)
     started = datetime.now().astimezone()
     print(f"deepergemm GEMM bench on {device_name}, torch {torch.__version__}: {len(shapes)} shapes, "
           f"backends {', '.join(backends) or 'none'}{', bf16 matmul' if args.bf16 else ''}; "

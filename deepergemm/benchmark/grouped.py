@@ -84,11 +84,10 @@ def case_inputs(case: GroupedCase, sizes: list[int], device: torch.device, backe
         def call():  # (instead of the op)
             from .. import extension, kernels
 
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
             n_units = -(-(-(-n // variant.block_n)) // variant.cluster_n)
-            kernels.launch(extension.load(variant), variant, a, scales, b.view(case.groups * n, k),
-                           b_s.view(-1, b_s.shape[-1]), out, None, sms, min(16, n_units), 0, False,
-                           group_rows=counts, group_stride=stride)
+            kernels.launch(extension.load(variant), a, scales, b.view(case.groups * n, k),
+                           b_s.view(-1, b_s.shape[-1]), out, None, min(16, n_units), group_rows=counts,
+                           group_stride=stride)
 
     def check() -> float:
         out.fill_(float("nan"))
