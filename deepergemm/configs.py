@@ -113,7 +113,13 @@ SIDE_SLOT_BYTES = 16     # the L2-side slot a cluster claimed (dg::SideSlot, sch
 # The facts of a variant the host binding launches it by, in the order of ptx/binding.cpp's VariantInfo (a CI test
 # compares the two).
 BINDING_FIELDS = ("block_m", "block_n", "stages", "acc", "cluster_m", "cluster_n", "splits", "math_wgs", "grouping",
-                  "smem_bytes", "swapped", "threads", "epi_n", "producers")
+                  "smem_bytes", "swapped", "threads", "epi_n")
+
+
+# dg::KernelConfig's template parameters (ptx/config.cuh), in its order: the macros ptx/kernel_unit.cu instantiates it
+# from (Variant.template_args gives the values in the same order).
+KERNEL_CONFIG_MACROS = ("DG_BLOCK_M", "DG_BLOCK_N", "DG_STAGES", "DG_ACC", "DG_CLUSTER_M", "DG_CLUSTER_N", "DG_SPLIT_K",
+                        "DG_MATH_WGS", "DG_GROUPING", "DG_SWAPPED")
 
 
 @dataclass(frozen=True, order=True)
@@ -245,27 +251,27 @@ class Variant:
 
     @property
     def threads(self) -> int:
-        """Threads per CTA (dg::GemmTraits::kThreads): the producer warpgroup and the math warpgroups."""
+        """Threads per CTA (dg::KernelConfig::kThreads): the producer warpgroup and the math warpgroups."""
         return 128 * (1 + self.math_wgs)
 
-    def binding_info(self, producers: int = 3) -> list[int]:
+    def binding_info(self) -> list[int]:
         """What the host binding needs to launch this variant: BINDING_FIELDS (ptx/binding.cpp's VariantInfo, in
-        its order); producers: the kernel unit's producer threads (DG_PRODUCERS)."""
-        facts = {"acc": self.acc_mode, "swapped": int(self.swapped), "producers": producers}
+        its order)."""
+        facts = {"acc": self.acc_mode, "swapped": int(self.swapped)}
         return [int(facts[name] if name in facts else getattr(self, name)) for name in BINDING_FIELDS]
-
-    def compile_defines(self) -> dict[str, int]:
-        return {"DG_BM": self.block_m, "DG_BN": self.block_n, "DG_STAGES": self.stages,
-                "DG_ACC": self.acc_mode, "DG_CLUSTER_M": self.cluster_m, "DG_CLUSTER_N": self.cluster_n,
-                "DG_SPLIT_K": self.splits, "DG_MATH_WGS": self.math_wgs, "DG_GROUPED": self.grouping,
-                "DG_SWAP": int(self.swapped)}
 
     @property
     def template_args(self) -> str:
-        """The C++ template arguments of dg::fp8_gemm_kernel for this variant."""
-        return (f"{self.block_m}, {self.block_n}, {self.stages}, {self.acc_mode}, "
-                f"{self.cluster_m}, {self.cluster_n}, {self.splits}, {self.math_wgs}, {self.grouping}, "
-                f"{int(self.swapped)}")
+        """dg::KernelConfig's template arguments for this variant (ptx/config.cuh; its parameters' order)."""
+        return (f"{self.block_m}, {self.block_n}, {self.stages}, {self.acc_mode}, {self.cluster_m}, {self.cluster_n}, "
+                f"{self.splits}, {self.math_wgs}, {self.grouping}, {int(self.swapped)}")
+
+    def compile_defines(self) -> dict[str, int]:
+        """The -D macros of the variant's kernel unit (ptx/kernel_unit.cu): dg::KernelConfig's parameters by name,
+        in its order, and what this file computed of them (the unit checks both agree at compile time)."""
+        config = dict(zip(KERNEL_CONFIG_MACROS, (int(v) for v in self.template_args.split(","))))
+        return {**config, "DG_EXPECT_SMEM_BYTES": self.smem_bytes, "DG_EXPECT_THREADS": self.threads,
+                "DG_EXPECT_EPI_N": self.epi_n}
 
 
 def parse_key(key: str) -> Variant:

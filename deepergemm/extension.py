@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 from . import configs
 
-KERNEL_SOURCES = ("params.h", "ptx.cuh", "wgmma_gen.cuh", "smem.cuh", "scheduler.cuh", "fp8_gemm.cuh", "kernel_unit.cu")
 BINDING_SOURCES = ("params.h", "binding.cpp")
 NVCC_FLAGS = ("-O3", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "--expt-relaxed-constexpr",
               "-Xptxas=-warn-spills", "-Xptxas=-v", "-lineinfo")
@@ -113,45 +112,37 @@ def developer_defines() -> list[str]:
     return os.environ.get("DEEPERGEMM_NVCC_DEFINES", "").split()
 
 
-def producer_threads() -> int:
-    """Producer threads the units are built with (DG_PRODUCERS among the developers' defines; 3 by default)."""
-    for define in developer_defines():
-        name, _, value = define.partition("=")
-        if name == "DG_PRODUCERS":
-            return int(value or 1)
-    return 3
-
-
 @dataclass(frozen=True)
 class UnitSpec:
-    """What one kernel unit is built from: a source in ptx/ (and the headers it includes), nvcc flags."""
+    """What one kernel unit is built from: a source in ptx/, the headers there, nvcc flags."""
     key: str                   # the file name's prefix: a variant's key, or "l2_probe"
     source: str                # compiled with nvcc -cubin
-    sources: tuple[str, ...]   # every file of ptx/ it depends on (the digest)
     flags: tuple[str, ...]
 
     @property
     def file_name(self) -> str:
-        """<key>-<digest of the sources and flags>.cubin"""
-        digest = hashlib.sha256()
-        for name in self.sources:
-            digest.update(name.encode())
-            digest.update(_source_bytes(name))
+        """<key>-<digest of the source, every header of ptx/ and the flags>.cubin"""
+        digest = hashlib.sha256(_headers_digest().encode())
+        digest.update(self.source.encode())
+        digest.update((ptx_dir() / self.source).read_bytes())
         digest.update(" ".join(self.flags).encode())
         return f"{self.key}-{digest.hexdigest()[:16]}.cubin"
 
 
-@functools.lru_cache(maxsize=None)
-def _source_bytes(name: str) -> bytes:
-    return (ptx_dir() / name).read_bytes()
+@functools.lru_cache(maxsize=1)
+def _headers_digest() -> str:
+    """Every header of ptx/ (a unit includes some of them; all count, so none can be forgotten)."""
+    digest = hashlib.sha256()
+    for path in sorted([*ptx_dir().glob("*.cuh"), *ptx_dir().glob("*.h")]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def kernel_flags(variant: configs.Variant) -> list[str]:
-    """nvcc's flags for a variant's unit: the template arguments and what configs.py expects of them (the unit
-    checks both agree at compile time), then the developers' defines."""
-    expect = {"DG_EXPECT_SMEM_BYTES": variant.smem_bytes, "DG_EXPECT_THREADS": variant.threads,
-              "DG_EXPECT_EPI_N": variant.epi_n, "DG_EXPECT_PRODUCERS": producer_threads()}
-    defines = {**variant.compile_defines(), **expect}
+    """nvcc's flags for a variant's unit: its configuration and what configs.py expects of it (the unit checks both
+    agree at compile time), then the developers' defines."""
+    defines = variant.compile_defines()
     return [*NVCC_FLAGS, *(f"-D{k}={v}" for k, v in defines.items()), *(f"-D{d}" for d in developer_defines())]
 
 
@@ -159,11 +150,10 @@ def unit_of(what) -> UnitSpec:
     """The unit of a configs.Variant (a UnitSpec is returned as it is)."""
     if isinstance(what, UnitSpec):
         return what
-    return UnitSpec(what.key, "kernel_unit.cu", KERNEL_SOURCES, tuple(kernel_flags(what)))
+    return UnitSpec(what.key, "kernel_unit.cu", tuple(kernel_flags(what)))
 
 
-PROBE_UNIT = UnitSpec("l2_probe", "l2_probe.cu", ("params.h", "ptx.cuh", "wgmma_gen.cuh", "l2_probe.cuh", "l2_probe.cu"),
-                      NVCC_FLAGS)
+PROBE_UNIT = UnitSpec("l2_probe", "l2_probe.cu", NVCC_FLAGS)
 
 
 def kernel_file_name(what) -> str:
@@ -366,7 +356,7 @@ def load(variant: configs.Variant) -> LoadedKernel:
              "prebuilds them)")
         path = build_kernel(variant)
         _say(f"built {variant.key} in {time.perf_counter() - start:.1f} s")
-    kernel_id = torch.ops.deepergemm_native.load_variant(str(path), variant.binding_info(producer_threads()))
+    kernel_id = torch.ops.deepergemm_native.load_variant(str(path), variant.binding_info())
     kernel = _loaded[variant] = LoadedKernel(variant, int(kernel_id), path)
     return kernel
 

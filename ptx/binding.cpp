@@ -495,10 +495,10 @@ const char* backend_name(Backend b) {
 // configs.Variant's facts, in the order extension.py sends them (Variant.binding_info)
 struct VariantInfo {
   int block_m, block_n, stages, acc, cluster_m, cluster_n, splits, math_wgs, grouping, smem_bytes, swapped, threads,
-      epi_n, producers;
+      epi_n;
   int cluster() const { return cluster_m * cluster_n * splits; }
 };
-constexpr int kVariantInfoFields = 14;
+constexpr int kVariantInfoFields = 13;
 
 // A kernel unit: a cubin holding one kernel, loaded as a context-independent library.
 struct Unit {
@@ -774,7 +774,7 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   const int64_t b_box_rows = placed ? std::gcd<int64_t>(kBN / kClusterM, x.slab_rows) : kBN / kClusterM;
   if (placed) {
     const Tensor& slots = *x.b_slots;
-    TORCH_CHECK(info.producers == 3 && !grouped, "deepergemm: placed B needs a plain variant built with three producers");
+    TORCH_CHECK(!grouped, "deepergemm: placed B needs a plain variant");
     TORCH_CHECK(x.slab_rows >= 16 && x.slab_rows <= 256 && (x.slab_rows & (x.slab_rows - 1)) == 0 && b.dim() == 2 &&
                     b.size(1) == dg::kBlockK && b.is_contiguous() && b.size(0) % x.slab_rows == 0 && slots.is_cuda() &&
                     slots.scalar_type() == at::kInt && slots.is_contiguous() && slots.dim() == 2 &&
@@ -793,19 +793,19 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   const CUtensorMap map_sa = tensor_map_2d(a_scales.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m, k_blocks,
                                            sa_stride * 4, swapped ? kBN : kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
   // bf16 output: TMA stores of 16-row (one warp's) x epi_n-column slices, swizzled like the staging buffer. The
-  // fp32 and the transposed (swapped) epilogues store from registers: their map is never read (map_a fills it).
+  // fp32 and the transposed (swapped) epilogues store from registers: no map (the kernel never reads this one).
   const bool out_fp32 = out.scalar_type() == at::kFloat;
-  const CUtensorMap map_out =
-      out_fp32 || swapped ? map_a
-                          : tensor_map_2d(out.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, n, m, n * 2, info.epi_n,
-                                          dg::kEpiStoreRows,
-                                          info.epi_n == 64   ? CU_TENSOR_MAP_SWIZZLE_128B
-                                          : info.epi_n == 32 ? CU_TENSOR_MAP_SWIZZLE_64B
-                                                             : CU_TENSOR_MAP_SWIZZLE_32B);
+  CUtensorMap map_out{};
+  if (!out_fp32 && !swapped) {
+    map_out = tensor_map_2d(out.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, n, m, n * 2, info.epi_n, dg::kEpiStoreRows,
+                            info.epi_n == 64   ? CU_TENSOR_MAP_SWIZZLE_128B
+                            : info.epi_n == 32 ? CU_TENSOR_MAP_SWIZZLE_64B
+                                               : CU_TENSOR_MAP_SWIZZLE_32B);
+  }
 
   dg::GemmParams p = {};
-  p.m = static_cast<int>(km);
-  p.n = static_cast<int>(kn);
+  p.m = static_cast<int>(m);  // the output's M and N (swapped, the kernel's view is N x M: producer.cuh's kernel_rows)
+  p.n = static_cast<int>(n);
   p.k_blocks = static_cast<int>(k_blocks);
   p.out = out.data_ptr();
   p.out_fp32 = out_fp32;

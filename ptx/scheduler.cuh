@@ -50,73 +50,6 @@ struct Step {
   bool first_of_tail;  // the first K block of a stream-K tail: its sums start from the previous cluster's head
 };
 
-// Grouped GEMMs (MoE; template parameter GM of the kernel): the rows of A and of the output are cut into
-// groups (experts), group g owning rows [start[g], end[g]) and B's rows [g * N, (g + 1) * N). Its M-tiles
-// are BM-row tiles from start[g] (the last one clipped at end[g]: rows past it are never stored; with B
-// multicast pairs, CM > 1, a count rounded up to whole pairs: group_tiles), numbered after the tiles of the
-// groups before it. The scheduler walks these numbers as if they were the tiles of
-// one M dimension; GroupTable turns one back into rows and a group.
-//   contiguous: group g's segment starts where the one before ends, rounded up to the alignment (a multiple
-//               of BM, so no tile holds rows of two groups); rows[g] real rows (the rest of the segment is
-//               padding: never computed, never stored).
-//   masked:     group g owns rows [g * max_m, g * max_m + rows[g]) (rows[g] = masked_m[g], at most max_m).
-
-struct TileRows {
-  int group;    // whose B rows (and B scales) the tile multiplies
-  int row0;     // the tile's first row of A and of the output
-  int row_end;  // its group's end: rows from here on belong to another group (or to none)
-};
-
-// One group's rows from its requested row count, clamped so that a bad count never reaches past the tensors
-// (negative counts read as 0). `offset`: contiguous, the sum of the earlier groups' group_span; masked, unused.
-struct GroupExtent {
-  int start, rows;  // first row, real rows
-};
-// Contiguous: the rows group g's segment takes (its real rows rounded up to the alignment), summed over the
-// groups before g for its `offset` (saturating at M is harmless: such a segment starts at M, empty).
-DG_HD int group_span(int requested, int align, int m) {
-  requested = requested < 0 ? 0 : requested < m ? requested : m;
-  return (requested + align - 1) / align * align;
-}
-DG_HD GroupExtent group_extent(int mode, int g, int requested, int offset, int stride, int m) {
-  GroupExtent e;
-  requested = requested < 0 ? 0 : requested;
-  if (mode == kGroupMasked) {  // stride: max_m (and m = groups * max_m: the binding checks; clamped anyway)
-    e.start = g * stride < m ? g * stride : m;
-    e.rows = requested < stride ? requested : stride;
-    e.rows = e.rows < m - e.start ? e.rows : m - e.start;
-  } else {  // contiguous, stride: the alignment; a segment past the end of A holds no rows
-    e.start = offset < m ? offset : m;
-    e.rows = requested < m - e.start ? requested : m - e.start;
-  }
-  return e;
-}
-
-struct GroupTable {
-  const int* tiles_before;  // groups + 1 entries: M-tiles of the groups before g (the last: all of them)
-  const int* start;         // first row of each group
-  const int* end;           // start + real rows
-  int groups;
-
-  DG_HD int m_tiles() const { return tiles_before[groups]; }
-
-  // M-tile t (0 <= t < m_tiles()) of the grouped problem. Binary search for the last group whose first tile
-  // is <= t: that group has a tile t (empty groups share their first tile number with the next group).
-  DG_HD TileRows rows(int t, int bm) const {
-    int lo = 0, hi = groups - 1;
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (tiles_before[mid] <= t) lo = mid;
-      else hi = mid - 1;
-    }
-    TileRows r;
-    r.group = lo;
-    r.row0 = start[lo] + (t - tiles_before[lo]) * bm;
-    r.row_end = end[lo];
-    return r;
-  }
-};
-
 template <int CM, int CN, int KS = 1>
 struct TileScheduler {
   static_assert(KS == 1 || CM * CN == 1, "split-K clusters do not multicast");
@@ -230,7 +163,7 @@ struct TileScheduler {
 // L2-side-aware scheduling (issue 5; deepergemm/l2_placement.py places B): the N-tiles [0, side0_n_tiles) have
 // their B rows in memory next to L2 side 0, the others next to side 1. The grid's clusters are cut into
 // side0_clusters slots for side 0 and the rest for side 1; each cluster claims one slot when it starts
-// (claim_side_slot in fp8_gemm.cuh): one of its own SM's side while any is left, else one of the other side,
+// (claim_side_slot in sides.cuh): one of its own SM's side while any is left, else one of the other side,
 // so every slot is taken exactly once wherever the clusters land (only the speed depends on it). Each side is
 // then a problem of its own: its N-tiles, its clusters, its stream-K tail (whose workspace slots follow the
 // other side's).

@@ -18,6 +18,7 @@
 #include <tuple>
 #include <vector>
 
+#include "grouped.cuh"
 #include "scheduler.cuh"
 
 namespace {

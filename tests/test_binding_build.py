@@ -39,10 +39,10 @@ def test_variant_facts_are_sent_in_the_bindings_order():
     assert fields == configs.BINDING_FIELDS
     assert f"constexpr int kVariantInfoFields = {len(fields)};" in SOURCE
     variant = configs.parse_key("128x128s6wc2")
-    info = dict(zip(configs.BINDING_FIELDS, variant.binding_info(producers=2)))
+    info = dict(zip(configs.BINDING_FIELDS, variant.binding_info()))
     assert info == {"block_m": 128, "block_n": 128, "stages": 6, "acc": 1, "cluster_m": 2, "cluster_n": 1, "splits": 1,
                     "math_wgs": 2, "grouping": 0, "smem_bytes": variant.smem_bytes, "swapped": 0, "threads": 384,
-                    "epi_n": 64, "producers": 2}
+                    "epi_n": 64}
 
 
 def test_plan_fields_match():

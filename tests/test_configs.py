@@ -399,7 +399,7 @@ def test_grouped_variants_follow_the_kernel_rules():
         assert v.splits == 1, v.key  # no split-K
         assert v.smem_bytes <= configs.SMEM_LIMIT, v.key
         assert configs.parse_key(v.key) == v and v.key.endswith(("gc", "gm"))
-        assert v.compile_defines()["DG_GROUPED"] == v.grouping
+        assert v.compile_defines()["DG_GROUPING"] == v.grouping
         plain = configs.Variant(**{**v.__dict__, "grouping": configs.GROUP_NONE})
         # the table, plus up to 12 bytes to keep the L2-side slot after it 16-byte aligned
         assert 0 <= v.smem_bytes - plain.smem_bytes - configs.GROUP_TABLE_BYTES < 16
@@ -462,7 +462,7 @@ def test_swapped_variants_follow_the_kernel_rules():
     for v in configs.SWAPPED_VARIANTS:
         assert v.swapped and v.block_m == 64 and v.math_wgs == 1 and v.cluster == v.splits
         assert v.key.endswith("t") and configs.parse_key(v.key) == v
-        assert v.compile_defines()["DG_SWAP"] == 1 and v.template_args.endswith(", 1")
+        assert v.compile_defines()["DG_SWAPPED"] == 1 and v.template_args.endswith(", 1")
         assert v.smem_bytes <= configs.SMEM_LIMIT
     assert not any(v.swapped for v in configs.VARIANTS)  # (select reaches them only through _select_swapped)
     with pytest.raises(ValueError, match="swapped tiles"):

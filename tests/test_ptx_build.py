@@ -91,8 +91,8 @@ def test_ptxas_report_is_clean(builds, variant):
 def test_unit_holds_one_kernel_of_the_variant(builds, variant):
     _, cubin = builds[1][variant]
     kernels = kernel_sections(cubin)
-    assert len(kernels) == 1 and kernels[0].startswith("_ZN2dg15fp8_gemm_kernelILi"), kernels
-    # the template arguments in the mangled name are the variant's (ILi128ELi128ELi6E... = <128, 128, 6, ...>)
+    assert len(kernels) == 1 and kernels[0].startswith("_ZN2dg15fp8_gemm_kernelINS_12KernelConfigILi"), kernels
+    # the configuration in the mangled name is the variant's (KernelConfigILi128ELi128ELi6E... = <128, 128, 6, ...>)
     args = [int(v) for v in re.findall(r"Li(-?\d+)E", kernels[0])]
     assert args == [variant.block_m, variant.block_n, variant.stages, variant.acc_mode, variant.cluster_m,
                     variant.cluster_n, variant.splits, variant.math_wgs, variant.grouping, int(variant.swapped)], \
@@ -116,6 +116,21 @@ def test_sass_uses_fp8_wgmma(builds, variant):
     wg_n = variant.wg_n
     assert f"QGMMA.64x{wg_n}x32.F32.E4M3.E4M3" in sass, f"{variant.key}: no fp8 wgmma of N={wg_n} in the SASS"
     assert not re.search(r"\b(LDL|STL)\b", sass), f"{variant.key}: local memory in the SASS"
+
+
+def test_one_configuration_order_from_python_to_the_kernel():
+    """configs.KERNEL_CONFIG_MACROS name dg::KernelConfig's template parameters in its order (ptx/config.cuh), and
+    kernel_unit.cu instantiates it from them in that order."""
+    config = (ROOT / "ptx" / "config.cuh").read_text()
+    params = re.search(r"template <(int BLOCK_M[^>]*)>\s*struct KernelConfig", config).group(1)
+    names = [p.split()[-1] for p in params.split(",")]
+    assert ["DG_" + name for name in names] == list(configs.KERNEL_CONFIG_MACROS)
+    unit = (ROOT / "ptx" / "kernel_unit.cu").read_text()
+    used = re.search(r"KernelConfig<([^>]*)>", unit).group(1)
+    assert [m.strip() for m in used.split(",")] == list(configs.KERNEL_CONFIG_MACROS)
+    variant = configs.parse_key("128x176s5pc2")
+    defines = variant.compile_defines()
+    assert [defines[m] for m in configs.KERNEL_CONFIG_MACROS] == [128, 176, 5, 0, 2, 1, 1, 2, 0, 0]
 
 
 def test_prebuilt_folder_is_found_through_the_environment(builds, monkeypatch, tmp_path):
