@@ -25,9 +25,14 @@ from __future__ import annotations
 
 import torch
 
-from ._checkout import register_checkout_subpackages as _register
+import importlib.util as _importlib_util
 
-_register(__name__)  # before anything imports deepergemm.triton_kernels or deepergemm._ptx
+# The Triton kernels (triton_kernels/) and the CUDA sources (ptx/) are top-level folders of the repository that an
+# installation maps into this package (pyproject.toml's package-dir; `pip install -e .` does it for a checkout).
+if _importlib_util.find_spec(f"{__name__}.triton_kernels") is None or _importlib_util.find_spec(f"{__name__}._ptx") is None:
+    raise ImportError("deepergemm is imported from a source checkout that is not installed: run `pip install -e .` "
+                      "there (it maps the folders triton_kernels/ and ptx/ into the package as deepergemm.triton_kernels "
+                      "and deepergemm._ptx)")
 
 from . import ops as _ops  # registers torch.ops.deepergemm.*
 from . import layouts as _layouts
