@@ -17,9 +17,9 @@ tiles run one math warpgroup over all their columns from K = 1024 on (SMALL_M_MA
 
 Split-K (M <= 128): when the unsplit pick leaves at least half the SMs idle, a variant whose clusters of
 SPLIT_K CTAs share each tile, one range of K apiece, takes its place (the partial sums are joined in shared
-memory): the one that keeps the most SMs busy in one wave, then the fewest bytes per CTA. Measured
-2026-11-25 (H100, ptx/NOTES.md): +16% at 64x2112x7168 (66 tiles); where the unsplit tiles already fill
-the SMs, splitting was -20%..+9%.
+memory): the one that keeps the most SMs busy in one wave, then the fewest bytes per CTA. On the H100: +16%
+at 64x2112x7168 (66 tiles); where the unsplit tiles already fill the SMs, splitting gives -20%..+9%
+(ptx/NOTES.md, split-K).
 
 Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_DUAL_ACC=0        single partial accumulator (promotion not overlapped within a warpgroup)
@@ -31,21 +31,22 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_SMALL_M_WGS=1|2   math warpgroups of unsplit 64-row tiles (default: one, two below K = 1024)
   DEEPERGEMM_SMALL_M_CLUSTER=0  do not pair the two 64-row M-tiles at 64 < M <= 128 in B-multicast clusters
   DEEPERGEMM_STREAM_K=0        no stream-K tail (stream_k_pays)
-  DEEPERGEMM_PDL=1             programmatic dependent launch (pdl_enabled; off by default, not yet measured)
-  DEEPERGEMM_SWAP_AB=1         swapped tiles at M <= 64 (out^T = B A^T; SWAPPED_VARIANTS; off by default, not yet
-                               measured); DEEPERGEMM_SPLIT_K=0 and DEEPERGEMM_L2_HINTS apply to them too
+  DEEPERGEMM_PDL=1             programmatic dependent launch (pdl_enabled; off by default, see ptx/NOTES.md)
+  DEEPERGEMM_SWAP_AB=1         swapped tiles at M <= 64 (out^T = B A^T; SWAPPED_VARIANTS; off by default, see
+                               ptx/NOTES.md); DEEPERGEMM_SPLIT_K=0 and DEEPERGEMM_L2_HINTS apply to them too
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
                                2 evict-last (default: l2_hints_for; 0 = no hints)
+  DEEPERGEMM_BACKEND=ptx|cublas|reference  what backend='auto' means
 
 Small-M clusters: at 64 < M <= 128 the two 64-row M-tiles of an N-tile run as a 2x1 cluster that multicasts B
-(SMALL_M_CLUSTER), for tiles at least SMALL_M_CLUSTER_MIN_N wide and K >= SMALL_M_CLUSTER_MIN_K. Measured
-2026-11-25 (H100, ptx/NOTES.md sixth and seventh sessions): 128x7168x16384 1.01 -> 1.10-1.13x cuBLAS,
-128x4096x7168 1.19-1.23 -> 1.37-1.38, 128x24576x1536 0.96-0.99 -> 1.04-1.07, 128x7168x2048 equal; slower with
-64x32 tiles and at K = 512, hence the bounds.
+(SMALL_M_CLUSTER), for tiles at least SMALL_M_CLUSTER_MIN_N wide and K >= SMALL_M_CLUSTER_MIN_K. On the H100
+(ptx/NOTES.md, small-M clusters): 128x7168x16384 1.01 -> 1.10-1.13x cuBLAS, 128x4096x7168 1.19-1.23 -> 1.37-1.38,
+128x24576x1536 0.96-0.99 -> 1.04-1.07, 128x7168x2048 equal; slower with 64x32 tiles and at K = 512, hence the
+bounds.
 
 L2 hints (M <= 128): A is kept (evict-last: every CTA re-reads it), B streamed (evict-first) when one M-tile
-(or one cluster's multicast) means no other load reads its tiles. Measured 2026-11-25 (H100, ptx/NOTES.md):
-+4..+28% on the M = 64 anchors, and evict-first B with two unpaired M-tiles -10..-20% (B stays normal there).
+(or one cluster's multicast) means no other load reads its tiles. On the H100: +4..+28% on the M = 64 anchors,
+and evict-first B with two unpaired M-tiles -10..-20%, so B stays normal there (ptx/NOTES.md, L2 hints).
 """
 from __future__ import annotations
 
@@ -64,39 +65,39 @@ MAX_MATH_REGS_DUAL = 128   # warpgroup N up to which three accumulator sets fit 
 DEFAULT_GROUP_N = 16
 # Short K at large M (256-row tiles, K <= SHORT_K_GROUP_MAX_K), where the output's stores weigh most: bands of
 # 4 N-units when one wave covers whole bands (all M-units of 4 N-units: its stores spread over every row of
-# the output) ran faster than 16. Measured 2026-11-25 (H100, ptx/NOTES.md eleventh session; four calls):
-# 4096x32768x512 153.0-153.9 -> 148.0-149.8 us, 4096x24576x1536 250.8-251.0 -> 248.3-248.7; where a band
-# takes two waves it did not pay (8192x24576x1536 477 -> 482, 8192x32768x512 equal), so those keep 16.
+# the output) run faster than 16 on the H100 (four calls; ptx/NOTES.md, short-K rasterization): 4096x32768x512
+# 153.0-153.9 -> 148.0-149.8 us, 4096x24576x1536 250.8-251.0 -> 248.3-248.7. Where a band takes two waves it does
+# not pay (8192x24576x1536 477 -> 482, 8192x32768x512 equal), so those keep 16.
 SHORT_K_GROUP_N = 4
 SHORT_K_GROUP_MAX_K = 1536
 MAX_STAGES = 16          # deeper rings only help small tiles, whose stages are cheap (memory-bound shapes)
 CLUSTER_SHAPES = ((1, 1), (2, 1), (1, 2), (2, 2))  # (CTAs along M, along N) the kernel supports
-# Multicast of B between 2 M-tiles (measured 2026-11-25 on H100 and H200, 128x128 tiles, ptx/NOTES.md): at
-# K = 7168 and 16384 10-15% faster than no cluster, at K = 1536 and 2048 equal to 8% faster, at K = 512
-# equal (wait-first dual accumulators, 1.15-1.17x cuBLAS either way). 2x2 and 1x2 measured slower overall.
+# Multicast of B between 2 M-tiles (128x128 tiles, H100 and H200): 10-15% faster than no cluster at K = 7168 and
+# 16384, equal to 8% faster at K = 1536 and 2048, equal at K = 512 (wait-first dual accumulators, 1.15-1.17x
+# cuBLAS either way); 2x2 and 1x2 are slower overall (ptx/NOTES.md, clusters).
 CLUSTER_SHAPE = (2, 1)
-# 256-row tiles pair CTAs along N instead (A multicast, as DeepGEMM and cuBLAS do): measured 2026-11-25 on the
-# H100 1-3% faster than B multicast and than no cluster (ptx/NOTES.md).
+# 256-row tiles pair CTAs along N instead (A multicast, as DeepGEMM and cuBLAS do): 1-3% faster on the H100 than
+# B multicast and than no cluster (ptx/NOTES.md, 256-row tiles).
 CLUSTER_SHAPE_256 = (1, 2)
-# Dual-accumulator step ordering per BLOCK_M (measured 2026-11-25, H100, one sweep, ptx/NOTES.md): with two
-# steps in flight 128-row tiles ran 2-7% slower than waiting for each step first (0.94 vs 1.01x cuBLAS at
-# 4096x4096x7168); 64-row tiles ran 0-3% faster.
+# Dual-accumulator step ordering per BLOCK_M (H100, one sweep, ptx/NOTES.md): with two steps in flight 128-row
+# tiles run 2-7% slower than waiting for each step first (0.94 vs 1.01x cuBLAS at 4096x4096x7168); 64-row tiles
+# run 0-3% faster.
 DUAL_ISSUE_AHEAD = {64: True, 128: False}
 # 64-row tiles at 64 < M <= 128 (two M-tiles, each B tile read by both): pair the two in a 2x1 cluster that
-# multicasts B, so B crosses L2 -> SM once per N-tile and can be loaded evict-first. Measured 2026-11-25 (H100,
-# one sweep, ptx/NOTES.md): 128x7168x16384 1.01 -> 1.13x cuBLAS, 128x4096x7168 1.19 -> 1.37, 128x24576x1536
-# 0.96 -> 1.04, 128x7168x2048 equal; slower with 64x32 tiles (128x2112x7168 1.48 -> 1.37) and at K = 512
-# (128x32768x512 0.97 -> 0.94), hence the tile width and K bounds.
+# multicasts B, so B crosses L2 -> SM once per N-tile and can be loaded evict-first. On the H100 (one sweep,
+# ptx/NOTES.md, small-M clusters): 128x7168x16384 1.01 -> 1.13x cuBLAS, 128x4096x7168 1.19 -> 1.37,
+# 128x24576x1536 0.96 -> 1.04, 128x7168x2048 equal; slower with 64x32 tiles (128x2112x7168 1.48 -> 1.37) and at
+# K = 512 (128x32768x512 0.97 -> 0.94), hence the tile width and K bounds.
 SMALL_M_CLUSTER = (2, 1)
 SMALL_M_CLUSTER_MIN_N = 64     # BLOCK_N
 SMALL_M_CLUSTER_MIN_K = 1536
 # 64-row tiles run one math warpgroup that takes all BLOCK_N columns (one wgmma group, one wait and one
-# promotion per step instead of two of half the width; DeepGEMM's layout). Measured 2026-11-25 (H100, one
-# sweep, ptx/NOTES.md tenth session) against two warpgroups on the same tiles: equal or faster on 8 of the 10
-# unsplit small-M anchors (64x4096x7168 19.5 -> 18.6 us, 128x4096x7168 20.6 -> 19.6, 64x24576x1536 22.7 ->
-# 22.1, 64x7168x16384 53.3 -> 52.2), 2-4% slower on the two K = 512 ones (in the sweep and in a bench: four
-# K blocks per tile, so the stores weigh most, and two warpgroups store a tile's halves in parallel), hence
-# the K bound. Small-M bench geomean (same call): 1.197 -> 1.206x cuBLAS with one warpgroup everywhere.
+# promotion per step instead of two of half the width; DeepGEMM's layout). Against two warpgroups on the same tiles
+# (H100, one sweep, ptx/NOTES.md, one warpgroup on 64-row tiles): equal or faster on 8 of the 10 unsplit small-M
+# anchors (64x4096x7168 19.5 -> 18.6 us, 128x4096x7168 20.6 -> 19.6, 64x24576x1536 22.7 -> 22.1, 64x7168x16384
+# 53.3 -> 52.2), 2-4% slower on the two K = 512 ones (four K blocks per tile, so the stores weigh most, and two
+# warpgroups store a tile's halves in parallel), hence the K bound. Small-M bench geomean: 1.197 -> 1.206x cuBLAS
+# with one warpgroup everywhere.
 SMALL_M_MATH_WGS = 1
 SMALL_M_ONE_WG_MIN_K = 1024
 SPLIT_KS = (1, 2, 4)     # K splits per tile a variant may be built with (split-K clusters)
@@ -131,7 +132,7 @@ class Variant:
     cluster_m: int = 1  # CTAs of a cluster along M: they share (multicast) the B tile
     cluster_n: int = 1  # CTAs of a cluster along N: they share (multicast) the A tile
     # Dual only: issue step s+1 before waiting for step s (two steps in flight; key letter "d"), or wait
-    # for s first (key letter "w", the earlier ordering, kept to measure the difference).
+    # for s first (key letter "w"). DUAL_ISSUE_AHEAD picks one per BLOCK_M.
     issue_ahead: bool = True
     # Split-K clusters (key suffix "k2"): the `splits` CTAs of a cluster share one tile, each over its own
     # range of K, and the first adds the others' partial sums from their shared memory in a fixed order.
@@ -161,8 +162,8 @@ class Variant:
         if (self.cluster_m, self.cluster_n) not in CLUSTER_SHAPES:
             problems.append(f"cluster shape must be one of {', '.join(f'{m}x{n}' for m, n in CLUSTER_SHAPES)}")
         elif self.cluster_n > 1 and self.block_m < 128:
-            # a policy, not a kernel limit: 64-row tiles with A multicast (1x2) ran correctly but slower than
-            # unclustered on 10 of the 12 small-M anchors (H100, 2026-11-25, ptx/NOTES.md): not built
+            # a policy, not a kernel limit: 64-row tiles with A multicast (1x2) run correctly but slower than
+            # unclustered on 10 of the 12 small-M anchors (H100, ptx/NOTES.md): not built
             problems.append("A multicast (CN > 1) needs BLOCK_M >= 128")
         elif self.block_n % (8 * self.cluster_m):
             problems.append("each CTA's slice of the B tile must be a multiple of 8 rows")
@@ -313,14 +314,14 @@ TILE_SHAPES: tuple[tuple[int, int], ...] = (
     (256, 128), (128, 128), (128, 192),
     (64, 32), (64, 64), (64, 128),
 )
-# Relative cost per output element (the wave model's weight), measured 2026-11-25 (ptx/NOTES.md):
-# 64-row tiles re-read B from shared memory twice as often per flop; 256-row tiles (one partial set) ran
-# 3-8% faster than 128-row ones (dual partial sets) at equal waves on the H100. 128x192 tiles (one partial
-# set; their warpgroup columns span two B-scale blocks) run slower per element than 128x128 at long K, but
-# at N = 2112 they fill the waves (11 N-tiles): 4096x2112x7168 1.07-1.10 against 0.96-0.97x cuBLAS, and
-# 8192x2112x7168 (5.3 waves, rounded up to 6) still 3-6% faster than 128x128 or 256x128 in three sweeps of
-# the seventh session; the weight 0.98 picks it at both and nowhere else among the anchors. BLOCK_N
-# 96/112/144/160 ran 10-30% slower than 128 on every large shape tried, so they are not selectable.
+# Relative cost per output element (the wave model's weight; measured, ptx/NOTES.md): 64-row tiles re-read B
+# from shared memory twice as often per flop; 256-row tiles (one partial set) run 3-8% faster than 128-row ones
+# (dual partial sets) at equal waves on the H100. 128x192 tiles (one partial set; their warpgroup columns span
+# two B-scale blocks) run slower per element than 128x128 at long K, but at N = 2112 they fill the waves
+# (11 N-tiles): 4096x2112x7168 1.07-1.10 against 0.96-0.97x cuBLAS, and 8192x2112x7168 (5.3 waves, rounded up
+# to 6) still 3-6% faster than 128x128 or 256x128 in three sweeps; the weight 0.98 picks it at both and nowhere
+# else among the anchors. BLOCK_N 96/112/144/160 run 10-30% slower than 128 on every large shape tried, so they
+# are not selectable.
 _TILE_COST = {(256, 128): 0.93, (128, 128): 1.0, (128, 192): 0.98, (64, 32): 1.1, (64, 64): 1.1, (64, 128): 1.1}
 
 
@@ -344,18 +345,18 @@ SMALL_M_CLUSTER_VARIANTS: tuple[Variant, ...] = tuple(
     if bm == 64 and bn >= SMALL_M_CLUSTER_MIN_N for wgs in (1, 2))
 # Split-K: select() only ever wants the narrowest tile (the most CTAs); a wider one is tested below. One
 # math warpgroup takes all 32 columns (m64n32 wgmmas: half the wgmma and promotion instructions of two
-# warpgroups of n16). Measured 2026-11-25 (H100, ptx/NOTES.md, ninth session), 64x2112x7168 15.5 -> 14.6 us
-# (1.65 -> 1.75x cuBLAS), 2-3% at K = 3584 and 14336; the two-warpgroup tile stays tested.
+# warpgroups of n16). On the H100 (ptx/NOTES.md, small M at N = 2112): 64x2112x7168 15.5 -> 14.6 us
+# (1.65 -> 1.75x cuBLAS), 2-3% faster at K = 3584 and 14336; the two-warpgroup tile stays tested.
 SPLIT_K_TILE = (64, 32)
 SPLIT_K_MATH_WGS = 1
 # At 64 < M <= 128, where one wave of unclustered 64-row tiles fills the SMs (N = 2112: 132 tiles of 64x32),
 # one 128-row M-tile split over K in two fills them as well: each B tile crosses L2 -> SM once, each CTA
 # reads half of K, and each step does twice the work (two m64n32 wgmma groups instead of two m64n16).
-# Measured 2026-11-25 (H100, ptx/NOTES.md, ninth session): 128x2112x7168 17.7 -> 15.7 us (1.43 -> 1.62x
-# cuBLAS), 128x2112x14336 28.6 -> 22.6, equal at K = 3584 (hence the K bound: the join costs a fixed time).
-# Two steps in flight ("d"), as measured. Against the one-warpgroup 64x32 tile (SMALL_M_MATH_WGS, tenth
-# session) the split pays from K ~ 6144 on: 128x2112x4096 13.1 against 11.8 us, 128x2112x7168 15.8 against
-# 16.5 (the crossing of the two lines through these points).
+# On the H100 (ptx/NOTES.md, small M at N = 2112): 128x2112x7168 17.7 -> 15.7 us (1.43 -> 1.62x cuBLAS),
+# 128x2112x14336 28.6 -> 22.6, equal at K = 3584 (hence the K bound: the join costs a fixed time). Two steps in
+# flight ("d"), as measured. Against the one-warpgroup 64x32 tile (SMALL_M_MATH_WGS) the split pays from
+# K ~ 6144 on: 128x2112x4096 13.1 against 11.8 us, 128x2112x7168 15.8 against 16.5 (the crossing of the two
+# lines through these points).
 SPLIT_K_TILE_128 = (128, 32)
 SPLIT_K_128_MIN_K = 6144
 VARIANTS: tuple[Variant, ...] = (_variants() + SMALL_M_CLUSTER_VARIANTS
@@ -369,11 +370,11 @@ LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False, CLUSTER_SH
 # kernel supports and both dual-accumulator orderings on the 128x128 tile, and the 256-row tiles, so what
 # select() does not pick today still builds and stays exact.
 # The 64x16 tile with one math warpgroup (N = 2112 in one wave of 132 tiles at M = 64): not selected (slower
-# than the split-K pick, seventh session), kept building.
+# than the split-K pick, ptx/NOTES.md), built and tested.
 ONE_WARPGROUP_VARIANTS: tuple[Variant, ...] = (_variant(64, 16, True, (1, 1), DUAL_ISSUE_AHEAD[64], math_wgs=1),)
 # 128x176 (2x1 clusters): warpgroup columns that span three B-scale blocks and epilogue bands of several
-# 16-column boxes. Not selected: 10-11% slower per element than 128x192 on the large anchors (eleventh
-# session, ptx/NOTES.md), so at 4096x2112x7168 its fuller last wave does not pay; kept building and tested.
+# 16-column boxes. Not selected: 10-11% slower per element than 128x192 on the large anchors (ptx/NOTES.md,
+# three scale blocks), so at 4096x2112x7168 its fuller last wave does not pay; built and tested.
 THREE_SCALE_BLOCK_VARIANTS: tuple[Variant, ...] = (_variant(128, 176, False, CLUSTER_SHAPE),)
 TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
     v for v in (*(_variant(128, 128, True, shape, ahead) for shape in CLUSTER_SHAPES for ahead in (False, True)),
@@ -383,17 +384,17 @@ TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
     if v not in VARIANTS))
 
 
-# Swapped small-M tiles (issue 4; Variant.swapped, key suffix "t"): at M <= 64 the kernel computes out^T = B A^T,
+# Swapped small-M tiles (Variant.swapped, key suffix "t"): at M <= 64 the kernel computes out^T = B A^T,
 # 64 rows of B on the wgmma M side and the tokens (16, 32 or 64 of them, the smallest that holds M) on its N side:
 # no tensor-core rows spent on padding tokens, and a stage holds 8 KiB of B next to 2-8 KiB of A (not 8 KiB of
 # mostly padded A next to B). SM fill: N/64 tiles, split over K in 2 or 4 (split-K clusters) while that stays
-# within one wave. Opt-in (DEEPERGEMM_SWAP_AB=1) until measured on a GPU (ptx/NOTES.md, thirteenth session).
+# within one wave. Off by default: DEEPERGEMM_SWAP_AB=1 turns them on (see ptx/NOTES.md).
 SWAP_MAX_TOKENS = 64
 SWAP_TOKENS = (16, 32, 64)
 SWAP_SPLITS = (1, 2, 4)
 SWAP_MIN_K_BLOCKS_PER_SPLIT = 4  # each split keeps a few stages of work (the join costs a fixed time)
 # 4-CTA clusters that fit at once: a cluster stays inside one GPC, and the H100's 132 SMs hold 32 of them, not 33
-# (cudaOccupancyMaxActiveClusters; 33 ran in two waves, ptx/NOTES.md ninth session). 2-CTA clusters fit 66.
+# (cudaOccupancyMaxActiveClusters; 33 run in two waves, ptx/NOTES.md). 2-CTA clusters fit 66.
 CLUSTER4_SHORTFALL = 1
 
 
@@ -515,9 +516,9 @@ def stream_k_for(variant: Variant, sw: Switches | None = None) -> bool:
             and (sw or switches()).flag("DEEPERGEMM_STREAM_K", True))
 
 
-# Stream-K pays where the last wave leaves at least this share of the SMs' time idle: measured on the H100
-# 2026-11-25 (ptx/NOTES.md, eighth session), 256x128 gained 17% at 4096x2112x7168 (2.2 waves) and 5% at
-# 8192x2112x7168 (4.4 waves), and lost 1-8% at 3.9-31 waves (its hand-offs cost more than the 3% idle).
+# Stream-K pays where the last wave leaves at least this share of the SMs' time idle: on the H100 256x128 gains
+# 17% at 4096x2112x7168 (2.2 waves) and 5% at 8192x2112x7168 (4.4 waves), and loses 1-8% at 3.9-31 waves (its
+# hand-offs cost more than the 3% idle; ptx/NOTES.md, stream-K).
 STREAM_K_MIN_IDLE = 0.10
 STREAM_K_TILES = ((256, 128),)  # 128x192 gained less and nowhere where it would be picked
 STREAM_K_COST = 1.03            # the hand-offs, on the fractional waves the wave model charges
@@ -640,7 +641,7 @@ def reload_switches() -> Switches:
     return _switches
 
 
-# L2-side-aware scheduling (issue 5): side 0 takes the N-tiles below the placement's split row (rounded to whole
+# L2-side-aware scheduling: side 0 takes the N-tiles below the placement's split row (rounded to whole
 # cluster N-units). Used only when that keeps the sides' shares of the tiles within SIDE_MAX_SKEW of their shares
 # of B's rows (which follow their SM counts): the kernel gives each side clusters in proportion to its tiles, so
 # a skew sends that share of clusters to work on the other side's memory.
@@ -665,7 +666,7 @@ def pdl_enabled(sw: Switches | None = None) -> bool:
     """DEEPERGEMM_PDL=1: launch the GEMMs with programmatic dependent launch, so a kernel's prologue (barrier
     setup, tensor-map prefetch, register reallocation) overlaps the previous kernel's tail in the stream; the
     kernel waits for that kernel (griddepcontrol.wait) before it touches global memory, so results are the same.
-    Off by default until measured on a GPU (ptx/NOTES.md, twelfth session)."""
+    Off by default (see ptx/NOTES.md)."""
     return (sw or switches()).flag("DEEPERGEMM_PDL", False)
 
 
@@ -747,16 +748,16 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
 # N-tiles that multicast A (CLUSTER_SHAPE_256). A B-multicast pair never holds two groups: each group's M-tile
 # count is rounded up to whole pairs, and the extra tile (past the group's end) is computed but never stored.
 # A tile may be taller than the segment alignment (256 > 128): its rows past the group's end are computed (the
-# next group's, or zeros) but never stored, half a tile per group on average. Not yet measured on a GPU
-# (ptx/NOTES.md).
+# next group's, or zeros) but never stored, half a tile per group on average. No grouped run has been timed on a
+# GPU: these choices rest on the plain GEMM's measurements (ptx/NOTES.md, grouped GEMMs).
 GROUPED_TILES: dict[int, tuple[tuple[int, int], ...]] = {
     GROUP_CONTIGUOUS: ((256, 128), (128, 128), (128, 192), (64, 128)),
     GROUP_MASKED: ((256, 128), (128, 128), (128, 192), (64, 128), (64, 64)),
 }
 GROUPING_NAMES = {GROUP_CONTIGUOUS: "contiguous", GROUP_MASKED: "masked"}
 # 128-row grouped tiles run as B-multicast pairs when rounding each group's M-tiles to whole pairs adds at most
-# this share of tiles (e.g. every group has at least 5 tiles, or an even count): the plain 2x1 pairs ran 0-15%
-# faster than unpaired tiles at long K (ptx/NOTES.md, second session), a wasted tile per group costs 1/tiles.
+# this share of tiles (e.g. every group has at least 5 tiles, or an even count): the plain 2x1 pairs run 0-15%
+# faster than unpaired tiles at long K (ptx/NOTES.md, clusters), a wasted tile per group costs 1/tiles.
 GROUPED_PAIR_MAX_WASTE = 0.1
 
 

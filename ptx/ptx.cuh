@@ -105,7 +105,7 @@ __device__ __forceinline__ void mbar_arrive_remote(uint32_t remote) {
 // Arrive on the barrier at the same shared-memory offset in CTA `cta_rank` of the cluster.
 // Default (.release.cta) semantics: the arrive only says "my wgmmas have read this stage", and they
 // completed before it. An explicit .release.cluster puts a cluster-wide memory barrier in front of the
-// arrive (measured 2026-11-25: 3x slower kernel per stage, warps stalled on MEMBAR): only the split-K
+// arrive (measured: 3x slower kernel per stage, warps stalled on MEMBAR): only the split-K
 // hand-offs use it (kReleaseCluster), once per tile, to publish this thread's remote stores or slot reads.
 template <bool kReleaseCluster = false>
 __device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t cta_rank) {

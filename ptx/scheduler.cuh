@@ -16,8 +16,9 @@
 // (kFixContribute), the tail last, whose sums start from cluster c - 1's slot (kFixOwn; loaded straight
 // into the sums when the tail starts, so the loads' latency hides behind its first wgmmas). So a tile's
 // owner waits only on a lower-numbered cluster (launched no later), for work that cluster did first, and
-// (the range being >= KB) it reaches the tail no earlier than that cluster finishes the head. The order of the two additions is fixed: results are bitwise reproducible. The remaining units
-// follow, one per cluster and wave as before.
+// (the range being >= KB) it reaches the tail no earlier than that cluster finishes the head. The order of the
+// two additions is fixed: results are bitwise reproducible. The remaining units follow, one per cluster and wave
+// as before.
 #pragma once
 
 #include <cstdint>
@@ -160,7 +161,7 @@ struct TileScheduler {
   }
 };
 
-// L2-side-aware scheduling (issue 5; deepergemm/l2_placement.py places B): the N-tiles [0, side0_n_tiles) have
+// L2-side-aware scheduling (deepergemm/l2_placement.py places B): the N-tiles [0, side0_n_tiles) have
 // their B rows in memory next to L2 side 0, the others next to side 1. The grid's clusters are cut into
 // side0_clusters slots for side 0 and the rest for side 1; each cluster claims one slot when it starts
 // (claim_side_slot in sides.cuh): one of its own SM's side while any is left, else one of the other side,
