@@ -265,6 +265,7 @@ def test_opcheck_grouped_ops():
                           test_utils=FP8_OPCHECK)
 
 
+@pytest.mark.slow  # (an inductor compile: ~3.5 s on 2 cores)
 def test_torch_compile_fullgraph():
     a, a_s, b, b_s, sizes = _contiguous_args(rows=256, n=24)
     a3, a3_s = a[:64].reshape(2, 32, 128), a_s[:64].reshape(2, 32, 1)
