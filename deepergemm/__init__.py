@@ -36,6 +36,7 @@ if _importlib_util.find_spec(f"{__name__}.triton_kernels") is None or _importlib
 
 from . import ops as _ops  # registers torch.ops.deepergemm.*
 from . import layouts as _layouts
+from . import moe as _moe
 from .layouts import GROUPED_M_ALIGNMENT, MAX_GROUPS
 from .moe import (ContiguousLayout, build_contiguous_layout, contiguous_rows_bound, group_sizes_from_m_indices,
                   permute_tokens, unpermute_tokens)
@@ -54,17 +55,48 @@ __all__ = ["quantize_act", "quantize_weight", "fp8_gemm", "linear", "calc_diff",
 BACKENDS = _ops.BACKENDS
 
 
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__})")
+
+
+def _check_backend(backend) -> None:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {BACKENDS}, got {backend!r} ({type(backend).__name__})")
+
+
+def _check_out_dtype(out_dtype, none_ok: bool = False) -> None:
+    if not isinstance(out_dtype, torch.dtype) and not (none_ok and out_dtype is None):
+        raise TypeError(f"out_dtype must be torch.bfloat16 or torch.float32{' (or None)' if none_ok else ''}, got "
+                        f"{out_dtype!r} ({type(out_dtype).__name__})")
+
+
+def _forward_only(op: str, **named) -> None:
+    """No op has a backward yet: refuse at the call rather than at backward (PyTorch's "no autograd formula").
+    Called only with grad mode on."""
+    for name, t in named.items():
+        if t is not None and t.requires_grad:
+            raise NotImplementedError(
+                f"deepergemm.{op} is forward only (it has no backward yet), but {name} requires grad and grad mode "
+                f"is on: call it under torch.no_grad() or torch.inference_mode(), or pass {name}.detach()")
+
+
 def quantize_act(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize activations (M, K) per 1x128 group: (fp8 (M, K), fp32 scales (M, K/128), M-major).
 
-    ue8m0=True rounds every scale up to a power of two (stored as fp32)."""
+    x bf16, fp16 or fp32, K a positive multiple of 128. ue8m0=True rounds every scale up to a power of two
+    (stored as fp32)."""
     _require_tensors(x=x)
+    _check_flag("ue8m0", ue8m0)
     return torch.ops.deepergemm.quantize_act(x, ue8m0)
 
 
 def quantize_weight(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize weights (N, K) per 128x128 block: (fp8 (N, K), fp32 scales (ceil(N/128), K/128))."""
+    """Quantize weights (N, K) per 128x128 block: (fp8 (N, K), fp32 scales (ceil(N/128), K/128)).
+
+    w bf16, fp16 or fp32, any N, K a positive multiple of 128."""
     _require_tensors(w=w)
+    _check_flag("ue8m0", ue8m0)
     return torch.ops.deepergemm.quantize_weight(w, ue8m0)
 
 
@@ -86,17 +118,23 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor | Prepared
 
     a (M, K) fp8 e4m3 with a_scales (M, K/128) fp32; b (N, K) fp8 e4m3 with b_scales
     (ceil(N/128), K/128) fp32, or a PreparedWeight (prepare_weight: B placed by L2 side, its scales inside,
-    b_scales None); K a multiple of 128, N a multiple of 8. backend: "auto", "ptx", "cublas" or "reference"
-    (see deepergemm.ops)."""
+    b_scales None); K a positive multiple of 128, N a positive multiple of 8, M >= 0. backend: "auto", "ptx",
+    "cublas" or "reference" (see deepergemm.ops). Forward only: no input may require grad in grad mode."""
+    _check_out_dtype(out_dtype)
+    _check_backend(backend)
     if isinstance(b, PreparedWeight):
         scales = _prepared_scales("b_scales", b, b_scales)
         _require_tensors(a=a, a_scales=a_scales, bias=bias)
+        if torch.is_grad_enabled():
+            _forward_only("fp8_gemm", a=a, a_scales=a_scales, bias=bias)
         if not b.placed:
             return torch.ops.deepergemm.fp8_gemm(a, a_scales, b.weight, scales, out_dtype, bias, backend)
         return _placed_gemm(a, a_scales, b, out_dtype, bias, backend)
     if b_scales is None:
         raise ValueError("b_scales is required with a plain fp8 b (only a PreparedWeight carries its own)")
     _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales, bias=bias)
+    if torch.is_grad_enabled():
+        _forward_only("fp8_gemm", a=a, a_scales=a_scales, b=b, b_scales=b_scales, bias=bias)
     return torch.ops.deepergemm.fp8_gemm(a, a_scales, b, b_scales, out_dtype, bias, backend)
 
 
@@ -104,32 +142,46 @@ def linear(x: torch.Tensor, w: torch.Tensor | PreparedWeight, w_scales: torch.Te
            bias: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
     """y = x @ dequant(w).T + bias with x quantized per 1x128 group on the fly; y has x's dtype.
 
-    x (..., K) bf16 or fp32; w (N, K) fp8 e4m3 with w_scales (ceil(N/128), K/128) fp32, or a PreparedWeight
-    (prepare_weight; w_scales None)."""
+    x (..., K) bf16, fp16 or fp32 (fp16: the GEMM's fp32 result rounded once to fp16); w (N, K) fp8 e4m3 with
+    w_scales (ceil(N/128), K/128) fp32, or a PreparedWeight (prepare_weight; w_scales None). Forward only: no
+    input may require grad in grad mode."""
+    _check_backend(backend)
     if isinstance(w, PreparedWeight):
         scales = _prepared_scales("w_scales", w, w_scales)
         _require_tensors(x=x, bias=bias)
+        if torch.is_grad_enabled():
+            _forward_only("linear", x=x, bias=bias)
         if not w.placed:
             return torch.ops.deepergemm.linear(x, w.weight, scales, bias, backend)
         _layouts.check_linear_x(x, w.k)
         x2 = x.reshape(-1, x.shape[-1])
         q, s = torch.ops.deepergemm.quantize_act(x2 if x2.is_contiguous() else x2.contiguous())
-        return _placed_gemm(q, s, w, x.dtype, bias, backend).reshape(*x.shape[:-1], w.n)
+        out = _placed_gemm(q, s, w, _layouts.linear_gemm_dtype(x.dtype), bias, backend)
+        return out.to(x.dtype).reshape(*x.shape[:-1], w.n)
     if w_scales is None:
         raise ValueError("w_scales is required with a plain fp8 w (only a PreparedWeight carries its own)")
     _require_tensors(x=x, w=w, w_scales=w_scales, bias=bias)
+    if torch.is_grad_enabled():
+        _forward_only("linear", x=x, w=w, w_scales=w_scales, bias=bias)
     return torch.ops.deepergemm.linear(x, w, w_scales, bias, backend)
 
 
-def _new_grouped_out(shape: tuple[int, ...], like: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    if not isinstance(out_dtype, torch.dtype) or out_dtype not in (torch.bfloat16, torch.float32):
+def _new_grouped_out(shape: tuple[int, ...], like: torch.Tensor, out_dtype: torch.dtype | None) -> torch.Tensor:
+    out_dtype = torch.bfloat16 if out_dtype is None else out_dtype
+    if out_dtype not in _layouts.OUT_DTYPES:
         raise TypeError(f"out_dtype must be torch.bfloat16 or torch.float32, got {out_dtype}")
     return torch.empty(shape, dtype=out_dtype, device=like.device)
 
 
+def _check_out_agrees(out: torch.Tensor, out_dtype: torch.dtype | None) -> None:
+    if out_dtype is not None and out_dtype != out.dtype:
+        raise ValueError(f"out_dtype={out_dtype} disagrees with out.dtype={out.dtype}: out_dtype only chooses the "
+                         "dtype of an output allocated here; leave it None when passing out=")
+
+
 def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-                                  group_sizes: torch.Tensor, out: torch.Tensor | None = None,
-                                  out_dtype: torch.dtype = torch.bfloat16, zero_padding: bool = False,
+                                  group_sizes: torch.Tensor | ContiguousLayout, out: torch.Tensor | None = None,
+                                  out_dtype: torch.dtype | None = None, zero_padding: bool = False,
                                   backend: str = "auto") -> torch.Tensor:
     """Mixture-of-experts GEMM, m-grouped contiguous layout: the rows of A hold every group's (expert's) tokens
     back to back, group g's segment starting at ``sum_{j<g} round_up(group_sizes[j], GROUPED_M_ALIGNMENT)``
@@ -137,16 +189,33 @@ def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: to
 
     a (M, K) fp8 with a_scales (M, K/128) fp32; b (groups, N, K) fp8 with b_scales (groups, ceil(N/128), K/128)
     fp32; group_sizes (groups,) int32 on a's device (read by the kernel: no host synchronization, so CUDA graphs
-    replay it with new sizes). Row r of group g: out[r] = dequant(a[r]) @ dequant(b[g]).T, rounded once.
+    replay it with new sizes), or the ContiguousLayout that permuted A (build_contiguous_layout: its alignment
+    must be GROUPED_M_ALIGNMENT and its rows M; the group sizes of a layout with another alignment are refused
+    too). Row r of group g: out[r] = dequant(a[r]) @ dequant(b[g]).T, rounded once.
     Padding rows and rows past the last segment are never computed nor written: they keep what ``out`` held
     (uninitialized memory when ``out`` is None), or are zero with ``zero_padding=True`` (a memset of out first).
     Sizes are clamped: negative counts read as 0 and a segment past row M is cut off. Up to MAX_GROUPS groups.
-    Returns out ((M, N), out_dtype when allocated here). backend: "auto", "ptx" or "reference"."""
-    _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales, group_sizes=group_sizes, out=out)
+    Returns out ((M, N); allocated here with out_dtype, bf16 when None; with ``out=``, out_dtype is None or
+    out's dtype). backend: "auto", "ptx" or "reference". Forward only: no input may require grad in grad mode."""
+    _check_out_dtype(out_dtype, none_ok=True)
+    _check_flag("zero_padding", zero_padding)
+    _check_backend(backend)
+    if isinstance(group_sizes, ContiguousLayout):
+        _require_tensors(a=a)
+        group_sizes = _moe.layout_group_sizes(group_sizes, a)
+    elif not isinstance(group_sizes, torch.Tensor):
+        raise TypeError(f"group_sizes must be a torch.Tensor or a ContiguousLayout, got {type(group_sizes).__name__}")
+    else:
+        _moe.check_layout_alignment(group_sizes)
+    _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales, out=out)
+    if torch.is_grad_enabled():
+        _forward_only("m_grouped_fp8_gemm_contiguous", a=a, a_scales=a_scales, b=b, b_scales=b_scales, out=out)
     if out is None:
         _layouts.check_rank("a", a, 2, "(M, K): the tokens of every group back to back")
         _layouts.check_rank("b", b, 3, "(groups, N, K)")
         out = _new_grouped_out((a.shape[0], b.shape[1]), a, out_dtype)
+    else:
+        _check_out_agrees(out, out_dtype)
     torch.ops.deepergemm.m_grouped_fp8_gemm_contiguous(a, a_scales, b, b_scales, group_sizes, out, zero_padding,
                                                        backend)
     return out
@@ -154,19 +223,25 @@ def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: to
 
 def m_grouped_fp8_gemm_masked(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
                               masked_m: torch.Tensor, expected_m: int, out: torch.Tensor | None = None,
-                              out_dtype: torch.dtype = torch.bfloat16, backend: str = "auto") -> torch.Tensor:
+                              out_dtype: torch.dtype | None = None, backend: str = "auto") -> torch.Tensor:
     """Mixture-of-experts GEMM, m-grouped masked layout (decode): a (groups, max_m, K) fp8 with a_scales
     (groups, max_m, K/128) fp32, of which group g's first masked_m[g] rows are real; b, b_scales as for
     m_grouped_fp8_gemm_contiguous; masked_m (groups,) int32 on a's device, read by the kernel (no host
     synchronization: capture once in a CUDA graph, replay with new counts); expected_m, the rows per group the
     caller expects, only guides the tile choice. out[g, r] = dequant(a[g, r]) @ dequant(b[g]).T for r <
     masked_m[g]; the rows after them are never written (they keep what ``out`` held, uninitialized memory when
-    it is None). Returns out ((groups, max_m, N))."""
+    it is None). Returns out ((groups, max_m, N); out_dtype as for the contiguous form). Forward only."""
+    _check_out_dtype(out_dtype, none_ok=True)
+    _check_backend(backend)
     _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales, masked_m=masked_m, out=out)
     _layouts.check_expected_m(expected_m)  # (the dispatcher's own error for a float is a RuntimeError)
+    if torch.is_grad_enabled():
+        _forward_only("m_grouped_fp8_gemm_masked", a=a, a_scales=a_scales, b=b, b_scales=b_scales, out=out)
     if out is None:
         _layouts.check_rank("a", a, 3, "(groups, max_m, K)")
         _layouts.check_rank("b", b, 3, "(groups, N, K)")
         out = _new_grouped_out((a.shape[0], a.shape[1], b.shape[1]), a, out_dtype)
+    else:
+        _check_out_agrees(out, out_dtype)
     torch.ops.deepergemm.m_grouped_fp8_gemm_masked(a, a_scales, b, b_scales, masked_m, expected_m, out, backend)
     return out

@@ -24,7 +24,7 @@ TMA_ALIGN_BYTES = 16
 N_ALIGN = 8  # output rows must be 16-byte aligned for the TMA store of bf16
 OUT_DTYPES = (torch.bfloat16, torch.float32)
 BIAS_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-LINEAR_X_DTYPES = (torch.bfloat16, torch.float32)
+LINEAR_X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # fp16: the GEMM writes fp32, rounded once
 # Grouped (MoE) GEMMs, contiguous layout: each expert's rows start at a multiple of this many rows of A (the
 # rows after its last real row, up to the next multiple, are padding; DeepGEMM's alignment). The kernel's
 # tiles start at their expert's first row, so a tile never stores another expert's rows, whatever its height.
@@ -144,12 +144,13 @@ def _require_same_device(named: dict[str, torch.Tensor | None]) -> None:
 
 
 def check_quantize_input(name: str, x: torch.Tensor) -> None:
-    """Rules for quantize_act / quantize_weight inputs."""
+    """Rules for quantize_act / quantize_weight inputs (K as every GEMM takes it: a positive multiple of 128)."""
     _require_tensor(name, x)
     _require_dtype(name, x, (torch.bfloat16, torch.float16, torch.float32))
     check_rank(name, x, 2, "(rows, K)")
-    if x.shape[1] % GROUP_K != 0:
-        raise ValueError(f"{name}.shape[1] (K) must be a multiple of {GROUP_K}, got K={x.shape[1]}")
+    k = x.shape[1]
+    if k == 0 or k % GROUP_K != 0:
+        raise ValueError(f"{name}.shape[1] (K) must be a positive multiple of {GROUP_K}, got K={k}")
 
 
 def check_gemm_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
@@ -177,8 +178,9 @@ def _check_a_and_scales(a: torch.Tensor, a_scales: torch.Tensor, b_scales: torch
     if k_b != k:
         raise ValueError(k_mismatch.format(a=tuple(a.shape)))
     _check_k(k)
-    if n % N_ALIGN != 0:
-        raise ValueError(f"N (b.shape[0]) must be a multiple of {N_ALIGN} (16-byte aligned output rows), got N={n}")
+    if n % N_ALIGN != 0 or n == 0:
+        raise ValueError(f"N (b.shape[0]) must be a positive multiple of {N_ALIGN} (16-byte aligned output rows), "
+                         f"got N={n}")
     _require_dtype("a_scales", a_scales, (torch.float32,))
     _require_dtype("b_scales", b_scales, (torch.float32,))
     groups = k // GROUP_K
@@ -189,14 +191,18 @@ def _check_a_and_scales(a: torch.Tensor, a_scales: torch.Tensor, b_scales: torch
                          f"got {tuple(b_scales.shape)}")
     if not isinstance(out_dtype, torch.dtype) or out_dtype not in OUT_DTYPES:
         raise TypeError(f"out_dtype must be torch.bfloat16 or torch.float32, got {out_dtype}")
+    _check_bias(bias, n)
+    _require_same_device({"a": a, "a_scales": a_scales, "b_scales": b_scales, "bias": bias})
+    _require_k_major("a", a)
+    return m, k
+
+
+def _check_bias(bias: torch.Tensor | None, n: int) -> None:
     if bias is not None:
         _require_tensor("bias", bias)
         _require_dtype("bias", bias, BIAS_DTYPES)
         if tuple(bias.shape) != (n,):
             raise ValueError(f"bias must have shape (N,) = ({n},), got {tuple(bias.shape)}")
-    _require_same_device({"a": a, "a_scales": a_scales, "b_scales": b_scales, "bias": bias})
-    _require_k_major("a", a)
-    return m, k
 
 
 PLACED_SLAB_ROWS = (16, 32, 64, 128, 256)
@@ -239,12 +245,32 @@ def check_placed_inputs(a: torch.Tensor, a_scales: torch.Tensor, pool: torch.Ten
 
 def check_linear_inputs(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor,
                         bias: torch.Tensor | None) -> None:
-    """Rules for linear(x, w, w_scales, bias): x (..., K) bf16/fp32; w and w_scales as fp8_gemm's b."""
+    """Rules for linear(x, w, w_scales, bias), in linear's names: x (..., K) bf16/fp16/fp32; w (N, K) and w_scales
+    (ceil(N/128), K/128) as fp8_gemm's b and b_scales (whose own checks, after these, would say b and b_scales)."""
     _require_tensor("x", x)
     _require_tensor("w", w)
+    _require_tensor("w_scales", w_scales)
     _require_dtype("w", w, (FP8_DTYPE,))
     check_rank("w", w, 2, "(N, K)")
-    check_linear_x(x, w.shape[1])
+    n, k = w.shape
+    check_linear_x(x, k)
+    _check_k(k)
+    if n % N_ALIGN != 0 or n == 0:
+        raise ValueError(f"N (w.shape[0]) must be a positive multiple of {N_ALIGN} (16-byte aligned output rows), "
+                         f"got N={n}")
+    _require_dtype("w_scales", w_scales, (torch.float32,))
+    want = (ceil_div(n, GROUP_K), k // GROUP_K)
+    if tuple(w_scales.shape) != want:
+        raise ValueError(f"w_scales must have shape (ceil(N/128), K/128) = {want}, got {tuple(w_scales.shape)}")
+    _check_bias(bias, n)
+    _require_same_device({"x": x, "w": w, "w_scales": w_scales, "bias": bias})
+    _require_k_major("w", w)
+
+
+def linear_gemm_dtype(x_dtype: torch.dtype) -> torch.dtype:
+    """The GEMM's out_dtype for linear's x dtype: fp16 goes through fp32 (the GEMM writes bf16 or fp32), rounded
+    once to fp16 afterwards."""
+    return torch.float32 if x_dtype == torch.float16 else x_dtype
 
 
 def check_linear_x(x: torch.Tensor, k: int) -> None:

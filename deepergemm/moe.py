@@ -2,7 +2,7 @@
 
     layout = build_contiguous_layout(topk_ids, num_experts)   # topk_ids (T, topk): the router's choices
     a = permute_tokens(x, layout)                               # (layout.rows, K): experts' rows back to back
-    ...                                                         # grouped GEMM over a with layout.group_sizes
+    ...                                                         # grouped GEMM over a, given the layout
     y = unpermute_tokens(out, layout, topk_weights)             # (T, N): sum_k w[t, k] * out[row_of[t, k]]
 
 The layout
@@ -42,6 +42,7 @@ __all__ = ["ContiguousLayout", "contiguous_rows_bound", "build_contiguous_layout
 _ID_DTYPES = (torch.int32, torch.int64)
 _Y_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _INT32_MAX = 2**31 - 1  # rows are int32 (the GEMM's group_sizes and row indices)
+_ALIGNMENT_ATTR = "_deepergemm_alignment"  # on a layout's group_sizes when its alignment is not the GEMM's
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +63,13 @@ class ContiguousLayout:
     rows: int
     alignment: int
     num_experts: int
+
+    def __post_init__(self):
+        # The grouped GEMM reads only group sizes and starts each segment at a multiple of GROUPED_M_ALIGNMENT: the
+        # sizes of a layout with another alignment carry it, so that the GEMM refuses them (check_layout_alignment)
+        # instead of reading rows from the wrong places. (Not while torch.compile traces: no attributes there.)
+        if self.alignment != GROUPED_M_ALIGNMENT and not torch.compiler.is_compiling():
+            setattr(self.group_sizes, _ALIGNMENT_ATTR, self.alignment)
 
     @property
     def num_tokens(self) -> int:
@@ -87,6 +95,31 @@ def _require_layout(layout) -> None:
         raise TypeError(f"layout must be a ContiguousLayout (from build_contiguous_layout), got {type(layout).__name__}")
 
 
+def _alignment_error(what: str, alignment: int) -> ValueError:
+    return ValueError(f"{what} (alignment={alignment}), but m_grouped_fp8_gemm_contiguous starts each "
+                      f"group's rows at a multiple of GROUPED_M_ALIGNMENT ({GROUPED_M_ALIGNMENT}) and would read "
+                      "them from other rows; build the layout with the default alignment")
+
+
+def check_layout_alignment(group_sizes: torch.Tensor) -> None:
+    """The grouped GEMM's group_sizes must not come from a layout of another alignment (ContiguousLayout)."""
+    alignment = getattr(group_sizes, _ALIGNMENT_ATTR, GROUPED_M_ALIGNMENT)
+    if alignment != GROUPED_M_ALIGNMENT:
+        raise _alignment_error("group_sizes come from a ContiguousLayout of another alignment", alignment)
+
+
+def layout_group_sizes(layout: ContiguousLayout, a: torch.Tensor) -> torch.Tensor:
+    """The grouped GEMM's group_sizes from the layout that permuted its A: the layout's alignment must be the
+    GEMM's and its rows those of A."""
+    if layout.alignment != GROUPED_M_ALIGNMENT:
+        raise _alignment_error("layout was built for another alignment", layout.alignment)
+    check_rank("a", a, 2, "(M, K): the tokens of every group back to back")
+    if a.shape[0] != layout.rows:
+        raise ValueError(f"a.shape[0] (M={a.shape[0]}) must equal layout.rows ({layout.rows}): a holds the permuted "
+                         "tokens, quantize_act(permute_tokens(x, layout))")
+    return layout.group_sizes
+
+
 # ----------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------
@@ -109,8 +142,8 @@ def build_contiguous_layout(topk_ids: torch.Tensor, num_experts: int, alignment:
 
     Ids outside [0, num_experts) (-1 included) are dropped. max_rows=None reads the total back from the
     device (one synchronization); a given max_rows never synchronizes and drops the choices past it. The grouped
-    GEMM (m_grouped_fp8_gemm_contiguous) places segments at multiples of GROUPED_M_ALIGNMENT: keep the default
-    alignment for it (another alignment lays out rows the GEMM would read elsewhere)."""
+    GEMM (m_grouped_fp8_gemm_contiguous) places segments at multiples of GROUPED_M_ALIGNMENT: it refuses a layout
+    of another alignment, and that layout's group_sizes (other alignments serve other grouped kernels)."""
     _require_tensor("topk_ids", topk_ids)
     _require_dtype("topk_ids", topk_ids, _ID_DTYPES)
     check_rank("topk_ids", topk_ids, 2, "(T, topk)")

@@ -227,7 +227,7 @@ def _fp8_gemm_cpu(a, a_scales, b, b_scales, out_dtype=torch.bfloat16, bias=None,
 def _fp8_gemm_python(a, a_scales, b, b_scales, out_dtype=torch.bfloat16, bias=None, backend="auto"):
     m, n, _ = layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias)
     chosen = resolve_backend(backend, a.device)
-    if m == 0 or n == 0:
+    if m == 0:
         return a.new_empty((m, n), dtype=out_dtype)
     if chosen == "ptx":  # (the binding loaded meanwhile)
         return torch.ops.deepergemm.fp8_gemm.default(a, a_scales, b, b_scales, out_dtype, bias, chosen)
@@ -292,7 +292,8 @@ _define_gemm_op("fp8_gemm_placed(Tensor a, Tensor a_scales, Tensor pool, Tensor 
 # ----------------------------------------------------------------------------------------------
 def _linear_2d(x2: torch.Tensor, w, w_scales, bias, backend: str) -> torch.Tensor:
     q, s = torch.ops.deepergemm.quantize_act(x2)
-    return torch.ops.deepergemm.fp8_gemm(q, s, w, w_scales, x2.dtype, bias, backend)
+    out = torch.ops.deepergemm.fp8_gemm(q, s, w, w_scales, layouts.linear_gemm_dtype(x2.dtype), bias, backend)
+    return out if out.dtype == x2.dtype else out.to(x2.dtype)
 
 
 @custom_op("deepergemm::linear", mutates_args=(), device_types=("cpu", "cuda"))
@@ -314,7 +315,7 @@ def _linear_fake(x, w, w_scales, bias=None, backend="auto"):
         rows = rows * d
     layouts.check_gemm_inputs(
         x.new_empty((rows, x.shape[-1]), dtype=reference.FP8_DTYPE),
-        layouts.empty_act_scales(rows, x.shape[-1], x.device), w, w_scales, x.dtype, bias)
+        layouts.empty_act_scales(rows, x.shape[-1], x.device), w, w_scales, layouts.linear_gemm_dtype(x.dtype), bias)
     return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 

@@ -87,14 +87,14 @@ def _check_float_matrix(name: str, x: torch.Tensor, k_multiple: bool = True) -> 
         raise TypeError(f"{name} must be bfloat16, float16 or float32, got {x.dtype}")
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (rows, K), got shape {tuple(x.shape)}")
-    if k_multiple and x.shape[1] % GROUP_K != 0:
-        raise ValueError(f"{name}.shape[1] (K) must be a multiple of {GROUP_K}, got K={x.shape[1]}")
+    if k_multiple and (x.shape[1] == 0 or x.shape[1] % GROUP_K != 0):
+        raise ValueError(f"{name}.shape[1] (K) must be a positive multiple of {GROUP_K}, got K={x.shape[1]}")
 
 
 def quantize_act(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(1x128)-group fp8 quantization of activations.
 
-    x: (M, K) bf16/fp16/fp32, K a multiple of 128.
+    x: (M, K) bf16/fp16/fp32, K a positive multiple of 128.
     Returns (q (M, K) float8_e4m3fn contiguous, scales (M, K/128) fp32). The reference returns
     row-major scales; the GPU quantizer returns the same values in the GEMM's M-major layout
     (see deepergemm.layouts.empty_act_scales)."""
@@ -166,7 +166,7 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales:
 def linear(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor, bias: torch.Tensor | None = None,
            ue8m0: bool = False) -> torch.Tensor:
     """Reference of deepergemm.linear: quantize x per 1x128 group, then the block-scaled GEMM.
-    x (..., K) bf16/fp32; returns (..., N) in x's dtype."""
+    x (..., K) bf16/fp16/fp32; returns (..., N) in x's dtype (rounded once from the fp32 sum)."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     q, s = quantize_act(x2, ue8m0=ue8m0)

@@ -265,7 +265,7 @@ std::pair<int64_t, int64_t> check_a_and_scales(const Tensor& a, const Tensor& a_
   const int64_t m = a.size(0), k = a.size(1);
   TORCH_CHECK_VALUE(k_b == k, k_mismatch_before, tuple_str(a.sizes()), k_mismatch_after);
   check_k(k);
-  TORCH_CHECK_VALUE(n % kNAlign == 0, "N (b.shape[0]) must be a multiple of ", kNAlign,
+  TORCH_CHECK_VALUE(n % kNAlign == 0 && n != 0, "N (b.shape[0]) must be a positive multiple of ", kNAlign,
                     " (16-byte aligned output rows), got N=", n);
   require_dtype("a_scales", a_scales, {at::kFloat});
   require_dtype("b_scales", b_scales, {at::kFloat});
@@ -1013,7 +1013,7 @@ Tensor fp8_gemm(const Tensor& a, const Tensor& a_scales, const Tensor& b, const 
                 const optional<Tensor>& bias, c10::string_view backend) {
   auto [m, n, k] = check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias);
   const Backend chosen = resolve_backend(backend, a.device());
-  if (m == 0 || n == 0) return at::empty({m, n}, a.options().dtype(out_dtype));
+  if (m == 0) return at::empty({m, n}, a.options().dtype(out_dtype));
   if (chosen != Backend::kPtx) {
     static auto slow = python_impl("deepergemm::_fp8_gemm_python")
                            .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, at::ScalarType,

@@ -16,9 +16,27 @@ def hopper_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
+ALL_TESTS = "python -m pytest -m 'slow or not slow'"  # (the README's test command adds it)
+
+
+def _slow_left_out(config) -> bool:
+    return config.getoption("markexpr", "") == "not slow"
+
+
 def pytest_report_header(config):
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return f"deepergemm: DEEPERGEMM_TEST_SEED={_BASE_SEED}, torch {torch.__version__}, GPU: {gpu}"
+    lines = [f"deepergemm: DEEPERGEMM_TEST_SEED={_BASE_SEED}, torch {torch.__version__}, GPU: {gpu}"]
+    if _slow_left_out(config):
+        lines.append(f"deepergemm: tests marked slow are left out (the default, -m 'not slow'); {ALL_TESTS} runs "
+                     "them too")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    slow = sum("slow" in item.keywords for item in terminalreporter.stats.get("deselected", []))
+    if _slow_left_out(config) and slow:
+        terminalreporter.write_line(f"deepergemm: {slow} slow test{'s' * (slow != 1)} left out; {ALL_TESTS} runs "
+                                    "everything")
 
 
 def pytest_collection_modifyitems(config, items):

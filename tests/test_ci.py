@@ -1,7 +1,12 @@
-"""CI runs exactly the README's test command, and the README keeps both set-up commands."""
+"""CI runs exactly the README's test command, which runs every test, and the README keeps both set-up
+commands; a plain `python -m pytest` leaves the slow tests out and says so."""
 import pathlib
+import re
+import shlex
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -22,3 +27,45 @@ def test_ci_runs_the_readme_test_command():
     assert "pip install --quiet torch==2.13.0" in script
     assert "readme_command.py tests" in script
     assert 'bash -c "$test_cmd"' in script
+
+
+def _marker_expression(args: list[str]) -> str | None:
+    """The -m expression of a pytest command line (the last one wins, as in pytest)."""
+    expr = None
+    for i, arg in enumerate(args[:-1]):
+        if arg == "-m":
+            expr = args[i + 1]
+    return expr
+
+
+def _selects(expr: str, **marks: bool) -> bool:
+    return eval(expr, {"__builtins__": {}}, marks)  # (-m expressions of plain marker names are Python)
+
+
+def _pytest_args(command: str) -> list[str]:
+    words = shlex.split(command.split("&&")[-1])
+    assert words[:3] == ["python", "-m", "pytest"], command
+    return words[3:]
+
+
+def test_default_run_leaves_slow_tests_out_and_ci_runs_them():
+    addopts = re.search(r'^addopts = "(.*)"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert addopts is not None, "pyproject.toml: no addopts line"
+    default = _marker_expression(shlex.split(addopts.group(1)))
+    assert not _selects(default, slow=True) and _selects(default, slow=False)
+    readme = _marker_expression(shlex.split(addopts.group(1)) + _pytest_args(_readme_command("tests")))
+    assert _selects(readme, slow=True) and _selects(readme, slow=False), "the README's command must run everything"
+
+
+@pytest.mark.slow  # (two pytest processes: ~7 s on 2 cores)
+def test_default_run_says_what_it_leaves_out():
+    def collect(*args):
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-p", "no:cacheprovider", *args,
+                              "tests/test_scheduler.py"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        return out.stdout
+
+    plain = collect()
+    assert "tests marked slow are left out" in plain and "1 deselected" in plain
+    assert "1 slow test left out; python -m pytest -m 'slow or not slow' runs everything" in plain
+    full = collect(*_pytest_args(_readme_command("tests")))
+    assert "left out" not in full and "deselected" not in full and "1 test collected" in full

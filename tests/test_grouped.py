@@ -159,6 +159,64 @@ def test_contiguous_rules(change, error, match):
         dg.m_grouped_fp8_gemm_contiguous(**args)
 
 
+def _moe_problem(alignment=ALIGN, t=40, topk=3, experts=5, n=24, k=256):
+    """Router output, tokens and expert weights; the layout, and A quantized from the permuted tokens."""
+    ids = torch.randint(0, experts, (t, topk))
+    x = torch.randn(t, k)
+    b, b_s = _weights(experts, n, k)
+    layout = dg.build_contiguous_layout(ids, experts, alignment=alignment)
+    a, a_s = dg.quantize_act(dg.permute_tokens(x, layout))
+    return ids, x, b, b_s, layout, a, a_s
+
+
+def test_contiguous_takes_the_layout_itself():
+    ids, x, b, b_s, layout, a, a_s = _moe_problem()
+    weights = torch.rand(*ids.shape)
+    out = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, layout, zero_padding=True)
+    assert torch.equal(out, dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, layout.group_sizes, zero_padding=True))
+    y = dg.unpermute_tokens(out, layout, weights)
+    # float64 product of each token's dequantized row with its experts' weights, weighted over its top-k
+    a_rows = ref.dequantize_act(a, a_s).double()[layout.row_of.long()]  # (T, topk, K)
+    w64 = torch.stack([ref.dequantize_weight(b[e], b_s[e]) for e in range(b.shape[0])]).double()
+    want = torch.einsum("tjk,tjnk,tj->tn", a_rows, w64[ids], weights.double())
+    assert ref.calc_diff(y, want) < 1e-5
+    with pytest.raises(ValueError, match=rf"a.shape\[0\] \(M={layout.rows - 128}\) must equal layout.rows "
+                                         rf"\({layout.rows}\)"):
+        dg.m_grouped_fp8_gemm_contiguous(a[128:], a_s[128:], b, b_s, layout)
+
+
+def test_contiguous_refuses_a_layout_of_another_alignment():
+    """A 64-row layout would be read at 128-row segment starts: wrong rows, silently. It is refused, as a layout
+    and as its group_sizes, on the path a user takes: build, permute, quantize, GEMM."""
+    *_, b, b_s, layout, a, a_s = _moe_problem(alignment=64)
+    with pytest.raises(ValueError, match=r"layout was built for another alignment \(alignment=64\).*multiple of "
+                                         r"GROUPED_M_ALIGNMENT \(128\)"):
+        dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, layout)
+    with pytest.raises(ValueError, match=r"group_sizes come from a ContiguousLayout of another alignment "
+                                         r"\(alignment=64\)"):
+        dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, layout.group_sizes, zero_padding=True)
+    with pytest.raises(TypeError, match="group_sizes must be a torch.Tensor or a ContiguousLayout, got list"):
+        dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, [3, 4, 5, 6, 7])
+
+
+@pytest.mark.parametrize("out_dtype", [torch.int8, torch.float32])
+def test_out_dtype_must_agree_with_out(out_dtype):
+    """out_dtype only chooses the dtype of an output allocated here: with out=, it is None or out's dtype."""
+    a, a_s, b, b_s, sizes = _contiguous_args()
+    out = torch.zeros(256, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=rf"out_dtype={out_dtype} disagrees with out.dtype=torch.bfloat16"):
+        dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, sizes, out=out, out_dtype=out_dtype)
+    a3, a3_s = a[:64].reshape(2, 32, 128), a_s[:64].reshape(2, 32, 1)
+    out3 = torch.zeros(2, 32, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=rf"out_dtype={out_dtype} disagrees with out.dtype=torch.bfloat16"):
+        dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, sizes, 16, out=out3, out_dtype=out_dtype)
+    # agreeing or left out: out is written and returned
+    assert dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, sizes, out=out, out_dtype=torch.bfloat16) is out
+    out32 = torch.zeros(2, 32, 16, dtype=torch.float32)
+    assert dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, sizes, 16, out=out32) is out32
+    assert out.abs().sum() > 0 and out32.abs().sum() > 0
+
+
 def test_misaligned_out_is_a_named_error():
     a, a_s, b, b_s, sizes = _contiguous_args()
     storage = torch.empty(256 * 16 + 1, dtype=torch.bfloat16)
@@ -207,6 +265,7 @@ def test_opcheck_grouped_ops():
                           test_utils=FP8_OPCHECK)
 
 
+@pytest.mark.slow  # (an inductor compile: ~3.5 s on 2 cores)
 def test_torch_compile_fullgraph():
     a, a_s, b, b_s, sizes = _contiguous_args(rows=256, n=24)
     a3, a3_s = a[:64].reshape(2, 32, 128), a_s[:64].reshape(2, 32, 1)
@@ -399,7 +458,7 @@ def _moe_layer(x, topk_ids, topk_weights, b, b_s, max_rows):
     experts = b.shape[0]
     layout = dg.build_contiguous_layout(topk_ids, experts, max_rows=max_rows)
     a, a_s = dg.quantize_act(dg.permute_tokens(x, layout))
-    out = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, layout.group_sizes, zero_padding=True)
+    out = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, layout, zero_padding=True)
     return dg.unpermute_tokens(out, layout, topk_weights)
 
 

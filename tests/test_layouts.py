@@ -47,7 +47,7 @@ def test_k_not_multiple_of_128():
 
 
 def test_quantize_rules():
-    with pytest.raises(ValueError, match=r"x.shape\[1\] \(K\) must be a multiple of 128, got K=100"):
+    with pytest.raises(ValueError, match=r"x.shape\[1\] \(K\) must be a positive multiple of 128, got K=100"):
         dg.quantize_act(torch.randn(4, 100))
     with pytest.raises(TypeError, match=r"x must have dtype .*got torch.int32"):
         dg.quantize_act(torch.ones(4, 128, dtype=torch.int32))
@@ -103,12 +103,71 @@ def test_empty_m_returns_empty():
 
 def test_linear_rules():
     _, _, b, b_s = _inputs()
-    with pytest.raises(TypeError, match="x must have dtype"):
-        dg.linear(torch.randn(4, 256, dtype=torch.float16), b, b_s)
+    with pytest.raises(TypeError, match="x must have dtype torch.bfloat16 or torch.float16 or torch.float32, got "
+                                        "torch.float64"):
+        dg.linear(torch.randn(4, 256, dtype=torch.float64), b, b_s)
     with pytest.raises(ValueError, match=r"x.shape\[-1\] \(K=128\) must equal w.shape\[1\] \(K=256\)"):
         dg.linear(torch.randn(4, 128, dtype=torch.bfloat16), b, b_s)
     with pytest.raises(TypeError, match="w must have dtype"):
         dg.linear(torch.randn(4, 256, dtype=torch.bfloat16), b.float(), b_s)
+
+
+@pytest.mark.parametrize("change,exc,words", [
+    pytest.param(lambda x, w, w_s, bias: (x, w, torch.ones(16, 2), bias), ValueError,
+                 ["w_scales must have shape (ceil(N/128), K/128) = (2, 2), got (16, 2)"], id="w_scales-shape"),
+    pytest.param(lambda x, w, w_s, bias: (x, w, w_s.half(), bias), TypeError,
+                 ["w_scales must have dtype torch.float32"], id="w_scales-dtype"),
+    pytest.param(lambda x, w, w_s, bias: (x, w[:12], w_s[:1], bias[:12]), ValueError,
+                 ["N (w.shape[0]) must be a positive multiple of 8", "N=12"], id="N"),
+    pytest.param(lambda x, w, w_s, bias: (x, w, w_s.to("meta"), bias), ValueError,
+                 ["all tensors must be on one device: x is on cpu, w_scales is on meta"], id="w_scales-device"),
+    pytest.param(lambda x, w, w_s, bias: (x, w, w_s, bias.to("meta")), ValueError,
+                 ["all tensors must be on one device: x is on cpu, bias is on meta"], id="bias-device"),
+    pytest.param(lambda x, w, w_s, bias: (x, w.t().contiguous().t(), w_s, bias), ValueError, ["w must be K-major"],
+                 id="w-strides"),
+    pytest.param(lambda x, w, w_s, bias: (x, w, [[1.0]], bias), TypeError,
+                 ["w_scales must be a torch.Tensor, got list"], id="w_scales-type"),
+])
+def test_linear_errors_name_w_and_w_scales(change, exc, words):
+    """linear's weight is w with w_scales: its errors never speak of fp8_gemm's b and b_scales (or a)."""
+    _, _, w, w_s = _inputs()
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    with pytest.raises(exc) as info:
+        dg.linear(*change(x, w, w_s, torch.randn(136, dtype=torch.bfloat16)))
+    message = str(info.value)
+    for word in words:
+        assert word in message, f"{word!r} missing from: {message}"
+    for wrong in ("b_scales", "b.shape", "b must", "a is on", "b is on"):
+        assert wrong not in message, f"{wrong!r} in: {message}"
+
+
+def test_k_is_a_positive_multiple_of_128_everywhere():
+    """One rule for K: the quantizers refuse what the GEMMs refuse, K = 0 included."""
+    for fn, name in ((dg.quantize_act, "x"), (dg.quantize_weight, "w"), (ref.quantize_act, "x"),
+                     (ref.quantize_weight, "w")):
+        for k in (0, 64):
+            with pytest.raises(ValueError, match=rf"{name}.shape\[1\] \(K\) must be a positive multiple of 128, "
+                                                 rf"got K={k}"):
+                fn(torch.randn(4, k))
+    a, a_s, b, b_s = _inputs()
+    with pytest.raises(ValueError, match="K must be a positive multiple of 128, got K=0"):
+        _gemm(a[:, :0], a_s[:, :0], b[:, :0], b_s[:, :0])
+
+
+def test_n_is_a_positive_multiple_of_8_for_every_gemm():
+    """N = 0 (a weight without rows) is refused by every GEMM alike, as the grouped ones always did."""
+    a, a_s, b, b_s = _inputs()
+    with pytest.raises(ValueError, match=r"N \(b.shape\[0\]\) must be a positive multiple of 8 .*got N=0"):
+        _gemm(a, a_s, b[:0], b_s[:0])
+    with pytest.raises(ValueError, match=r"N \(w.shape\[0\]\) must be a positive multiple of 8 .*got N=0"):
+        dg.linear(torch.randn(2, 256), b[:0], b_s[:0])
+    groups = torch.tensor([16], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"N \(b.shape\[1\]\) must be a positive multiple of 8 .*got N=0"):
+        dg.m_grouped_fp8_gemm_contiguous(a, a_s, b[None, :0], b_s[None, :0], groups)
+    with pytest.raises(ValueError, match=r"N \(b.shape\[1\]\) must be a positive multiple of 8 .*got N=0"):
+        dg.m_grouped_fp8_gemm_masked(a[None], a_s[None], b[None, :0], b_s[None, :0], groups, 16)
+    # M = 0 stays an empty result (an empty batch, an expert without tokens)
+    assert _gemm(a[:0], a_s[:0], b, b_s).shape == (0, 136)
 
 
 def test_act_scale_layout_helpers():

@@ -316,6 +316,7 @@ def interpreter_cases():
     print("interpreter OK")
 
 
+@pytest.mark.slow  # (a subprocess in Triton's interpreter: ~16 s on 2 cores)
 def test_interpreter_matches_torch(run_interpreted):
     run_interpreted("test_moe_layout")
 

@@ -53,11 +53,12 @@ def test_opcheck_quantize(m, k, ue8m0):
     torch.library.opcheck(OPS.quantize_weight.default, (torch.randn(m + 129, k), ue8m0))
 
 
-@pytest.mark.parametrize("shape,bias", [((5, 256), False), ((2, 3, 256), True)])
-def test_opcheck_linear(shape, bias):
+@pytest.mark.parametrize("shape,bias,dtype", [((5, 256), False, torch.bfloat16), ((2, 3, 256), True, torch.bfloat16),
+                                              ((4, 256), True, torch.float16)])
+def test_opcheck_linear(shape, bias, dtype):
     w, ws = ref.quantize_weight(torch.randn(40, 256))
     b = torch.randn(40, dtype=torch.bfloat16) if bias else None
-    opcheck_fp8(OPS.linear.default, (torch.randn(*shape, dtype=torch.bfloat16), w, ws, b, "auto"))
+    opcheck_fp8(OPS.linear.default, (torch.randn(*shape, dtype=dtype), w, ws, b, "auto"))
 
 
 def test_quantize_act_op_layout_and_values():
@@ -68,13 +69,18 @@ def test_quantize_act_op_layout_and_values():
     assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs)
 
 
-def test_linear_equals_reference():
-    x = torch.randn(2, 5, 256, dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_linear_equals_reference(dtype):
+    """y has x's dtype, rounded once from the fp32 sum (fp16 too: the GEMM writes fp32, then one cast)."""
+    x = torch.randn(2, 5, 256, dtype=dtype)
     w, ws = dg.quantize_weight(torch.randn(48, 256))
     bias = torch.randn(48, dtype=torch.bfloat16)
     y = dg.linear(x, w, ws, bias)
-    assert y.shape == (2, 5, 48) and y.dtype == torch.bfloat16
+    assert y.shape == (2, 5, 48) and y.dtype == dtype
     assert torch.equal(y, ref.linear(x, w, ws, bias))
+    q, s = dg.quantize_act(x.reshape(10, 256))
+    assert torch.equal(y.reshape(10, 48), dg.fp8_gemm(q, s, w, ws, torch.float32, bias).to(dtype))
+    assert torch.equal(dg.linear(x, dg.prepare_weight(w, ws), bias=bias), y)  # (unplaced on CPU)
 
 
 class FP8MLP(torch.nn.Module):

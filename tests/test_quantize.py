@@ -369,6 +369,7 @@ def interpreter_cases():
     print("interpreter OK")
 
 
+@pytest.mark.slow  # (a subprocess in Triton's interpreter: ~4 s on 2 cores)
 def test_interpreter_matches_reference(run_interpreted):
     run_interpreted("test_quantize")
 

@@ -15,6 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
 
 
+@pytest.mark.slow  # (an nvcc build and a walk of every grid: ~15 s on 2 cores)
 def test_scheduler_partitions_every_grid(tmp_path):
     if NVCC is None:
         pytest.skip("nvcc not found (CI has /usr/local/cuda/bin/nvcc)")
