@@ -20,6 +20,22 @@ namespace dg {
 // `zero` is always 0: the chain adds `v & zero`, so it stays at the chunk's address whatever the buffer holds
 // (placement probes memory full of weights), and being a kernel argument the compiler cannot fold it away, so
 // each load still waits for the last.
+
+// The SM clock, read once `v` has arrived: the read is predicated on `v & zero == 0` (true at run time, unknown to
+// the compiler), so it cannot issue before the load that produced v, and v is used: without a use, ptxas deletes
+// the whole chain of loads (their results fed only an inline-asm operand that the PTX never reads), and the probe
+// timed nothing (every latency 0).
+__device__ __forceinline__ uint64_t clock_after(uint32_t v, uint32_t zero) {
+  uint64_t t;
+  asm volatile(
+      "{\n .reg .pred p;\n .reg .b32 m;\n and.b32 m, %1, %2;\n setp.eq.u32 p, m, 0;\n mov.u64 %0, 0;\n"
+      " @p mov.u64 %0, %%clock64;\n}"
+      : "=l"(t)
+      : "r"(v), "r"(zero)
+      : "memory");
+  return t;
+}
+
 __global__ void l2_probe_kernel(const uint32_t* buf, const int64_t* offsets, int chunks, int reps, int rotate,
                                 uint32_t zero, uint32_t* cycles, int* smid) {
   if (threadIdx.x != 0) return;
@@ -34,10 +50,9 @@ __global__ void l2_probe_kernel(const uint32_t* buf, const int64_t* offsets, int
   for (int c = first; c < chunks; c += step) {
     const uint32_t* p = buf + offsets[c];
     uint32_t v = ld_global_cg_u32(p);  // (.cg: cached in L2 only, the L1 never answers)
-    uint64_t t0, t1;
-    asm volatile("mov.u64 %0, %%clock64;" : "=l"(t0) : "r"(v));  // after the first load has landed
+    const uint64_t t0 = clock_after(v, zero);  // after the first load has landed
     for (int r = 0; r < reps; ++r) v = ld_global_cg_u32(p + (v & zero));
-    asm volatile("mov.u64 %0, %%clock64;" : "=l"(t1) : "r"(v));  // after the last
+    const uint64_t t1 = clock_after(v, zero);  // after the last
     const int64_t slot = strided ? c : static_cast<int64_t>(block) * chunks + c;
     cycles[slot] = static_cast<uint32_t>((t1 - t0) / reps);
   }

@@ -106,6 +106,27 @@ def test_the_l2_probe_is_a_unit_too(builds):
     assert "0 bytes spill stores" in report and "0 bytes stack frame" in report, report
 
 
+def test_the_l2_probe_times_its_chain_of_loads(builds):
+    """The probe's clock reads enclose its dependent L2 loads in the machine code: without a use of the loaded
+    value ptxas deleted the whole chain and every latency read 0. Each clock read follows an instruction that
+    reads the last loaded value (in-order issue: it waits for the load)."""
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (pip install triton ships one)")
+    cubin = builds[0] / extension.PROBE_UNIT.file_name
+    sass = [line.split("*/", 1)[1].split(";")[0].strip() for line in
+            subprocess.run([tool, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout.splitlines()
+            if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+    clocks = [i for i, text in enumerate(sass) if "SR_CLOCKLO" in text]
+    assert len(clocks) >= 2, clocks
+    loads = [i for i, text in enumerate(sass) if text.startswith(("LDG.E.STRONG.GPU", "@P0 LDG.E.STRONG.GPU"))]
+    assert any(clocks[0] < i < clocks[-1] for i in loads), "no L2 load between the clock reads"
+    for i in (clocks[0], clocks[-1]):
+        loaded = {re.match(r"(?:@!?P\d )?LDG\S* (R\d+)", sass[j]).group(1) for j in loads if j < i}
+        before = sass[i - 1]
+        assert any(re.search(rf"\b{reg}\b", before.split(",", 1)[-1]) for reg in loaded), (before, loaded)
+
+
 @pytest.mark.parametrize("variant", configs.BUILT_VARIANTS, ids=lambda v: v.key)
 def test_sass_uses_fp8_wgmma(builds, variant):
     tool = _cuobjdump()
