@@ -8,7 +8,8 @@ export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
 LARGE=${LARGE:-128x128s6dc2,128x128s6d,128x128s6dc2x2,128x128s6dc1x2}
 SMALL=${SMALL:-64x32s16d,64x64s13d,64x64s8d,64x128s8d}
 # At most 8 files come back from $OUT: only the logs that matter go there.
-pip install -q -e . --no-deps --no-build-isolation > /tmp/install.log 2>&1 || { cat /tmp/install.log; exit 1; }
+python -m pip install -q -e . --no-deps --no-build-isolation > /tmp/install.log 2>&1 || { cat /tmp/install.log; exit 1; }
+python -c "import deepergemm" || { echo "deepergemm does not import after the install:"; cat /tmp/install.log; exit 1; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
 secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(date +%s.%N)"; }
 for step in "$@"; do

@@ -263,11 +263,11 @@ def binding_name() -> str:
     return f"deepergemm_binding_{digest.hexdigest()[:16]}"
 
 
-def binding_problem() -> str | None:
+def binding_problem(require_gpu: bool = True) -> str | None:
     """Why the host binding cannot be built here (None: it can, or it is built already)."""
     import torch
 
-    if not torch.cuda.is_available():
+    if require_gpu and not torch.cuda.is_available():
         return "no CUDA GPU (the binding launches kernels on one)"
     home = cuda_home()
     if home is None or not (home / "include" / "cuda.h").exists():
@@ -279,16 +279,17 @@ def binding_loaded() -> bool:
     return _binding_loaded
 
 
-def load_binding() -> None:
+def load_binding(require_gpu: bool = True) -> None:
     """Build (once per torch build, ~15 s) and load the host binding; afterwards the GEMM ops' CUDA kernels
-    are its C++ functions. Safe to call from several threads and processes."""
+    are its C++ functions. Safe to call from several threads and processes. require_gpu=False: also on a machine
+    without one (tests of the binding's input rules and its calls into Python on CPU tensors)."""
     global _binding_loaded
     if _binding_loaded:
         return
     with _binding_lock:
         if _binding_loaded:
             return
-        problem = binding_problem()
+        problem = binding_problem(require_gpu)
         if problem is not None:
             raise BuildError(f"cannot build the deepergemm host binding: {problem}")
         import torch
@@ -308,7 +309,7 @@ def load_binding() -> None:
                 cpp_extension.load(name=name, sources=[str(ptx_dir() / "binding.cpp")],
                                    extra_cflags=list(BINDING_CFLAGS),
                                    extra_include_paths=[str(ptx_dir()), str(cuda_home() / "include")],
-                                   extra_ldflags=["-lc10_cuda", "-ldl"], build_directory=str(build_dir),
+                                   extra_ldflags=["-ldl"], build_directory=str(build_dir),
                                    is_python_module=False,
                                    verbose=os.environ.get("DEEPERGEMM_VERBOSE_BUILD") == "1")
         except Exception as exc:  # the compiler's output is in the exception

@@ -13,14 +13,17 @@
 //   ops          torch.ops.deepergemm.* (CUDA) and torch.ops.deepergemm_native.* (loading, developers' launches,
 //                the L2-side probe)
 //
-// Plain host code: no <regex> (it was seen to crash under torch 2.11's runtime), no CUDA runtime calls.
+// Plain host code: no <regex> (it was seen to crash under torch 2.11's runtime), no CUDA runtime calls, no c10/cuda
+// headers (the current stream and the device guard come through c10's device-generic interface), so the binding
+// links against torch's CPU libraries alone: CI builds and loads it too (tests/test_binding_cpu.py).
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_strided.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/Stream.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
 
 #include <cuda.h>
@@ -103,6 +106,12 @@ const Driver& driver() {
     return r;
   }();
   return d;
+}
+
+// The caller's current stream on a CUDA device (torch's, through c10's device-generic interface).
+CUstream current_stream(int device) {
+  const c10::Device dev(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device));
+  return static_cast<CUstream>(c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(dev).native_handle());
 }
 
 void check_cu(CUresult res, const char* what) {
@@ -474,15 +483,14 @@ Backend resolve_backend(c10::string_view backend, const at::Device& device) {
                       "environment variable DEEPERGEMM_BACKEND must be one of ('auto', 'ptx', 'cublas', 'reference'), got '",
                       chosen, "'");
   }
+  if (chosen == "cublas") return Backend::kCublas;
+  if (chosen == "reference") return Backend::kReference;
   const DeviceFacts& facts = device_facts(device.index());
   const bool hopper = facts.major == 9 && facts.minor == 0;
   if (chosen == "auto") return hopper ? Backend::kPtx : Backend::kCublas;
-  if (chosen == "ptx") {
-    TORCH_CHECK_VALUE(hopper, "backend='ptx' needs an sm_90 (Hopper) GPU and a CUDA toolkit to build it; ", device.str(),
-                      " has compute capability (", facts.major, ", ", facts.minor, ")");
-    return Backend::kPtx;
-  }
-  return chosen == "cublas" ? Backend::kCublas : Backend::kReference;
+  TORCH_CHECK_VALUE(hopper, "backend='ptx' needs an sm_90 (Hopper) GPU and a CUDA toolkit to build it; ", device.str(),
+                    " has compute capability (", facts.major, ", ", facts.minor, ")");
+  return Backend::kPtx;
 }
 
 const char* backend_name(Backend b) {
@@ -665,9 +673,9 @@ CUtensorMap tensor_map_2d(const void* base, CUtensorMapDataType type, uint64_t i
 // workspaces: one per device and stream (launches on one stream run in order; two streams never share one).
 // While a stream is captured into a CUDA graph, a fresh one: the graph owns it and replays its zeroing.
 // =============================================================================================
-bool capturing(cudaStream_t stream) {
+bool capturing(CUstream stream) {
   CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
-  check_cu(driver().stream_is_capturing(reinterpret_cast<CUstream>(stream), &status), "cuStreamIsCapturing");
+  check_cu(driver().stream_is_capturing(stream, &status), "cuStreamIsCapturing");
   return status != CU_STREAM_CAPTURE_STATUS_NONE;
 }
 
@@ -677,7 +685,7 @@ std::map<StreamKey, Tensor> stream_k_workspaces, side_claim_counters;
 
 // The stream-K tail's workspace (scheduler.cuh): a flag per CTA and math warpgroup, which every launch leaves at
 // zero, then a slot of BLOCK_M x BLOCK_N fp32 partial sums per CTA.
-Tensor stream_k_workspace(const VariantInfo& info, const at::Device& device, cudaStream_t stream, int sms) {
+Tensor stream_k_workspace(const VariantInfo& info, const at::Device& device, CUstream stream, int sms) {
   const int64_t flags = int64_t{sms} * info.math_wgs;
   const int64_t size = flags + int64_t{sms} * info.block_m * info.block_n;
   const auto options = at::TensorOptions().dtype(at::kInt).device(device);
@@ -693,7 +701,7 @@ Tensor stream_k_workspace(const VariantInfo& info, const at::Device& device, cud
 }
 
 // The L2-side slot counters (fp8_gemm.cuh's claim_side_slot): 3 int32 (+1 pad) that every launch leaves at zero.
-Tensor side_claims_for(const at::Device& device, cudaStream_t stream) {
+Tensor side_claims_for(const at::Device& device, CUstream stream) {
   const auto options = at::TensorOptions().dtype(at::kInt).device(device);
   if (capturing(stream)) return at::zeros({4}, options);
   std::lock_guard<std::mutex> lock(workspaces_mutex);
@@ -761,7 +769,7 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   const DeviceFacts& facts = device_facts(device);
   ensure_context(device);
   const VariantOnDevice pd = variant_on_device(v, device, facts.sms);
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  const CUstream stream = current_stream(device);
 
   // The kernel's view: swapped, its M' rows (wgmma M side, A operand) are B's N rows and its N' columns the M
   // tokens; out stays (M, N) (the epilogue stores transposed).
@@ -898,7 +906,7 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   config.blockDimX = info.threads;
   config.blockDimY = config.blockDimZ = 1;
   config.sharedMemBytes = info.smem_bytes;
-  config.hStream = reinterpret_cast<CUstream>(stream);
+  config.hStream = stream;
   config.attrs = attrs;
   config.numAttrs = x.pdl ? 2 : 1;
   void* params[] = {const_cast<CUtensorMap*>(&map_a), const_cast<CUtensorMap*>(&map_b), const_cast<CUtensorMap*>(&map_sa),
@@ -1020,7 +1028,7 @@ Tensor fp8_gemm(const Tensor& a, const Tensor& a_scales, const Tensor& b, const 
                                          const optional<Tensor>&, c10::string_view)>();
     return slow.call(a, a_scales, b, b_scales, out_dtype, bias, backend_name(chosen));
   }
-  c10::cuda::CUDAGuard guard(a.device());
+  c10::DeviceGuard guard(a.device());
   const Plan plan = plan_for({kPlanPlain, a.device().index(), m, n, k, 0, 0, 0, 0});
   return gemm_into_new_output(plan, a, a_scales, b, b_scales, n, out_dtype, bias, nullptr, 0, std::nullopt);
 }
@@ -1045,7 +1053,7 @@ Tensor fp8_gemm_placed(const Tensor& a, const Tensor& a_scales, const Tensor& po
     return slow.call(a, a_scales, pool, slots, b_scales, n, slab_rows, split_rows, out_dtype, bias, sm_side, side_aware,
                      backend_name(chosen));
   }
-  c10::cuda::CUDAGuard guard(a.device());
+  c10::DeviceGuard guard(a.device());
   const Plan plan = plan_for({kPlanPlaced, a.device().index(), m, n, k, 0, 0, split_rows, side_aware ? 1 : 0});
   optional<Tensor> sides = sm_side;
   if (plan.side0_n_tiles > 0 && !sides.has_value()) sides = sm_side_table(a.device().index());
@@ -1100,7 +1108,7 @@ void m_grouped_fp8_gemm_contiguous(const Tensor& a, const Tensor& a_scales, cons
   }
   if (zero_padding) out.zero_();
   if (m == 0) return;
-  c10::cuda::CUDAGuard guard(a.device());
+  c10::DeviceGuard guard(a.device());
   const int64_t rows_hint = std::max<int64_t>(1, ceil_div(m, groups));
   const Plan plan = plan_for({kPlanContiguous, a.device().index(), m, n, k, groups, rows_hint, 0, 0});
   grouped_launch(plan, dg::kGroupContiguous, a, a_scales, b, b_scales, group_sizes, kGroupedMAlignment, out);
@@ -1118,7 +1126,7 @@ void m_grouped_fp8_gemm_masked(const Tensor& a, const Tensor& a_scales, const Te
     return;
   }
   if (max_m == 0) return;
-  c10::cuda::CUDAGuard guard(a.device());
+  c10::DeviceGuard guard(a.device());
   // the groups' rows back to back: one (groups * max_m)-row problem whose tiles the kernel takes per group
   const int64_t rows = groups * max_m;
   const int64_t rows_hint = std::max<int64_t>(1, std::min(expected_m, max_m));
@@ -1138,7 +1146,7 @@ void launch_variant(int64_t variant, const Tensor& a, const Tensor& a_scales, co
                     bool stream_k, const optional<Tensor>& group_rows, int64_t group_stride,
                     const optional<Tensor>& b_slots, int64_t slab_rows, int64_t n_placed, const optional<Tensor>& sm_side,
                     int64_t side0_n_tiles, bool pdl, const optional<Tensor>& trace_log) {
-  c10::cuda::CUDAGuard guard(a.device());
+  c10::DeviceGuard guard(a.device());
   LaunchArgs x;
   x.a = &a;
   x.a_scales = &a_scales;
@@ -1204,7 +1212,7 @@ void l2_probe(int64_t probe, const Tensor& buf, const Tensor& offsets, int64_t r
     TORCH_CHECK(probe >= 0 && probe < static_cast<int64_t>(probes.size()), "deepergemm: no loaded probe ", probe);
     unit = probes[probe].get();
   }
-  c10::cuda::CUDAGuard guard(buf.device());
+  c10::DeviceGuard guard(buf.device());
   const int device = buf.device().index();
   ensure_context(device);
   CUfunction fn = unit_function(*unit, device, [](CUfunction) {});
@@ -1223,7 +1231,7 @@ void l2_probe(int64_t probe, const Tensor& buf, const Tensor& offsets, int64_t r
   config.blockDimX = 32;
   config.blockDimY = config.blockDimZ = 1;
   config.sharedMemBytes = static_cast<unsigned>(smem_bytes);
-  config.hStream = reinterpret_cast<CUstream>(c10::cuda::getCurrentCUDAStream(device).stream());
+  config.hStream = current_stream(device);
   check_cu(driver().launch(&config, fn, params, nullptr), "cuLaunchKernelEx(l2_probe)");
 }
 
@@ -1237,14 +1245,14 @@ void configure(c10::string_view default_backend) {
 
 Tensor side_claims_of_current_stream(int64_t device) {
   return side_claims_for(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device)),
-                         c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream());
+                         current_stream(static_cast<int>(device)));
 }
 
 // The current stream's stream-K workspace (empty before its first stream-K launch): tests check its flags are zero.
 Tensor stream_k_workspace_of_current_stream(int64_t device) {
   const auto index = static_cast<c10::DeviceIndex>(device);
   std::lock_guard<std::mutex> lock(workspaces_mutex);
-  auto found = stream_k_workspaces.find({index, reinterpret_cast<uintptr_t>(c10::cuda::getCurrentCUDAStream(index).stream())});
+  auto found = stream_k_workspaces.find({index, reinterpret_cast<uintptr_t>(current_stream(index))});
   return found != stream_k_workspaces.end() ? found->second
                                             : at::empty({0}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA, index));
 }

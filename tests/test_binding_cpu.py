@@ -1,0 +1,167 @@
+"""The host binding (ptx/binding.cpp) without a GPU: built and loaded here (it links against torch's CPU libraries
+alone), its C++ kernels of the GEMM ops driven with CPU tensors through a redispatch to the CUDA key. Its input rules
+must raise exactly the errors of the Python path (deepergemm/layouts.py: same type, same message, same order of
+checks), and its calls back into Python (the Python backends, deepergemm::_<op>_python) must return what the
+Python path returns. The kernel launches themselves need the GPU (tests/test_gemm_kernel.py)."""
+import re
+
+import pytest
+import torch
+
+from deepergemm import extension
+from deepergemm import reference as ref
+
+pytestmark = pytest.mark.slow  # (builds the binding: ~15-30 s)
+OPS = torch.ops.deepergemm
+CUDA_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def binding():
+    problem = extension.binding_problem(require_gpu=False)
+    if problem is not None:
+        pytest.skip(problem)
+    extension.load_binding(require_gpu=False)
+
+
+def _outcome(fn):
+    try:
+        out = fn()
+    except Exception as exc:  # noqa: BLE001 - the type and message are what is compared
+        return type(exc), re.sub(r"0x[0-9a-f]+", "0x?", str(exc))
+    return out
+
+
+def _same_error(op, args):
+    """The Python rule (the CPU kernel) and the binding's (its CUDA kernel, on the same CPU tensors) agree."""
+    python = _outcome(lambda: op(*args))
+    binding = _outcome(lambda: op.redispatch(CUDA_KEY, *args))
+    assert isinstance(python, tuple), f"the Python path accepted a bad call: {args}"
+    assert binding == python, f"binding: {binding}\npython:  {python}"
+
+
+def _act(m, k):
+    a, a_s = ref.quantize_act(torch.randn(m, k) * 3)
+    return a, a_s.t().contiguous().t() if a_s.shape[1] > 1 else a_s
+
+
+def _weight(n, k):
+    return ref.quantize_weight(torch.randn(n, k))
+
+
+def _gemm_args(m=5, n=264, k=384, bias=None, backend="reference"):
+    a, a_s = _act(m, k)
+    b, b_s = _weight(n, k)
+    return [a, a_s, b, b_s, torch.bfloat16, bias, backend]
+
+
+def _with(args, index, value):
+    args = list(args)
+    args[index] = value
+    return args
+
+
+def test_fp8_gemm_rules_match_the_python_ones():
+    good = _gemm_args()
+    a, a_s, b, b_s = good[:4]
+    fp8 = ref.FP8_DTYPE
+    odd_k = torch.randn(5, 100).to(fp8)
+    cases = {
+        "a dtype": _with(good, 0, a.float()),
+        "a rank": _with(good, 0, a.unsqueeze(0)),
+        "b dtype": _with(good, 2, b.to(torch.bfloat16)),
+        "b rank": _with(good, 2, b[0]),
+        "K mismatch": _with(good, 2, _weight(264, 256)[0]),
+        "K rule": [odd_k, torch.ones(5, 1), torch.randn(264, 100).to(fp8), torch.ones(3, 1), torch.bfloat16, None,
+                   "reference"],
+        "N rule": _with(_with(good, 2, _weight(12, 384)[0]), 3, _weight(12, 384)[1]),
+        "N zero": _with(_with(good, 2, b[:0]), 3, b_s[:0]),
+        "a_scales dtype": _with(good, 1, a_s.double()),
+        "a_scales shape": _with(good, 1, a_s[:, :2]),
+        "b_scales dtype": _with(good, 3, b_s.half()),
+        "b_scales shape": _with(good, 3, b_s[:1]),
+        "out_dtype": _with(good, 4, torch.float16),
+        "bias dtype": _with(good, 5, torch.ones(264, dtype=torch.int32)),
+        "bias shape": _with(good, 5, torch.randn(263)),
+        "a not K-major": _with(good, 0, a.t().contiguous().t()),
+        "a row stride": _with(good, 0, torch.empty(5, 392, dtype=fp8)[:, :384]),
+        "a misaligned": _with(good, 0, torch.empty(5 * 384 + 1, dtype=torch.uint8)[1:].view(fp8).view(5, 384)),
+        "b not K-major": _with(good, 2, b.t().contiguous().t()),
+        "backend": _with(good, 6, "cudnn"),
+    }
+    for name, args in cases.items():
+        try:
+            _same_error(OPS.fp8_gemm.default, args)
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from None
+
+
+def test_fp8_gemm_through_the_binding_calls_the_python_backend():
+    for m, bias in ((1, None), (65, torch.randn(264, dtype=torch.bfloat16)), (130, torch.randn(264))):
+        args = _gemm_args(m=m, bias=bias)
+        want = OPS.fp8_gemm.default(*args)
+        got = OPS.fp8_gemm.default.redispatch(CUDA_KEY, *args)
+        assert got.dtype == torch.bfloat16 and torch.equal(got.view(torch.int16), want.view(torch.int16)), m
+    empty = OPS.fp8_gemm.default.redispatch(CUDA_KEY, *_gemm_args(m=0))  # M = 0: an empty result, no backend call
+    assert empty.shape == (0, 264)
+
+
+def _grouped(m=300, groups=3, n=136, k=256):
+    a, a_s = _act(m, k)
+    b = torch.stack([_weight(n, k)[0] for _ in range(groups)])
+    b_s = torch.stack([_weight(n, k)[1] for _ in range(groups)])
+    return a, a_s, b, b_s
+
+
+def test_grouped_rules_match_and_the_reference_round_trip():
+    a, a_s, b, b_s = _grouped()
+    sizes = torch.tensor([100, 0, 60], dtype=torch.int32)
+    out = torch.full((300, 136), float("nan"), dtype=torch.bfloat16)
+    good = [a, a_s, b, b_s, sizes, out, False, "reference"]
+    cases = {
+        "a rank": _with(good, 0, a.unsqueeze(0)),
+        "groups": _with(good, 4, sizes[:2]),
+        "sizes dtype": _with(good, 4, sizes.long()),
+        "out shape": _with(good, 5, out[:, :128]),
+        "out dtype": _with(good, 5, out.half()),
+        "b_scales shape": _with(good, 3, b_s[:, :1]),
+        "cublas": _with(good, 7, "cublas"),
+    }
+    for name, args in cases.items():
+        try:
+            _same_error(OPS.m_grouped_fp8_gemm_contiguous.default, args)
+        except AssertionError as exc:
+            raise AssertionError(f"contiguous, {name}: {exc}") from None
+    want = out.clone()
+    OPS.m_grouped_fp8_gemm_contiguous.default(a, a_s, b, b_s, sizes, want, False, "reference")
+    OPS.m_grouped_fp8_gemm_contiguous.default.redispatch(CUDA_KEY, a, a_s, b, b_s, sizes, out, False, "reference")
+    assert torch.equal(out.view(torch.int16), want.view(torch.int16))
+    # masked
+    a3, a3_s = _act(2 * 40, 256)
+    a3, a3_s = a3.view(2, 40, 256), a3_s.contiguous().view(2, 40, 2)
+    b2, b2_s = b[:2].contiguous(), b_s[:2].contiguous()
+    masked = torch.tensor([7, 40], dtype=torch.int32)
+    out3 = torch.full((2, 40, 136), float("nan"))
+    good = [a3, a3_s, b2, b2_s, masked, 16, out3, "reference"]
+    for name, args in {"expected_m": _with(good, 5, 0), "groups": _with(good, 2, b[:3].contiguous()),
+                       "a_scales shape": _with(good, 1, a3_s[:, :30])}.items():
+        try:
+            _same_error(OPS.m_grouped_fp8_gemm_masked.default, args)
+        except AssertionError as exc:
+            raise AssertionError(f"masked, {name}: {exc}") from None
+    want3 = out3.clone()
+    OPS.m_grouped_fp8_gemm_masked.default(*_with(good, 6, want3))
+    OPS.m_grouped_fp8_gemm_masked.default.redispatch(CUDA_KEY, *good)
+    # (rows past masked_m keep their NaN in both)
+    assert torch.equal(out3.isnan(), want3.isnan()) and torch.equal(out3.nan_to_num(7), want3.nan_to_num(7))
+    assert not out3[0, :7].isnan().any() and out3[0, 7:].isnan().all()
+
+
+def test_binding_reads_the_backend_switch_it_is_given():
+    args = _gemm_args()
+    torch.ops.deepergemm_native.configure("not-a-backend")
+    try:
+        kind, message = _outcome(lambda: OPS.fp8_gemm.default.redispatch(CUDA_KEY, *_with(args, 6, "auto")))
+        assert kind is ValueError and "DEEPERGEMM_BACKEND must be one of" in message, message
+    finally:
+        torch.ops.deepergemm_native.configure("auto")
