@@ -33,14 +33,13 @@
 #include <array>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <numeric>
-#include <sstream>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -50,6 +49,24 @@ namespace dgb {
 
 using at::Tensor;
 using std::optional;
+
+// Error messages are built by plain string concatenation (cat), never through iostreams: formatting an integer
+// through std::ostream (c10::str does, for a TORCH_CHECK message with several parts) crashed inside libstdc++'s
+// locale code under torch 2.11's runtime, like <regex> did. TORCH_CHECK builds its message only on failure, and a
+// single string argument reaches c10::Error as it is.
+inline void append(std::string& out, const char* s) { out += s != nullptr ? s : "(null)"; }
+inline void append(std::string& out, const std::string& s) { out += s; }
+inline void append(std::string& out, c10::string_view s) { out.append(s.data(), s.size()); }
+template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
+inline void append(std::string& out, T v) {
+  out += std::to_string(v);
+}
+template <typename... Args>
+std::string cat(const Args&... args) {
+  std::string out;
+  (append(out, args), ...);
+  return out;
+}
 
 // =============================================================================================
 // driver
@@ -77,15 +94,15 @@ struct Driver {
 template <typename F>
 void resolve(void* lib, F& fn, const char* name) {
   fn = reinterpret_cast<F>(dlsym(lib, name));
-  TORCH_CHECK(fn != nullptr, "deepergemm: the CUDA driver (libcuda.so.1) has no ", name,
-              " (a driver for CUDA 12.4 or newer is needed)");
+  TORCH_CHECK(fn != nullptr, cat("deepergemm: the CUDA driver (libcuda.so.1) has no ", name,
+              " (a driver for CUDA 12.4 or newer is needed)"));
 }
 
 const Driver& driver() {
   static const Driver d = [] {
     Driver r;
     void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
-    TORCH_CHECK(lib != nullptr, "deepergemm: cannot load the CUDA driver libcuda.so.1: ", dlerror());
+    TORCH_CHECK(lib != nullptr, cat("deepergemm: cannot load the CUDA driver libcuda.so.1: ", dlerror()));
     resolve(lib, r.init, "cuInit");
     resolve(lib, r.error_string, "cuGetErrorString");
     resolve(lib, r.device_get, "cuDeviceGet");
@@ -118,8 +135,8 @@ void check_cu(CUresult res, const char* what) {
   if (res == CUDA_SUCCESS) return;
   const char* text = nullptr;
   driver().error_string(res, &text);
-  TORCH_CHECK(false, "deepergemm: ", what, " failed: ", text != nullptr ? text : "unknown error", " (", static_cast<int>(res),
-              ")");
+  TORCH_CHECK(false, cat("deepergemm: ", what, " failed: ", text != nullptr ? text : "unknown error", " (", static_cast<int>(res),
+              ")"));
 }
 
 struct DeviceFacts {
@@ -193,11 +210,9 @@ std::string dtype_name(at::ScalarType t) {
 
 // str(tuple) of ints: "(2, 3)", "(4,)", "()"
 std::string tuple_str(c10::IntArrayRef values) {
-  std::ostringstream out;
-  out << "(";
-  for (size_t i = 0; i < values.size(); ++i) out << (i ? ", " : "") << values[i];
-  out << (values.size() == 1 ? ",)" : ")");
-  return out.str();
+  std::string out = "(";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + std::to_string(values[i]);
+  return out + (values.size() == 1 ? ",)" : ")");
 }
 std::string tuple_str(std::initializer_list<int64_t> values) {
   return tuple_str(c10::IntArrayRef(values.begin(), values.size()));
@@ -217,32 +232,32 @@ void require_dtype(const char* name, const Tensor& t, std::initializer_list<at::
     if (t.scalar_type() == s) return;
   std::string want;
   for (at::ScalarType s : allowed) want += (want.empty() ? "" : " or ") + dtype_name(s);
-  TORCH_CHECK_TYPE(false, name, " must have dtype ", want, ", got ", dtype_name(t.scalar_type()));
+  TORCH_CHECK_TYPE(false, cat(name, " must have dtype ", want, ", got ", dtype_name(t.scalar_type())));
 }
 
 void require_rank(const char* name, const Tensor& t, int64_t rank, const char* what) {
-  TORCH_CHECK_VALUE(t.dim() == rank, name, " must be ", rank, "-D ", what, ", got shape ", tuple_str(t.sizes()));
+  TORCH_CHECK_VALUE(t.dim() == rank, cat(name, " must be ", rank, "-D ", what, ", got shape ", tuple_str(t.sizes())));
 }
 
 void require_tma_aligned(const char* name, const Tensor& t) {
-  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % kTmaAlignBytes == 0, name,
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % kTmaAlignBytes == 0, cat(name,
                     " data pointer must be ", kTmaAlignBytes, "-byte aligned (TMA), got address ",
-                    hex_address(t.data_ptr()), " (a view at an odd offset?); call .clone() first");
+                    hex_address(t.data_ptr()), " (a view at an odd offset?); call .clone() first"));
 }
 
 void require_k_major(const char* name, const Tensor& t) {
   const int64_t rows = t.size(0), k = t.size(1);
   if (rows == 0 || k == 0) return;
-  TORCH_CHECK_VALUE(t.stride(1) == 1 || k <= 1, name, " must be K-major (row-major, stride(1) == 1), got strides ",
-                    tuple_str(t.strides()), "; call .contiguous() first");
-  TORCH_CHECK_VALUE(rows <= 1 || (t.stride(0) >= k && (t.stride(0) * t.element_size()) % kTmaAlignBytes == 0), name,
+  TORCH_CHECK_VALUE(t.stride(1) == 1 || k <= 1, cat(name, " must be K-major (row-major, stride(1) == 1), got strides ",
+                    tuple_str(t.strides()), "; call .contiguous() first"));
+  TORCH_CHECK_VALUE(rows <= 1 || (t.stride(0) >= k && (t.stride(0) * t.element_size()) % kTmaAlignBytes == 0), cat(name,
                     " row stride must be >= K and a multiple of ", kTmaAlignBytes, " bytes, got stride(0)=",
-                    t.stride(0), " for K=", k, "; call .contiguous() first");
+                    t.stride(0), " for K=", k, "; call .contiguous() first"));
   require_tma_aligned(name, t);
 }
 
 void check_k(int64_t k) {
-  TORCH_CHECK_VALUE(k != 0 && k % dg::kBlockK == 0, "K must be a positive multiple of ", dg::kBlockK, ", got K=", k);
+  TORCH_CHECK_VALUE(k != 0 && k % dg::kBlockK == 0, cat("K must be a positive multiple of ", dg::kBlockK, ", got K=", k));
 }
 
 using Named = std::pair<const char*, const Tensor*>;
@@ -254,42 +269,41 @@ void require_same_device(std::initializer_list<Named> named) {
       first = &n;
       continue;
     }
-    TORCH_CHECK_VALUE(n.second->device() == first->second->device(), "all tensors must be on one device: ",
+    TORCH_CHECK_VALUE(n.second->device() == first->second->device(), cat("all tensors must be on one device: ",
                       first->first, " is on ", first->second->device().str(), ", ", n.first, " is on ",
-                      n.second->device().str());
+                      n.second->device().str()));
   }
 }
 
 void check_out_dtype(at::ScalarType out_dtype) {
-  TORCH_CHECK_TYPE(out_dtype == at::kBFloat16 || out_dtype == at::kFloat,
-                   "out_dtype must be torch.bfloat16 or torch.float32, got ", dtype_name(out_dtype));
+  TORCH_CHECK_TYPE(out_dtype == at::kBFloat16 || out_dtype == at::kFloat, cat("out_dtype must be torch.bfloat16 or torch.float32, got ", dtype_name(out_dtype)));
 }
 
 // layouts._check_a_and_scales: what fp8_gemm and fp8_gemm_placed share; returns (M, K)
+// k_mismatch(a's shape): the message when a's K is not k_b (the caller's words for where k_b comes from).
+template <typename KMismatch>
 std::pair<int64_t, int64_t> check_a_and_scales(const Tensor& a, const Tensor& a_scales, const Tensor& b_scales, int64_t n,
                                                int64_t k_b, at::ScalarType out_dtype, const optional<Tensor>& bias,
-                                               const std::string& k_mismatch_before, const std::string& k_mismatch_after) {
+                                               const KMismatch& k_mismatch) {
   require_dtype("a", a, {at::kFloat8_e4m3fn});
   require_rank("a", a, 2, "(M, K)");
   const int64_t m = a.size(0), k = a.size(1);
-  TORCH_CHECK_VALUE(k_b == k, k_mismatch_before, tuple_str(a.sizes()), k_mismatch_after);
+  TORCH_CHECK_VALUE(k_b == k, k_mismatch(tuple_str(a.sizes())));
   check_k(k);
-  TORCH_CHECK_VALUE(n % kNAlign == 0 && n != 0, "N (b.shape[0]) must be a positive multiple of ", kNAlign,
-                    " (16-byte aligned output rows), got N=", n);
+  TORCH_CHECK_VALUE(n % kNAlign == 0 && n != 0, cat("N (b.shape[0]) must be a positive multiple of ", kNAlign,
+                    " (16-byte aligned output rows), got N=", n));
   require_dtype("a_scales", a_scales, {at::kFloat});
   require_dtype("b_scales", b_scales, {at::kFloat});
   const int64_t groups = k / dg::kBlockK;
-  TORCH_CHECK_VALUE(a_scales.dim() == 2 && a_scales.size(0) == m && a_scales.size(1) == groups,
-                    "a_scales must have shape (M, K/128) = ", tuple_str({m, groups}), ", got ",
-                    tuple_str(a_scales.sizes()));
-  TORCH_CHECK_VALUE(b_scales.dim() == 2 && b_scales.size(0) == ceil_div(n, dg::kBlockK) && b_scales.size(1) == groups,
-                    "b_scales must have shape (ceil(N/128), K/128) = ", tuple_str({ceil_div(n, dg::kBlockK), groups}),
-                    ", got ", tuple_str(b_scales.sizes()));
+  TORCH_CHECK_VALUE(a_scales.dim() == 2 && a_scales.size(0) == m && a_scales.size(1) == groups, cat("a_scales must have shape (M, K/128) = ", tuple_str({m, groups}), ", got ",
+                    tuple_str(a_scales.sizes())));
+  TORCH_CHECK_VALUE(b_scales.dim() == 2 && b_scales.size(0) == ceil_div(n, dg::kBlockK) && b_scales.size(1) == groups, cat("b_scales must have shape (ceil(N/128), K/128) = ", tuple_str({ceil_div(n, dg::kBlockK), groups}),
+                    ", got ", tuple_str(b_scales.sizes())));
   check_out_dtype(out_dtype);
   if (bias.has_value()) {
     require_dtype("bias", *bias, {at::kBFloat16, at::kHalf, at::kFloat});
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, "bias must have shape (N,) = (", n, ",), got ",
-                      tuple_str(bias->sizes()));
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, cat("bias must have shape (N,) = (", n, ",), got ",
+                      tuple_str(bias->sizes())));
   }
   require_same_device({{"a", &a}, {"a_scales", &a_scales}, {"b_scales", &b_scales},
                        {"bias", bias.has_value() ? &*bias : nullptr}});
@@ -304,9 +318,9 @@ std::tuple<int64_t, int64_t, int64_t> check_gemm_inputs(const Tensor& a, const T
   require_dtype("b", b, {at::kFloat8_e4m3fn});
   require_rank("b", b, 2, "(N, K)");
   const int64_t n = b.size(0);
-  auto [m, k] = check_a_and_scales(a, a_scales, b_scales, n, b.size(1), out_dtype, bias,
-                                   "a and b must share K (a is (M, K), b is (N, K)): got a ",
-                                   ", b " + tuple_str(b.sizes()));
+  auto [m, k] = check_a_and_scales(a, a_scales, b_scales, n, b.size(1), out_dtype, bias, [&](const std::string& a_shape) {
+    return cat("a and b must share K (a is (M, K), b is (N, K)): got a ", a_shape, ", b ", tuple_str(b.sizes()));
+  });
   require_same_device({{"a", &a}, {"b", &b}});
   require_k_major("b", b);
   return {m, n, k};
@@ -317,27 +331,25 @@ std::pair<int64_t, int64_t> check_placed_inputs(const Tensor& a, const Tensor& a
                                                 const Tensor& slots, const Tensor& b_scales, int64_t n, int64_t slab_rows,
                                                 int64_t split_rows, at::ScalarType out_dtype,
                                                 const optional<Tensor>& bias, const optional<Tensor>& sm_side) {
-  TORCH_CHECK_VALUE(std::find(kPlacedSlabRows.begin(), kPlacedSlabRows.end(), slab_rows) != kPlacedSlabRows.end(),
-                    "slab_rows must be one of (16, 32, 64, 128, 256), got ", slab_rows);
+  TORCH_CHECK_VALUE(std::find(kPlacedSlabRows.begin(), kPlacedSlabRows.end(), slab_rows) != kPlacedSlabRows.end(), cat("slab_rows must be one of (16, 32, 64, 128, 256), got ", slab_rows));
   require_dtype("pool", pool, {at::kByte});
   require_dtype("slots", slots, {at::kInt});
-  TORCH_CHECK_VALUE(pool.dim() == 2 && pool.size(1) == dg::kBlockK && pool.size(0) % slab_rows == 0 && pool.is_contiguous(),
-                    "pool must be a contiguous (slots * slab_rows, 128) uint8 tensor, got ", tuple_str(pool.sizes()));
+  TORCH_CHECK_VALUE(pool.dim() == 2 && pool.size(1) == dg::kBlockK && pool.size(0) % slab_rows == 0 && pool.is_contiguous(), cat("pool must be a contiguous (slots * slab_rows, 128) uint8 tensor, got ", tuple_str(pool.sizes())));
   require_rank("slots", slots, 2, "(K/128, slabs)");
   TORCH_CHECK_VALUE(slots.is_contiguous(), "slots must be contiguous");
-  TORCH_CHECK_VALUE(n > 0, "n (rows of B) must be a positive int, got ", n);
-  TORCH_CHECK_VALUE(slots.size(1) * slab_rows >= round_up(n, 256) + 512, "slots must cover round_up(n, 256) + 512 rows of B (",
-                    round_up(n, 256) + 512, "), got ", slots.size(1), " slabs of ", slab_rows);
-  TORCH_CHECK_VALUE(0 <= split_rows && split_rows <= n, "split_rows must lie in [0, n=", n, "], got ", split_rows);
+  TORCH_CHECK_VALUE(n > 0, cat("n (rows of B) must be a positive int, got ", n));
+  TORCH_CHECK_VALUE(slots.size(1) * slab_rows >= round_up(n, 256) + 512, cat("slots must cover round_up(n, 256) + 512 rows of B (",
+                    round_up(n, 256) + 512, "), got ", slots.size(1), " slabs of ", slab_rows));
+  TORCH_CHECK_VALUE(0 <= split_rows && split_rows <= n, cat("split_rows must lie in [0, n=", n, "], got ", split_rows));
   const int64_t k_b = slots.size(0) * dg::kBlockK;
-  auto mk = check_a_and_scales(a, a_scales, b_scales, n, k_b, out_dtype, bias,
-                               "a must be (M, K) with K = 128 * slots.shape[0] = " + std::to_string(k_b) + ", got ", "");
+  auto mk = check_a_and_scales(a, a_scales, b_scales, n, k_b, out_dtype, bias, [&](const std::string& a_shape) {
+    return cat("a must be (M, K) with K = 128 * slots.shape[0] = ", k_b, ", got ", a_shape);
+  });
   require_same_device({{"a", &a}, {"pool", &pool}, {"slots", &slots}});
   require_tma_aligned("pool", pool);
   if (sm_side.has_value()) {
     require_dtype("sm_side", *sm_side, {at::kByte});
-    TORCH_CHECK_VALUE(sm_side->dim() == 1 && sm_side->size(0) == dg::kSmSideEntries,
-                      "sm_side must have shape (256,) (the L2 side of each SM id), got ", tuple_str(sm_side->sizes()));
+    TORCH_CHECK_VALUE(sm_side->dim() == 1 && sm_side->size(0) == dg::kSmSideEntries, cat("sm_side must have shape (256,) (the L2 side of each SM id), got ", tuple_str(sm_side->sizes())));
     require_same_device({{"a", &a}, {"sm_side", &*sm_side}});
   }
   return mk;
@@ -348,35 +360,33 @@ void check_grouped_b(const Tensor& b, const Tensor& b_scales, int64_t k, int64_t
   require_dtype("b", b, {at::kFloat8_e4m3fn});
   require_rank("b", b, 3, "(groups, N, K)");
   const int64_t groups = b.size(0), n = b.size(1);
-  TORCH_CHECK_VALUE(b.size(2) == k, "a and b must share K (b is (groups, N, K)): got K=", k, " for a, b ",
-                    tuple_str(b.sizes()));
-  TORCH_CHECK_VALUE(groups >= 1 && groups <= dg::kMaxGroups, "b.shape[0] (groups) must be 1..", dg::kMaxGroups, ", got ",
-                    groups);
-  TORCH_CHECK_VALUE(n % kNAlign == 0 && n != 0, "N (b.shape[1]) must be a positive multiple of ", kNAlign,
-                    " (16-byte aligned output rows), got N=", n);
-  TORCH_CHECK_VALUE(b.is_contiguous(), "b must be contiguous (groups, N, K), K-major, got strides ", tuple_str(b.strides()),
-                    "; call .contiguous() first");
+  TORCH_CHECK_VALUE(b.size(2) == k, cat("a and b must share K (b is (groups, N, K)): got K=", k, " for a, b ",
+                    tuple_str(b.sizes())));
+  TORCH_CHECK_VALUE(groups >= 1 && groups <= dg::kMaxGroups, cat("b.shape[0] (groups) must be 1..", dg::kMaxGroups, ", got ",
+                    groups));
+  TORCH_CHECK_VALUE(n % kNAlign == 0 && n != 0, cat("N (b.shape[1]) must be a positive multiple of ", kNAlign,
+                    " (16-byte aligned output rows), got N=", n));
+  TORCH_CHECK_VALUE(b.is_contiguous(), cat("b must be contiguous (groups, N, K), K-major, got strides ", tuple_str(b.strides()),
+                    "; call .contiguous() first"));
   require_tma_aligned("b", b);
   require_dtype("b_scales", b_scales, {at::kFloat});
   const int64_t nb = ceil_div(n, dg::kBlockK), kb = k / dg::kBlockK;
-  TORCH_CHECK_VALUE(b_scales.dim() == 3 && b_scales.size(0) == groups && b_scales.size(1) == nb && b_scales.size(2) == kb,
-                    "b_scales must have shape (groups, ceil(N/128), K/128) = ", tuple_str({groups, nb, kb}), ", got ",
-                    tuple_str(b_scales.sizes()));
+  TORCH_CHECK_VALUE(b_scales.dim() == 3 && b_scales.size(0) == groups && b_scales.size(1) == nb && b_scales.size(2) == kb, cat("b_scales must have shape (groups, ceil(N/128), K/128) = ", tuple_str({groups, nb, kb}), ", got ",
+                    tuple_str(b_scales.sizes())));
   *groups_out = groups;
   *n_out = n;
 }
 
 void check_group_counts(const char* name, const Tensor& t, int64_t groups) {
   require_dtype(name, t, {at::kInt});
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == groups, name, " must have shape (groups,) = (", groups, ",), got ",
-                    tuple_str(t.sizes()));
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == groups, cat(name, " must have shape (groups,) = (", groups, ",), got ",
+                    tuple_str(t.sizes())));
 }
 
 void check_grouped_out(const Tensor& out, c10::IntArrayRef shape) {
-  TORCH_CHECK_TYPE(out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kFloat,
-                   "out must have dtype torch.bfloat16 or torch.float32, got ", dtype_name(out.scalar_type()));
-  TORCH_CHECK_VALUE(out.sizes() == shape, "out must have shape ", tuple_str(shape), ", got ", tuple_str(out.sizes()));
-  TORCH_CHECK_VALUE(out.is_contiguous(), "out must be contiguous, got strides ", tuple_str(out.strides()));
+  TORCH_CHECK_TYPE(out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kFloat, cat("out must have dtype torch.bfloat16 or torch.float32, got ", dtype_name(out.scalar_type())));
+  TORCH_CHECK_VALUE(out.sizes() == shape, cat("out must have shape ", tuple_str(shape), ", got ", tuple_str(out.sizes())));
+  TORCH_CHECK_VALUE(out.is_contiguous(), cat("out must be contiguous, got strides ", tuple_str(out.strides())));
   require_tma_aligned("out", out);
 }
 
@@ -388,13 +398,12 @@ std::array<int64_t, 4> check_grouped_contiguous_inputs(const Tensor& a, const Te
   require_rank("a", a, 2, "(M, K): the tokens of every group back to back");
   const int64_t m = a.size(0), k = a.size(1);
   check_k(k);
-  TORCH_CHECK_VALUE(m < kMaxGroupedRows, "a.shape[0] (M) must be below ", kMaxGroupedRows, ", got ", m);
+  TORCH_CHECK_VALUE(m < kMaxGroupedRows, cat("a.shape[0] (M) must be below ", kMaxGroupedRows, ", got ", m));
   int64_t groups, n;
   check_grouped_b(b, b_scales, k, &groups, &n);
   require_dtype("a_scales", a_scales, {at::kFloat});
-  TORCH_CHECK_VALUE(a_scales.dim() == 2 && a_scales.size(0) == m && a_scales.size(1) == k / dg::kBlockK,
-                    "a_scales must have shape (M, K/128) = ", tuple_str({m, k / dg::kBlockK}), ", got ",
-                    tuple_str(a_scales.sizes()));
+  TORCH_CHECK_VALUE(a_scales.dim() == 2 && a_scales.size(0) == m && a_scales.size(1) == k / dg::kBlockK, cat("a_scales must have shape (M, K/128) = ", tuple_str({m, k / dg::kBlockK}), ", got ",
+                    tuple_str(a_scales.sizes())));
   check_group_counts("group_sizes", group_sizes, groups);
   check_grouped_out(out, {m, n});
   require_same_device({{"a", &a}, {"a_scales", &a_scales}, {"b", &b}, {"b_scales", &b_scales},
@@ -413,21 +422,19 @@ std::array<int64_t, 4> check_grouped_masked_inputs(const Tensor& a, const Tensor
   check_k(k);
   int64_t groups, n;
   check_grouped_b(b, b_scales, k, &groups, &n);
-  TORCH_CHECK_VALUE(groups_a == groups, "a and b must have the same number of groups: a ", tuple_str(a.sizes()), ", b ",
-                    tuple_str(b.sizes()));
-  TORCH_CHECK_VALUE(groups * max_m < kMaxGroupedRows, "groups * max_m must be below ", kMaxGroupedRows, ", got ", groups,
-                    " * ", max_m);
-  TORCH_CHECK_VALUE(a.is_contiguous(), "a must be contiguous (groups, max_m, K), got strides ", tuple_str(a.strides()),
-                    "; call .contiguous() first");
+  TORCH_CHECK_VALUE(groups_a == groups, cat("a and b must have the same number of groups: a ", tuple_str(a.sizes()), ", b ",
+                    tuple_str(b.sizes())));
+  TORCH_CHECK_VALUE(groups * max_m < kMaxGroupedRows, cat("groups * max_m must be below ", kMaxGroupedRows, ", got ", groups,
+                    " * ", max_m));
+  TORCH_CHECK_VALUE(a.is_contiguous(), cat("a must be contiguous (groups, max_m, K), got strides ", tuple_str(a.strides()),
+                    "; call .contiguous() first"));
   require_tma_aligned("a", a);
   require_dtype("a_scales", a_scales, {at::kFloat});
   TORCH_CHECK_VALUE(a_scales.dim() == 3 && a_scales.size(0) == groups && a_scales.size(1) == max_m &&
-                        a_scales.size(2) == k / dg::kBlockK,
-                    "a_scales must have shape (groups, max_m, K/128) = ", tuple_str({groups, max_m, k / dg::kBlockK}),
-                    ", got ", tuple_str(a_scales.sizes()));
+                        a_scales.size(2) == k / dg::kBlockK, cat("a_scales must have shape (groups, max_m, K/128) = ", tuple_str({groups, max_m, k / dg::kBlockK}),
+                    ", got ", tuple_str(a_scales.sizes())));
   check_group_counts("masked_m", masked_m, groups);
-  TORCH_CHECK_VALUE(expected_m >= 1,
-                    "expected_m must be an int >= 1 (the rows per group the tile choice plans for), got ", expected_m);
+  TORCH_CHECK_VALUE(expected_m >= 1, cat("expected_m must be an int >= 1 (the rows per group the tile choice plans for), got ", expected_m));
   check_grouped_out(out, {groups, max_m, n});
   require_same_device({{"a", &a}, {"a_scales", &a_scales}, {"b", &b}, {"b_scales", &b_scales}, {"masked_m", &masked_m},
                        {"out", &out}});
@@ -474,22 +481,21 @@ bool is_backend_name(c10::string_view name) {
 
 // ops.resolve_backend for CUDA tensors
 Backend resolve_backend(c10::string_view backend, const at::Device& device) {
-  TORCH_CHECK_VALUE(is_backend_name(backend), "backend must be one of ('auto', 'ptx', 'cublas', 'reference'), got '",
-                    std::string(backend), "'");
+  TORCH_CHECK_VALUE(is_backend_name(backend), cat("backend must be one of ('auto', 'ptx', 'cublas', 'reference'), got '",
+                    std::string(backend), "'"));
   std::string chosen(backend);
   if (chosen == "auto") {
     chosen = current_snapshot().default_backend;
-    TORCH_CHECK_VALUE(is_backend_name(chosen),
-                      "environment variable DEEPERGEMM_BACKEND must be one of ('auto', 'ptx', 'cublas', 'reference'), got '",
-                      chosen, "'");
+    TORCH_CHECK_VALUE(is_backend_name(chosen), cat("environment variable DEEPERGEMM_BACKEND must be one of ('auto', 'ptx', 'cublas', 'reference'), got '",
+                      chosen, "'"));
   }
   if (chosen == "cublas") return Backend::kCublas;
   if (chosen == "reference") return Backend::kReference;
   const DeviceFacts& facts = device_facts(device.index());
   const bool hopper = facts.major == 9 && facts.minor == 0;
   if (chosen == "auto") return hopper ? Backend::kPtx : Backend::kCublas;
-  TORCH_CHECK_VALUE(hopper, "backend='ptx' needs an sm_90 (Hopper) GPU and a CUDA toolkit to build it; ", device.str(),
-                    " has compute capability (", facts.major, ", ", facts.minor, ")");
+  TORCH_CHECK_VALUE(hopper, cat("backend='ptx' needs an sm_90 (Hopper) GPU and a CUDA toolkit to build it; ", device.str(),
+                    " has compute capability (", facts.major, ", ", facts.minor, ")"));
   return Backend::kPtx;
 }
 
@@ -520,18 +526,19 @@ struct Unit {
 
 void load_unit(Unit& u, const std::string& path) {
   u.path = path;
-  std::ifstream file(path, std::ios::binary);
-  TORCH_CHECK(file.good(), "deepergemm: cannot read the kernel unit ", path);
-  std::ostringstream bytes;
-  bytes << file.rdbuf();
-  u.blob = bytes.str();
+  // (stdio, not iostreams: see cat above)
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  TORCH_CHECK(file != nullptr, cat("deepergemm: cannot read the kernel unit ", path));
+  char chunk[1 << 16];
+  for (size_t got; (got = std::fread(chunk, 1, sizeof(chunk), file)) > 0;) u.blob.append(chunk, got);
+  std::fclose(file);
   const Driver& d = driver();
   check_cu(d.init(0), "cuInit");
   check_cu(d.library_load_data(&u.library, u.blob.data(), nullptr, nullptr, 0, nullptr, nullptr, 0),
            ("cuLibraryLoadData(" + path + ")").c_str());
   unsigned count = 0;
   check_cu(d.library_kernel_count(&count, u.library), "cuLibraryGetKernelCount");
-  TORCH_CHECK(count == 1, "deepergemm: the kernel unit ", path, " holds ", count, " kernels, expected one");
+  TORCH_CHECK(count == 1, cat("deepergemm: the kernel unit ", path, " holds ", count, " kernels, expected one"));
   check_cu(d.library_enumerate_kernels(&u.kernel, 1, u.library), "cuLibraryEnumerateKernels");
 }
 
@@ -559,8 +566,8 @@ std::mutex variants_mutex;
 std::vector<std::unique_ptr<LoadedVariant>> variants;  // id = index; never removed (ids stay valid)
 
 int64_t load_variant(c10::string_view path_view, c10::IntArrayRef fields) {
-  TORCH_CHECK_VALUE(static_cast<int>(fields.size()) == kVariantInfoFields, "deepergemm: load_variant takes ",
-                    kVariantInfoFields, " variant fields, got ", fields.size());
+  TORCH_CHECK_VALUE(static_cast<int>(fields.size()) == kVariantInfoFields, cat("deepergemm: load_variant takes ",
+                    kVariantInfoFields, " variant fields, got ", fields.size()));
   const std::string path(path_view);
   {
     std::lock_guard<std::mutex> lock(variants_mutex);
@@ -578,7 +585,7 @@ int64_t load_variant(c10::string_view path_view, c10::IntArrayRef fields) {
 
 LoadedVariant& variant_at(int64_t id) {
   std::lock_guard<std::mutex> lock(variants_mutex);
-  TORCH_CHECK(id >= 0 && id < static_cast<int64_t>(variants.size()), "deepergemm: no loaded variant ", id);
+  TORCH_CHECK(id >= 0 && id < static_cast<int64_t>(variants.size()), cat("deepergemm: no loaded variant ", id));
   return *variants[id];
 }
 
@@ -593,8 +600,8 @@ VariantOnDevice variant_on_device(LoadedVariant& v, int device, int sms) {
   CUfunction fn = unit_function(v.unit, device, [&](CUfunction f) {
     int max_threads = 0;
     check_cu(d.func_get_attribute(&max_threads, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, f), "cuFuncGetAttribute");
-    TORCH_CHECK(max_threads == v.info.threads, "deepergemm: the kernel unit ", v.unit.path, " was built for ",
-                max_threads, " threads per CTA, configs.py expects ", v.info.threads);
+    TORCH_CHECK(max_threads == v.info.threads, cat("deepergemm: the kernel unit ", v.unit.path, " was built for ",
+                max_threads, " threads per CTA, configs.py expects ", v.info.threads));
     check_cu(d.func_set_attribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.info.smem_bytes),
              "cuFuncSetAttribute(dynamic shared memory)");
     int64_t resident = sms / v.info.cluster();
@@ -614,7 +621,7 @@ VariantOnDevice variant_on_device(LoadedVariant& v, int device, int sms) {
       config.numAttrs = 1;
       int fits = 0;
       check_cu(d.max_active_clusters(&fits, f, &config), "cuOccupancyMaxActiveClusters");
-      TORCH_CHECK(fits > 0, "deepergemm: no ", v.info.cluster(), "-CTA cluster of ", v.unit.path, " fits on the GPU");
+      TORCH_CHECK(fits > 0, cat("deepergemm: no ", v.info.cluster(), "-CTA cluster of ", v.unit.path, " fits on the GPU"));
       resident = std::min<int64_t>(resident, fits);
     }
     v.resident_clusters[device] = resident;
@@ -663,8 +670,8 @@ CUtensorMap tensor_map_2d(const void* base, CUtensorMapDataType type, uint64_t i
                                              CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   slot.used = res == CUDA_SUCCESS;
-  TORCH_CHECK(res == CUDA_SUCCESS, "deepergemm: cuTensorMapEncodeTiled failed (error ", static_cast<int>(res), ") for a ",
-              outer, " x ", inner, " tensor with row stride ", row_bytes, " bytes");
+  TORCH_CHECK(res == CUDA_SUCCESS, cat("deepergemm: cuTensorMapEncodeTiled failed (error ", static_cast<int>(res), ") for a ",
+              outer, " x ", inner, " tensor with row stride ", row_bytes, " bytes"));
   slot.key = key;
   return slot.map;
 }
@@ -749,18 +756,17 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   const int kBM = info.block_m, kBN = info.block_n, kClusterM = info.cluster_m, kClusterN = info.cluster_n;
   const int kCluster = info.cluster();
   const bool grouped = info.grouping != dg::kGroupNone, swapped = info.swapped != 0;
-  TORCH_CHECK(grouped ? x.groups >= 1 && x.groups <= dg::kMaxGroups && x.group_stride > 0 : x.groups == 0,
-              "deepergemm: this variant takes ", grouped ? "1..256 groups" : "no groups", ", got ", x.groups, " (stride ",
-              x.group_stride, ")");
+  TORCH_CHECK(grouped ? x.groups >= 1 && x.groups <= dg::kMaxGroups && x.group_stride > 0 : x.groups == 0, cat("deepergemm: this variant takes ", grouped ? "1..256 groups" : "no groups", ", got ", x.groups, " (stride ",
+              x.group_stride, ")"));
   const bool placed = x.b_slots != nullptr;
   const int64_t m = a.size(0), k = a.size(1), n = placed ? x.n_placed : b.size(0) / (grouped ? x.groups : 1);
-  TORCH_CHECK(k % dg::kBlockK == 0 && n % 8 == 0 && m > 0, "deepergemm: bad GEMM shape ", m, "x", n, "x", k);
+  TORCH_CHECK(k % dg::kBlockK == 0 && n % 8 == 0 && m > 0, cat("deepergemm: bad GEMM shape ", m, "x", n, "x", k));
   TORCH_CHECK(a.is_cuda() && a.stride(1) == 1 && b.stride(1) == 1 && out.is_contiguous() && b_scales.is_contiguous() &&
                   out.size(0) == m && out.size(1) == n,
               "deepergemm: a, b must be K-major, out (M, N) and b_scales contiguous");
   const int64_t k_blocks = k / dg::kBlockK;
-  TORCH_CHECK(k_blocks >= info.splits, "deepergemm: this variant splits K in ", info.splits, " and needs K >= ",
-              info.splits * dg::kBlockK, ", got K = ", k);
+  TORCH_CHECK(k_blocks >= info.splits, cat("deepergemm: this variant splits K in ", info.splits, " and needs K >= ",
+              info.splits * dg::kBlockK, ", got K = ", k));
   TORCH_CHECK(a_scales.stride(0) == 1 || m == 1, "deepergemm: a_scales must be M-major");
   const int64_t sa_stride = k_blocks > 1 ? a_scales.stride(1) : round_up(m, 4);
   TORCH_CHECK(!swapped || (!placed && x.sm_side == nullptr && !grouped),
@@ -834,9 +840,8 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   if (grouped) {
     const Tensor& rows = *x.group_rows;
     TORCH_CHECK(rows.is_cuda() && rows.scalar_type() == at::kInt && rows.numel() == x.groups && rows.is_contiguous() &&
-                    b.size(0) == x.groups * n && (info.grouping != dg::kGroupMasked || m == x.groups * x.group_stride),
-                "deepergemm: grouped GEMM needs group_rows (", x.groups, ",) int32 contiguous on the GPU, b (groups * N, K)"
-                " and, masked, a (groups * max_m, K)");
+                    b.size(0) == x.groups * n && (info.grouping != dg::kGroupMasked || m == x.groups * x.group_stride), cat("deepergemm: grouped GEMM needs group_rows (", x.groups, ",) int32 contiguous on the GPU, b (groups * N, K)"
+                " and, masked, a (groups * max_m, K)"));
     p.group_rows = rows.data_ptr<int>();
   }
 
@@ -861,11 +866,10 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
     const int64_t n_tiles = ceil_div(n, kBN);
     TORCH_CHECK(!grouped && sm_side.is_cuda() && sm_side.scalar_type() == at::kByte &&
                     sm_side.numel() == dg::kSmSideEntries && sm_side.device() == a.device() && x.side0_n_tiles > 0 &&
-                    x.side0_n_tiles < n_tiles && x.side0_n_tiles % kClusterN == 0 && clusters >= 2,
-                "deepergemm: L2-side scheduling needs a plain variant, a (256,) uint8 SM side table, side 0's N-tiles a "
+                    x.side0_n_tiles < n_tiles && x.side0_n_tiles % kClusterN == 0 && clusters >= 2, cat("deepergemm: L2-side scheduling needs a plain variant, a (256,) uint8 SM side table, side 0's N-tiles a "
                 "multiple of the cluster's N (",
                 kClusterN, ") in (0, ", n_tiles, "), and two clusters or more; got ", x.side0_n_tiles, " tiles, ",
-                clusters, " clusters");
+                clusters, " clusters"));
     side_units[0] = m_units * (x.side0_n_tiles / kClusterN);
     side_units[1] = units - side_units[0];
     side_clusters[0] = dg::side0_clusters_for(clusters, side_units[0], units);
@@ -953,8 +957,8 @@ Plan plan_for(PlanKey key) {
                        .typed<std::vector<int64_t>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                                    bool)>();
   const std::vector<int64_t> f = op.call(key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7], key[8] != 0);
-  TORCH_CHECK(static_cast<int>(f.size()) == kPlanFields, "deepergemm: _plan returned ", f.size(), " fields, expected ",
-              kPlanFields);
+  TORCH_CHECK(static_cast<int>(f.size()) == kPlanFields, cat("deepergemm: _plan returned ", f.size(), " fields, expected ",
+              kPlanFields));
   const Plan plan{f[0], static_cast<int>(f[1]), static_cast<int>(f[2]), f[3] != 0, static_cast<int>(f[4]), f[5] != 0};
   std::lock_guard<std::mutex> lock(plans_mutex);
   if (plans.size() >= kMaxPlans) plans.clear();
@@ -1155,7 +1159,7 @@ void launch_variant(int64_t variant, const Tensor& a, const Tensor& a_scales, co
   x.out = &out;
   x.bias = bias.has_value() ? &*bias : nullptr;
   x.bias_kind = static_cast<int>(bias_kind);
-  TORCH_CHECK(bias_kind == dg::kBiasNone || bias.has_value(), "deepergemm: bias_kind ", bias_kind, " without a bias");
+  TORCH_CHECK(bias_kind == dg::kBiasNone || bias.has_value(), cat("deepergemm: bias_kind ", bias_kind, " without a bias"));
   x.group_n = static_cast<int>(group_n);
   x.l2_hints = static_cast<int>(l2_hints);
   x.stream_k = stream_k;
@@ -1209,7 +1213,7 @@ void l2_probe(int64_t probe, const Tensor& buf, const Tensor& offsets, int64_t r
   Unit* unit;
   {
     std::lock_guard<std::mutex> lock(probes_mutex);
-    TORCH_CHECK(probe >= 0 && probe < static_cast<int64_t>(probes.size()), "deepergemm: no loaded probe ", probe);
+    TORCH_CHECK(probe >= 0 && probe < static_cast<int64_t>(probes.size()), cat("deepergemm: no loaded probe ", probe));
     unit = probes[probe].get();
   }
   c10::DeviceGuard guard(buf.device());

@@ -80,3 +80,28 @@ def test_shared_constants_agree():
     assert f"kNAlign = {layouts.N_ALIGN}" in SOURCE and f"kTmaAlignBytes = {layouts.TMA_ALIGN_BYTES}" in SOURCE
     assert "kPlacedSlabRows = {16, 32, 64, 128, 256}" in SOURCE and layouts.PLACED_SLAB_ROWS == (16, 32, 64, 128, 256)
     assert int(constants["kSmSideEntries"]) == 256
+
+
+def test_binding_formats_no_message_through_iostreams():
+    """Under torch 2.11's runtime, libstdc++'s stream and locale code crashed inside the binding (<regex>, then an
+    integer inserted into a std::ostream). The binding builds messages with its own cat() (std::to_string) and hands
+    TORCH_CHECK one argument after the condition, which c10 passes on without formatting."""
+    code = re.sub(r"//[^\n]*", "", SOURCE)
+    for banned in ("<regex>", "<sstream>", "<fstream>", "<iostream>", "ostringstream", "std::cout", "std::cerr"):
+        assert banned not in code, banned
+    for call in re.finditer(r"TORCH_CHECK(?:_VALUE|_TYPE)?\(", code):
+        depth, i, top_commas, in_str = 1, call.end(), 0, False
+        while depth:
+            c = code[i]
+            if in_str:
+                in_str = not (c == '"' and code[i - 1] != "\\")
+            elif c == '"':
+                in_str = True
+            elif c in "([{":
+                depth += 1
+            elif c in ")]}":
+                depth -= 1
+            elif c == "," and depth == 1:
+                top_commas += 1
+            i += 1
+        assert top_commas <= 1, code[call.start():i]
