@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+import importlib as _importlib
 import importlib.util as _importlib_util
 
 # The Triton kernels (triton_kernels/) and the CUDA sources (ptx/) are top-level folders of the repository that an
@@ -53,6 +54,13 @@ __all__ = ["quantize_act", "quantize_weight", "fp8_gemm", "linear", "calc_diff",
            "permute_tokens", "unpermute_tokens", "PreparedWeight", "prepare_weight"]
 
 BACKENDS = _ops.BACKENDS
+_SUBMODULES = ("nn", "compat", "checkpoint")  # imported on first use: `import deepergemm` stays light
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_flag(name: str, value) -> None:

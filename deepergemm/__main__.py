@@ -1,4 +1,4 @@
-"""Command line: `python -m deepergemm [run|bench|quant-bench|grouped-bench|build|warmup|info] ...`.
+"""Command line: `python -m deepergemm [run|bench|quant-bench|grouped-bench|model-bench|build|warmup|info] ...`.
 
 run (the default): on a Hopper GPU, check and benchmark the real kernels against cuBLAS (the bench
 table); on any other machine, run the reference path on a small problem and say what a GPU adds.
@@ -78,6 +78,12 @@ def cmd_grouped_bench(args) -> int:
     return grouped.main(args.rest) or 0
 
 
+def cmd_model_bench(args) -> int:
+    from deepergemm.benchmark import model
+
+    return model.main(args.rest) or 0
+
+
 def cmd_l2_bench(args) -> int:
     from deepergemm.benchmark import l2sides
 
@@ -114,6 +120,8 @@ COMMANDS = {
     "bench": (cmd_bench, "GEMM benchmark vs cuBLAS (options: bench --help)"),
     "quant-bench": (cmd_quant_bench, "quantizer bandwidth benchmark"),
     "grouped-bench": (cmd_grouped_bench, "grouped (MoE) GEMM benchmark vs DeepGEMM's anchors (grouped-bench --help)"),
+    "model-bench": (cmd_model_bench, "one DeepSeek-V3 layer's linears and MoE: bf16 vs cuBLAS vs ours, eager and "
+                                     "CUDA graphs (model-bench --help; --tiny on the CPU)"),
     "l2-bench": (cmd_l2_bench, "B placed by L2 side vs plain vs cuBLAS (l2-bench --help)"),
     "ablation-bench": (cmd_ablation_bench, "small-M techniques switched one at a time, same inputs (--help)"),
     "build": (cmd_build, "compile kernel units with nvcc, no GPU needed (build --help: --variants, --out DIR)"),
