@@ -1,5 +1,7 @@
 """L2-side detection (deepergemm/l2_sides.py): the classifier on synthetic latency matrices (CPU), and on the
 GPU (marked) the probe itself: one CTA per SM, a decision, and the same decision twice."""
+import pathlib
+
 import pytest
 import torch
 
@@ -123,3 +125,25 @@ def test_probe_kernel_compiles_for_sm90a(tmp_path):
     text = ptx.read_text()
     assert "ld.global.cg.u32" in text and "%smid" in text and "%clock64" in text
     assert not re.search(r"\.local\b", text), "the probe uses local memory"
+
+
+RECORDED = pathlib.Path(__file__).resolve().parents[1] / "bench" / "data" / "l2_cycles_h100.pt"
+
+
+def test_classifier_decides_on_latencies_recorded_on_an_h100():
+    """bench/data/l2_cycles_h100.pt: the probe's raw output (132 SMs x 512 chunks of 4 KiB, cycles) from an H100 80GB
+    HBM3, the first run after the probe's fix. The classifier splits the SMs 66 + 66, near below far, and finds the
+    same SM sides in either half of the chunks (the split does not hang on a few chunks)."""
+    data = torch.load(RECORDED)
+    cycles, smid = data["cycles"].int(), data["smid"]
+    assert cycles.shape == (132, 512) and int(cycles.min()) > 0
+    full = l2_sides.classify(cycles, smid, data["stride"])
+    assert full.decided, full.reason
+    assert full.sms_per_side == (66, 66) and full.near_cycles < full.far_cycles
+    for half in (cycles[:, :256], cycles[:, 256:]):  # (on 256 chunks one SM's agreement falls near the 85% bar)
+        part = l2_sides.classify(half, smid, data["stride"])
+        assert part.sm_side == full.sm_side, part.reason
+    # shuffled CTA order (another launch puts CTAs on other SMs): the same sides per SM id
+    order = torch.randperm(132)
+    shuffled = l2_sides.classify(cycles[order], [smid[i] for i in order.tolist()], data["stride"])
+    assert shuffled.sm_side == full.sm_side
