@@ -185,6 +185,19 @@ def test_roofline_plot(tmp_path):
     assert not (tmp_path / "one.png").exists()
 
 
+def test_mid_and_sweep_subsets_cover_the_m_range():
+    mid = shapes.select_shapes("mid")
+    pairs = {(s.n, s.k) for s in shapes.SUBSETS["all"]}
+    assert {(s.n, s.k) for s in mid} == pairs and sorted({s.m for s in mid}) == [256, 512, 1024, 2048]
+    assert len(mid) == 4 * len(pairs)
+    sweep = shapes.select_shapes("sweep:7168x2048+2112x7168")
+    assert [s.m for s in sweep[:15]] == [2 ** i for i in range(15)] and len(sweep) == 30
+    assert {(s.n, s.k) for s in sweep} == {(7168, 2048), (2112, 7168)}
+    assert len(shapes.select_shapes("sweep")) == 15 * len(pairs)
+    with pytest.raises(ValueError, match="K must be a multiple of 128"):
+        shapes.select_shapes("sweep:7168x100")
+
+
 def test_decode_subset_spans_m_for_every_anchor_pair():
     decode = shapes.select_shapes("decode")
     pairs = {(s.n, s.k) for s in shapes.ALL_SHAPES}

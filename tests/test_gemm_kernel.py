@@ -136,7 +136,9 @@ def test_bias_and_output_dtype(out_dtype, bias_dtype):
 
 
 def test_fp32_output_every_element_written():
-    a, a_s, b, b_s = make_inputs(65, 136, 384)
+    # K = 640: five K blocks, enough for every variant's splits (4 at most) and uneven between them
+    a, a_s, b, b_s = make_inputs(65, 136, 640)
+    assert all(640 // 128 >= v.splits for v in configs.TESTED_VARIANTS)
     for variant in configs.TESTED_VARIANTS:
         check(run_variant(variant, a, a_s, b, b_s, out_dtype=torch.float32), exact(a, a_s, b, b_s), variant.key)
 

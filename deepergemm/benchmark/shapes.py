@@ -5,7 +5,8 @@ launches. Absolute times drift between machines and runs; the figure to beat is 
 ``DeepGEMM / cuBLAS`` (speed), compared with our own ``ours / cuBLAS`` measured in one run.
 
 Shape selection (``select_shapes``): a subset name ("all", "small" = M <= 128, "large" = M >= 4096, "decode" =
-M in 1, 8, 16, 32, 64, 128 for each anchor (N, K) pair),
+M in 1, 8, 16, 32, 64, 128 for each anchor (N, K) pair, "mid" = M in 256, 512, 1024, 2048 for each pair, "sweep" =
+M = 1, 2, 4, ..., 16384 for each pair), "sweep:NxK[+NxK...]" (that M range for the pairs given),
 or a comma-separated list mixing subset names and explicit shapes "MxNxK", e.g.
 "64x2112x7168,128x4096x7168" or "small,256x7168x2048".
 """
@@ -116,12 +117,27 @@ ALL_SHAPES: tuple[Shape, ...] = tuple(DENSE_ANCHORS)  # table order: M, then the
 DECODE_MS = (1, 8, 16, 32, 64, 128)
 NK_PAIRS: tuple[tuple[int, int], ...] = tuple(dict.fromkeys((s.n, s.k) for s in ALL_SHAPES))
 
+MID_MS = (256, 512, 1024, 2048)               # between decode and prefill: where the tile choice is hardest
+SWEEP_MS = tuple(2 ** i for i in range(15))   # 1, 2, 4, ..., 16384: the whole M range of one (N, K)
+
 SUBSETS: dict[str, tuple[Shape, ...]] = {
     "all": ALL_SHAPES,
     "small": tuple(s for s in ALL_SHAPES if s.m <= SMALL_M_MAX),
     "large": tuple(s for s in ALL_SHAPES if s.m >= LARGE_M_MIN),
     "decode": tuple(Shape(m, n, k) for n, k in NK_PAIRS for m in DECODE_MS),
+    "mid": tuple(Shape(m, n, k) for n, k in NK_PAIRS for m in MID_MS),
+    "sweep": tuple(Shape(m, n, k) for n, k in NK_PAIRS for m in SWEEP_MS),
 }
+
+
+def sweep_shapes(spec: str) -> tuple[Shape, ...]:
+    """"sweep:NxK[+NxK...]": M = 1, 2, 4, ..., 16384 for each (N, K) pair given."""
+    pairs = spec.split(":", 1)[1].split("+")
+    out = []
+    for pair in pairs:
+        shape = parse_shape(f"1x{pair.strip()}")
+        out.extend(Shape(m, shape.n, shape.k) for m in SWEEP_MS)
+    return tuple(out)
 
 _SHAPE_RE = re.compile(r"^(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)$")
 
@@ -154,7 +170,7 @@ def select_shapes(spec: str) -> list[Shape]:
                          f"or comma-separated MxNxK shapes")
     shapes: list[Shape] = []
     for item in items:
-        chosen = SUBSETS.get(item.lower())
+        chosen = sweep_shapes(item) if item.lower().startswith("sweep:") else SUBSETS.get(item.lower())
         for shape in chosen if chosen is not None else (parse_shape(item),):
             if shape not in shapes:
                 shapes.append(shape)
