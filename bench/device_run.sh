@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh coldstart hostoverhead warmup tests sweep-large sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh coldstart hostoverhead before-after warmup tests sweep-large sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -27,6 +27,21 @@ for step in "$@"; do
          rm -rf "$DEEPERGEMM_CACHE_DIR/kernels"
          python bench/first_call.py --shape 64x7168x2048 2>&1 | grep -v "^\[deepergemm\] \[" | sed 's/^/unit missing: /'
          python bench/first_call.py --shape 64x7168x2048 2>&1 | sed 's/^/all cached:   /' ;;
+    before-after) # issue 23: the 24-shape bench of the session's starting commit (.baseline/, a git worktree of
+         # 7e9ced9 that `carry` brings: `git worktree add --detach .baseline 7e9ced9`) and of this tree, one after
+         # the other on this machine (the old tree builds its variants with load_inline, in parallel first)
+         [ -d .baseline ] || { echo "no .baseline/ (carry it)"; continue; }
+         ( cd .baseline && python -m pip install -q -e . --no-deps --no-build-isolation > /tmp/base_install.log 2>&1 \
+           && keys=$(python -c "import torch; from deepergemm import configs; from deepergemm.benchmark.shapes import select_shapes
+sms = torch.cuda.get_device_properties(0).multi_processor_count
+print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in select_shapes('all')})))") \
+           && DEEPERGEMM_CACHE_DIR=/tmp/dg_base timeout 300 python -m deepergemm warmup --jobs 16 --variants "$keys" > /tmp/base_warm.log 2>&1; \
+           DEEPERGEMM_CACHE_DIR=/tmp/dg_base timeout 240 python -m deepergemm bench --shapes all --launches 30 \
+             --backends ptx,cublas --no-bf16 --markdown --out "$OUT" 2>&1 | grep -v "^\[deepergemm\]" > "$OUT/bench_before.log" )
+         python -m pip install -q -e . --no-deps --no-build-isolation > /tmp/install.log 2>&1
+         timeout 240 python -m deepergemm bench --shapes all --launches 30 --backends ptx,cublas --no-bf16 --markdown \
+           --out "$OUT" 2>&1 | grep -v "^\[deepergemm\]" > "$OUT/bench_after.log"
+         python bench/compare_benches.py "$OUT/bench_before.log" "$OUT/bench_after.log" ;;
     hostoverhead) # issue 22: host time per call, ours (C++ op) vs torch._scaled_mm, eager loops and graphs
          timeout 300 python bench/host_overhead.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/host_overhead.log" ;;
     sweep-large) timeout 300 python bench/sweep_variants.py --shapes large --variants "auto,$LARGE" --jobs 16 \

@@ -389,3 +389,17 @@ def test_ablation_configuration_tells_which_switches_apply(monkeypatch):
     large = ablation.configuration(4096, 7168, 7168, 132, {})
     assert ablation.configuration(4096, 7168, 7168, 132, switch("no-split-k")) == large
     assert ablation.configuration(4096, 7168, 7168, 132, switch("no-l2-hints")) == large  # large M: no hints anyway
+
+
+def test_compare_benches_flags_a_shape_that_moved(tmp_path):
+    import subprocess
+    import sys
+
+    head = "| shape | ptx us | cublas us |\n| --- | --- | --- |\n"
+    (tmp_path / "a.log").write_text(head + "| 64x2112x7168 | 14.8 | 25.4 |\n| 4096x7168x2048 | 100.0 | 110.0 |\n")
+    (tmp_path / "b.log").write_text(head + "| 64x2112x7168 | 14.9 | 25.4 |\n| 4096x7168x2048 | 104.0 | 110.1 |\n")
+    tool = pathlib.Path(__file__).resolve().parents[1] / "bench" / "compare_benches.py"
+    done = subprocess.run([sys.executable, str(tool), str(tmp_path / "a.log"), str(tmp_path / "b.log")],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "moved: 4096x7168x2048" in done.stdout and "64x2112x7168 after" not in done.stdout
+    assert "1 of 2 shapes moved" in done.stdout
