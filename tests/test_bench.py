@@ -392,6 +392,7 @@ def test_ablation_configuration_tells_which_switches_apply(monkeypatch):
 
 
 def test_compare_benches_flags_a_shape_that_moved(tmp_path):
+    import pathlib
     import subprocess
     import sys
 
