@@ -721,6 +721,8 @@ Tensor side_claims_for(const at::Device& device, CUstream stream) {
 // launch
 // =============================================================================================
 struct LaunchArgs {
+  LaunchArgs(const Tensor& a_, const Tensor& a_scales_, const Tensor& b_, const Tensor& b_scales_, Tensor& out_)
+      : a(&a_), a_scales(&a_scales_), b(&b_), b_scales(&b_scales_), out(&out_) {}
   const Tensor* a;
   const Tensor* a_scales;  // in the kernel's M-major layout
   const Tensor* b;
@@ -996,12 +998,7 @@ Tensor gemm_into_new_output(const Plan& plan, const Tensor& a, const Tensor& a_s
     bias_k = bias->scalar_type() == at::kHalf ? bias->to(at::kFloat) : bias->contiguous();
   }
   Tensor out = at::empty({a.size(0), n}, a.options().dtype(out_dtype));
-  LaunchArgs x;
-  x.a = &a;
-  x.a_scales = &sa;
-  x.b = &b;
-  x.b_scales = &sb;
-  x.out = &out;
+  LaunchArgs x(a, sa, b, sb, out);
   x.bias = bias_k.has_value() ? &*bias_k : nullptr;
   x.bias_kind = bias_kind_of(bias_k);
   x.group_n = plan.group_n;
@@ -1080,12 +1077,7 @@ void grouped_launch(const Plan& plan, int grouping, const Tensor& a2, const Tens
   const Tensor b2 = b.view({groups * n, k});
   const Tensor sb = (b_scales.is_contiguous() ? b_scales : b_scales.contiguous()).view({-1, b_scales.size(-1)});
   const Tensor rows = group_rows.is_contiguous() ? group_rows : group_rows.contiguous();
-  LaunchArgs x;
-  x.a = &a2;
-  x.a_scales = &sa;
-  x.b = &b2;
-  x.b_scales = &sb;
-  x.out = &out2;
+  LaunchArgs x(a2, sa, b2, sb, out2);
   x.group_n = plan.group_n;
   x.l2_hints = plan.l2_hints;
   x.pdl = plan.pdl;
@@ -1151,12 +1143,7 @@ void launch_variant(int64_t variant, const Tensor& a, const Tensor& a_scales, co
                     const optional<Tensor>& b_slots, int64_t slab_rows, int64_t n_placed, const optional<Tensor>& sm_side,
                     int64_t side0_n_tiles, bool pdl, const optional<Tensor>& trace_log) {
   c10::DeviceGuard guard(a.device());
-  LaunchArgs x;
-  x.a = &a;
-  x.a_scales = &a_scales;
-  x.b = &b;
-  x.b_scales = &b_scales;
-  x.out = &out;
+  LaunchArgs x(a, a_scales, b, b_scales, out);
   x.bias = bias.has_value() ? &*bias : nullptr;
   x.bias_kind = static_cast<int>(bias_kind);
   TORCH_CHECK(bias_kind == dg::kBiasNone || bias.has_value(), cat("deepergemm: bias_kind ", bias_kind, " without a bias"));

@@ -40,6 +40,14 @@ def _same_error(op, args):
     assert binding == python, f"binding: {binding}\npython:  {python}"
 
 
+def _all_same_errors(op, cases: dict, what: str = ""):
+    for name, args in cases.items():
+        try:
+            _same_error(op, args)
+        except AssertionError as exc:
+            raise AssertionError(f"{what}{name}: {exc}") from None
+
+
 def _act(m, k):
     a, a_s = ref.quantize_act(torch.randn(m, k) * 3)
     return a, a_s.t().contiguous().t() if a_s.shape[1] > 1 else a_s
@@ -89,11 +97,7 @@ def test_fp8_gemm_rules_match_the_python_ones():
         "b not K-major": _with(good, 2, b.t().contiguous().t()),
         "backend": _with(good, 6, "cudnn"),
     }
-    for name, args in cases.items():
-        try:
-            _same_error(OPS.fp8_gemm.default, args)
-        except AssertionError as exc:
-            raise AssertionError(f"{name}: {exc}") from None
+    _all_same_errors(OPS.fp8_gemm.default, cases)
 
 
 def test_fp8_gemm_through_the_binding_calls_the_python_backend():
@@ -127,11 +131,7 @@ def test_grouped_rules_match_and_the_reference_round_trip():
         "b_scales shape": _with(good, 3, b_s[:, :1]),
         "cublas": _with(good, 7, "cublas"),
     }
-    for name, args in cases.items():
-        try:
-            _same_error(OPS.m_grouped_fp8_gemm_contiguous.default, args)
-        except AssertionError as exc:
-            raise AssertionError(f"contiguous, {name}: {exc}") from None
+    _all_same_errors(OPS.m_grouped_fp8_gemm_contiguous.default, cases, "contiguous, ")
     want = out.clone()
     OPS.m_grouped_fp8_gemm_contiguous.default(a, a_s, b, b_s, sizes, want, False, "reference")
     OPS.m_grouped_fp8_gemm_contiguous.default.redispatch(CUDA_KEY, a, a_s, b, b_s, sizes, out, False, "reference")
@@ -143,12 +143,9 @@ def test_grouped_rules_match_and_the_reference_round_trip():
     masked = torch.tensor([7, 40], dtype=torch.int32)
     out3 = torch.full((2, 40, 136), float("nan"))
     good = [a3, a3_s, b2, b2_s, masked, 16, out3, "reference"]
-    for name, args in {"expected_m": _with(good, 5, 0), "groups": _with(good, 2, b[:3].contiguous()),
-                       "a_scales shape": _with(good, 1, a3_s[:, :30])}.items():
-        try:
-            _same_error(OPS.m_grouped_fp8_gemm_masked.default, args)
-        except AssertionError as exc:
-            raise AssertionError(f"masked, {name}: {exc}") from None
+    _all_same_errors(OPS.m_grouped_fp8_gemm_masked.default,
+                     {"expected_m": _with(good, 5, 0), "groups": _with(good, 2, b[:3].contiguous()),
+                      "a_scales shape": _with(good, 1, a3_s[:, :30])}, "masked, ")
     want3 = out3.clone()
     OPS.m_grouped_fp8_gemm_masked.default(*_with(good, 6, want3))
     OPS.m_grouped_fp8_gemm_masked.default.redispatch(CUDA_KEY, *good)
@@ -165,3 +162,26 @@ def test_binding_reads_the_backend_switch_it_is_given():
         assert kind is ValueError and "DEEPERGEMM_BACKEND must be one of" in message, message
     finally:
         torch.ops.deepergemm_native.configure("auto")
+
+
+def test_placed_gemm_rules_match_the_python_ones():
+    a, a_s = _act(5, 256)
+    _, b_s = _weight(264, 256)
+    pool = torch.randint(0, 255, (64 * 32, 128), dtype=torch.uint8)
+    slots = torch.randint(0, 64, (2, 32), dtype=torch.int32)
+    good = [a, a_s, pool, slots, b_s, 264, 32, 128, torch.bfloat16, None, None, True, "reference"]
+    _all_same_errors(OPS.fp8_gemm_placed.default, {
+        "slab_rows": _with(good, 6, 48),
+        "pool dtype": _with(good, 2, pool.to(torch.int8)),
+        "pool shape": _with(good, 2, pool[:-1]),
+        "slots dtype": _with(good, 3, slots.long()),
+        "slots rank": _with(good, 3, slots[0]),
+        "n": _with(good, 5, 0),
+        "coverage": _with(good, 3, slots[:, :10].contiguous()),
+        "split_rows": _with(good, 7, 265),
+        "a's K": _with(good, 3, torch.randint(0, 64, (3, 32), dtype=torch.int32)),
+        "b_scales shape": _with(good, 4, b_s[:, :1]),
+        "sm_side dtype": _with(good, 10, torch.zeros(256, dtype=torch.int32)),
+        "sm_side shape": _with(good, 10, torch.zeros(132, dtype=torch.uint8)),
+        "backend": _with(good, 12, "fast"),
+    })
