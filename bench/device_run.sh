@@ -73,7 +73,7 @@ torch.save({'cycles': cycles, 'smid': smid, 'stride': l2_sides.PROBE_STRIDE}, '$
 r = l2_sides.detect(refresh=True); print('decided' if r.decided else 'UNDECIDED', '-', r.reason, f'({r.seconds:.2f} s)')
 " 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/l2sides.log" ;;
     ablation-small) # issue 4: what each small-M technique buys, switched one at a time in one process
-         timeout 420 python -m deepergemm ablation-bench --markdown --shapes ${ABL_SHAPES:-small,decode} 2>&1 \
+         timeout 420 python bench/ablation.py --markdown --shapes ${ABL_SHAPES:-small,decode} 2>&1 \
            | grep -v "^\[deepergemm\]" | tee "$OUT/ablation_small.log" ;;
     swapbench) # issue 4: the decode shapes with swapped small-M tiles against the same run without (one process each)
          for swap in 0 1; do

@@ -90,12 +90,6 @@ def cmd_l2_bench(args) -> int:
     return l2sides.main(args.rest) or 0
 
 
-def cmd_ablation_bench(args) -> int:
-    from deepergemm.benchmark import ablation
-
-    return ablation.main(args.rest) or 0
-
-
 def cmd_warmup(args) -> int:
     from deepergemm import extension
 
@@ -123,7 +117,6 @@ COMMANDS = {
     "model-bench": (cmd_model_bench, "one DeepSeek-V3 layer's linears and MoE: bf16 vs cuBLAS vs ours, eager and "
                                      "CUDA graphs (model-bench --help; --tiny on the CPU)"),
     "l2-bench": (cmd_l2_bench, "B placed by L2 side vs plain vs cuBLAS (l2-bench --help)"),
-    "ablation-bench": (cmd_ablation_bench, "small-M techniques switched one at a time, same inputs (--help)"),
     "build": (cmd_build, "compile kernel units with nvcc, no GPU needed (build --help: --variants, --out DIR)"),
     "warmup": (cmd_warmup, "on a Hopper GPU: build in parallel and load the binding and every kernel variant"),
     "info": (cmd_info, "machine and backend"),

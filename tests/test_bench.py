@@ -359,8 +359,20 @@ def test_steadiest_timing_wins_and_stalls_are_retried(monkeypatch):
     assert timing.time_steady(lambda: None, 30) is stalled and calls == [30, 30, 30]  # gives up after three
 
 
+def _bench_script(name: str):
+    """A developer script of bench/ (not part of the package), imported from its file."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_ablation_switches_parse_and_restore_the_environment(monkeypatch):
-    from deepergemm.benchmark import ablation
+    ablation = _bench_script("ablation")
 
     assert ablation.parse_switches("all") == list(ablation.SWITCHES)
     assert ablation.parse_switches("swap-ab, no-split-k") == ["swap-ab", "no-split-k"]
@@ -375,7 +387,7 @@ def test_ablation_switches_parse_and_restore_the_environment(monkeypatch):
 
 def test_ablation_configuration_tells_which_switches_apply(monkeypatch):
     """A switch that does not change the selection for a shape is not timed again ("=")."""
-    from deepergemm.benchmark import ablation
+    ablation = _bench_script("ablation")
 
     for name in ("DEEPERGEMM_SPLIT_K", "DEEPERGEMM_SWAP_AB", "DEEPERGEMM_VARIANT", "DEEPERGEMM_L2_HINTS"):
         monkeypatch.delenv(name, raising=False)

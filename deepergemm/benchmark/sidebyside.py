@@ -1,4 +1,4 @@
-"""What the side-by-side benches (l2-bench, ablation-bench) share: their common options' checks, the GPU they
+"""What the side-by-side benches (l2-bench, bench/ablation.py) share: their common options' checks, the GPU they
 need, and one table line per shape as it is measured (text, or Markdown for bench/RESULTS.md)."""
 from __future__ import annotations
 

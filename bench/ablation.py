@@ -1,6 +1,6 @@
 """What each small-M technique buys (issue 4), measured by switching it in the same process on the same inputs.
 
-    python -m deepergemm ablation-bench [--shapes small,decode] [--switches all|name,...] [--launches N] [--markdown]
+    python bench/ablation.py [--shapes small,decode] [--switches all|name,...] [--launches N] [--markdown]
 
 Per shape: the ptx kernel as configured (the default), then once per switch with that one environment setting
 changed (configs reads it per call, so one process compares them), and cuBLAS. Each configuration's output is
@@ -22,11 +22,10 @@ from contextlib import contextmanager
 import torch
 
 import deepergemm as dg
-
-from .. import configs, reference
-from . import sidebyside
-from .gemm import MIN_LAUNCHES, measure_backend
-from .report import gemm_bytes
+from deepergemm import configs, reference
+from deepergemm.benchmark import sidebyside
+from deepergemm.benchmark.gemm import MIN_LAUNCHES, measure_backend
+from deepergemm.benchmark.report import gemm_bytes
 
 # name -> (environment settings, what the default does that this switches)
 SWITCHES: dict[str, tuple[dict[str, str], str]] = {
@@ -74,7 +73,7 @@ def configuration(m: int, n: int, k: int, num_sms: int, settings: dict[str, str]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deepergemm ablation-bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python bench/ablation.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="small,decode", help="subset names and/or MxNxK shapes (default small,decode)")
     p.add_argument("--switches", default="all", help=f"all, or some of: {', '.join(SWITCHES)}")
@@ -89,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     names: list[str] = []
     args, shapes = sidebyside.parse(build_parser(), argv, lambda a: names.extend(parse_switches(a.switches)))
-    device = sidebyside.cuda_device("ablation-bench")
+    device = sidebyside.cuda_device("bench/ablation.py")
     if device is None:
         return 2
     sms = torch.cuda.get_device_properties(device).multi_processor_count
@@ -131,3 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         del expected
         sidebyside.print_row(cells, args.markdown)
     return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main() or 0)
