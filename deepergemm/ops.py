@@ -16,9 +16,9 @@ Ops (``torch.ops.deepergemm.*``):
 
 CPU kernels run the pure-torch reference (deepergemm.reference); fake kernels give shapes, dtypes and strides
 only, so the ops trace under torch.compile(fullgraph=True) and replay in CUDA graphs (no host sync, no
-allocation outside PyTorch's caching allocator). CUDA: the quantizers run Triton kernels; the four GEMM ops are
-defined with torch.library.Library (not custom_op, whose Python autograd wrapper costs ~10 us a call) and their
-CUDA kernels are C++ (ptx/binding.cpp, loaded by deepergemm/extension.py): input rules, plan and launch with no
+allocation outside PyTorch's caching allocator). The quantizers, linear and the GEMM ops are defined with
+torch.library.Library (not custom_op, whose Python autograd wrapper costs ~10 us a call; none has a backward). CUDA:
+the quantizers run Triton kernels; the four GEMM ops' CUDA kernels are C++ (ptx/binding.cpp, loaded by deepergemm/extension.py): input rules, plan and launch with no
 Python in between. Until that binding is loaded, a CompositeExplicitAutograd kernel stands in: it loads the
 binding on first use (on a Hopper GPU) and calls the op again, or runs the Python CUDA path (cuBLAS) where the
 binding cannot be built. The binding calls back into Python only for a problem's first plan (_plan) and for the
@@ -164,11 +164,19 @@ def _run_gemm(backend: str, a, a_scales, b, b_scales, out_dtype, bias) -> torch.
     return fp8_gemm_cublas(a, a_scales, b, b_scales, out_dtype, bias)
 
 
+# quantize_act, quantize_weight: the reference on CPU, Triton on CUDA
 # ----------------------------------------------------------------------------------------------
-# quantize_act
-# ----------------------------------------------------------------------------------------------
-@custom_op("deepergemm::quantize_act", mutates_args=(), device_types="cpu")
-def quantize_act(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _define_op(schema: str, kernels: dict, fake) -> None:
+    """Define deepergemm::<name> with a Python kernel per dispatch key and a fake kernel (torch.library.Library, not
+    custom_op: its Python autograd wrapper costs ~10 us a call; these ops have no backward either way)."""
+    name = schema[:schema.index("(")]
+    _lib.define(schema)
+    for key, kernel in kernels.items():
+        _lib.impl(name, kernel, key)
+    torch.library.register_fake(f"deepergemm::{name}", fake, lib=_lib)
+
+
+def _quantize_act_cpu(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     layouts.check_quantize_input("x", x)
     q, s = reference.quantize_act(x, ue8m0=ue8m0)
     scales = layouts.empty_act_scales(x.shape[0], x.shape[1], x.device)
@@ -176,7 +184,6 @@ def quantize_act(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, to
     return q, scales
 
 
-@quantize_act.register_kernel("cuda")
 def _quantize_act_cuda(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     layouts.check_quantize_input("x", x)
     from .triton_kernels import quantize as triton_quantize
@@ -184,23 +191,21 @@ def _quantize_act_cuda(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tens
     return triton_quantize.quantize_act(x, ue8m0=ue8m0)
 
 
-@quantize_act.register_fake
 def _quantize_act_fake(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     layouts.check_quantize_input("x", x)
     m, k = x.shape
     return x.new_empty((m, k), dtype=reference.FP8_DTYPE), layouts.empty_act_scales(m, k, x.device)
 
 
-# ----------------------------------------------------------------------------------------------
-# quantize_weight
-# ----------------------------------------------------------------------------------------------
-@custom_op("deepergemm::quantize_weight", mutates_args=(), device_types="cpu")
-def quantize_weight(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+_define_op("quantize_act(Tensor x, bool ue8m0=False) -> (Tensor, Tensor)",
+           {"CPU": _quantize_act_cpu, "CUDA": _quantize_act_cuda}, _quantize_act_fake)
+
+
+def _quantize_weight_cpu(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     layouts.check_quantize_input("w", w)
     return reference.quantize_weight(w, ue8m0=ue8m0)
 
 
-@quantize_weight.register_kernel("cuda")
 def _quantize_weight_cuda(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     layouts.check_quantize_input("w", w)
     from .triton_kernels import quantize as triton_quantize
@@ -208,12 +213,15 @@ def _quantize_weight_cuda(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.T
     return triton_quantize.quantize_weight(w, ue8m0=ue8m0)
 
 
-@quantize_weight.register_fake
 def _quantize_weight_fake(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     layouts.check_quantize_input("w", w)
     n, k = w.shape
     scales = w.new_empty((ceil_div(n, GROUP_K), k // GROUP_K), dtype=torch.float32)
     return w.new_empty((n, k), dtype=reference.FP8_DTYPE), scales
+
+
+_define_op("quantize_weight(Tensor w, bool ue8m0=False) -> (Tensor, Tensor)",
+           {"CPU": _quantize_weight_cpu, "CUDA": _quantize_weight_cuda}, _quantize_weight_fake)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,9 +305,8 @@ def _linear_2d(x2: torch.Tensor, w, w_scales, bias, backend: str) -> torch.Tenso
     return out if out.dtype == x2.dtype else out.to(x2.dtype)
 
 
-@custom_op("deepergemm::linear", mutates_args=(), device_types=("cpu", "cuda"))
-def linear(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor, bias: torch.Tensor | None = None,
-           backend: str = "auto") -> torch.Tensor:
+def _linear(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor, bias: torch.Tensor | None = None,
+            backend: str = "auto") -> torch.Tensor:
     layouts.check_linear_inputs(x, w, w_scales, bias)
     x2 = x.reshape(-1, x.shape[-1])
     if not x2.is_contiguous():
@@ -308,7 +315,6 @@ def linear(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor, bias: torch
     return out.reshape(*x.shape[:-1], w.shape[0])
 
 
-@linear.register_fake
 def _linear_fake(x, w, w_scales, bias=None, backend="auto"):
     layouts.check_linear_inputs(x, w, w_scales, bias)
     rows = 1
@@ -318,6 +324,10 @@ def _linear_fake(x, w, w_scales, bias=None, backend="auto"):
         x.new_empty((rows, x.shape[-1]), dtype=reference.FP8_DTYPE),
         layouts.empty_act_scales(rows, x.shape[-1], x.device), w, w_scales, layouts.linear_gemm_dtype(x.dtype), bias)
     return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+_define_op("linear(Tensor x, Tensor w, Tensor w_scales, Tensor? bias=None, str backend='auto') -> Tensor",
+           {"CPU": _linear, "CUDA": _linear}, _linear_fake)
 
 
 # ----------------------------------------------------------------------------------------------
