@@ -177,3 +177,21 @@ def test_a_static_assert_catches_a_layout_python_got_wrong(tmp_path, monkeypatch
                            str(ROOT / "ptx" / "kernel_unit.cu"), "-o", str(tmp_path / "x.cubin")],
                           capture_output=True, text=True)
     assert done.returncode != 0 and "configs.Variant.smem_bytes disagrees" in done.stderr, done.stderr[-2000:]
+
+
+def test_concurrent_builds_of_one_unit_are_safe(tmp_path):
+    """Two processes building the same unit into the same folder at once: one builds (under the file lock), the
+    other waits and finds it; both get the same complete cubin, and no temporary file is left."""
+    if extension.toolchain_problem() is not None:
+        pytest.skip("nvcc not found")
+    code = ("import sys; from deepergemm import configs, extension; "
+            "print(extension.build_kernel(configs.parse_key('64x32s16dm1'), sys.argv[1]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    paths = {p.communicate(timeout=300)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs) and len(paths) == 1, paths
+    cubin = pathlib.Path(paths.pop())
+    assert len(kernel_sections(cubin)) == 1
+    assert sorted(f.name for f in tmp_path.iterdir() if not f.name.startswith(".")) == sorted(
+        [cubin.name, cubin.with_suffix(".log").name])
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
