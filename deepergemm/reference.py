@@ -80,59 +80,74 @@ def _scales_and_multipliers(amax: torch.Tensor, ue8m0: bool) -> tuple[torch.Tens
     return amax / fp8_max, (one / amax) * FP8_MAX
 
 
-def _check_float_matrix(name: str, x: torch.Tensor, k_multiple: bool = True) -> None:
+SCALE_GROUPS_K = (128, 256)  # the K extents of a scale group the reference knows (256: the wider recipe's)
+
+
+def _check_float_matrix(name: str, x: torch.Tensor, k_multiple: bool = True, group_k: int = GROUP_K) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise TypeError(f"{name} must be bfloat16, float16 or float32, got {x.dtype}")
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (rows, K), got shape {tuple(x.shape)}")
-    if k_multiple and (x.shape[1] == 0 or x.shape[1] % GROUP_K != 0):
-        raise ValueError(f"{name}.shape[1] (K) must be a positive multiple of {GROUP_K}, got K={x.shape[1]}")
+    if group_k not in SCALE_GROUPS_K:
+        raise ValueError(f"the scale group along K must be one of {SCALE_GROUPS_K}, got {group_k}")
+    if k_multiple and (x.shape[1] == 0 or x.shape[1] % group_k != 0):
+        raise ValueError(f"{name}.shape[1] (K) must be a positive multiple of {group_k}, got K={x.shape[1]}")
 
 
-def quantize_act(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(1x128)-group fp8 quantization of activations.
+def quantize_act(x: torch.Tensor, ue8m0: bool = False, group_k: int = GROUP_K) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(1 x group_k) fp8 quantization of activations (group_k 128, or 256 for the wider recipe).
 
-    x: (M, K) bf16/fp16/fp32, K a positive multiple of 128.
-    Returns (q (M, K) float8_e4m3fn contiguous, scales (M, K/128) fp32). The reference returns
+    x: (M, K) bf16/fp16/fp32, K a positive multiple of group_k.
+    Returns (q (M, K) float8_e4m3fn contiguous, scales (M, K/group_k) fp32). The reference returns
     row-major scales; the GPU quantizer returns the same values in the GEMM's M-major layout
     (see deepergemm.layouts.empty_act_scales)."""
-    _check_float_matrix("x", x)
+    _check_float_matrix("x", x, group_k=group_k)
     m, k = x.shape
-    groups = x.float().reshape(m, k // GROUP_K, GROUP_K)
+    groups = x.float().reshape(m, k // group_k, group_k)
     amax = groups.abs().amax(dim=2, keepdim=True)
     scale, mult = _scales_and_multipliers(amax, ue8m0)
     q = (groups * mult).to(FP8_DTYPE).reshape(m, k)
-    return q, scale.reshape(m, k // GROUP_K)
+    return q, scale.reshape(m, k // group_k)
 
 
-def quantize_weight(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(128x128)-block fp8 quantization of weights (N, K), N any size (edge blocks padded).
+def quantize_weight(w: torch.Tensor, ue8m0: bool = False, block_k: int = GROUP_K) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(128 x block_k)-block fp8 quantization of weights (N, K), N any size (edge blocks padded); block_k 128,
+    or 256 for the wider recipe.
 
-    Returns (q (N, K) float8_e4m3fn contiguous, scales (ceil(N/128), K/128) fp32 contiguous)."""
-    _check_float_matrix("w", w)
+    Returns (q (N, K) float8_e4m3fn contiguous, scales (ceil(N/128), K/block_k) fp32 contiguous)."""
+    _check_float_matrix("w", w, group_k=block_k)
     n, k = w.shape
-    nb, kb = _ceil_div(n, GROUP_K), k // GROUP_K
+    nb, kb = _ceil_div(n, GROUP_K), k // block_k
     padded = torch.zeros(nb * GROUP_K, k, dtype=torch.float32, device=w.device)
     padded[:n] = w.float()
-    blocks = padded.reshape(nb, GROUP_K, kb, GROUP_K)
+    blocks = padded.reshape(nb, GROUP_K, kb, block_k)
     amax = blocks.abs().amax(dim=(1, 3), keepdim=True)
     scale, mult = _scales_and_multipliers(amax, ue8m0)
     q = (blocks * mult).to(FP8_DTYPE).reshape(nb * GROUP_K, k)[:n].contiguous()
     return q, scale.reshape(nb, kb).contiguous()
 
 
+def _group_k_of(k: int, scale_columns: int) -> int:
+    """The scale group along K that a (.., K) tensor with scale_columns scales per row was quantized with."""
+    if scale_columns == 0 or k % scale_columns or k // scale_columns not in SCALE_GROUPS_K:
+        raise ValueError(f"{scale_columns} scales per row do not fit K={k} with a group of {SCALE_GROUPS_K}")
+    return k // scale_columns
+
+
 def dequantize_act(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """(M, K) fp8 and (M, K/128) scales (any strides) -> (M, K) fp32."""
+    """(M, K) fp8 and (M, K/g) scales (any strides; g = 128 or 256, from their shape) -> (M, K) fp32."""
     m, k = q.shape
-    return (q.float().reshape(m, k // GROUP_K, GROUP_K) * scales.float().unsqueeze(2)).reshape(m, k)
+    g = _group_k_of(k, scales.shape[1])
+    return (q.float().reshape(m, k // g, g) * scales.float().unsqueeze(2)).reshape(m, k)
 
 
 def dequantize_weight(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """(N, K) fp8 and (ceil(N/128), K/128) scales -> (N, K) fp32."""
-    n = q.shape[0]
-    expanded = scales.float().repeat_interleave(GROUP_K, dim=0)[:n].repeat_interleave(GROUP_K, dim=1)
+    """(N, K) fp8 and (ceil(N/128), K/g) scales (g = 128 or 256, from their shape) -> (N, K) fp32."""
+    n, k = q.shape
+    g = _group_k_of(k, scales.shape[1])
+    expanded = scales.float().repeat_interleave(GROUP_K, dim=0)[:n].repeat_interleave(g, dim=1)
     return q.float() * expanded
 
 

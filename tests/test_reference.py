@@ -153,3 +153,24 @@ def test_exactness_bound_is_the_tolerance_unless_bf16_rounding_alone_exceeds_it(
     # but not two units off, nor a wrong scale
     assert ref.calc_diff(torch.full((8,), 1.0 + 2 ** -6), tiny) > bound
     assert ref.calc_diff(tiny * 1.01, tiny) > bound
+
+
+def test_the_wider_recipe_quantizes_per_256_of_k():
+    """quantize_act(group_k=256) and quantize_weight(block_k=256): one scale per 1x256 and 128x256, each the group's
+    amax / 448; dequantization reads the group from the scales' shape."""
+    x = torch.randn(3, 512) * torch.linspace(0.1, 10, 512)
+    q, s = ref.quantize_act(x, group_k=256)
+    assert s.shape == (3, 2) and torch.equal(s, x.reshape(3, 2, 256).abs().amax(2) / ref.FP8_MAX)
+    back = ref.dequantize_act(q, s)
+    assert ref.calc_diff(back, x) < 1e-3
+    w = torch.randn(200, 768)
+    qw, sw = ref.quantize_weight(w, block_k=256)
+    assert sw.shape == (2, 3)
+    assert float(sw[1, 2]) == float(w[128:, 512:].abs().amax() / ref.FP8_MAX)  # (fp32 division, as quantized)
+    assert ref.calc_diff(ref.dequantize_weight(qw, sw), w) < 1e-3
+    # the 128 recipe of the same data differs (a finer grid), and K must be a multiple of the group
+    assert not torch.equal(ref.dequantize_act(*ref.quantize_act(x)), back)
+    with pytest.raises(ValueError, match="multiple of 256"):
+        ref.quantize_act(torch.randn(2, 384), group_k=256)
+    with pytest.raises(ValueError, match="must be one of"):
+        ref.quantize_act(x, group_k=64)
