@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh coldstart hostoverhead before-after warmup tests sweep-large sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests sweep-large sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -15,6 +15,15 @@ secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]
 for step in "$@"; do
   echo "=== $step $(date +%T)"
   case $step in
+    smoke) # the host binding's three backends on one small GEMM, step by step; a crash gets a C++ backtrace
+           # (cuda-gdb) and stops the batch
+         if ! timeout 120 python bench/debug_native.py reference cublas ptx > "$OUT/smoke.log" 2>&1; then
+           tail -20 "$OUT/smoke.log"
+           timeout 240 cuda-gdb -q -batch -ex run -ex bt --args python bench/debug_native.py reference cublas ptx 2>&1 \
+             | grep -v "^\[New Thread\|^\[Thread\|Detaching" | tail -40
+           exit 1
+         fi
+         grep -E "^->|calc_diff" "$OUT/smoke.log" ;;
     coldstart) # issue 22: a new user's first run on a fresh machine: empty cache, the main job end to end (host
                # binding and kernel builds included), then a new process's first GEMM with one variant missing
                # and with everything cached
