@@ -477,16 +477,9 @@ def test_gpu_torch_compile_equals_eager(monkeypatch):
 
 
 def _capture(fn, *static):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn(*static)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn(*static)
-    return graph, out
+    from deepergemm.benchmark.timing import capture_graph
+
+    return capture_graph(fn, *static)
 
 
 @pytest.mark.gpu

@@ -186,16 +186,10 @@ def test_cuda_compile_and_cuda_graph_equal_eager():
     compiled = torch.compile(model, fullgraph=True)
     assert torch.equal(compiled(x), eager)
     # capture the compiled model in a CUDA graph, replay on new data written into the static input
+    from deepergemm.benchmark.timing import capture_graph
+
     static_x = x.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            compiled(static_x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = compiled(static_x)
+    graph, static_y = capture_graph(compiled, static_x)
     fresh = torch.randn_like(x)
     static_x.copy_(fresh)
     static_y.fill_(float("nan"))

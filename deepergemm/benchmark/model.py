@@ -48,7 +48,7 @@ from deepergemm import nn as dnn
 
 from .. import cublas
 from . import report
-from .timing import time_steady
+from .timing import capture_graph, time_steady
 
 PATHS = ("bf16", "cublas", "deepergemm")
 MIN_LAUNCHES = 30
@@ -317,18 +317,8 @@ def _time(fn, launches: int, device: torch.device) -> tuple[float, float]:
 
 
 def _capture(layer: Layer, x: torch.Tensor):
-    """(graph, static output) of one layer step on a static copy of x, warmed up on a side stream."""
-    static_x = x.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            layer(static_x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = layer(static_x)
-    return graph, static_y
+    """(graph, static output) of one layer step on a static copy of x."""
+    return capture_graph(layer, x.clone())
 
 
 def block_inputs(reference: Layer, x: torch.Tensor) -> dict[str, torch.Tensor]:

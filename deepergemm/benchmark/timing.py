@@ -87,3 +87,18 @@ def time_steady(fn: Callable[[], object], launches: int = 30, device: torch.devi
     while timings[-1].spread > spread_limit and len(timings) < attempts:
         timings.append(time_cold_l2(fn, launches, device=device))
     return steadiest(timings)
+
+
+def capture_graph(fn, *static, warmups: int = 2):
+    """(graph, output) of fn(*static) captured in a CUDA graph, after `warmups` calls on a side stream (first-call
+    work such as plans, workspaces and builds stays out of the graph). Replays read and write the same tensors."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmups):
+            fn(*static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*static)
+    return graph, out
