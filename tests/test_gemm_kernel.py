@@ -12,7 +12,6 @@ from deepergemm import reference as ref
 from deepergemm.benchmark.shapes import ALL_SHAPES
 
 pytestmark = pytest.mark.gpu
-TOL = ref.EXACT_TOL
 ODD_M = (1, 7, 65, 129, 1000)
 ODD_N = (8, 136, 2056)
 ODD_K = (128, 384, 18432)
@@ -55,15 +54,15 @@ def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, gr
     return out
 
 
-def check(out, expected, what, inputs=None):
-    """calc_diff <= 2e-6 against the fp32 reference, and every element written. With scales spread over
-    1e-3..1e3 (``inputs`` given) a handful of the largest outputs carry all of calc_diff, so even the
-    exact result rounded once to bf16 can land above 2e-6 (measured 2026-11-25: on such inputs our
-    calc_diff equals cuBLAS's exactly on the columns cuBLAS can compute, and on 8 dominant columns
-    both read 2.3-2.65e-6). There the bar is that rounding floor (reference.exactness_bound)."""
+def check(out, expected, what):
+    """calc_diff against the fp32 reference within reference.exactness_bound (2e-6, or the bf16 rounding floor
+    when a handful of outputs carry the whole norm: tiny outputs such as 1x8x128, or ``inputs`` with scales
+    spread over 1e-3..1e3, where even the exact result rounded once to bf16 can land above 2e-6; measured
+    2026-11-25: on such inputs our calc_diff equals cuBLAS's exactly on the columns cuBLAS can compute), and
+    every element written."""
     assert not out.isnan().any(), f"{what}: {int(out.isnan().sum())} output elements not written"
     diff = ref.calc_diff(out, expected)
-    bound = ref.exactness_bound(expected, out.dtype) if inputs is not None else TOL
+    bound = ref.exactness_bound(expected, out.dtype)
     assert diff <= bound, f"{what}: calc_diff {diff:.3e} > {bound:.3e}"
 
 
@@ -83,8 +82,7 @@ def test_every_variant_exact_on_odd_shapes(variant):
         if k < 128 * variant.splits:
             continue  # split-K variants need a K block per split (test_split_k_needs_a_k_block_per_split)
         a, a_s, b, b_s = make_inputs(m, n, k)
-        check(run_variant(variant, a, a_s, b, b_s), exact(a, a_s, b, b_s), f"{variant.key} {m}x{n}x{k}",
-              (a, a_s, b, b_s))
+        check(run_variant(variant, a, a_s, b, b_s), exact(a, a_s, b, b_s), f"{variant.key} {m}x{n}x{k}")
 
 
 def test_split_k_needs_a_k_block_per_split():
@@ -99,7 +97,7 @@ def test_split_k_is_deterministic_and_equals_exact_on_a_persistent_grid():
     variant = next(v for v in configs.TESTED_VARIANTS if v.splits > 1)
     a, a_s, b, b_s = make_inputs(1000, 4104, 1152)
     first = run_variant(variant, a, a_s, b, b_s)
-    check(first, exact(a, a_s, b, b_s), variant.key, (a, a_s, b, b_s))
+    check(first, exact(a, a_s, b, b_s), variant.key)
     assert torch.equal(first.view(torch.int16), run_variant(variant, a, a_s, b, b_s).view(torch.int16))
 
 
@@ -108,7 +106,7 @@ def test_odd_shapes_through_the_op(m):
     for n in ODD_N:
         for k in ODD_K:
             a, a_s, b, b_s = make_inputs(m, n, k)
-            check(dg.fp8_gemm(a, a_s, b, b_s, backend="ptx"), exact(a, a_s, b, b_s), f"{m}x{n}x{k}", (a, a_s, b, b_s))
+            check(dg.fp8_gemm(a, a_s, b, b_s, backend="ptx"), exact(a, a_s, b, b_s), f"{m}x{n}x{k}")
 
 
 @pytest.mark.parametrize("shape", ALL_SHAPES, ids=str)
@@ -149,7 +147,7 @@ def test_group_n_rasterization_does_not_change_results():
     variant = configs.find_variant(128, 128, True, cluster=(2, 1))
     outs = [run_variant(variant, a, a_s, b, b_s, group_n=g, stream_k=False) for g in (1, 3, 16, 100)]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
-    check(outs[0], exact(a, a_s, b, b_s), "group_n", (a, a_s, b, b_s))
+    check(outs[0], exact(a, a_s, b, b_s), "group_n")
 
 
 def test_l2_hints_do_not_change_results():
@@ -158,7 +156,7 @@ def test_l2_hints_do_not_change_results():
     for variant in (configs.find_variant(64, 64, True), configs.find_variant(128, 128, True, cluster=(2, 1))):
         outs = [run_variant(variant, a, a_s, b, b_s, l2_hints=h) for h in (0, 1, 2, 4, 6, 9, 10)]
         assert all(torch.equal(outs[0], o) for o in outs[1:]), variant.key
-        check(outs[0], exact(a, a_s, b, b_s), f"{variant.key} l2 hints", (a, a_s, b, b_s))
+        check(outs[0], exact(a, a_s, b, b_s), f"{variant.key} l2 hints")
 
 
 STREAM_K_VARIANTS = [v for v in configs.TESTED_VARIANTS if configs.stream_k_for(v)]
@@ -190,10 +188,10 @@ def test_stream_k_exact_deterministic_and_flags_left_at_zero(variant):
         a, a_s, b, b_s = make_inputs(m, n, k)
         expected = exact(a, a_s, b, b_s)
         first = run_variant(variant, a, a_s, b, b_s, stream_k=True)
-        check(first, expected, f"{variant.key} {m}x{n}x{k} stream-K", (a, a_s, b, b_s))
+        check(first, expected, f"{variant.key} {m}x{n}x{k} stream-K")
         again = run_variant(variant, a, a_s, b, b_s, stream_k=True)
         assert torch.equal(first.view(torch.int16), again.view(torch.int16)), f"{variant.key} {m}x{n}x{k}: not reproducible"
-        check(run_variant(variant, a, a_s, b, b_s, stream_k=False), expected, f"{variant.key} {m}x{n}x{k}", (a, a_s, b, b_s))
+        check(run_variant(variant, a, a_s, b, b_s, stream_k=False), expected, f"{variant.key} {m}x{n}x{k}")
         # every flag a tile's head raised was lowered by its tail: the next launch starts clean
         workspace = kernels.stream_k_workspace(a.device)
         torch.cuda.synchronize()
@@ -287,8 +285,7 @@ def test_swapped_small_m_exact_with_bias_and_both_outputs(monkeypatch, m):
             bias = torch.randn(n, device="cuda").to(bias_dtype)
             for out_dtype in (torch.bfloat16, torch.float32):
                 out = run_variant(variant, a, a_s, b, b_s, out_dtype, bias)
-                check(out, expected + bias.float(), f"{variant.key} {m}x{n}x{k} {out_dtype} bias {bias_dtype}",
-                      (a, a_s, b, b_s))
+                check(out, expected + bias.float(), f"{variant.key} {m}x{n}x{k} {out_dtype} bias {bias_dtype}")
         swapped = dg.fp8_gemm(a, a_s, b, b_s, backend="ptx")
         again = dg.fp8_gemm(a, a_s, b, b_s, backend="ptx")
         assert torch.equal(swapped.view(torch.int16), again.view(torch.int16)), f"{m}x{n}x{k}: not reproducible"

@@ -153,6 +153,17 @@ def test_exactness_bound_is_the_tolerance_unless_bf16_rounding_alone_exceeds_it(
     # but not two units off, nor a wrong scale
     assert ref.calc_diff(torch.full((8,), 1.0 + 2 ** -6), tiny) > bound
     assert ref.calc_diff(tiny * 1.01, tiny) > bound
+    # 8 outputs whose exact rounding is within the tolerance, one of them near a midpoint (the H200's 1x8x128
+    # case: -4.1378 rounds to -4.125, the tensor cores' sum to -4.15625): that flip is allowed, two units not
+    seen = torch.tensor([1.7975, 0.8696, 5.5699, -1.1523, -2.3116, 3.1824, -5.4403, -4.1378])
+    assert 1.25 * ref.calc_diff(seen.bfloat16().float(), seen) <= ref.EXACT_TOL
+    flipped = seen.bfloat16().float()
+    flipped[7] = -4.15625
+    assert ref.calc_diff(flipped, seen) > ref.EXACT_TOL
+    bound = ref.exactness_bound(seen, torch.bfloat16)
+    assert ref.calc_diff(flipped, seen) <= bound
+    flipped[7] = -4.1875
+    assert ref.calc_diff(flipped, seen) > bound
 
 
 def test_the_wider_recipe_quantizes_per_256_of_k():
