@@ -80,7 +80,7 @@ import torch; from deepergemm import l2_sides
 cycles, smid = l2_sides.measure(torch.device('cuda'))
 torch.save({'cycles': cycles, 'smid': smid, 'stride': l2_sides.PROBE_STRIDE}, '$OUT/l2_cycles.pt')
 r = l2_sides.detect(refresh=True); print('decided' if r.decided else 'UNDECIDED', '-', r.reason, f'({r.seconds:.2f} s)')
-" 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/l2sides.log" ;;
+" 2>&1 | grep -v "^\[deepergemm\]" ;;
     ablation-small) # issue 4: what each small-M technique buys, switched one at a time in one process
          timeout 420 python bench/ablation.py --markdown --shapes ${ABL_SHAPES:-small,decode} 2>&1 \
            | grep -v "^\[deepergemm\]" | tee "$OUT/ablation_small.log" ;;
@@ -99,7 +99,7 @@ r = l2_sides.detect(refresh=True); print('decided' if r.decided else 'UNDECIDED'
          timeout ${MODEL_TIMEOUT:-240} python -m deepergemm model-bench --markdown --out /tmp/model_out 2>&1 \
            | grep -v "^\[deepergemm\]" | tee "$OUT/model_bench.log" | tail -30 ;;
     cublas-shapes) # which small blockwise shapes torch._scaled_mm takes here
-         timeout 120 python bench/cublas_shapes.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/cublas_shapes.log" ;;
+         timeout 120 python bench/cublas_shapes.py 2>&1 | grep -v "^\[deepergemm\]" ;;
     pdl) timeout 200 python bench/pdl_chain.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/pdl.log" ;;
     ncu) for v in ${NCU_VARIANTS:-128x128s6dc2 128x192s5pc2}; do
            timeout 150 ncu ${NCU_ARGS:---set full} -k regex:fp8_gemm -c 1 \
