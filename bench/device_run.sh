@@ -81,6 +81,19 @@ cycles, smid = l2_sides.measure(torch.device('cuda'))
 torch.save({'cycles': cycles, 'smid': smid, 'stride': l2_sides.PROBE_STRIDE}, '$OUT/l2_cycles.pt')
 r = l2_sides.detect(refresh=True); print('decided' if r.decided else 'UNDECIDED', '-', r.reason, f'({r.seconds:.2f} s)')
 " 2>&1 | grep -v "^\[deepergemm\]" ;;
+    l2stable) # issue 24: the detection repeated in one process and across processes, then the side pattern at
+              # fine strides (bench/l2_fine.py, raw cycles in l2_fine.pt)
+         for proc in 1 2 3; do
+           timeout 60 python -c "
+import zlib; from deepergemm import l2_sides
+for i in range(3):
+    r = l2_sides.detect(refresh=True)
+    first = r.sm_side.get(min(r.sm_side), 0) if r.sm_side else 0  # label the side of the lowest SM id 0
+    split = sorted(sm for sm, side in r.sm_side.items() if side == first)
+    print('process $proc run', i, 'decided' if r.decided else 'UNDECIDED', '-', r.reason, '- split digest', zlib.crc32(str(split).encode()))
+" 2>&1 | grep -v "^\[deepergemm\]"
+         done
+         timeout 120 python bench/l2_fine.py --out "$OUT/l2_fine.pt" 2>&1 | grep -v "^\[deepergemm\]" ;;
     ablation-small) # issue 4: what each small-M technique buys, switched one at a time in one process
          timeout 420 python bench/ablation.py --markdown --shapes ${ABL_SHAPES:-small,decode} 2>&1 \
            | grep -v "^\[deepergemm\]" | tee "$OUT/ablation_small.log" ;;

@@ -151,11 +151,15 @@ def one_cta_per_sm_smem(props) -> int:
 
 
 def measure(device: torch.device, chunks: int = PROBE_CHUNKS, stride: int = PROBE_STRIDE, reps: int = PROBE_REPS,
-            rounds: int = PROBE_ROUNDS) -> tuple[torch.Tensor, list[int]]:
-    """(cycles (SMs, chunks) on the CPU, smid per CTA): the fastest of `rounds` probes, one CTA per SM."""
+            rounds: int = PROBE_ROUNDS, buf: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
+    """(cycles (SMs, chunks) on the CPU, smid per CTA): the fastest of `rounds` probes, one CTA per SM, over `buf`
+    (int32, at least chunks * stride bytes; a fresh zeroed one by default)."""
     module = _load()
     props = torch.cuda.get_device_properties(device)
-    buf = torch.zeros(chunks * stride // 4, dtype=torch.int32, device=device)
+    if buf is None:
+        buf = torch.zeros(chunks * stride // 4, dtype=torch.int32, device=device)
+    elif buf.dtype != torch.int32 or buf.numel() * 4 < chunks * stride:
+        raise ValueError(f"buf must be int32 with at least chunks * stride = {chunks * stride} bytes")
     offsets = torch.arange(chunks, dtype=torch.int64, device=device) * (stride // 4)
     cycles = torch.empty(props.multi_processor_count, chunks, dtype=torch.int32, device=device)
     smid = torch.empty(props.multi_processor_count, dtype=torch.int32, device=device)

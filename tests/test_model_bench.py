@@ -77,13 +77,17 @@ def test_tiny_paths_agree_with_each_other():
 
 
 @pytest.mark.gpu
-def test_gpu_tiny_layer_every_path_eager_and_graphs(tmp_path):
-    status = model.main(["--tiny", "--launches", "2", "--out", str(tmp_path)])
+def test_gpu_tiny_layer_eager_and_graphs(tmp_path):
+    """bf16 and deepergemm paths of the tiny layer on the GPU. No cuBLAS path: the tiny layer's K of 128 and 256
+    is where torch._scaled_mm's blockwise recipe refuses (CUBLAS_STATUS_NOT_SUPPORTED) or, for N > 128, returns
+    wrong results (bench/cublas_shapes.py; H100, torch 2.11), so the cuBLAS backend refuses those shapes."""
+    status = model.main(["--tiny", "--launches", "2", "--paths", "bf16,deepergemm", "--out", str(tmp_path)])
     payload = json.loads(next(tmp_path.glob("model_*.json")).read_text())
     for row in payload["rows"]:
         for name, f in row["paths"].items():
             assert f["error"] is None, (row["tokens"], name, f["error"])
             assert f["graph_us"] > 0 and f["graph_vs_eager"] < 1e-6, (row["tokens"], name)
-        ours, cub = row["paths"]["deepergemm"]["diff"], row["paths"]["cublas"]["diff"]
-        assert all(ours[b] <= 1.05 * cub[b] for b in model.BLOCKS), (ours, cub)
+        ours = row["paths"]["deepergemm"]["diff"]
+        # FP8 against bf16: e4m3's quantization error, per block on the same inputs
+        assert all(1e-5 < ours[b] < 1e-2 for b in model.BLOCKS), ours
     assert status == 0
