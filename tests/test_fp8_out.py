@@ -301,20 +301,22 @@ def test_gpu_fused_equals_quantize_act_of_bf16_gemm(no_split_orders, m, n, k):
         assert not got[1].isnan().any()
 
 
-def _launch(variant, a, a_s, b, b_s, bias, ue8m0, stream_k):
+def _launch(variant, a, a_s, b, b_s, bias, ue8m0, stream_k, group_n=16):
     """One direct launch of a variant into NaN-poisoned outputs: bf16 (M, N), or fp8 q (0x7F is NaN in e4m3fn) and
-    scales for an fp8-output variant."""
+    scales for an fp8-output variant. (With stream-K the rasterization band decides where tiles are cut: equal
+    group_n, equal sums.)"""
     m, n = a.shape[0], b.shape[0]
     sa = layouts.to_act_scale_layout(a_s)
     hints = configs.variant_l2_hints(m, variant)
     if variant.fp8_out:
         q = torch.full((m, n), 0x7F, dtype=torch.uint8, device="cuda").view(FP8)
         s = layouts.empty_act_scales(m, n, "cuda").fill_(float("nan"))
-        kernels.launch(extension.load(variant), a, sa, b, b_s, q, bias, l2_hints=hints, stream_k=stream_k,
-                       out_scales=s, ue8m0=ue8m0)
+        kernels.launch(extension.load(variant), a, sa, b, b_s, q, bias, group_n=group_n, l2_hints=hints,
+                       stream_k=stream_k, out_scales=s, ue8m0=ue8m0)
         return q, s
     out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-    kernels.launch(extension.load(variant), a, sa, b, b_s, out, bias, l2_hints=hints, stream_k=stream_k)
+    kernels.launch(extension.load(variant), a, sa, b, b_s, out, bias, group_n=group_n, l2_hints=hints,
+                   stream_k=stream_k)
     return out
 
 
@@ -346,8 +348,8 @@ def test_gpu_stream_k_tail():
     choice = configs.select_fp8_out(m, n, k, sms)
     assert choice.stream_k, "pick a shape with a stream-K tail"
     a, a_s, b, b_s = _inputs(m, n, k, "cuda")
-    got = _launch(choice.variant, a, a_s, b, b_s, None, False, True)
-    y = _launch(dataclasses.replace(choice.variant, fp8_out=False), a, a_s, b, b_s, None, False, True)
+    got = _launch(choice.variant, a, a_s, b, b_s, None, False, True, choice.group_n)
+    y = _launch(dataclasses.replace(choice.variant, fp8_out=False), a, a_s, b, b_s, None, False, True, choice.group_n)
     assert_same(got, dg.quantize_act(y), "stream-K")
     assert_same(dg.fp8_gemm(a, a_s, b, b_s, out_dtype=FP8), got, "op with stream-K")
 
