@@ -5,6 +5,7 @@
     y = dg.linear(x, w8, w_s, bias=None)       # quantize x per 1x128 group, multiply: (..., N) in x's dtype
     a, a_s = dg.quantize_act(x2d)              # (M, K) fp8, (M, K/128) fp32 (M-major, TMA aligned)
     y = dg.fp8_gemm(a, a_s, w8, w_s)           # bf16 (M, N) = dequant(a) @ dequant(w8).T
+    q, q_s = dg.fp8_gemm(a, a_s, w8, w_s, out_dtype=torch.float8_e4m3fn)  # = quantize_act(y), in one kernel
 
     # L2-side placement (once per weight): B stored next to the L2 half of the SMs that read it
     wp = dg.prepare_weight(w8, w_s)            # PreparedWeight (unplaced, with the reason, where it cannot)
@@ -73,9 +74,11 @@ def _check_backend(backend) -> None:
         raise TypeError(f"backend must be a str, one of {BACKENDS}, got {backend!r} ({type(backend).__name__})")
 
 
-def _check_out_dtype(out_dtype, none_ok: bool = False) -> None:
+def _check_out_dtype(out_dtype, none_ok: bool = False, fp8_ok: bool = False) -> None:
     if not isinstance(out_dtype, torch.dtype) and not (none_ok and out_dtype is None):
-        raise TypeError(f"out_dtype must be torch.bfloat16 or torch.float32{' (or None)' if none_ok else ''}, got "
+        allowed = ("torch.bfloat16, torch.float32 or torch.float8_e4m3fn" if fp8_ok
+                   else "torch.bfloat16 or torch.float32")
+        raise TypeError(f"out_dtype must be {allowed}{' (or None)' if none_ok else ''}, got "
                         f"{out_dtype!r} ({type(out_dtype).__name__})")
 
 
@@ -121,20 +124,38 @@ def _placed_gemm(a, a_scales, w: PreparedWeight, out_dtype, bias, backend) -> to
 
 def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor | PreparedWeight,
              b_scales: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
-             bias: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+             bias: torch.Tensor | None = None, backend: str = "auto",
+             ue8m0: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """out (M, N) = dequant(a) @ dequant(b).T (+ bias), rounded once to out_dtype (bf16 or fp32).
 
     a (M, K) fp8 e4m3 with a_scales (M, K/128) fp32; b (N, K) fp8 e4m3 with b_scales
     (ceil(N/128), K/128) fp32, or a PreparedWeight (prepare_weight: B placed by L2 side, its scales inside,
     b_scales None); K a positive multiple of 128, N a positive multiple of 8, M >= 0. backend: "auto", "ptx",
-    "cublas" or "reference" (see deepergemm.ops). Forward only: no input may require grad in grad mode."""
-    _check_out_dtype(out_dtype)
+    "cublas" or "reference" (see deepergemm.ops). Forward only: no input may require grad in grad mode.
+
+    out_dtype=torch.float8_e4m3fn: returns (q, scales), the output quantized for the next GEMM, bit-identical to
+    quantize_act(fp8_gemm(..., out_dtype=torch.bfloat16), ue8m0) (with the ptx backend, quantized in the GEMM's
+    epilogue: one kernel). q (M, N) fp8 e4m3, scales (M, N/128) fp32 in the activation layout; N a positive
+    multiple of 128; b a plain tensor or an unplaced PreparedWeight. ue8m0 (fp8 output only): power-of-two scales."""
+    _check_out_dtype(out_dtype, fp8_ok=True)
     _check_backend(backend)
+    _check_flag("ue8m0", ue8m0)
+    if out_dtype not in (torch.bfloat16, torch.float32, torch.float8_e4m3fn):
+        raise TypeError(f"out_dtype must be torch.bfloat16, torch.float32 or torch.float8_e4m3fn, got {out_dtype}")
+    fp8_out = out_dtype == torch.float8_e4m3fn
+    if ue8m0 and not fp8_out:
+        raise ValueError(f"ue8m0=True applies to fp8 output only (out_dtype=torch.float8_e4m3fn), got out_dtype="
+                         f"{out_dtype}")
     if isinstance(b, PreparedWeight):
         scales = _prepared_scales("b_scales", b, b_scales)
         _require_tensors(a=a, a_scales=a_scales, bias=bias)
         if torch.is_grad_enabled():
             _forward_only("fp8_gemm", a=a, a_scales=a_scales, bias=bias)
+        if fp8_out:
+            if b.placed:
+                raise ValueError("fp8 output (out_dtype=torch.float8_e4m3fn) takes a plain b or an unplaced "
+                                 "PreparedWeight; this one is placed by L2 side (pass b.unplaced() and b.scales)")
+            return torch.ops.deepergemm.fp8_gemm_fp8_out(a, a_scales, b.weight, scales, bias, ue8m0, backend)
         if not b.placed:
             return torch.ops.deepergemm.fp8_gemm(a, a_scales, b.weight, scales, out_dtype, bias, backend)
         return _placed_gemm(a, a_scales, b, out_dtype, bias, backend)
@@ -143,6 +164,8 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor | Prepared
     _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales, bias=bias)
     if torch.is_grad_enabled():
         _forward_only("fp8_gemm", a=a, a_scales=a_scales, b=b, b_scales=b_scales, bias=bias)
+    if fp8_out:
+        return torch.ops.deepergemm.fp8_gemm_fp8_out(a, a_scales, b, b_scales, bias, ue8m0, backend)
     return torch.ops.deepergemm.fp8_gemm(a, a_scales, b, b_scales, out_dtype, bias, backend)
 
 

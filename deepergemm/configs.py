@@ -53,7 +53,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import gcd
 
 from .layouts import MAX_GROUPS, ceil_div, round_up
@@ -114,13 +114,13 @@ SIDE_SLOT_BYTES = 16     # the L2-side slot a cluster claimed (dg::SideSlot, sch
 # The facts of a variant the host binding launches it by, in the order of ptx/binding.cpp's VariantInfo (a CI test
 # compares the two).
 BINDING_FIELDS = ("block_m", "block_n", "stages", "acc", "cluster_m", "cluster_n", "splits", "math_wgs", "grouping",
-                  "smem_bytes", "swapped", "threads", "epi_n")
+                  "smem_bytes", "swapped", "threads", "epi_n", "fp8_out")
 
 
 # dg::KernelConfig's template parameters (ptx/config.cuh), in its order: the macros ptx/kernel_unit.cu instantiates it
 # from (Variant.template_args gives the values in the same order).
 KERNEL_CONFIG_MACROS = ("DG_BLOCK_M", "DG_BLOCK_N", "DG_STAGES", "DG_ACC", "DG_CLUSTER_M", "DG_CLUSTER_N", "DG_SPLIT_K",
-                        "DG_MATH_WGS", "DG_GROUPING", "DG_SWAPPED")
+                        "DG_MATH_WGS", "DG_GROUPING", "DG_SWAPPED", "DG_FP8_OUT")
 
 
 @dataclass(frozen=True, order=True)
@@ -148,6 +148,11 @@ class Variant:
     # wgmma M side and block_n tokens on its N side, so M <= 64 wastes no tensor-core rows on padding, A scales
     # apply per column and the epilogue stores transposed. 64-row tiles, one math warpgroup, no multicast.
     swapped: bool = False
+    # fp8 output (key suffix "q"; FP8_OUT_VARIANTS): the epilogue rounds the output to bf16 and quantizes it per
+    # 1x128 group as quantize_act does, writing fp8 and the M-major scales; only these units hold that code. Each
+    # math warpgroup's columns must be whole 128-column groups (the amax is reduced within a warpgroup): unswapped,
+    # not grouped, warpgroup N a multiple of 128.
+    fp8_out: bool = False
 
     def __post_init__(self):
         """The rules dg::GemmTraits enforces at compile time, as a Python error before any build."""
@@ -185,6 +190,10 @@ class Variant:
                              or self.grouping != GROUP_NONE or self.block_n > SWAP_MAX_TOKENS):
             problems.append(f"swapped tiles are 64 rows of B by at most {SWAP_MAX_TOKENS} tokens, one math "
                             "warpgroup, no multicast, not grouped")
+        if self.fp8_out and (self.swapped or self.grouping != GROUP_NONE or self.wg_n % BLOCK_K
+                             or self.block_n % BLOCK_K):
+            problems.append("fp8 output needs unswapped, ungrouped tiles whose math warpgroups each cover whole "
+                            "128-column groups (warpgroup N a multiple of 128)")
         if problems:
             raise ValueError(f"variant {self.block_m}x{self.block_n} stages={self.stages} "
                              f"cluster={self.cluster_m}x{self.cluster_n}: " + "; ".join(problems))
@@ -235,8 +244,9 @@ class Variant:
         wgs = "m1" if self.math_wgs == 1 else ""
         grouped = ("", "gc", "gm")[self.grouping]
         swapped = "t" if self.swapped else ""
+        fp8_out = "q" if self.fp8_out else ""
         return (f"{self.block_m}x{self.block_n}s{self.stages}{'pwd'[self.acc_mode]}{cluster}{split}{wgs}{grouped}"
-                f"{swapped}")
+                f"{swapped}{fp8_out}")
 
     @property
     def smem_bytes(self) -> int:
@@ -258,14 +268,14 @@ class Variant:
     def binding_info(self) -> list[int]:
         """What the host binding needs to launch this variant: BINDING_FIELDS (ptx/binding.cpp's VariantInfo, in
         its order)."""
-        facts = {"acc": self.acc_mode, "swapped": int(self.swapped)}
+        facts = {"acc": self.acc_mode, "swapped": int(self.swapped), "fp8_out": int(self.fp8_out)}
         return [int(facts[name] if name in facts else getattr(self, name)) for name in BINDING_FIELDS]
 
     @property
     def template_args(self) -> str:
         """dg::KernelConfig's template arguments for this variant (ptx/config.cuh; its parameters' order)."""
         return (f"{self.block_m}, {self.block_n}, {self.stages}, {self.acc_mode}, {self.cluster_m}, {self.cluster_n}, "
-                f"{self.splits}, {self.math_wgs}, {self.grouping}, {int(self.swapped)}")
+                f"{self.splits}, {self.math_wgs}, {self.grouping}, {int(self.swapped)}, {int(self.fp8_out)}")
 
     def compile_defines(self) -> dict[str, int]:
         """The -D macros of the variant's kernel unit (ptx/kernel_unit.cu): dg::KernelConfig's parameters by name,
@@ -280,16 +290,17 @@ def parse_key(key: str) -> Variant:
 
     The letter after the stage count: p = one partial accumulator set, d = two sets with two steps in
     flight, w = two sets waiting for each step before issuing the next. Suffixes: c = cluster shape, k = K
-    splits, m1 = one math warpgroup, gc / gm = grouped contiguous / masked, t = swapped (out^T = B A^T)."""
-    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?(?:m(\d))?(?:g([cm]))?(t)?",
+    splits, m1 = one math warpgroup, gc / gm = grouped contiguous / masked, t = swapped (out^T = B A^T), q = fp8
+    output."""
+    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?(?:m(\d))?(?:g([cm]))?(t)?(q)?",
                          key)
     if match is None:
         raise ValueError(f"variant key {key!r} does not look like 128x128s6d, 128x128s6dc2, 128x128s6dc2x2 "
                          f", 64x64s12dk2, 64x32s16dm1 or 128x128s6wgc")
-    bm, bn, stages, acc, cm, cn, ks, wgs, grouped, swapped = match.groups()
+    bm, bn, stages, acc, cm, cn, ks, wgs, grouped, swapped, fp8_out = match.groups()
     return Variant(int(bm), int(bn), int(stages), acc != "p", int(cm or 1), int(cn or 1), acc != "w", int(ks or 1),
                    int(wgs or 2), {None: GROUP_NONE, "c": GROUP_CONTIGUOUS, "m": GROUP_MASKED}[grouped],
-                   swapped is not None)
+                   swapped is not None, fp8_out is not None)
 
 
 def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES, splits: int = 1, math_wgs: int = 2,
@@ -636,6 +647,7 @@ def reload_switches() -> Switches:
     _switches = Switches.from_environ()
     _select_cached.cache_clear()
     _select_grouped_cached.cache_clear()
+    _select_fp8_out_cached.cache_clear()
     for hook in _reload_hooks:
         hook(_switches)
     return _switches
@@ -720,6 +732,12 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
     if forced is None and m <= 128 and cluster == (1, 1) and sw.flag("DEEPERGEMM_SPLIT_K", True):
         splits, shape = _split_k_choice(m, n, k // BLOCK_K, num_sms, shape)
     variant = find_variant(*shape, dual, cluster, splits, _small_m_math_wgs(k, sw) if shape[0] == 64 else 2)
+    return _choice(variant, m, n, k, num_sms, sw)
+
+
+def _choice(variant: Variant, m: int, n: int, k: int, num_sms: int, sw: Switches) -> Choice:
+    """A chosen variant's launch: rasterization band, grid, L2 hints, stream-K."""
+    cluster, splits = (variant.cluster_m, variant.cluster_n), variant.splits
     units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, cluster, splits)
     n_units = ceil_div(ceil_div(n, variant.block_n), variant.cluster_n)
     m_units = ceil_div(ceil_div(m, variant.block_m), variant.cluster_m)
@@ -737,6 +755,55 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
     grid = min(units, num_sms // variant.cluster) * variant.cluster
     return Choice(variant, min(group_n, n_units), units * variant.cluster, waves, grid,
                   l2_hints_for(m, variant.block_m, variant.cluster_m, sw), stream_k_pays(m, n, variant, num_sms, sw))
+
+
+# ----------------------------------------------------------------------------------------------
+# fp8 output (Variant.fp8_out): the GEMM's bf16-rounded output quantized per 1x128 group in the epilogue
+# ----------------------------------------------------------------------------------------------
+# The group's amax is reduced within one math warpgroup, so only tiles whose warpgroups cover whole 128-column
+# groups can do it: 64x128 with one math warpgroup (M <= 128, alone or in a small-M B-multicast pair), 128x128
+# (dual, waiting first, 2x1) and 256x128 (one partial set, 1x2). Each is the fp8-output twin of a selectable
+# variant: where select() picks one of those, the fp8 output runs its twin (the same sums in the same order, so the
+# same bits as quantizing the bf16 GEMM's output); elsewhere (narrower tiles, 128x192, split-K, two warpgroups on
+# 64-row tiles) the wave model picks among the twins. Nothing of this is measured yet.
+FP8_OUT_VARIANTS: tuple[Variant, ...] = tuple(replace(v, fp8_out=True) for v in (
+    _variant(64, 128, True, (1, 1), DUAL_ISSUE_AHEAD[64], math_wgs=SMALL_M_MATH_WGS),
+    _variant(64, 128, True, SMALL_M_CLUSTER, DUAL_ISSUE_AHEAD[64], math_wgs=SMALL_M_MATH_WGS),
+    _variant(128, 128, True, CLUSTER_SHAPE, DUAL_ISSUE_AHEAD[128]),
+    _variant(256, 128, False, CLUSTER_SHAPE_256),
+))
+
+
+def select_fp8_out(m: int, n: int, k: int, num_sms: int, sw: Switches | None = None) -> Choice:
+    """The fp8-output variant and launch for an (M, N, K) problem, N a multiple of 128: the twin of select()'s pick
+    (never swapped) when it has one, else the wave model over FP8_OUT_VARIANTS. Cached like select()."""
+    return _select_fp8_out_cached(m, n, k, num_sms, sw or switches())
+
+
+@functools.lru_cache(maxsize=4096)
+def _select_fp8_out_cached(m: int, n: int, k: int, num_sms: int, sw: Switches) -> Choice:
+    if n % BLOCK_K:
+        raise ValueError(f"select_fp8_out: N must be a multiple of {BLOCK_K}, got {n}")
+    plain = _select(m, n, k, num_sms, False, sw)
+    twins = [v for v in FP8_OUT_VARIANTS if replace(v, fp8_out=False) == plain.variant]
+    if twins:
+        return replace(plain, variant=twins[0])
+    if m <= 128:
+        paired = (sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True) and ceil_div(m, 64) == SMALL_M_CLUSTER[0]
+                  and k >= SMALL_M_CLUSTER_MIN_K)
+        cluster = SMALL_M_CLUSTER if paired else (1, 1)
+        variant = next(v for v in FP8_OUT_VARIANTS if v.block_m == 64 and (v.cluster_m, v.cluster_n) == cluster)
+        return _choice(variant, m, n, k, num_sms, sw)
+
+    def modelled_time(v: Variant) -> tuple[float, int]:
+        units, waves = waves_for(m, n, v.block_m, v.block_n, num_sms, (v.cluster_m, v.cluster_n))
+        if stream_k_pays(m, n, v, num_sms, sw):
+            waves = units / max(1, num_sms // v.cluster) * STREAM_K_COST
+        return waves * v.block_m * v.block_n * _TILE_COST[(v.block_m, v.block_n)], -v.block_m * v.block_n
+
+    fitting = [v for v in FP8_OUT_VARIANTS if v.block_m >= 128 and ceil_div(m, v.block_m) >= v.cluster_m
+               and ceil_div(n, v.block_n) >= v.cluster_n]
+    return _choice(min(fitting, key=modelled_time), m, n, k, num_sms, sw)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -772,9 +839,9 @@ def _grouped_variant(grouping: int, block_m: int, block_n: int, paired: bool = F
 GROUPED_VARIANTS: tuple[Variant, ...] = tuple(
     _grouped_variant(grouping, bm, bn, paired) for grouping, tiles in GROUPED_TILES.items() for bm, bn in tiles
     for paired in ((False, True) if bm == 128 else (False,)))
-# What CI compiles (and `warmup --variants tested` builds): the tested plain variants (swapped ones included)
-# and the grouped ones.
-BUILT_VARIANTS: tuple[Variant, ...] = TESTED_VARIANTS + GROUPED_VARIANTS
+# What CI compiles (and `warmup --variants tested` builds): the tested plain variants (swapped ones included),
+# the grouped ones and the fp8-output ones.
+BUILT_VARIANTS: tuple[Variant, ...] = TESTED_VARIANTS + GROUPED_VARIANTS + FP8_OUT_VARIANTS
 
 
 def _group_tiles(rows: int, block_m: int, cluster_m: int) -> int:

@@ -15,7 +15,7 @@ import torch
 from . import configs, extension
 
 # deepergemm::_plan's kinds (ptx/binding.cpp's PlanKind)
-PLAN_PLAIN, PLAN_PLACED, PLAN_CONTIGUOUS, PLAN_MASKED = 0, 1, 2, 3
+PLAN_PLAIN, PLAN_PLACED, PLAN_CONTIGUOUS, PLAN_MASKED, PLAN_FP8_OUT = 0, 1, 2, 3, 4
 _BIAS_KIND = {None: 0, torch.float32: 1, torch.bfloat16: 2}
 
 
@@ -41,13 +41,16 @@ def available(device: torch.device) -> bool:
 def plan(kind: int, device: int, m: int, n: int, k: int, groups: int, rows: int, split_rows: int,
          side_aware: bool) -> list[int]:
     """A problem's plan for the binding: [variant id, group_n, l2_hints, stream_k, side 0's N-tiles, pdl].
-    kind: PLAN_*; grouped plans take the groups and the rows per group the tile choice plans for; placed plans
-    the placement's split row and whether to schedule the N-tiles by L2 side."""
+    kind: PLAN_* (PLAN_FP8_OUT: the fp8-output variants, configs.select_fp8_out); grouped plans take the groups
+    and the rows per group the tile choice plans for; placed plans the placement's split row and whether to
+    schedule the N-tiles by L2 side."""
     sms = sm_count(device)
     sw = configs.switches()
     side0 = None
     if kind == PLAN_PLAIN:
         choice = configs.select(m, n, k, sms, sw=sw)
+    elif kind == PLAN_FP8_OUT:
+        choice = configs.select_fp8_out(m, n, k, sms, sw=sw)
     elif kind == PLAN_PLACED:
         choice = configs.select(m, n, k, sms, swap_ok=False, sw=sw)
         side0 = configs.side0_n_tiles(choice.variant, n, split_rows) if side_aware else None
@@ -108,14 +111,16 @@ def launch(kernel: extension.LoadedKernel, a: torch.Tensor, a_scales: torch.Tens
            b_scales: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None, group_n: int = 16,
            l2_hints: int = 0, stream_k: bool = False, group_rows: torch.Tensor | None = None, group_stride: int = 0,
            placed: PlacedB | None = None, sides: SideSchedule | None = None, pdl: bool | None = None,
-           trace_log: torch.Tensor | None = None) -> None:
+           trace_log: torch.Tensor | None = None, out_scales: torch.Tensor | None = None, ue8m0: bool = False) -> None:
     """One launch of a loaded variant (extension.load) on the current stream, inputs already in the kernel's
     layouts (a_scales M-major, b_scales contiguous). Grouped variants take b (groups * N, K), b_scales
     (groups * ceil(N/128), K/128), the (groups,) int32 row counts and the group stride (the alignment, or masked
     max_m). placed: b is an L2-placed pool; sides: schedule the N-tiles by L2 side. trace_log: the event log of a
-    DG_TRACE / DG_LIFETRACE build."""
+    DG_TRACE / DG_LIFETRACE build. fp8-output variants: out is (M, N) float8_e4m3fn and out_scales its (M, N/128) fp32
+    scales in the activation layout (layouts.empty_act_scales); ue8m0 rounds them to powers of two."""
     torch.ops.deepergemm_native.launch(
         kernel.id, a, a_scales, b, b_scales, out, bias, _BIAS_KIND[None if bias is None else bias.dtype], group_n,
         l2_hints, stream_k, group_rows, group_stride, placed.slots if placed else None,
         placed.slab_rows if placed else 0, placed.n if placed else 0, sides.sm_side if sides else None,
-        sides.side0_n_tiles if sides else 0, configs.pdl_enabled() if pdl is None else pdl, trace_log)
+        sides.side0_n_tiles if sides else 0, configs.pdl_enabled() if pdl is None else pdl, trace_log, out_scales,
+        ue8m0)

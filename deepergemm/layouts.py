@@ -8,7 +8,8 @@ Layouts
   ``empty_act_scales`` allocates it; ``to_act_scale_layout`` converts any other layout.
 * ``b`` (N, K) float8_e4m3fn, K-major like ``a``.
 * ``b_scales`` (ceil(N/128), K/128) fp32, row-major contiguous.
-* ``out`` (M, N) bf16 or fp32, row-major contiguous.
+* ``out`` (M, N) bf16 or fp32, row-major contiguous; or, fp8 output (``fp8_gemm_fp8_out``), ``q`` (M, N) float8_e4m3fn
+  contiguous with its ``scales`` (M, N/128) fp32 in the activation layout above: what ``quantize_act`` returns.
 
 Every rule raises TypeError (wrong type/dtype) or ValueError (shape, alignment, device, layout)
 naming the argument, what was given and what is required.
@@ -164,6 +165,17 @@ def check_gemm_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, 
                                f"a and b must share K (a is (M, K), b is (N, K)): got a {{a}}, b {tuple(b.shape)}")
     _require_same_device({"a": a, "b": b})
     _require_k_major("b", b)
+    return m, n, k
+
+
+def check_gemm_fp8_out_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                              bias: torch.Tensor | None) -> tuple[int, int, int]:
+    """Validate fp8_gemm_fp8_out's arguments (fp8_gemm's, then N as quantize_act takes K: whole 1x128 groups);
+    return (M, N, K)."""
+    m, n, k = check_gemm_inputs(a, a_scales, b, b_scales, torch.bfloat16, bias)
+    if n % GROUP_K != 0:
+        raise ValueError(f"N (b.shape[0]) must be a positive multiple of {GROUP_K} for fp8 output (one scale per "
+                         f"1x128 group of an output row, as quantize_act's K), got N={n}")
     return m, n, k
 
 

@@ -5,6 +5,8 @@ Ops (``torch.ops.deepergemm.*``):
   quantize_weight(Tensor w, bool ue8m0=False) -> (Tensor q, Tensor scales)
   fp8_gemm(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, ScalarType out_dtype=bfloat16,
            Tensor? bias=None, str backend="auto") -> Tensor
+  fp8_gemm_fp8_out(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor? bias=None, bool ue8m0=False,
+                   str backend="auto") -> (Tensor q, Tensor scales)   (the output quantized as quantize_act would)
   fp8_gemm_placed(Tensor a, Tensor a_scales, Tensor pool, Tensor slots, Tensor b_scales, int n, int slab_rows,
                   int split_rows, ScalarType out_dtype=bfloat16, Tensor? bias=None, Tensor? sm_side=None,
                   bool side_aware=True, str backend="auto") -> Tensor   (B placed by L2 side: l2_placement)
@@ -18,7 +20,7 @@ CPU kernels run the pure-torch reference (deepergemm.reference); fake kernels gi
 only, so the ops trace under torch.compile(fullgraph=True) and replay in CUDA graphs (no host sync, no
 allocation outside PyTorch's caching allocator). The quantizers, linear and the GEMM ops are defined with
 torch.library.Library (not custom_op, whose Python autograd wrapper costs ~10 us a call; none has a backward). CUDA:
-the quantizers run Triton kernels; the four GEMM ops' CUDA kernels are C++ (ptx/binding.cpp, loaded by deepergemm/extension.py): input rules, plan and launch with no
+the quantizers run Triton kernels; the five GEMM ops' CUDA kernels are C++ (ptx/binding.cpp, loaded by deepergemm/extension.py): input rules, plan and launch with no
 Python in between. Until that binding is loaded, a CompositeExplicitAutograd kernel stands in: it loads the
 binding on first use (on a Hopper GPU) and calls the op again, or runs the Python CUDA path (cuBLAS) where the
 binding cannot be built. The binding calls back into Python only for a problem's first plan (_plan) and for the
@@ -250,6 +252,37 @@ def _fp8_gemm_fake(a, a_scales, b, b_scales, out_dtype=torch.bfloat16, bias=None
 
 _define_gemm_op("fp8_gemm(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, ScalarType out_dtype=bfloat16, "
                 "Tensor? bias=None, str backend='auto') -> Tensor", _fp8_gemm_cpu, _fp8_gemm_python, _fp8_gemm_fake)
+
+
+# ----------------------------------------------------------------------------------------------
+# fp8_gemm_fp8_out: the output rounded to bf16, then quantized per 1x128 group exactly as quantize_act quantizes it
+# (ptx: in the GEMM's epilogue; the other backends: the bf16 GEMM, then quantize_act)
+# ----------------------------------------------------------------------------------------------
+def _fp8_gemm_fp8_out_cpu(a, a_scales, b, b_scales, bias=None, ue8m0=False, backend="auto"):
+    layouts.check_gemm_fp8_out_inputs(a, a_scales, b, b_scales, bias)
+    resolve_backend(backend, a.device)  # validates the name; CPU always runs the reference
+    return _quantize_act_cpu(reference.fp8_gemm(a, a_scales, b, b_scales, torch.bfloat16, bias), ue8m0)
+
+
+def _fp8_gemm_fp8_out_python(a, a_scales, b, b_scales, bias=None, ue8m0=False, backend="auto"):
+    m, n, _ = layouts.check_gemm_fp8_out_inputs(a, a_scales, b, b_scales, bias)
+    chosen = resolve_backend(backend, a.device)
+    if m == 0:
+        return a.new_empty((m, n), dtype=reference.FP8_DTYPE), layouts.empty_act_scales(m, n, a.device)
+    if chosen == "ptx":  # (the binding loaded meanwhile)
+        return torch.ops.deepergemm.fp8_gemm_fp8_out.default(a, a_scales, b, b_scales, bias, ue8m0, chosen)
+    out = _run_gemm(chosen, a, a_scales, b, b_scales, torch.bfloat16, bias)
+    return torch.ops.deepergemm.quantize_act(out, ue8m0)
+
+
+def _fp8_gemm_fp8_out_fake(a, a_scales, b, b_scales, bias=None, ue8m0=False, backend="auto"):
+    m, n, _ = layouts.check_gemm_fp8_out_inputs(a, a_scales, b, b_scales, bias)
+    return a.new_empty((m, n), dtype=reference.FP8_DTYPE), layouts.empty_act_scales(m, n, a.device)
+
+
+_define_gemm_op("fp8_gemm_fp8_out(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor? bias=None, "
+                "bool ue8m0=False, str backend='auto') -> (Tensor, Tensor)",
+                _fp8_gemm_fp8_out_cpu, _fp8_gemm_fp8_out_python, _fp8_gemm_fp8_out_fake)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -326,6 +326,16 @@ std::tuple<int64_t, int64_t, int64_t> check_gemm_inputs(const Tensor& a, const T
   return {m, n, k};
 }
 
+// layouts.check_gemm_fp8_out_inputs: fp8_gemm's rules (bf16 output), then N whole 128-column groups; returns (M, N, K)
+std::tuple<int64_t, int64_t, int64_t> check_gemm_fp8_out_inputs(const Tensor& a, const Tensor& a_scales, const Tensor& b,
+                                                                const Tensor& b_scales, const optional<Tensor>& bias) {
+  auto mnk = check_gemm_inputs(a, a_scales, b, b_scales, at::kBFloat16, bias);
+  const int64_t n = std::get<1>(mnk);
+  TORCH_CHECK_VALUE(n % dg::kBlockK == 0, cat("N (b.shape[0]) must be a positive multiple of ", dg::kBlockK,
+                    " for fp8 output (one scale per 1x128 group of an output row, as quantize_act's K), got N=", n));
+  return mnk;
+}
+
 // layouts.check_placed_inputs; returns (M, K)
 std::pair<int64_t, int64_t> check_placed_inputs(const Tensor& a, const Tensor& a_scales, const Tensor& pool,
                                                 const Tensor& slots, const Tensor& b_scales, int64_t n, int64_t slab_rows,
@@ -509,10 +519,10 @@ const char* backend_name(Backend b) {
 // configs.Variant's facts, in the order extension.py sends them (Variant.binding_info)
 struct VariantInfo {
   int block_m, block_n, stages, acc, cluster_m, cluster_n, splits, math_wgs, grouping, smem_bytes, swapped, threads,
-      epi_n;
+      epi_n, fp8_out;
   int cluster() const { return cluster_m * cluster_n * splits; }
 };
-constexpr int kVariantInfoFields = 13;
+constexpr int kVariantInfoFields = 14;
 
 // A kernel unit: a cubin holding one kernel, loaded as a context-independent library.
 struct Unit {
@@ -746,6 +756,9 @@ struct LaunchArgs {
   int side0_n_tiles = 0;
   bool pdl = false;
   void* trace_log = nullptr;
+  // fp8-output variants: out is (M, N) fp8 e4m3, out_scales (M, N/128) fp32 M-major (layouts.empty_act_scales)
+  Tensor* out_scales = nullptr;
+  bool ue8m0 = false;
 };
 
 void launch(LoadedVariant& v, const LaunchArgs& x) {
@@ -811,8 +824,20 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   // bf16 output: TMA stores of 16-row (one warp's) x epi_n-column slices, swizzled like the staging buffer. The
   // fp32 and the transposed (swapped) epilogues store from registers: no map (the kernel never reads this one).
   const bool out_fp32 = out.scalar_type() == at::kFloat;
+  const bool fp8_out = info.fp8_out != 0;
+  if (fp8_out) {
+    TORCH_CHECK(out.scalar_type() == at::kFloat8_e4m3fn && n % dg::kBlockK == 0 && x.out_scales != nullptr &&
+                    x.out_scales->scalar_type() == at::kFloat && x.out_scales->dim() == 2 &&
+                    x.out_scales->size(0) == m && x.out_scales->size(1) == n / dg::kBlockK &&
+                    x.out_scales->device() == a.device() && (x.out_scales->stride(0) == 1 || m == 1) &&
+                    (n == dg::kBlockK || x.out_scales->stride(1) >= m),
+                "deepergemm: an fp8-output variant writes an fp8 e4m3 out (M, N), N a multiple of 128, and fp32 "
+                "out_scales (M, N/128), M-major, on a's device");
+  } else {
+    TORCH_CHECK(out.scalar_type() == at::kBFloat16 || out_fp32, "deepergemm: this variant writes bf16 or fp32");
+  }
   CUtensorMap map_out{};
-  if (!out_fp32 && !swapped) {
+  if (!out_fp32 && !swapped && !fp8_out) {
     map_out = tensor_map_2d(out.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, n, m, n * 2, info.epi_n, dg::kEpiStoreRows,
                             info.epi_n == 64   ? CU_TENSOR_MAP_SWIZZLE_128B
                             : info.epi_n == 32 ? CU_TENSOR_MAP_SWIZZLE_64B
@@ -839,6 +864,11 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   p.groups = x.groups;
   p.group_stride = x.group_stride;
   p.trace_log = x.trace_log;
+  if (fp8_out) {
+    p.out_scales = x.out_scales->data_ptr<float>();
+    p.out_scale_stride = static_cast<int>(n > dg::kBlockK ? x.out_scales->stride(1) : round_up(m, 4));
+    p.out_ue8m0 = x.ue8m0 ? 1 : 0;
+  }
   if (grouped) {
     const Tensor& rows = *x.group_rows;
     TORCH_CHECK(rows.is_cuda() && rows.scalar_type() == at::kInt && rows.numel() == x.groups && rows.is_contiguous() &&
@@ -924,7 +954,7 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
 // plans: which variant, rasterization and hints run a problem. Chosen by Python (deepergemm/kernels.py, through the
 // op deepergemm::_plan: configs.select and the kernel unit's loading) on a problem's first call, cached here.
 // =============================================================================================
-enum PlanKind : int64_t { kPlanPlain = 0, kPlanPlaced = 1, kPlanContiguous = 2, kPlanMasked = 3 };
+enum PlanKind : int64_t { kPlanPlain = 0, kPlanPlaced = 1, kPlanContiguous = 2, kPlanMasked = 3, kPlanFp8Out = 4 };
 
 struct Plan {
   int64_t variant;
@@ -1034,6 +1064,43 @@ Tensor fp8_gemm(const Tensor& a, const Tensor& a_scales, const Tensor& b, const 
   return gemm_into_new_output(plan, a, a_scales, b, b_scales, n, out_dtype, bias, nullptr, 0, std::nullopt);
 }
 
+// fp8 output: the GEMM's output rounded to bf16 and quantized per 1x128 group in the epilogue (q, scales), as
+// quantize_act returns them.
+std::tuple<Tensor, Tensor> fp8_gemm_fp8_out(const Tensor& a, const Tensor& a_scales, const Tensor& b,
+                                            const Tensor& b_scales, const optional<Tensor>& bias, bool ue8m0,
+                                            c10::string_view backend) {
+  auto [m, n, k] = check_gemm_fp8_out_inputs(a, a_scales, b, b_scales, bias);
+  const Backend chosen = resolve_backend(backend, a.device());
+  if (chosen != Backend::kPtx) {
+    static auto slow = python_impl("deepergemm::_fp8_gemm_fp8_out_python")
+                           .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                             const optional<Tensor>&, bool, c10::string_view)>();
+    return slow.call(a, a_scales, b, b_scales, bias, ue8m0, backend_name(chosen));
+  }
+  Tensor q = at::empty({m, n}, a.options().dtype(at::kFloat8_e4m3fn));
+  Tensor scales = at::empty_strided({m, n / dg::kBlockK}, {1, round_up(m, 4)}, a.options().dtype(at::kFloat));
+  if (m == 0) return {q, scales};
+  c10::DeviceGuard guard(a.device());
+  const Plan plan = plan_for({kPlanFp8Out, a.device().index(), m, n, k, 0, 0, 0, 0});
+  const Tensor sa = to_act_scale_layout(a_scales);
+  const Tensor sb = b_scales.is_contiguous() ? b_scales : b_scales.contiguous();
+  optional<Tensor> bias_k;
+  if (bias.has_value()) bias_k = bias->scalar_type() == at::kHalf ? bias->to(at::kFloat) : bias->contiguous();
+  LaunchArgs x(a, sa, b, sb, q);
+  x.bias = bias_k.has_value() ? &*bias_k : nullptr;
+  x.bias_kind = bias_kind_of(bias_k);
+  x.group_n = plan.group_n;
+  x.l2_hints = plan.l2_hints;
+  x.stream_k = plan.stream_k;
+  x.pdl = plan.pdl;
+  x.out_scales = &scales;
+  x.ue8m0 = ue8m0;
+  LoadedVariant& v = variant_at(plan.variant);
+  TORCH_CHECK(v.info.fp8_out != 0, "deepergemm: _plan returned a variant without fp8 output");
+  launch(v, x);
+  return {q, scales};
+}
+
 Tensor sm_side_table(int64_t device) {
   static auto op = python_impl("deepergemm::_sm_side_table").typed<Tensor(int64_t)>();
   return op.call(device);
@@ -1141,7 +1208,8 @@ void launch_variant(int64_t variant, const Tensor& a, const Tensor& a_scales, co
                     Tensor& out, const optional<Tensor>& bias, int64_t bias_kind, int64_t group_n, int64_t l2_hints,
                     bool stream_k, const optional<Tensor>& group_rows, int64_t group_stride,
                     const optional<Tensor>& b_slots, int64_t slab_rows, int64_t n_placed, const optional<Tensor>& sm_side,
-                    int64_t side0_n_tiles, bool pdl, const optional<Tensor>& trace_log) {
+                    int64_t side0_n_tiles, bool pdl, const optional<Tensor>& trace_log, const optional<Tensor>& out_scales,
+                    bool ue8m0) {
   c10::DeviceGuard guard(a.device());
   LaunchArgs x(a, a_scales, b, b_scales, out);
   x.bias = bias.has_value() ? &*bias : nullptr;
@@ -1160,6 +1228,9 @@ void launch_variant(int64_t variant, const Tensor& a, const Tensor& a_scales, co
   x.side0_n_tiles = static_cast<int>(side0_n_tiles);
   x.pdl = pdl;
   x.trace_log = trace_log.has_value() ? trace_log->data_ptr() : nullptr;
+  Tensor scales = out_scales.has_value() ? *out_scales : Tensor();
+  x.out_scales = out_scales.has_value() ? &scales : nullptr;
+  x.ue8m0 = ue8m0;
   launch(variant_at(variant), x);
 }
 
@@ -1273,7 +1344,8 @@ TORCH_LIBRARY(deepergemm_native, m) {
   m.def("stream_k_workspace(int device) -> Tensor", &dgb::stream_k_workspace_of_current_stream);
   m.def("launch(int variant, Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor(a!) out, Tensor? bias, "
         "int bias_kind, int group_n, int l2_hints, bool stream_k, Tensor? group_rows, int group_stride, Tensor? b_slots, "
-        "int slab_rows, int n_placed, Tensor? sm_side, int side0_n_tiles, bool pdl, Tensor? trace_log) -> ()");
+        "int slab_rows, int n_placed, Tensor? sm_side, int side0_n_tiles, bool pdl, Tensor? trace_log, "
+        "Tensor(b!)? out_scales, bool ue8m0) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(deepergemm_native, CUDA, m) {
@@ -1284,6 +1356,7 @@ TORCH_LIBRARY_IMPL(deepergemm_native, CUDA, m) {
 TORCH_LIBRARY_IMPL(deepergemm, CUDA, m) {
   m.impl("fp8_gemm", &dgb::fp8_gemm);
   m.impl("fp8_gemm_placed", &dgb::fp8_gemm_placed);
+  m.impl("fp8_gemm_fp8_out", &dgb::fp8_gemm_fp8_out);
   m.impl("m_grouped_fp8_gemm_contiguous", &dgb::m_grouped_fp8_gemm_contiguous);
   m.impl("m_grouped_fp8_gemm_masked", &dgb::m_grouped_fp8_gemm_masked);
 }

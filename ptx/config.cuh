@@ -11,7 +11,7 @@ namespace dg {
 constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
 
 template <int BLOCK_M, int BLOCK_N, int STAGES, int ACC, int CLUSTER_M, int CLUSTER_N, int SPLIT_K, int MATH_WGS,
-          int GROUPING, int SWAPPED>
+          int GROUPING, int SWAPPED, int FP8_OUT>
 struct KernelConfig {
   // ---- the variant ----
   static constexpr int kBlockM = BLOCK_M;      // tile rows: 64, 128 or 256
@@ -24,6 +24,7 @@ struct KernelConfig {
   static constexpr int kMathWGs = MATH_WGS;    // math warpgroups: two, or one on 64-row tiles
   static constexpr int kGrouping = GROUPING;   // GroupMode (params.h)
   static constexpr bool kSwapped = SWAPPED != 0;  // out^T = B A^T: B's rows on the wgmma M side (small M)
+  static constexpr bool kFp8Out = FP8_OUT != 0;   // output quantized in the epilogue: fp8 per 1x128 group + scales
 
   // ---- derived ----
   static constexpr bool kGrouped = kGrouping != kGroupNone;
@@ -69,6 +70,10 @@ struct KernelConfig {
   static_assert(!kGrouped || kSplitK == 1, "grouped GEMMs run without split-K (their tile count is on the device)");
   static_assert(!kSwapped || (kBlockM == 64 && kMathWGs == 1 && kMulticast == 1 && !kGrouped && kBlockN <= 64),
                 "swapped tiles: 64 rows of B, one math warpgroup, at most 64 tokens, no multicast, not grouped");
+  // fp8 output: a 128-column group's amax is reduced inside one warpgroup (a quad's shuffles), so each warpgroup's
+  // columns must be whole groups, aligned to 128 in the output (tiles start at multiples of BN, warpgroups at kWgN).
+  static_assert(!kFp8Out || (!kSwapped && !kGrouped && kWgN % kBlockK == 0 && kBlockN % kBlockK == 0),
+                "fp8 output: plain, unswapped tiles whose warpgroups cover whole 128-column groups");
   static_assert(kCluster <= 16, "at most 16 CTAs per cluster (the multicast masks are 16 bits)");
 };
 

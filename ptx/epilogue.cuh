@@ -5,6 +5,7 @@
 //   grouped bf16    a warp whose rows straddle its group's end stores from registers (a box would write past it)
 //   fp32            from registers
 //   transposed      swapped tiles: from registers, element (r, c) of the kernel's tile to out[c][r]
+//   fp8             fp8-output units: rounded to bf16, quantized per 1x128 group of a row, from registers
 #pragma once
 
 #include <cstdint>
@@ -49,6 +50,10 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue(float (&total)[kRegs]
         total[4 * j + 3] += b1;
       }
     }
+  }
+  if constexpr (C::kFp8Out) {
+    epilogue_fp8(total, m0, n0, row_end);
+    return;
   }
   if (p.out_fp32) {
     epilogue_fp32(total, m0, n0, row_end);
@@ -121,6 +126,84 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue_fp32(float (&total)[k
         st_global_f32(out + static_cast<int64_t>(r + 8) * p.n + col, total[4 * j + 2]);
         st_global_f32(out + static_cast<int64_t>(r + 8) * p.n + col + 1, total[4 * j + 3]);
       }
+    }
+  }
+}
+
+// The two correctly rounded divisions of quantize_act's rules, for a >= 1e-4 (the clamped amax), Inf or NaN, without
+// div.rn.f32: its slow path is a subroutine call, around which ptxas spilled the 256-row tiles' registers.
+// a / 448: a * (1/448) in fp64 lies within 2^-52 (relative) of a / 448, which is never within 2^-27 of a midpoint
+// between two floats (448 = 7 * 2^6: the distance is a nonzero multiple of 2^-6 / 7 of the midpoint's last place), so
+// rounding it to fp32 rounds a / 448 correctly.
+__device__ __forceinline__ float div_by_448_rn(float a) { return __double2float_rn(__dmul_rn(a, 1.0 / 448.0)); }
+// 1 / a: two Newton steps in fp64 (fused multiply-adds) from the approximate reciprocal of a * 2^-64 (within fp32's
+// normal range for every such a), within 2^-52 of 1 / a' (the second step's rounding); 1 / a is never within 2^-49
+// of a midpoint between two floats (a * midpoint = 1 would need a power of two with an odd 25-bit factor), so
+// rounding it to fp32 rounds 1 / a correctly. 1 / Inf = 0. (tests/test_fp8_out.py checks both bounds on every float.)
+__device__ __forceinline__ float rcp_rn(float a) {
+  const float scaled = a * 0x1p-64f;  // (exact)
+  const double x = scaled;
+  double y = rcp_approx_ftz_f32(scaled);
+  y = __fma_rn(y, __fma_rn(-x, y, 1.0), y);
+  y = __fma_rn(y, __fma_rn(-x, y, 1.0), y);
+  return isinf(a) ? 0.f : __double2float_rn(y * 0x1p-64);
+}
+
+// quantize_act's scale and multiplier of a group with this amax (triton_kernels/quantize.py's rules, operation by
+// operation): the clamp keeps NaN; scale = amax / 448 correctly rounded; the multiplier is (1 / amax) * 448, two
+// roundings, or with ue8m0 the scale rounded up to a power of two on its bits and its exact reciprocal.
+__device__ __forceinline__ void fp8_group_scale(float amax, bool ue8m0, float& scale, float& multiplier) {
+  constexpr float kFp8Max = 448.f, kAmaxEps = 1e-4f;
+  amax = max_nan_f32(amax, kAmaxEps);
+  scale = div_by_448_rn(amax);
+  if (ue8m0) {
+    const uint32_t bits = __float_as_uint(scale), exponent = (bits >> 23) & 0xFF;
+    if (exponent != 0xFF) scale = __uint_as_float((exponent + ((bits & 0x7FFFFF) != 0 ? 1u : 0u)) << 23);
+    multiplier = rcp_rn(scale);
+  } else {
+    multiplier = mul_rn_f32(rcp_rn(amax), kFp8Max);
+  }
+}
+
+// fp8 output: each total (bias added) is first rounded to bf16, the bf16 GEMM's output, then quantized as
+// quantize_act quantizes that output. A thread's pairs of columns 8j + 2 * (lane % 4) + {0, 1} of rows r and r + 8
+// are spread over the 4 lanes of a quad, which together hold a row's whole 128-column group: its amax is a local max
+// and two shuffles. The amax is an integer max over |x|'s bits (NaN-propagating). A row's q pairs are 2-byte stores,
+// its scale one store by one lane of the quad (M-major scales: the warp's 16 rows are contiguous). Groups wholly
+// past N (padding tiles) and rows past row_end are not stored; N is a multiple of 128.
+template <class C>
+__device__ __forceinline__ void MathWarpgroup<C>::epilogue_fp8(float (&total)[kRegs], int m0, int n0, int row_end) {
+  const int quad_col = 2 * (lane % 4);
+  constexpr int kJ = kBlockK / 8;  // 8-column groups per 128-column group
+#pragma unroll
+  for (int g = 0; g < C::kWgN / kBlockK; ++g) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {  // rows r (elements 0, 1 of each 4) and r + 8 (elements 2, 3)
+      uint32_t amax = 0;
+#pragma unroll
+      for (int jj = 0; jj < kJ; ++jj) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = total[4 * (kJ * g + jj) + 2 * half + e];
+          x = __uint_as_float(static_cast<uint32_t>(bf16_bits(x)) << 16);
+          amax = max(amax, __float_as_uint(x) & 0x7FFFFFFFu);
+        }
+      }
+      amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+      amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+      float scale, multiplier;
+      fp8_group_scale(__uint_as_float(amax), p.out_ue8m0 != 0, scale, multiplier);
+      const int r = m0 + warp * 16 + lane / 4 + 8 * half, col0 = n0 + g * kBlockK;
+      if (r >= row_end || col0 >= p.n) continue;
+      uint8_t* row = static_cast<uint8_t*>(p.out) + static_cast<int64_t>(r) * p.n + col0 + quad_col;
+#pragma unroll
+      for (int jj = 0; jj < kJ; ++jj) {
+        const int i = 4 * (kJ * g + jj) + 2 * half;
+        st_global_b16(reinterpret_cast<uint16_t*>(row + 8 * jj),
+                      e4m3x2_bits(mul_rn_f32(total[i], multiplier), mul_rn_f32(total[i + 1], multiplier)));
+      }
+      if (lane % 4 == half)
+        st_global_f32(p.out_scales + static_cast<int64_t>(col0 / kBlockK) * p.out_scale_stride + r, scale);
     }
   }
 }

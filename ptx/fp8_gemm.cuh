@@ -1,5 +1,6 @@
 // The FP8 block-scaled GEMM: out (M, N) = (A * sa) @ (B * sb)^T, A (M, K) and B (N, K) fp8 e4m3 K-major, sa per
-// 1x128 (M-major fp32), sb per 128x128 block, fp32 accumulation, bf16 or fp32 out (+ bias).
+// 1x128 (M-major fp32), sb per 128x128 block, fp32 accumulation, bf16 or fp32 out (+ bias), or
+// (fp8-output units) the bf16-rounded output quantized per 1x128 group with its scales.
 //
 // One persistent CTA per SM, in clusters (KernelConfig::kCluster CTAs). This file only sets the CTA up and hands
 // the threads their roles:
@@ -30,7 +31,7 @@ namespace dg {
 constexpr int kProducerRegs = 40;  // setmaxnreg: the producer warpgroup gives its registers up...
 constexpr int kMathRegs = 232;     // ...to the math warpgroups
 
-// map_out: the bf16 output's TMA map (unused with fp32 output and by swapped tiles, which store from registers).
+// map_out: the bf16 output's TMA map (unused with fp32 or fp8 output and by swapped tiles, which store from registers).
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, 1)
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
@@ -50,7 +51,7 @@ __global__ void __launch_bounds__(C::kThreads, 1)
     prefetch_tensor_map(&map_a);
     prefetch_tensor_map(&map_b);
     prefetch_tensor_map(&map_sa);
-    if (!C::kSwapped && !p.out_fp32) prefetch_tensor_map(&map_out);
+    if (!C::kSwapped && !C::kFp8Out && !p.out_fp32) prefetch_tensor_map(&map_out);
 #pragma unroll
     for (int i = 0; i < C::kStages; ++i) {
       mbar_init(&full[i], kFullArrivals);

@@ -5,13 +5,13 @@
 // and the kernel's can never disagree.
 #include "fp8_gemm.cuh"
 
-#if !defined(DG_BLOCK_M) || !defined(DG_SWAPPED) || !defined(DG_EXPECT_SMEM_BYTES)
+#if !defined(DG_BLOCK_M) || !defined(DG_FP8_OUT) || !defined(DG_EXPECT_SMEM_BYTES)
 #error "compile with configs.Variant.compile_defines(): -DDG_BLOCK_M=.. -DDG_BLOCK_N=.. ... (deepergemm/extension.py)"
 #endif
 
 namespace {
 using Config = dg::KernelConfig<DG_BLOCK_M, DG_BLOCK_N, DG_STAGES, DG_ACC, DG_CLUSTER_M, DG_CLUSTER_N, DG_SPLIT_K,
-                                DG_MATH_WGS, DG_GROUPING, DG_SWAPPED>;
+                                DG_MATH_WGS, DG_GROUPING, DG_SWAPPED, DG_FP8_OUT>;
 static_assert(dg::SmemLayout<Config>::kDynamicBytes == DG_EXPECT_SMEM_BYTES,
               "configs.Variant.smem_bytes disagrees with dg::SmemLayout");
 static_assert(Config::kThreads == DG_EXPECT_THREADS, "configs.Variant.threads disagrees with dg::KernelConfig");

@@ -111,6 +111,7 @@ struct MathWarpgroup {
   __device__ __forceinline__ void epilogue_fp32(float (&total)[kRegs], int m0, int n0, int row_end);
   __device__ __forceinline__ void epilogue_rows_from_registers(float (&total)[kRegs], int warp_m, int n0, int row_end);
   __device__ __forceinline__ void epilogue_transposed(float (&total)[kRegs], int m0, int col0);
+  __device__ __forceinline__ void epilogue_fp8(float (&total)[kRegs], int m0, int n0, int row_end);
 };
 
 // Wait for the next step's stage; note its tile and, per slab, the products of the A and B scales that its
@@ -280,10 +281,15 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs(uint32_t steps) 
     release(sc0);
     promote<C>(acc0, total1, sc0, 1);
     trace(s, 6);
+    // fp8 output: the tile is stored before the next issue (its quantization needs the registers of the partial set
+    // that would be in flight: ptxas spilled otherwise); the other warpgroup's wgmmas still run meanwhile.
+    if constexpr (C::kFp8Out) {
+      if (sc0.fixup) store_tile(sc0);
+    }
     issue_slab(acc0, next, 0);
     trace(s + 1, 0);
     if (sc0.fixup) {
-      store_tile(sc0);
+      if constexpr (!C::kFp8Out) store_tile(sc0);
       start_sums(total, next, 0);
       start_sums(total1, next, 1);
     }

@@ -64,6 +64,11 @@ struct GemmParams {
   int side0_n_tiles;         // N-tiles [0, side0_n_tiles) are side 0's (a multiple of CN)
   int side1_sk_units;        // side 1's stream-K units (side 0's: sk_units)
   void* trace_log;           // DG_TRACE / DG_LIFETRACE builds only: the event log (bench/trace_case.py); else null
+  // fp8 output (KernelConfig::kFp8Out units only): out is (M, N) fp8 e4m3, and out_scales its (M, N/128) fp32 scales,
+  // M-major: element (m, g) at g * out_scale_stride + m (layouts.empty_act_scales).
+  float* out_scales;
+  int out_scale_stride;      // round_up(M, 4)
+  int out_ue8m0;             // scales rounded up to powers of two (quantize_act's ue8m0)
 };
 
 // M-tiles of a group with `rows` real rows, rounded up to whole pairs when CM M-tiles share (multicast) their

@@ -396,6 +396,30 @@ __device__ __forceinline__ void st_global_b16(uint16_t* p, uint16_t x) {
   asm volatile("st.global.b16 [%0], %1;" ::"l"(p), "h"(x) : "memory");
 }
 
+// fp8 output (quantize_act's rules, triton_kernels/quantize.py): a NaN-keeping max (torch.clamp's), an approximate
+// reciprocal (the seed of an exact one: epilogue.cuh), and the fp8 cast of two values (round to nearest even,
+// saturating), lo in the low byte.
+__device__ __forceinline__ float max_nan_f32(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ float rcp_approx_ftz_f32(float a) {  // at most 1 ulp off
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(a));
+  return r;
+}
+__device__ __forceinline__ float mul_rn_f32(float a, float b) {  // (.rn: never contracted into an FMA)
+  float r;
+  asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ uint16_t e4m3x2_bits(float lo, float hi) {
+  uint16_t r;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
 }  // namespace dg
 
 #include "wgmma_gen.cuh"

@@ -110,6 +110,43 @@ def test_fp8_gemm_through_the_binding_calls_the_python_backend():
     assert empty.shape == (0, 264)
 
 
+def test_fp8_gemm_fp8_out_rules_match_the_python_ones():
+    a, a_s = _act(5, 384)
+    b, b_s = _weight(256, 384)
+    good = [a, a_s, b, b_s, None, False, "reference"]
+    fp8 = ref.FP8_DTYPE
+    cases = {
+        "N whole groups": _with(_with(good, 2, _weight(136, 384)[0]), 3, _weight(136, 384)[1]),
+        "N rule": _with(_with(good, 2, _weight(12, 384)[0]), 3, _weight(12, 384)[1]),
+        "a dtype": _with(good, 0, a.float()),
+        "b rank": _with(good, 2, b[0]),
+        "K mismatch": _with(good, 2, _weight(256, 256)[0]),
+        "a_scales shape": _with(good, 1, a_s[:, :2]),
+        "b_scales shape": _with(good, 3, b_s[:1]),
+        "bias dtype": _with(good, 4, torch.ones(256, dtype=torch.int32)),
+        "bias shape": _with(good, 4, torch.randn(255)),
+        "a not K-major": _with(good, 0, a.t().contiguous().t()),
+        "a misaligned": _with(good, 0, torch.empty(5 * 384 + 1, dtype=torch.uint8)[1:].view(fp8).view(5, 384)),
+        "backend": _with(good, 6, "cudnn"),
+    }
+    _all_same_errors(OPS.fp8_gemm_fp8_out.default, cases)
+
+
+def test_fp8_gemm_fp8_out_through_the_binding_calls_the_python_backend():
+    b, b_s = _weight(384, 256)
+    op = OPS.fp8_gemm_fp8_out.default
+    for m, bias, ue8m0 in ((1, None, False), (65, torch.randn(384, dtype=torch.bfloat16), True),
+                           (130, torch.randn(384), False)):
+        a, a_s = _act(m, 256)
+        args = [a, a_s, b, b_s, bias, ue8m0, "reference"]
+        (q, s), (q_want, s_want) = op.redispatch(CUDA_KEY, *args), op(*args)
+        assert torch.equal(q.view(torch.uint8), q_want.view(torch.uint8)) and torch.equal(s, s_want), m
+        assert s.stride() == s_want.stride(), m
+    a, a_s = _act(0, 256)
+    q, s = OPS.fp8_gemm_fp8_out.default.redispatch(CUDA_KEY, a, a_s, b, b_s, None, False, "reference")
+    assert q.shape == (0, 384) and s.shape == (0, 3)
+
+
 def _grouped(m=300, groups=3, n=136, k=256):
     a, a_s = _act(m, k)
     b = torch.stack([_weight(n, k)[0] for _ in range(groups)])

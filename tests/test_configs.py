@@ -124,7 +124,7 @@ def test_split_k_switch_and_keys(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
     assert configs.select(64, 2112, 7168, H100_SMS).variant.key == "64x32s16dm1"
     v = configs.parse_key("64x64s12dk2")
-    assert (v.splits, v.cluster, v.key, v.template_args) == (2, 2, "64x64s12dk2", "64, 64, 12, 2, 1, 1, 2, 2, 0, 0")
+    assert (v.splits, v.cluster, v.key, v.template_args) == (2, 2, "64x64s12dk2", "64, 64, 12, 2, 1, 1, 2, 2, 0, 0, 0")
     assert v.smem_bytes == configs.parse_key("64x64s12d").smem_bytes + 64 * 64 * 4 + 16
     with pytest.raises(ValueError, match="128-row tiles without multicast"):
         configs.parse_key("128x128s6wc2k2")
@@ -292,7 +292,7 @@ def test_256_row_tiles_take_one_partial_set():
 
 def test_one_math_warpgroup_variants():
     v = configs.parse_key("64x16s16dm1")
-    assert (v.math_wgs, v.wg_n, v.key, v.template_args) == (1, 16, "64x16s16dm1", "64, 16, 16, 2, 1, 1, 1, 1, 0, 0")
+    assert (v.math_wgs, v.wg_n, v.key, v.template_args) == (1, 16, "64x16s16dm1", "64, 16, 16, 2, 1, 1, 1, 1, 0, 0, 0")
     assert v.compile_defines()["DG_MATH_WGS"] == 1
     # one warpgroup's staging buffer: less shared memory than the two-warpgroup twin
     assert v.smem_bytes < configs.parse_key("64x32s16d").smem_bytes
@@ -462,7 +462,7 @@ def test_swapped_variants_follow_the_kernel_rules():
     for v in configs.SWAPPED_VARIANTS:
         assert v.swapped and v.block_m == 64 and v.math_wgs == 1 and v.cluster == v.splits
         assert v.key.endswith("t") and configs.parse_key(v.key) == v
-        assert v.compile_defines()["DG_SWAPPED"] == 1 and v.template_args.endswith(", 1")
+        assert v.compile_defines()["DG_SWAPPED"] == 1 and v.template_args.endswith(", 1, 0")
         assert v.smem_bytes <= configs.SMEM_LIMIT
     assert not any(v.swapped for v in configs.VARIANTS)  # (select reaches them only through _select_swapped)
     with pytest.raises(ValueError, match="swapped tiles"):

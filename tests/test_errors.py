@@ -43,7 +43,8 @@ def _wrong_types() -> dict:
         "quantize_weight-ue8m0": (lambda: dg.quantize_weight(x, ue8m0=1),
                                   r"ue8m0 must be a bool \(True or False\), got 1 \(int\)"),
         "fp8_gemm-out_dtype": (lambda: dg.fp8_gemm(a, a_s, b, b_s, out_dtype="bfloat16"),
-                               r"out_dtype must be torch.bfloat16 or torch.float32, got 'bfloat16' \(str\)"),
+                               r"out_dtype must be torch.bfloat16, torch.float32 or torch.float8_e4m3fn, got 'bfloat16' "
+                               r"\(str\)"),
         "fp8_gemm-backend": (lambda: dg.fp8_gemm(a, a_s, b, b_s, backend=None),
                              rf"backend must be a str, {backends}, got None"),
         "fp8_gemm-prepared-backend": (lambda: dg.fp8_gemm(a, a_s, dg.prepare_weight(b, b_s), backend=b"ptx"),

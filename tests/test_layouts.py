@@ -57,7 +57,8 @@ def test_quantize_rules():
 
 def test_out_dtype_and_bias_rules():
     a, a_s, b, b_s = _inputs()
-    with pytest.raises(TypeError, match="out_dtype must be torch.bfloat16 or torch.float32, got torch.float16"):
+    with pytest.raises(TypeError,
+                       match="out_dtype must be torch.bfloat16, torch.float32 or torch.float8_e4m3fn, got torch.float16"):
         _gemm(a, a_s, b, b_s, out_dtype=torch.float16)
     with pytest.raises(ValueError, match=r"bias must have shape \(N,\) = \(136,\), got \(135,\)"):
         _gemm(a, a_s, b, b_s, bias=torch.randn(135))

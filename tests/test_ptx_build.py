@@ -95,7 +95,8 @@ def test_unit_holds_one_kernel_of_the_variant(builds, variant):
     # the configuration in the mangled name is the variant's (KernelConfigILi128ELi128ELi6E... = <128, 128, 6, ...>)
     args = [int(v) for v in re.findall(r"Li(-?\d+)E", kernels[0])]
     assert args == [variant.block_m, variant.block_n, variant.stages, variant.acc_mode, variant.cluster_m,
-                    variant.cluster_n, variant.splits, variant.math_wgs, variant.grouping, int(variant.swapped)], \
+                    variant.cluster_n, variant.splits, variant.math_wgs, variant.grouping, int(variant.swapped),
+                    int(variant.fp8_out)], \
         (variant.key, kernels[0])
 
 
@@ -151,7 +152,7 @@ def test_one_configuration_order_from_python_to_the_kernel():
     assert [m.strip() for m in used.split(",")] == list(configs.KERNEL_CONFIG_MACROS)
     variant = configs.parse_key("128x176s5pc2")
     defines = variant.compile_defines()
-    assert [defines[m] for m in configs.KERNEL_CONFIG_MACROS] == [128, 176, 5, 0, 2, 1, 1, 2, 0, 0]
+    assert [defines[m] for m in configs.KERNEL_CONFIG_MACROS] == [128, 176, 5, 0, 2, 1, 1, 2, 0, 0, 0]
 
 
 def test_prebuilt_folder_is_found_through_the_environment(builds, monkeypatch, tmp_path):
