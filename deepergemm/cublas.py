@@ -6,9 +6,11 @@ PyTorch user already has on Hopper; deepergemm's own kernel must beat it.
 cuBLASLt's blockwise recipe wants the activation scales M-major with an M stride of exactly M and
 the weight scales K-group-major, so this module adapts our layouts (tiny copies of the scales
 only, never of the operands, except that A is padded to 4 rows when M is not a multiple of 4).
-N must be a multiple of 16: torch._scaled_mm rejects other N, and padding B gave wrong columns with
-blockwise scales on the H100 (N = 136 -> 144 or 256, 2056 -> 2064 or 2176; 2026-11-25), so such shapes get
-a clear error here and run on the "ptx" or "reference" backend instead.
+N must be a multiple of 16: torch._scaled_mm rejects other N. And with N > 128, K must be at least 512:
+below that cuBLASLt's blockwise kernels return wrong results without an error (calc_diff 1e-2 to 1.0 at
+N = 256 and 512, K = 128, 256 and 384, every M tried) or refuse with CUBLAS_STATUS_NOT_SUPPORTED
+(bench/cublas_shapes.py; H100, torch 2.11.0+cu130, 2026-12-06). (Padding B's N, tried earlier, gave wrong
+columns for the same reason.) Such shapes get a clear error here and run on the "ptx" or "reference" backend.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from .layouts import round_up
 
 _ROW_ALIGN = 4  # cuBLASLt's blockwise scales want 16-byte aligned M columns
 _N_ALIGN = 16   # torch._scaled_mm's rule for N
+_MIN_K_WIDE = 512  # with N > 128, the smallest K cuBLASLt's blockwise recipe gets right
 
 
 def supports_n(n: int) -> bool:
@@ -26,17 +29,24 @@ def supports_n(n: int) -> bool:
     return n % _N_ALIGN == 0
 
 
+def supports(n: int, k: int) -> bool:
+    """Whether the cuBLAS backend computes an N x K weight's GEMM correctly (see the module's docstring)."""
+    return supports_n(n) and (n <= 128 or k >= _MIN_K_WIDE)
+
+
 def fp8_gemm_cublas(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
                     out_dtype: torch.dtype, bias: torch.Tensor | None) -> torch.Tensor:
-    m = a.shape[0]
+    m, (n, k) = a.shape[0], b.shape
+    if not supports_n(n):
+        raise ValueError(f"backend='cublas' needs N (rows of b) to be a multiple of {_N_ALIGN}, got N={n}; "
+                         f"use backend='ptx' (any N % 8 == 0) or backend='reference'")
+    if not supports(n, k):
+        raise ValueError(f"backend='cublas' needs K >= {_MIN_K_WIDE} when N (rows of b) > 128 (below that cuBLASLt's "
+                         f"blockwise GEMM returns wrong results), got N={n}, K={k}; use backend='ptx' or 'reference'")
     m_pad = round_up(m, _ROW_ALIGN)
     if m_pad != m:
         a = F.pad(a.view(torch.uint8), (0, 0, 0, m_pad - m)).view(a.dtype)
         a_scales = F.pad(a_scales, (0, 0, 0, m_pad - m), value=1.0)
-    n = b.shape[0]
-    if not supports_n(n):
-        raise ValueError(f"backend='cublas' needs N (rows of b) to be a multiple of {_N_ALIGN}, got N={n}; "
-                         f"use backend='ptx' (any N % 8 == 0) or backend='reference'")
     scale_a = a_scales.t().contiguous().t()  # (M, K/128), strides (1, M)
     scale_b = b_scales.contiguous().t()       # (K/128, ceil(N/128))
     # bias is added in fp32 and rounded once, the same arithmetic as the PTX kernel's epilogue
