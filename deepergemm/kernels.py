@@ -96,7 +96,7 @@ def stream_k_workspace(device: torch.device) -> torch.Tensor:
 class PlacedB:
     """B as an L2-placed pool (deepergemm/l2_placement.py): `b` is then the (slots * slab_rows, 128) pool."""
     slots: torch.Tensor  # (K/128, slabs) int32 slot of each slab
-    slab_rows: int       # 16 or 32
+    slab_rows: int       # a power of two in 8..256 (layouts.PLACED_SLAB_ROWS)
     n: int               # rows of B
 
 

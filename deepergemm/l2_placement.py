@@ -11,7 +11,7 @@ copied into a buffer (the *pool*) whose pieces were measured, slab by slab.
 
 Storage format (the kernel relies on it exactly)
 ------------------------------------------------
-* ``slab_rows`` is a power of two from 16 (2 KiB slots) to 256 (32 KiB): the largest the measured sides allow
+* ``slab_rows`` is a power of two from 8 (1 KiB slots) to 256 (32 KiB): the largest the measured sides allow
   (``choose_slab_rows``), dividing split_rows. Slab (kb, j) is
   ``B[j*slab_rows:(j+1)*slab_rows, kb*128:(kb+1)*128]`` (rows past N are zero): slab_rows x 128 bytes, one TMA
   box of the kernel's B loads.
@@ -29,24 +29,25 @@ Storage format (the kernel relies on it exactly)
 How the pool is made (``prepare_weight``)
 -----------------------------------------
 An ordinary ``torch.empty`` uint8 buffer on the weight's device, sized for the larger side's slabs twice over
-plus ~10% and 8 slots. Every 1 KiB piece is timed from a few SMs (``measure_pieces``: the probe kernel of
+plus ~10% and 8 slots. Every 512-byte piece is timed from a few SMs (``measure_pieces``: the probe kernel of
 ptx/l2_probe.cuh in its one-CTA-per-chunk mode, three rounds with the pieces handed to different SMs), each
 round's latency against the midpoint of the detected near and far latencies says the piece's side, and a
 majority vote decides (``classify_pieces``). A slot is usable when all its pieces agree (``choose_slab_rows``:
-4 KiB slots when 99% of them are whole, else 2 KiB, else no placement). When a side has too few usable slots
+the largest slots, 32 KiB down to 1 KiB (two pieces: a slot size is used only where its pieces are checked), of
+which 99% are whole, else no placement). When a side has too few usable slots
 the pool is measured again 50% larger (at most 4 times). Then B is copied in (``pack``).
 
 Cost: the pool is 2.2x the larger side's share of B plus 8 slots (about 1.1x B with evenly split SMs), the
 table 4 bytes per slab; the PreparedWeight does not keep the original weight, so the caller may drop it
 (while preparing, both are held). Measuring takes milliseconds per weight (one dependent-load
-chain per KiB of pool, spread over all SMs).
+chain per 512 bytes of pool, spread over all SMs).
 
 The pool is a plain PyTorch allocation owned by the PreparedWeight: the global allocator is untouched, and
 the physical pages behind a live tensor do not move, so the measured sides stay true for its lifetime.
 Prepare weights before capturing a CUDA graph (the pool is then just another tensor the graph reads).
 
 When placement does not apply (``DEEPERGEMM_L2_SIDES=0``, a tensor not on a CUDA GPU, undecided detection,
-N < 256, sides that alternate at 1 KiB or finer, or a pool that never has enough slots of one side) the
+N < 256, sides that alternate finer than 1 KiB, or a pool that never has enough slots of one side) the
 PreparedWeight keeps the original weight, ``placed`` is False and ``reason`` says why; nothing is printed.
 """
 from __future__ import annotations
@@ -65,12 +66,12 @@ from .reference import FP8_DTYPE, GROUP_K
 
 ENV_SWITCH = "DEEPERGEMM_L2_SIDES"
 SLAB_BYTES_WIDE = GROUP_K       # one K block of fp8 bytes: a slab's width and a pool row
-SLAB_ROW_CHOICES = (256, 128, 64, 32, 16)  # 32 KiB slots down to 2 KiB: the largest the sides' granularity allows
+SLAB_ROW_CHOICES = (256, 128, 64, 32, 16, 8)  # 32 KiB slots down to 1 KiB: the largest the sides' granularity allows
                                           # (fewer, larger TMA boxes per stage in the kernel)
 SPLIT_ALIGN = 128               # split_rows: whole 128-row blocks of B (its scale blocks) on one side
 TABLE_ROUND_ROWS = 256          # the table covers N rounded up to this...
 TABLE_PAD_ROWS = 512            # ...plus this many rows of padding slabs (tiles past N)
-PIECE_BYTES = 1024              # measured unit of the pool
+PIECE_BYTES = 512               # measured unit of the pool: a 1 KiB slot (the H100's sides alternate at ~1 KiB) is two
 PIECE_REPS = 8                  # dependent L2 hits per piece and round
 PIECE_ROUNDS = 3                # rounds, each with the pieces on other SMs; a majority vote decides
 UNIFORM_SHARE = 0.99            # slots that must lie wholly on one side for a slot size to be used
@@ -423,18 +424,22 @@ def classify_pieces(cycles: torch.Tensor, smid: torch.Tensor, sides: L2Sides) ->
 
 def choose_slab_rows(piece_sides: torch.Tensor, piece_bytes: int = PIECE_BYTES,
                      max_rows: int = SLAB_ROW_CHOICES[0]) -> tuple[int | None, torch.Tensor, str]:
-    """(slab_rows, slot_side (total_slots,) int8, reason): the largest slots (256 rows = 32 KiB down to 16 rows =
-    2 KiB, at most max_rows) of which at least 99% lie wholly on one side, else (None, an empty tensor, why not).
-    Slots whose pieces disagree (or are undecided) get side -1: unusable."""
+    """(slab_rows, slot_side (total_slots,) int8, reason): the largest slots (256 rows = 32 KiB down to 8 rows =
+    1 KiB, at most max_rows) of which at least 99% lie wholly on one side, else (None, an empty tensor, why not).
+    Only slot sizes of two pieces or more are considered (a one-piece slot's sides were never compared). Slots whose
+    pieces disagree (or are undecided) get side -1: unusable."""
     _require_tensor("piece_sides", piece_sides)
     check_rank("piece_sides", piece_sides, 1, "(pieces,)")
+    if piece_bytes <= 0 or (SLAB_ROW_CHOICES[-1] * SLAB_BYTES_WIDE) % piece_bytes != 0:
+        raise ValueError(f"piece_bytes must divide {SLAB_ROW_CHOICES[-1] * SLAB_BYTES_WIDE} (the smallest slot), "
+                         f"got {piece_bytes}")
     sides = piece_sides.cpu().to(torch.int8)
     shares = {}
     for slab_rows in (rows for rows in SLAB_ROW_CHOICES if rows <= max_rows):
         slot_bytes = slab_rows * SLAB_BYTES_WIDE
-        if piece_bytes <= 0 or slot_bytes % piece_bytes != 0:
-            raise ValueError(f"piece_bytes must divide {slot_bytes} (the smallest slot), got {piece_bytes}")
         per_slot = slot_bytes // piece_bytes
+        if per_slot < 2:
+            continue
         count = len(sides) // per_slot
         if count == 0:
             shares[slot_bytes] = 0.0
@@ -446,11 +451,14 @@ def choose_slab_rows(piece_sides: torch.Tensor, piece_bytes: int = PIECE_BYTES,
         shares[slot_bytes] = share
         if share >= UNIFORM_SHARE:
             slot_side = torch.where(whole, first, torch.full_like(first, -1))
-            return slab_rows, slot_side, (f"{slot_bytes // 1024} KiB slots: {share:.1%} of {count} lie on one "
+            return slab_rows, slot_side, (f"{slot_bytes / 1024:g} KiB slots: {share:.1%} of {count} lie on one "
                                           f"L2 side")
+    smallest = min(shares) if shares else piece_bytes * 2
+    listed = ", ".join(f"{share:.1%} of the {size / 1024:g} KiB" for size, share in sorted(shares.items(), reverse=True)
+                       if size <= 4096)
     return None, torch.empty(0, dtype=torch.int8), (
-        f"only {shares.get(4096, 0.0):.1%} of the 4 KiB and {shares.get(2048, 0.0):.1%} of the 2 KiB slots lie on "
-        f"one L2 side (need {UNIFORM_SHARE:.0%}): sides alternate at 1 KiB or finer: placement off")
+        f"only {listed} slots lie on one L2 side (need {UNIFORM_SHARE:.0%}): sides alternate finer than "
+        f"{smallest / 1024:g} KiB: placement off")
 
 
 # ----------------------------------------------------------------------------------------------

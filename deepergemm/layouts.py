@@ -217,7 +217,7 @@ def _check_bias(bias: torch.Tensor | None, n: int) -> None:
             raise ValueError(f"bias must have shape (N,) = ({n},), got {tuple(bias.shape)}")
 
 
-PLACED_SLAB_ROWS = (16, 32, 64, 128, 256)
+PLACED_SLAB_ROWS = (8, 16, 32, 64, 128, 256)
 
 
 def check_placed_inputs(a: torch.Tensor, a_scales: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,

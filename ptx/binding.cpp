@@ -181,7 +181,7 @@ void ensure_context(int index) {
 constexpr int64_t kTmaAlignBytes = 16;
 constexpr int64_t kNAlign = 8;
 constexpr int64_t kMaxGroupedRows = int64_t{1} << 25;
-constexpr std::array<int64_t, 5> kPlacedSlabRows = {16, 32, 64, 128, 256};
+constexpr std::array<int64_t, 6> kPlacedSlabRows = {8, 16, 32, 64, 128, 256};
 
 // str(torch.dtype)
 std::string dtype_name(at::ScalarType t) {
@@ -341,7 +341,7 @@ std::pair<int64_t, int64_t> check_placed_inputs(const Tensor& a, const Tensor& a
                                                 const Tensor& slots, const Tensor& b_scales, int64_t n, int64_t slab_rows,
                                                 int64_t split_rows, at::ScalarType out_dtype,
                                                 const optional<Tensor>& bias, const optional<Tensor>& sm_side) {
-  TORCH_CHECK_VALUE(std::find(kPlacedSlabRows.begin(), kPlacedSlabRows.end(), slab_rows) != kPlacedSlabRows.end(), cat("slab_rows must be one of (16, 32, 64, 128, 256), got ", slab_rows));
+  TORCH_CHECK_VALUE(std::find(kPlacedSlabRows.begin(), kPlacedSlabRows.end(), slab_rows) != kPlacedSlabRows.end(), cat("slab_rows must be one of (8, 16, 32, 64, 128, 256), got ", slab_rows));
   require_dtype("pool", pool, {at::kByte});
   require_dtype("slots", slots, {at::kInt});
   TORCH_CHECK_VALUE(pool.dim() == 2 && pool.size(1) == dg::kBlockK && pool.size(0) % slab_rows == 0 && pool.is_contiguous(), cat("pool must be a contiguous (slots * slab_rows, 128) uint8 tensor, got ", tuple_str(pool.sizes())));
@@ -804,14 +804,14 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   if (placed) {
     const Tensor& slots = *x.b_slots;
     TORCH_CHECK(!grouped, "deepergemm: placed B needs a plain variant");
-    TORCH_CHECK(x.slab_rows >= 16 && x.slab_rows <= 256 && (x.slab_rows & (x.slab_rows - 1)) == 0 && b.dim() == 2 &&
+    TORCH_CHECK(x.slab_rows >= 8 && x.slab_rows <= 256 && (x.slab_rows & (x.slab_rows - 1)) == 0 && b.dim() == 2 &&
                     b.size(1) == dg::kBlockK && b.is_contiguous() && b.size(0) % x.slab_rows == 0 && slots.is_cuda() &&
                     slots.scalar_type() == at::kInt && slots.is_contiguous() && slots.dim() == 2 &&
                     slots.device() == a.device() && b.device() == a.device() && slots.size(0) == k_blocks &&
                     slots.size(1) * x.slab_rows >= ceil_div(ceil_div(n, kBN), kClusterN) * kClusterN * kBN &&
                     b_box_rows >= 8 && (kBN / kClusterM) / b_box_rows <= 32,
                 "deepergemm: a placed B needs a contiguous (slots * slab_rows, 128) pool, slab_rows a power of two in "
-                "16..256, and an int32 slot table (K/128, slabs) on a's device covering every N-tile");
+                "8..256, and an int32 slot table (K/128, slabs) on a's device covering every N-tile");
   }
   const CUtensorMap map_b =
       placed ? tensor_map_2d(b.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, dg::kBlockK, b.size(0), dg::kBlockK, dg::kBlockK,

@@ -80,7 +80,7 @@ def test_shared_constants_agree():
     assert "kGroupedMAlignment = 128" in SOURCE and layouts.GROUPED_M_ALIGNMENT == 128
     assert f"kMaxGroupedRows = int64_t{{1}} << {layouts.MAX_GROUPED_ROWS.bit_length() - 1}" in SOURCE
     assert f"kNAlign = {layouts.N_ALIGN}" in SOURCE and f"kTmaAlignBytes = {layouts.TMA_ALIGN_BYTES}" in SOURCE
-    assert "kPlacedSlabRows = {16, 32, 64, 128, 256}" in SOURCE and layouts.PLACED_SLAB_ROWS == (16, 32, 64, 128, 256)
+    assert "kPlacedSlabRows = {8, 16, 32, 64, 128, 256}" in SOURCE and layouts.PLACED_SLAB_ROWS == (8, 16, 32, 64, 128, 256)
     assert int(constants["kSmSideEntries"]) == 256
 
 

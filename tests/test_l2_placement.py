@@ -202,7 +202,7 @@ def test_zero_slot_from_side_0_when_side_1_is_full():
     (dict(split_rows=192), ValueError, "multiple of 128"),
     (dict(split_rows=512), ValueError, "split_rows < n"),
     (dict(split_rows=0), ValueError, "0 < split_rows"),
-    (dict(slab_rows=8), ValueError, "slab_rows"),
+    (dict(slab_rows=12), ValueError, "slab_rows"),
     (dict(k_blocks=0), ValueError, "k_blocks"),
     (dict(slot_side=torch.tensor([0, 1, 2] * 40)), ValueError, "0, 1 or -1"),
     (dict(slot_side=torch.zeros(64)), TypeError, "integer dtype"),
@@ -283,8 +283,8 @@ def _pattern(pieces, block_pieces, shift=0):
 
 
 def test_choose_4k_slots_when_sides_change_every_4k():
-    sides = _pattern(4096, 4)
-    slab_rows, slot_side, reason = lp.choose_slab_rows(sides)
+    sides = _pattern(4096, 4)  # (1 KiB pieces in these tests, as the pool measured them before)
+    slab_rows, slot_side, reason = lp.choose_slab_rows(sides, piece_bytes=1024)
     assert slab_rows == 32 and "4 KiB" in reason
     assert torch.equal(slot_side, sides[::4])
 
@@ -292,21 +292,40 @@ def test_choose_4k_slots_when_sides_change_every_4k():
 def test_choose_4k_slots_tolerates_a_few_mixed_ones():
     sides = _pattern(4096, 4)
     sides[torch.randperm(1024)[:8] * 4 + 1] = -1  # 8 of 1024 slots (0.8%) have an undecided piece
-    slab_rows, slot_side, _ = lp.choose_slab_rows(sides)
+    slab_rows, slot_side, _ = lp.choose_slab_rows(sides, piece_bytes=1024)
     assert slab_rows == 32 and (slot_side == -1).sum() == 8
 
 
 def test_choose_2k_slots_when_sides_change_every_2k():
     for sides in (_pattern(4096, 2), _pattern(4096, 4, shift=2)):  # (4 KiB blocks but the buffer starts mid-block)
-        slab_rows, slot_side, reason = lp.choose_slab_rows(sides)
+        slab_rows, slot_side, reason = lp.choose_slab_rows(sides, piece_bytes=1024)
         assert slab_rows == 16 and "2 KiB" in reason
         assert torch.equal(slot_side, sides[::2])
 
 
-def test_no_slots_when_sides_change_every_1k():
-    slab_rows, slot_side, reason = lp.choose_slab_rows(_pattern(4096, 1))
+def test_one_piece_slots_are_never_chosen_unchecked():
+    # 1 KiB pieces that alternate: a 1 KiB slot would be one piece, whose halves were never compared
+    slab_rows, slot_side, reason = lp.choose_slab_rows(_pattern(4096, 1), piece_bytes=1024)
     assert slab_rows is None and slot_side.numel() == 0
-    assert "1 KiB or finer" in reason and "placement off" in reason
+    assert "finer than 2 KiB" in reason and "placement off" in reason
+
+
+def test_choose_1k_slots_when_sides_change_every_1k():
+    # the default 512-byte pieces: sides that hold for 1 KiB (the H100's interleave) give 8-row slabs
+    sides = _pattern(8192, 2)
+    slab_rows, slot_side, reason = lp.choose_slab_rows(sides)
+    assert slab_rows == 8 and "1 KiB slots" in reason
+    assert torch.equal(slot_side, sides[::2])
+    # a buffer starting mid-KiB: no 1 KiB slot is whole, nothing smaller exists
+    slab_rows, _, reason = lp.choose_slab_rows(_pattern(8192, 2, shift=1))
+    assert slab_rows is None and "finer than 1 KiB" in reason
+
+
+def test_no_slots_when_sides_change_every_512_bytes():
+    slab_rows, slot_side, reason = lp.choose_slab_rows(_pattern(8192, 1))
+    assert slab_rows is None and slot_side.numel() == 0
+    assert "finer than 1 KiB" in reason and "placement off" in reason
+    assert "of the 4 KiB" in reason and "of the 1 KiB" in reason
 
 
 def test_choose_slab_rows_rejects_pieces_that_do_not_divide_a_slot():
@@ -318,13 +337,13 @@ def test_choose_slab_rows_rejects_pieces_that_do_not_divide_a_slot():
 # the measured-pool loop with a synthetic measurement (CPU)
 # ----------------------------------------------------------------------------------------------
 class _FakeProbe:
-    """Stands in for measure_pieces: each 1 KiB piece's side from a pattern over its index in the buffer."""
+    """Stands in for measure_pieces: each piece's (PIECE_BYTES) side from a pattern over its index in the buffer."""
 
     def __init__(self, sm_side, block_pieces, side1_share=None):
         self.sm_side, self.block_pieces, self.side1_share, self.sizes = sm_side, block_pieces, side1_share, []
 
     def __call__(self, buf):
-        pieces = buf.numel() // 1024
+        pieces = buf.numel() // lp.PIECE_BYTES
         self.sizes.append(buf.numel())
         truth = _pattern(pieces, self.block_pieces)
         if self.side1_share is not None:  # a pool where side 1 holds only a share of the blocks
@@ -334,7 +353,7 @@ class _FakeProbe:
         return _piece_latencies(truth, self.sm_side)
 
 
-@pytest.mark.parametrize("block_pieces,slab_rows", [(4, 32), (8, 64), (2, 16), (32, 256), (64, 256)])
+@pytest.mark.parametrize("block_pieces,slab_rows", [(4, 16), (8, 32), (2, 8), (32, 128), (64, 256)])
 def test_measured_pool_places_on_the_measured_sides(block_pieces, slab_rows):
     sm_side = _sm_sides()
     n, k = 2112, 512
@@ -343,7 +362,7 @@ def test_measured_pool_places_on_the_measured_sides(block_pieces, slab_rows):
     pw = lp._place_in_measured_pool(w, scales, _sides(sm_side), 1024, measure=probe)
     assert pw.placed, pw.reason
     assert pw.slab_rows == slab_rows and pw.split_rows == 1024
-    slot_side = probe.truth.view(-1, slab_rows * 128 // 1024)[:, 0]
+    slot_side = probe.truth.view(-1, slab_rows * 128 // lp.PIECE_BYTES)[:, 0]
     _check_placement(pw, w, slot_side)
 
 
@@ -369,11 +388,11 @@ def test_measured_pool_grows_until_a_side_has_room():
     _check_placement(pw, w, probe.truth.view(-1, 4)[:, 0])
 
 
-def test_measured_pool_off_when_sides_change_every_1k():
+def test_measured_pool_off_when_sides_change_every_512_bytes():
     sm_side = _sm_sides()
     w, scales = _weight(1024, 256)
     pw = lp._place_in_measured_pool(w, scales, _sides(sm_side), 512, measure=_FakeProbe(sm_side, 1))
-    assert not pw.placed and "1 KiB or finer" in pw.reason
+    assert not pw.placed and "finer than 1 KiB" in pw.reason
 
 
 # ----------------------------------------------------------------------------------------------
@@ -480,10 +499,10 @@ def test_gpu_measure_pieces_leaves_the_buffer_alone_and_rotates():
 
 
 def test_choose_slab_rows_takes_the_largest_uniform_slots_up_to_the_cap():
-    sides = _pattern(8192, 16)  # 16 KiB blocks
-    slab_rows, slot_side, reason = lp.choose_slab_rows(sides)
+    sides = _pattern(8192, 16)  # 16 KiB blocks of 1 KiB pieces
+    slab_rows, slot_side, reason = lp.choose_slab_rows(sides, piece_bytes=1024)
     assert slab_rows == 128 and "16 KiB" in reason and len(slot_side) == 8192 // 16
-    slab_rows, _, reason = lp.choose_slab_rows(sides, max_rows=32)  # a split that is a multiple of 32 rows only
+    slab_rows, _, reason = lp.choose_slab_rows(sides, piece_bytes=1024, max_rows=32)  # a split of 32-row multiples
     assert slab_rows == 32 and "4 KiB" in reason
 
 
