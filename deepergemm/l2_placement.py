@@ -47,7 +47,8 @@ the physical pages behind a live tensor do not move, so the measured sides stay 
 Prepare weights before capturing a CUDA graph (the pool is then just another tensor the graph reads).
 
 When placement does not apply (``DEEPERGEMM_L2_SIDES=0``, a tensor not on a CUDA GPU, undecided detection,
-N < 256, sides that alternate finer than 1 KiB, or a pool that never has enough slots of one side) the
+N < 256, sides that alternate finer than 2 KiB (1 KiB slots only with ``DEEPERGEMM_L2_SIDES=1k``: the H100's
+sides alternate at about 1 KiB, and whether 8-row slabs pay is not measured yet), or a pool that never has enough slots of one side) the
 PreparedWeight keeps the original weight, ``placed`` is False and ``reason`` says why; nothing is printed.
 """
 from __future__ import annotations
@@ -68,6 +69,8 @@ ENV_SWITCH = "DEEPERGEMM_L2_SIDES"
 SLAB_BYTES_WIDE = GROUP_K       # one K block of fp8 bytes: a slab's width and a pool row
 SLAB_ROW_CHOICES = (256, 128, 64, 32, 16, 8)  # 32 KiB slots down to 1 KiB: the largest the sides' granularity allows
                                           # (fewer, larger TMA boxes per stage in the kernel)
+DEFAULT_MIN_SLAB_ROWS = 16      # 2 KiB slots; 1 KiB ones (16 TMA boxes per 128-row stage) only with...
+SMALL_SLOTS_VALUE = "1k"        # ...DEEPERGEMM_L2_SIDES=1k, until the bench shows they pay
 SPLIT_ALIGN = 128               # split_rows: whole 128-row blocks of B (its scale blocks) on one side
 TABLE_ROUND_ROWS = 256          # the table covers N rounded up to this...
 TABLE_PAD_ROWS = 512            # ...plus this many rows of padding slabs (tiles past N)
@@ -423,11 +426,13 @@ def classify_pieces(cycles: torch.Tensor, smid: torch.Tensor, sides: L2Sides) ->
 
 
 def choose_slab_rows(piece_sides: torch.Tensor, piece_bytes: int = PIECE_BYTES,
-                     max_rows: int = SLAB_ROW_CHOICES[0]) -> tuple[int | None, torch.Tensor, str]:
-    """(slab_rows, slot_side (total_slots,) int8, reason): the largest slots (256 rows = 32 KiB down to 8 rows =
-    1 KiB, at most max_rows) of which at least 99% lie wholly on one side, else (None, an empty tensor, why not).
+                     max_rows: int = SLAB_ROW_CHOICES[0],
+                     min_rows: int = DEFAULT_MIN_SLAB_ROWS) -> tuple[int | None, torch.Tensor, str]:
+    """(slab_rows, slot_side (total_slots,) int8, reason): the largest slots (256 rows = 32 KiB down to min_rows,
+    at most max_rows) of which at least 99% lie wholly on one side, else (None, an empty tensor, why not).
     Only slot sizes of two pieces or more are considered (a one-piece slot's sides were never compared). Slots whose
-    pieces disagree (or are undecided) get side -1: unusable."""
+    pieces disagree (or are undecided) get side -1: unusable. 1 KiB slots (min_rows = 8) are opt-in until
+    measured (DEEPERGEMM_L2_SIDES=1k): the reason says when they would have been used."""
     _require_tensor("piece_sides", piece_sides)
     check_rank("piece_sides", piece_sides, 1, "(pieces,)")
     if piece_bytes <= 0 or (SLAB_ROW_CHOICES[-1] * SLAB_BYTES_WIDE) % piece_bytes != 0:
@@ -436,6 +441,7 @@ def choose_slab_rows(piece_sides: torch.Tensor, piece_bytes: int = PIECE_BYTES,
     sides = piece_sides.cpu().to(torch.int8)
     shares = {}
     for slab_rows in (rows for rows in SLAB_ROW_CHOICES if rows <= max_rows):
+        allowed = slab_rows >= min_rows
         slot_bytes = slab_rows * SLAB_BYTES_WIDE
         per_slot = slot_bytes // piece_bytes
         if per_slot < 2:
@@ -449,6 +455,10 @@ def choose_slab_rows(piece_sides: torch.Tensor, piece_bytes: int = PIECE_BYTES,
         whole = (grid == first.unsqueeze(1)).all(1) & (first >= 0)
         share = float(whole.double().mean())
         shares[slot_bytes] = share
+        if share >= UNIFORM_SHARE and not allowed:
+            return None, torch.empty(0, dtype=torch.int8), (
+                f"{slot_bytes / 1024:g} KiB slots would do ({share:.1%} lie on one L2 side) but are opt-in until "
+                f"measured to pay ({ENV_SWITCH}={SMALL_SLOTS_VALUE}): placement off")
         if share >= UNIFORM_SHARE:
             slot_side = torch.where(whole, first, torch.full_like(first, -1))
             return slab_rows, slot_side, (f"{slot_bytes / 1024:g} KiB slots: {share:.1%} of {count} lie on one "
@@ -464,11 +474,16 @@ def choose_slab_rows(piece_sides: torch.Tensor, piece_bytes: int = PIECE_BYTES,
 # ----------------------------------------------------------------------------------------------
 # the entry point
 # ----------------------------------------------------------------------------------------------
+def _switch() -> str:
+    value = os.environ.get(ENV_SWITCH, "").strip().lower()
+    if value not in ("", "0", "1", SMALL_SLOTS_VALUE):
+        raise ValueError(f"environment variable {ENV_SWITCH} must be 0, 1 or {SMALL_SLOTS_VALUE} (1 and 1 KiB "
+                         f"slots), got {value!r}")
+    return value
+
+
 def _switched_off() -> bool:
-    value = os.environ.get(ENV_SWITCH, "").strip()
-    if value not in ("", "0", "1"):
-        raise ValueError(f"environment variable {ENV_SWITCH} must be 0 or 1, got {value!r}")
-    return value == "0"
+    return _switch() == "0"
 
 
 def _unplaced(w: torch.Tensor, scales: torch.Tensor, reason: str, sides: L2Sides | None) -> PreparedWeight:
@@ -488,8 +503,9 @@ def _place_in_measured_pool(w: torch.Tensor, scales: torch.Tensor, sides: L2Side
     for _ in range(1 + POOL_MAX_GROWTHS):
         buf = torch.empty(pool_bytes, dtype=torch.uint8, device=w.device)
         # (slabs must not straddle the split: at most its largest power-of-two divisor)
-        slab_rows, slot_side, why = choose_slab_rows(classify_pieces(*measure(buf), sides),
-                                                     max_rows=split_rows & -split_rows)
+        slab_rows, slot_side, why = choose_slab_rows(
+            classify_pieces(*measure(buf), sides), max_rows=split_rows & -split_rows,
+            min_rows=SLAB_ROW_CHOICES[-1] if _switch() == SMALL_SLOTS_VALUE else DEFAULT_MIN_SLAB_ROWS)
         if slab_rows is None:
             return _unplaced(w, scales, why, sides)
         try:

@@ -313,11 +313,14 @@ def test_one_piece_slots_are_never_chosen_unchecked():
 def test_choose_1k_slots_when_sides_change_every_1k():
     # the default 512-byte pieces: sides that hold for 1 KiB (the H100's interleave) give 8-row slabs
     sides = _pattern(8192, 2)
-    slab_rows, slot_side, reason = lp.choose_slab_rows(sides)
+    slab_rows, slot_side, reason = lp.choose_slab_rows(sides, min_rows=8)
     assert slab_rows == 8 and "1 KiB slots" in reason
     assert torch.equal(slot_side, sides[::2])
+    # ...opt-in until measured: by default placement is off, and the reason names the switch
+    slab_rows, _, reason = lp.choose_slab_rows(sides)
+    assert slab_rows is None and "1 KiB slots would do" in reason and "DEEPERGEMM_L2_SIDES=1k" in reason
     # a buffer starting mid-KiB: no 1 KiB slot is whole, nothing smaller exists
-    slab_rows, _, reason = lp.choose_slab_rows(_pattern(8192, 2, shift=1))
+    slab_rows, _, reason = lp.choose_slab_rows(_pattern(8192, 2, shift=1), min_rows=8)
     assert slab_rows is None and "finer than 1 KiB" in reason
 
 
@@ -354,7 +357,8 @@ class _FakeProbe:
 
 
 @pytest.mark.parametrize("block_pieces,slab_rows", [(4, 16), (8, 32), (2, 8), (32, 128), (64, 256)])
-def test_measured_pool_places_on_the_measured_sides(block_pieces, slab_rows):
+def test_measured_pool_places_on_the_measured_sides(block_pieces, slab_rows, monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_L2_SIDES", "1k")  # (1 KiB slots allowed)
     sm_side = _sm_sides()
     n, k = 2112, 512
     w, scales = _weight(n, k)
@@ -388,6 +392,19 @@ def test_measured_pool_grows_until_a_side_has_room():
     _check_placement(pw, w, probe.truth.view(-1, 4)[:, 0])
 
 
+def test_measured_pool_leaves_1k_slots_to_the_switch(monkeypatch):
+    sm_side = _sm_sides()
+    w, scales = _weight(1024, 256)
+    pw = lp._place_in_measured_pool(w, scales, _sides(sm_side), 512, measure=_FakeProbe(sm_side, 2))
+    assert not pw.placed and "opt-in" in pw.reason
+    monkeypatch.setenv("DEEPERGEMM_L2_SIDES", "1K")
+    pw = lp._place_in_measured_pool(w, scales, _sides(sm_side), 512, measure=_FakeProbe(sm_side, 2))
+    assert pw.placed and pw.slab_rows == 8, pw.reason
+    monkeypatch.setenv("DEEPERGEMM_L2_SIDES", "2k")
+    with pytest.raises(ValueError, match="DEEPERGEMM_L2_SIDES must be 0, 1 or 1k"):
+        lp._place_in_measured_pool(w, scales, _sides(sm_side), 512, measure=_FakeProbe(sm_side, 2))
+
+
 def test_measured_pool_off_when_sides_change_every_512_bytes():
     sm_side = _sm_sides()
     w, scales = _weight(1024, 256)
@@ -414,7 +431,7 @@ def test_prepare_weight_turned_off_by_the_environment(monkeypatch):
     pw = lp.prepare_weight(w, scales)
     assert not pw.placed and pw.reason == "turned off by DEEPERGEMM_L2_SIDES=0"
     monkeypatch.setenv("DEEPERGEMM_L2_SIDES", "yes")
-    with pytest.raises(ValueError, match="DEEPERGEMM_L2_SIDES must be 0 or 1"):
+    with pytest.raises(ValueError, match="DEEPERGEMM_L2_SIDES must be 0, 1 or 1k"):
         lp.prepare_weight(w, scales)
 
 
