@@ -8,7 +8,8 @@ Prints the detection (SMs per side, latencies, granularity; deepergemm.l2_sides)
   placed   the placed B with the usual tile order         (the pool's loads alone: placement's cost)
   sides    the placed B with the side-aware schedule      (what prepare_weight gives: the gain)
   cublas   torch._scaled_mm, the baseline of ANCHORS.md
-with sides / plain (the gain: > 1 is faster) and the output of each checked against the fp32 reference first
+with sides / plain (the gain: > 1 is faster), placement's cost (`prepare ms`: prepare_weight's wall time, measuring
+the pool included; `pool/B`: the pool's bytes over B's), and the output of each checked against the fp32 reference first
 (calc_diff <= --check-tol; a failing column is reported, untimed, and makes the exit status 1). Where the
 detection is undecided, or prepare_weight does not place a weight, it says why and times nothing for it.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import time
 import zlib
 
 import torch
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     sidebyside.print_header(["shape", "variant", "side 0 tiles"] + [f"{c} us" for c in COLUMNS] +
-                            ["sides/plain", "placed/plain", "sides vs cuBLAS"], args.markdown)
+                            ["sides/plain", "placed/plain", "sides vs cuBLAS", "prepare ms", "pool/B"], args.markdown)
     failed = False
     for shape in shapes:
         torch.manual_seed(args.seed + zlib.crc32(shape.label.encode()))
@@ -73,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         w = torch.randn(shape.n, shape.k, dtype=torch.bfloat16, device=device)
         a, a_s = dg.quantize_act(x)
         b, b_s = dg.quantize_weight(w)
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
         prepared = dg.prepare_weight(b, b_s, sides=sides)
+        torch.cuda.synchronize(device)
+        prepare_ms = (time.perf_counter() - start) * 1e3
         if not prepared.placed:
-            print(f"{shape.label}: not placed: {prepared.reason}")
+            print(f"{shape.label}: not placed ({prepare_ms:.1f} ms to find out): {prepared.reason}")
             continue
         expected = reference.exact_fp32_matmul(dg.dequantize_act(a, a_s), dg.dequantize_weight(b, b_s))
         variant = configs.select(shape.m, shape.n, shape.k, sms, swap_ok=False).variant
@@ -90,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             failed |= r.timing is None
         t = {name: r.timing.median_us for name, r in results.items() if r.timing}
         ratio = lambda num, den: f"{t[den] / t[num]:.3f}" if num in t and den in t else "-"  # noqa: E731
-        cells += [ratio("sides", "plain"), ratio("placed", "plain"), ratio("sides", "cublas")]
+        cells += [ratio("sides", "plain"), ratio("placed", "plain"), ratio("sides", "cublas"), f"{prepare_ms:.1f}",
+                  f"{prepared.pool.numel() / b.numel():.2f}"]
         sidebyside.print_row(cells, args.markdown)
         del prepared
     return 1 if failed else 0
