@@ -25,6 +25,7 @@ struct KernelConfig {
   static constexpr int kGrouping = GROUPING;   // GroupMode (params.h)
   static constexpr bool kSwapped = SWAPPED != 0;  // out^T = B A^T: B's rows on the wgmma M side (small M)
   static constexpr bool kFp8Out = FP8_OUT != 0;   // output quantized in the epilogue: fp8 per 1x128 group + scales
+  static constexpr bool kSwiglu = FP8_OUT == 2;   // ...of SwiGLU(gate, up): B's rows are gate and up interleaved
 
   // ---- derived ----
   static constexpr bool kGrouped = kGrouping != kGroupNone;
@@ -74,6 +75,11 @@ struct KernelConfig {
   // columns must be whole groups, aligned to 128 in the output (tiles start at multiples of BN, warpgroups at kWgN).
   static_assert(!kFp8Out || (!kSwapped && !kGrouped && kWgN % kBlockK == 0 && kBlockN % kBlockK == 0),
                 "fp8 output: plain, unswapped tiles whose warpgroups cover whole 128-column groups");
+  // SwiGLU: a 64 x 256 tile's warpgroup 0 holds 128 gate columns and warpgroup 1 the matching 128 up columns (B's
+  // rows interleaved per 128), which it hands over through the staging buffer: one 128-wide h group per tile row.
+  static_assert(!kSwiglu || (kBlockM == 64 && kBlockN == 256 && kMathWGs == 2 && kSplitK == 1 && !kGrouped),
+                "SwiGLU: 64 x 256 tiles, two math warpgroups (gate, up), no split-K, not grouped");
+  static_assert(FP8_OUT >= 0 && FP8_OUT <= 2, "FP8_OUT: 0 bf16/fp32 output, 1 fp8 output, 2 fp8 SwiGLU output");
   static_assert(kCluster <= 16, "at most 16 CTAs per cluster (the multicast masks are 16 bits)");
 };
 

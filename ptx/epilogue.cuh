@@ -6,6 +6,7 @@
 //   fp32            from registers
 //   transposed      swapped tiles: from registers, element (r, c) of the kernel's tile to out[c][r]
 //   fp8             fp8-output units: rounded to bf16, quantized per 1x128 group of a row, from registers
+//   SwiGLU          the up warpgroup hands its bf16 tile to the gate warpgroup, which stores fp8 SwiGLU(gate, up)
 #pragma once
 
 #include <cstdint>
@@ -50,6 +51,10 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue(float (&total)[kRegs]
         total[4 * j + 3] += b1;
       }
     }
+  }
+  if constexpr (C::kSwiglu) {
+    epilogue_swiglu(total, m0, n_block, row_end);
+    return;
   }
   if constexpr (C::kFp8Out) {
     epilogue_fp8(total, m0, n0, row_end);
@@ -170,7 +175,8 @@ __device__ __forceinline__ void fp8_group_scale(float amax, bool ue8m0, float& s
 // are spread over the 4 lanes of a quad, which together hold a row's whole 128-column group: its amax is a local max
 // and two shuffles. The amax is an integer max over |x|'s bits (NaN-propagating). A row's q pairs are 2-byte stores,
 // its scale one store by one lane of the quad (M-major scales: the warp's 16 rows are contiguous). Groups wholly
-// past N (padding tiles) and rows past row_end are not stored; N is a multiple of 128.
+// past N (padding tiles) and rows past row_end are not stored; N is a multiple of 128. (SwiGLU: the output has
+// N / 2 columns, h's.)
 template <class C>
 __device__ __forceinline__ void MathWarpgroup<C>::epilogue_fp8(float (&total)[kRegs], int m0, int n0, int row_end) {
   const int quad_col = 2 * (lane % 4);
@@ -194,8 +200,14 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue_fp8(float (&total)[kR
       float scale, multiplier;
       fp8_group_scale(__uint_as_float(amax), p.out_ue8m0 != 0, scale, multiplier);
       const int r = m0 + warp * 16 + lane / 4 + 8 * half, col0 = n0 + g * kBlockK;
-      if (r >= row_end || col0 >= p.n) continue;
-      uint8_t* row = static_cast<uint8_t*>(p.out) + static_cast<int64_t>(r) * p.n + col0 + quad_col;
+      uint8_t* row;
+      if constexpr (C::kSwiglu) {  // h: N / 2 columns
+        if (r >= row_end || col0 >= p.n / 2) continue;
+        row = static_cast<uint8_t*>(p.out) + static_cast<int64_t>(r) * (p.n / 2) + col0 + quad_col;
+      } else {
+        if (r >= row_end || col0 >= p.n) continue;
+        row = static_cast<uint8_t*>(p.out) + static_cast<int64_t>(r) * p.n + col0 + quad_col;
+      }
 #pragma unroll
       for (int jj = 0; jj < kJ; ++jj) {
         const int i = 4 * (kJ * g + jj) + 2 * half;
@@ -206,6 +218,48 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue_fp8(float (&total)[kR
         st_global_f32(p.out_scales + static_cast<int64_t>(col0 / kBlockK) * p.out_scale_stride + r, scale);
     }
   }
+}
+
+// SwiGLU (64 x 256 tiles of B's rows interleaved per 128: gate group g, then up group g): warpgroup 0 holds tile
+// n_block's 128 gate columns, warpgroup 1 the up columns, and thread t of each holds the same rows and columns of
+// its half. The up warpgroup rounds its totals to bf16 (the bf16 GEMM's output) and stores them in the staging
+// buffer, 16 bytes per thread and row of it (thread-major: conflict-free), then arrives on kSwigluFull; before each
+// hand-off it waits on kSwigluFree for the gate warpgroup's read of the previous one (run() balances the count: the
+// gate warpgroup arrives once before its first tile, the up warpgroup waits once after its last). The gate warpgroup
+// rounds its own totals to bf16 likewise, takes SwiGLU (swiglu_f32, in fp32) of each pair, and quantizes the
+// result as the fp8 output does (epilogue_fp8 rounds it to bf16 first): h group n_block of the tile's rows.
+template <class C>
+__device__ __forceinline__ void MathWarpgroup<C>::epilogue_swiglu(float (&total)[kRegs], int m0, int n_block,
+                                                                  int row_end) {
+  static_assert(kRegs == 64 && L::kEpiBytesPerWG * C::kMathWGs >= kRegs * 2 * 128, "the up tile fits the buffer");
+  const uint32_t stash = smem_addr(smem + L::kEpi) + tid * 16;
+  if (wg == 1) {
+    named_barrier_sync(kSwigluFree, 256);  // the gate warpgroup has read the previous tile (or none came before)
+#pragma unroll
+    for (int q = 0; q < kRegs / 8; ++q) {
+      const float* x = total + 8 * q;
+      st_shared_v4_b32(stash + q * 128 * 16, make_uint4(pack_bf16x2(x[0], x[1]), pack_bf16x2(x[2], x[3]),
+                                                         pack_bf16x2(x[4], x[5]), pack_bf16x2(x[6], x[7])));
+    }
+    named_barrier_arrive(kSwigluFull, 256);
+    return;
+  }
+  named_barrier_sync(kSwigluFull, 256);
+#pragma unroll
+  for (int q = 0; q < kRegs / 8; ++q) {
+    const uint4 up = ld_shared_v4(stash + q * 128 * 16);
+    const uint32_t words[4] = {up.x, up.y, up.z, up.w};
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      float& g0 = total[8 * q + 2 * w];
+      float& g1 = total[8 * q + 2 * w + 1];
+      const uint32_t gate = pack_bf16x2(g0, g1);
+      g0 = swiglu_f32(__uint_as_float(gate << 16), __uint_as_float(words[w] << 16));
+      g1 = swiglu_f32(__uint_as_float(gate & 0xFFFF0000u), __uint_as_float(words[w] & 0xFFFF0000u));
+    }
+  }
+  named_barrier_arrive(kSwigluFree, 256);
+  epilogue_fp8(total, m0, n_block * kBlockK, row_end);
 }
 
 // Grouped bf16: a warp whose 16 rows straddle its group's end stores from registers (a TMA box would also write the

@@ -25,6 +25,8 @@
 namespace dg {
 
 constexpr uint32_t kStreamKBarrier = 3;  // named barrier 3 + w: math warpgroup w's stream-K handshake
+constexpr uint32_t kSwigluFull = 5;      // SwiGLU: the up warpgroup's tile is in the staging buffer...
+constexpr uint32_t kSwigluFree = 6;      // ...and the gate warpgroup has read it
 
 template <class C>
 struct MathWarpgroup {
@@ -112,6 +114,7 @@ struct MathWarpgroup {
   __device__ __forceinline__ void epilogue_rows_from_registers(float (&total)[kRegs], int warp_m, int n0, int row_end);
   __device__ __forceinline__ void epilogue_transposed(float (&total)[kRegs], int m0, int col0);
   __device__ __forceinline__ void epilogue_fp8(float (&total)[kRegs], int m0, int n0, int row_end);
+  __device__ __forceinline__ void epilogue_swiglu(float (&total)[kRegs], int m0, int n_block, int row_end);
 };
 
 // Wait for the next step's stage; note its tile and, per slab, the products of the A and B scales that its
@@ -229,6 +232,9 @@ template <class C>
 __device__ __forceinline__ void MathWarpgroup<C>::run() {
   const uint32_t steps = sched.num_steps();
   if (steps == 0) return;
+  if constexpr (C::kSwiglu) {  // the staging buffer starts free: the up warpgroup's first wait passes
+    if (wg == 0) named_barrier_arrive(kSwigluFree, 256);
+  }
   if constexpr (C::kSlabs > 1) {
     run_two_slabs(steps);
   } else if constexpr (C::kAcc == kAccSingle) {
@@ -237,6 +243,9 @@ __device__ __forceinline__ void MathWarpgroup<C>::run() {
     run_dual_wait(steps);
   } else {
     run_dual_ahead(steps);
+  }
+  if constexpr (C::kSwiglu) {  // the up warpgroup waits for the last tile's read (matching the gate's first arrive)
+    if (wg == 1) named_barrier_sync(kSwigluFree, 256);
   }
   if (wg == 0 && tid == 0) life_stamp(p.trace_log, kLifeLoopEnd);
   if (lane == 0) bulk_wait_group<0>();  // this warp's last TMA stores have finished before the CTA exits

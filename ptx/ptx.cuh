@@ -277,6 +277,9 @@ __device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
   asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
   return v;
 }
+__device__ __forceinline__ void st_shared_v4_b32(uint32_t addr, uint4 v) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
 __device__ __forceinline__ void ld_shared_v2_f32(uint32_t addr, float& x, float& y) {
   asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(x), "=f"(y) : "r"(addr));
 }
@@ -413,6 +416,25 @@ __device__ __forceinline__ float mul_rn_f32(float a, float b) {  // (.rn: never 
   float r;
   asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
   return r;
+}
+// SwiGLU of one element, h = silu(g) * u = g * (1 / (1 + 2^(g * -log2(e)))) * u: fixed instructions, each rounded
+// as written (.rn never contracts into an FMA; -log2(e) is the fp32 constant 0xBFB8AA3B), so the Triton kernel
+// (triton_kernels/swiglu.py, the same text as inline assembly) computes the same bits. Large negative g: 2^t is
+// Inf, its reciprocal 0, h = -0 * u; large positive g: 2^t is 0 (or flushed), h = g * u.
+__device__ __forceinline__ float swiglu_f32(float g, float u) {
+  float h;
+  asm("{\n"
+      " .reg .f32 t, e;\n"
+      " mul.rn.f32 t, %1, 0fBFB8AA3B;\n"
+      " ex2.approx.ftz.f32 e, t;\n"
+      " add.rn.f32 e, e, 0f3F800000;\n"
+      " rcp.approx.ftz.f32 e, e;\n"
+      " mul.rn.f32 t, %1, e;\n"
+      " mul.rn.f32 %0, t, %2;\n"
+      "}"
+      : "=f"(h)
+      : "f"(g), "f"(u));
+  return h;
 }
 __device__ __forceinline__ uint16_t e4m3x2_bits(float lo, float hi) {
   uint16_t r;
