@@ -153,6 +153,11 @@ class Variant:
     # math warpgroup's columns must be whole 128-column groups (the amax is reduced within a warpgroup): unswapped,
     # not grouped, warpgroup N a multiple of 128.
     fp8_out: bool = False
+    # SwiGLU fused into the fp8 output (key suffix "swiglu" in place of "q"; SWIGLU_VARIANTS): B is a gate/up weight
+    # with its rows interleaved per 128 (layouts.interleave_gate_up), a 64 x 256 tile's first math warpgroup holds a
+    # 128-column gate group and the second the matching up group, and the epilogue stores the fp8 quantization of
+    # SwiGLU(gate, up) (N / 2 columns). Implies fp8_out; template parameter FP8_OUT = 2.
+    swiglu: bool = False
 
     def __post_init__(self):
         """The rules dg::GemmTraits enforces at compile time, as a Python error before any build."""
@@ -194,6 +199,10 @@ class Variant:
                              or self.block_n % BLOCK_K):
             problems.append("fp8 output needs unswapped, ungrouped tiles whose math warpgroups each cover whole "
                             "128-column groups (warpgroup N a multiple of 128)")
+        if self.swiglu and (not self.fp8_out or self.block_m != 64 or self.block_n != 256 or self.math_wgs != 2
+                            or self.splits != 1 or self.grouping != GROUP_NONE or self.swapped):
+            problems.append("SwiGLU output needs fp8 output on 64x256 tiles with two math warpgroups (gate, up), "
+                            "no split-K, not grouped, not swapped")
         if problems:
             raise ValueError(f"variant {self.block_m}x{self.block_n} stages={self.stages} "
                              f"cluster={self.cluster_m}x{self.cluster_n}: " + "; ".join(problems))
@@ -244,7 +253,7 @@ class Variant:
         wgs = "m1" if self.math_wgs == 1 else ""
         grouped = ("", "gc", "gm")[self.grouping]
         swapped = "t" if self.swapped else ""
-        fp8_out = "q" if self.fp8_out else ""
+        fp8_out = "swiglu" if self.swiglu else "q" if self.fp8_out else ""
         return (f"{self.block_m}x{self.block_n}s{self.stages}{'pwd'[self.acc_mode]}{cluster}{split}{wgs}{grouped}"
                 f"{swapped}{fp8_out}")
 
@@ -261,6 +270,11 @@ class Variant:
         return side_slot + SIDE_SLOT_BYTES + SWIZZLE_ATOM
 
     @property
+    def fp8_out_mode(self) -> int:
+        """dg::KernelConfig's FP8_OUT (and the binding's fp8_out): 0 bf16/fp32 output, 1 fp8, 2 fp8 of SwiGLU."""
+        return 2 if self.swiglu else int(self.fp8_out)
+
+    @property
     def threads(self) -> int:
         """Threads per CTA (dg::KernelConfig::kThreads): the producer warpgroup and the math warpgroups."""
         return 128 * (1 + self.math_wgs)
@@ -268,14 +282,14 @@ class Variant:
     def binding_info(self) -> list[int]:
         """What the host binding needs to launch this variant: BINDING_FIELDS (ptx/binding.cpp's VariantInfo, in
         its order)."""
-        facts = {"acc": self.acc_mode, "swapped": int(self.swapped), "fp8_out": int(self.fp8_out)}
+        facts = {"acc": self.acc_mode, "swapped": int(self.swapped), "fp8_out": self.fp8_out_mode}
         return [int(facts[name] if name in facts else getattr(self, name)) for name in BINDING_FIELDS]
 
     @property
     def template_args(self) -> str:
         """dg::KernelConfig's template arguments for this variant (ptx/config.cuh; its parameters' order)."""
         return (f"{self.block_m}, {self.block_n}, {self.stages}, {self.acc_mode}, {self.cluster_m}, {self.cluster_n}, "
-                f"{self.splits}, {self.math_wgs}, {self.grouping}, {int(self.swapped)}, {int(self.fp8_out)}")
+                f"{self.splits}, {self.math_wgs}, {self.grouping}, {int(self.swapped)}, {self.fp8_out_mode}")
 
     def compile_defines(self) -> dict[str, int]:
         """The -D macros of the variant's kernel unit (ptx/kernel_unit.cu): dg::KernelConfig's parameters by name,
@@ -292,7 +306,7 @@ def parse_key(key: str) -> Variant:
     flight, w = two sets waiting for each step before issuing the next. Suffixes: c = cluster shape, k = K
     splits, m1 = one math warpgroup, gc / gm = grouped contiguous / masked, t = swapped (out^T = B A^T), q = fp8
     output."""
-    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?(?:m(\d))?(?:g([cm]))?(t)?(q)?",
+    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?(?:m(\d))?(?:g([cm]))?(t)?(q|swiglu)?",
                          key)
     if match is None:
         raise ValueError(f"variant key {key!r} does not look like 128x128s6d, 128x128s6dc2, 128x128s6dc2x2 "
@@ -300,7 +314,7 @@ def parse_key(key: str) -> Variant:
     bm, bn, stages, acc, cm, cn, ks, wgs, grouped, swapped, fp8_out = match.groups()
     return Variant(int(bm), int(bn), int(stages), acc != "p", int(cm or 1), int(cn or 1), acc != "w", int(ks or 1),
                    int(wgs or 2), {None: GROUP_NONE, "c": GROUP_CONTIGUOUS, "m": GROUP_MASKED}[grouped],
-                   swapped is not None, fp8_out is not None)
+                   swapped is not None, fp8_out is not None, fp8_out == "swiglu")
 
 
 def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES, splits: int = 1, math_wgs: int = 2,
@@ -807,6 +821,32 @@ def _select_fp8_out_cached(m: int, n: int, k: int, num_sms: int, sw: Switches) -
 
 
 # ----------------------------------------------------------------------------------------------
+# SwiGLU fused into the gate/up GEMM's fp8 output (Variant.swiglu)
+# ----------------------------------------------------------------------------------------------
+# 64 x 256 tiles of the interleaved gate/up weight, two math warpgroups (128 gate and the matching 128 up columns:
+# kWgN = 128, as registers allow; 256 would need 256 accumulators per thread), two steps in flight as the other
+# 64-row tiles. One unit for every M, alone or, from two M-tiles on at K >= SMALL_M_CLUSTER_MIN_K, as 2x1 pairs
+# that multicast B (the small-M clusters' rule). No stream-K, no split-K: the tiles sum every output in the order
+# of an unsplit bf16 GEMM. Nothing of this is measured yet.
+SWIGLU_VARIANTS: tuple[Variant, ...] = tuple(
+    replace(_variant(64, 256, True, cluster, DUAL_ISSUE_AHEAD[64], math_wgs=2), fp8_out=True, swiglu=True)
+    for cluster in ((1, 1), SMALL_M_CLUSTER))
+
+
+def select_swiglu(m: int, n: int, k: int, num_sms: int, sw: Switches | None = None) -> Choice:
+    """The SwiGLU variant and launch for an (M, N, K) gate/up GEMM, N = 2 * intermediate a multiple of 256: the
+    64x256 unit, paired as the small-M clusters are (DEEPERGEMM_SMALL_M_CLUSTER=0: never), never stream-K."""
+    sw = sw or switches()
+    if n % (2 * BLOCK_K) or n <= 0:
+        raise ValueError(f"select_swiglu: N must be a positive multiple of {2 * BLOCK_K}, got {n}")
+    paired = (sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True) and ceil_div(m, 64) >= SMALL_M_CLUSTER[0]
+              and k >= SMALL_M_CLUSTER_MIN_K)
+    cluster = SMALL_M_CLUSTER if paired else (1, 1)
+    variant = next(v for v in SWIGLU_VARIANTS if (v.cluster_m, v.cluster_n) == cluster)
+    return replace(_choice(variant, m, n, k, num_sms, sw), stream_k=False)
+
+
+# ----------------------------------------------------------------------------------------------
 # grouped (MoE) GEMMs
 # ----------------------------------------------------------------------------------------------
 # Tile shapes per grouping. The kernel is the plain GEMM's with a grouped scheduler (ptx/scheduler.cuh), so the
@@ -841,7 +881,7 @@ GROUPED_VARIANTS: tuple[Variant, ...] = tuple(
     for paired in ((False, True) if bm == 128 else (False,)))
 # What CI compiles (and `warmup --variants tested` builds): the tested plain variants (swapped ones included),
 # the grouped ones and the fp8-output ones.
-BUILT_VARIANTS: tuple[Variant, ...] = TESTED_VARIANTS + GROUPED_VARIANTS + FP8_OUT_VARIANTS
+BUILT_VARIANTS: tuple[Variant, ...] = TESTED_VARIANTS + GROUPED_VARIANTS + FP8_OUT_VARIANTS + SWIGLU_VARIANTS
 
 
 def _group_tiles(rows: int, block_m: int, cluster_m: int) -> int:
