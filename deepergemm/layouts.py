@@ -179,6 +179,54 @@ def check_gemm_fp8_out_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.
     return m, n, k
 
 
+# ----------------------------------------------------------------------------------------------
+# SwiGLU (fp8_gemm_swiglu, swiglu): gate and up weights with their rows interleaved per 128
+# ----------------------------------------------------------------------------------------------
+SWIGLU_GROUP = 2 * GROUP_K  # a gate group of 128 rows (columns of the output) and its up group
+
+
+def interleave_gate_up(gate: torch.Tensor, up: torch.Tensor, block: int = GROUP_K) -> torch.Tensor:
+    """(I, ...) gate and up -> (2I, ...): block j of gate's rows (rows [block * j, block * (j + 1))), then block j
+    of up's, for j = 0, 1, ... Weights interleave per block = 128 rows, their (I/128, K/128) scales per block = 1;
+    I must be a multiple of `block`."""
+    if gate.shape != up.shape or gate.dim() < 1 or gate.shape[0] % block:
+        raise ValueError(f"gate and up must have one shape whose first dimension is a multiple of {block}, got "
+                         f"{tuple(gate.shape)} and {tuple(up.shape)}")
+    blocks = gate.shape[0] // block
+    pairs = torch.stack((gate.reshape(blocks, block, *gate.shape[1:]), up.reshape(blocks, block, *up.shape[1:])), 1)
+    return pairs.reshape(2 * gate.shape[0], *gate.shape[1:])
+
+
+def split_gate_up(gate_up: torch.Tensor, block: int = GROUP_K) -> tuple[torch.Tensor, torch.Tensor]:
+    """interleave_gate_up's inverse along dim 0: (2I, ...) -> (gate, up), each (I, ...) and contiguous."""
+    if gate_up.dim() < 1 or gate_up.shape[0] % (2 * block):
+        raise ValueError(f"gate_up's first dimension must be a multiple of {2 * block}, got {tuple(gate_up.shape)}")
+    pairs = gate_up.reshape(gate_up.shape[0] // (2 * block), 2, block, *gate_up.shape[1:])
+    rest = gate_up.shape[1:]
+    return (pairs[:, 0].reshape(-1, *rest).contiguous(), pairs[:, 1].reshape(-1, *rest).contiguous())
+
+
+def check_swiglu_input(gate_up: torch.Tensor) -> None:
+    """swiglu's input: (M, 2I) bf16, gate and up columns interleaved per 128 (2I a multiple of 256)."""
+    _require_tensor("gate_up", gate_up)
+    _require_dtype("gate_up", gate_up, (torch.bfloat16,))
+    check_rank("gate_up", gate_up, 2, "(M, 2I)")
+    if gate_up.shape[1] == 0 or gate_up.shape[1] % SWIGLU_GROUP:
+        raise ValueError(f"gate_up.shape[1] (2I: gate and up columns interleaved per {GROUP_K}) must be a positive "
+                         f"multiple of {SWIGLU_GROUP}, got {gate_up.shape[1]}")
+
+
+def check_gemm_swiglu_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor,
+                             b_scales: torch.Tensor) -> tuple[int, int, int]:
+    """Validate fp8_gemm_swiglu's arguments (fp8_gemm's, then B's rows as gate and up interleaved per 128);
+    return (M, N, K), N = 2I (B's rows)."""
+    m, n, k = check_gemm_inputs(a, a_scales, b, b_scales, torch.bfloat16, None)
+    if n % SWIGLU_GROUP != 0:
+        raise ValueError(f"N (b.shape[0]: gate and up rows interleaved per {GROUP_K}) must be a positive multiple of "
+                         f"{SWIGLU_GROUP} for fp8_gemm_swiglu, got N={n}")
+    return m, n, k
+
+
 def _check_a_and_scales(a: torch.Tensor, a_scales: torch.Tensor, b_scales: torch.Tensor, n: int, k_b: int,
                         out_dtype: torch.dtype, bias: torch.Tensor | None, k_mismatch: str) -> tuple[int, int]:
     """What fp8_gemm and fp8_gemm_placed share: A, the scales, N, out_dtype and bias against B's (n, k_b)."""

@@ -45,7 +45,7 @@ __all__ = [
     "FP8_DTYPE", "FP8_MAX", "AMAX_EPS", "GROUP_K",
     "ue8m0_round_up", "quantize_act", "quantize_weight", "dequantize_act", "dequantize_weight",
     "fp8_gemm", "linear", "calc_diff", "exact_fp32_matmul",
-    "contiguous_group_bounds", "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked",
+    "swiglu", "contiguous_group_bounds", "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked",
 ]
 
 
@@ -187,6 +187,27 @@ def linear(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor, bias: torch
     q, s = quantize_act(x2, ue8m0=ue8m0)
     out = fp8_gemm(q, s, w, w_scales, out_dtype=x.dtype, bias=bias)
     return out.reshape(*lead, w.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# SwiGLU (deepergemm.swiglu, fp8_gemm_swiglu)
+# ----------------------------------------------------------------------------------------------
+NEG_LOG2E = -1.4426950216293335  # -log2(e) rounded to fp32 (bits 0xBFB8AA3B)
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU of an interleaved (M, 2I) gate/up output (128 gate columns, then the matching 128 up columns) -> h
+    (M, I) bf16: in fp32 on the bf16-rounded gate g and up u, each step rounded once as the GPU's instructions
+    round (triton_kernels/swiglu.py): t = g * -log2(e), e = 2^t, d = e + 1, r = 1 / d, s = g * r, h = bf16(s * u).
+    torch's exp2 and reciprocal are correctly rounded or nearly, the GPU's ex2.approx and rcp.approx within an ulp
+    or two, so h may differ from the GPU's in its last bit."""
+    m, n = gate_up.shape
+    pairs = gate_up.to(torch.bfloat16).float().reshape(m, n // (2 * GROUP_K), 2, GROUP_K)
+    g, u = pairs[:, :, 0], pairs[:, :, 1]
+    t = g * torch.tensor(NEG_LOG2E, dtype=torch.float32)
+    d = torch.exp2(t) + 1.0
+    s = g * torch.reciprocal(d)
+    return (s * u).reshape(m, n // 2).to(torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------------------------
