@@ -7,6 +7,10 @@
     y = dg.fp8_gemm(a, a_s, w8, w_s)           # bf16 (M, N) = dequant(a) @ dequant(w8).T
     q, q_s = dg.fp8_gemm(a, a_s, w8, w_s, out_dtype=torch.float8_e4m3fn)  # = quantize_act(y), in one kernel
 
+    # SwiGLU fused into the gate/up GEMM (gate and up rows interleaved per 128 once, with their scales)
+    w_gu, w_gu_s = dg.prepare_gate_up(w_gate8, w_gate_s, w_up8, w_up_s)
+    h, h_s = dg.fp8_gemm_swiglu(a, a_s, w_gu, w_gu_s)    # = quantize_act(dg.swiglu(dg.fp8_gemm(a, a_s, w_gu, w_gu_s)))
+
     # L2-side placement (once per weight): B stored next to the L2 half of the SMs that read it
     wp = dg.prepare_weight(w8, w_s)            # PreparedWeight (unplaced, with the reason, where it cannot)
     y = dg.linear(x, wp)                       # or dg.fp8_gemm(a, a_s, wp)
@@ -52,7 +56,8 @@ __all__ = ["quantize_act", "quantize_weight", "fp8_gemm", "linear", "calc_diff",
            "dequantize_act", "dequantize_weight", "BACKENDS",
            "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked", "GROUPED_M_ALIGNMENT", "MAX_GROUPS",
            "ContiguousLayout", "build_contiguous_layout", "contiguous_rows_bound", "group_sizes_from_m_indices",
-           "permute_tokens", "unpermute_tokens", "PreparedWeight", "prepare_weight"]
+           "permute_tokens", "unpermute_tokens", "PreparedWeight", "prepare_weight",
+           "fp8_gemm_swiglu", "swiglu", "prepare_gate_up", "unprepare_gate_up"]
 
 BACKENDS = _ops.BACKENDS
 _SUBMODULES = ("nn", "compat", "checkpoint")  # imported on first use: `import deepergemm` stays light
@@ -167,6 +172,58 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor | Prepared
     if fp8_out:
         return torch.ops.deepergemm.fp8_gemm_fp8_out(a, a_scales, b, b_scales, bias, ue8m0, backend)
     return torch.ops.deepergemm.fp8_gemm(a, a_scales, b, b_scales, out_dtype, bias, backend)
+
+
+def prepare_gate_up(w_gate: torch.Tensor, w_gate_scales: torch.Tensor, w_up: torch.Tensor,
+                    w_up_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gate and up projections' fp8 weights (I, K) and scales (I/128, K/128), I a multiple of 128, as the one
+    weight fp8_gemm_swiglu takes: (2I, K) with rows interleaved per 128 (gate rows [128j, 128j + 128), then up's)
+    and (2I/128, K/128) scales interleaved per row, so each 128x128 scale block stays wholly gate or wholly up (the
+    same values, reordered: nothing is requantized). unprepare_gate_up undoes it."""
+    _require_tensors(w_gate=w_gate, w_gate_scales=w_gate_scales, w_up=w_up, w_up_scales=w_up_scales)
+    for name, w, scales in (("w_gate", w_gate, w_gate_scales), ("w_up", w_up, w_up_scales)):
+        _layouts._require_dtype(name, w, (torch.float8_e4m3fn,))
+        _layouts.check_rank(name, w, 2, "(I, K)")
+        _layouts.check_weight_layout(name, w, f"{name}_scales", scales, "I")
+        if w.shape[0] % _layouts.GROUP_K:
+            raise ValueError(f"{name}.shape[0] (the intermediate size I) must be a multiple of {_layouts.GROUP_K}, "
+                             f"got {w.shape[0]}")
+    if w_gate.shape != w_up.shape:
+        raise ValueError(f"w_gate and w_up must have one shape (I, K), got {tuple(w_gate.shape)} and "
+                         f"{tuple(w_up.shape)}")
+    return (_layouts.interleave_gate_up(w_gate, w_up), _layouts.interleave_gate_up(w_gate_scales, w_up_scales, 1))
+
+
+def unprepare_gate_up(w: torch.Tensor, w_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                         torch.Tensor]:
+    """prepare_gate_up's inverse: (w_gate, w_gate_scales, w_up, w_up_scales)."""
+    _require_tensors(w=w, w_scales=w_scales)
+    gate, up = _layouts.split_gate_up(w)
+    gate_s, up_s = _layouts.split_gate_up(w_scales, 1)
+    return gate, gate_s, up, up_s
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """h (M, I) bf16 = SwiGLU of a gate/up GEMM's bf16 output (M, 2I) whose columns interleave per 128 as
+    prepare_gate_up's weight rows do: silu(gate) * up in fp32 with fixed roundings (triton_kernels/swiglu.py),
+    rounded once to bf16. The unfused path of fp8_gemm_swiglu; Triton on CUDA, the reference on CPU."""
+    _require_tensors(gate_up=gate_up)
+    return torch.ops.deepergemm.swiglu(gate_up)
+
+
+def fp8_gemm_swiglu(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                    ue8m0: bool = False, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, scales) = quantize_act(swiglu(fp8_gemm(a, a_scales, b, b_scales)), ue8m0): the gate/up projection, SwiGLU
+    and the next GEMM's quantization; with the ptx backend one kernel (SwiGLU and quantization in the epilogue),
+    bit-identical to those three steps on the GPU where the bf16 GEMM runs unsplit (no split-K, no stream-K: the same
+    sums in the same order). b (2I, K) and b_scales (2I/128, K/128) from prepare_gate_up, I a multiple of 128; a (M, K)
+    fp8 with a_scales (M, K/128). q (M, I) fp8 e4m3, scales (M, I/128) fp32 in the activation layout."""
+    _check_backend(backend)
+    _check_flag("ue8m0", ue8m0)
+    _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales)
+    if torch.is_grad_enabled():
+        _forward_only("fp8_gemm_swiglu", a=a, a_scales=a_scales, b=b, b_scales=b_scales)
+    return torch.ops.deepergemm.fp8_gemm_swiglu(a, a_scales, b, b_scales, ue8m0, backend)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor | PreparedWeight, w_scales: torch.Tensor | None = None,

@@ -7,6 +7,9 @@ Ops (``torch.ops.deepergemm.*``):
            Tensor? bias=None, str backend="auto") -> Tensor
   fp8_gemm_fp8_out(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor? bias=None, bool ue8m0=False,
                    str backend="auto") -> (Tensor q, Tensor scales)   (the output quantized as quantize_act would)
+  fp8_gemm_swiglu(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, bool ue8m0=False, str backend="auto")
+                  -> (Tensor q, Tensor scales)   (quantize_act(swiglu(the bf16 GEMM)), b gate/up interleaved per 128)
+  swiglu(Tensor gate_up) -> Tensor   (SwiGLU of an interleaved gate/up bf16 output: triton_kernels/swiglu.py)
   fp8_gemm_placed(Tensor a, Tensor a_scales, Tensor pool, Tensor slots, Tensor b_scales, int n, int slab_rows,
                   int split_rows, ScalarType out_dtype=bfloat16, Tensor? bias=None, Tensor? sm_side=None,
                   bool side_aware=True, str backend="auto") -> Tensor   (B placed by L2 side: l2_placement)
@@ -20,7 +23,7 @@ CPU kernels run the pure-torch reference (deepergemm.reference); fake kernels gi
 only, so the ops trace under torch.compile(fullgraph=True) and replay in CUDA graphs (no host sync, no
 allocation outside PyTorch's caching allocator). The quantizers, linear and the GEMM ops are defined with
 torch.library.Library (not custom_op, whose Python autograd wrapper costs ~10 us a call; none has a backward). CUDA:
-the quantizers run Triton kernels; the five GEMM ops' CUDA kernels are C++ (ptx/binding.cpp, loaded by deepergemm/extension.py): input rules, plan and launch with no
+the quantizers run Triton kernels; the six GEMM ops' CUDA kernels are C++ (ptx/binding.cpp, loaded by deepergemm/extension.py): input rules, plan and launch with no
 Python in between. Until that binding is loaded, a CompositeExplicitAutograd kernel stands in: it loads the
 binding on first use (on a Hopper GPU) and calls the op again, or runs the Python CUDA path (cuBLAS) where the
 binding cannot be built. The binding calls back into Python only for a problem's first plan (_plan) and for the
@@ -283,6 +286,60 @@ def _fp8_gemm_fp8_out_fake(a, a_scales, b, b_scales, bias=None, ue8m0=False, bac
 _define_gemm_op("fp8_gemm_fp8_out(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor? bias=None, "
                 "bool ue8m0=False, str backend='auto') -> (Tensor, Tensor)",
                 _fp8_gemm_fp8_out_cpu, _fp8_gemm_fp8_out_python, _fp8_gemm_fp8_out_fake)
+
+
+# ----------------------------------------------------------------------------------------------
+# swiglu: SwiGLU of an interleaved gate/up bf16 output (the reference on CPU, Triton on CUDA)
+# ----------------------------------------------------------------------------------------------
+def _swiglu_cpu(gate_up: torch.Tensor) -> torch.Tensor:
+    layouts.check_swiglu_input(gate_up)
+    return reference.swiglu(gate_up)
+
+
+def _swiglu_cuda(gate_up: torch.Tensor) -> torch.Tensor:
+    from .triton_kernels import swiglu as triton_swiglu
+
+    return triton_swiglu.swiglu(gate_up)
+
+
+def _swiglu_fake(gate_up: torch.Tensor) -> torch.Tensor:
+    layouts.check_swiglu_input(gate_up)
+    return gate_up.new_empty((gate_up.shape[0], gate_up.shape[1] // 2))
+
+
+_define_op("swiglu(Tensor gate_up) -> Tensor", {"CPU": _swiglu_cpu, "CUDA": _swiglu_cuda}, _swiglu_fake)
+
+
+# ----------------------------------------------------------------------------------------------
+# fp8_gemm_swiglu: quantize_act(swiglu(the bf16 GEMM)) of a gate/up weight interleaved per 128 rows (ptx: one kernel,
+# SwiGLU and the quantization in the epilogue; the other backends: the three steps)
+# ----------------------------------------------------------------------------------------------
+def _fp8_gemm_swiglu_cpu(a, a_scales, b, b_scales, ue8m0=False, backend="auto"):
+    layouts.check_gemm_swiglu_inputs(a, a_scales, b, b_scales)
+    resolve_backend(backend, a.device)  # validates the name; CPU always runs the reference
+    gate_up = reference.fp8_gemm(a, a_scales, b, b_scales, torch.bfloat16)
+    return _quantize_act_cpu(reference.swiglu(gate_up), ue8m0)
+
+
+def _fp8_gemm_swiglu_python(a, a_scales, b, b_scales, ue8m0=False, backend="auto"):
+    m, n, _ = layouts.check_gemm_swiglu_inputs(a, a_scales, b, b_scales)
+    chosen = resolve_backend(backend, a.device)
+    if m == 0:
+        return a.new_empty((m, n // 2), dtype=reference.FP8_DTYPE), layouts.empty_act_scales(m, n // 2, a.device)
+    if chosen == "ptx":  # (the binding loaded meanwhile)
+        return torch.ops.deepergemm.fp8_gemm_swiglu.default(a, a_scales, b, b_scales, ue8m0, chosen)
+    gate_up = _run_gemm(chosen, a, a_scales, b, b_scales, torch.bfloat16, None)
+    return torch.ops.deepergemm.quantize_act(torch.ops.deepergemm.swiglu(gate_up), ue8m0)
+
+
+def _fp8_gemm_swiglu_fake(a, a_scales, b, b_scales, ue8m0=False, backend="auto"):
+    m, n, _ = layouts.check_gemm_swiglu_inputs(a, a_scales, b, b_scales)
+    return a.new_empty((m, n // 2), dtype=reference.FP8_DTYPE), layouts.empty_act_scales(m, n // 2, a.device)
+
+
+_define_gemm_op("fp8_gemm_swiglu(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, bool ue8m0=False, "
+                "str backend='auto') -> (Tensor, Tensor)",
+                _fp8_gemm_swiglu_cpu, _fp8_gemm_swiglu_python, _fp8_gemm_swiglu_fake)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -336,6 +336,17 @@ std::tuple<int64_t, int64_t, int64_t> check_gemm_fp8_out_inputs(const Tensor& a,
   return mnk;
 }
 
+// layouts.check_gemm_swiglu_inputs: fp8_gemm's rules (bf16 output, no bias), then B's rows as gate and up
+// interleaved per 128; returns (M, N, K), N = 2I
+std::tuple<int64_t, int64_t, int64_t> check_gemm_swiglu_inputs(const Tensor& a, const Tensor& a_scales, const Tensor& b,
+                                                               const Tensor& b_scales) {
+  auto mnk = check_gemm_inputs(a, a_scales, b, b_scales, at::kBFloat16, std::nullopt);
+  const int64_t n = std::get<1>(mnk);
+  TORCH_CHECK_VALUE(n % (2 * dg::kBlockK) == 0, cat("N (b.shape[0]: gate and up rows interleaved per ", dg::kBlockK,
+                    ") must be a positive multiple of ", 2 * dg::kBlockK, " for fp8_gemm_swiglu, got N=", n));
+  return mnk;
+}
+
 // layouts.check_placed_inputs; returns (M, K)
 std::pair<int64_t, int64_t> check_placed_inputs(const Tensor& a, const Tensor& a_scales, const Tensor& pool,
                                                 const Tensor& slots, const Tensor& b_scales, int64_t n, int64_t slab_rows,
@@ -776,9 +787,10 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   const bool placed = x.b_slots != nullptr;
   const int64_t m = a.size(0), k = a.size(1), n = placed ? x.n_placed : b.size(0) / (grouped ? x.groups : 1);
   TORCH_CHECK(k % dg::kBlockK == 0 && n % 8 == 0 && m > 0, cat("deepergemm: bad GEMM shape ", m, "x", n, "x", k));
+  const int64_t out_n = info.fp8_out == 2 ? n / 2 : n;  // SwiGLU: h has half of B's rows as columns
   TORCH_CHECK(a.is_cuda() && a.stride(1) == 1 && b.stride(1) == 1 && out.is_contiguous() && b_scales.is_contiguous() &&
-                  out.size(0) == m && out.size(1) == n,
-              "deepergemm: a, b must be K-major, out (M, N) and b_scales contiguous");
+                  out.size(0) == m && out.size(1) == out_n,
+              "deepergemm: a, b must be K-major, out (M, N) (SwiGLU: (M, N/2)) and b_scales contiguous");
   const int64_t k_blocks = k / dg::kBlockK;
   TORCH_CHECK(k_blocks >= info.splits, cat("deepergemm: this variant splits K in ", info.splits, " and needs K >= ",
               info.splits * dg::kBlockK, ", got K = ", k));
@@ -826,13 +838,14 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   const bool out_fp32 = out.scalar_type() == at::kFloat;
   const bool fp8_out = info.fp8_out != 0;
   if (fp8_out) {
-    TORCH_CHECK(out.scalar_type() == at::kFloat8_e4m3fn && n % dg::kBlockK == 0 && x.out_scales != nullptr &&
+    TORCH_CHECK(out.scalar_type() == at::kFloat8_e4m3fn && out_n % dg::kBlockK == 0 && x.out_scales != nullptr &&
                     x.out_scales->scalar_type() == at::kFloat && x.out_scales->dim() == 2 &&
-                    x.out_scales->size(0) == m && x.out_scales->size(1) == n / dg::kBlockK &&
+                    x.out_scales->size(0) == m && x.out_scales->size(1) == out_n / dg::kBlockK &&
                     x.out_scales->device() == a.device() && (x.out_scales->stride(0) == 1 || m == 1) &&
-                    (n == dg::kBlockK || x.out_scales->stride(1) >= m),
+                    (out_n == dg::kBlockK || x.out_scales->stride(1) >= m) &&
+                    (info.fp8_out != 2 || (n % (2 * dg::kBlockK) == 0 && x.bias_kind == dg::kBiasNone)),
                 "deepergemm: an fp8-output variant writes an fp8 e4m3 out (M, N), N a multiple of 128, and fp32 "
-                "out_scales (M, N/128), M-major, on a's device");
+                "out_scales (M, N/128), M-major, on a's device (SwiGLU: N/2 columns, N a multiple of 256, no bias)");
   } else {
     TORCH_CHECK(out.scalar_type() == at::kBFloat16 || out_fp32, "deepergemm: this variant writes bf16 or fp32");
   }
@@ -866,7 +879,7 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   p.trace_log = x.trace_log;
   if (fp8_out) {
     p.out_scales = x.out_scales->data_ptr<float>();
-    p.out_scale_stride = static_cast<int>(n > dg::kBlockK ? x.out_scales->stride(1) : round_up(m, 4));
+    p.out_scale_stride = static_cast<int>(out_n > dg::kBlockK ? x.out_scales->stride(1) : round_up(m, 4));
     p.out_ue8m0 = x.ue8m0 ? 1 : 0;
   }
   if (grouped) {
@@ -918,7 +931,8 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   const int sk_units[2] = {dg::stream_k_units(side_units[0], side_clusters[0]),
                            by_side ? dg::stream_k_units(side_units[1], side_clusters[1]) : 0};
   Tensor workspace;
-  if (x.stream_k && info.splits == 1 && info.acc == dg::kAccSingle && !grouped && (sk_units[0] > 0 || sk_units[1] > 0)) {
+  if (x.stream_k && info.splits == 1 && info.acc == dg::kAccSingle && !grouped && info.fp8_out != 2 &&
+      (sk_units[0] > 0 || sk_units[1] > 0)) {
     workspace = stream_k_workspace(info, a.device(), stream, facts.sms);
     TORCH_CHECK(clusters * kCluster <= facts.sms, "deepergemm: the stream-K grid outgrew the workspace");
     p.sk_units = sk_units[0];
@@ -954,7 +968,9 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
 // plans: which variant, rasterization and hints run a problem. Chosen by Python (deepergemm/kernels.py, through the
 // op deepergemm::_plan: configs.select and the kernel unit's loading) on a problem's first call, cached here.
 // =============================================================================================
-enum PlanKind : int64_t { kPlanPlain = 0, kPlanPlaced = 1, kPlanContiguous = 2, kPlanMasked = 3, kPlanFp8Out = 4 };
+enum PlanKind : int64_t {
+  kPlanPlain = 0, kPlanPlaced = 1, kPlanContiguous = 2, kPlanMasked = 3, kPlanFp8Out = 4, kPlanSwiglu = 5
+};
 
 struct Plan {
   int64_t variant;
@@ -1097,6 +1113,37 @@ std::tuple<Tensor, Tensor> fp8_gemm_fp8_out(const Tensor& a, const Tensor& a_sca
   x.ue8m0 = ue8m0;
   LoadedVariant& v = variant_at(plan.variant);
   TORCH_CHECK(v.info.fp8_out != 0, "deepergemm: _plan returned a variant without fp8 output");
+  launch(v, x);
+  return {q, scales};
+}
+
+// SwiGLU: quantize_act(swiglu(the bf16 GEMM)) of a gate/up weight interleaved per 128 rows, in one kernel (q, scales).
+std::tuple<Tensor, Tensor> fp8_gemm_swiglu(const Tensor& a, const Tensor& a_scales, const Tensor& b,
+                                           const Tensor& b_scales, bool ue8m0, c10::string_view backend) {
+  auto [m, n, k] = check_gemm_swiglu_inputs(a, a_scales, b, b_scales);
+  const Backend chosen = resolve_backend(backend, a.device());
+  if (chosen != Backend::kPtx) {
+    static auto slow = python_impl("deepergemm::_fp8_gemm_swiglu_python")
+                           .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                             bool, c10::string_view)>();
+    return slow.call(a, a_scales, b, b_scales, ue8m0, backend_name(chosen));
+  }
+  const int64_t h_n = n / 2;
+  Tensor q = at::empty({m, h_n}, a.options().dtype(at::kFloat8_e4m3fn));
+  Tensor scales = at::empty_strided({m, h_n / dg::kBlockK}, {1, round_up(m, 4)}, a.options().dtype(at::kFloat));
+  if (m == 0) return {q, scales};
+  c10::DeviceGuard guard(a.device());
+  const Plan plan = plan_for({kPlanSwiglu, a.device().index(), m, n, k, 0, 0, 0, 0});
+  const Tensor sa = to_act_scale_layout(a_scales);
+  const Tensor sb = b_scales.is_contiguous() ? b_scales : b_scales.contiguous();
+  LaunchArgs x(a, sa, b, sb, q);
+  x.group_n = plan.group_n;
+  x.l2_hints = plan.l2_hints;
+  x.pdl = plan.pdl;
+  x.out_scales = &scales;
+  x.ue8m0 = ue8m0;
+  LoadedVariant& v = variant_at(plan.variant);
+  TORCH_CHECK(v.info.fp8_out == 2, "deepergemm: _plan returned a variant without SwiGLU output");
   launch(v, x);
   return {q, scales};
 }
@@ -1357,6 +1404,7 @@ TORCH_LIBRARY_IMPL(deepergemm, CUDA, m) {
   m.impl("fp8_gemm", &dgb::fp8_gemm);
   m.impl("fp8_gemm_placed", &dgb::fp8_gemm_placed);
   m.impl("fp8_gemm_fp8_out", &dgb::fp8_gemm_fp8_out);
+  m.impl("fp8_gemm_swiglu", &dgb::fp8_gemm_swiglu);
   m.impl("m_grouped_fp8_gemm_contiguous", &dgb::m_grouped_fp8_gemm_contiguous);
   m.impl("m_grouped_fp8_gemm_masked", &dgb::m_grouped_fp8_gemm_masked);
 }
