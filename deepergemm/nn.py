@@ -25,7 +25,7 @@ from torch import nn
 
 import deepergemm as dg
 
-from .layouts import MAX_GROUPS, N_ALIGN, ceil_div
+from .layouts import MAX_GROUPS, N_ALIGN, ceil_div, interleave_gate_up
 from .reference import FP8_DTYPE, GROUP_K
 
 __all__ = ["BLOCK_SIZE", "FP8Linear", "FP8MLP", "TopKRouter", "FP8Experts", "FP8MoE", "convert",
@@ -265,16 +265,60 @@ def _convert_problem(name: str, linear: nn.Linear, skip, holders) -> str | None:
 # MLP (DeepSeek's dense MLP and shared expert)
 # ----------------------------------------------------------------------------------------------
 class FP8MLP(nn.Module):
-    """SwiGLU MLP down_proj(silu(gate_proj(x)) * up_proj(x)) of three FP8Linear layers (DeepSeek's names)."""
+    """SwiGLU MLP down_proj(silu(gate_proj(x)) * up_proj(x)) of three FP8Linear layers (DeepSeek's names).
 
-    def __init__(self, hidden_size: int, intermediate_size: int, device=None, *, backend: str = "auto"):
+    fused_swiglu=True (off by default: not measured yet) runs the gate and up projections, SwiGLU and the down
+    projection's input quantization as one kernel (dg.fp8_gemm_swiglu) on a copy of the gate and up weights
+    interleaved per 128 rows (dg.prepare_gate_up), made on the first forward and again after load_state_dict; call
+    refresh_gate_up() after changing those weights in place. Needs intermediate_size a multiple of 128 and a
+    bias-free gate and up. Its SwiGLU is computed in fp32 and rounded once to bf16 (deepergemm.swiglu's formula), the
+    unfused forward's in x's dtype (F.silu, then the product, each rounded), so the two differ in rounding."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, device=None, *, backend: str = "auto",
+                 fused_swiglu: bool = False):
         super().__init__()
+        if not isinstance(fused_swiglu, bool):
+            raise TypeError(f"fused_swiglu must be a bool, got {type(fused_swiglu).__name__}")
+        if fused_swiglu and intermediate_size % GROUP_K:
+            raise ValueError(f"fused_swiglu needs intermediate_size a multiple of {GROUP_K} (gate and up rows "
+                             f"interleave per {GROUP_K}), got {intermediate_size}")
         self.gate_proj = FP8Linear(hidden_size, intermediate_size, device=device, backend=backend)
         self.up_proj = FP8Linear(hidden_size, intermediate_size, device=device, backend=backend)
         self.down_proj = FP8Linear(intermediate_size, hidden_size, device=device, backend=backend)
+        self.fused_swiglu = fused_swiglu
+        self.backend = backend
+        self._gate_up: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._register_load_state_dict_pre_hook(lambda *args, **kwargs: self.refresh_gate_up())
+
+    def refresh_gate_up(self) -> None:
+        """Forget the interleaved gate/up copy (fused_swiglu): the next forward makes it from the current weights."""
+        self._gate_up = None
+
+    def _prepared_gate_up(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._gate_up is None:
+            if self.gate_proj.bias is not None or self.up_proj.bias is not None:
+                raise ValueError("fused_swiglu needs gate_proj and up_proj without bias")
+            # (dg.prepare_gate_up's reordering without its checks, which read data pointers: the layers' own
+            # parameters have the shapes it needs, and this may run inside torch.compile)
+            gate, up = self.gate_proj, self.up_proj
+            self._gate_up = (interleave_gate_up(gate.weight, up.weight),
+                             interleave_gate_up(gate.weight_scale_inv, up.weight_scale_inv, 1))
+        return self._gate_up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if not self.fused_swiglu:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        w, w_s = self._prepared_gate_up()
+        x2 = x.reshape(-1, x.shape[-1])
+        a, a_s = dg.quantize_act(x2 if x2.is_contiguous() else x2.contiguous())
+        h, h_s = dg.fp8_gemm_swiglu(a, a_s, w, w_s, backend=self.backend)
+        down = self.down_proj
+        y = dg.fp8_gemm(h, h_s, down.weight, down.weight_scale_inv, _gemm_dtype(x.dtype), down.bias,
+                        backend=down.backend)
+        return y.to(x.dtype).reshape(*x.shape[:-1], down.out_features)
+
+    def extra_repr(self) -> str:
+        return f"fused_swiglu={self.fused_swiglu}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,7 +432,12 @@ class FP8Experts(nn.Module):
     grouped GEMM for gate and up, SiLU(gate) * up in torch (fp32) on the T*k chosen rows only, quantized and copied back
     to the layout, one grouped GEMM for down, and unpermute_tokens for the weighted combine. H and I must be
     positive multiples of 128 (the GEMMs' K), num_experts at most 256 (one launch). backend: "auto", "ptx" or
-    "reference" (the grouped GEMMs have no cuBLAS form)."""
+    "reference" (the grouped GEMMs have no cuBLAS form).
+
+    SwiGLU is not fused into the gate/up GEMM here (FP8MLP's fused_swiglu): that needs a grouped SwiGLU unit (the
+    64x256 SwiGLU tiles with a grouped scheduler, each group's rows stored up to its end) and the stacked weight
+    interleaved per 128 rows, neither built yet; the quantized rows must also land in the layout the down
+    projection's grouped GEMM reads."""
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, block_size=BLOCK_SIZE,
                  device=None, *, backend: str = "auto"):
