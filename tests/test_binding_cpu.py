@@ -147,6 +147,42 @@ def test_fp8_gemm_fp8_out_through_the_binding_calls_the_python_backend():
     assert q.shape == (0, 384) and s.shape == (0, 3)
 
 
+def test_fp8_gemm_swiglu_rules_match_the_python_ones():
+    a, a_s = _act(5, 384)
+    b, b_s = _weight(512, 384)
+    good = [a, a_s, b, b_s, False, "reference"]
+    fp8 = ref.FP8_DTYPE
+    cases = {
+        "N whole gate/up pairs": _with(_with(good, 2, _weight(384, 384)[0]), 3, _weight(384, 384)[1]),
+        "N one group": _with(_with(good, 2, _weight(128, 384)[0]), 3, _weight(128, 384)[1]),
+        "N rule": _with(_with(good, 2, _weight(12, 384)[0]), 3, _weight(12, 384)[1]),
+        "a dtype": _with(good, 0, a.float()),
+        "b rank": _with(good, 2, b[0]),
+        "K mismatch": _with(good, 2, _weight(512, 256)[0]),
+        "a_scales shape": _with(good, 1, a_s[:, :2]),
+        "b_scales shape": _with(good, 3, b_s[:1]),
+        "a not K-major": _with(good, 0, a.t().contiguous().t()),
+        "a misaligned": _with(good, 0, torch.empty(5 * 384 + 1, dtype=torch.uint8)[1:].view(fp8).view(5, 384)),
+        "backend": _with(good, 5, "cudnn"),
+    }
+    _all_same_errors(OPS.fp8_gemm_swiglu.default, cases)
+
+
+def test_fp8_gemm_swiglu_through_the_binding_calls_the_python_backend():
+    b, b_s = _weight(512, 256)
+    op = OPS.fp8_gemm_swiglu.default
+    for m, ue8m0 in ((1, False), (65, True), (130, False)):
+        a, a_s = _act(m, 256)
+        args = [a, a_s, b, b_s, ue8m0, "reference"]
+        (q, s), (q_want, s_want) = op.redispatch(CUDA_KEY, *args), op(*args)
+        assert q.shape == (m, 256) and s.shape == (m, 2), m
+        assert torch.equal(q.view(torch.uint8), q_want.view(torch.uint8)) and torch.equal(s, s_want), m
+        assert s.stride() == s_want.stride(), m
+    a, a_s = _act(0, 256)
+    q, s = op.redispatch(CUDA_KEY, a, a_s, b, b_s, False, "reference")
+    assert q.shape == (0, 256) and s.shape == (0, 2)
+
+
 def _grouped(m=300, groups=3, n=136, k=256):
     a, a_s = _act(m, k)
     b = torch.stack([_weight(n, k)[0] for _ in range(groups)])

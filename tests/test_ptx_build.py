@@ -96,7 +96,7 @@ def test_unit_holds_one_kernel_of_the_variant(builds, variant):
     args = [int(v) for v in re.findall(r"Li(-?\d+)E", kernels[0])]
     assert args == [variant.block_m, variant.block_n, variant.stages, variant.acc_mode, variant.cluster_m,
                     variant.cluster_n, variant.splits, variant.math_wgs, variant.grouping, int(variant.swapped),
-                    int(variant.fp8_out)], \
+                    variant.fp8_out_mode], \
         (variant.key, kernels[0])
 
 
