@@ -44,6 +44,7 @@ def test_variant_facts_are_sent_in_the_bindings_order():
                     "math_wgs": 2, "grouping": 0, "smem_bytes": variant.smem_bytes, "swapped": 0, "threads": 384,
                     "epi_n": 64, "fp8_out": 0}
     assert dict(zip(configs.BINDING_FIELDS, configs.parse_key("128x128s6wc2q").binding_info()))["fp8_out"] == 1
+    assert dict(zip(configs.BINDING_FIELDS, configs.parse_key("64x256s5dswiglu").binding_info()))["fp8_out"] == 2
 
 
 def test_plan_fields_match():
@@ -55,14 +56,16 @@ def test_plan_fields_match():
 
     assert "[variant id, group_n, l2_hints, stream_k, side 0's N-tiles, pdl]" in kernels.plan.__doc__
     kinds = dict(re.findall(r"(kPlan\w+) = (\d+)", SOURCE))
-    assert [int(kinds[k]) for k in ("kPlanPlain", "kPlanPlaced", "kPlanContiguous", "kPlanMasked", "kPlanFp8Out")] == \
-        [kernels.PLAN_PLAIN, kernels.PLAN_PLACED, kernels.PLAN_CONTIGUOUS, kernels.PLAN_MASKED, kernels.PLAN_FP8_OUT]
+    assert [int(kinds[k]) for k in ("kPlanPlain", "kPlanPlaced", "kPlanContiguous", "kPlanMasked", "kPlanFp8Out",
+                                    "kPlanSwiglu")] == \
+        [kernels.PLAN_PLAIN, kernels.PLAN_PLACED, kernels.PLAN_CONTIGUOUS, kernels.PLAN_MASKED, kernels.PLAN_FP8_OUT,
+         kernels.PLAN_SWIGLU]
 
 
 def test_binding_implements_the_ops_python_defines():
     implemented = set(re.findall(r'm\.impl\("(\w+)", &dgb::\w+\);', SOURCE.split("TORCH_LIBRARY_IMPL(deepergemm, CUDA")[1]))
-    assert implemented == {"fp8_gemm", "fp8_gemm_placed", "fp8_gemm_fp8_out", "m_grouped_fp8_gemm_contiguous",
-                           "m_grouped_fp8_gemm_masked"}
+    assert implemented == {"fp8_gemm", "fp8_gemm_placed", "fp8_gemm_fp8_out", "fp8_gemm_swiglu",
+                           "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked"}
     for name in implemented:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"deepergemm::{name}", "CompositeExplicitAutograd")
         # the Python backends' op the binding calls has the same schema
