@@ -426,3 +426,43 @@ def test_gpu_mlp_fused_option(no_split_orders):
     w, w_s = mlp._gate_up
     h, h_s = _unfused(a, a_s, w, w_s)
     assert torch.equal(y, dg.fp8_gemm(h, h_s, mlp.down_proj.weight, mlp.down_proj.weight_scale_inv))
+
+
+@pytest.mark.slow
+def test_both_sides_compile_to_the_same_instructions(tmp_path):
+    """No GPU needed: the SwiGLU unit (nvcc) and the Triton kernel (Triton's ptxas, sm_90) turn the assembly into the
+    same SASS: per element FMUL by -log2(e), a bare MUFU.EX2 (ftz: no range scaling around it), FADD of 1, a bare
+    MUFU.RCP and two FMULs; counted per kernel (every EX2 has its FMUL by the constant and its FADD of 1), and none of
+    the checks the instructions without .ftz would add (seen in a Triton build of that form)."""
+    import subprocess
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from deepergemm.__main__ import main
+    from deepergemm.triton_kernels import swiglu as triton_swiglu
+
+    if extension.toolchain_problem() is not None:
+        pytest.skip("nvcc not found")
+    cuobjdump = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    variant = configs.SWIGLU_VARIANTS[0]
+    assert main(["build", "--variants", variant.key, "--out", str(tmp_path)]) == 0
+    unit = tmp_path / extension.kernel_file_name(variant)
+    signature = {"x_ptr": "*bf16", "h_ptr": "*bf16", "M": "i32", "GROUPS": "i32", "stride_xm": "i32",
+                 "stride_hm": "i32", "BLOCK_M": "constexpr", "GROUP_SIZE": "constexpr"}
+    source = ASTSource(fn=triton_swiglu._swiglu_kernel, signature=signature,
+                       constexprs={"BLOCK_M": 32, "GROUP_SIZE": 128})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": 4, "enable_fp_fusion": False})
+    (tmp_path / "triton.cubin").write_bytes(compiled.asm["cubin"])
+    for cubin in (unit, tmp_path / "triton.cubin"):
+        sass = subprocess.run([str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+        ex2 = len(re.findall(r"MUFU\.EX2 ", sass))
+        by_log2e = len(re.findall(r"FMUL R\d+, R\d+, -1\.4426950216293334961 ;", sass))
+        plus_one = len(re.findall(r"FADD R\d+, R\d+, 1 ;", sass))
+        assert ex2 > 0 and ex2 == by_log2e == plus_one, (cubin.name, ex2, by_log2e, plus_one)
+        assert len(re.findall(r"MUFU\.RCP ", sass)) >= ex2, cubin.name
+        # what ex2.approx.f32 and rcp.approx.f32 without .ftz add: a range check before EX2, a subnormal one at RCP
+        assert not re.search(r"FSETP\.\w+\.AND P\d, PT, R\d+, -126, PT", sass), cubin.name
+        assert "1.175494350822287508e-38" not in sass, cubin.name

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from deepergemm import layouts
+from deepergemm.triton_kernels.quantize import _on_device
 
 GROUP = 128
 
@@ -82,7 +83,7 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     if m == 0:
         return h
     block_m = min(32, triton.next_power_of_2(m))
-    with torch.cuda.device(gate_up.device):
+    with _on_device(gate_up.device):
         _swiglu_kernel[(triton.cdiv(m, block_m) * groups,)](gate_up, h, m, groups, gate_up.stride(0), h.stride(0),
                                                              BLOCK_M=block_m, GROUP_SIZE=GROUP,
                                                              num_warps=max(1, min(4, block_m * GROUP // 1024)),
