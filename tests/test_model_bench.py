@@ -76,18 +76,44 @@ def test_tiny_paths_agree_with_each_other():
             assert torch.dist(ours[block].float(), theirs[block].float()) / theirs[block].float().norm() < 0.1, block
 
 
+def test_tiny_fused_path_on_the_cpu(tmp_path):
+    """The opt-in fused path (FP8MLP(fused_swiglu=True) for the dense MLP and the shared expert) through the reference
+    path: its blocks as accurate as the unfused deepergemm path's (the SwiGLU rounds differently: fp32 then bf16,
+    against bf16 after each of silu and the product), its attention block the same layers'."""
+    status = model.main(["--tiny", "--batches", "3", "--prefill", "0", "--launches", "1", "--device", "cpu",
+                         "--paths", "bf16,deepergemm,fused", "--out", str(tmp_path)])
+    assert status == 0
+    payload = json.loads(next(tmp_path.glob("model_*.json")).read_text())
+    (row,) = payload["rows"]
+    ours, fused = row["paths"]["deepergemm"]["diff"], row["paths"]["fused"]["diff"]
+    assert fused["attention"] == ours["attention"]
+    for block in ("mlp", "moe"):
+        assert 1e-5 < fused[block] < 1e-2 and fused[block] < 1.5 * ours[block], (block, fused, ours)
+
+
+def test_fused_gains_and_the_paths_rule():
+    rows = [{"phase": "decode", "tokens": 32, "paths": {"deepergemm": {"graph_us": 90.0, "eager_us": 120.0},
+                                                        "fused": {"graph_us": 60.0, "eager_us": 100.0}}},
+            {"phase": "prefill", "tokens": 64, "paths": {"deepergemm": {"graph_us": None, "eager_us": 50.0},
+                                                         "fused": {"graph_us": None, "eager_us": 40.0}}},
+            {"phase": "decode", "tokens": 1, "paths": {"deepergemm": {"graph_us": 10.0, "eager_us": 10.0}}}]
+    assert model.fused_gains(rows) == [("decode", 32, 1.5), ("prefill", 64, 1.25)]
+    assert "fused" not in model.parse_args([]).path_names  # opt-in
+    assert model.parse_args(["--paths", "deepergemm,fused"]).path_names == ["deepergemm", "fused"]
+
+
 @pytest.mark.gpu
 def test_gpu_tiny_layer_eager_and_graphs(tmp_path):
-    """bf16 and deepergemm paths of the tiny layer on the GPU. No cuBLAS path: the tiny layer's K of 128 and 256
+    """bf16, deepergemm and fused paths of the tiny layer on the GPU. No cuBLAS path: the tiny layer's K of 128 and 256
     is where torch._scaled_mm's blockwise recipe refuses (CUBLAS_STATUS_NOT_SUPPORTED) or, for N > 128, returns
     wrong results (bench/cublas_shapes.py; H100, torch 2.11), so the cuBLAS backend refuses those shapes."""
-    status = model.main(["--tiny", "--launches", "2", "--paths", "bf16,deepergemm", "--out", str(tmp_path)])
+    status = model.main(["--tiny", "--launches", "2", "--paths", "bf16,deepergemm,fused", "--out", str(tmp_path)])
     payload = json.loads(next(tmp_path.glob("model_*.json")).read_text())
     for row in payload["rows"]:
         for name, f in row["paths"].items():
             assert f["error"] is None, (row["tokens"], name, f["error"])
             assert f["graph_us"] > 0 and f["graph_vs_eager"] < 1e-6, (row["tokens"], name)
-        ours = row["paths"]["deepergemm"]["diff"]
-        # FP8 against bf16: e4m3's quantization error, per block on the same inputs
-        assert all(1e-5 < ours[b] < 1e-2 for b in model.BLOCKS), ours
+        for name in ("deepergemm", "fused"):
+            # FP8 against bf16: e4m3's quantization error, per block on the same inputs
+            assert all(1e-5 < row["paths"][name]["diff"][b] < 1e-2 for b in model.BLOCKS), (name, row["paths"][name])
     assert status == 0

@@ -21,6 +21,9 @@ Paths (the same weights; the FP8 ones quantized from the bf16 ones in 128x128 bl
               counts are read to the host: every step when eager (one synchronization), once at capture under a
               CUDA graph (which then replays that routing only: fine here, where the input does not change)
   deepergemm  deepergemm.nn: FP8Linear, FP8MLP, FP8MoE (grouped GEMMs, no host synchronization)
+  fused       (opt-in: --paths ...,fused) deepergemm with the dense MLP and the shared expert as
+              FP8MLP(fused_swiglu=True): gate/up GEMM, SwiGLU and the down input's quantization in one kernel;
+              "fused x deepergemm" lines under the table say what it buys per step
 
 Each (phase, tokens) case times one layer step per path, eager and replayed from a CUDA graph (timing.time_steady:
 cold L2, median of --launches), and measures accuracy against the bf16 path: calc_diff of the layer's output, and
@@ -50,7 +53,8 @@ from .. import cublas
 from . import report
 from .timing import capture_graph, time_steady
 
-PATHS = ("bf16", "cublas", "deepergemm")
+PATHS = ("bf16", "cublas", "deepergemm")  # the default set
+OPTIONAL_PATHS = ("fused",)
 MIN_LAUNCHES = 30
 QUICK_LAUNCHES = 5
 TINY_LAUNCHES = 3
@@ -226,6 +230,13 @@ def _fp8_mlp(mlp: Bf16MLP, backend: str = "auto") -> dnn.FP8MLP:
     return out
 
 
+def _fused_copy(mlp: dnn.FP8MLP) -> dnn.FP8MLP:
+    """The same FP8 layers (shared) behind FP8MLP's fused SwiGLU path."""
+    out = dnn.FP8MLP(mlp.gate_proj.in_features, mlp.gate_proj.out_features, device="meta", fused_swiglu=True)
+    out.gate_proj, out.up_proj, out.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+    return out
+
+
 def _fp8_from_bf16(layer: Bf16Linear, backend: str = "auto") -> dnn.FP8Linear:
     n, k = layer.weight.shape
     linear = nn.Linear(k, n, bias=False, device="meta")
@@ -258,17 +269,24 @@ def build_paths(shape: LayerShape, names: list[str], device: torch.device, seed:
     paths = {}
     if "bf16" in names:
         paths["bf16"] = Layer(s, **bf16_lin, mlp=dense, moe=Bf16MoE(router, gate_up, down, shared))
-    if "deepergemm" in names or "cublas" in names:
+    if {"deepergemm", "cublas", "fused"} & set(names):
         fp8_lin = {k: _fp8_from_bf16(v) for k, v in bf16_lin.items()}
         fp8_dense = _fp8_mlp(dense)
         fp8_shared = _fp8_mlp(shared) if shared is not None else None
         experts = dnn.FP8Experts.from_weights(gate_up, down)
-        if "deepergemm" in names:
+
+        def fp8_moe(shared_experts):
             moe = dnn.FP8MoE(s.hidden, s.moe_inter, s.experts, s.top_k, shared_intermediate_size=s.shared_inter,
                              scoring="sigmoid", n_group=s.n_group, topk_group=s.topk_group,
                              routed_scaling_factor=s.routed_scaling, device="meta")
-            moe.gate, moe.experts, moe.shared_experts = router, experts, fp8_shared
-            paths["deepergemm"] = Layer(s, **fp8_lin, mlp=fp8_dense, moe=moe)
+            moe.gate, moe.experts, moe.shared_experts = router, experts, shared_experts
+            return moe
+
+        if "deepergemm" in names:
+            paths["deepergemm"] = Layer(s, **fp8_lin, mlp=fp8_dense, moe=fp8_moe(fp8_shared))
+        if "fused" in names:
+            paths["fused"] = Layer(s, **fp8_lin, mlp=_fused_copy(fp8_dense),
+                                   moe=fp8_moe(_fused_copy(fp8_shared) if fp8_shared is not None else None))
         if "cublas" in names:
             lin = {k: _fp8_copy(v, "cublas") for k, v in fp8_lin.items()}
             mlp = dnn.FP8MLP(s.hidden, s.dense_inter, device="meta")
@@ -448,12 +466,27 @@ def targets(rows: list[dict]) -> list[tuple[str, float | None, float, bool | Non
     return out
 
 
+def fused_gains(rows: list[dict]) -> list[tuple[str, int, float]]:
+    """(phase, tokens, deepergemm's step time / fused's) where both ran (graph times when measured, else eager)."""
+    out = []
+    for row in rows:
+        mine, base = row["paths"].get("fused"), row["paths"].get("deepergemm")
+        if not mine or not base:
+            continue
+        kind = "graph" if mine["graph_us"] and base["graph_us"] else "eager"
+        if mine[f"{kind}_us"] and base[f"{kind}_us"]:
+            out.append((row["phase"], row["tokens"], base[f"{kind}_us"] / mine[f"{kind}_us"]))
+    return out
+
+
 def render_targets(rows: list[dict]) -> str:
     lines = []
     for what, value, goal, met in targets(rows):
         verdict = "not measured" if met is None else ("met" if met else "MISSED")
         sign = "<=" if what.startswith("accuracy") else ">="
         lines.append(f"{what}: {_fmt(value, '.3f')} (target {sign} {goal}): {verdict}")
+    for phase, tokens, gain in fused_gains(rows):
+        lines.append(f"{phase} {tokens}: fused x deepergemm (the layer step, fused SwiGLU MLPs): {gain:.3f}")
     return "\n".join(lines)
 
 
@@ -511,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a scaled-down layer (hidden 256, 8 experts top-2): runs on the CPU reference path too")
     p.add_argument("--prefill", type=int, default=None, help="prefill tokens, 0 to skip (default 4096; --tiny 64)")
     p.add_argument("--batches", default=None, help="decode batch sizes (default 1,8,32,64,128; --tiny 1,3)")
-    p.add_argument("--paths", default=",".join(PATHS), help=f"comma separated, from {', '.join(PATHS)} (default all)")
+    p.add_argument("--paths", default=",".join(PATHS),
+                   help=f"comma separated, from {', '.join(PATHS + OPTIONAL_PATHS)} (default {','.join(PATHS)})")
     p.add_argument("--launches", type=int, default=None,
                    help=f"timed steps per measurement, median reported (default {MIN_LAUNCHES}; at least "
                         f"{MIN_LAUNCHES} unless --quick or --tiny)")
@@ -529,9 +563,9 @@ def parse_args(argv: list[str]):
     args = parser.parse_args(argv)
     try:
         args.path_names = [p.strip() for p in args.paths.split(",") if p.strip()]
-        unknown = [p for p in args.path_names if p not in PATHS]
+        unknown = [p for p in args.path_names if p not in PATHS + OPTIONAL_PATHS]
         if unknown or not args.path_names:
-            raise ValueError(f"--paths must name some of {', '.join(PATHS)}, got {args.paths!r}")
+            raise ValueError(f"--paths must name some of {', '.join(PATHS + OPTIONAL_PATHS)}, got {args.paths!r}")
         args.batch_list = _ints(args.batches or ("1,3" if args.tiny else "1,8,32,64,128"), "--batches")
     except ValueError as exc:
         parser.error(str(exc))
