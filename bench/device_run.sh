@@ -109,7 +109,7 @@ for i in range(3):
          timeout 300 python -m deepergemm l2-bench --markdown --shapes ${L2_SHAPES:-all,decode} 2>&1 \
            | grep -v "^\[deepergemm\]" | tee "$OUT/l2_bench.log" ;;
     modelbench) # issue 26: one DeepSeek-V3 layer step, bf16 / cuBLAS / deepergemm, eager and CUDA graphs
-         timeout ${MODEL_TIMEOUT:-240} python -m deepergemm model-bench --markdown --out /tmp/model_out 2>&1 \
+         timeout ${MODEL_TIMEOUT:-240} python -m deepergemm model-bench --markdown --paths ${MODEL_PATHS:-bf16,cublas,deepergemm,fused} --out /tmp/model_out 2>&1 \
            | grep -v "^\[deepergemm\]" | tee "$OUT/model_bench.log" | tail -30 ;;
     fp8out) # issue 27: the fp8-output GPU tests, then the fused op against fp8_gemm bf16 + quantize_act
          timeout 200 python -m pytest -q -m gpu tests/test_fp8_out.py -p no:cacheprovider 2>&1 | tail -8
