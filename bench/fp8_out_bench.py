@@ -9,7 +9,6 @@ bit for bit (q and scales); a mismatch is printed (with split-K or stream-K pick
 differ in order from the fused variant's, so rare last-bit differences are possible there). Also printed: the
 variants each path runs, and the fused op's time alone against the bf16 GEMM's alone.
 """
-import argparse
 import pathlib
 import sys
 
@@ -18,8 +17,8 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import deepergemm as dg  # noqa: E402
-from deepergemm import configs, kernels  # noqa: E402
-from deepergemm.benchmark.timing import time_steady  # noqa: E402
+from deepergemm import configs  # noqa: E402
+from fused_epilogue import measure_row, pairs, parser, print_header  # noqa: E402
 
 
 def _inputs(m: int, n: int, k: int):
@@ -30,27 +29,13 @@ def _inputs(m: int, n: int, k: int):
     return a, a_s, b, b_s
 
 
-def _same(x: torch.Tensor, y: torch.Tensor) -> bool:
-    return x.shape == y.shape and torch.equal(x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8))
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--m", default="32,128,4096")
-    parser.add_argument("--nk", default="7168x2048,4096x7168,18432x7168")
-    parser.add_argument("--launches", type=int, default=50)
-    parser.add_argument("--ue8m0", action="store_true")
-    args = parser.parse_args(argv)
-    ms = [int(v) for v in args.m.split(",")]
-    nks = [tuple(int(v) for v in s.split("x")) for s in args.nk.split(",")]
-    sms = kernels.sm_count(torch.cuda.current_device())
-    print(f"{torch.cuda.get_device_name()}, {sms} SMs, torch {torch.__version__}, ue8m0={args.ue8m0}, cold L2, "
-          f"median of {args.launches}")
-    header = (f"{'M':>5} {'N':>6} {'K':>6}  {'bf16 GEMM':>10} {'+quant':>10} {'fused':>10} {'fused/unfused':>13} "
-              f"{'fused/gemm':>10}  bits  variants (bf16 | fp8)")
-    print(header)
-    for n, k in nks:
-        for m in ms:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--nk", default="7168x2048,4096x7168,18432x7168", help="NxK pairs, comma-separated")
+    args = p.parse_args(argv)
+    sms = print_header(args, f"{'M':>5} {'N':>6} {'K':>6}", "bf16 | fp8")
+    for n, k in pairs(args.nk):
+        for m in (int(v) for v in args.m.split(",")):
             a, a_s, b, b_s = _inputs(m, n, k)
 
             def gemm():
@@ -62,18 +47,8 @@ def main(argv=None) -> int:
             def fused():
                 return dg.fp8_gemm(a, a_s, b, b_s, out_dtype=torch.float8_e4m3fn, backend="ptx", ue8m0=args.ue8m0)
 
-            with torch.no_grad():
-                want, got = unfused(), fused()
-                torch.cuda.synchronize()
-                same = _same(want[0], got[0]) and _same(want[1], got[1])
-                t_gemm = time_steady(gemm, args.launches)
-                t_unfused = time_steady(unfused, args.launches)
-                t_fused = time_steady(fused, args.launches)
-            plain = configs.select(m, n, k, sms).variant.key
-            fp8 = configs.select_fp8_out(m, n, k, sms).variant.key
-            print(f"{m:>5} {n:>6} {k:>6}  {t_gemm.median_us:>8.1f}us {t_unfused.median_us:>8.1f}us "
-                  f"{t_fused.median_us:>8.1f}us {t_fused.median_us / t_unfused.median_us:>13.3f} "
-                  f"{t_fused.median_us / t_gemm.median_us:>10.3f}  {'same' if same else 'DIFF'}  {plain} | {fp8}")
+            variants = f"{configs.select(m, n, k, sms).variant.key} | {configs.select_fp8_out(m, n, k, sms).variant.key}"
+            measure_row(f"{m:>5} {n:>6} {k:>6}", gemm, unfused, fused, args.launches, variants)
     return 0
 
 

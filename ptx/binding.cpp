@@ -1080,6 +1080,36 @@ Tensor fp8_gemm(const Tensor& a, const Tensor& a_scales, const Tensor& b, const 
   return gemm_into_new_output(plan, a, a_scales, b, b_scales, n, out_dtype, bias, nullptr, 0, std::nullopt);
 }
 
+// The quantized-output launches (fp8 output: mode 1, SwiGLU: mode 2, the variant's fp8_out field): q (M, out_n)
+// fp8 e4m3 and its fp32 scales (M, out_n / 128), M-major, as quantize_act returns them.
+std::tuple<Tensor, Tensor> launch_quantized_output(PlanKind kind, int mode, const Tensor& a, const Tensor& a_scales,
+                                                   const Tensor& b, const Tensor& b_scales, int64_t m, int64_t n,
+                                                   int64_t k, int64_t out_n, const optional<Tensor>& bias, bool ue8m0) {
+  Tensor q = at::empty({m, out_n}, a.options().dtype(at::kFloat8_e4m3fn));
+  Tensor scales = at::empty_strided({m, out_n / dg::kBlockK}, {1, round_up(m, 4)}, a.options().dtype(at::kFloat));
+  if (m == 0) return {q, scales};
+  c10::DeviceGuard guard(a.device());
+  const Plan plan = plan_for({kind, a.device().index(), m, n, k, 0, 0, 0, 0});
+  const Tensor sa = to_act_scale_layout(a_scales);
+  const Tensor sb = b_scales.is_contiguous() ? b_scales : b_scales.contiguous();
+  optional<Tensor> bias_k;
+  if (bias.has_value()) bias_k = bias->scalar_type() == at::kHalf ? bias->to(at::kFloat) : bias->contiguous();
+  LaunchArgs x(a, sa, b, sb, q);
+  x.bias = bias_k.has_value() ? &*bias_k : nullptr;
+  x.bias_kind = bias_kind_of(bias_k);
+  x.group_n = plan.group_n;
+  x.l2_hints = plan.l2_hints;
+  x.stream_k = plan.stream_k;  // (SwiGLU plans: never)
+  x.pdl = plan.pdl;
+  x.out_scales = &scales;
+  x.ue8m0 = ue8m0;
+  LoadedVariant& v = variant_at(plan.variant);
+  TORCH_CHECK(v.info.fp8_out == mode, cat("deepergemm: _plan returned a variant of output mode ", v.info.fp8_out,
+                                           ", not ", mode));
+  launch(v, x);
+  return {q, scales};
+}
+
 // fp8 output: the GEMM's output rounded to bf16 and quantized per 1x128 group in the epilogue (q, scales), as
 // quantize_act returns them.
 std::tuple<Tensor, Tensor> fp8_gemm_fp8_out(const Tensor& a, const Tensor& a_scales, const Tensor& b,
@@ -1093,28 +1123,7 @@ std::tuple<Tensor, Tensor> fp8_gemm_fp8_out(const Tensor& a, const Tensor& a_sca
                                                              const optional<Tensor>&, bool, c10::string_view)>();
     return slow.call(a, a_scales, b, b_scales, bias, ue8m0, backend_name(chosen));
   }
-  Tensor q = at::empty({m, n}, a.options().dtype(at::kFloat8_e4m3fn));
-  Tensor scales = at::empty_strided({m, n / dg::kBlockK}, {1, round_up(m, 4)}, a.options().dtype(at::kFloat));
-  if (m == 0) return {q, scales};
-  c10::DeviceGuard guard(a.device());
-  const Plan plan = plan_for({kPlanFp8Out, a.device().index(), m, n, k, 0, 0, 0, 0});
-  const Tensor sa = to_act_scale_layout(a_scales);
-  const Tensor sb = b_scales.is_contiguous() ? b_scales : b_scales.contiguous();
-  optional<Tensor> bias_k;
-  if (bias.has_value()) bias_k = bias->scalar_type() == at::kHalf ? bias->to(at::kFloat) : bias->contiguous();
-  LaunchArgs x(a, sa, b, sb, q);
-  x.bias = bias_k.has_value() ? &*bias_k : nullptr;
-  x.bias_kind = bias_kind_of(bias_k);
-  x.group_n = plan.group_n;
-  x.l2_hints = plan.l2_hints;
-  x.stream_k = plan.stream_k;
-  x.pdl = plan.pdl;
-  x.out_scales = &scales;
-  x.ue8m0 = ue8m0;
-  LoadedVariant& v = variant_at(plan.variant);
-  TORCH_CHECK(v.info.fp8_out != 0, "deepergemm: _plan returned a variant without fp8 output");
-  launch(v, x);
-  return {q, scales};
+  return launch_quantized_output(kPlanFp8Out, 1, a, a_scales, b, b_scales, m, n, k, n, bias, ue8m0);
 }
 
 // SwiGLU: quantize_act(swiglu(the bf16 GEMM)) of a gate/up weight interleaved per 128 rows, in one kernel (q, scales).
@@ -1128,24 +1137,7 @@ std::tuple<Tensor, Tensor> fp8_gemm_swiglu(const Tensor& a, const Tensor& a_scal
                                                              bool, c10::string_view)>();
     return slow.call(a, a_scales, b, b_scales, ue8m0, backend_name(chosen));
   }
-  const int64_t h_n = n / 2;
-  Tensor q = at::empty({m, h_n}, a.options().dtype(at::kFloat8_e4m3fn));
-  Tensor scales = at::empty_strided({m, h_n / dg::kBlockK}, {1, round_up(m, 4)}, a.options().dtype(at::kFloat));
-  if (m == 0) return {q, scales};
-  c10::DeviceGuard guard(a.device());
-  const Plan plan = plan_for({kPlanSwiglu, a.device().index(), m, n, k, 0, 0, 0, 0});
-  const Tensor sa = to_act_scale_layout(a_scales);
-  const Tensor sb = b_scales.is_contiguous() ? b_scales : b_scales.contiguous();
-  LaunchArgs x(a, sa, b, sb, q);
-  x.group_n = plan.group_n;
-  x.l2_hints = plan.l2_hints;
-  x.pdl = plan.pdl;
-  x.out_scales = &scales;
-  x.ue8m0 = ue8m0;
-  LoadedVariant& v = variant_at(plan.variant);
-  TORCH_CHECK(v.info.fp8_out == 2, "deepergemm: _plan returned a variant without SwiGLU output");
-  launch(v, x);
-  return {q, scales};
+  return launch_quantized_output(kPlanSwiglu, 2, a, a_scales, b, b_scales, m, n, k, n / 2, std::nullopt, ue8m0);
 }
 
 Tensor sm_side_table(int64_t device) {

@@ -115,3 +115,13 @@ def run_interpreted():
         assert out.returncode == 0 and "interpreter OK" in out.stdout, out.stdout + out.stderr[-4000:]
 
     return run
+
+
+@pytest.fixture
+def no_split_orders(monkeypatch):
+    """Split-K and stream-K off: a bf16 GEMM then sums every output in the order a fused-epilogue kernel (fp8 output,
+    SwiGLU) does, whichever tile either picks (a split's partial sums join in another order: rare last-bit
+    differences). The switch snapshot is re-read on set and on undo (this file's monkeypatch)."""
+    monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
+    monkeypatch.setenv("DEEPERGEMM_STREAM_K", "0")
+    yield

@@ -416,3 +416,22 @@ def test_compare_benches_flags_a_shape_that_moved(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 1 and "moved: 4096x7168x2048" in done.stdout and "64x2112x7168 after" not in done.stdout
     assert "1 of 2 shapes moved" in done.stdout
+
+
+def test_fused_epilogue_rows_compare_bits_and_time_three_paths(monkeypatch, capsys):
+    """bench/fused_epilogue.py (the fp8-output and SwiGLU benches' shared row): bits compared first, then the three
+    timings, one row; a one-bit difference in the scales reads DIFF."""
+    fe = _bench_script("fused_epilogue")
+    assert fe.pairs("7168x2048,4096x7168") == [(7168, 2048), (4096, 7168)]
+    times = iter([10.0, 14.0, 11.0, 10.0, 14.0, 11.0])
+    monkeypatch.setattr(fe, "time_steady", lambda fn, launches: type("T", (), {"median_us": next(times)})())
+    monkeypatch.setattr(fe.torch.cuda, "synchronize", lambda: None)
+    q = torch.randn(4, 256).to(torch.float8_e4m3fn)
+    s = torch.rand(4, 2)
+    other = s.clone()
+    other[1, 1] = torch.nextafter(other[1, 1], torch.tensor(2.0))
+    fe.measure_row("shape", lambda: None, lambda: (q, s), lambda: (q.clone(), s.clone()), 5, "a | b")
+    fe.measure_row("shape", lambda: None, lambda: (q, s), lambda: (q, other), 5, "a | b")
+    first, second = capsys.readouterr().out.splitlines()
+    assert "same" in first and "0.786" in first and "1.100" in first and first.endswith("a | b")
+    assert "DIFF" in second

@@ -268,18 +268,6 @@ GPU_SHAPES = ((1, 128, 128), (1, 7168, 2048), (37, 384, 256), (64, 1152, 1024), 
               (129, 384, 512), (200, 1280, 256), (333, 384, 384), (1000, 896, 640), (4097, 1152, 256))
 
 
-@pytest.fixture
-def no_split_orders(monkeypatch):
-    """Switch split-K and stream-K off: the bf16 GEMM then sums every output in the order the fused kernel does,
-    whichever tile either picks (a split's partial sums join in another order: rare last-bit differences)."""
-    monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
-    monkeypatch.setenv("DEEPERGEMM_STREAM_K", "0")
-    configs.reload_switches()
-    yield
-    monkeypatch.undo()
-    configs.reload_switches()
-
-
 def _poison_allocator(m, n):
     """Free blocks of q's and the scales' sizes, filled with 0xFF bytes (NaN as fp8 e4m3fn and as fp32), so the op's
     outputs most likely start as NaN (the caching allocator hands out the last freed block that fits)."""

@@ -307,17 +307,6 @@ GPU_SHAPES = ((1, 128, 128), (1, 2048, 7168), (37, 384, 256), (64, 640, 1024), (
               (129, 384, 512), (200, 1280, 256), (333, 384, 2048), (1000, 896, 640), (4097, 1152, 256))
 
 
-@pytest.fixture
-def no_split_orders(monkeypatch):
-    """Split-K and stream-K off: the unfused bf16 GEMM then sums every output in the fused kernel's order."""
-    monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
-    monkeypatch.setenv("DEEPERGEMM_STREAM_K", "0")
-    configs.reload_switches()
-    yield
-    monkeypatch.undo()
-    configs.reload_switches()
-
-
 def _poison_allocator(m, i):
     """Free blocks of q's and the scales' sizes filled with 0xFF (NaN in e4m3fn and fp32): the op's outputs most
     likely start as NaN."""
