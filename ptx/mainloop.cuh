@@ -81,6 +81,7 @@ struct MathWarpgroup {
 
   // ---- steps (this file) ----
   __device__ __forceinline__ void acquire(StepScales& sc);
+  template <bool kOnto = false>  // kOnto: add to acc instead of overwriting it (DG_EXPERIMENT_PROMOTE_PAIRS)
   __device__ __forceinline__ void issue_slab(float (&acc)[kRegs], const StepScales& sc, int slab);
   __device__ __forceinline__ void issue(float (&acc)[kRegs], StepScales& sc) {
     acquire(sc);
@@ -92,6 +93,7 @@ struct MathWarpgroup {
   __device__ __forceinline__ void run();
   __device__ __forceinline__ void run_two_slabs(uint32_t steps);
   __device__ __forceinline__ void run_single(uint32_t steps);
+  __device__ __forceinline__ void run_single_pairs(uint32_t steps);
   __device__ __forceinline__ void run_dual_wait(uint32_t steps);
   __device__ __forceinline__ void run_dual_ahead(uint32_t steps);
 
@@ -171,6 +173,7 @@ __device__ __forceinline__ void MathWarpgroup<C>::acquire(StepScales& sc) {
 
 // Issue slab `slab`'s four k32 wgmmas (stage sc.stage) into acc, one commit group.
 template <class C>
+template <bool kOnto>
 __device__ __forceinline__ void MathWarpgroup<C>::issue_slab(float (&acc)[kRegs], const StepScales& sc, int slab) {
   const uint32_t stage = sc.stage;
   const int rows = row_base + 128 * slab;
@@ -182,7 +185,7 @@ __device__ __forceinline__ void MathWarpgroup<C>::issue_slab(float (&acc)[kRegs]
   wgmma_fence();
 #pragma unroll
   for (int k = 0; k < kBlockK / 32; ++k) {
-    Wgmma<C::kWgN>::mma(acc, desc_a + k * kDescK32Step, desc_b + k * kDescK32Step, k);
+    Wgmma<C::kWgN>::mma(acc, desc_a + k * kDescK32Step, desc_b + k * kDescK32Step, kOnto ? 1 : k);
   }
   wgmma_commit();  // no operand fence here: touching acc before the wait would make ptxas serialize
 }
@@ -318,6 +321,10 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs(uint32_t steps) 
 // its wgmmas.
 template <class C>
 __device__ __forceinline__ void MathWarpgroup<C>::run_single(uint32_t steps) {
+#ifdef DG_EXPERIMENT_PROMOTE_PAIRS
+  run_single_pairs(steps);
+  return;
+#endif
   float total[kRegs], acc0[kRegs];
   StepScales sc0, next;
   acquire(sc0);
@@ -330,6 +337,38 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_single(uint32_t steps) {
     promote<C>(acc0, total, sc0, 0);
     issue_slab(acc0, next, 0);
     finish_if_last(total, sc0, next);
+    sc0 = next;
+  }
+  wgmma_wait<0>();
+  release(sc0);
+  promote_step(acc0, total, sc0);
+}
+
+// Developers' experiment for the 256-K recipe (issue 27; ptx/NOTES.md): the wgmmas of a tile's K blocks 2i and 2i+1
+// sum into one partial set, promoted once by the second block's scales. Right only where both blocks of every pair
+// carry the same scales and no split-K or stream-K cut falls inside a pair (bench/paired_promotion.py sets that up);
+// it measures what summing 256 products in the tensor cores costs in accuracy, and what half the promotions buy.
+template <class C>
+__device__ __forceinline__ void MathWarpgroup<C>::run_single_pairs(uint32_t steps) {
+  float total[kRegs], acc0[kRegs];
+  StepScales sc0, next;
+  acquire(sc0);
+  issue_slab(acc0, sc0, 0);
+  start_sums(total, sc0, 0);
+  bool second = false;  // sc0 is the second block of its pair
+  for (uint32_t s = 0; s + 1 < steps; ++s) {  // entry: step sc0 in flight
+    wgmma_wait<0>();
+    release(sc0);
+    acquire(next);
+    if (second || sc0.fixup) {
+      promote<C>(acc0, total, sc0, 0);
+      issue_slab(acc0, next, 0);
+      finish_if_last(total, sc0, next);
+      second = false;
+    } else {
+      issue_slab<true>(acc0, next, 0);
+      second = true;
+    }
     sc0 = next;
   }
   wgmma_wait<0>();

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from deepergemm import reference
 from deepergemm.benchmark import gemm, report, shapes
 from deepergemm.benchmark.report import Measurement
 from deepergemm.benchmark.shapes import Shape
@@ -435,3 +436,14 @@ def test_fused_epilogue_rows_compare_bits_and_time_three_paths(monkeypatch, caps
     first, second = capsys.readouterr().out.splitlines()
     assert "same" in first and "0.786" in first and "1.100" in first and first.endswith("a | b")
     assert "DIFF" in second
+
+
+def test_paired_promotion_inputs_are_the_256_recipe_in_128_scales():
+    """bench/paired_promotion.py's setup: 256-recipe operands whose scales, repeated per 128 of K, give the usual
+    (per-128) GEMM exactly the 256 recipe's product, so only the kernel's promotion differs between its two runs."""
+    pp = _bench_script("paired_promotion")
+    a, a_s128, b, b_s128, expected = pp.recipe_256_inputs(5, 136, 512, True, device="cpu")
+    assert a_s128.shape == (5, 4) and b_s128.shape == (2, 4)
+    assert torch.equal(a_s128[:, 0], a_s128[:, 1]) and not torch.equal(a_s128[:, 1], a_s128[:, 2])
+    again = reference.exact_fp32_matmul(reference.dequantize_act(a, a_s128), reference.dequantize_weight(b, b_s128))
+    assert torch.equal(again, expected)
