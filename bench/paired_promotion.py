@@ -6,7 +6,7 @@ K (the tensor cores summing 256 products instead of 128) costs in accuracy, and 
 
 Inputs are quantized by the 256 recipe (1x256 activation groups, 128x256 weight blocks: deepergemm.reference), and
 their scales repeated per 128 of K, so the usual kernel computes the same product exactly (promotion per 128). Built
-with DG_EXPERIMENT_PROMOTE_PAIRS (ptx/mainloop.cuh, run_single_pairs: single-accumulator variants only), the kernel
+with DG_EXPERIMENT_PROMOTE_PAIRS (ptx/mainloop.cuh, run_single: single-accumulator variants only), the kernel
 promotes once per pair of K blocks instead. Per shape: calc_diff against the fp32 GEMM of the dequantized inputs
 (the exactness bar is 2e-6), on N(0, 1) data and on data with outlier channels, and the kernel's median time
 (cold L2). Run it once without and once with the define and compare the rows (split-K and stream-K stay off: no

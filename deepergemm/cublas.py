@@ -9,8 +9,9 @@ only, never of the operands, except that A is padded to 4 rows when M is not a m
 N must be a multiple of 16: torch._scaled_mm rejects other N. And with N > 128, K must be at least 512:
 below that cuBLASLt's blockwise kernels return wrong results without an error (calc_diff 1e-2 to 1.0 at
 N = 256 and 512, K = 128, 256 and 384, every M tried) or refuse with CUBLAS_STATUS_NOT_SUPPORTED
-(bench/cublas_shapes.py; H100, torch 2.11.0+cu130, 2026-12-06). (Padding B's N, tried earlier, gave wrong
-columns for the same reason.) Such shapes get a clear error here and run on the "ptx" or "reference" backend.
+(bench/cublas_shapes.py on the H100 with torch 2.11.0+cu130; bench/RESULTS.md). (Padding B's N, tried
+earlier, gave wrong columns for the same reason.) Such shapes get a clear error here and run on the "ptx" or
+"reference" backend.
 """
 from __future__ import annotations
 

@@ -93,7 +93,6 @@ struct MathWarpgroup {
   __device__ __forceinline__ void run();
   __device__ __forceinline__ void run_two_slabs(uint32_t steps);
   __device__ __forceinline__ void run_single(uint32_t steps);
-  __device__ __forceinline__ void run_single_pairs(uint32_t steps);
   __device__ __forceinline__ void run_dual_wait(uint32_t steps);
   __device__ __forceinline__ void run_dual_ahead(uint32_t steps);
 
@@ -319,54 +318,35 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs(uint32_t steps) 
 // One partial set: the next step is acquired right after the wait and the stage's release, before the promotion
 // (earlier, a late stage would hold back the release), and issued before a finished tile's stores, so they overlap
 // its wgmmas.
+//
+// Developers' experiment for the 256-K recipe (DG_EXPERIMENT_PROMOTE_PAIRS; ptx/NOTES.md): a tile's K blocks 2i and
+// 2i+1 sum into one partial set, promoted once by the second block's scales. Right only where both blocks of every
+// pair carry the same scales and no split-K or stream-K cut falls inside a pair (bench/paired_promotion.py sets that
+// up); it measures what summing 256 products in the tensor cores costs in accuracy, and what half the promotions buy.
 template <class C>
 __device__ __forceinline__ void MathWarpgroup<C>::run_single(uint32_t steps) {
 #ifdef DG_EXPERIMENT_PROMOTE_PAIRS
-  run_single_pairs(steps);
-  return;
+  constexpr bool kPairs = true;
+#else
+  constexpr bool kPairs = false;
 #endif
   float total[kRegs], acc0[kRegs];
   StepScales sc0, next;
   acquire(sc0);
   issue_slab(acc0, sc0, 0);
   start_sums(total, sc0, 0);
+  bool second = false;  // (pairs) sc0 is the second block of its pair
   for (uint32_t s = 0; s + 1 < steps; ++s) {  // entry: step sc0 in flight
     wgmma_wait<0>();
     release(sc0);
     acquire(next);
-    promote<C>(acc0, total, sc0, 0);
-    issue_slab(acc0, next, 0);
-    finish_if_last(total, sc0, next);
-    sc0 = next;
-  }
-  wgmma_wait<0>();
-  release(sc0);
-  promote_step(acc0, total, sc0);
-}
-
-// Developers' experiment for the 256-K recipe (issue 27; ptx/NOTES.md): the wgmmas of a tile's K blocks 2i and 2i+1
-// sum into one partial set, promoted once by the second block's scales. Right only where both blocks of every pair
-// carry the same scales and no split-K or stream-K cut falls inside a pair (bench/paired_promotion.py sets that up);
-// it measures what summing 256 products in the tensor cores costs in accuracy, and what half the promotions buy.
-template <class C>
-__device__ __forceinline__ void MathWarpgroup<C>::run_single_pairs(uint32_t steps) {
-  float total[kRegs], acc0[kRegs];
-  StepScales sc0, next;
-  acquire(sc0);
-  issue_slab(acc0, sc0, 0);
-  start_sums(total, sc0, 0);
-  bool second = false;  // sc0 is the second block of its pair
-  for (uint32_t s = 0; s + 1 < steps; ++s) {  // entry: step sc0 in flight
-    wgmma_wait<0>();
-    release(sc0);
-    acquire(next);
-    if (second || sc0.fixup) {
+    if (!kPairs || second || sc0.fixup) {
       promote<C>(acc0, total, sc0, 0);
       issue_slab(acc0, next, 0);
       finish_if_last(total, sc0, next);
       second = false;
     } else {
-      issue_slab<true>(acc0, next, 0);
+      issue_slab<true>(acc0, next, 0);  // onto the pair's first block
       second = true;
     }
     sc0 = next;

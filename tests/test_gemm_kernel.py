@@ -56,10 +56,9 @@ def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, gr
 
 def check(out, expected, what):
     """calc_diff against the fp32 reference within reference.exactness_bound (2e-6, or the bf16 rounding floor
-    when a handful of outputs carry the whole norm: tiny outputs such as 1x8x128, or ``inputs`` with scales
-    spread over 1e-3..1e3, where even the exact result rounded once to bf16 can land above 2e-6; measured
-    2026-11-25: on such inputs our calc_diff equals cuBLAS's exactly on the columns cuBLAS can compute), and
-    every element written."""
+    when a handful of outputs carry the whole norm: tiny outputs such as 1x8x128, or inputs with scales
+    spread over 1e-3..1e3, where even the exact result rounded once to bf16 can land above 2e-6; on such inputs
+    our calc_diff was measured equal to cuBLAS's on the columns cuBLAS can compute), and every element written."""
     assert not out.isnan().any(), f"{what}: {int(out.isnan().sum())} output elements not written"
     diff = ref.calc_diff(out, expected)
     bound = ref.exactness_bound(expected, out.dtype)

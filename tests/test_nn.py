@@ -458,7 +458,7 @@ def test_gpu_moe_matches_the_cpu_reference():
     (the two routers' fp32 sums may order a near tie differently). Not bit-identical: each GEMM is exact up to
     its bf16 rounding, but where the tensor cores' sum rounds a near-midpoint the other way, the intermediate
     fed to the next quantization differs by one bf16 ulp and may flip an fp8 rounding (one e4m3 step is 6-12%
-    of the element). Measured 1.4e-5 (H200, 2026-12-06); a wrong expert, weight or scale gives 1e-2 and more."""
+    of the element). Measured 1.4e-5 on the H200; a wrong expert, weight or scale gives 1e-2 and more."""
     cpu_moe = _moe(scoring="sigmoid", n_group=4, topk_group=2, routed_scaling_factor=2.5)
     moe = _to_cuda(copy.deepcopy(cpu_moe))
     x = torch.randn(300, 256, dtype=torch.bfloat16)
