@@ -1,12 +1,12 @@
 """The 256-K recipe's risk, measured before building it (issue 27; developer tool, GPU): what one promotion per 256 of
 K (the tensor cores summing 256 products instead of 128) costs in accuracy, and what half the promotions buy.
 
-    python bench/paired_promotion.py [--variant 128x128s6pc2] [--shapes 4096x7168x7168,...] [--launches 30]
+    python bench/paired_promotion.py [--variants 128x128s6pc2,256x128s4pc1x2] [--shapes 4096x7168x7168,...] [--launches 30]
     DEEPERGEMM_NVCC_DEFINES=DG_EXPERIMENT_PROMOTE_PAIRS python bench/paired_promotion.py   (the experiment)
 
 Inputs are quantized by the 256 recipe (1x256 activation groups, 128x256 weight blocks: deepergemm.reference), and
 their scales repeated per 128 of K, so the usual kernel computes the same product exactly (promotion per 128). Built
-with DG_EXPERIMENT_PROMOTE_PAIRS (ptx/mainloop.cuh, run_single: single-accumulator variants only), the kernel
+with DG_EXPERIMENT_PROMOTE_PAIRS (ptx/mainloop.cuh: run_single and run_two_slabs_pairs; single-accumulator and 256-row variants), the kernel
 promotes once per pair of K blocks instead. Per shape: calc_diff against the fp32 GEMM of the dequantized inputs
 (the exactness bar is 2e-6), on N(0, 1) data and on data with outlier channels, and the kernel's median time
 (cold L2). Run it once without and once with the define and compare the rows (split-K and stream-K stay off: no
@@ -43,37 +43,41 @@ def recipe_256_inputs(m: int, n: int, k: int, outliers: bool, device: str = "cud
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variant", default="128x128s6pc2", help="a single-accumulator, one-slab variant key")
+    p.add_argument("--variants", default="128x128s6pc2,256x128s4pc1x2",
+                   help="single-accumulator or 256-row (two-slab), unsplit variant keys")
     p.add_argument("--shapes", default="4096x7168x7168,4096x4096x16384,128x7168x16384,4096x2112x7168")
     p.add_argument("--launches", type=int, default=30)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a GPU", file=sys.stderr)
         return 2
-    variant = configs.parse_key(args.variant)
-    if variant.acc_mode != 0 or variant.block_m == 256 or variant.splits != 1:
-        p.error(f"--variant must be a single-accumulator, one-slab, unsplit variant, got {args.variant}")
+    variants = [configs.parse_key(key) for key in args.variants.split(",")]
+    for variant in variants:
+        if not (variant.acc_mode == 0 or variant.block_m == 256) or variant.splits != 1:
+            p.error(f"--variants: each must be a single-accumulator or 256-row, unsplit variant, got {variant.key}")
     pairs = DEFINE in os.environ.get("DEEPERGEMM_NVCC_DEFINES", "").split()
-    kernel = extension.load(variant)
-    print(f"{torch.cuda.get_device_name()}, {variant.key}, promotion per {'256 (pairs)' if pairs else '128'} of K, "
+    print(f"{torch.cuda.get_device_name()}, promotion per {'256 (pairs)' if pairs else '128'} of K, "
           f"inputs of the 256 recipe, cold L2, median of {args.launches}")
-    print(f"{'shape':>18} {'data':>9} {'calc_diff':>10} {'us':>8}")
-    for label in args.shapes.split(","):
-        m, n, k = (int(v) for v in label.split("x"))
-        if k % 256:
-            p.error(f"K must be a multiple of 256 (pairs of K blocks), got {label}")
-        for outliers in (False, True):
-            a, a_s, b, b_s, expected = recipe_256_inputs(m, n, k, outliers)
-            out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    print(f"{'variant':>16} {'shape':>18} {'data':>9} {'calc_diff':>10} {'us':>8}")
+    for variant in variants:
+        kernel = extension.load(variant)
+        for label in args.shapes.split(","):
+            m, n, k = (int(v) for v in label.split("x"))
+            if k % 256:
+                p.error(f"K must be a multiple of 256 (pairs of K blocks), got {label}")
+            for outliers in (False, True):
+                a, a_s, b, b_s, expected = recipe_256_inputs(m, n, k, outliers)
+                out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
 
-            def run():
-                kernels.launch(kernel, a, a_s, b, b_s, out, None, 16, configs.variant_l2_hints(m, variant), False)
+                def run():
+                    kernels.launch(kernel, a, a_s, b, b_s, out, None, 16, configs.variant_l2_hints(m, variant), False)
 
-            run()
-            torch.cuda.synchronize()
-            diff = ref.calc_diff(out, expected) if not out.isnan().any() else float("nan")
-            t = time_steady(run, args.launches).median_us
-            print(f"{label:>18} {'outliers' if outliers else 'N(0,1)':>9} {diff:>10.2e} {t:>8.1f}", flush=True)
+                run()
+                torch.cuda.synchronize()
+                diff = ref.calc_diff(out, expected) if not out.isnan().any() else float("nan")
+                t = time_steady(run, args.launches).median_us
+                print(f"{variant.key:>16} {label:>18} {'outliers' if outliers else 'N(0,1)':>9} {diff:>10.2e} {t:>8.1f}",
+                      flush=True)
     return 0
 
 

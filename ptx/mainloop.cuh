@@ -92,6 +92,7 @@ struct MathWarpgroup {
   __device__ __forceinline__ void finish_if_last(float (&total)[kRegs], const StepScales& sc, const StepScales& next);
   __device__ __forceinline__ void run();
   __device__ __forceinline__ void run_two_slabs(uint32_t steps);
+  __device__ __forceinline__ void run_two_slabs_pairs(uint32_t steps);
   __device__ __forceinline__ void run_single(uint32_t steps);
   __device__ __forceinline__ void run_dual_wait(uint32_t steps);
   __device__ __forceinline__ void run_dual_ahead(uint32_t steps);
@@ -238,7 +239,15 @@ __device__ __forceinline__ void MathWarpgroup<C>::run() {
     if (wg == 0) named_barrier_arrive(kSwigluFree, 256);
   }
   if constexpr (C::kSlabs > 1) {
+#ifdef DG_EXPERIMENT_PROMOTE_PAIRS
+    if constexpr (!C::kFp8Out) {
+      run_two_slabs_pairs(steps);
+    } else {
+      run_two_slabs(steps);
+    }
+#else
     run_two_slabs(steps);
+#endif
   } else if constexpr (C::kAcc == kAccSingle) {
     run_single(steps);
   } else if constexpr (C::kAcc == kAccDualWait) {
@@ -313,6 +322,59 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs(uint32_t steps) 
   release(sc0);
   promote<C>(acc0, total1, sc0, 1);
   store_tile(sc0);  // the last step ends the last tile
+}
+
+// Developers' experiment for the 256-K recipe (DG_EXPERIMENT_PROMOTE_PAIRS; see run_single): 256-row tiles take
+// their K blocks in pairs, each slab's two blocks summed into the one partial set before one promotion (two
+// promotions per pair of stages instead of four). The math warpgroup holds both stages of a pair. Assumes every
+// tile's K blocks pair up (an even count, no split-K or stream-K cut): bench/paired_promotion.py sets that up.
+template <class C>
+__device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs_pairs(uint32_t steps) {
+  float total[kRegs], total1[kRegs], acc0[kRegs];
+  auto store_tile = [&](const StepScales& sc) {
+    const int row_end = stored_row_end(total, sc);
+    stream_k_head_slab1(total1, sc);
+    epilogue(total, sc.row0, sc.n_block, 0, row_end);
+    epilogue(total1, sc.row0, sc.n_block, 1, row_end);
+  };
+  StepScales sa, sb;  // the pair's first and second block (sb's scales promote the pair: equal by assumption)
+  acquire(sa);
+  issue_slab(acc0, sa, 0);
+  acquire(sb);
+  issue_slab<true>(acc0, sb, 0);
+  start_sums(total, sa, 0);
+  start_sums(total1, sa, 1);
+  for (uint32_t s = 0; s + 2 < steps; s += 2) {  // entry: slab 0 of pair (sa, sb) in flight
+    wgmma_wait<0>();
+    promote<C>(acc0, total, sb, 0);
+    issue_slab(acc0, sa, 1);
+    issue_slab<true>(acc0, sb, 1);
+    StepScales na;
+    acquire(na);
+    wgmma_wait<0>();
+    release(sa);
+    release(sb);
+    promote<C>(acc0, total1, sb, 1);
+    issue_slab(acc0, na, 0);
+    const StepScales done = sb;
+    acquire(sb);
+    issue_slab<true>(acc0, sb, 0);
+    if (done.fixup) {
+      store_tile(done);
+      start_sums(total, na, 0);
+      start_sums(total1, na, 1);
+    }
+    sa = na;
+  }
+  wgmma_wait<0>();
+  promote<C>(acc0, total, sb, 0);
+  issue_slab(acc0, sa, 1);
+  issue_slab<true>(acc0, sb, 1);
+  wgmma_wait<0>();
+  release(sa);
+  release(sb);
+  promote<C>(acc0, total1, sb, 1);
+  store_tile(sb);  // the last pair ends the last tile
 }
 
 // One partial set: the next step is acquired right after the wait and the stage's release, before the promotion
