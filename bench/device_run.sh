@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu pairs l2stable l2bench1k cublas-shapes sweep-large sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu pairs l2stable l2bench1k cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
 LARGE=${LARGE:-128x128s6dc2,128x128s6d,128x128s6dc2x2,128x128s6dc1x2}
 SMALL=${SMALL:-64x32s16d,64x64s13d,64x64s8d,64x128s8d}
+MID=${MID:-256x128s4p,256x128s4pc1x2,128x128s6p,128x128s6w,128x128s6pc2,128x128s6wc2,128x192s5p,128x192s5pc2,64x128s8dc2}
 # At most 8 files come back from $OUT: only the logs that matter go there.
 python -m pip install -q -e . --no-deps --no-build-isolation > /tmp/install.log 2>&1 || { cat /tmp/install.log; exit 1; }
 python -c "import deepergemm" || { echo "deepergemm does not import after the install:"; cat /tmp/install.log; exit 1; }
@@ -57,6 +58,9 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
                    2>&1 | tee "$OUT/sweep_large${TAG:-}.log" | grep -v "^\[deepergemm\]" ;;
     sweep-small) timeout 240 python bench/sweep_variants.py --shapes small --variants "auto,$SMALL" --jobs 16 \
                    2>&1 | tee "$OUT/sweep_small${TAG:-}.log" | grep -v "^\[deepergemm\]" ;;
+    sweep-mid) # issue 25: the middle M (256-2048) over the anchor (N, K) pairs, every large/mid tile against cuBLAS
+         timeout 400 python bench/sweep_variants.py --shapes mid --variants "auto,$MID" --jobs 16 --launches 15 \
+                   2>&1 | tee "$OUT/sweep_mid${TAG:-}.log" | grep -v "^\[deepergemm\]" ;;
     warmup) # the binding and every tested unit, in parallel (seconds): stop here if they did not all build
             timeout 300 python -m deepergemm warmup --jobs 16 --variants "${WARMUP_VARIANTS:-tested}" > /tmp/warmup.log 2>&1
             rc=$?; tail -2 /tmp/warmup.log
