@@ -97,23 +97,30 @@ def _forward_only(op: str, **named) -> None:
                 f"is on: call it under torch.no_grad() or torch.inference_mode(), or pass {name}.detach()")
 
 
-def quantize_act(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_act(x: torch.Tensor, ue8m0: bool = False, group_k: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize activations (M, K) per 1x128 group: (fp8 (M, K), fp32 scales (M, K/128), M-major).
 
     x bf16, fp16 or fp32, K a positive multiple of 128. ue8m0=True rounds every scale up to a power of two
-    (stored as fp32)."""
+    (stored as fp32). group_k=256: the 256-K recipe's 1x256 groups (scales (M, K/256); K a multiple of 256), which
+    fp8_gemm takes with weights quantized by quantize_weight(w, block=(128, 256))."""
     _require_tensors(x=x)
     _check_flag("ue8m0", ue8m0)
-    return torch.ops.deepergemm.quantize_act(x, ue8m0)
+    if isinstance(group_k, bool) or group_k not in (128, 256):
+        raise ValueError(f"group_k must be 128 or 256 (the 256-K recipe), got {group_k!r}")
+    return torch.ops.deepergemm.quantize_act(x, ue8m0, group_k)
 
 
-def quantize_weight(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight(w: torch.Tensor, ue8m0: bool = False,
+                    block: tuple[int, int] = (128, 128)) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize weights (N, K) per 128x128 block: (fp8 (N, K), fp32 scales (ceil(N/128), K/128)).
 
-    w bf16, fp16 or fp32, any N, K a positive multiple of 128."""
+    w bf16, fp16 or fp32, any N, K a positive multiple of 128. block=(128, 256): the 256-K recipe's 128x256
+    blocks (scales (ceil(N/128), K/256); K a multiple of 256)."""
     _require_tensors(w=w)
     _check_flag("ue8m0", ue8m0)
-    return torch.ops.deepergemm.quantize_weight(w, ue8m0)
+    if not isinstance(block, (tuple, list)) or tuple(block) not in ((128, 128), (128, 256)):
+        raise ValueError(f"block must be (128, 128) or (128, 256) (the 256-K recipe), got {block!r}")
+    return torch.ops.deepergemm.quantize_weight(w, ue8m0, block[1])
 
 
 def _prepared_scales(name: str, w: PreparedWeight, scales) -> torch.Tensor:

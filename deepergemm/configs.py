@@ -37,6 +37,8 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
                                2 evict-last (default: l2_hints_for; 0 = no hints)
   DEEPERGEMM_BACKEND=ptx|cublas|reference  what backend='auto' means
+  DEEPERGEMM_PAIRS=0           the 256-K recipe without its pairs variants (select_recipe_256: scales repeated per
+                               128 of K into the 128 recipe's kernel instead)
 
 Small-M clusters: at 64 < M <= 128 the two 64-row M-tiles of an N-tile run as a 2x1 cluster that multicasts B
 (SMALL_M_CLUSTER), for tiles at least SMALL_M_CLUSTER_MIN_N wide and K >= SMALL_M_CLUSTER_MIN_K. On the H100
@@ -158,6 +160,10 @@ class Variant:
     # 128-column gate group and the second the matching up group, and the epilogue stores the fp8 quantization of
     # SwiGLU(gate, up) (N / 2 columns). Implies fp8_out; template parameter FP8_OUT = 2.
     swiglu: bool = False
+    # The 256-K recipe (key letter "r" in place of "p"; RECIPE_256_VARIANTS): scales per 256 of K, a pair of 128-K
+    # stages summed in one partial set before one promotion (dg::kAccPairs). One partial set (like "p"), plain tiles:
+    # no split-K, not grouped, not swapped, bf16/fp32 output; stream-K stays off (every tile's K pairs up).
+    pairs: bool = False
 
     def __post_init__(self):
         """The rules dg::GemmTraits enforces at compile time, as a Python error before any build."""
@@ -203,6 +209,10 @@ class Variant:
                             or self.splits != 1 or self.grouping != GROUP_NONE or self.swapped):
             problems.append("SwiGLU output needs fp8 output on 64x256 tiles with two math warpgroups (gate, up), "
                             "no split-K, not grouped, not swapped")
+        if self.pairs and (self.dual_acc or self.splits != 1 or self.grouping != GROUP_NONE or self.swapped
+                           or self.fp8_out):
+            problems.append("the 256-K recipe's pairs take one partial set on plain tiles: no dual accumulators, "
+                            "no split-K, not grouped, not swapped, no fp8 output")
         if problems:
             raise ValueError(f"variant {self.block_m}x{self.block_n} stages={self.stages} "
                              f"cluster={self.cluster_m}x{self.cluster_n}: " + "; ".join(problems))
@@ -215,7 +225,10 @@ class Variant:
 
     @property
     def acc_mode(self) -> int:
-        """dg::AccMode: 0 one partial set, 1 dual waiting for step s first, 2 dual with two steps in flight."""
+        """dg::AccMode: 0 one partial set, 1 dual waiting for step s first, 2 dual with two steps in flight, 3 pairs
+        of K blocks in one partial set (the 256-K recipe)."""
+        if self.pairs:
+            return 3
         return 0 if not self.dual_acc else 2 if self.issue_ahead else 1
 
     @property
@@ -254,7 +267,7 @@ class Variant:
         grouped = ("", "gc", "gm")[self.grouping]
         swapped = "t" if self.swapped else ""
         fp8_out = "swiglu" if self.swiglu else "q" if self.fp8_out else ""
-        return (f"{self.block_m}x{self.block_n}s{self.stages}{'pwd'[self.acc_mode]}{cluster}{split}{wgs}{grouped}"
+        return (f"{self.block_m}x{self.block_n}s{self.stages}{'pwdr'[self.acc_mode]}{cluster}{split}{wgs}{grouped}"
                 f"{swapped}{fp8_out}")
 
     @property
@@ -303,18 +316,19 @@ def parse_key(key: str) -> Variant:
     """The Variant a key such as "128x128s6dc2" names (also shapes not in VARIANTS: for experiments).
 
     The letter after the stage count: p = one partial accumulator set, d = two sets with two steps in
-    flight, w = two sets waiting for each step before issuing the next. Suffixes: c = cluster shape, k = K
+    flight, w = two sets waiting for each step before issuing the next, r = the 256-K recipe (one set summing a
+    pair of K blocks per promotion). Suffixes: c = cluster shape, k = K
     splits, m1 = one math warpgroup, gc / gm = grouped contiguous / masked, t = swapped (out^T = B A^T), q = fp8
     output."""
-    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpw])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?(?:m(\d))?(?:g([cm]))?(t)?(q|swiglu)?",
+    match = re.fullmatch(r"(\d+)x(\d+)s(\d+)([dpwr])(?:c(\d+)(?:x(\d+))?)?(?:k(\d+))?(?:m(\d))?(?:g([cm]))?(t)?(q|swiglu)?",
                          key)
     if match is None:
         raise ValueError(f"variant key {key!r} does not look like 128x128s6d, 128x128s6dc2, 128x128s6dc2x2 "
                          f", 64x64s12dk2, 64x32s16dm1 or 128x128s6wgc")
     bm, bn, stages, acc, cm, cn, ks, wgs, grouped, swapped, fp8_out = match.groups()
-    return Variant(int(bm), int(bn), int(stages), acc != "p", int(cm or 1), int(cn or 1), acc != "w", int(ks or 1),
+    return Variant(int(bm), int(bn), int(stages), acc in "dw", int(cm or 1), int(cn or 1), acc != "w", int(ks or 1),
                    int(wgs or 2), {None: GROUP_NONE, "c": GROUP_CONTIGUOUS, "m": GROUP_MASKED}[grouped],
-                   swapped is not None, fp8_out is not None, fp8_out == "swiglu")
+                   swapped is not None, fp8_out is not None, fp8_out == "swiglu", acc == "r")
 
 
 def _max_stages(block_m: int, block_n: int, cap: int = MAX_STAGES, splits: int = 1, math_wgs: int = 2,
@@ -615,7 +629,7 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int, sw: Switc
 SWITCHES = ("DEEPERGEMM_DUAL_ACC", "DEEPERGEMM_VARIANT", "DEEPERGEMM_CLUSTER", "DEEPERGEMM_GROUP_N",
             "DEEPERGEMM_SPLIT_K", "DEEPERGEMM_SMALL_M_CLUSTER", "DEEPERGEMM_SMALL_M_WGS", "DEEPERGEMM_STREAM_K",
             "DEEPERGEMM_L2_HINTS", "DEEPERGEMM_GROUPED_VARIANT", "DEEPERGEMM_PDL", "DEEPERGEMM_SWAP_AB",
-            "DEEPERGEMM_BACKEND")
+            "DEEPERGEMM_BACKEND", "DEEPERGEMM_PAIRS")
 
 
 @dataclass(frozen=True)
@@ -821,6 +835,39 @@ def _select_fp8_out_cached(m: int, n: int, k: int, num_sms: int, sw: Switches) -
 
 
 # ----------------------------------------------------------------------------------------------
+# The 256-K recipe (Variant.pairs): scales per 256 of K, one promotion per pair of 128-K stages
+# ----------------------------------------------------------------------------------------------
+# The pairs twins of the large-M tiles with one partial set. Where select() picks another tile (dual accumulators,
+# split-K, 64 rows: small and middle M), the 256 recipe runs that kernel with its scales repeated per 128 of K (the
+# same product, exactly): the binding's fp8_gemm does so when the plan's variant is not a pairs variant.
+RECIPE_256_VARIANTS: tuple[Variant, ...] = tuple(replace(v, pairs=True) for v in (
+    _variant(256, 128, False, CLUSTER_SHAPE_256),
+    _variant(256, 128, False),
+    _variant(128, 128, False, CLUSTER_SHAPE),
+))
+
+
+def select_recipe_256(m: int, n: int, k: int, num_sms: int, sw: Switches | None = None) -> Choice:
+    """The plan of a 256-K recipe problem (K a multiple of 256): the pairs twin of select()'s pick where it has one
+    and that pick has no stream-K tail (the pairs have none: every tile's K blocks pair up), else select()'s pick
+    itself (run with the scales repeated per 128). DEEPERGEMM_PAIRS=0: never the pairs."""
+    sw = sw or switches()
+    if k % (2 * BLOCK_K):
+        raise ValueError(f"select_recipe_256: K must be a multiple of {2 * BLOCK_K}, got {k}")
+    plain = select(m, n, k, num_sms, sw=sw)
+    if not sw.flag("DEEPERGEMM_PAIRS", True):
+        return plain
+    if plain.stream_k:  # (the pairs have no stream-K tail: the 128 kernel with its tail is kept)
+        return plain
+
+    def shape(v: Variant) -> tuple:
+        return v.block_m, v.block_n, v.stages, v.cluster_m, v.cluster_n, v.splits, v.math_wgs, v.grouping, v.swapped
+
+    twins = [v for v in RECIPE_256_VARIANTS if shape(v) == shape(plain.variant) and not plain.variant.fp8_out]
+    return replace(plain, variant=twins[0]) if twins else plain
+
+
+# ----------------------------------------------------------------------------------------------
 # SwiGLU fused into the gate/up GEMM's fp8 output (Variant.swiglu)
 # ----------------------------------------------------------------------------------------------
 # 64 x 256 tiles of the interleaved gate/up weight, two math warpgroups (128 gate and the matching 128 up columns:
@@ -881,7 +928,8 @@ GROUPED_VARIANTS: tuple[Variant, ...] = tuple(
     for paired in ((False, True) if bm == 128 else (False,)))
 # What CI compiles (and `warmup --variants tested` builds): the tested plain variants (swapped ones included),
 # the grouped ones and the fp8-output ones.
-BUILT_VARIANTS: tuple[Variant, ...] = TESTED_VARIANTS + GROUPED_VARIANTS + FP8_OUT_VARIANTS + SWIGLU_VARIANTS
+BUILT_VARIANTS: tuple[Variant, ...] = (TESTED_VARIANTS + GROUPED_VARIANTS + FP8_OUT_VARIANTS + SWIGLU_VARIANTS
+                                       + RECIPE_256_VARIANTS)
 
 
 def _group_tiles(rows: int, block_m: int, cluster_m: int) -> int:

@@ -407,7 +407,7 @@ def load_all(variants, jobs: int | None = None) -> list:
 def _variants_arg(parser: argparse.ArgumentParser, value: str) -> tuple[configs.Variant, ...]:
     if value == "selectable":
         return (configs.VARIANTS + configs.GROUPED_VARIANTS + configs.FP8_OUT_VARIANTS + configs.SWIGLU_VARIANTS
-                + (PROBE_UNIT,))
+                + configs.RECIPE_256_VARIANTS + (PROBE_UNIT,))
     if value == "tested":
         return configs.BUILT_VARIANTS + (PROBE_UNIT,)
     try:

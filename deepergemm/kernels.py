@@ -15,7 +15,7 @@ import torch
 from . import configs, extension
 
 # deepergemm::_plan's kinds (ptx/binding.cpp's PlanKind)
-PLAN_PLAIN, PLAN_PLACED, PLAN_CONTIGUOUS, PLAN_MASKED, PLAN_FP8_OUT, PLAN_SWIGLU = 0, 1, 2, 3, 4, 5
+PLAN_PLAIN, PLAN_PLACED, PLAN_CONTIGUOUS, PLAN_MASKED, PLAN_FP8_OUT, PLAN_SWIGLU, PLAN_RECIPE_256 = 0, 1, 2, 3, 4, 5, 6
 _BIAS_KIND = {None: 0, torch.float32: 1, torch.bfloat16: 2}
 
 
@@ -42,7 +42,7 @@ def plan(kind: int, device: int, m: int, n: int, k: int, groups: int, rows: int,
          side_aware: bool) -> list[int]:
     """A problem's plan for the binding: [variant id, group_n, l2_hints, stream_k, side 0's N-tiles, pdl].
     kind: PLAN_* (PLAN_FP8_OUT: the fp8-output variants, configs.select_fp8_out; PLAN_SWIGLU: configs.select_swiglu,
-    n = B's rows); grouped plans take the groups
+    n = B's rows; PLAN_RECIPE_256: configs.select_recipe_256, a pairs variant or a 128 one); grouped plans take the groups
     and the rows per group the tile choice plans for; placed plans the placement's split row and whether to
     schedule the N-tiles by L2 side."""
     sms = sm_count(device)
@@ -54,6 +54,8 @@ def plan(kind: int, device: int, m: int, n: int, k: int, groups: int, rows: int,
         choice = configs.select_fp8_out(m, n, k, sms, sw=sw)
     elif kind == PLAN_SWIGLU:
         choice = configs.select_swiglu(m, n, k, sms, sw=sw)
+    elif kind == PLAN_RECIPE_256:
+        choice = configs.select_recipe_256(m, n, k, sms, sw=sw)
     elif kind == PLAN_PLACED:
         choice = configs.select(m, n, k, sms, swap_ok=False, sw=sw)
         side0 = configs.side0_n_tiles(choice.variant, n, split_rows) if side_aware else None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference import FP8_DTYPE, GROUP_K
+from .reference import FP8_DTYPE, GROUP_K, SCALE_GROUPS_K
 
 SCALE_M_ALIGN = 4  # fp32 elements per 16 bytes: TMA needs 16-byte aligned strides
 TMA_ALIGN_BYTES = 16
@@ -48,9 +48,9 @@ def act_scale_stride(m: int) -> int:
     return round_up(m, SCALE_M_ALIGN)
 
 
-def empty_act_scales(m: int, k: int, device: torch.device | str) -> torch.Tensor:
-    """Uninitialised (M, K/128) fp32 scales in the GEMM's M-major TMA layout."""
-    return torch.empty_strided((m, k // GROUP_K), (1, act_scale_stride(m)), dtype=torch.float32, device=device)
+def empty_act_scales(m: int, k: int, device: torch.device | str, group_k: int = GROUP_K) -> torch.Tensor:
+    """Uninitialised (M, K/group_k) fp32 scales in the GEMM's M-major TMA layout."""
+    return torch.empty_strided((m, k // group_k), (1, act_scale_stride(m)), dtype=torch.float32, device=device)
 
 
 def is_act_scale_layout(s: torch.Tensor) -> bool:
@@ -144,25 +144,31 @@ def _require_same_device(named: dict[str, torch.Tensor | None]) -> None:
             raise ValueError(f"all tensors must be on one device: {first_name} is on {first}, {name} is on {dev}")
 
 
-def check_quantize_input(name: str, x: torch.Tensor) -> None:
-    """Rules for quantize_act / quantize_weight inputs (K as every GEMM takes it: a positive multiple of 128)."""
+def check_quantize_input(name: str, x: torch.Tensor, group_k: int = GROUP_K) -> None:
+    """Rules for quantize_act / quantize_weight inputs (K as every GEMM takes it: a positive multiple of 128, or of
+    the 256-K recipe's group_k = 256)."""
+    if group_k not in SCALE_GROUPS_K:
+        raise ValueError(f"the scale group along K (group_k, block[1]) must be one of {SCALE_GROUPS_K}, got {group_k!r}")
     _require_tensor(name, x)
     _require_dtype(name, x, (torch.bfloat16, torch.float16, torch.float32))
     check_rank(name, x, 2, "(rows, K)")
     k = x.shape[1]
-    if k == 0 or k % GROUP_K != 0:
-        raise ValueError(f"{name}.shape[1] (K) must be a positive multiple of {GROUP_K}, got K={k}")
+    if k == 0 or k % group_k != 0:
+        raise ValueError(f"{name}.shape[1] (K) must be a positive multiple of {group_k}, got K={k}")
 
 
 def check_gemm_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-                      out_dtype: torch.dtype, bias: torch.Tensor | None) -> tuple[int, int, int]:
-    """Validate fp8_gemm's arguments; return (M, N, K)."""
+                      out_dtype: torch.dtype, bias: torch.Tensor | None,
+                      recipe_256_ok: bool = False) -> tuple[int, int, int]:
+    """Validate fp8_gemm's arguments; return (M, N, K). recipe_256_ok: the scales may also be the 256-K recipe's
+    (a_scales (M, K/256), b_scales (ceil(N/128), K/256); scale_group_k tells which)."""
     _require_tensor("b", b)
     _require_dtype("b", b, (FP8_DTYPE,))
     check_rank("b", b, 2, "(N, K)")
     n, k_b = b.shape
     m, k = _check_a_and_scales(a, a_scales, b_scales, n, k_b, out_dtype, bias,
-                               f"a and b must share K (a is (M, K), b is (N, K)): got a {{a}}, b {tuple(b.shape)}")
+                               f"a and b must share K (a is (M, K), b is (N, K)): got a {{a}}, b {tuple(b.shape)}",
+                               recipe_256_ok)
     _require_same_device({"a": a, "b": b})
     _require_k_major("b", b)
     return m, n, k
@@ -227,8 +233,15 @@ def check_gemm_swiglu_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.T
     return m, n, k
 
 
+def scale_group_k(a_scales: torch.Tensor, k: int) -> int:
+    """The K group of a GEMM's scales: 256 for the 256-K recipe's a_scales (M, K/256), else 128."""
+    wide = 2 * GROUP_K
+    return wide if k % wide == 0 and a_scales.dim() == 2 and a_scales.shape[1] == k // wide else GROUP_K
+
+
 def _check_a_and_scales(a: torch.Tensor, a_scales: torch.Tensor, b_scales: torch.Tensor, n: int, k_b: int,
-                        out_dtype: torch.dtype, bias: torch.Tensor | None, k_mismatch: str) -> tuple[int, int]:
+                        out_dtype: torch.dtype, bias: torch.Tensor | None, k_mismatch: str,
+                        recipe_256_ok: bool = False) -> tuple[int, int]:
     """What fp8_gemm and fp8_gemm_placed share: A, the scales, N, out_dtype and bias against B's (n, k_b)."""
     for name, t in (("a", a), ("a_scales", a_scales), ("b_scales", b_scales)):
         _require_tensor(name, t)
@@ -243,12 +256,23 @@ def _check_a_and_scales(a: torch.Tensor, a_scales: torch.Tensor, b_scales: torch
                          f"got N={n}")
     _require_dtype("a_scales", a_scales, (torch.float32,))
     _require_dtype("b_scales", b_scales, (torch.float32,))
-    groups = k // GROUP_K
+    group = scale_group_k(a_scales, k) if recipe_256_ok else GROUP_K
+    groups = k // group
+    if recipe_256_ok:
+        also = f" (or (M, K/256) = {(m, k // (2 * GROUP_K))} for the 256-K recipe)" if k % (2 * GROUP_K) == 0 else ""
+    else:
+        also = " (the 256-K recipe's scales: fp8_gemm with a bf16 or fp32 output only)" \
+            if scale_group_k(a_scales, k) != GROUP_K else ""
+    nb = ceil_div(n, GROUP_K)
+    if group != GROUP_K and tuple(b_scales.shape) == (nb, k // GROUP_K):  # the recipes mixed: name both
+        raise ValueError(f"a_scales must have shape (M, K/128) = {(m, k // GROUP_K)} to match b_scales "
+                         f"{tuple(b_scales.shape)} (the 128 recipe), got {tuple(a_scales.shape)} (the 256-K recipe's; "
+                         f"its b_scales are (ceil(N/128), K/256) = {(nb, groups)})")
     if tuple(a_scales.shape) != (m, groups):
-        raise ValueError(f"a_scales must have shape (M, K/128) = {(m, groups)}, got {tuple(a_scales.shape)}")
+        raise ValueError(f"a_scales must have shape (M, K/128) = {(m, k // GROUP_K)}{also}, got {tuple(a_scales.shape)}")
     if tuple(b_scales.shape) != (ceil_div(n, GROUP_K), groups):
-        raise ValueError(f"b_scales must have shape (ceil(N/128), K/128) = {(ceil_div(n, GROUP_K), groups)}, "
-                         f"got {tuple(b_scales.shape)}")
+        raise ValueError(f"b_scales must have shape (ceil(N/128), K/{group}) = {(ceil_div(n, GROUP_K), groups)}"
+                         f"{' (the 256-K recipe, as a_scales)' if group != GROUP_K else ''}, got {tuple(b_scales.shape)}")
     if not isinstance(out_dtype, torch.dtype) or out_dtype not in OUT_DTYPES:
         raise TypeError(f"out_dtype must be torch.bfloat16 or torch.float32, got {out_dtype}")
     _check_bias(bias, n)

@@ -181,51 +181,51 @@ def _define_op(schema: str, kernels: dict, fake) -> None:
     torch.library.register_fake(f"deepergemm::{name}", fake, lib=_lib)
 
 
-def _quantize_act_cpu(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    layouts.check_quantize_input("x", x)
-    q, s = reference.quantize_act(x, ue8m0=ue8m0)
-    scales = layouts.empty_act_scales(x.shape[0], x.shape[1], x.device)
+def _quantize_act_cpu(x: torch.Tensor, ue8m0: bool = False, group_k: int = GROUP_K) -> tuple[torch.Tensor, torch.Tensor]:
+    layouts.check_quantize_input("x", x, group_k)
+    q, s = reference.quantize_act(x, ue8m0=ue8m0, group_k=group_k)
+    scales = layouts.empty_act_scales(x.shape[0], x.shape[1], x.device, group_k)
     scales.copy_(s)
     return q, scales
 
 
-def _quantize_act_cuda(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    layouts.check_quantize_input("x", x)
+def _quantize_act_cuda(x: torch.Tensor, ue8m0: bool = False, group_k: int = GROUP_K) -> tuple[torch.Tensor, torch.Tensor]:
+    layouts.check_quantize_input("x", x, group_k)
     from .triton_kernels import quantize as triton_quantize
 
-    return triton_quantize.quantize_act(x, ue8m0=ue8m0)
+    return triton_quantize.quantize_act(x, ue8m0=ue8m0, group_k=group_k)
 
 
-def _quantize_act_fake(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    layouts.check_quantize_input("x", x)
+def _quantize_act_fake(x: torch.Tensor, ue8m0: bool = False, group_k: int = GROUP_K) -> tuple[torch.Tensor, torch.Tensor]:
+    layouts.check_quantize_input("x", x, group_k)
     m, k = x.shape
-    return x.new_empty((m, k), dtype=reference.FP8_DTYPE), layouts.empty_act_scales(m, k, x.device)
+    return x.new_empty((m, k), dtype=reference.FP8_DTYPE), layouts.empty_act_scales(m, k, x.device, group_k)
 
 
-_define_op("quantize_act(Tensor x, bool ue8m0=False) -> (Tensor, Tensor)",
+_define_op("quantize_act(Tensor x, bool ue8m0=False, int group_k=128) -> (Tensor, Tensor)",
            {"CPU": _quantize_act_cpu, "CUDA": _quantize_act_cuda}, _quantize_act_fake)
 
 
-def _quantize_weight_cpu(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    layouts.check_quantize_input("w", w)
-    return reference.quantize_weight(w, ue8m0=ue8m0)
+def _quantize_weight_cpu(w: torch.Tensor, ue8m0: bool = False, block_k: int = GROUP_K) -> tuple[torch.Tensor, torch.Tensor]:
+    layouts.check_quantize_input("w", w, block_k)
+    return reference.quantize_weight(w, ue8m0=ue8m0, block_k=block_k)
 
 
-def _quantize_weight_cuda(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    layouts.check_quantize_input("w", w)
+def _quantize_weight_cuda(w: torch.Tensor, ue8m0: bool = False, block_k: int = GROUP_K) -> tuple[torch.Tensor, torch.Tensor]:
+    layouts.check_quantize_input("w", w, block_k)
     from .triton_kernels import quantize as triton_quantize
 
-    return triton_quantize.quantize_weight(w, ue8m0=ue8m0)
+    return triton_quantize.quantize_weight(w, ue8m0=ue8m0, block_k=block_k)
 
 
-def _quantize_weight_fake(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    layouts.check_quantize_input("w", w)
+def _quantize_weight_fake(w: torch.Tensor, ue8m0: bool = False, block_k: int = GROUP_K) -> tuple[torch.Tensor, torch.Tensor]:
+    layouts.check_quantize_input("w", w, block_k)
     n, k = w.shape
-    scales = w.new_empty((ceil_div(n, GROUP_K), k // GROUP_K), dtype=torch.float32)
+    scales = w.new_empty((ceil_div(n, GROUP_K), k // block_k), dtype=torch.float32)
     return w.new_empty((n, k), dtype=reference.FP8_DTYPE), scales
 
 
-_define_op("quantize_weight(Tensor w, bool ue8m0=False) -> (Tensor, Tensor)",
+_define_op("quantize_weight(Tensor w, bool ue8m0=False, int block_k=128) -> (Tensor, Tensor)",
            {"CPU": _quantize_weight_cpu, "CUDA": _quantize_weight_cuda}, _quantize_weight_fake)
 
 
@@ -233,23 +233,26 @@ _define_op("quantize_weight(Tensor w, bool ue8m0=False) -> (Tensor, Tensor)",
 # fp8_gemm
 # ----------------------------------------------------------------------------------------------
 def _fp8_gemm_cpu(a, a_scales, b, b_scales, out_dtype=torch.bfloat16, bias=None, backend="auto"):
-    layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias)
+    layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias, recipe_256_ok=True)
     resolve_backend(backend, a.device)  # validates the name; CPU always runs the reference
     return reference.fp8_gemm(a, a_scales, b, b_scales, out_dtype, bias)
 
 
 def _fp8_gemm_python(a, a_scales, b, b_scales, out_dtype=torch.bfloat16, bias=None, backend="auto"):
-    m, n, _ = layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias)
+    m, n, k = layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias, recipe_256_ok=True)
     chosen = resolve_backend(backend, a.device)
     if m == 0:
         return a.new_empty((m, n), dtype=out_dtype)
     if chosen == "ptx":  # (the binding loaded meanwhile)
         return torch.ops.deepergemm.fp8_gemm.default(a, a_scales, b, b_scales, out_dtype, bias, chosen)
+    if chosen == "cublas" and layouts.scale_group_k(a_scales, k) != layouts.GROUP_K:
+        # cuBLAS's blockwise recipe is per 128: the 256 recipe's scales repeated per 128 give the same product
+        a_scales, b_scales = a_scales.repeat_interleave(2, dim=1), b_scales.repeat_interleave(2, dim=1)
     return _run_gemm(chosen, a, a_scales, b, b_scales, out_dtype, bias)
 
 
 def _fp8_gemm_fake(a, a_scales, b, b_scales, out_dtype=torch.bfloat16, bias=None, backend="auto"):
-    m, n, _ = layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias)
+    m, n, _ = layouts.check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias, recipe_256_ok=True)
     return a.new_empty((m, n), dtype=out_dtype)
 
 

@@ -281,10 +281,11 @@ void check_out_dtype(at::ScalarType out_dtype) {
 
 // layouts._check_a_and_scales: what fp8_gemm and fp8_gemm_placed share; returns (M, K)
 // k_mismatch(a's shape): the message when a's K is not k_b (the caller's words for where k_b comes from).
+// scale_k: where the caller takes the 256-K recipe too (fp8_gemm), the recipe's K group (128 or 256) goes there.
 template <typename KMismatch>
 std::pair<int64_t, int64_t> check_a_and_scales(const Tensor& a, const Tensor& a_scales, const Tensor& b_scales, int64_t n,
                                                int64_t k_b, at::ScalarType out_dtype, const optional<Tensor>& bias,
-                                               const KMismatch& k_mismatch) {
+                                               const KMismatch& k_mismatch, int64_t* scale_k = nullptr) {
   require_dtype("a", a, {at::kFloat8_e4m3fn});
   require_rank("a", a, 2, "(M, K)");
   const int64_t m = a.size(0), k = a.size(1);
@@ -294,11 +295,24 @@ std::pair<int64_t, int64_t> check_a_and_scales(const Tensor& a, const Tensor& a_
                     " (16-byte aligned output rows), got N=", n));
   require_dtype("a_scales", a_scales, {at::kFloat});
   require_dtype("b_scales", b_scales, {at::kFloat});
-  const int64_t groups = k / dg::kBlockK;
-  TORCH_CHECK_VALUE(a_scales.dim() == 2 && a_scales.size(0) == m && a_scales.size(1) == groups, cat("a_scales must have shape (M, K/128) = ", tuple_str({m, groups}), ", got ",
+  // The 256-K recipe (scales per 256 of K) where the caller takes it: a_scales (M, K/256) says so.
+  const bool looks_wide = k % (2 * dg::kBlockK) == 0 && a_scales.dim() == 2 && a_scales.size(1) == k / (2 * dg::kBlockK);
+  const bool wide = scale_k != nullptr && looks_wide;
+  const int64_t group = wide ? 2 * dg::kBlockK : dg::kBlockK, groups = k / group;
+  if (scale_k != nullptr) *scale_k = group;
+  const std::string also =
+      scale_k == nullptr ? (looks_wide ? " (the 256-K recipe's scales: fp8_gemm with a bf16 or fp32 output only)" : "")
+      : k % (2 * dg::kBlockK) != 0 ? std::string()
+                                   : cat(" (or (M, K/256) = ", tuple_str({m, k / (2 * dg::kBlockK)}), " for the 256-K recipe)");
+  const int64_t nb = ceil_div(n, dg::kBlockK);
+  TORCH_CHECK_VALUE(!wide || !(b_scales.dim() == 2 && b_scales.size(0) == nb && b_scales.size(1) == k / dg::kBlockK),
+                    cat("a_scales must have shape (M, K/128) = ", tuple_str({m, k / dg::kBlockK}), " to match b_scales ",
+                        tuple_str(b_scales.sizes()), " (the 128 recipe), got ", tuple_str(a_scales.sizes()),
+                        " (the 256-K recipe's; its b_scales are (ceil(N/128), K/256) = ", tuple_str({nb, groups}), ")"));
+  TORCH_CHECK_VALUE(a_scales.dim() == 2 && a_scales.size(0) == m && a_scales.size(1) == groups, cat("a_scales must have shape (M, K/128) = ", tuple_str({m, k / dg::kBlockK}), also, ", got ",
                     tuple_str(a_scales.sizes())));
-  TORCH_CHECK_VALUE(b_scales.dim() == 2 && b_scales.size(0) == ceil_div(n, dg::kBlockK) && b_scales.size(1) == groups, cat("b_scales must have shape (ceil(N/128), K/128) = ", tuple_str({ceil_div(n, dg::kBlockK), groups}),
-                    ", got ", tuple_str(b_scales.sizes())));
+  TORCH_CHECK_VALUE(b_scales.dim() == 2 && b_scales.size(0) == ceil_div(n, dg::kBlockK) && b_scales.size(1) == groups, cat("b_scales must have shape (ceil(N/128), K/", group, ") = ", tuple_str({ceil_div(n, dg::kBlockK), groups}),
+                    wide ? " (the 256-K recipe, as a_scales)" : "", ", got ", tuple_str(b_scales.sizes())));
   check_out_dtype(out_dtype);
   if (bias.has_value()) {
     require_dtype("bias", *bias, {at::kBFloat16, at::kHalf, at::kFloat});
@@ -314,13 +328,13 @@ std::pair<int64_t, int64_t> check_a_and_scales(const Tensor& a, const Tensor& a_
 // layouts.check_gemm_inputs; returns (M, N, K)
 std::tuple<int64_t, int64_t, int64_t> check_gemm_inputs(const Tensor& a, const Tensor& a_scales, const Tensor& b,
                                                         const Tensor& b_scales, at::ScalarType out_dtype,
-                                                        const optional<Tensor>& bias) {
+                                                        const optional<Tensor>& bias, int64_t* scale_k = nullptr) {
   require_dtype("b", b, {at::kFloat8_e4m3fn});
   require_rank("b", b, 2, "(N, K)");
   const int64_t n = b.size(0);
   auto [m, k] = check_a_and_scales(a, a_scales, b_scales, n, b.size(1), out_dtype, bias, [&](const std::string& a_shape) {
     return cat("a and b must share K (a is (M, K), b is (N, K)): got a ", a_shape, ", b ", tuple_str(b.sizes()));
-  });
+  }, scale_k);
   require_same_device({{"a", &a}, {"b", &b}});
   require_k_major("b", b);
   return {m, n, k};
@@ -794,8 +808,15 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   const int64_t k_blocks = k / dg::kBlockK;
   TORCH_CHECK(k_blocks >= info.splits, cat("deepergemm: this variant splits K in ", info.splits, " and needs K >= ",
               info.splits * dg::kBlockK, ", got K = ", k));
-  TORCH_CHECK(a_scales.stride(0) == 1 || m == 1, "deepergemm: a_scales must be M-major");
-  const int64_t sa_stride = k_blocks > 1 ? a_scales.stride(1) : round_up(m, 4);
+  // Scale columns: one per K block, or (the 256-K recipe's pair variants) one per pair of K blocks.
+  const bool pairs = info.acc == dg::kAccPairs;
+  TORCH_CHECK(!pairs || k_blocks % 2 == 0, cat("deepergemm: the 256-K recipe needs K a multiple of 256, got K = ", k));
+  const int64_t scale_cols = pairs ? k_blocks / 2 : k_blocks;
+  TORCH_CHECK((a_scales.stride(0) == 1 || m == 1) && a_scales.size(1) == scale_cols &&
+                  b_scales.size(b_scales.dim() - 1) == scale_cols,
+              cat("deepergemm: a_scales must be M-major, and both scales have ", scale_cols, " columns (K/",
+                  pairs ? 256 : 128, ") for this variant"));
+  const int64_t sa_stride = scale_cols > 1 ? a_scales.stride(1) : round_up(m, 4);
   TORCH_CHECK(!swapped || (!placed && x.sm_side == nullptr && !grouped),
               "deepergemm: swapped variants take a plain B, no L2 sides, no groups");
   const int device = a.device().index();
@@ -831,7 +852,7 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
              : tensor_map_2d(b_op.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, b_op.size(0), b_op.stride(0), dg::kBlockK,
                              kBN / kClusterM, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's B slice
   // (swapped: the tile's tokens are its N' columns, a box of kBN scales)
-  const CUtensorMap map_sa = tensor_map_2d(a_scales.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m, k_blocks,
+  const CUtensorMap map_sa = tensor_map_2d(a_scales.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m, scale_cols,
                                            sa_stride * 4, swapped ? kBN : kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
   // bf16 output: TMA stores of 16-row (one warp's) x epi_n-column slices, swizzled like the staging buffer. The
   // fp32 and the transposed (swapped) epilogues store from registers: no map (the kernel never reads this one).
@@ -969,7 +990,8 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
 // op deepergemm::_plan: configs.select and the kernel unit's loading) on a problem's first call, cached here.
 // =============================================================================================
 enum PlanKind : int64_t {
-  kPlanPlain = 0, kPlanPlaced = 1, kPlanContiguous = 2, kPlanMasked = 3, kPlanFp8Out = 4, kPlanSwiglu = 5
+  kPlanPlain = 0, kPlanPlaced = 1, kPlanContiguous = 2, kPlanMasked = 3, kPlanFp8Out = 4, kPlanSwiglu = 5,
+  kPlanRecipe256 = 6
 };
 
 struct Plan {
@@ -1066,7 +1088,8 @@ Tensor gemm_into_new_output(const Plan& plan, const Tensor& a, const Tensor& a_s
 
 Tensor fp8_gemm(const Tensor& a, const Tensor& a_scales, const Tensor& b, const Tensor& b_scales, at::ScalarType out_dtype,
                 const optional<Tensor>& bias, c10::string_view backend) {
-  auto [m, n, k] = check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias);
+  int64_t scale_k = dg::kBlockK;
+  auto [m, n, k] = check_gemm_inputs(a, a_scales, b, b_scales, out_dtype, bias, &scale_k);
   const Backend chosen = resolve_backend(backend, a.device());
   if (m == 0) return at::empty({m, n}, a.options().dtype(out_dtype));
   if (chosen != Backend::kPtx) {
@@ -1076,6 +1099,16 @@ Tensor fp8_gemm(const Tensor& a, const Tensor& a_scales, const Tensor& b, const 
     return slow.call(a, a_scales, b, b_scales, out_dtype, bias, backend_name(chosen));
   }
   c10::DeviceGuard guard(a.device());
+  if (scale_k != dg::kBlockK) {
+    // The 256-K recipe: its pairs variant where the plan has one (one promotion per 256 of K), else the 128 recipe's
+    // kernel with the scales repeated per 128 of K (the same product, exactly).
+    const Plan plan = plan_for({kPlanRecipe256, a.device().index(), m, n, k, 0, 0, 0, 0});
+    if (variant_at(plan.variant).info.acc == dg::kAccPairs) {
+      return gemm_into_new_output(plan, a, a_scales, b, b_scales, n, out_dtype, bias, nullptr, 0, std::nullopt);
+    }
+    return gemm_into_new_output(plan, a, a_scales.repeat_interleave(2, 1), b, b_scales.repeat_interleave(2, 1), n,
+                                out_dtype, bias, nullptr, 0, std::nullopt);
+  }
   const Plan plan = plan_for({kPlanPlain, a.device().index(), m, n, k, 0, 0, 0, 0});
   return gemm_into_new_output(plan, a, a_scales, b, b_scales, n, out_dtype, bias, nullptr, 0, std::nullopt);
 }

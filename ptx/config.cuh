@@ -29,6 +29,10 @@ struct KernelConfig {
 
   // ---- derived ----
   static constexpr bool kGrouped = kGrouping != kGroupNone;
+  // The 256-K recipe: scales per 256 of K (a_scales (M, K/256), b_scales (N/128, K/256)); stages stay 128 deep, and a
+  // pair of them is summed in the tensor cores before one promotion. Scale column of K block kb: kb >> kScaleShift.
+  static constexpr bool kPairs = kAcc == kAccPairs;
+  static constexpr int kScaleShift = kPairs ? 1 : 0;
   static constexpr int kMulticast = kClusterM * kClusterN;  // CTAs that share stages by multicast
   static constexpr int kCluster = kMulticast * kSplitK;     // CTAs per cluster
   static constexpr int kThreads = 128 * (1 + kMathWGs);     // the producer warpgroup and the math warpgroups
@@ -64,8 +68,13 @@ struct KernelConfig {
   static_assert(kMathWGs == 2 || (kMathWGs == 1 && kBlockM == 64), "two math warpgroups, or one on 64-row tiles");
   static_assert(kWgN % 16 == 0 && kWgN <= 256, "warpgroup N must be a multiple of 16 (stmatrix.x4), <= 256");
   static_assert(kBlockK - kScaleAlign + kWgN <= 3 * kBlockK, "a warpgroup's columns span at most three scale blocks");
-  static_assert(kAcc == kAccSingle || kAcc == kAccDualWait || kAcc == kAccDualAhead, "unknown accumulation mode");
-  static_assert(kSlabs == 1 || kAcc == kAccSingle, "256-row tiles have registers for one partial set only");
+  static_assert(kAcc == kAccSingle || kAcc == kAccDualWait || kAcc == kAccDualAhead || kAcc == kAccPairs,
+                "unknown accumulation mode");
+  static_assert(kSlabs == 1 || kAcc == kAccSingle || kAcc == kAccPairs,
+                "256-row tiles have registers for one partial set only");
+  // Pairs: every tile's K blocks pair up (K a multiple of 256, no split-K or stream-K cut inside a tile's K).
+  static_assert(!kPairs || (kSplitK == 1 && !kGrouped && !kSwapped && FP8_OUT == 0),
+                "the 256-K recipe: plain tiles, no split-K, not grouped, not swapped, bf16/fp32 output");
   static_assert(kSplitK == 1 || kMulticast == 1, "split-K clusters do not multicast");
   static_assert(kSplitK == 1 || kSlabs == 1, "split-K clusters are built for one-slab tiles");
   static_assert(!kGrouped || kSplitK == 1, "grouped GEMMs run without split-K (their tile count is on the device)");

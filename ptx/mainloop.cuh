@@ -7,6 +7,7 @@
 //   run_single      one partial set: issue step s, wait for it, promote it
 //   run_dual_wait   two sets: wait for step s, issue s+1 into the other set, promote s while s+1 runs
 //   run_dual_ahead  two sets, two steps in flight: issue s+1, wait for s, promote s
+//   run_*_pairs     the 256-K recipe: a pair of K blocks summed in one partial set, promoted once
 // With two sets (or two slabs) the next wgmmas are queued before a promotion, so the tensor cores never wait on
 // the promotion, nor on the epilogue.
 #pragma once
@@ -81,7 +82,7 @@ struct MathWarpgroup {
 
   // ---- steps (this file) ----
   __device__ __forceinline__ void acquire(StepScales& sc);
-  template <bool kOnto = false>  // kOnto: add to acc instead of overwriting it (DG_EXPERIMENT_PROMOTE_PAIRS)
+  template <bool kOnto = false>  // kOnto: add to acc instead of overwriting it (a pair's second K block)
   __device__ __forceinline__ void issue_slab(float (&acc)[kRegs], const StepScales& sc, int slab);
   __device__ __forceinline__ void issue(float (&acc)[kRegs], StepScales& sc) {
     acquire(sc);
@@ -94,6 +95,7 @@ struct MathWarpgroup {
   __device__ __forceinline__ void run_two_slabs(uint32_t steps);
   __device__ __forceinline__ void run_two_slabs_pairs(uint32_t steps);
   __device__ __forceinline__ void run_single(uint32_t steps);
+  __device__ __forceinline__ void run_single_pairs(uint32_t steps);
   __device__ __forceinline__ void run_dual_wait(uint32_t steps);
   __device__ __forceinline__ void run_dual_ahead(uint32_t steps);
 
@@ -239,15 +241,13 @@ __device__ __forceinline__ void MathWarpgroup<C>::run() {
     if (wg == 0) named_barrier_arrive(kSwigluFree, 256);
   }
   if constexpr (C::kSlabs > 1) {
-#ifdef DG_EXPERIMENT_PROMOTE_PAIRS
-    if constexpr (!C::kFp8Out) {
+    if constexpr (C::kPairs) {
       run_two_slabs_pairs(steps);
     } else {
       run_two_slabs(steps);
     }
-#else
-    run_two_slabs(steps);
-#endif
+  } else if constexpr (C::kPairs) {
+    run_single_pairs(steps);
   } else if constexpr (C::kAcc == kAccSingle) {
     run_single(steps);
   } else if constexpr (C::kAcc == kAccDualWait) {
@@ -324,10 +324,9 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs(uint32_t steps) 
   store_tile(sc0);  // the last step ends the last tile
 }
 
-// Developers' experiment for the 256-K recipe (DG_EXPERIMENT_PROMOTE_PAIRS; see run_single): 256-row tiles take
-// their K blocks in pairs, each slab's two blocks summed into the one partial set before one promotion (two
-// promotions per pair of stages instead of four). The math warpgroup holds both stages of a pair. Assumes every
-// tile's K blocks pair up (an even count, no split-K or stream-K cut): bench/paired_promotion.py sets that up.
+// The 256-K recipe, 256-row tiles: per pair of K blocks, each slab's two blocks summed into the one partial set
+// before one promotion (two promotions per pair of stages instead of four); the math warpgroup holds both stages of
+// a pair. The next pair's slab 0 is issued before a finished tile's stores, as in run_two_slabs.
 template <class C>
 __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs_pairs(uint32_t steps) {
   float total[kRegs], total1[kRegs], acc0[kRegs];
@@ -380,42 +379,58 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs_pairs(uint32_t s
 // One partial set: the next step is acquired right after the wait and the stage's release, before the promotion
 // (earlier, a late stage would hold back the release), and issued before a finished tile's stores, so they overlap
 // its wgmmas.
-//
-// Developers' experiment for the 256-K recipe (DG_EXPERIMENT_PROMOTE_PAIRS; ptx/NOTES.md): a tile's K blocks 2i and
-// 2i+1 sum into one partial set, promoted once by the second block's scales. Right only where both blocks of every
-// pair carry the same scales and no split-K or stream-K cut falls inside a pair (bench/paired_promotion.py sets that
-// up); it measures what summing 256 products in the tensor cores costs in accuracy, and what half the promotions buy.
 template <class C>
 __device__ __forceinline__ void MathWarpgroup<C>::run_single(uint32_t steps) {
-#ifdef DG_EXPERIMENT_PROMOTE_PAIRS
-  constexpr bool kPairs = true;
-#else
-  constexpr bool kPairs = false;
-#endif
   float total[kRegs], acc0[kRegs];
   StepScales sc0, next;
   acquire(sc0);
   issue_slab(acc0, sc0, 0);
   start_sums(total, sc0, 0);
-  bool second = false;  // (pairs) sc0 is the second block of its pair
   for (uint32_t s = 0; s + 1 < steps; ++s) {  // entry: step sc0 in flight
     wgmma_wait<0>();
     release(sc0);
     acquire(next);
-    if (!kPairs || second || sc0.fixup) {
-      promote<C>(acc0, total, sc0, 0);
-      issue_slab(acc0, next, 0);
-      finish_if_last(total, sc0, next);
-      second = false;
-    } else {
-      issue_slab<true>(acc0, next, 0);  // onto the pair's first block
-      second = true;
-    }
+    promote<C>(acc0, total, sc0, 0);
+    issue_slab(acc0, next, 0);
+    finish_if_last(total, sc0, next);
     sc0 = next;
   }
   wgmma_wait<0>();
   release(sc0);
   promote_step(acc0, total, sc0);
+}
+
+// The 256-K recipe, one-slab tiles: K blocks in pairs (sa, sb), sb's wgmmas summing onto sa's in the one partial set,
+// one promotion per pair (by the pair's scales: both blocks carry the same). Like run_single otherwise: the next
+// pair is acquired after the wait and issued before a finished tile's stores. Every tile's K blocks pair up (the
+// host runs these variants for K a multiple of 256, without split-K or stream-K).
+template <class C>
+__device__ __forceinline__ void MathWarpgroup<C>::run_single_pairs(uint32_t steps) {
+  float total[kRegs], acc0[kRegs];
+  StepScales sa, sb;
+  acquire(sa);
+  issue_slab(acc0, sa, 0);
+  acquire(sb);
+  issue_slab<true>(acc0, sb, 0);
+  start_sums(total, sa, 0);
+  for (uint32_t s = 0; s + 2 < steps; s += 2) {  // entry: pair (sa, sb) in flight
+    wgmma_wait<0>();
+    release(sa);
+    release(sb);
+    StepScales na, nb;
+    acquire(na);
+    promote<C>(acc0, total, sb, 0);
+    issue_slab(acc0, na, 0);
+    acquire(nb);
+    issue_slab<true>(acc0, nb, 0);
+    finish_if_last(total, sb, na);
+    sa = na;
+    sb = nb;
+  }
+  wgmma_wait<0>();
+  release(sa);
+  release(sb);
+  promote_step(acc0, total, sb);
 }
 
 // Two partial sets, waiting for step s before issuing s+1: free its stage at once, issue step s+1 into the other

@@ -25,6 +25,7 @@ enum AccMode : int {
   kAccSingle = 0,     // one partial set: issue step s, wait for it, promote it
   kAccDualWait = 1,   // two partial sets: wait for step s, issue s+1, promote s while s+1 runs
   kAccDualAhead = 2,  // two partial sets, two steps in flight: issue s+1, wait for s, promote s
+  kAccPairs = 3,      // the 256-K recipe (scales per 256 of K): one partial set sums a pair of K blocks, one promotion
 };
 
 // Grouped GEMMs (template parameter GM; scheduler.cuh's GroupTable says how rows map to groups).
@@ -34,7 +35,7 @@ enum GroupMode : int { kGroupNone = 0, kGroupContiguous = 1, kGroupMasked = 2 };
 enum L2Priority : int { kL2Normal = 0, kL2EvictFirst = 1, kL2EvictLast = 2 };
 
 struct GemmParams {
-  int m, n, k_blocks;
+  int m, n, k_blocks;        // k_blocks: 128-wide K blocks (stages); scales have k_blocks >> kScaleShift columns
   void* out;                 // (M, N) contiguous, bf16 or fp32
   int out_fp32;
   const float* b_scales;     // (ceil(N/128), K/128) row-major

@@ -141,8 +141,8 @@ __device__ __forceinline__ void produce_operand(const SchedulerOf<C>& sched, con
                                        &full[stage], k_block * kBlockK, n_load + sched.rank_m * kBSlice, mask, hinted,
                                        policy);
     } else {  // (swapped: the scales of the tile's tokens, the N' side)
-      load_operand<false>(smem + L::kSA + stage * L::kSASlot, map, &full[stage], C::kSwapped ? n_load : m_load, k_block,
-                          0, hinted, policy);
+      load_operand<false>(smem + L::kSA + stage * L::kSASlot, map, &full[stage], C::kSwapped ? n_load : m_load,
+                          k_block >> C::kScaleShift, 0, hinted, policy);
     }
     if (++k_block == w.k_end && s + 1 < steps) {  // incremental: no division per step
       w = sched.work(++j);
@@ -168,9 +168,11 @@ __device__ __forceinline__ StepMeta prepare_step_meta(const SchedulerOf<C>& sche
     const int nb_last = (p.n - 1) / kBlockK;  // B's last scale block (p.n: the output's N, B's rows)
     TileRows tile{};
     if constexpr (C::kGrouped) tile = groups.rows(st.m_block, BM);
-    const float* col = p.b_scales + (static_cast<int64_t>(tile.group) * (nb_last + 1) + nb0) * p.k_blocks + st.k_block;
+    const int scale_cols = p.k_blocks >> C::kScaleShift;  // (the 256-K recipe: one column per pair of K blocks)
+    const float* col = p.b_scales + (static_cast<int64_t>(tile.group) * (nb_last + 1) + nb0) * scale_cols +
+                       (st.k_block >> C::kScaleShift);
 #pragma unroll
-    for (int j = 0; j < kMaxScaleBlocks; ++j) meta.sb[j] = ld_global_nc_f32(col + min(j, nb_last - nb0) * p.k_blocks);
+    for (int j = 0; j < kMaxScaleBlocks; ++j) meta.sb[j] = ld_global_nc_f32(col + min(j, nb_last - nb0) * scale_cols);
     meta.row0 = C::kGrouped ? tile.row0 : st.m_block * BM;
     meta.n_block = st.n_block;
     meta.row_end = C::kGrouped ? tile.row_end : kernel_rows<C>(p);

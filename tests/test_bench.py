@@ -438,12 +438,14 @@ def test_fused_epilogue_rows_compare_bits_and_time_three_paths(monkeypatch, caps
     assert "DIFF" in second
 
 
-def test_paired_promotion_inputs_are_the_256_recipe_in_128_scales():
-    """bench/paired_promotion.py's setup: 256-recipe operands whose scales, repeated per 128 of K, give the usual
-    (per-128) GEMM exactly the 256 recipe's product, so only the kernel's promotion differs between its two runs."""
-    pp = _bench_script("paired_promotion")
-    a, a_s128, b, b_s128, expected = pp.recipe_256_inputs(5, 136, 512, True, device="cpu")
-    assert a_s128.shape == (5, 4) and b_s128.shape == (2, 4)
-    assert torch.equal(a_s128[:, 0], a_s128[:, 1]) and not torch.equal(a_s128[:, 1], a_s128[:, 2])
+def test_recipe256_bench_inputs_repeated_per_128_give_the_same_product():
+    """bench/recipe256_bench.py's setup: 256-recipe operands (scales per 256 of K) whose scales, repeated per 128 of
+    K, give the 128 recipe's kernel exactly the 256 recipe's product, so only the promotion differs between the
+    two kernels it times."""
+    rb = _bench_script("recipe256_bench")
+    a, a_s, b, b_s, expected = rb.recipe_256_inputs(5, 136, 512, True, device="cpu")
+    assert a_s.shape == (5, 2) and b_s.shape == (2, 2)
+    a_s128, b_s128 = a_s.repeat_interleave(2, dim=1), b_s.repeat_interleave(2, dim=1)
+    assert not torch.equal(a_s128[:, 1], a_s128[:, 2])
     again = reference.exact_fp32_matmul(reference.dequantize_act(a, a_s128), reference.dequantize_weight(b, b_s128))
     assert torch.equal(again, expected)

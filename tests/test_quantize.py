@@ -332,7 +332,7 @@ def test_ptx_instructions(which, ue8m0):
                    {"stride_xm", "stride_qm"})
     else:
         ptx = _ptx(tq._quantize_weight_kernel, {"w_ptr": "fp32", "q_ptr": "fp8e4nv", "s_ptr": "fp32"},
-                   {"UE8M0": ue8m0, "BLOCK": G}, 8, {"stride_wn", "stride_qn"})
+                   {"UE8M0": ue8m0, "BLOCK_N": G, "BLOCK_K": G}, 8, {"stride_wn", "stride_qn"})
     assert "cvt.rn.satfinite.e4m3x2.f32" in ptx, "fp8 cast must be RN with saturation"
     assert "div.rn.f32" in ptx, "scale and reciprocal must be correctly rounded divisions"
     for imprecise in ("div.full", "div.approx", "rcp.approx", ".ftz.f32", "fma.rn.f32"):

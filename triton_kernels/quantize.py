@@ -1,4 +1,5 @@
-"""Triton fp8 quantizers: per 1x128 group (activations) and per 128x128 block (weights).
+"""Triton fp8 quantizers: per 1x128 group (activations) and per 128x128 block (weights), or per 1x256 and
+128x256 (the 256-K recipe).
 
 Both are bit-exact with deepergemm.reference computed on the CPU, which defines the contract:
 
@@ -103,15 +104,15 @@ def _quantize_act_kernel(x_ptr, q_ptr, s_ptr, M, GROUPS, stride_xm, stride_qm, s
 
 @triton.jit
 def _quantize_weight_kernel(w_ptr, q_ptr, s_ptr, N, GROUPS, stride_wn, stride_qn,
-                            UE8M0: tl.constexpr, BLOCK: tl.constexpr):
-    """One program: one BLOCK x BLOCK block. Rows past N load as 0, which is the reference's
+                            UE8M0: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One program: one BLOCK_N x BLOCK_K block. Rows past N load as 0, which is the reference's
     zero padding (it never raises amax, and an all-zero block is clamped either way)."""
     pid = tl.program_id(0)
     pid_n = pid // GROUPS
     pid_k = pid % GROUPS
 
-    rows = pid_n * BLOCK + tl.arange(0, BLOCK)
-    cols = pid_k * BLOCK + tl.arange(0, BLOCK)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     rows64 = rows.to(tl.int64)
     mask = (rows < N)[:, None]
 
@@ -131,9 +132,9 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _check_input(name: str, t: torch.Tensor) -> torch.Tensor:
+def _check_input(name: str, t: torch.Tensor, group_k: int = GROUP) -> torch.Tensor:
     """Validate; return t with unit column stride (the kernels take any row stride)."""
-    layouts.check_quantize_input(name, t)
+    layouts.check_quantize_input(name, t, group_k)
     if t.device.type != "cuda" and not (_interpreting() and t.device.type == "cpu"):
         raise ValueError(f"{name} must be a CUDA tensor for the Triton quantizer, got a tensor on {t.device}; "
                          f"use torch.ops.deepergemm.quantize_* (or deepergemm.reference) for CPU tensors")
@@ -149,12 +150,12 @@ def _on_device(device: torch.device):
     return contextlib.nullcontext()
 
 
-def act_config(m: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_G, num_warps) for quantize_act: up to 32 rows x 1 group (8 KiB of bf16) per
+def act_config(m: int, group_k: int = GROUP) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_G, num_warps) for quantize_act: up to 32 rows x 1 group (8 KiB of bf16 at 128) per
     program, at most 32 elements per thread (four 16-byte loads in flight for bf16)."""
     block_m = min(32, triton.next_power_of_2(max(m, 1)))
     block_g = 1
-    num_warps = max(1, min(4, block_m * block_g * GROUP // 1024))
+    num_warps = max(1, min(4 * group_k // GROUP, block_m * block_g * group_k // 1024))
     return block_m, block_g, num_warps
 
 
@@ -164,53 +165,57 @@ _LAUNCH_OPTIONS = {"enable_fp_fusion": False}
 
 
 def launch_act(x: torch.Tensor, ue8m0: bool, config: tuple[int, int, int] | None = None,
-               q_dtype: torch.dtype = reference.FP8_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
+               q_dtype: torch.dtype = reference.FP8_DTYPE, group_k: int = GROUP) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_act with an optional (BLOCK_M, BLOCK_G, num_warps) (the benchmark sweeps these).
     q_dtype=torch.float32 stores the scaled values before the fp8 cast (a test hook)."""
-    x = _check_input("x", x)
+    x = _check_input("x", x, group_k)
     m, k = x.shape
-    block_m, block_g, num_warps = config or act_config(m)
+    block_m, block_g, num_warps = config or act_config(m, group_k)
     q = torch.empty((m, k), dtype=q_dtype, device=x.device)
-    scales = layouts.empty_act_scales(m, k, x.device)
-    groups = k // GROUP
+    scales = layouts.empty_act_scales(m, k, x.device, group_k)
+    groups = k // group_k
     if m == 0 or groups == 0:
         return q, scales
     grid = (triton.cdiv(m, block_m) * triton.cdiv(groups, block_g),)
     with _on_device(x.device):
         _quantize_act_kernel[grid](x, q, scales, m, groups, x.stride(0), q.stride(0), scales.stride(1),
-                                   UE8M0=ue8m0, BLOCK_M=block_m, BLOCK_G=block_g, GROUP_SIZE=GROUP,
+                                   UE8M0=ue8m0, BLOCK_M=block_m, BLOCK_G=block_g, GROUP_SIZE=group_k,
                                    num_warps=num_warps, **_LAUNCH_OPTIONS)
     return q, scales
 
 
-def launch_weight(w: torch.Tensor, ue8m0: bool,
-                  q_dtype: torch.dtype = reference.FP8_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
+def launch_weight(w: torch.Tensor, ue8m0: bool, q_dtype: torch.dtype = reference.FP8_DTYPE,
+                  block_k: int = GROUP) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_weight; q_dtype=torch.float32 stores the scaled values before the fp8 cast (a test hook)."""
-    w = _check_input("w", w)
+    w = _check_input("w", w, block_k)
     n, k = w.shape
-    n_blocks, groups = layouts.ceil_div(n, GROUP), k // GROUP
+    n_blocks, groups = layouts.ceil_div(n, GROUP), k // block_k
     q = torch.empty((n, k), dtype=q_dtype, device=w.device)
     scales = torch.empty((n_blocks, groups), dtype=torch.float32, device=w.device)
     if n == 0 or groups == 0:
         return q, scales
-    # 128x128 values over 256 threads: 64 fp32 registers each, the whole block's loads in flight
+    # 128x128 values over 256 threads: 64 fp32 registers each, the whole block's loads in flight (128x256: 512
+    # threads, as many each)
     with _on_device(w.device):
         _quantize_weight_kernel[(n_blocks * groups,)](w, q, scales, n, groups, w.stride(0), q.stride(0),
-                                                      UE8M0=ue8m0, BLOCK=GROUP, num_warps=8, **_LAUNCH_OPTIONS)
+                                                      UE8M0=ue8m0, BLOCK_N=GROUP, BLOCK_K=block_k,
+                                                      num_warps=8 * block_k // GROUP, **_LAUNCH_OPTIONS)
     return q, scales
 
 
-def quantize_act(x: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(1x128)-group fp8 quantization of x (M, K) bf16/fp16/fp32 on CUDA.
+def quantize_act(x: torch.Tensor, ue8m0: bool = False, group_k: int = GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(1 x group_k)-group fp8 quantization of x (M, K) bf16/fp16/fp32 on CUDA (group_k 128, or 256 for the
+    256-K recipe).
 
-    Returns (q (M, K) float8_e4m3fn contiguous, scales (M, K/128) fp32 in the GEMM's M-major
+    Returns (q (M, K) float8_e4m3fn contiguous, scales (M, K/group_k) fp32 in the GEMM's M-major
     layout, see layouts.empty_act_scales), bit-exact with reference.quantize_act on the CPU."""
-    return launch_act(x, ue8m0)
+    return launch_act(x, ue8m0, group_k=group_k)
 
 
-def quantize_weight(w: torch.Tensor, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(128x128)-block fp8 quantization of w (N, K) bf16/fp16/fp32 on CUDA, N any size.
+def quantize_weight(w: torch.Tensor, ue8m0: bool = False, block_k: int = GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(128 x block_k)-block fp8 quantization of w (N, K) bf16/fp16/fp32 on CUDA, N any size (block_k 128, or 256
+    for the 256-K recipe).
 
-    Returns (q (N, K) float8_e4m3fn contiguous, scales (ceil(N/128), K/128) fp32 contiguous),
+    Returns (q (N, K) float8_e4m3fn contiguous, scales (ceil(N/128), K/block_k) fp32 contiguous),
     bit-exact with reference.quantize_weight on the CPU."""
-    return launch_weight(w, ue8m0)
+    return launch_weight(w, ue8m0, block_k=block_k)

@@ -1,0 +1,211 @@
+"""The 256-K recipe: activations per 1x256 group, weights per 128x256 block, and fp8_gemm promoting once per 256 of K.
+
+The contract: quantize_act(x, group_k=256) / quantize_weight(w, block=(128, 256)) bit-exact with the reference;
+fp8_gemm on such scales within the exactness bar (calc_diff <= 2e-6) of the fp32 GEMM of the dequantized inputs, by
+its pairs variants (configs.RECIPE_256_VARIANTS, key letter "r") where the plan has one, else by the 128 recipe's
+kernel with the scales repeated per 128. CPU: the reference path, the rules and their messages, fake kernels and
+torch.compile, variant selection. GPU (marked gpu): the quantizers bit for bit, the op over small and large M,
+every pairs variant launched directly into NaN-poisoned outputs, the pairs against the 128 kernel on the same
+operands.
+"""
+import dataclasses
+
+import pytest
+import torch
+
+import deepergemm as dg
+from deepergemm import configs, extension, kernels, layouts
+from deepergemm import reference as ref
+
+BAR = 2e-6  # the exactness bar of both recipes (cuBLAS: about 1.4e-6)
+
+
+def _inputs(m, n, k, device="cpu", outliers=False):
+    """Fresh random operands quantized by the 256 recipe (on CUDA by the library's quantizers)."""
+    x = torch.randn(m, k, device=device)
+    w = torch.randn(n, k, device=device)
+    if outliers:  # a few activation channels 50x larger
+        x[:, torch.randperm(k, device=device)[: max(1, k // 512)]] *= 50
+    if device == "cpu":
+        a, a_s = ref.quantize_act(x.bfloat16(), group_k=256)
+        b, b_s = ref.quantize_weight(w.bfloat16(), block_k=256)
+        return a, layouts.to_act_scale_layout(a_s), b, b_s
+    a, a_s = dg.quantize_act(x.bfloat16(), group_k=256)
+    b, b_s = dg.quantize_weight(w.bfloat16(), block=(128, 256))
+    return a, a_s, b, b_s
+
+
+def _expected(a, a_s, b, b_s):
+    return ref.exact_fp32_matmul(ref.dequantize_act(a.cpu(), a_s.cpu()), ref.dequantize_weight(b.cpu(), b_s.cpu()))
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: quantizers, the op's reference path, rules
+# ----------------------------------------------------------------------------------------------
+def test_quantizers_give_the_256_layouts_on_cpu():
+    x, w = torch.randn(37, 768), torch.randn(200, 768)
+    a, a_s = dg.quantize_act(x, group_k=256)
+    b, b_s = dg.quantize_weight(w, block=(128, 256))
+    want_a, want_as = ref.quantize_act(x, group_k=256)
+    want_b, want_bs = ref.quantize_weight(w, block_k=256)
+    assert a_s.shape == (37, 3) and layouts.is_act_scale_layout(a_s) and b_s.shape == (2, 3)
+    assert torch.equal(a.view(torch.uint8), want_a.view(torch.uint8)) and torch.equal(a_s, want_as)
+    assert torch.equal(b.view(torch.uint8), want_b.view(torch.uint8)) and torch.equal(b_s, want_bs)
+    # a 256 group is not two 128 groups: its scale is the larger of theirs
+    _, s128 = ref.quantize_act(x)
+    assert torch.equal(a_s, s128.reshape(37, 3, 2).amax(dim=2))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 128, 256), (5, 136, 512), (67, 264, 768), (130, 256, 1024)])
+def test_reference_path_is_exact(m, n, k):
+    a, a_s, b, b_s = _inputs(m, n, k)
+    out = dg.fp8_gemm(a, a_s, b, b_s)
+    assert out.shape == (m, n) and out.dtype == torch.bfloat16
+    assert ref.calc_diff(out, _expected(a, a_s, b, b_s)) < BAR
+    # the same product through the 128 recipe's layout: scales repeated per 128
+    again = dg.fp8_gemm(a, a_s.repeat_interleave(2, dim=1), b, b_s.repeat_interleave(2, dim=1))
+    assert torch.equal(out, again)
+
+
+def test_rules_name_the_recipe():
+    a, a_s, b, b_s = _inputs(16, 256, 512)
+    with pytest.raises(ValueError, match=r"a_scales must have shape \(M, K/128\) = \(16, 4\) to match b_scales"):
+        dg.fp8_gemm(a, a_s, b, b_s.repeat_interleave(2, dim=1))
+    with pytest.raises(ValueError, match=r"b_scales must have shape \(ceil\(N/128\), K/256\) = \(2, 2\)"):
+        dg.fp8_gemm(a, a_s, b, b_s[:, :1])
+    with pytest.raises(ValueError, match=r"or \(M, K/256\) = \(16, 2\) for the 256-K recipe"):
+        dg.fp8_gemm(a, a_s[:, :1], b, b_s)
+    with pytest.raises(ValueError, match="fp8_gemm with a bf16 or fp32 output only"):
+        dg.fp8_gemm(a, a_s, b, b_s, out_dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="group_k must be 128 or 256"):
+        dg.quantize_act(torch.randn(4, 512), group_k=512)
+    with pytest.raises(ValueError, match="block must be"):
+        dg.quantize_weight(torch.randn(4, 512), block=(256, 256))
+    with pytest.raises(ValueError, match="multiple of 256"):
+        dg.quantize_act(torch.randn(4, 384), group_k=256)
+    with pytest.raises(ValueError, match="multiple of 256"):
+        dg.quantize_weight(torch.randn(4, 384), block=(128, 256))
+
+
+def test_fake_kernels_and_compile():
+    x, w = torch.randn(9, 512), torch.randn(136, 512)
+
+    def f(x, w):
+        return dg.fp8_gemm(*dg.quantize_act(x, group_k=256), *dg.quantize_weight(w, block=(128, 256)))
+
+    want = f(x, w)
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(x, w)
+    assert torch.equal(got, want)
+    a, a_s, b, b_s = _inputs(9, 136, 512)
+    torch.library.opcheck(torch.ops.deepergemm.fp8_gemm.default, (a, a_s, b, b_s, torch.bfloat16, None, "auto"),
+                          test_utils=("test_faketensor", "test_aot_dispatch_dynamic"))
+    torch.library.opcheck(torch.ops.deepergemm.quantize_act.default, (x, False, 256),
+                          test_utils=("test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: the pairs variants and their selection
+# ----------------------------------------------------------------------------------------------
+def test_pairs_variants_are_twins_of_one_partial_set_tiles():
+    for v in configs.RECIPE_256_VARIANTS:
+        assert v.pairs and v.acc_mode == 3 and "r" in v.key and configs.parse_key(v.key) == v
+        assert v in configs.BUILT_VARIANTS and v.compile_defines()["DG_ACC"] == 3
+        assert dataclasses.replace(v, pairs=False) in configs.VARIANTS + (dataclasses.replace(v, pairs=False),)
+    for bad in (dict(splits=2, block_m=64, block_n=64, math_wgs=1), dict(dual_acc=True, block_m=128),
+                dict(fp8_out=True)):
+        fields = dict(block_m=128, block_n=128, stages=6, dual_acc=False, pairs=True) | bad
+        with pytest.raises(ValueError):
+            configs.Variant(**fields)
+
+
+def test_select_recipe_256_takes_the_pairs_twin_where_there_is_one():
+    sms = 132
+    seen = set()
+    for m in (1, 64, 128, 256, 512, 1024, 2048, 4096, 8192):
+        for n, k in ((7168, 2048), (2112, 7168), (24576, 1536), (4096, 7168), (7168, 16384)):
+            plain = configs.select(m, n, k, sms)
+            choice = configs.select_recipe_256(m, n, k, sms)
+            if choice.variant.pairs:
+                seen.add(choice.variant.key)
+                assert not choice.stream_k and not plain.stream_k
+                assert (choice.variant.block_m, choice.variant.block_n, choice.variant.cluster_m,
+                        choice.variant.cluster_n) == (plain.variant.block_m, plain.variant.block_n,
+                                                      plain.variant.cluster_m, plain.variant.cluster_n)
+            else:
+                assert choice == plain
+    assert "256x128s4rc1x2" in seen  # large M goes to the pairs
+    assert not configs.select_recipe_256(1, 7168, 2048, sms).variant.pairs  # decode keeps its small tiles
+    with pytest.raises(ValueError, match="multiple of 256"):
+        configs.select_recipe_256(4096, 7168, 384, sms)
+
+
+def test_pairs_switch_off(monkeypatch):
+    monkeypatch.setenv("DEEPERGEMM_PAIRS", "0")
+    try:
+        sw = configs.reload_switches()
+        assert not configs.select_recipe_256(4096, 7168, 2048, 132, sw=sw).variant.pairs
+    finally:
+        monkeypatch.delenv("DEEPERGEMM_PAIRS")
+        configs.reload_switches()
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k", [(1, 256), (37, 768), (128, 7168), (1000, 1536)])
+def test_gpu_quantizers_bit_exact(m, k):
+    x = torch.randn(m, k, device="cuda").bfloat16()
+    x[0, :3] = torch.tensor([448.0 * 3, -1e-30, 0.0])
+    w = torch.randn(m + 5, k, device="cuda").bfloat16()
+    for ue8m0 in (False, True):
+        a, a_s = dg.quantize_act(x, ue8m0=ue8m0, group_k=256)
+        want_a, want_as = ref.quantize_act(x.cpu(), ue8m0=ue8m0, group_k=256)
+        assert torch.equal(a.cpu().view(torch.uint8), want_a.view(torch.uint8)) and torch.equal(a_s.cpu(), want_as)
+        assert layouts.is_act_scale_layout(a_s)
+        b, b_s = dg.quantize_weight(w, ue8m0=ue8m0, block=(128, 256))
+        want_b, want_bs = ref.quantize_weight(w.cpu(), ue8m0=ue8m0, block_k=256)
+        assert torch.equal(b.cpu().view(torch.uint8), want_b.view(torch.uint8)) and torch.equal(b_s.cpu(), want_bs)
+
+
+GPU_SHAPES = ((1, 7168, 2048), (37, 384, 512), (200, 1288, 768), (256, 7168, 4096), (333, 2112, 1024),
+              (1024, 4096, 2048), (2048, 7168, 2048), (4096, 7168, 2048), (4097, 2112, 7168))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,n,k", GPU_SHAPES, ids=lambda v: str(v))
+def test_gpu_op_is_exact(no_split_orders, m, n, k):
+    """fp8_gemm on 256-recipe scales: exact, every element written (the op's output is checked for NaN; inputs hold
+    none), the pairs where the plan takes them; equal to its own second launch (deterministic)."""
+    a, a_s, b, b_s = _inputs(m, n, k, "cuda", outliers=m % 2 == 1)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    torch.full((m * n,), float("nan"), dtype=torch.bfloat16, device="cuda")  # a freed NaN block the op may reuse
+    out = dg.fp8_gemm(a, a_s, b, b_s, backend="ptx")
+    torch.cuda.synchronize()
+    assert not out.isnan().any()
+    diff = ref.calc_diff(out.cpu(), _expected(a, a_s, b, b_s))
+    assert diff < BAR, (m, n, k, configs.select_recipe_256(m, n, k, sms).variant.key, diff)
+    assert torch.equal(out, dg.fp8_gemm(a, a_s, b, b_s, backend="ptx"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", configs.RECIPE_256_VARIANTS, ids=lambda v: v.key)
+def test_gpu_every_pairs_variant(variant):
+    """Each pairs variant launched directly into NaN-poisoned outputs: odd M (tails, a cluster partner's padding
+    tile), N not a multiple of the tile, K from one pair up; exact, and within the rounding of bf16 of the 128
+    kernel on the same operands (scales repeated per 128)."""
+    twin = dataclasses.replace(variant, pairs=False)
+    for m, n, k in ((1, 136, 256), (65, 264, 512), (300, 1032, 768), (513, 2112, 2048)):
+        a, a_s, b, b_s = _inputs(m, n, k, "cuda", outliers=True)
+        outs = []
+        for v, sa, sb in ((variant, a_s, b_s), (twin, a_s.repeat_interleave(2, dim=1), b_s.repeat_interleave(2, dim=1))):
+            out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+            kernels.launch(extension.load(v), a, layouts.to_act_scale_layout(sa), b, sb.contiguous(), out, None,
+                           l2_hints=configs.variant_l2_hints(m, v))
+            outs.append(out)
+        torch.cuda.synchronize()
+        pairs, per128 = outs
+        assert not pairs.isnan().any(), (variant.key, m, n, k)
+        expected = _expected(a, a_s, b, b_s)
+        assert ref.calc_diff(pairs.cpu(), expected) < BAR, (variant.key, m, n, k)
+        assert ref.calc_diff(pairs, per128) < BAR, (variant.key, m, n, k)
