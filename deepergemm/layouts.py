@@ -330,7 +330,8 @@ def check_placed_inputs(a: torch.Tensor, a_scales: torch.Tensor, pool: torch.Ten
 def check_linear_inputs(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor,
                         bias: torch.Tensor | None) -> None:
     """Rules for linear(x, w, w_scales, bias), in linear's names: x (..., K) bf16/fp16/fp32; w (N, K) and w_scales
-    (ceil(N/128), K/128) as fp8_gemm's b and b_scales (whose own checks, after these, would say b and b_scales)."""
+    (ceil(N/128), K/128), or the 256-K recipe's (ceil(N/128), K/256), as fp8_gemm's b and b_scales (whose own checks,
+    after these, would say b and b_scales)."""
     _require_tensor("x", x)
     _require_tensor("w", w)
     _require_tensor("w_scales", w_scales)
@@ -343,12 +344,20 @@ def check_linear_inputs(x: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor
         raise ValueError(f"N (w.shape[0]) must be a positive multiple of {N_ALIGN} (16-byte aligned output rows), "
                          f"got N={n}")
     _require_dtype("w_scales", w_scales, (torch.float32,))
-    want = (ceil_div(n, GROUP_K), k // GROUP_K)
+    group = linear_group_k(w_scales, k)
+    want = (ceil_div(n, GROUP_K), k // group)
     if tuple(w_scales.shape) != want:
-        raise ValueError(f"w_scales must have shape (ceil(N/128), K/128) = {want}, got {tuple(w_scales.shape)}")
+        wide = f" (or (ceil(N/128), K/256) = {(want[0], k // 256)} for the 256-K recipe)" if k % 256 == 0 else ""
+        raise ValueError(f"w_scales must have shape (ceil(N/128), K/128) = {want}{wide}, got {tuple(w_scales.shape)}")
     _check_bias(bias, n)
     _require_same_device({"x": x, "w": w, "w_scales": w_scales, "bias": bias})
     _require_k_major("w", w)
+
+
+def linear_group_k(w_scales: torch.Tensor, k: int) -> int:
+    """linear's activation group: 256 where w_scales are the 256-K recipe's (ceil(N/128), K/256), else 128."""
+    wide = 2 * GROUP_K
+    return wide if k % wide == 0 and w_scales.dim() == 2 and w_scales.shape[1] == k // wide else GROUP_K
 
 
 def linear_gemm_dtype(x_dtype: torch.dtype) -> torch.dtype:

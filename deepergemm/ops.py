@@ -393,7 +393,7 @@ _define_gemm_op("fp8_gemm_placed(Tensor a, Tensor a_scales, Tensor pool, Tensor 
 # linear: quantize the activation and multiply, in one call
 # ----------------------------------------------------------------------------------------------
 def _linear_2d(x2: torch.Tensor, w, w_scales, bias, backend: str) -> torch.Tensor:
-    q, s = torch.ops.deepergemm.quantize_act(x2)
+    q, s = torch.ops.deepergemm.quantize_act(x2, False, layouts.linear_group_k(w_scales, x2.shape[1]))
     out = torch.ops.deepergemm.fp8_gemm(q, s, w, w_scales, layouts.linear_gemm_dtype(x2.dtype), bias, backend)
     return out if out.dtype == x2.dtype else out.to(x2.dtype)
 
@@ -415,7 +415,8 @@ def _linear_fake(x, w, w_scales, bias=None, backend="auto"):
         rows = rows * d
     layouts.check_gemm_inputs(
         x.new_empty((rows, x.shape[-1]), dtype=reference.FP8_DTYPE),
-        layouts.empty_act_scales(rows, x.shape[-1], x.device), w, w_scales, layouts.linear_gemm_dtype(x.dtype), bias)
+        layouts.empty_act_scales(rows, x.shape[-1], x.device, layouts.linear_group_k(w_scales, x.shape[-1])), w,
+        w_scales, layouts.linear_gemm_dtype(x.dtype), bias, recipe_256_ok=True)
     return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 

@@ -115,7 +115,7 @@ def test_linear_rules():
 
 @pytest.mark.parametrize("change,exc,words", [
     pytest.param(lambda x, w, w_s, bias: (x, w, torch.ones(16, 2), bias), ValueError,
-                 ["w_scales must have shape (ceil(N/128), K/128) = (2, 2), got (16, 2)"], id="w_scales-shape"),
+                 ["w_scales must have shape (ceil(N/128), K/128) = (2, 2) (or (ceil(N/128), K/256) = (2, 1) for the 256-K recipe), got (16, 2)"], id="w_scales-shape"),
     pytest.param(lambda x, w, w_s, bias: (x, w, w_s.half(), bias), TypeError,
                  ["w_scales must have dtype torch.float32"], id="w_scales-dtype"),
     pytest.param(lambda x, w, w_s, bias: (x, w[:12], w_s[:1], bias[:12]), ValueError,

@@ -103,6 +103,19 @@ def test_fake_kernels_and_compile():
                           test_utils=("test_faketensor", "test_aot_dispatch_dynamic"))
 
 
+def test_linear_quantizes_by_the_weights_recipe():
+    x, w = torch.randn(3, 7, 512), torch.randn(136, 512)
+    w8, w_s = dg.quantize_weight(w, block=(128, 256))
+    y = dg.linear(x, w8, w_s)
+    a, a_s = dg.quantize_act(x.reshape(21, 512), group_k=256)
+    assert y.shape == (3, 7, 136) and y.dtype == torch.float32
+    assert torch.equal(y.reshape(21, 136), dg.fp8_gemm(a, a_s, w8, w_s, out_dtype=torch.float32))
+    with pytest.raises(ValueError, match=r"or \(ceil\(N/128\), K/256\) = \(2, 2\) for the 256-K recipe"):
+        dg.linear(x, w8, w_s[:, :1])
+    got = torch.compile(lambda x: dg.linear(x, w8, w_s), fullgraph=True, backend="aot_eager")(x)
+    assert torch.equal(got, y)
+
+
 # ----------------------------------------------------------------------------------------------
 # CPU: the pairs variants and their selection
 # ----------------------------------------------------------------------------------------------
