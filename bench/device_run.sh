@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu recipe256 l2stable l2bench1k cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu recipe256 recipe256op l2stable l2bench1k cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -124,6 +124,9 @@ for i in range(3):
            | grep -v "^\[deepergemm\] \[" | tee "$OUT/swiglu_bench.log" ;;
     recipe256) # issue 27: the 256-K recipe's pairs variants against the 128 recipe's on the same operands
          timeout 300 python bench/recipe256_bench.py 2>&1 | grep -v "^\[deepergemm\] \[" | tee "$OUT/recipe256.log" ;;
+    recipe256op) # issue 27: the 256-K recipe through the public op against the 128 recipe's plan and cuBLAS
+         timeout 300 python bench/recipe256_bench.py --op --launches 20 2>&1 | grep -v "^\[deepergemm\] \[" \
+           | tee "$OUT/recipe256_op.log" ;;
     l2bench1k) # issue 24: placement with 1 KiB slots (opt-in), the same bench as l2bench
          DEEPERGEMM_L2_SIDES=1k timeout 300 python -m deepergemm l2-bench --markdown --shapes ${L2_SHAPES:-all,decode} 2>&1 \
            | grep -v "^\[deepergemm\]" | tee "$OUT/l2_bench_1k.log" ;;

@@ -837,34 +837,41 @@ def _select_fp8_out_cached(m: int, n: int, k: int, num_sms: int, sw: Switches) -
 # ----------------------------------------------------------------------------------------------
 # The 256-K recipe (Variant.pairs): scales per 256 of K, one promotion per pair of 128-K stages
 # ----------------------------------------------------------------------------------------------
-# The pairs twins of the large-M tiles with one partial set. Where select() picks another tile (dual accumulators,
-# split-K, 64 rows: small and middle M), the 256 recipe runs that kernel with its scales repeated per 128 of K (the
-# same product, exactly): the binding's fp8_gemm does so when the plan's variant is not a pairs variant.
+# The pairs tiles: where select() picks a 128- or 256-row tile (middle and large M, no split-K), the 256 recipe takes
+# the pairs tile of the fewer modelled waves (no stream-K tail). Where select() picks another tile (64 rows: small
+# M), the 256 recipe runs that kernel with its scales repeated per 128 of K (the same product, exactly): the
+# binding's fp8_gemm does so when the plan's variant is not a pairs variant.
+# Measured (H200, bench/recipe256_bench.py, ptx/NOTES.md): pairs on 256x128 tiles run 4-6% faster than 256x128s4p and
+# beat their 1x2-cluster twin everywhere (a pair holds two of the four stages: the cluster's shared ring runs
+# dry); pairs on 128x128 2x1 clusters run 9-13% faster than 128x128s6pc2, and per wave and tile area cost ~1.06x the
+# 256-row pairs.
 RECIPE_256_VARIANTS: tuple[Variant, ...] = tuple(replace(v, pairs=True) for v in (
-    _variant(256, 128, False, CLUSTER_SHAPE_256),
     _variant(256, 128, False),
     _variant(128, 128, False, CLUSTER_SHAPE),
+    _variant(256, 128, False, CLUSTER_SHAPE_256),
 ))
+_PAIRS_TILE_COST = {(256, 128): 1.0, (128, 128): 1.06}  # per wave and tile area (the measurement above)
 
 
 def select_recipe_256(m: int, n: int, k: int, num_sms: int, sw: Switches | None = None) -> Choice:
-    """The plan of a 256-K recipe problem (K a multiple of 256): the pairs twin of select()'s pick where it has one
-    and that pick has no stream-K tail (the pairs have none: every tile's K blocks pair up), else select()'s pick
-    itself (run with the scales repeated per 128). DEEPERGEMM_PAIRS=0: never the pairs."""
+    """The plan of a 256-K recipe problem (K a multiple of 256): a pairs variant where select() picks a 128- or
+    256-row tile, the one of fewer modelled waves (never stream-K: every tile's K blocks pair up); else select()'s
+    pick itself (run with the scales repeated per 128). DEEPERGEMM_PAIRS=0: never the pairs."""
     sw = sw or switches()
     if k % (2 * BLOCK_K):
         raise ValueError(f"select_recipe_256: K must be a multiple of {2 * BLOCK_K}, got {k}")
     plain = select(m, n, k, num_sms, sw=sw)
-    if not sw.flag("DEEPERGEMM_PAIRS", True):
-        return plain
-    if plain.stream_k:  # (the pairs have no stream-K tail: the 128 kernel with its tail is kept)
+    v = plain.variant
+    if (not sw.flag("DEEPERGEMM_PAIRS", True) or v.block_m < 128 or v.splits != 1 or v.grouping != GROUP_NONE
+            or v.swapped):
         return plain
 
-    def shape(v: Variant) -> tuple:
-        return v.block_m, v.block_n, v.stages, v.cluster_m, v.cluster_n, v.splits, v.math_wgs, v.grouping, v.swapped
+    def modelled_time(t: Variant) -> float:
+        _, waves = waves_for(m, n, t.block_m, t.block_n, num_sms, (t.cluster_m, t.cluster_n))
+        return waves * t.block_m * t.block_n * _PAIRS_TILE_COST[(t.block_m, t.block_n)]
 
-    twins = [v for v in RECIPE_256_VARIANTS if shape(v) == shape(plain.variant) and not plain.variant.fp8_out]
-    return replace(plain, variant=twins[0]) if twins else plain
+    best = min(RECIPE_256_VARIANTS[:2], key=modelled_time)
+    return _choice(best, m, n, k, num_sms, sw)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,6 +35,18 @@ def _inputs(m, n, k, device="cpu", outliers=False):
     return a, a_s, b, b_s
 
 
+def _assert_exact(out, expected, what):
+    """Within bf16's rounding of the exact product, element by element (half an ulp, 2^-9 relative, plus the fp32
+    sums' noise), and calc_diff under the bar where there are enough elements for it to mean something (an output
+    of a hundred values can land above 2e-6 by its bf16 roundings alone). A scale applied to the wrong K block
+    misses by percents."""
+    err = (out.float() - expected).abs()
+    bound = expected.abs() * 2.0 ** -8 + expected.abs().max() * 2.0 ** -12
+    assert (err <= bound).all(), (what, (err / bound).max().item())
+    if out.numel() >= 16384:
+        assert ref.calc_diff(out, expected) < BAR, what
+
+
 def _expected(a, a_s, b, b_s):
     return ref.exact_fp32_matmul(ref.dequantize_act(a.cpu(), a_s.cpu()), ref.dequantize_weight(b.cpu(), b_s.cpu()))
 
@@ -131,22 +143,19 @@ def test_pairs_variants_are_twins_of_one_partial_set_tiles():
             configs.Variant(**fields)
 
 
-def test_select_recipe_256_takes_the_pairs_twin_where_there_is_one():
+def test_select_recipe_256_takes_a_pairs_tile_at_middle_and_large_m():
     sms = 132
     seen = set()
     for m in (1, 64, 128, 256, 512, 1024, 2048, 4096, 8192):
         for n, k in ((7168, 2048), (2112, 7168), (24576, 1536), (4096, 7168), (7168, 16384)):
             plain = configs.select(m, n, k, sms)
             choice = configs.select_recipe_256(m, n, k, sms)
-            if choice.variant.pairs:
+            if plain.variant.block_m >= 128 and plain.variant.splits == 1:
+                assert choice.variant in configs.RECIPE_256_VARIANTS and not choice.stream_k, (m, n, k)
                 seen.add(choice.variant.key)
-                assert not choice.stream_k and not plain.stream_k
-                assert (choice.variant.block_m, choice.variant.block_n, choice.variant.cluster_m,
-                        choice.variant.cluster_n) == (plain.variant.block_m, plain.variant.block_n,
-                                                      plain.variant.cluster_m, plain.variant.cluster_n)
             else:
                 assert choice == plain
-    assert "256x128s4rc1x2" in seen  # large M goes to the pairs
+    assert seen == {"256x128s4r", "128x128s6rc2"}
     assert not configs.select_recipe_256(1, 7168, 2048, sms).variant.pairs  # decode keeps its small tiles
     with pytest.raises(ValueError, match="multiple of 256"):
         configs.select_recipe_256(4096, 7168, 384, sms)
@@ -196,8 +205,7 @@ def test_gpu_op_is_exact(no_split_orders, m, n, k):
     out = dg.fp8_gemm(a, a_s, b, b_s, backend="ptx")
     torch.cuda.synchronize()
     assert not out.isnan().any()
-    diff = ref.calc_diff(out.cpu(), _expected(a, a_s, b, b_s))
-    assert diff < BAR, (m, n, k, configs.select_recipe_256(m, n, k, sms).variant.key, diff)
+    _assert_exact(out.cpu(), _expected(a, a_s, b, b_s), (m, n, k, configs.select_recipe_256(m, n, k, sms).variant.key))
     assert torch.equal(out, dg.fp8_gemm(a, a_s, b, b_s, backend="ptx"))
 
 
@@ -208,7 +216,7 @@ def test_gpu_every_pairs_variant(variant):
     tile), N not a multiple of the tile, K from one pair up; exact, and within the rounding of bf16 of the 128
     kernel on the same operands (scales repeated per 128)."""
     twin = dataclasses.replace(variant, pairs=False)
-    for m, n, k in ((1, 136, 256), (65, 264, 512), (300, 1032, 768), (513, 2112, 2048)):
+    for m, n, k in ((1, 136, 256), (1, 7168, 512), (65, 264, 512), (300, 1032, 768), (513, 2112, 2048)):
         a, a_s, b, b_s = _inputs(m, n, k, "cuda", outliers=True)
         outs = []
         for v, sa, sb in ((variant, a_s, b_s), (twin, a_s.repeat_interleave(2, dim=1), b_s.repeat_interleave(2, dim=1))):
@@ -219,6 +227,6 @@ def test_gpu_every_pairs_variant(variant):
         torch.cuda.synchronize()
         pairs, per128 = outs
         assert not pairs.isnan().any(), (variant.key, m, n, k)
-        expected = _expected(a, a_s, b, b_s)
-        assert ref.calc_diff(pairs.cpu(), expected) < BAR, (variant.key, m, n, k)
-        assert ref.calc_diff(pairs, per128) < BAR, (variant.key, m, n, k)
+        _assert_exact(pairs.cpu(), _expected(a, a_s, b, b_s), (variant.key, m, n, k))
+        if pairs.numel() >= 16384:
+            assert ref.calc_diff(pairs, per128) < BAR, (variant.key, m, n, k)

@@ -367,7 +367,8 @@ def test_gpu_swiglu_kernel_against_the_reference():
 @pytest.mark.gpu
 def test_gpu_fused_against_the_cpu_reference():
     """Fused on the GPU against the CPU reference of the three steps: dequantized outputs within one fp8 step of the
-    largest element plus h's last-bit difference (a scale may move by h's last bit too)."""
+    largest element; a scale may move by two bf16 last bits (the GEMM's output, summed in another order than the
+    CPU's, and h's), 2^-6 relative."""
     m, i, k = 70, 384, 512
     w, w_s, _ = _weights(i, k, "cuda")
     a, a_s = _act(m, k, "cuda")
@@ -376,7 +377,8 @@ def test_gpu_fused_against_the_cpu_reference():
     got, want = dg.dequantize_act(q.cpu(), s.cpu()), dg.dequantize_act(q_ref, s_ref)
     step = s_ref.repeat_interleave(128, dim=1) * 32  # an e4m3 step at the group's top (448: steps of 32)
     assert ((got - want).abs() <= step).all()
-    assert ((s.cpu() - s_ref).abs() <= s_ref * 2.0 ** -7).all()
+    moved = (s.cpu() - s_ref).abs() / s_ref
+    assert (moved <= 2.0 ** -6).all(), moved.max()
 
 
 @pytest.mark.gpu
