@@ -550,8 +550,8 @@ def stream_k_for(variant: Variant, sw: Switches | None = None) -> bool:
     part-filled, that wave's units and one full wave more are shared out among all clusters by K blocks,
     each cluster's heads and tails of tiles joined through a workspace in a fixed order. Large-M tiles
     with one partial set (BLOCK_M >= 128, key letter p; the two-set loops do not start a tile's sums from
-    the workspace), no split-K. DEEPERGEMM_STREAM_K=0 turns it off."""
-    return (variant.splits == 1 and variant.block_m >= 128 and not variant.dual_acc
+    the workspace; the pairs never cut a tile's K), no split-K. DEEPERGEMM_STREAM_K=0 turns it off."""
+    return (variant.splits == 1 and variant.block_m >= 128 and not variant.dual_acc and not variant.pairs
             and (sw or switches()).flag("DEEPERGEMM_STREAM_K", True))
 
 
