@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu recipe256 recipe256op l2stable l2bench1k cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock recipe256 recipe256op l2stable l2bench1k cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -122,6 +122,9 @@ for i in range(3):
          timeout 200 python -m pytest -q -m gpu tests/test_swiglu.py -p no:cacheprovider 2>&1 | tail -8
          DEEPERGEMM_SPLIT_K=0 DEEPERGEMM_STREAM_K=0 timeout 150 python bench/swiglu_bench.py 2>&1 \
            | grep -v "^\[deepergemm\] \[" | tee "$OUT/swiglu_bench.log" ;;
+    mlpblock) # issue 27: the MLP block (gate/up, SwiGLU, down), fused SwiGLU against unfused, default plans
+         timeout 150 python bench/swiglu_bench.py --block --m 1,32,128,4096 2>&1 | grep -v "^\[deepergemm\] \[" \
+           | tee "$OUT/mlp_block.log" ;;
     recipe256) # issue 27: the 256-K recipe's pairs variants against the 128 recipe's on the same operands
          timeout 300 python bench/recipe256_bench.py 2>&1 | grep -v "^\[deepergemm\] \[" | tee "$OUT/recipe256.log" ;;
     recipe256op) # issue 27: the 256-K recipe through the public op against the 128 recipe's plan and cuBLAS

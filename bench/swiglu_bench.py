@@ -1,6 +1,6 @@
 """SwiGLU fused into the gate/up GEMM (issue 27): the fused op against the unfused sequence it replaces, on the GPU.
 
-    python bench/swiglu_bench.py [--m 32,128,4096] [--shapes 7168x18432,7168x2048] [--launches 50] [--ue8m0]
+    python bench/swiglu_bench.py [--m 32,128,4096] [--shapes 7168x18432,7168x2048] [--launches 50] [--ue8m0] [--block]
 
 Shapes are HIDDENxINTERMEDIATE: the gate/up weight is (2 * INTERMEDIATE, HIDDEN), interleaved per 128 rows
 (dg.prepare_gate_up). Defaults: DeepSeek-V3's dense MLP (7168 -> 2 x 18432: w_gate_up 36864 x 7168) and one routed
@@ -10,7 +10,8 @@ expert (7168 -> 2 x 2048). Per shape and M: the unfused `fp8_gemm` (bf16) + `swi
 bit (q and scales); a mismatch is printed (where the bf16 GEMM's pick splits K or runs a stream-K tail its sums may
 differ in order from the fused kernel's, so rare last-bit differences are possible there: run with
 DEEPERGEMM_SPLIT_K=0 DEEPERGEMM_STREAM_K=0 to compare without them). Also printed: the bf16 GEMM alone, and the
-variants each path runs.
+variants each path runs. --block: the whole MLP block, the down projection (HIDDEN x INTERMEDIATE, bf16 output)
+after each path (the outputs y are compared bit for bit; the "bf16 GEMM" column stays the gate/up GEMM alone).
 """
 import pathlib
 import sys
@@ -36,6 +37,7 @@ def _inputs(m: int, hidden: int, inter: int):
 def main(argv=None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--shapes", default="7168x18432,7168x2048", help="HIDDENxINTERMEDIATE, comma-separated")
+    p.add_argument("--block", action="store_true", help="time the MLP block: the down projection after each path")
     args = p.parse_args(argv)
     sms = print_header(args, f"{'M':>5} {'hidden':>6} {'inter':>6}", "bf16 GEMM | fused")
     for hidden, inter in pairs(args.shapes):
@@ -50,6 +52,18 @@ def main(argv=None) -> int:
 
             def fused():
                 return dg.fp8_gemm_swiglu(a, a_s, w, w_s, ue8m0=args.ue8m0, backend="ptx")
+
+            if args.block:  # (y, y): measure_row compares pairs
+                down, down_s = dg.quantize_weight(torch.randn(hidden, inter, device="cuda", dtype=torch.bfloat16))
+                gate_up_unfused, gate_up_fused = unfused, fused
+
+                def unfused():
+                    y = dg.fp8_gemm(*gate_up_unfused(), down, down_s, backend="ptx")
+                    return y, y
+
+                def fused():
+                    y = dg.fp8_gemm(*gate_up_fused(), down, down_s, backend="ptx")
+                    return y, y
 
             n, k = 2 * inter, hidden
             variants = f"{configs.select(m, n, k, sms).variant.key} | {configs.select_swiglu(m, n, k, sms).variant.key}"
