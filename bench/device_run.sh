@@ -117,14 +117,17 @@ for i in range(3):
            | grep -v "^\[deepergemm\]" | tee "$OUT/model_bench.log" | tail -30 ;;
     fp8out) # issue 27: the fp8-output GPU tests, then the fused op against fp8_gemm bf16 + quantize_act
          timeout 200 python -m pytest -q -m gpu tests/test_fp8_out.py -p no:cacheprovider 2>&1 | tail -8
-         timeout 120 python bench/fp8_out_bench.py 2>&1 | grep -v "^\[deepergemm\] \[" | tee "$OUT/fp8_out_bench.log" ;;
+         DEEPERGEMM_FUSED_EPILOGUE=1 timeout 120 python bench/fp8_out_bench.py 2>&1 | grep -v "^\[deepergemm\] \[" | tee "$OUT/fp8_out_bench.log" ;;
     swiglu) # issue 27: the fused SwiGLU GPU tests, then fused against GEMM bf16 + swiglu + quantize_act
          timeout 200 python -m pytest -q -m gpu tests/test_swiglu.py -p no:cacheprovider 2>&1 | tail -8
-         DEEPERGEMM_SPLIT_K=0 DEEPERGEMM_STREAM_K=0 timeout 150 python bench/swiglu_bench.py 2>&1 \
+         DEEPERGEMM_SPLIT_K=0 DEEPERGEMM_STREAM_K=0 DEEPERGEMM_FUSED_EPILOGUE=1 timeout 150 python bench/swiglu_bench.py 2>&1 \
            | grep -v "^\[deepergemm\] \[" | tee "$OUT/swiglu_bench.log" ;;
     mlpblock) # issue 27: the MLP block (gate/up, SwiGLU, down), fused SwiGLU against unfused, default plans
-         timeout 150 python bench/swiglu_bench.py --block --m 1,32,128,4096 2>&1 | grep -v "^\[deepergemm\] \[" \
-           | tee "$OUT/mlp_block.log" ;;
+         for fuse in "" 1; do
+           echo "== DEEPERGEMM_FUSED_EPILOGUE=${fuse:-unset (the measured rule)}"
+           DEEPERGEMM_FUSED_EPILOGUE=$fuse timeout 150 python bench/swiglu_bench.py --block --m 1,32,128,4096 2>&1 \
+             | grep -v "^\[deepergemm\] \["
+         done | tee "$OUT/mlp_block.log" ;;
     recipe256) # issue 27: the 256-K recipe's pairs variants against the 128 recipe's on the same operands
          timeout 300 python bench/recipe256_bench.py 2>&1 | grep -v "^\[deepergemm\] \[" | tee "$OUT/recipe256.log" ;;
     recipe256op) # issue 27: the 256-K recipe through the public op against the 128 recipe's plan and cuBLAS

@@ -37,6 +37,8 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
                                2 evict-last (default: l2_hints_for; 0 = no hints)
   DEEPERGEMM_BACKEND=ptx|cublas|reference  what backend='auto' means
+  DEEPERGEMM_FUSED_EPILOGUE=0|1  fp8 output and SwiGLU: 1 always in the GEMM's epilogue, 0 never (the bf16 GEMM,
+                               then the Triton steps: the same bits); default: fused_epilogue_pays
   DEEPERGEMM_PAIRS=0           the 256-K recipe without its pairs variants (select_recipe_256: scales repeated per
                                128 of K into the 128 recipe's kernel instead)
 
@@ -629,7 +631,7 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int, sw: Switc
 SWITCHES = ("DEEPERGEMM_DUAL_ACC", "DEEPERGEMM_VARIANT", "DEEPERGEMM_CLUSTER", "DEEPERGEMM_GROUP_N",
             "DEEPERGEMM_SPLIT_K", "DEEPERGEMM_SMALL_M_CLUSTER", "DEEPERGEMM_SMALL_M_WGS", "DEEPERGEMM_STREAM_K",
             "DEEPERGEMM_L2_HINTS", "DEEPERGEMM_GROUPED_VARIANT", "DEEPERGEMM_PDL", "DEEPERGEMM_SWAP_AB",
-            "DEEPERGEMM_BACKEND", "DEEPERGEMM_PAIRS")
+            "DEEPERGEMM_BACKEND", "DEEPERGEMM_PAIRS", "DEEPERGEMM_FUSED_EPILOGUE")
 
 
 @dataclass(frozen=True)
@@ -832,6 +834,29 @@ def _select_fp8_out_cached(m: int, n: int, k: int, num_sms: int, sw: Switches) -
     fitting = [v for v in FP8_OUT_VARIANTS if v.block_m >= 128 and ceil_div(m, v.block_m) >= v.cluster_m
                and ceil_div(n, v.block_n) >= v.cluster_n]
     return _choice(min(fitting, key=modelled_time), m, n, k, num_sms, sw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fused epilogues (fp8 output, SwiGLU) or the unfused steps: the same bits, whichever is faster
+# ----------------------------------------------------------------------------------------------
+# Measured (H200, bench/fp8_out_bench.py and bench/swiglu_bench.py, bench/RESULTS.md): fused pays at decode where
+# its tiles fill at least half the SMs (fp8 output 0.62-0.85x of unfused at M = 128, N >= 7168; SwiGLU 0.72x at
+# M = 32 and 0.88x at M = 128 on DeepSeek-V3's dense MLP) and loses at M = 4096 (12-27%: the fused 256-row tile does
+# not overlap its epilogue, the SwiGLU tile has 64 rows) and with few tiles (SwiGLU at intermediate 2048: 16-32
+# tiles, 1.15-1.27x; fp8 output at 128x4096x7168: 64 tiles, 1.12x).
+FUSED_EPILOGUE_MAX_M = 128
+
+
+def fused_epilogue_pays(fused: Choice, m: int, num_sms: int, sw: Switches | None = None) -> bool:
+    """Whether an fp8-output or SwiGLU GEMM runs fused (its plan `fused`) or as the bf16 GEMM then the Triton steps
+    (bit-identical either way): M <= FUSED_EPILOGUE_MAX_M and the fused tiles fill at least half the SMs.
+    DEEPERGEMM_FUSED_EPILOGUE=1 / 0: always / never."""
+    forced = (sw or switches()).get("DEEPERGEMM_FUSED_EPILOGUE")
+    if forced not in ("", "0", "1"):
+        raise ValueError(f"environment variable DEEPERGEMM_FUSED_EPILOGUE must be 0 or 1, got {forced!r}")
+    if forced:
+        return forced == "1"
+    return m <= FUSED_EPILOGUE_MAX_M and fused.tiles >= num_sms // 2
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ def available(device: torch.device) -> bool:
 
 def plan(kind: int, device: int, m: int, n: int, k: int, groups: int, rows: int, split_rows: int,
          side_aware: bool) -> list[int]:
-    """A problem's plan for the binding: [variant id, group_n, l2_hints, stream_k, side 0's N-tiles, pdl].
+    """A problem's plan for the binding: [variant id, group_n, l2_hints, stream_k, side 0's N-tiles, pdl, unfused]
+    (unfused: an fp8-output or SwiGLU problem runs as the bf16 GEMM of this plan, then the Triton steps).
     kind: PLAN_* (PLAN_FP8_OUT: the fp8-output variants, configs.select_fp8_out; PLAN_SWIGLU: configs.select_swiglu,
     n = B's rows; PLAN_RECIPE_256: configs.select_recipe_256, a pairs variant or a 128 one); grouped plans take the groups
     and the rows per group the tile choice plans for; placed plans the placement's split row and whether to
@@ -48,12 +49,13 @@ def plan(kind: int, device: int, m: int, n: int, k: int, groups: int, rows: int,
     sms = sm_count(device)
     sw = configs.switches()
     side0 = None
+    unfused = False
     if kind == PLAN_PLAIN:
         choice = configs.select(m, n, k, sms, sw=sw)
-    elif kind == PLAN_FP8_OUT:
-        choice = configs.select_fp8_out(m, n, k, sms, sw=sw)
-    elif kind == PLAN_SWIGLU:
-        choice = configs.select_swiglu(m, n, k, sms, sw=sw)
+    elif kind in (PLAN_FP8_OUT, PLAN_SWIGLU):
+        choice = (configs.select_fp8_out if kind == PLAN_FP8_OUT else configs.select_swiglu)(m, n, k, sms, sw=sw)
+        if not configs.fused_epilogue_pays(choice, m, sms, sw):  # the bf16 GEMM's plan, then the Triton steps
+            choice, unfused = configs.select(m, n, k, sms, sw=sw), True
     elif kind == PLAN_RECIPE_256:
         choice = configs.select_recipe_256(m, n, k, sms, sw=sw)
     elif kind == PLAN_PLACED:
@@ -67,7 +69,7 @@ def plan(kind: int, device: int, m: int, n: int, k: int, groups: int, rows: int,
     choice.variant.check_k(k)
     kernel = extension.load(choice.variant)
     return [kernel.id, choice.group_n, choice.l2_hints, int(choice.stream_k), side0 or 0,
-            int(configs.pdl_enabled(sw))]
+            int(configs.pdl_enabled(sw)), int(unfused)]
 
 
 @functools.lru_cache(maxsize=None)

@@ -1000,8 +1000,9 @@ struct Plan {
   bool stream_k;
   int side0_n_tiles;  // placed, side-aware: N-tiles of side 0 (0: the usual order)
   bool pdl;
+  bool unfused;  // fp8 output / SwiGLU: the bf16 GEMM of this plan, then the Triton steps (configs.fused_epilogue_pays)
 };
-constexpr int kPlanFields = 6;
+constexpr int kPlanFields = 7;
 
 using PlanKey = std::array<int64_t, 9>;  // kind, device, m, n, k, groups, rows, split_rows, side_aware
 struct PlanKeyHash {
@@ -1029,7 +1030,8 @@ Plan plan_for(PlanKey key) {
   const std::vector<int64_t> f = op.call(key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7], key[8] != 0);
   TORCH_CHECK(static_cast<int>(f.size()) == kPlanFields, cat("deepergemm: _plan returned ", f.size(), " fields, expected ",
               kPlanFields));
-  const Plan plan{f[0], static_cast<int>(f[1]), static_cast<int>(f[2]), f[3] != 0, static_cast<int>(f[4]), f[5] != 0};
+  const Plan plan{f[0], static_cast<int>(f[1]), static_cast<int>(f[2]), f[3] != 0, static_cast<int>(f[4]), f[5] != 0,
+                  f[6] != 0};
   std::lock_guard<std::mutex> lock(plans_mutex);
   if (plans.size() >= kMaxPlans) plans.clear();
   plans.emplace(key, plan);
@@ -1118,11 +1120,17 @@ Tensor fp8_gemm(const Tensor& a, const Tensor& a_scales, const Tensor& b, const 
 std::tuple<Tensor, Tensor> launch_quantized_output(PlanKind kind, int mode, const Tensor& a, const Tensor& a_scales,
                                                    const Tensor& b, const Tensor& b_scales, int64_t m, int64_t n,
                                                    int64_t k, int64_t out_n, const optional<Tensor>& bias, bool ue8m0) {
+  c10::DeviceGuard guard(a.device());
+  const Plan plan = m == 0 ? Plan{} : plan_for({kind, a.device().index(), m, n, k, 0, 0, 0, 0});
+  if (plan.unfused) {  // where fusing does not pay: the bf16 GEMM, then the Triton steps (the same bits)
+    static auto swiglu_op = python_impl("deepergemm::swiglu").typed<Tensor(const Tensor&)>();
+    static auto quantize_op = python_impl("deepergemm::quantize_act").typed<std::tuple<Tensor, Tensor>(const Tensor&, bool, int64_t)>();
+    const Tensor y = gemm_into_new_output(plan, a, a_scales, b, b_scales, n, at::kBFloat16, bias, nullptr, 0, std::nullopt);
+    return quantize_op.call(mode == 2 ? swiglu_op.call(y) : y, ue8m0, dg::kBlockK);
+  }
   Tensor q = at::empty({m, out_n}, a.options().dtype(at::kFloat8_e4m3fn));
   Tensor scales = at::empty_strided({m, out_n / dg::kBlockK}, {1, round_up(m, 4)}, a.options().dtype(at::kFloat));
   if (m == 0) return {q, scales};
-  c10::DeviceGuard guard(a.device());
-  const Plan plan = plan_for({kind, a.device().index(), m, n, k, 0, 0, 0, 0});
   const Tensor sa = to_act_scale_layout(a_scales);
   const Tensor sb = b_scales.is_contiguous() ? b_scales : b_scales.contiguous();
   optional<Tensor> bias_k;

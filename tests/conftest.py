@@ -121,7 +121,10 @@ def run_interpreted():
 def no_split_orders(monkeypatch):
     """Split-K and stream-K off: a bf16 GEMM then sums every output in the order a fused-epilogue kernel (fp8 output,
     SwiGLU) does, whichever tile either picks (a split's partial sums join in another order: rare last-bit
-    differences). The switch snapshot is re-read on set and on undo (this file's monkeypatch)."""
+    differences). The fused epilogues always run fused (configs.fused_epilogue_pays would run some shapes as the
+    bf16 GEMM then the Triton steps: nothing of the fused kernels tested there). The switch snapshot is re-read on
+    set and on undo (this file's monkeypatch)."""
     monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
     monkeypatch.setenv("DEEPERGEMM_STREAM_K", "0")
+    monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", "1")
     yield

@@ -50,16 +50,16 @@ def test_variant_facts_are_sent_in_the_bindings_order():
 def test_plan_fields_match():
     body = re.search(r"struct Plan \{(.*?)\};", SOURCE, re.S).group(1)
     names = re.findall(r"(\w+)(?:,|;)", re.sub(r"//[^\n]*", "", body))
-    assert names == ["variant", "group_n", "l2_hints", "stream_k", "side0_n_tiles", "pdl"]
+    assert names == ["variant", "group_n", "l2_hints", "stream_k", "side0_n_tiles", "pdl", "unfused"]
     assert f"constexpr int kPlanFields = {len(names)};" in SOURCE
     from deepergemm import kernels
 
-    assert "[variant id, group_n, l2_hints, stream_k, side 0's N-tiles, pdl]" in kernels.plan.__doc__
+    assert "[variant id, group_n, l2_hints, stream_k, side 0's N-tiles, pdl, unfused]" in kernels.plan.__doc__
     kinds = dict(re.findall(r"(kPlan\w+) = (\d+)", SOURCE))
     assert [int(kinds[k]) for k in ("kPlanPlain", "kPlanPlaced", "kPlanContiguous", "kPlanMasked", "kPlanFp8Out",
-                                    "kPlanSwiglu")] == \
+                                    "kPlanSwiglu", "kPlanRecipe256")] == \
         [kernels.PLAN_PLAIN, kernels.PLAN_PLACED, kernels.PLAN_CONTIGUOUS, kernels.PLAN_MASKED, kernels.PLAN_FP8_OUT,
-         kernels.PLAN_SWIGLU]
+         kernels.PLAN_SWIGLU, kernels.PLAN_RECIPE_256]
 
 
 def test_binding_implements_the_ops_python_defines():

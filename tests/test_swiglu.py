@@ -457,3 +457,25 @@ def test_both_sides_compile_to_the_same_instructions(tmp_path):
         # what ex2.approx.f32 and rcp.approx.f32 without .ftz add: a range check before EX2, a subnormal one at RCP
         assert not re.search(r"FSETP\.\w+\.AND P\d, PT, R\d+, -126, PT", sass), cubin.name
         assert "1.175494350822287508e-38" not in sass, cubin.name
+
+
+def test_fused_epilogue_runs_where_it_measured_faster(monkeypatch):
+    """configs.fused_epilogue_pays, the rule the plans of fp8_gemm_swiglu and of fp8 output follow (bit-identical
+    either way): fused at M <= 128 where the fused tiles fill half the SMs, else the bf16 GEMM and the Triton steps;
+    DEEPERGEMM_FUSED_EPILOGUE forces either."""
+    sms = 132
+    pays = configs.fused_epilogue_pays
+    assert pays(configs.select_swiglu(32, 2 * 18432, 7168, sms), 32, sms)       # 144 tiles: measured 0.72x
+    assert pays(configs.select_swiglu(128, 2 * 18432, 7168, sms), 128, sms)     # 0.88x
+    assert not pays(configs.select_swiglu(32, 2 * 2048, 7168, sms), 32, sms)    # 16 tiles: measured 1.15x
+    assert not pays(configs.select_swiglu(4096, 2 * 18432, 7168, sms), 4096, sms)  # 1.15x
+    assert pays(configs.select_fp8_out(128, 7168, 2048, sms), 128, sms)         # 0.85x
+    assert not pays(configs.select_fp8_out(128, 4096, 7168, sms), 128, sms)     # 64 tiles: 1.12x
+    assert not pays(configs.select_fp8_out(4096, 7168, 2048, sms), 4096, sms)   # 1.27x
+    for value, want in (("1", True), ("0", False)):
+        monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", value)
+        assert pays(configs.select_fp8_out(4096, 7168, 2048, sms), 4096, sms) is want
+        assert pays(configs.select_swiglu(32, 2 * 18432, 7168, sms), 32, sms) is want
+    monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", "yes")
+    with pytest.raises(ValueError, match="DEEPERGEMM_FUSED_EPILOGUE must be 0 or 1"):
+        pays(configs.select_fp8_out(4096, 7168, 2048, sms), 4096, sms)
