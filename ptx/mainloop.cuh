@@ -93,6 +93,7 @@ struct MathWarpgroup {
   __device__ __forceinline__ void finish_if_last(float (&total)[kRegs], const StepScales& sc, const StepScales& next);
   __device__ __forceinline__ void run();
   __device__ __forceinline__ void run_two_slabs(uint32_t steps);
+  __device__ __forceinline__ void store_slabs(float (&total)[kRegs], float (&total1)[kRegs], const StepScales& sc);
   __device__ __forceinline__ void run_two_slabs_pairs(uint32_t steps);
   __device__ __forceinline__ void run_single(uint32_t steps);
   __device__ __forceinline__ void run_single_pairs(uint32_t steps);
@@ -263,6 +264,16 @@ __device__ __forceinline__ void MathWarpgroup<C>::run() {
   if (wg == 0 && tid == 0) life_stamp(p.trace_log, kLifeDrained);
 }
 
+// A 256-row tile's end: both slabs stored (or, stream-K, slab 1's head handed on first).
+template <class C>
+__device__ __forceinline__ void MathWarpgroup<C>::store_slabs(float (&total)[kRegs], float (&total1)[kRegs],
+                                                               const StepScales& sc) {
+  const int row_end = stored_row_end(total, sc);
+  stream_k_head_slab1(total1, sc);
+  epilogue(total, sc.row0, sc.n_block, 0, row_end);
+  epilogue(total1, sc.row0, sc.n_block, 1, row_end);
+}
+
 // 256-row tiles: per stage, slab 0 then slab 1 through the one partial set (the registers hold two totals, no
 // second partial); the other math warpgroup's wgmmas fill the tensor cores meanwhile. The next step's slab 0 is
 // issued before a finished tile's stores, so they overlap its wgmmas. Straight-line steady state, the last step
@@ -273,12 +284,7 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs(uint32_t steps) 
   float total[kRegs], total1[kRegs], acc0[kRegs];
 #pragma unroll
   for (int i = 0; i < kRegs; ++i) total[i] = total1[i] = 0.f;
-  auto store_tile = [&](const StepScales& sc) {
-    const int row_end = stored_row_end(total, sc);
-    stream_k_head_slab1(total1, sc);
-    epilogue(total, sc.row0, sc.n_block, 0, row_end);
-    epilogue(total1, sc.row0, sc.n_block, 1, row_end);
-  };
+  auto store_tile = [&](const StepScales& sc) { store_slabs(total, total1, sc); };
   StepScales sc0, next;
   acquire(sc0);
   issue_slab(acc0, sc0, 0);
@@ -330,12 +336,7 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs(uint32_t steps) 
 template <class C>
 __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs_pairs(uint32_t steps) {
   float total[kRegs], total1[kRegs], acc0[kRegs];
-  auto store_tile = [&](const StepScales& sc) {
-    const int row_end = stored_row_end(total, sc);
-    stream_k_head_slab1(total1, sc);
-    epilogue(total, sc.row0, sc.n_block, 0, row_end);
-    epilogue(total1, sc.row0, sc.n_block, 1, row_end);
-  };
+  auto store_tile = [&](const StepScales& sc) { store_slabs(total, total1, sc); };
   StepScales sa, sb;  // the pair's first and second block (sb's scales promote the pair: equal by assumption)
   acquire(sa);
   issue_slab(acc0, sa, 0);
