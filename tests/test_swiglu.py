@@ -479,3 +479,30 @@ def test_fused_epilogue_runs_where_it_measured_faster(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", "yes")
     with pytest.raises(ValueError, match="DEEPERGEMM_FUSED_EPILOGUE must be 0 or 1"):
         pays(configs.select_fp8_out(4096, 7168, 2048, sms), 4096, sms)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fuse", ["0", ""])
+def test_gpu_unfused_plans_give_the_same_bits(monkeypatch, fuse):
+    """The ops' unfused plans (DEEPERGEMM_FUSED_EPILOGUE=0, and the measured rule, which runs M = 4096 unfused): the
+    bf16 GEMM of the plain plan, then the Triton steps, from inside the C++ op; equal to those steps called one by
+    one, and to the fused kernel (forced) where the GEMM sums in one pass; CUDA-graph capturable."""
+    from deepergemm.benchmark.timing import capture_graph
+
+    monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "0")
+    monkeypatch.setenv("DEEPERGEMM_STREAM_K", "0")
+    monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", fuse)
+    for m, i, k in ((4096, 256, 512), (37, 384, 256)):
+        w, w_s, _ = _weights(i, k, "cuda")
+        a, a_s = _act(m, k, "cuda")
+        got = dg.fp8_gemm_swiglu(a, a_s, w, w_s, backend="ptx")
+        want = dg.quantize_act(dg.swiglu(dg.fp8_gemm(a, a_s, w, w_s, backend="ptx")))
+        assert_same(got, want, f"swiglu {m}x{i}x{k} fuse={fuse!r}")
+        y8 = dg.fp8_gemm(a, a_s, w, w_s, out_dtype=FP8, backend="ptx")
+        assert_same(y8, dg.quantize_act(dg.fp8_gemm(a, a_s, w, w_s, backend="ptx")), f"fp8 out {m}x{2 * i}x{k}")
+        graph, out = capture_graph(lambda: dg.fp8_gemm_swiglu(a, a_s, w, w_s, backend="ptx"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_same(out, want, f"graph {m}x{i}x{k}")
+    monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", "1")
+    assert_same(dg.fp8_gemm_swiglu(a, a_s, w, w_s, backend="ptx"), want, "forced fused")
