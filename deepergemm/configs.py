@@ -37,8 +37,9 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
                                2 evict-last (default: l2_hints_for; 0 = no hints)
   DEEPERGEMM_BACKEND=ptx|cublas|reference  what backend='auto' means
-  DEEPERGEMM_FUSED_EPILOGUE=0|1  fp8 output and SwiGLU: 1 always in the GEMM's epilogue, 0 never (the bf16 GEMM,
-                               then the Triton steps: the same bits); default: fused_epilogue_pays
+  DEEPERGEMM_FUSED_EPILOGUE=0|1|auto  fp8 output and SwiGLU: 1 always in the GEMM's epilogue (the default for
+                               now), 0 never (the bf16 GEMM, then the Triton steps: the same bits), auto: where
+                               measured faster (fused_epilogue_pays; its unfused plans have not run on a GPU yet)
   DEEPERGEMM_PAIRS=0           the 256-K recipe without its pairs variants (select_recipe_256: scales repeated per
                                128 of K into the 128 recipe's kernel instead)
 
@@ -847,15 +848,18 @@ def _select_fp8_out_cached(m: int, n: int, k: int, num_sms: int, sw: Switches) -
 FUSED_EPILOGUE_MAX_M = 128
 
 
+FUSED_EPILOGUE_DEFAULT = "1"  # always fused until the unfused plans have run on a GPU (then: "auto")
+
+
 def fused_epilogue_pays(fused: Choice, m: int, num_sms: int, sw: Switches | None = None) -> bool:
     """Whether an fp8-output or SwiGLU GEMM runs fused (its plan `fused`) or as the bf16 GEMM then the Triton steps
-    (bit-identical either way): M <= FUSED_EPILOGUE_MAX_M and the fused tiles fill at least half the SMs.
-    DEEPERGEMM_FUSED_EPILOGUE=1 / 0: always / never."""
-    forced = (sw or switches()).get("DEEPERGEMM_FUSED_EPILOGUE")
-    if forced not in ("", "0", "1"):
-        raise ValueError(f"environment variable DEEPERGEMM_FUSED_EPILOGUE must be 0 or 1, got {forced!r}")
-    if forced:
-        return forced == "1"
+    (bit-identical either way). DEEPERGEMM_FUSED_EPILOGUE=auto: the measured rule, M <= FUSED_EPILOGUE_MAX_M and the
+    fused tiles fill at least half the SMs; 1 / 0: always / never; unset: FUSED_EPILOGUE_DEFAULT."""
+    value = (sw or switches()).get("DEEPERGEMM_FUSED_EPILOGUE") or FUSED_EPILOGUE_DEFAULT
+    if value not in ("0", "1", "auto"):
+        raise ValueError(f"environment variable DEEPERGEMM_FUSED_EPILOGUE must be 0, 1 or auto, got {value!r}")
+    if value != "auto":
+        return value == "1"
     return m <= FUSED_EPILOGUE_MAX_M and fused.tiles >= num_sms // 2
 
 

@@ -460,11 +460,14 @@ def test_both_sides_compile_to_the_same_instructions(tmp_path):
 
 
 def test_fused_epilogue_runs_where_it_measured_faster(monkeypatch):
-    """configs.fused_epilogue_pays, the rule the plans of fp8_gemm_swiglu and of fp8 output follow (bit-identical
-    either way): fused at M <= 128 where the fused tiles fill half the SMs, else the bf16 GEMM and the Triton steps;
-    DEEPERGEMM_FUSED_EPILOGUE forces either."""
+    """configs.fused_epilogue_pays, the rule the plans of fp8_gemm_swiglu and of fp8 output follow with
+    DEEPERGEMM_FUSED_EPILOGUE=auto (bit-identical either way): fused at M <= 128 where the fused tiles fill half the
+    SMs, else the bf16 GEMM and the Triton steps; 1 / 0 force either; unset: always fused (for now)."""
     sms = 132
     pays = configs.fused_epilogue_pays
+    monkeypatch.delenv("DEEPERGEMM_FUSED_EPILOGUE", raising=False)
+    assert pays(configs.select_swiglu(4096, 2 * 18432, 7168, sms), 4096, sms) is (configs.FUSED_EPILOGUE_DEFAULT == "1")
+    monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", "auto")
     assert pays(configs.select_swiglu(32, 2 * 18432, 7168, sms), 32, sms)       # 144 tiles: measured 0.72x
     assert pays(configs.select_swiglu(128, 2 * 18432, 7168, sms), 128, sms)     # 0.88x
     assert not pays(configs.select_swiglu(32, 2 * 2048, 7168, sms), 32, sms)    # 16 tiles: measured 1.15x
@@ -477,14 +480,14 @@ def test_fused_epilogue_runs_where_it_measured_faster(monkeypatch):
         assert pays(configs.select_fp8_out(4096, 7168, 2048, sms), 4096, sms) is want
         assert pays(configs.select_swiglu(32, 2 * 18432, 7168, sms), 32, sms) is want
     monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", "yes")
-    with pytest.raises(ValueError, match="DEEPERGEMM_FUSED_EPILOGUE must be 0 or 1"):
+    with pytest.raises(ValueError, match="DEEPERGEMM_FUSED_EPILOGUE must be 0, 1 or auto"):
         pays(configs.select_fp8_out(4096, 7168, 2048, sms), 4096, sms)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fuse", ["0", ""])
+@pytest.mark.parametrize("fuse", ["0", "auto"])
 def test_gpu_unfused_plans_give_the_same_bits(monkeypatch, fuse):
-    """The ops' unfused plans (DEEPERGEMM_FUSED_EPILOGUE=0, and the measured rule, which runs M = 4096 unfused): the
+    """The ops' unfused plans (DEEPERGEMM_FUSED_EPILOGUE=0, and auto, the measured rule, which runs these unfused): the
     bf16 GEMM of the plain plan, then the Triton steps, from inside the C++ op; equal to those steps called one by
     one, and to the fused kernel (forced) where the GEMM sums in one pass; CUDA-graph capturable."""
     from deepergemm.benchmark.timing import capture_graph
