@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock recipe256 recipe256op l2stable l2bench1k cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op l2stable l2bench1k cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -122,6 +122,10 @@ for i in range(3):
          timeout 200 python -m pytest -q -m gpu tests/test_swiglu.py -p no:cacheprovider 2>&1 | tail -8
          DEEPERGEMM_SPLIT_K=0 DEEPERGEMM_STREAM_K=0 DEEPERGEMM_FUSED_EPILOGUE=1 timeout 150 python bench/swiglu_bench.py 2>&1 \
            | grep -v "^\[deepergemm\] \[" | tee "$OUT/swiglu_bench.log" ;;
+    verify27) # issue 27's GPU tests the last session fixed or added without a GPU to run them (then: recipe256op
+              # mlpblock, the measurements it could not take)
+         timeout 150 python -m pytest -q -m gpu tests/test_recipe256.py tests/test_swiglu.py tests/test_fp8_out.py \
+           tests/test_l2_placement.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_27.log" | tail -6 ;;
     mlpblock) # issue 27: the MLP block (gate/up, SwiGLU, down), fused SwiGLU against unfused: the measured rule, then fused
          for fuse in auto 1; do
            echo "== DEEPERGEMM_FUSED_EPILOGUE=$fuse"
