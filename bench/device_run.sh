@@ -122,7 +122,7 @@ for i in range(3):
          timeout 200 python -m pytest -q -m gpu tests/test_swiglu.py -p no:cacheprovider 2>&1 | tail -8
          DEEPERGEMM_SPLIT_K=0 DEEPERGEMM_STREAM_K=0 DEEPERGEMM_FUSED_EPILOGUE=1 timeout 150 python bench/swiglu_bench.py 2>&1 \
            | grep -v "^\[deepergemm\] \[" | tee "$OUT/swiglu_bench.log" ;;
-    verify27) # issue 27's GPU tests the last session fixed or added without a GPU to run them (then: recipe256op
+    verify27) # issue 27's GPU tests that were fixed or added without a GPU to run them (then: recipe256op
               # mlpblock, the measurements it could not take)
          timeout 150 python -m pytest -q -m gpu tests/test_recipe256.py tests/test_swiglu.py tests/test_fp8_out.py \
            tests/test_l2_placement.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_27.log" | tail -6 ;;

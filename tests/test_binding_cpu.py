@@ -100,6 +100,25 @@ def test_fp8_gemm_rules_match_the_python_ones():
     _all_same_errors(OPS.fp8_gemm.default, cases)
 
 
+def test_recipe_256_rules_match_the_python_ones():
+    """The 256-K recipe's scales: taken by fp8_gemm (also through the binding), mixed recipes and the other ops
+    refused with the same words."""
+    x, w = torch.randn(5, 512), torch.randn(264, 512)
+    a, a_s = ref.quantize_act(x, group_k=256)
+    a_s = a_s.t().contiguous().t()
+    b, b_s = ref.quantize_weight(w, block_k=256)
+    good = [a, a_s, b, b_s, torch.bfloat16, None, "reference"]
+    want = OPS.fp8_gemm.default(*good)
+    assert torch.equal(OPS.fp8_gemm.default.redispatch(CUDA_KEY, *good).view(torch.int16), want.view(torch.int16))
+    _all_same_errors(OPS.fp8_gemm.default, {
+        "b_scales of the 128 recipe": _with(good, 3, b_s.repeat_interleave(2, dim=1)),
+        "b_scales columns": _with(good, 3, b_s[:, :1]),
+        "a_scales columns": _with(good, 1, a_s[:, :1]),
+    })
+    b256, b256_s = ref.quantize_weight(torch.randn(256, 512), block_k=256)
+    _all_same_errors(OPS.fp8_gemm_fp8_out.default, {"fp8 output": [a, a_s, b256, b256_s, None, False, "reference"]})
+
+
 def test_fp8_gemm_through_the_binding_calls_the_python_backend():
     for m, bias in ((1, None), (65, torch.randn(264, dtype=torch.bfloat16)), (130, torch.randn(264))):
         args = _gemm_args(m=m, bias=bias)
@@ -110,24 +129,34 @@ def test_fp8_gemm_through_the_binding_calls_the_python_backend():
     assert empty.shape == (0, 264)
 
 
+def _quantized_output_cases(good, backend_index):
+    """The argument rules fp8_gemm_fp8_out and fp8_gemm_swiglu share with fp8_gemm, as broken copies of `good`
+    (a (5, 384) activation and its scales, b and b_scales at indices 2 and 3, N = b's rows)."""
+    a, a_s, b, b_s = good[:4]
+    n, k = b.shape
+    misaligned = torch.empty(5 * k + 1, dtype=torch.uint8)[1:].view(ref.FP8_DTYPE).view(5, k)
+    return {
+        "N rule": _with(_with(good, 2, _weight(12, k)[0]), 3, _weight(12, k)[1]),
+        "a dtype": _with(good, 0, a.float()),
+        "b rank": _with(good, 2, b[0]),
+        "K mismatch": _with(good, 2, _weight(n, 256)[0]),
+        "a_scales shape": _with(good, 1, a_s[:, :2]),
+        "b_scales shape": _with(good, 3, b_s[:1]),
+        "a not K-major": _with(good, 0, a.t().contiguous().t()),
+        "a misaligned": _with(good, 0, misaligned),
+        "backend": _with(good, backend_index, "cudnn"),
+    }
+
+
 def test_fp8_gemm_fp8_out_rules_match_the_python_ones():
     a, a_s = _act(5, 384)
     b, b_s = _weight(256, 384)
     good = [a, a_s, b, b_s, None, False, "reference"]
-    fp8 = ref.FP8_DTYPE
     cases = {
         "N whole groups": _with(_with(good, 2, _weight(136, 384)[0]), 3, _weight(136, 384)[1]),
-        "N rule": _with(_with(good, 2, _weight(12, 384)[0]), 3, _weight(12, 384)[1]),
-        "a dtype": _with(good, 0, a.float()),
-        "b rank": _with(good, 2, b[0]),
-        "K mismatch": _with(good, 2, _weight(256, 256)[0]),
-        "a_scales shape": _with(good, 1, a_s[:, :2]),
-        "b_scales shape": _with(good, 3, b_s[:1]),
         "bias dtype": _with(good, 4, torch.ones(256, dtype=torch.int32)),
         "bias shape": _with(good, 4, torch.randn(255)),
-        "a not K-major": _with(good, 0, a.t().contiguous().t()),
-        "a misaligned": _with(good, 0, torch.empty(5 * 384 + 1, dtype=torch.uint8)[1:].view(fp8).view(5, 384)),
-        "backend": _with(good, 6, "cudnn"),
+        **_quantized_output_cases(good, backend_index=6),
     }
     _all_same_errors(OPS.fp8_gemm_fp8_out.default, cases)
 
@@ -151,19 +180,10 @@ def test_fp8_gemm_swiglu_rules_match_the_python_ones():
     a, a_s = _act(5, 384)
     b, b_s = _weight(512, 384)
     good = [a, a_s, b, b_s, False, "reference"]
-    fp8 = ref.FP8_DTYPE
     cases = {
         "N whole gate/up pairs": _with(_with(good, 2, _weight(384, 384)[0]), 3, _weight(384, 384)[1]),
         "N one group": _with(_with(good, 2, _weight(128, 384)[0]), 3, _weight(128, 384)[1]),
-        "N rule": _with(_with(good, 2, _weight(12, 384)[0]), 3, _weight(12, 384)[1]),
-        "a dtype": _with(good, 0, a.float()),
-        "b rank": _with(good, 2, b[0]),
-        "K mismatch": _with(good, 2, _weight(512, 256)[0]),
-        "a_scales shape": _with(good, 1, a_s[:, :2]),
-        "b_scales shape": _with(good, 3, b_s[:1]),
-        "a not K-major": _with(good, 0, a.t().contiguous().t()),
-        "a misaligned": _with(good, 0, torch.empty(5 * 384 + 1, dtype=torch.uint8)[1:].view(fp8).view(5, 384)),
-        "backend": _with(good, 5, "cudnn"),
+        **_quantized_output_cases(good, backend_index=5),
     }
     _all_same_errors(OPS.fp8_gemm_swiglu.default, cases)
 

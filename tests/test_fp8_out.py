@@ -13,8 +13,8 @@ import torch
 import deepergemm as dg
 from deepergemm import configs, extension, kernels, layouts
 from deepergemm import reference as ref
+from quantized_output import FP8, assert_same, bits as _bits, check_graph_and_compile
 
-FP8 = torch.float8_e4m3fn
 OP = torch.ops.deepergemm.fp8_gemm_fp8_out
 
 
@@ -41,22 +41,6 @@ def _bias(n, dtype, device="cpu"):
     if n >= 256:
         bias[128:256] = 0  # keeps the zero group zero
     return bias
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(torch.uint8) if t.element_size() == 1 else t.contiguous().view(torch.int32)
-
-
-def assert_same(got, want, what=""):
-    (q, s), (q_want, s_want) = got, want
-    assert q.dtype == FP8 and q.shape == q_want.shape and q.is_contiguous(), what
-    assert s.dtype == torch.float32 and s.shape == s_want.shape, what
-    assert layouts.is_act_scale_layout(s) and (s.shape[0] <= 1 or s.stride(0) == 1), f"{what}: scale layout {s.stride()}"
-    if s.shape[1] > 1:
-        assert s.stride(1) == layouts.act_scale_stride(s.shape[0]), what
-    bad_q = (_bits(q) != _bits(q_want)).sum().item()
-    bad_s = (_bits(s) != _bits(s_want)).sum().item()
-    assert bad_q == 0 and bad_s == 0, f"{what}: {bad_q} q bytes and {bad_s} scales differ"
 
 
 def _independent_quantization(y: torch.Tensor, ue8m0: bool):
@@ -356,8 +340,6 @@ def test_gpu_nan_input_and_determinism():
 
 @pytest.mark.gpu
 def test_gpu_cuda_graph_and_compile(no_split_orders):
-    from deepergemm.benchmark.timing import capture_graph
-
     m, n, k = 96, 640, 1024
     a, a_s, b, b_s = _inputs(m, n, k, "cuda")
     bias = _bias(n, torch.bfloat16, "cuda")
@@ -365,15 +347,5 @@ def test_gpu_cuda_graph_and_compile(no_split_orders):
     def fn(a, a_s, b, b_s, bias):
         return dg.fp8_gemm(a, a_s, b, b_s, out_dtype=FP8, bias=bias)
 
-    graph, (q, s) = capture_graph(fn, a, a_s, b, b_s, bias)
-    for _ in range(2):  # new inputs into the captured tensors, then a replay
-        a2, a2_s, _, _ = _inputs(m, n, k, "cuda")
-        a.copy_(a2)
-        a_s.copy_(a2_s)
-        q.view(torch.uint8).fill_(0x7F)
-        s.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        assert_same((q, s), dg.quantize_act(dg.fp8_gemm(a, a_s, b, b_s, bias=bias)), "graph replay")
-    compiled = torch.compile(fn, fullgraph=True)
-    assert_same(compiled(a, a_s, b, b_s, bias), fn(a, a_s, b, b_s, bias), "compiled")
+    check_graph_and_compile(fn, (a, a_s, b, b_s, bias), lambda: _inputs(m, n, k, "cuda")[:2],
+                            lambda: dg.quantize_act(dg.fp8_gemm(a, a_s, b, b_s, bias=bias)))

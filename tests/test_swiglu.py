@@ -17,14 +17,10 @@ import torch
 import deepergemm as dg
 from deepergemm import configs, extension, kernels, layouts
 from deepergemm import reference as ref
+from quantized_output import FP8, assert_same, bits as _bits, check_graph_and_compile
 
-FP8 = torch.float8_e4m3fn
 OP = torch.ops.deepergemm.fp8_gemm_swiglu
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(torch.uint8) if t.element_size() == 1 else t.contiguous().view(torch.int32)
 
 
 def _weights(i, k, device="cpu", outliers=True, saturate=True):
@@ -49,15 +45,6 @@ def _act(m, k, device="cpu"):
     x = torch.randn(m, k, device=device)
     a, a_s = ref.quantize_act(x) if device == "cpu" else dg.quantize_act(x)
     return a, (layouts.to_act_scale_layout(a_s) if device == "cpu" else a_s)
-
-
-def assert_same(got, want, what=""):
-    (q, s), (q_want, s_want) = got, want
-    assert q.dtype == FP8 and q.shape == q_want.shape and q.is_contiguous(), what
-    assert s.dtype == torch.float32 and s.shape == s_want.shape and layouts.is_act_scale_layout(s), what
-    bad_q = (_bits(q) != _bits(q_want)).sum().item()
-    bad_s = (_bits(s) != _bits(s_want)).sum().item()
-    assert bad_q == 0 and bad_s == 0, f"{what}: {bad_q} q bytes and {bad_s} scales differ"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,8 +370,6 @@ def test_gpu_fused_against_the_cpu_reference():
 
 @pytest.mark.gpu
 def test_gpu_cuda_graph_and_compile(no_split_orders):
-    from deepergemm.benchmark.timing import capture_graph
-
     m, i, k = 96, 640, 1024
     w, w_s, _ = _weights(i, k, "cuda")
     a, a_s = _act(m, k, "cuda")
@@ -392,18 +377,7 @@ def test_gpu_cuda_graph_and_compile(no_split_orders):
     def fn(a, a_s, w, w_s):
         return dg.fp8_gemm_swiglu(a, a_s, w, w_s)
 
-    graph, (q, s) = capture_graph(fn, a, a_s, w, w_s)
-    for _ in range(2):  # new inputs into the captured tensors, then a replay
-        a2, a2_s = _act(m, k, "cuda")
-        a.copy_(a2)
-        a_s.copy_(a2_s)
-        q.view(torch.uint8).fill_(0x7F)
-        s.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        assert_same((q, s), _unfused(a, a_s, w, w_s), "graph replay")
-    compiled = torch.compile(fn, fullgraph=True)
-    assert_same(compiled(a, a_s, w, w_s), fn(a, a_s, w, w_s), "compiled")
+    check_graph_and_compile(fn, (a, a_s, w, w_s), lambda: _act(m, k, "cuda"), lambda: _unfused(a, a_s, w, w_s))
     unfused = torch.compile(lambda a, a_s, w, w_s: _unfused(a, a_s, w, w_s), fullgraph=True)
     assert_same(unfused(a, a_s, w, w_s), fn(a, a_s, w, w_s), "compiled unfused")
 
