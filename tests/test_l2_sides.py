@@ -140,9 +140,16 @@ def test_classifier_decides_on_latencies_recorded_on_an_h100():
     full = l2_sides.classify(cycles, smid, data["stride"])
     assert full.decided, full.reason
     assert full.sms_per_side == (66, 66) and full.near_cycles < full.far_cycles
-    for half in (cycles[:, :256], cycles[:, 256:]):  # (on 256 chunks one SM's agreement falls near the 85% bar)
+    for half in (cycles[:, :256], cycles[:, 256:]):
         part = l2_sides.classify(half, smid, data["stride"])
-        assert part.sm_side == full.sm_side, part.reason
+        assert part.decided and part.sm_side == full.sm_side, part.reason
+    # The GPU repeats showed the worst SM at 84-86% agreement with the split unchanged: the bar must leave room for
+    # that. With 10 cycles of extra noise per (SM, chunk) the worst SM falls near 75% and the sides still decide, the
+    # same ones.
+    noisy = (cycles.double() + torch.randn(cycles.shape, generator=torch.Generator().manual_seed(0),
+                                           dtype=torch.float64) * 10).round().int()
+    again = l2_sides.classify(noisy, smid, data["stride"])
+    assert again.decided and again.sm_side == full.sm_side, again.reason
     # shuffled CTA order (another launch puts CTAs on other SMs): the same sides per SM id
     order = torch.randperm(132)
     shuffled = l2_sides.classify(cycles[order], [smid[i] for i in order.tolist()], data["stride"])
