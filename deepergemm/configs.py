@@ -96,6 +96,20 @@ DUAL_ISSUE_AHEAD = {64: True, 128: False}
 SMALL_M_CLUSTER = (2, 1)
 SMALL_M_CLUSTER_MIN_N = 64     # BLOCK_N
 SMALL_M_CLUSTER_MIN_K = 1536
+# Middle M (128 < M < 4096; H100 sweep of nine tiles over M = 256-2048 and the six anchor (N, K) pairs, bench/RESULTS.md
+# "middle M"): with few M-tiles the clusters' multicast saves little L2 traffic and their pairing costs more.
+# 128-row tiles (128x128, 128x192) run unclustered up to 4 M-tiles: at M = 256 and 512 unclustered was ahead on
+# 10 of 12 (N, K) cases, by up to 5%, behind by 6% once (512x7168x16384). 256-row tiles run unclustered up to 4
+# M-tiles below K = 8192: ahead by 0-5% on 8 of 9 such cases; at K = 16384 the A multicast keeps paying
+# (1024x7168x16384 0.97 vs 1.01x cuBLAS). One 256-row M-tile (M <= 256) ran 26-37% behind 128-row tiles on five of
+# the six pairs, so M <= 256 never takes 256-row tiles. And at 128 < M <= 256, 64x128 tiles (two math
+# warpgroups, 2x1 B-multicast pairs) fill the SMs where 128-row tiles leave them idle: 256x2112x7168 1.15 against
+# 1.03x cuBLAS, 256x4096x7168 1.05 against 0.98; the wave model (_TILE_COST) picks them there and nowhere else of
+# the six pairs.
+MID_M_UNCLUSTERED_TILES = {128: 4, 256: 4}
+MID_M_CLUSTER_256_MIN_K = 8192
+MID_M_SMALL_TILE = (64, 128)
+MID_M_SMALL_TILE_MAX_M = 256
 # 64-row tiles run one math warpgroup that takes all BLOCK_N columns (one wgmma group, one wait and one
 # promotion per step instead of two of half the width; DeepGEMM's layout). Against two warpgroups on the same tiles
 # (H100, one sweep, ptx/NOTES.md, one warpgroup on 64-row tiles): equal or faster on 8 of the 10 unsplit small-M
@@ -618,9 +632,14 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int, sw: Switc
                              f"{block_m}")
         return shape
     if block_m == 64:
+        if m > 128:  # the middle-M 64-row tile: always in B-multicast pairs (as measured)
+            return SMALL_M_CLUSTER if sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True) else (1, 1)
         paired = (sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True) and ceil_div(m, block_m) == SMALL_M_CLUSTER[0]
                   and block_n >= SMALL_M_CLUSTER_MIN_N and k >= SMALL_M_CLUSTER_MIN_K)
         return SMALL_M_CLUSTER if paired else (1, 1)
+    if ceil_div(m, block_m) <= MID_M_UNCLUSTERED_TILES.get(block_m, 0) and not (
+            block_m == 256 and k >= MID_M_CLUSTER_256_MIN_K):
+        return (1, 1)
     shape = _CLUSTER_FOR.get(block_m, (1, 1))
     # a pair needs two tiles along its direction
     return shape if ceil_div(m, block_m) >= shape[0] and ceil_div(n, block_n) >= shape[1] else (1, 1)
@@ -736,11 +755,12 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
     if forced is not None:
         shape = forced
     else:
-        block_ms = (64,) if m <= 128 else (128, 256)
+        block_ms = (64,) if m <= 128 else (128,) if m <= 256 else (128, 256)
         built = {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n)) for v in VARIANTS}
         # (a forced DEEPERGEMM_CLUSTER leaves only the tiles built with that cluster shape)
         shapes = [(bm, bn) for bm, bn in TILE_SHAPES
-                  if bm in block_ms and (bm, bn, _cluster_shape(m, n, k, bm, bn, sw)) in built]
+                  if (bm in block_ms or (m > 128 and (bm, bn) == MID_M_SMALL_TILE and m <= MID_M_SMALL_TILE_MAX_M))
+                  and (bm, bn, _cluster_shape(m, n, k, bm, bn, sw)) in built]
         if not shapes:
             raise ValueError(f"DEEPERGEMM_CLUSTER={sw.get('DEEPERGEMM_CLUSTER')}: no selectable tile for "
                              f"{'M <= 128' if m <= 128 else 'M > 128'} is built with that cluster shape")
@@ -762,7 +782,7 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
     splits = 1
     if forced is None and m <= 128 and cluster == (1, 1) and sw.flag("DEEPERGEMM_SPLIT_K", True):
         splits, shape = _split_k_choice(m, n, k // BLOCK_K, num_sms, shape)
-    variant = find_variant(*shape, dual, cluster, splits, _small_m_math_wgs(k, sw) if shape[0] == 64 else 2)
+    variant = find_variant(*shape, dual, cluster, splits, _small_m_math_wgs(k, sw) if shape[0] == 64 and m <= 128 else 2)
     return _choice(variant, m, n, k, num_sms, sw)
 
 
@@ -866,41 +886,35 @@ def fused_epilogue_pays(fused: Choice, m: int, num_sms: int, sw: Switches | None
 # ----------------------------------------------------------------------------------------------
 # The 256-K recipe (Variant.pairs): scales per 256 of K, one promotion per pair of 128-K stages
 # ----------------------------------------------------------------------------------------------
-# The pairs tiles: where select() picks a 128- or 256-row tile (middle and large M, no split-K), the 256 recipe takes
-# the pairs tile of the fewer modelled waves (no stream-K tail). Where select() picks another tile (64 rows: small
-# M), the 256 recipe runs that kernel with its scales repeated per 128 of K (the same product, exactly): the
-# binding's fp8_gemm does so when the plan's variant is not a pairs variant.
-# Measured (H200, bench/recipe256_bench.py, ptx/NOTES.md): pairs on 256x128 tiles run 4-6% faster than 256x128s4p and
-# beat their 1x2-cluster twin everywhere (a pair holds two of the four stages: the cluster's shared ring runs
-# dry); pairs on 128x128 2x1 clusters run 9-13% faster than 128x128s6pc2, and per wave and tile area cost ~1.06x the
-# 256-row pairs.
+# The pairs tiles: the 256 recipe runs the pairs twin of select()'s pick (the same tile and cluster, one partial
+# set) where it has one and the pick runs no stream-K tail (every pair must stay whole); everywhere else it runs
+# select()'s pick itself on the scales repeated per 128 of K (the same product, exactly): the binding's fp8_gemm
+# does so when the plan's variant is not a pairs variant.
+# Measured: on the H200 (bench/recipe256_bench.py) pairs on 256x128 tiles ran 4-6% faster than 256x128s4p, their
+# 1x2-cluster twin 1-4% faster than 256x128s4pc1x2, and pairs on 128x128 2x1 clusters 9-13% faster than
+# 128x128s6pc2. On the H100, through the op (recipe256_bench.py --op, bench/RESULTS.md), an earlier rule that took
+# the unclustered 256x128 pairs or the 128x128 pairs by a wave model ran 0.82-0.99x of the 128 plan wherever that
+# plan had a cluster at K >= 7168 or a dual-accumulator 128x128 tile (which no pairs tile matches), and 1.02-1.24x
+# at K <= 2048: the pairs pay against their own twin, not against a better tile.
 RECIPE_256_VARIANTS: tuple[Variant, ...] = tuple(replace(v, pairs=True) for v in (
     _variant(256, 128, False),
     _variant(128, 128, False, CLUSTER_SHAPE),
     _variant(256, 128, False, CLUSTER_SHAPE_256),
 ))
-_PAIRS_TILE_COST = {(256, 128): 1.0, (128, 128): 1.06}  # per wave and tile area (the measurement above)
 
 
 def select_recipe_256(m: int, n: int, k: int, num_sms: int, sw: Switches | None = None) -> Choice:
-    """The plan of a 256-K recipe problem (K a multiple of 256): a pairs variant where select() picks a 128- or
-    256-row tile, the one of fewer modelled waves (never stream-K: every tile's K blocks pair up); else select()'s
-    pick itself (run with the scales repeated per 128). DEEPERGEMM_PAIRS=0: never the pairs."""
+    """The plan of a 256-K recipe problem (K a multiple of 256): the pairs twin of select()'s pick where it has one
+    and runs no stream-K, else select()'s pick itself (run with the scales repeated per 128).
+    DEEPERGEMM_PAIRS=0: never the pairs."""
     sw = sw or switches()
     if k % (2 * BLOCK_K):
         raise ValueError(f"select_recipe_256: K must be a multiple of {2 * BLOCK_K}, got {k}")
     plain = select(m, n, k, num_sms, sw=sw)
-    v = plain.variant
-    if (not sw.flag("DEEPERGEMM_PAIRS", True) or v.block_m < 128 or v.splits != 1 or v.grouping != GROUP_NONE
-            or v.swapped):
+    if not sw.flag("DEEPERGEMM_PAIRS", True) or plain.stream_k:
         return plain
-
-    def modelled_time(t: Variant) -> float:
-        _, waves = waves_for(m, n, t.block_m, t.block_n, num_sms, (t.cluster_m, t.cluster_n))
-        return waves * t.block_m * t.block_n * _PAIRS_TILE_COST[(t.block_m, t.block_n)]
-
-    best = min(RECIPE_256_VARIANTS[:2], key=modelled_time)
-    return _choice(best, m, n, k, num_sms, sw)
+    twins = [v for v in RECIPE_256_VARIANTS if replace(v, pairs=False) == plain.variant]
+    return replace(plain, variant=twins[0]) if twins else plain
 
 
 # ----------------------------------------------------------------------------------------------

@@ -46,7 +46,13 @@ def test_select_returns_a_listed_variant_with_a_grid_that_fits(shape):
     assert 1 <= choice.group_n <= -(-n // v.block_n)
     tiles = -(-m // v.block_m) * -(-n // v.block_n)
     assert choice.tiles >= tiles  # a 2-CTA cluster may add one padding tile per column of units
-    assert v.block_m == 64 if m <= 128 else v.block_m in (128, 256)
+    if m <= 128:
+        assert v.block_m == 64
+    elif v.block_m == 64:  # middle M's 64-row tile: at most 256 rows, in B-multicast pairs
+        assert (v.block_m, v.block_n) == configs.MID_M_SMALL_TILE and m <= configs.MID_M_SMALL_TILE_MAX_M
+        assert (v.cluster_m, v.cluster_n) == configs.SMALL_M_CLUSTER and v.math_wgs == 2
+    else:
+        assert v.block_m in (128, 256) and (m > 256 or v.block_m == 128)
 
 
 def test_cluster_for_several_m_tiles():

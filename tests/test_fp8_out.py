@@ -240,7 +240,7 @@ def test_select_fp8_out_picks_an_fp8_variant_at_every_m():
             if twins:  # the bf16 pick's twin: the same sums, the same stream-K
                 assert choice.variant == twins[0] and choice.stream_k == plain.stream_k and choice.grid == plain.grid
                 checked += 1
-    assert checked > 20
+    assert checked > 15  # (middle M's unclustered picks have no fp8-output twin: the wave model picks there)
     with pytest.raises(ValueError, match="multiple of 128"):
         configs.select_fp8_out(64, 136, 256, 132, sw=sw)
 

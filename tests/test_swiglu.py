@@ -353,9 +353,10 @@ def test_gpu_swiglu_kernel_against_the_reference():
 
 @pytest.mark.gpu
 def test_gpu_fused_against_the_cpu_reference():
-    """Fused on the GPU against the CPU reference of the three steps: dequantized outputs within one fp8 step of the
-    largest element; a scale may move by two bf16 last bits (the GEMM's output, summed in another order than the
-    CPU's, and h's), 2^-6 relative."""
+    """Fused on the GPU against the CPU reference of the three steps: a scale may move by two bf16 last bits (the
+    GEMM's output, summed in another order than the CPU's, and h's), 2^-6 relative; dequantized outputs within
+    1.5 fp8 steps of the group's largest element: each side rounds to its own grid (half a step of 32 s each, the
+    grids apart by that scale move) and h itself may differ in its last bf16 bit (2^-7 of up to 448 s)."""
     m, i, k = 70, 384, 512
     w, w_s, _ = _weights(i, k, "cuda")
     a, a_s = _act(m, k, "cuda")
@@ -363,7 +364,7 @@ def test_gpu_fused_against_the_cpu_reference():
     q_ref, s_ref = dg.fp8_gemm_swiglu(a.cpu(), a_s.cpu(), w.cpu(), w_s.cpu())
     got, want = dg.dequantize_act(q.cpu(), s.cpu()), dg.dequantize_act(q_ref, s_ref)
     step = s_ref.repeat_interleave(128, dim=1) * 32  # an e4m3 step at the group's top (448: steps of 32)
-    assert ((got - want).abs() <= step).all()
+    assert ((got - want).abs() <= 1.5 * step).all(), ((got - want).abs() / step).max()
     moved = (s.cpu() - s_ref).abs() / s_ref
     assert (moved <= 2.0 ** -6).all(), moved.max()
 
