@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op l2stable l2bench1k cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op l2stable l2bench1k cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -75,6 +75,8 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
          for flag in "" --uneven; do
            timeout 200 python -m deepergemm grouped-bench --markdown $flag 2>&1 | grep -v "^\[deepergemm\]"
          done | tee "$OUT/grouped_bench.log" ;;
+    grouped-gap) # issue 25: the grouped contiguous cases against the dense kernel with the same tile (bench/grouped_gap.py)
+         timeout 200 python bench/grouped_gap.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/grouped_gap.log" ;;
     grouped-sweep) # every grouped variant on every grouped case (to tune configs.select_grouped)
          timeout 400 python -m deepergemm grouped-bench --markdown --variants all --launches 20 2>&1 \
            | grep -v "^\[deepergemm\]" | tee "$OUT/grouped_sweep.log" ;;
