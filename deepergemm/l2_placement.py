@@ -47,8 +47,9 @@ the physical pages behind a live tensor do not move, so the measured sides stay 
 Prepare weights before capturing a CUDA graph (the pool is then just another tensor the graph reads).
 
 When placement does not apply (``DEEPERGEMM_L2_SIDES=0``, a tensor not on a CUDA GPU, undecided detection,
-N < 256, sides that alternate finer than 2 KiB (1 KiB slots only with ``DEEPERGEMM_L2_SIDES=1k``: the H100's
-sides alternate at about 1 KiB, and whether 8-row slabs pay is not measured yet), or a pool that never has enough slots of one side) the
+N < 256, sides that alternate finer than 2 KiB (1 KiB slots only with ``DEEPERGEMM_L2_SIDES=1k``: on the H100 the
+sides alternate every few hundred bytes, and 8-row slabs measured 14-37% slower than the plain weight on every shape,
+bench/RESULTS.md), or a pool that never has enough slots of one side) the
 PreparedWeight keeps the original weight, ``placed`` is False and ``reason`` says why; nothing is printed.
 """
 from __future__ import annotations
@@ -70,7 +71,7 @@ SLAB_BYTES_WIDE = GROUP_K       # one K block of fp8 bytes: a slab's width and a
 SLAB_ROW_CHOICES = (256, 128, 64, 32, 16, 8)  # 32 KiB slots down to 1 KiB: the largest the sides' granularity allows
                                           # (fewer, larger TMA boxes per stage in the kernel)
 DEFAULT_MIN_SLAB_ROWS = 16      # 2 KiB slots; 1 KiB ones (16 TMA boxes per 128-row stage) only with...
-SMALL_SLOTS_VALUE = "1k"        # ...DEEPERGEMM_L2_SIDES=1k, until the bench shows they pay
+SMALL_SLOTS_VALUE = "1k"        # ...DEEPERGEMM_L2_SIDES=1k (an experiment: 14-37% slower on the H100)
 SPLIT_ALIGN = 128               # split_rows: whole 128-row blocks of B (its scale blocks) on one side
 TABLE_ROUND_ROWS = 256          # the table covers N rounded up to this...
 TABLE_PAD_ROWS = 512            # ...plus this many rows of padding slabs (tiles past N)
@@ -431,8 +432,8 @@ def choose_slab_rows(piece_sides: torch.Tensor, piece_bytes: int = PIECE_BYTES,
     """(slab_rows, slot_side (total_slots,) int8, reason): the largest slots (256 rows = 32 KiB down to min_rows,
     at most max_rows) of which at least 99% lie wholly on one side, else (None, an empty tensor, why not).
     Only slot sizes of two pieces or more are considered (a one-piece slot's sides were never compared). Slots whose
-    pieces disagree (or are undecided) get side -1: unusable. 1 KiB slots (min_rows = 8) are opt-in until
-    measured (DEEPERGEMM_L2_SIDES=1k): the reason says when they would have been used."""
+    pieces disagree (or are undecided) get side -1: unusable. 1 KiB slots (min_rows = 8) are opt-in
+    (DEEPERGEMM_L2_SIDES=1k; measured slower on the H100): the reason says when they would have been used."""
     _require_tensor("piece_sides", piece_sides)
     check_rank("piece_sides", piece_sides, 1, "(pieces,)")
     if piece_bytes <= 0 or (SLAB_ROW_CHOICES[-1] * SLAB_BYTES_WIDE) % piece_bytes != 0:
@@ -457,8 +458,8 @@ def choose_slab_rows(piece_sides: torch.Tensor, piece_bytes: int = PIECE_BYTES,
         shares[slot_bytes] = share
         if share >= UNIFORM_SHARE and not allowed:
             return None, torch.empty(0, dtype=torch.int8), (
-                f"{slot_bytes / 1024:g} KiB slots would do ({share:.1%} lie on one L2 side) but are opt-in until "
-                f"measured to pay ({ENV_SWITCH}={SMALL_SLOTS_VALUE}): placement off")
+                f"{slot_bytes / 1024:g} KiB slots would do ({share:.1%} lie on one L2 side) but are opt-in, "
+                f"measured slower than plain weights on the H100 ({ENV_SWITCH}={SMALL_SLOTS_VALUE}): placement off")
         if share >= UNIFORM_SHARE:
             slot_side = torch.where(whole, first, torch.full_like(first, -1))
             return slab_rows, slot_side, (f"{slot_bytes / 1024:g} KiB slots: {share:.1%} of {count} lie on one "

@@ -316,7 +316,7 @@ def test_choose_1k_slots_when_sides_change_every_1k():
     slab_rows, slot_side, reason = lp.choose_slab_rows(sides, min_rows=8)
     assert slab_rows == 8 and "1 KiB slots" in reason
     assert torch.equal(slot_side, sides[::2])
-    # ...opt-in until measured: by default placement is off, and the reason names the switch
+    # ...opt-in (measured slower on the H100): by default placement is off, and the reason names the switch
     slab_rows, _, reason = lp.choose_slab_rows(sides)
     assert slab_rows is None and "1 KiB slots would do" in reason and "DEEPERGEMM_L2_SIDES=1k" in reason
     # a buffer starting mid-KiB: no 1 KiB slot is whole, nothing smaller exists
