@@ -437,11 +437,12 @@ def test_both_sides_compile_to_the_same_instructions(tmp_path):
 def test_fused_epilogue_runs_where_it_measured_faster(monkeypatch):
     """configs.fused_epilogue_pays, the rule the plans of fp8_gemm_swiglu and of fp8 output follow with
     DEEPERGEMM_FUSED_EPILOGUE=auto (bit-identical either way): fused at M <= 128 where the fused tiles fill half the
-    SMs, else the bf16 GEMM and the Triton steps; 1 / 0 force either; unset: always fused (for now)."""
+    SMs, else the bf16 GEMM and the Triton steps; 1 / 0 force either; unset: the rule."""
     sms = 132
     pays = configs.fused_epilogue_pays
     monkeypatch.delenv("DEEPERGEMM_FUSED_EPILOGUE", raising=False)
-    assert pays(configs.select_swiglu(4096, 2 * 18432, 7168, sms), 4096, sms) is (configs.FUSED_EPILOGUE_DEFAULT == "1")
+    assert configs.FUSED_EPILOGUE_DEFAULT == "auto"
+    assert not pays(configs.select_swiglu(4096, 2 * 18432, 7168, sms), 4096, sms)
     monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", "auto")
     assert pays(configs.select_swiglu(32, 2 * 18432, 7168, sms), 32, sms)       # 144 tiles: measured 0.72x
     assert pays(configs.select_swiglu(128, 2 * 18432, 7168, sms), 128, sms)     # 0.88x
