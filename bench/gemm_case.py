@@ -29,7 +29,7 @@ class GemmCase:
         if l2_hints is None:
             l2_hints = configs.variant_l2_hints(self.a.shape[0], variant)
         if stream_k is None:
-            stream_k = configs.stream_k_pays(self.a.shape[0], self.b.shape[0], variant, self.sms)
+            stream_k = configs.stream_k_pays(self.a.shape[0], self.b.shape[0], self.a.shape[1], variant, self.sms)
         kernels.launch(kernel, self.a, self.a_scales, self.b, self.b_scales, self.out, None, group_n, l2_hints, stream_k,
                        trace_log=trace_log)
 

@@ -77,7 +77,7 @@ def main() -> int:
         for v in tried:
             mod = extension.load(v)
             hints = [configs.variant_l2_hints(m, v) if h == "auto" else int(h) for h in args.l2_hints.split(",")]
-            sk_options = [configs.stream_k_pays(m, n, v, sms) if x == "auto" else x == "1" for x in args.stream_k.split(",")]
+            sk_options = [configs.stream_k_pays(m, n, k, v, sms) if x == "auto" else x == "1" for x in args.stream_k.split(",")]
             for g, h, stream_k in ((g, h, sk) for g in (int(x) for x in args.group_n.split(","))
                                    for h in dict.fromkeys(hints) for sk in sk_options):
                 out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)

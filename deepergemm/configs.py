@@ -30,7 +30,8 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_SPLIT_K=0         never split K
   DEEPERGEMM_SMALL_M_WGS=1|2   math warpgroups of unsplit 64-row tiles (default: one, two below K = 1024)
   DEEPERGEMM_SMALL_M_CLUSTER=0  do not pair the two 64-row M-tiles at 64 < M <= 128 in B-multicast clusters
-  DEEPERGEMM_STREAM_K=0        no stream-K tail (stream_k_pays)
+  DEEPERGEMM_STREAM_K=0        no stream-K, neither tail nor fill (stream_k_pays)
+  DEEPERGEMM_STREAM_K_FILL=0|1  stream-K fill of problems with fewer units than clusters (stream_k_fill_pays)
   DEEPERGEMM_PDL=1             programmatic dependent launch (pdl_enabled; off by default, see ptx/NOTES.md)
   DEEPERGEMM_SWAP_AB=1         swapped tiles at M <= 64 (out^T = B A^T; SWAPPED_VARIANTS; off by default, see
                                ptx/NOTES.md); DEEPERGEMM_SPLIT_K=0 and DEEPERGEMM_L2_HINTS apply to them too
@@ -516,7 +517,7 @@ class Choice:
     waves: int
     grid: int
     l2_hints: int = 0
-    stream_k: bool = False  # share the part-filled last wave out by K blocks (see stream_k_for)
+    stream_k: bool = False  # share the part-filled last wave (or, a fill, every unit) out by K blocks (stream_k_pays)
 
 
 def _small_m_math_wgs(k: int, sw: Switches) -> int:
@@ -563,11 +564,13 @@ def waves_for(m: int, n: int, block_m: int, block_n: int, num_sms: int,
 
 
 def stream_k_for(variant: Variant, sw: Switches | None = None) -> bool:
-    """Whether this variant can run the stream-K tail (ptx/scheduler.cuh): when the units leave the last wave
-    part-filled, that wave's units and one full wave more are shared out among all clusters by K blocks,
-    each cluster's heads and tails of tiles joined through a workspace in a fixed order. Large-M tiles
-    with one partial set (BLOCK_M >= 128, key letter p; the two-set loops do not start a tile's sums from
-    the workspace; the pairs never cut a tile's K), no split-K. DEEPERGEMM_STREAM_K=0 turns it off."""
+    """Whether this variant can run stream-K (ptx/scheduler.cuh): a tail, when the units leave the last wave
+    part-filled (that wave's units and one full wave more are shared out among all clusters by K blocks, each
+    cluster's heads and tails of tiles joined through a workspace in a fixed order), or a fill, when there are
+    fewer units than clusters (every unit shared out among all the clusters, each tile's owner joining its
+    pieces at the end). Large-M tiles with one partial set (BLOCK_M >= 128, key letter p; the two-set loops do
+    not start or end a tile's sums from the workspace; the pairs never cut a tile's K), no split-K.
+    DEEPERGEMM_STREAM_K=0 turns it off."""
     return (variant.splits == 1 and variant.block_m >= 128 and not variant.dual_acc and not variant.pairs
             and (sw or switches()).flag("DEEPERGEMM_STREAM_K", True))
 
@@ -579,10 +582,35 @@ STREAM_K_MIN_IDLE = 0.10
 STREAM_K_TILES = ((256, 128),)  # 128x192 gained less and nowhere where it would be picked
 STREAM_K_COST = 1.03            # the hand-offs, on the fractional waves the wave model charges
 
+# Stream-K fill: with fewer units than clusters (middle M: 512x2112x7168 is 68 tiles of 128x128 on 132 SMs) the
+# grid takes every cluster and each cuts its part of the units' K blocks, so no SM idles. Only where the units
+# leave at least STREAM_K_FILL_MIN_IDLE of the clusters idle and each cluster's range is at least
+# STREAM_K_FILL_MIN_BLOCKS K blocks (the owner's join after its last block is exposed).
+STREAM_K_FILL_TILES = ((128, 128), (256, 128))
+STREAM_K_FILL_MIN_IDLE = 0.10
+STREAM_K_FILL_MIN_BLOCKS = 4
 
-def stream_k_pays(m: int, n: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
-    """stream_k_for(variant), on a tile shape where it was measured to pay, for a problem whose last wave
-    idles at least STREAM_K_MIN_IDLE of the time (the binding re-checks with the clusters that fit)."""
+
+def stream_k_fill_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
+    """stream_k_for(variant) on a fill tile, with the fill switched on (DEEPERGEMM_STREAM_K_FILL), for a problem
+    whose units leave at least STREAM_K_FILL_MIN_IDLE of the clusters idle and give each cluster at least
+    STREAM_K_FILL_MIN_BLOCKS K blocks."""
+    sw = sw or switches()
+    if (not sw.flag("DEEPERGEMM_STREAM_K_FILL", False) or not stream_k_for(variant, sw)
+            or (variant.block_m, variant.block_n) not in STREAM_K_FILL_TILES):
+        return False
+    units, _ = waves_for(m, n, variant.block_m, variant.block_n, num_sms, (variant.cluster_m, variant.cluster_n))
+    clusters = max(1, num_sms // variant.cluster)
+    return (units <= clusters * (1 - STREAM_K_FILL_MIN_IDLE)
+            and units * (k // BLOCK_K) >= clusters * STREAM_K_FILL_MIN_BLOCKS)
+
+
+def stream_k_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
+    """Whether the launch asks for stream-K: a tail on a tile shape where it was measured to pay, for a problem
+    whose last wave idles at least STREAM_K_MIN_IDLE of the time, or a fill (stream_k_fill_pays). The binding
+    re-checks with the clusters that fit."""
+    if stream_k_fill_pays(m, n, k, variant, num_sms, sw):
+        return True
     if not stream_k_for(variant, sw) or (variant.block_m, variant.block_n) not in STREAM_K_TILES:
         return False
     units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, (variant.cluster_m, variant.cluster_n))
@@ -650,6 +678,7 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int, sw: Switc
 # per call; select() and select_grouped() take the snapshot as part of their cache key.
 SWITCHES = ("DEEPERGEMM_DUAL_ACC", "DEEPERGEMM_VARIANT", "DEEPERGEMM_CLUSTER", "DEEPERGEMM_GROUP_N",
             "DEEPERGEMM_SPLIT_K", "DEEPERGEMM_SMALL_M_CLUSTER", "DEEPERGEMM_SMALL_M_WGS", "DEEPERGEMM_STREAM_K",
+            "DEEPERGEMM_STREAM_K_FILL",
             "DEEPERGEMM_L2_HINTS", "DEEPERGEMM_GROUPED_VARIANT", "DEEPERGEMM_PDL", "DEEPERGEMM_SWAP_AB",
             "DEEPERGEMM_BACKEND", "DEEPERGEMM_PAIRS", "DEEPERGEMM_FUSED_EPILOGUE")
 
@@ -770,7 +799,7 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
             cluster = _cluster_shape(m, n, k, bm, bn, sw)
             units, waves = waves_for(m, n, bm, bn, num_sms, cluster)
             # a wave: every CTA of every cluster runs one tile; stream-K evens the last one out
-            if stream_k_pays(m, n, find_variant(bm, bn, dual, cluster), num_sms, sw):
+            if stream_k_pays(m, n, k, find_variant(bm, bn, dual, cluster), num_sms, sw):
                 waves = units / max(1, num_sms // (cluster[0] * cluster[1])) * STREAM_K_COST
             return waves * bm * bn * _TILE_COST[shape], -bm * bn  # ties: the larger tile
 
@@ -803,9 +832,11 @@ def _choice(variant: Variant, m: int, n: int, k: int, num_sms: int, sw: Switches
             group_n = 0
         if group_n < 1:
             raise ValueError(f"DEEPERGEMM_GROUP_N must be an integer >= 1, got {value!r}")
-    grid = min(units, num_sms // variant.cluster) * variant.cluster
+    stream_k = stream_k_pays(m, n, k, variant, num_sms, sw)
+    clusters = num_sms // variant.cluster
+    grid = (clusters if stream_k and units < clusters else min(units, clusters)) * variant.cluster  # (a fill: all)
     return Choice(variant, min(group_n, n_units), units * variant.cluster, waves, grid,
-                  l2_hints_for(m, variant.block_m, variant.cluster_m, sw), stream_k_pays(m, n, variant, num_sms, sw))
+                  l2_hints_for(m, variant.block_m, variant.cluster_m, sw), stream_k)
 
 
 def _twin_of(plain: Choice, variants: tuple[Variant, ...], flag: str) -> Choice | None:
@@ -856,7 +887,7 @@ def _select_fp8_out_cached(m: int, n: int, k: int, num_sms: int, sw: Switches) -
 
     def modelled_time(v: Variant) -> tuple[float, int]:
         units, waves = waves_for(m, n, v.block_m, v.block_n, num_sms, (v.cluster_m, v.cluster_n))
-        if stream_k_pays(m, n, v, num_sms, sw):
+        if stream_k_pays(m, n, k, v, num_sms, sw):
             waves = units / max(1, num_sms // v.cluster) * STREAM_K_COST
         return waves * v.block_m * v.block_n * _TILE_COST[(v.block_m, v.block_n)], -v.block_m * v.block_n
 

@@ -921,7 +921,13 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
                               : ceil_div(m, kBM) + int64_t{x.groups} * kClusterM;
   const int64_t m_units = ceil_div(m_tiles, kClusterM);
   const int64_t units = m_units * ceil_div(kn, int64_t{kBN} * kClusterN);
-  const int64_t clusters = std::min<int64_t>(units, pd.resident_clusters);
+  // Stream-K (scheduler.cuh), when asked for, in the loops that can start or end a tile's sums from a workspace slot
+  // (one partial set, not grouped, not SwiGLU). With fewer units than resident clusters it is a fill: the grid takes
+  // every resident cluster and each cuts its part out of the units' K blocks (at least one apiece).
+  const bool stream_k_built = x.stream_k && info.splits == 1 && info.acc == dg::kAccSingle && !grouped &&
+                              info.fp8_out != 2;
+  const bool fill = stream_k_built && units < pd.resident_clusters && units * k_blocks >= pd.resident_clusters;
+  const int64_t clusters = fill ? int64_t{pd.resident_clusters} : std::min<int64_t>(units, pd.resident_clusters);
   // L2-side-aware scheduling (scheduler.cuh's SideProblem): N-tiles [0, side0_n_tiles) to side 0, the clusters split
   // between the sides in proportion to their units, each side with its own stream-K tail.
   const bool by_side = x.sm_side != nullptr;
@@ -946,14 +952,12 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
     p.side0_clusters = static_cast<int>(side_clusters[0]);
     p.side0_n_tiles = x.side0_n_tiles;
   }
-  // Stream-K tail (scheduler.cuh), when asked for: only if the units leave the last wave part-filled. It takes that
-  // wave's units and one full wave more, so each cluster's range is >= 1 tile. One-partial-set loops only (the others
-  // never start a tile's sums from a workspace slot).
-  const int sk_units[2] = {dg::stream_k_units(side_units[0], side_clusters[0]),
-                           by_side ? dg::stream_k_units(side_units[1], side_clusters[1]) : 0};
+  // The stream-K units (params.h): a tail only if the units leave the last wave part-filled (that wave's units and
+  // one full wave more, so each cluster's range is >= 1 tile), or a fill's every unit.
+  const int sk_units[2] = {dg::stream_k_units(side_units[0], side_clusters[0], k_blocks),
+                           by_side ? dg::stream_k_units(side_units[1], side_clusters[1], k_blocks) : 0};
   Tensor workspace;
-  if (x.stream_k && info.splits == 1 && info.acc == dg::kAccSingle && !grouped && info.fp8_out != 2 &&
-      (sk_units[0] > 0 || sk_units[1] > 0)) {
+  if (stream_k_built && (sk_units[0] > 0 || sk_units[1] > 0)) {
     workspace = stream_k_workspace(info, a.device(), stream, facts.sms);
     TORCH_CHECK(clusters * kCluster <= facts.sms, "deepergemm: the stream-K grid outgrew the workspace");
     p.sk_units = sk_units[0];

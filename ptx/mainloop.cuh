@@ -89,10 +89,12 @@ struct MathWarpgroup {
     issue_slab(acc, sc, 0);
   }
   __device__ __forceinline__ void release(const StepScales& sc);
+  template <bool kLast = false>  // kLast: this CTA's last step (only there can a stream-K fill's owner join its tile)
   __device__ __forceinline__ void promote_step(float (&acc)[kRegs], float (&total)[kRegs], const StepScales& sc);
   __device__ __forceinline__ void finish_if_last(float (&total)[kRegs], const StepScales& sc, const StepScales& next);
   __device__ __forceinline__ void run();
   __device__ __forceinline__ void run_two_slabs(uint32_t steps);
+  template <bool kLast = false>
   __device__ __forceinline__ void store_slabs(float (&total)[kRegs], float (&total1)[kRegs], const StepScales& sc);
   __device__ __forceinline__ void run_two_slabs_pairs(uint32_t steps);
   __device__ __forceinline__ void run_single(uint32_t steps);
@@ -102,8 +104,11 @@ struct MathWarpgroup {
 
   // ---- a tile's end: split-K join and stream-K hand-offs (reduction.cuh) ----
   __device__ __forceinline__ void start_sums(float (&total)[kRegs], const StepScales& first, int slab);
-  __device__ __forceinline__ int stored_row_end(const float (&total)[kRegs], const StepScales& sc);
-  __device__ __forceinline__ void stream_k_head_slab1(const float (&total1)[kRegs], const StepScales& sc);
+  template <bool kLast = false>
+  __device__ __forceinline__ int stored_row_end(float (&total)[kRegs], const StepScales& sc);
+  template <bool kLast = false>
+  __device__ __forceinline__ void stream_k_head_slab1(float (&total1)[kRegs], const StepScales& sc);
+  __device__ __forceinline__ void stream_k_join(float (&total)[kRegs], int slab);
   __device__ __forceinline__ int stream_k_slot_index(int cluster) const;
   __device__ __forceinline__ float* stream_k_slot(int cluster) const;
   __device__ __forceinline__ int* stream_k_flag(int cluster) const;
@@ -213,11 +218,12 @@ __device__ __forceinline__ void MathWarpgroup<C>::release(const StepScales& sc) 
 // (one-slab tiles; 256-row tiles finish both slabs in run_two_slabs). (Also the last step of the one-set loop: no
 // tile follows.)
 template <class C>
+template <bool kLast>
 __device__ __forceinline__ void MathWarpgroup<C>::promote_step(float (&acc)[kRegs], float (&total)[kRegs],
                                                                const StepScales& sc) {
   promote<C>(acc, total, sc, 0);
   if (sc.fixup) {
-    finish_tile(total, sc.row0, sc.n_block, stored_row_end(total, sc));
+    finish_tile(total, sc.row0, sc.n_block, stored_row_end<kLast>(total, sc));
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) total[i] = 0.f;
   }
@@ -266,10 +272,11 @@ __device__ __forceinline__ void MathWarpgroup<C>::run() {
 
 // A 256-row tile's end: both slabs stored (or, stream-K, slab 1's head handed on first).
 template <class C>
+template <bool kLast>
 __device__ __forceinline__ void MathWarpgroup<C>::store_slabs(float (&total)[kRegs], float (&total1)[kRegs],
                                                                const StepScales& sc) {
-  const int row_end = stored_row_end(total, sc);
-  stream_k_head_slab1(total1, sc);
+  const int row_end = stored_row_end<kLast>(total, sc);
+  stream_k_head_slab1<kLast>(total1, sc);
   epilogue(total, sc.row0, sc.n_block, 0, row_end);
   epilogue(total1, sc.row0, sc.n_block, 1, row_end);
 }
@@ -327,7 +334,7 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs(uint32_t steps) 
   wgmma_wait<0>();
   release(sc0);
   promote<C>(acc0, total1, sc0, 1);
-  store_tile(sc0);  // the last step ends the last tile
+  store_slabs<true>(total, total1, sc0);  // the last step ends the last tile
 }
 
 // The 256-K recipe, 256-row tiles: per pair of K blocks, each slab's two blocks summed into the one partial set
@@ -398,7 +405,7 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_single(uint32_t steps) {
   }
   wgmma_wait<0>();
   release(sc0);
-  promote_step(acc0, total, sc0);
+  promote_step<true>(acc0, total, sc0);
 }
 
 // The 256-K recipe, one-slab tiles: K blocks in pairs (sa, sb), sb's wgmmas summing onto sa's in the one partial set,

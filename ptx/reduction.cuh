@@ -2,7 +2,9 @@
 //   split-K clusters (kSplitK > 1): the other ranks' partial sums go to slots in rank 0's shared memory, rank 0 adds
 //     them to its own in rank order (a fixed order: deterministic) and stores the tile;
 //   the stream-K tail (scheduler.cuh; GemmParams::sk_units): a tile cut between two clusters has its head's partial
-//     sums handed on through a workspace slot in global memory, which the tail's owner starts its sums from.
+//     sums handed on through a workspace slot in global memory, which the tail's owner starts its sums from;
+//   the stream-K fill: a tile's pieces run at once in consecutive clusters; the owner adds the others' slots to its
+//     sums after its last K block (stream_k_join), in cluster order.
 // Each thread moves its own accumulators (coalesced), so element (i, thread) is the same output element in every
 // rank or cluster. Register quads move with each pair swapped ({1, 0, 3, 2}): an aligned register quad would
 // otherwise tie each total to its partial's register bank, and every promotion FFMA would read two operands from
@@ -38,22 +40,59 @@ __device__ __forceinline__ void MathWarpgroup<C>::start_sums(float (&total)[kReg
 
 // Before a tile's store (sc: its last step): a stream-K head writes its (slab 0) partial sums to the workspace and
 // stores nothing: it returns an empty row range (the epilogue runs the same code path either way; a path that
-// skipped the epilogue made ptxas spill the totals). Returns where the tile's stored rows end.
+// skipped the epilogue made ptxas spill the totals); a fill's owner adds the other pieces first. Returns where the
+// tile's stored rows end. (A fill's owner piece is its cluster's last work: the join is compiled into the last step's
+// store alone, kLast, where no next step's wgmmas hold registers.)
 template <class C>
-__device__ __forceinline__ int MathWarpgroup<C>::stored_row_end(const float (&total)[kRegs], const StepScales& sc) {
+template <bool kLast>
+__device__ __forceinline__ int MathWarpgroup<C>::stored_row_end(float (&total)[kRegs], const StepScales& sc) {
   if (kStreamKBuilt<C> && sc.fixup - 1 == kFixContribute) {
     stream_k_write(total, 0);
     if constexpr (C::kSlabs == 1) stream_k_publish();
     return sc.row0;
   }
+  if (kLast && kStreamKBuilt<C> && sc.fixup - 1 == kFixOwn && sched.sk_fill) stream_k_join(total, 0);
   return row_end_of(sc);
 }
 // ...and slab 1 of 256-row tiles (after slab 0): the flag covers both.
 template <class C>
-__device__ __forceinline__ void MathWarpgroup<C>::stream_k_head_slab1(const float (&total1)[kRegs], const StepScales& sc) {
+template <bool kLast>
+__device__ __forceinline__ void MathWarpgroup<C>::stream_k_head_slab1(float (&total1)[kRegs], const StepScales& sc) {
   if (kStreamKBuilt<C> && sc.fixup - 1 == kFixContribute) {
     stream_k_write(total1, 1);
     stream_k_publish();
+  }
+  if (kLast && kStreamKBuilt<C> && sc.fixup - 1 == kFixOwn && sched.sk_fill) stream_k_join(total1, 1);
+}
+
+// Stream-K fill, the owner after its last K block: add slab `slab` of the pieces of clusters join_first() .. this
+// one - 1, in that order (slab 0 first waits for all their flags, which cover both slabs, and lowers them for the
+// next launch).
+template <class C>
+__device__ __forceinline__ void MathWarpgroup<C>::stream_k_join(float (&total)[kRegs], int slab) {
+  const int first = sched.join_first();
+  if (slab == 0) {
+    if (tid == 0) {
+      for (int c = first; c < sched.cluster; ++c) {
+        int* flag = stream_k_flag(c);
+        while (flag_acquire_gpu(flag) == 0) {
+        }
+        flag_store_relaxed_gpu(flag, 0);
+      }
+    }
+    named_barrier_sync(kStreamKBarrier + wg, 128);
+  }
+  for (int c = first; c < sched.cluster; ++c) {
+    const float* slot = stream_k_slot(c) + slab * kRegs * (128 * C::kMathWGs);
+#pragma unroll
+    for (int i = 0; i < kRegs; i += 4) {
+      float v0, v1, v2, v3;
+      ld_global_cg_v4_f32(slot + i * (128 * C::kMathWGs), v0, v1, v2, v3);
+      total[i + 1] += v0;
+      total[i] += v1;
+      total[i + 3] += v2;
+      total[i + 2] += v3;
+    }
   }
 }
 

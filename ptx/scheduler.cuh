@@ -19,6 +19,14 @@
 // (the range being >= KB) it reaches the tail no earlier than that cluster finishes the head. The order of the
 // two additions is fixed: results are bitwise reproducible. The remaining units follow, one per cluster and wave
 // as before.
+//
+// Stream-K fill (sk_units = units < G: the host grew the grid past the units, ptx/binding.cpp): every unit is
+// shared out the same way, but a range is now shorter than a tile, so a tile is cut into two or three pieces of
+// consecutive clusters, all running at once. The piece ending at K block KB owns the tile (kFixOwn); the others
+// (its head, and a middle piece that is a whole cluster's range) write their slots (kFixContribute) as before. A
+// middle piece is its cluster's whole range, so an owner starting from the previous slot would wait for all of it:
+// in the fill the owner's sums start at zero instead, and after its last K block it adds the slots of clusters
+// join_first() .. c - 1 (in that order: reproducible) before storing. Contributors never wait, so nothing deadlocks.
 #pragma once
 
 #include <cstdint>
@@ -32,8 +40,9 @@ namespace dg {
 // What a step's promotion is followed by, when it is the last step of a tile (or of this CTA's part of it).
 enum TileFixup : int {
   kFixStore = 0,       // the tile is complete: store it (split-K clusters: join the ranks first)
-  kFixContribute = 1,  // stream-K head: write the partial sums to this cluster's workspace slot
-  kFixOwn = 2,         // stream-K tail: add the previous cluster's slot, then store the tile
+  kFixContribute = 1,  // stream-K head (or a fill's middle piece): write the partial sums to this cluster's slot
+  kFixOwn = 2,         // stream-K tail: add the previous cluster's slot (a fill: the slots of join_first() ..
+                       // this cluster - 1), then store the tile
 };
 
 // A stretch of one unit's K blocks that this CTA runs back to back.
@@ -49,6 +58,7 @@ struct Step {
   int k_block;   // 128-wide K block (of the whole K)
   int last_k;    // 0, or 1 + TileFixup on this CTA's last K block of the tile (its promotion is followed by it)
   bool first_of_tail;  // the first K block of a stream-K tail: its sums start from the previous cluster's head
+                       // (not in a fill, whose owners join the pieces at the end)
 };
 
 template <int CM, int CN, int KS = 1>
@@ -66,14 +76,16 @@ struct TileScheduler {
   int rank_n;    // ...and along N (which B tile)
   int rank_k;    // split-K: which range of K (0 adds the others' partial sums and stores the tile)
   int sk_units;  // stream-K: the first sk_units units are shared out by K blocks (0: none)
+  bool sk_fill;  // stream-K fill (sk_units < clusters): owners join their tiles' pieces after their last K block
   int sk_begin, sk_end;    // this cluster's range of the stream-K steps (unit u's K block k is u * KB + k)
   int sk_first, sk_works;  // the last unit its range touches, and how many units it touches
   int dp_works;            // data-parallel units of this cluster
   int n_first;   // first N-tile of the problem this scheduler walks (L2 sides: its side's; else 0)
   int slot_base; // this side's first stream-K workspace slot, in clusters (0 without L2 sides)
 
-  // total_k_blocks >= KS (the host checks): every split gets at least one K block. sk_units is 0 or
-  // >= the number of clusters (so every stream-K range is at least one tile long). cluster_ / clusters_:
+  // total_k_blocks >= KS (the host checks): every split gets at least one K block. sk_units is 0, >= the number
+  // of clusters (a tail: every stream-K range is at least one tile long), or all the units when they are fewer
+  // than the clusters (a fill: sk_units * total_k_blocks >= clusters, so no range is empty). cluster_ / clusters_:
   // blockIdx.x / kCtas and gridDim.x / kCtas, or with L2 sides those of the side (SideProblem below).
   DG_HD TileScheduler(int m_tiles_, int n_tiles_, int total_k_blocks, int group_n_, int rank, int cluster_,
                       int clusters_, int sk_units_ = 0, int n_first_ = 0, int slot_base_ = 0)
@@ -85,6 +97,7 @@ struct TileScheduler {
     k_begin = rank_k * total_k_blocks / KS;
     k_blocks = (rank_k + 1) * total_k_blocks / KS - k_begin;
     sk_begin = sk_end = sk_first = sk_works = 0;
+    sk_fill = sk_units > 0 && sk_units < clusters;
     if (sk_units > 0) {
       const int64_t total = static_cast<int64_t>(sk_units) * k_blocks;
       sk_begin = static_cast<int>(total * cluster / clusters);
@@ -97,6 +110,15 @@ struct TileScheduler {
   }
 
   DG_HD int num_works() const { return sk_works + dp_works; }
+
+  // Stream-K fill: the first cluster whose range holds a piece of the tile this cluster owns (the tile its range
+  // starts in; only meaningful for a cluster that owns one). Cluster c's range starts at step
+  // floor(total * c / G): the last c with that <= the tile's first step s is ceil((s + 1) * G / total) - 1.
+  DG_HD int join_first() const {
+    const int64_t total = static_cast<int64_t>(sk_units) * k_blocks;
+    const int64_t s = static_cast<int64_t>(sk_begin / k_blocks) * k_blocks;
+    return static_cast<int>(((s + 1) * clusters + total - 1) / total - 1);
+  }
 
   // Steps this CTA runs; equal in every CTA of a cluster, which the multicast handshakes rely on.
   DG_HD uint32_t num_steps() const {
@@ -125,7 +147,7 @@ struct TileScheduler {
       const int base = unit * k_blocks;
       w.k_begin = max(sk_begin, base) - base;
       w.k_end = min(sk_end, base + k_blocks) - base;
-      w.fixup = w.k_begin > 0 ? kFixOwn : w.k_end < k_blocks ? kFixContribute : kFixStore;
+      w.fixup = w.k_end < k_blocks ? kFixContribute : w.k_begin > 0 ? kFixOwn : kFixStore;
     } else {
       unit = sk_units + cluster + (j - sk_works) * clusters;
       w.k_begin = k_begin;
@@ -156,7 +178,7 @@ struct TileScheduler {
     st.n_block = w.n_block;
     st.k_block = w.k_begin + left;
     st.last_k = st.k_block == w.k_end - 1 ? 1 + w.fixup : 0;
-    st.first_of_tail = w.fixup == kFixOwn && st.k_block == w.k_begin;
+    st.first_of_tail = w.fixup == kFixOwn && st.k_block == w.k_begin && !sk_fill;
     return st;
   }
 };

@@ -42,13 +42,51 @@ struct Seen {
 // side0_n_tiles > 0: L2-side-aware scheduling (scheduler.cuh's SideProblem), the binding's split of the clusters
 // and stream-K units between the sides; cluster c below is then the global slot (side 0's slots first), which
 // is also the stream-K workspace slot, so the hand-off checks read the same.
+// A stream-K fill's tile: its pieces are runs of consecutive K blocks in consecutive clusters (the same rank), in
+// cluster order from K block 0; every piece but the last ends with kFixContribute and is its cluster's first work
+// (done before anything that could wait); the last ends at K block kb - 1 with kFixOwn (kFixStore if it is the only
+// piece) and is its cluster's last work, and that cluster's join_first() is the first piece's cluster. No piece
+// starts from a slot (first_of_tail).
+void check_fill_tile(const char* what, std::pair<int, int> tile, const std::vector<std::pair<int, int>>& list,
+                     const std::vector<std::vector<dg::Step>>& steps_of, const std::vector<int>& join_first_of, int kb,
+                     int ctas) {
+  int k_next = 0;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const auto& seq = steps_of[list[i].first];
+    int t = list[i].second;
+    CHECK(seq[t].k_block == k_next, "%s: fill tile (%d, %d) piece %zu starts at K block %d, expected %d", what,
+          tile.first, tile.second, i, seq[t].k_block, k_next);
+    CHECK(i == 0 || (list[i].first == list[i - 1].first + ctas), "%s: fill tile (%d, %d) piece %zu not in the next "
+          "cluster", what, tile.first, tile.second, i);
+    for (; seq[t].last_k == 0; ++t) CHECK(!seq[t].first_of_tail, "%s: fill step starts from a slot", what);
+    CHECK(!seq[t].first_of_tail, "%s: fill step starts from a slot", what);
+    k_next = seq[t].k_block + 1;
+    const bool last = i + 1 == list.size();
+    const int expected = 1 + (!last ? dg::kFixContribute : list.size() > 1 ? dg::kFixOwn : dg::kFixStore);
+    CHECK(seq[t].last_k == expected, "%s: fill tile (%d, %d) piece %zu of %zu ends with last_k %d", what, tile.first,
+          tile.second, i, list.size(), seq[t].last_k);
+    if (!last) CHECK(list[i].second == 0, "%s: fill tile (%d, %d) piece %zu is not its cluster's first work", what,
+                     tile.first, tile.second, i);
+    if (last && list.size() > 1) {
+      CHECK(t + 1 == static_cast<int>(seq.size()), "%s: fill tile (%d, %d): the owner's piece is not its last work",
+            what, tile.first, tile.second);
+      CHECK(join_first_of[list[i].first / ctas] == list[0].first / ctas, "%s: fill tile (%d, %d): join_first %d, "
+            "the first piece is in cluster %d", what, tile.first, tile.second, join_first_of[list[i].first / ctas],
+            list[0].first / ctas);
+    }
+  }
+  CHECK(k_next == kb, "%s: fill tile (%d, %d) pieces end at K block %d", what, tile.first, tile.second, k_next);
+}
+
 template <int CM, int CN, int KS>
 void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, bool stream_k, int side0_n_tiles = 0) {
   using Sched = dg::TileScheduler<CM, CN, KS>;
   constexpr int kCtas = CM * CN * KS;
   const int m_units = (m_tiles + CM - 1) / CM, n_units = (n_tiles + CN - 1) / CN;
   const int units = m_units * n_units;
-  if (clusters > units) clusters = units;
+  // the binding's grid: one cluster per unit at most, unless a stream-K fill takes every cluster
+  const bool fill = stream_k && KS == 1 && units < clusters && int64_t{units} * kb >= clusters;
+  if (clusters > units && !fill) clusters = units;
   const bool by_side = side0_n_tiles > 0;
   // the binding's rules (ptx/binding.cpp, params.h)
   int side_units[2] = {units, 0}, side_clusters[2] = {clusters, 0};
@@ -58,14 +96,17 @@ void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, boo
     side_clusters[0] = static_cast<int>(dg::side0_clusters_for(clusters, side_units[0], units));
     side_clusters[1] = clusters - side_clusters[0];
   }
-  const int sk[2] = {stream_k && KS == 1 ? dg::stream_k_units(side_units[0], side_clusters[0]) : 0,
-                     stream_k && KS == 1 && by_side ? dg::stream_k_units(side_units[1], side_clusters[1]) : 0};
+  const int sk[2] = {stream_k && KS == 1 ? dg::stream_k_units(side_units[0], side_clusters[0], kb) : 0,
+                     stream_k && KS == 1 && by_side ? dg::stream_k_units(side_units[1], side_clusters[1], kb) : 0};
+  const bool side_fill[2] = {sk[0] > 0 && sk[0] < side_clusters[0], sk[1] > 0 && sk[1] < side_clusters[1]};
   char what[200];
   std::snprintf(what, sizeof what, "CM %d CN %d KS %d, %dx%d tiles, KB %d, group_n %d, %d clusters, sk_units %d+%d, "
                 "side 0: %d tiles, %d clusters", CM, CN, KS, m_tiles, n_tiles, kb, group_n, clusters, sk[0], sk[1],
                 side0_n_tiles, side_clusters[0]);
   std::map<std::tuple<int, int, int>, std::vector<Seen>> runs;  // (m, n, k) -> who ran it
   std::vector<std::vector<dg::Step>> steps_of(clusters * kCtas);
+  std::vector<int> join_first_of(clusters, -1);  // fill: the first contributing cluster (global) of an owner's tile
+  std::vector<int> side_of(clusters, 0);
   for (int c = 0; c < clusters; ++c) {
     dg::SideProblem sp{0, n_tiles, c, clusters, sk[0], 0};
     if (by_side) {
@@ -78,6 +119,9 @@ void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, boo
                     sp.slot_base);
       const int cta = c * kCtas + rank;
       const uint32_t n = s.num_steps();
+      side_of[c] = sp.n_first == 0 ? 0 : 1;
+      CHECK(s.sk_fill == side_fill[side_of[c]], "%s: cluster %d sk_fill %d", what, c, int(s.sk_fill));
+      if (rank == 0 && s.sk_fill) join_first_of[c] = s.join_first() + sp.slot_base;
       std::vector<dg::Step>& seq = steps_of[cta];
       for (uint32_t i = 0; i < n; ++i) seq.push_back(s.step(i));
       // the producers' walk, work by work
@@ -91,7 +135,7 @@ void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, boo
           if (i >= n) break;
           const int last = k == w.k_end - 1 ? 1 + w.fixup : 0;
           CHECK(seq[i].last_k == last, "%s: CTA %d step %u last_k %d, expected %d", what, cta, i, seq[i].last_k, last);
-          CHECK(seq[i].first_of_tail == (w.fixup == dg::kFixOwn && k == w.k_begin),
+          CHECK(seq[i].first_of_tail == (w.fixup == dg::kFixOwn && k == w.k_begin && !s.sk_fill),
                 "%s: CTA %d step %u first_of_tail", what, cta, i);
         }
       }
@@ -146,6 +190,10 @@ void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, boo
     }
   }
   for (const auto& [tile, list] : pieces) {
+    if (side_fill[side_of[list[0].first / kCtas]]) {
+      check_fill_tile(what, tile, list, steps_of, join_first_of, kb, kCtas);
+      continue;
+    }
     CHECK(list.size() <= 2, "%s: tile (%d, %d) in %zu pieces", what, tile.first, tile.second, list.size());
     if (list.size() == 1) {
       const auto& seq = steps_of[list[0].first];
@@ -189,6 +237,7 @@ void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, boo
       hi = std::max(hi, steps_of[c * kCtas].size());
     }
     CHECK(hi - lo <= size_t(sk[side] > 0 ? 1 : kb), "%s: side %d cluster step counts %zu..%zu", what, side, lo, hi);
+    CHECK(!side_fill[side] || lo >= 1, "%s: side %d: a fill cluster without work", what, side);
     CHECK(sk[side] == 0 || hi * count <= size_t(side_units[side]) * kb + count,
           "%s: %zu steps for side %d's busiest cluster", what, hi, side);
   }
@@ -226,7 +275,7 @@ template <int CM, int CN, int KS>
 void check_shapes() {
   const int ks[] = {1, 2, 3, 16, 56};
   const int grids[] = {66, 132, 7, 64};
-  const int tiles[][2] = {{16, 17}, {32, 11}, {4, 50}, {1, 1}, {3, 5}, {33, 8}, {16, 56}, {1, 132}};
+  const int tiles[][2] = {{16, 17}, {32, 11}, {4, 50}, {1, 1}, {3, 5}, {33, 8}, {16, 56}, {1, 132}, {4, 17}, {2, 9}};
   for (const int kb : ks) {
     if (kb < KS) continue;
     for (const int g : grids) {

@@ -302,7 +302,7 @@ def test_gpu_every_fp8_variant_equals_its_bf16_twin(variant):
     for m, n, k in ((1, 128, 128), (63, 384, 384), (65, 256, 1536), (129, 640, 256), (300, 384, 640),
                     (1000, 1152, 512)):
         a, a_s, b, b_s = _inputs(m, n, k, "cuda")
-        stream_k = configs.stream_k_pays(m, n, variant, sms)
+        stream_k = configs.stream_k_pays(m, n, k, variant, sms)
         for bias_dtype, ue8m0 in ((None, False), (torch.float32, True), (torch.bfloat16, False)):
             bias = _bias(n, bias_dtype, "cuda")
             got = _launch(variant, a, a_s, b, b_s, bias, ue8m0, stream_k)

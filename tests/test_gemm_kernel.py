@@ -49,7 +49,7 @@ def run_variant(variant, a, a_s, b, b_s, out_dtype=torch.bfloat16, bias=None, gr
     bias_kind = {None: 0, torch.float32: 1, torch.bfloat16: 2}[None if bias is None else bias.dtype]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     kernels.launch(extension.load(variant), a, layouts.to_act_scale_layout(a_s), b, b_s, out, bias, group_n, l2_hints,
-                   configs.stream_k_pays(m, n, variant, sms) if stream_k is None else stream_k)
+                   configs.stream_k_pays(m, n, a.shape[1], variant, sms) if stream_k is None else stream_k)
     torch.cuda.synchronize()
     return out
 
@@ -192,6 +192,44 @@ def test_stream_k_exact_deterministic_and_flags_left_at_zero(variant):
         assert torch.equal(first.view(torch.int16), again.view(torch.int16)), f"{variant.key} {m}x{n}x{k}: not reproducible"
         check(run_variant(variant, a, a_s, b, b_s, stream_k=False), expected, f"{variant.key} {m}x{n}x{k}")
         # every flag a tile's head raised was lowered by its tail: the next launch starts clean
+        workspace = kernels.stream_k_workspace(a.device)
+        torch.cuda.synchronize()
+        assert int(workspace[: sms * variant.math_wgs].count_nonzero()) == 0
+
+
+def _stream_k_fill_shapes(variant):
+    """Shapes with fewer units than clusters (so a stream-K launch is a fill, every tile cut among clusters running
+    at once): about half the clusters' units at K = 56 blocks (tiles in two or three pieces), a few units short of
+    the clusters at K = 3 blocks (ranges of one or two blocks, pieces of one block), and three units at K = 45
+    blocks (each tile in dozens of pieces); odd M and N tails."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    clusters = sms // variant.cluster
+    out = []
+    for m, k, units in ((300, 7168, clusters // 2), (130, 384, clusters - 3), (70, 5760, 3)):
+        m_units = -(-m // (variant.block_m * variant.cluster_m))
+        n_units = max(1, units // m_units)
+        n = n_units * variant.block_n * variant.cluster_n - 24
+        units, _ = configs.waves_for(m, n, variant.block_m, variant.block_n, sms, (variant.cluster_m, variant.cluster_n))
+        assert units < clusters and units * (k // 128) >= clusters, (m, n, k, units, clusters)
+        out.append((m, n, k))
+    return out
+
+
+@pytest.mark.parametrize("variant", STREAM_K_VARIANTS, ids=lambda v: v.key)
+def test_stream_k_fill_exact_deterministic_and_flags_left_at_zero(variant):
+    """Stream-K with fewer units than clusters (a fill: ptx/scheduler.cuh): each tile's owner joins the pieces of
+    the clusters before it after its last K block. Exact, bitwise reproducible, every element written, and every
+    flag a piece raised lowered again by its owner."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for m, n, k in _stream_k_fill_shapes(variant):
+        a, a_s, b, b_s = make_inputs(m, n, k)
+        expected = exact(a, a_s, b, b_s)
+        first = run_variant(variant, a, a_s, b, b_s, stream_k=True)
+        check(first, expected, f"{variant.key} {m}x{n}x{k} stream-K fill")
+        for _ in range(3):
+            again = run_variant(variant, a, a_s, b, b_s, stream_k=True)
+            assert torch.equal(first.view(torch.int16), again.view(torch.int16)), \
+                f"{variant.key} {m}x{n}x{k}: the fill is not reproducible"
         workspace = kernels.stream_k_workspace(a.device)
         torch.cuda.synchronize()
         assert int(workspace[: sms * variant.math_wgs].count_nonzero()) == 0
