@@ -589,6 +589,7 @@ STREAM_K_COST = 1.03            # the hand-offs, on the fractional waves the wav
 STREAM_K_FILL_TILES = ((128, 128), (256, 128))
 STREAM_K_FILL_MIN_IDLE = 0.10
 STREAM_K_FILL_MIN_BLOCKS = 4
+STREAM_K_FILL_COST = 1.15  # the wave model's charge for a fill: its joins, and one partial set where two would run
 
 
 def stream_k_fill_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
@@ -603,6 +604,18 @@ def stream_k_fill_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, s
     clusters = max(1, num_sms // variant.cluster)
     return (units <= clusters * (1 - STREAM_K_FILL_MIN_IDLE)
             and units * (k // BLOCK_K) >= clusters * STREAM_K_FILL_MIN_BLOCKS)
+
+
+def _fill_wins(m: int, n: int, k: int, shape: tuple[int, int], cluster: tuple[int, int], dual: bool, num_sms: int,
+               sw: Switches) -> bool:
+    """Whether select() runs `shape` as a stream-K fill (in its one-partial-set variant) rather than as whole tiles
+    (in the variant `dual` asks for): the fill's model time, STREAM_K_FILL_COST of a wave's share of the units,
+    against one wave."""
+    single = find_variant(*shape, False, cluster)
+    if not stream_k_fill_pays(m, n, k, single, num_sms, sw):
+        return False
+    units, waves = waves_for(m, n, *shape, num_sms, cluster)
+    return units / max(1, num_sms // single.cluster) * STREAM_K_FILL_COST < waves
 
 
 def stream_k_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
@@ -798,13 +811,18 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
             bm, bn = shape
             cluster = _cluster_shape(m, n, k, bm, bn, sw)
             units, waves = waves_for(m, n, bm, bn, num_sms, cluster)
+            clusters = max(1, num_sms // (cluster[0] * cluster[1]))
             # a wave: every CTA of every cluster runs one tile; stream-K evens the last one out
             if stream_k_pays(m, n, k, find_variant(bm, bn, dual, cluster), num_sms, sw):
-                waves = units / max(1, num_sms // (cluster[0] * cluster[1])) * STREAM_K_COST
+                waves = units / clusters * STREAM_K_COST
+            if _fill_wins(m, n, k, shape, cluster, dual, num_sms, sw):  # (in the one-partial-set variant)
+                waves = units / clusters * STREAM_K_FILL_COST
             return waves * bm * bn * _TILE_COST[shape], -bm * bn  # ties: the larger tile
 
         shape = min(shapes, key=modelled_time)
     cluster = _cluster_shape(m, n, k, *shape, sw)
+    if forced is None and _fill_wins(m, n, k, shape, cluster, dual, num_sms, sw):
+        dual = False  # the stream-K fill runs in the one-partial-set loop
     if forced is not None and (*shape, cluster) not in {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n))
                                                          for v in VARIANTS}:
         cluster = (1, 1)  # a forced tile shape without a clustered build runs unclustered

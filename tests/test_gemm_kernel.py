@@ -180,23 +180,6 @@ def _stream_k_shapes(variant):
     return out
 
 
-@pytest.mark.parametrize("variant", STREAM_K_VARIANTS, ids=lambda v: v.key)
-def test_stream_k_exact_deterministic_and_flags_left_at_zero(variant):
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for m, n, k in _stream_k_shapes(variant):
-        a, a_s, b, b_s = make_inputs(m, n, k)
-        expected = exact(a, a_s, b, b_s)
-        first = run_variant(variant, a, a_s, b, b_s, stream_k=True)
-        check(first, expected, f"{variant.key} {m}x{n}x{k} stream-K")
-        again = run_variant(variant, a, a_s, b, b_s, stream_k=True)
-        assert torch.equal(first.view(torch.int16), again.view(torch.int16)), f"{variant.key} {m}x{n}x{k}: not reproducible"
-        check(run_variant(variant, a, a_s, b, b_s, stream_k=False), expected, f"{variant.key} {m}x{n}x{k}")
-        # every flag a tile's head raised was lowered by its tail: the next launch starts clean
-        workspace = kernels.stream_k_workspace(a.device)
-        torch.cuda.synchronize()
-        assert int(workspace[: sms * variant.math_wgs].count_nonzero()) == 0
-
-
 def _stream_k_fill_shapes(variant):
     """Shapes with fewer units than clusters (so a stream-K launch is a fill, every tile cut among clusters running
     at once): about half the clusters' units at K = 56 blocks (tiles in two or three pieces), a few units short of
@@ -215,21 +198,24 @@ def _stream_k_fill_shapes(variant):
     return out
 
 
+@pytest.mark.parametrize("mode", ["tail", "fill"])
 @pytest.mark.parametrize("variant", STREAM_K_VARIANTS, ids=lambda v: v.key)
-def test_stream_k_fill_exact_deterministic_and_flags_left_at_zero(variant):
-    """Stream-K with fewer units than clusters (a fill: ptx/scheduler.cuh): each tile's owner joins the pieces of
-    the clusters before it after its last K block. Exact, bitwise reproducible, every element written, and every
-    flag a piece raised lowered again by its owner."""
+def test_stream_k_exact_deterministic_and_flags_left_at_zero(variant, mode):
+    """Stream-K (ptx/scheduler.cuh), a tail (a part-filled last wave shared out) or a fill (fewer units than
+    clusters: each tile's owner joins the pieces of the clusters before it after its last K block): exact, bitwise
+    reproducible, every element written, and every flag a piece raised lowered again by its owner (the next launch
+    starts clean)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for m, n, k in _stream_k_fill_shapes(variant):
+    for m, n, k in _stream_k_shapes(variant) if mode == "tail" else _stream_k_fill_shapes(variant):
         a, a_s, b, b_s = make_inputs(m, n, k)
         expected = exact(a, a_s, b, b_s)
         first = run_variant(variant, a, a_s, b, b_s, stream_k=True)
-        check(first, expected, f"{variant.key} {m}x{n}x{k} stream-K fill")
-        for _ in range(3):
+        check(first, expected, f"{variant.key} {m}x{n}x{k} stream-K {mode}")
+        for _ in range(2):
             again = run_variant(variant, a, a_s, b, b_s, stream_k=True)
             assert torch.equal(first.view(torch.int16), again.view(torch.int16)), \
-                f"{variant.key} {m}x{n}x{k}: the fill is not reproducible"
+                f"{variant.key} {m}x{n}x{k}: stream-K {mode} not reproducible"
+        check(run_variant(variant, a, a_s, b, b_s, stream_k=False), expected, f"{variant.key} {m}x{n}x{k}")
         workspace = kernels.stream_k_workspace(a.device)
         torch.cuda.synchronize()
         assert int(workspace[: sms * variant.math_wgs].count_nonzero()) == 0
