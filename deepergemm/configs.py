@@ -581,6 +581,10 @@ def stream_k_for(variant: Variant, sw: Switches | None = None) -> bool:
 STREAM_K_MIN_IDLE = 0.10
 STREAM_K_TILES = ((256, 128),)  # 128x192 gained less and nowhere where it would be picked
 STREAM_K_COST = 1.03            # the hand-offs, on the fractional waves the wave model charges
+# ...and only from M = 2048: below it the tail lost on every shape measured (H100, 256x128: 1024x7168x2048 -20%,
+# 1024x7168x4096 -16%, 1536x7168x2048 -8..-12%, with 15% of the last wave idle), while at M >= 2048 it gained
+# 4-20% at N = 2112 (K = 2048-7168) and lost at most 1.5% (2048x7168x2048); ptx/NOTES.md, stream-K fill.
+STREAM_K_MIN_M = 2048
 
 # Stream-K fill: with fewer units than clusters (middle M: 512x2112x7168 is 68 tiles of 128x128 on 132 SMs) the
 # grid takes every cluster and each cuts its part of the units' K blocks, so no SM idles. Only where the units
@@ -619,12 +623,14 @@ def _fill_wins(m: int, n: int, k: int, shape: tuple[int, int], cluster: tuple[in
 
 
 def stream_k_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
-    """Whether the launch asks for stream-K: a tail on a tile shape where it was measured to pay, for a problem
-    whose last wave idles at least STREAM_K_MIN_IDLE of the time, or a fill (stream_k_fill_pays). The binding
-    re-checks with the clusters that fit."""
+    """Whether the launch asks for stream-K: a tail on a tile shape where it was measured to pay, at M >=
+    STREAM_K_MIN_M, for a problem whose last wave idles at least STREAM_K_MIN_IDLE of the time, or a fill
+    (stream_k_fill_pays). The binding re-checks with the clusters that fit."""
     if stream_k_fill_pays(m, n, k, variant, num_sms, sw):
         return True
     if not stream_k_for(variant, sw) or (variant.block_m, variant.block_n) not in STREAM_K_TILES:
+        return False
+    if m < STREAM_K_MIN_M:
         return False
     units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, (variant.cluster_m, variant.cluster_n))
     clusters = max(1, num_sms // variant.cluster)
