@@ -31,7 +31,7 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_SMALL_M_WGS=1|2   math warpgroups of unsplit 64-row tiles (default: one, two below K = 1024)
   DEEPERGEMM_SMALL_M_CLUSTER=0  do not pair the two 64-row M-tiles at 64 < M <= 128 in B-multicast clusters
   DEEPERGEMM_STREAM_K=0        no stream-K, neither tail nor fill (stream_k_pays)
-  DEEPERGEMM_STREAM_K_FILL=0|1  stream-K fill of problems with fewer units than clusters (stream_k_fill_pays)
+  DEEPERGEMM_STREAM_K_FILL=0   no stream-K fill of problems with fewer units than clusters (stream_k_fill_pays)
   DEEPERGEMM_PDL=1             programmatic dependent launch (pdl_enabled; off by default, see ptx/NOTES.md)
   DEEPERGEMM_SWAP_AB=1         swapped tiles at M <= 64 (out^T = B A^T; SWAPPED_VARIANTS; off by default, see
                                ptx/NOTES.md); DEEPERGEMM_SPLIT_K=0 and DEEPERGEMM_L2_HINTS apply to them too
@@ -586,22 +586,25 @@ STREAM_K_COST = 1.03            # the hand-offs, on the fractional waves the wav
 # 4-20% at N = 2112 (K = 2048-7168) and lost at most 1.5% (2048x7168x2048); ptx/NOTES.md, stream-K fill.
 STREAM_K_MIN_M = 2048
 
-# Stream-K fill: with fewer units than clusters (middle M: 512x2112x7168 is 68 tiles of 128x128 on 132 SMs) the
-# grid takes every cluster and each cuts its part of the units' K blocks, so no SM idles. Only where the units
-# leave at least STREAM_K_FILL_MIN_IDLE of the clusters idle and each cluster's range is at least
-# STREAM_K_FILL_MIN_BLOCKS K blocks (the owner's join after its last block is exposed).
-STREAM_K_FILL_TILES = ((128, 128), (256, 128))
+# Stream-K fill: with fewer units than clusters (middle M: 1024x2112x7168 is 44 pairs of 128x192 tiles on 66
+# clusters) the grid takes every cluster and each cuts its part of the units' K blocks, so no SM idles. Measured on
+# the H100 (ptx/NOTES.md, stream-K fill): each launch pays a fixed 5-20 us for its joins, and the middle-M shapes are
+# bound by L2 -> SM traffic, which more SMs do not raise, so it paid only at K = 7168 and most on 128x192 tiles
+# (+8..+27% on all 7 measured, 1024x2112x7168 1.26 -> 1.36x cuBLAS); 256x128 gained at K = 7168 but lost at 2048 and
+# 16384, 128x128 lost nearly everywhere (-3..-27%). Only where the units leave at least STREAM_K_FILL_MIN_IDLE of the
+# clusters idle and each cluster gets at least STREAM_K_FILL_MIN_BLOCKS K blocks.
+STREAM_K_FILL_TILES = ((128, 192),)
+STREAM_K_FILL_MIN_K = 7168
 STREAM_K_FILL_MIN_IDLE = 0.10
 STREAM_K_FILL_MIN_BLOCKS = 4
-STREAM_K_FILL_COST = 1.15  # the wave model's charge for a fill: its joins, and one partial set where two would run
 
 
 def stream_k_fill_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
-    """stream_k_for(variant) on a fill tile, with the fill switched on (DEEPERGEMM_STREAM_K_FILL), for a problem
-    whose units leave at least STREAM_K_FILL_MIN_IDLE of the clusters idle and give each cluster at least
-    STREAM_K_FILL_MIN_BLOCKS K blocks."""
+    """stream_k_for(variant) on a fill tile at K >= STREAM_K_FILL_MIN_K (DEEPERGEMM_STREAM_K_FILL=0 turns it off),
+    for a problem whose units leave at least STREAM_K_FILL_MIN_IDLE of the clusters idle and give each cluster at
+    least STREAM_K_FILL_MIN_BLOCKS K blocks."""
     sw = sw or switches()
-    if (not sw.flag("DEEPERGEMM_STREAM_K_FILL", False) or not stream_k_for(variant, sw)
+    if (not sw.flag("DEEPERGEMM_STREAM_K_FILL", True) or not stream_k_for(variant, sw) or k < STREAM_K_FILL_MIN_K
             or (variant.block_m, variant.block_n) not in STREAM_K_FILL_TILES):
         return False
     units, _ = waves_for(m, n, variant.block_m, variant.block_n, num_sms, (variant.cluster_m, variant.cluster_n))
@@ -610,24 +613,9 @@ def stream_k_fill_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, s
             and units * (k // BLOCK_K) >= clusters * STREAM_K_FILL_MIN_BLOCKS)
 
 
-def _fill_wins(m: int, n: int, k: int, shape: tuple[int, int], cluster: tuple[int, int], dual: bool, num_sms: int,
-               sw: Switches) -> bool:
-    """Whether select() runs `shape` as a stream-K fill (in its one-partial-set variant) rather than as whole tiles
-    (in the variant `dual` asks for): the fill's model time, STREAM_K_FILL_COST of a wave's share of the units,
-    against one wave."""
-    single = find_variant(*shape, False, cluster)
-    if not stream_k_fill_pays(m, n, k, single, num_sms, sw):
-        return False
-    units, waves = waves_for(m, n, *shape, num_sms, cluster)
-    return units / max(1, num_sms // single.cluster) * STREAM_K_FILL_COST < waves
-
-
-def stream_k_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
-    """Whether the launch asks for stream-K: a tail on a tile shape where it was measured to pay, at M >=
-    STREAM_K_MIN_M, for a problem whose last wave idles at least STREAM_K_MIN_IDLE of the time, or a fill
-    (stream_k_fill_pays). The binding re-checks with the clusters that fit."""
-    if stream_k_fill_pays(m, n, k, variant, num_sms, sw):
-        return True
+def stream_k_tail_pays(m: int, n: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
+    """stream_k_for(variant) on a tile shape where the tail was measured to pay, at M >= STREAM_K_MIN_M, for a
+    problem whose last wave idles at least STREAM_K_MIN_IDLE of the time."""
     if not stream_k_for(variant, sw) or (variant.block_m, variant.block_n) not in STREAM_K_TILES:
         return False
     if m < STREAM_K_MIN_M:
@@ -635,6 +623,12 @@ def stream_k_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Sw
     units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, (variant.cluster_m, variant.cluster_n))
     clusters = max(1, num_sms // variant.cluster)
     return units > clusters and (waves - units / clusters) / waves >= STREAM_K_MIN_IDLE
+
+
+def stream_k_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
+    """Whether the launch asks for stream-K: a tail (stream_k_tail_pays) or a fill (stream_k_fill_pays). The binding
+    re-checks with the clusters that fit (a fill only with fewer units than they)."""
+    return stream_k_tail_pays(m, n, variant, num_sms, sw) or stream_k_fill_pays(m, n, k, variant, num_sms, sw)
 
 
 def _split_k_choice(m: int, n: int, k_blocks: int, num_sms: int, shape: tuple[int, int]) -> tuple[int, tuple[int, int]]:
@@ -817,18 +811,14 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
             bm, bn = shape
             cluster = _cluster_shape(m, n, k, bm, bn, sw)
             units, waves = waves_for(m, n, bm, bn, num_sms, cluster)
-            clusters = max(1, num_sms // (cluster[0] * cluster[1]))
-            # a wave: every CTA of every cluster runs one tile; stream-K evens the last one out
-            if stream_k_pays(m, n, k, find_variant(bm, bn, dual, cluster), num_sms, sw):
-                waves = units / clusters * STREAM_K_COST
-            if _fill_wins(m, n, k, shape, cluster, dual, num_sms, sw):  # (in the one-partial-set variant)
-                waves = units / clusters * STREAM_K_FILL_COST
+            # a wave: every CTA of every cluster runs one tile; a stream-K tail evens the last one out (a fill is a
+            # launch option of the pick, not weighed here: it is measured to pay on one tile, stream_k_fill_pays)
+            if stream_k_tail_pays(m, n, find_variant(bm, bn, dual, cluster), num_sms, sw):
+                waves = units / max(1, num_sms // (cluster[0] * cluster[1])) * STREAM_K_COST
             return waves * bm * bn * _TILE_COST[shape], -bm * bn  # ties: the larger tile
 
         shape = min(shapes, key=modelled_time)
     cluster = _cluster_shape(m, n, k, *shape, sw)
-    if forced is None and _fill_wins(m, n, k, shape, cluster, dual, num_sms, sw):
-        dual = False  # the stream-K fill runs in the one-partial-set loop
     if forced is not None and (*shape, cluster) not in {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n))
                                                          for v in VARIANTS}:
         cluster = (1, 1)  # a forced tile shape without a clustered build runs unclustered
@@ -911,7 +901,7 @@ def _select_fp8_out_cached(m: int, n: int, k: int, num_sms: int, sw: Switches) -
 
     def modelled_time(v: Variant) -> tuple[float, int]:
         units, waves = waves_for(m, n, v.block_m, v.block_n, num_sms, (v.cluster_m, v.cluster_n))
-        if stream_k_pays(m, n, k, v, num_sms, sw):
+        if stream_k_tail_pays(m, n, v, num_sms, sw):
             waves = units / max(1, num_sms // v.cluster) * STREAM_K_COST
         return waves * v.block_m * v.block_n * _TILE_COST[(v.block_m, v.block_n)], -v.block_m * v.block_n
 

@@ -533,38 +533,34 @@ def test_middle_m_picks_against_the_recorded_h100_sweep():
 
 
 def test_stream_k_fill_choice_and_its_limits():
-    """The stream-K fill (fewer units than clusters, every cluster cutting its part of their K blocks): only with
-    DEEPERGEMM_STREAM_K_FILL on and stream-K allowed, only on the one-partial-set variant of a fill tile, only
-    where the units leave STREAM_K_FILL_MIN_IDLE of the clusters idle and each cluster gets
-    STREAM_K_FILL_MIN_BLOCKS K blocks; a fill's grid is every cluster."""
-    fill = configs.Switches.from_environ({"DEEPERGEMM_STREAM_K_FILL": "1"})
+    """The stream-K fill (fewer units than clusters, every cluster cutting its part of their K blocks) is a launch
+    option of select()'s pick, as measured: on 128x192 one-set tiles at K >= 7168 where the units leave
+    STREAM_K_FILL_MIN_IDLE of the clusters idle; never with DEEPERGEMM_STREAM_K_FILL=0 or DEEPERGEMM_STREAM_K=0; a
+    fill's grid is every cluster. The fill never changes which tile select() picks."""
     off = configs.Switches.from_environ({"DEEPERGEMM_STREAM_K_FILL": "0"})
-    no_sk = configs.Switches.from_environ({"DEEPERGEMM_STREAM_K_FILL": "1", "DEEPERGEMM_STREAM_K": "0"})
-    filled = 0
-    for m in (256, 384, 512, 768):
-        for n, k in ((2112, 7168), (4096, 7168), (7168, 2048), (7168, 16384), (576, 7168), (1536, 256)):
-            c = configs.select(m, n, k, H100_SMS, sw=fill)
+    no_sk = configs.Switches.from_environ({"DEEPERGEMM_STREAM_K": "0"})
+    c = configs.select(1024, 2112, 7168, H100_SMS)  # 44 pairs of 128x192 tiles on 66 clusters: +8% measured
+    assert (c.variant.key, c.stream_k, c.grid) == ("128x192s5pc2", True, H100_SMS)
+    for m in (256, 384, 512, 640, 768, 1024, 1536):
+        for n, k in ((2112, 7168), (2112, 4096), (4096, 7168), (7168, 2048), (7168, 16384), (1536, 7168)):
+            c = configs.select(m, n, k, H100_SMS)
             v = c.variant
             units, _ = configs.waves_for(m, n, v.block_m, v.block_n, H100_SMS, (v.cluster_m, v.cluster_n))
             clusters = H100_SMS // v.cluster
             is_fill = c.stream_k and units < clusters
+            assert is_fill == configs.stream_k_fill_pays(m, n, k, v, H100_SMS), (m, n, k, v.key)
             if is_fill:
-                filled += 1
-                assert configs.stream_k_fill_pays(m, n, k, v, H100_SMS, fill)
-                assert not v.dual_acc and (v.block_m, v.block_n) in configs.STREAM_K_FILL_TILES, (m, n, k, v.key)
-                assert c.grid == clusters * v.cluster, (m, n, k, c.grid)
+                assert (v.block_m, v.block_n) == (128, 192) and not v.dual_acc and k >= 7168, (m, n, k, v.key)
+                assert c.grid == clusters * v.cluster
                 assert units <= clusters * (1 - configs.STREAM_K_FILL_MIN_IDLE)
-                assert units * (k // configs.BLOCK_K) >= clusters * configs.STREAM_K_FILL_MIN_BLOCKS
             else:
                 assert c.grid == min(units, clusters) * v.cluster
-            for sw in (off, no_sk):  # never a fill with either switch off
+            for sw in (off, no_sk):
                 c2 = configs.select(m, n, k, H100_SMS, sw=sw)
-                v2 = c2.variant
-                units2, _ = configs.waves_for(m, n, v2.block_m, v2.block_n, H100_SMS, (v2.cluster_m, v2.cluster_n))
-                assert not (c2.stream_k and units2 < H100_SMS // v2.cluster), (m, n, k, sw)
-    assert filled >= 4  # 512x2112x7168 (68 tiles of 128x128 on 132 SMs) and its kind
-    v = configs.find_variant(128, 128, False)
-    assert configs.stream_k_fill_pays(512, 2112, 7168, v, H100_SMS, fill)
-    assert not configs.stream_k_fill_pays(512, 4096, 7168, v, H100_SMS, fill)  # 128 of 132: too little idle
-    assert not configs.stream_k_fill_pays(512, 2112, 256, v, H100_SMS, fill)  # 68 x 2 blocks: < 4 per cluster
-    assert not configs.stream_k_fill_pays(512, 2112, 7168, configs.find_variant(128, 128, True), H100_SMS, fill)
+                assert c2.variant == v, (m, n, k)  # the same pick, filled or not
+                assert not (c2.stream_k and units < clusters), (m, n, k)
+    v = configs.find_variant(128, 192, False, cluster=(2, 1))
+    assert configs.stream_k_fill_pays(1024, 2112, 7168, v, H100_SMS)
+    assert not configs.stream_k_fill_pays(1024, 2112, 4096, v, H100_SMS)  # K = 4096: -2% measured
+    assert not configs.stream_k_fill_pays(1024, 2112, 7168, configs.find_variant(128, 128, False), H100_SMS)
+    assert not configs.stream_k_fill_pays(2048, 2112, 7168, v, H100_SMS)  # 88 units of 66 clusters: a tail's case
