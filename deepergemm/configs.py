@@ -585,6 +585,11 @@ STREAM_K_COST = 1.03            # the hand-offs, on the fractional waves the wav
 # 1024x7168x4096 -16%, 1536x7168x2048 -8..-12%, with 15% of the last wave idle), while at M >= 2048 it gained
 # 4-20% at N = 2112 (K = 2048-7168) and lost at most 1.5% (2048x7168x2048); ptx/NOTES.md, stream-K fill.
 STREAM_K_MIN_M = 2048
+# ...and only from K = 6144: at K <= 4096 the tile the wave model takes without it ran faster on all three shapes
+# measured (H100, same process: 4096x2112x2048 128x192 37.7 us against 256x128 with the tail 42.9, 4096x2112x4096
+# 64.6 against 66.5, 2048x7168x2048 128x128 2x1 ~55 against 59.6), while at K = 7168 the tail paid (4096x2112x7168
+# 109.3 against 128x192's 109.8, 8192x2112x7168 200.5 against 209.2); K = 4096-7168 is not measured.
+STREAM_K_MIN_K = 6144
 
 # Stream-K fill: with fewer units than clusters (middle M: 1024x2112x7168 is 44 pairs of 128x192 tiles on 66
 # clusters) the grid takes every cluster and each cuts its part of the units' K blocks, so no SM idles. Measured on
@@ -613,12 +618,12 @@ def stream_k_fill_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, s
             and units * (k // BLOCK_K) >= clusters * STREAM_K_FILL_MIN_BLOCKS)
 
 
-def stream_k_tail_pays(m: int, n: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
-    """stream_k_for(variant) on a tile shape where the tail was measured to pay, at M >= STREAM_K_MIN_M, for a
-    problem whose last wave idles at least STREAM_K_MIN_IDLE of the time."""
+def stream_k_tail_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
+    """stream_k_for(variant) on a tile shape where the tail was measured to pay, at M >= STREAM_K_MIN_M and K >=
+    STREAM_K_MIN_K, for a problem whose last wave idles at least STREAM_K_MIN_IDLE of the time."""
     if not stream_k_for(variant, sw) or (variant.block_m, variant.block_n) not in STREAM_K_TILES:
         return False
-    if m < STREAM_K_MIN_M:
+    if m < STREAM_K_MIN_M or k < STREAM_K_MIN_K:
         return False
     units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, (variant.cluster_m, variant.cluster_n))
     clusters = max(1, num_sms // variant.cluster)
@@ -628,7 +633,7 @@ def stream_k_tail_pays(m: int, n: int, variant: Variant, num_sms: int, sw: Switc
 def stream_k_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
     """Whether the launch asks for stream-K: a tail (stream_k_tail_pays) or a fill (stream_k_fill_pays). The binding
     re-checks with the clusters that fit (a fill only with fewer units than they)."""
-    return stream_k_tail_pays(m, n, variant, num_sms, sw) or stream_k_fill_pays(m, n, k, variant, num_sms, sw)
+    return stream_k_tail_pays(m, n, k, variant, num_sms, sw) or stream_k_fill_pays(m, n, k, variant, num_sms, sw)
 
 
 def _split_k_choice(m: int, n: int, k_blocks: int, num_sms: int, shape: tuple[int, int]) -> tuple[int, tuple[int, int]]:
@@ -813,7 +818,7 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
             units, waves = waves_for(m, n, bm, bn, num_sms, cluster)
             # a wave: every CTA of every cluster runs one tile; a stream-K tail evens the last one out (a fill is a
             # launch option of the pick, not weighed here: it is measured to pay on one tile, stream_k_fill_pays)
-            if stream_k_tail_pays(m, n, find_variant(bm, bn, dual, cluster), num_sms, sw):
+            if stream_k_tail_pays(m, n, k, find_variant(bm, bn, dual, cluster), num_sms, sw):
                 waves = units / max(1, num_sms // (cluster[0] * cluster[1])) * STREAM_K_COST
             return waves * bm * bn * _TILE_COST[shape], -bm * bn  # ties: the larger tile
 
@@ -901,7 +906,7 @@ def _select_fp8_out_cached(m: int, n: int, k: int, num_sms: int, sw: Switches) -
 
     def modelled_time(v: Variant) -> tuple[float, int]:
         units, waves = waves_for(m, n, v.block_m, v.block_n, num_sms, (v.cluster_m, v.cluster_n))
-        if stream_k_tail_pays(m, n, v, num_sms, sw):
+        if stream_k_tail_pays(m, n, k, v, num_sms, sw):
             waves = units / max(1, num_sms // v.cluster) * STREAM_K_COST
         return waves * v.block_m * v.block_n * _TILE_COST[(v.block_m, v.block_n)], -v.block_m * v.block_n
 
