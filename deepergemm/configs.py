@@ -581,14 +581,11 @@ def stream_k_for(variant: Variant, sw: Switches | None = None) -> bool:
 STREAM_K_MIN_IDLE = 0.10
 STREAM_K_TILES = ((256, 128),)  # 128x192 gained less and nowhere where it would be picked
 STREAM_K_COST = 1.03            # the hand-offs, on the fractional waves the wave model charges
-# ...and only from M = 2048: below it the tail lost on every shape measured (H100, 256x128: 1024x7168x2048 -20%,
-# 1024x7168x4096 -16%, 1536x7168x2048 -8..-12%, with 15% of the last wave idle), while at M >= 2048 it gained
-# 4-20% at N = 2112 (K = 2048-7168) and lost at most 1.5% (2048x7168x2048); ptx/NOTES.md, stream-K fill.
-STREAM_K_MIN_M = 2048
-# ...and only from K = 6144: at K <= 4096 the tile the wave model takes without it ran faster on all three shapes
-# measured (H100, same process: 4096x2112x2048 128x192 37.7 us against 256x128 with the tail 42.9, 4096x2112x4096
-# 64.6 against 66.5, 2048x7168x2048 128x128 2x1 ~55 against 59.6), while at K = 7168 the tail paid (4096x2112x7168
-# 109.3 against 128x192's 109.8, 8192x2112x7168 200.5 against 209.2); K = 4096-7168 is not measured.
+# ...and only from K = 6144: below it the tail lost on every shape measured (H100, 256x128 against itself without
+# it: 1024x7168x2048 -20%, 1024x7168x4096 -16%, 1536x7168x2048 -8..-12%), and where it gained (4096x2112x2048 / x4096,
+# +4..+20%) the tile the wave model takes without it ran faster still (128x192: 37.7 us against 42.9, 64.6 against
+# 66.5; 2048x7168x2048: 128x128 2x1 ~55 against 59.6). At K = 7168 the tail paid (4096x2112x7168 109.3 us against
+# 128x192's 109.8, 8192x2112x7168 200.5 against 209.2); K = 4096-7168 is not measured. ptx/NOTES.md, stream-K fill.
 STREAM_K_MIN_K = 6144
 
 # Stream-K fill: with fewer units than clusters (middle M: 1024x2112x7168 is 44 pairs of 128x192 tiles on 66
@@ -619,11 +616,11 @@ def stream_k_fill_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, s
 
 
 def stream_k_tail_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
-    """stream_k_for(variant) on a tile shape where the tail was measured to pay, at M >= STREAM_K_MIN_M and K >=
-    STREAM_K_MIN_K, for a problem whose last wave idles at least STREAM_K_MIN_IDLE of the time."""
+    """stream_k_for(variant) on a tile shape where the tail was measured to pay, at K >= STREAM_K_MIN_K, for a
+    problem whose last wave idles at least STREAM_K_MIN_IDLE of the time."""
     if not stream_k_for(variant, sw) or (variant.block_m, variant.block_n) not in STREAM_K_TILES:
         return False
-    if m < STREAM_K_MIN_M or k < STREAM_K_MIN_K:
+    if k < STREAM_K_MIN_K:
         return False
     units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, (variant.cluster_m, variant.cluster_n))
     clusters = max(1, num_sms // variant.cluster)

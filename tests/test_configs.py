@@ -555,10 +555,12 @@ def test_stream_k_fill_choice_and_its_limits():
                 assert units <= clusters * (1 - configs.STREAM_K_FILL_MIN_IDLE)
             else:
                 assert c.grid == min(units, clusters) * v.cluster
-            for sw in (off, no_sk):
-                c2 = configs.select(m, n, k, H100_SMS, sw=sw)
-                assert c2.variant == v, (m, n, k)  # the same pick, filled or not
-                assert not (c2.stream_k and units < clusters), (m, n, k)
+            c2 = configs.select(m, n, k, H100_SMS, sw=off)
+            assert c2.variant == v and not (c2.stream_k and units < clusters), (m, n, k)  # the same pick, unfilled
+            c3 = configs.select(m, n, k, H100_SMS, sw=no_sk)  # (no tail either: the pick may change)
+            v3 = c3.variant
+            units3, _ = configs.waves_for(m, n, v3.block_m, v3.block_n, H100_SMS, (v3.cluster_m, v3.cluster_n))
+            assert not c3.stream_k and c3.grid == min(units3, H100_SMS // v3.cluster) * v3.cluster, (m, n, k)
     v = configs.find_variant(128, 192, False, cluster=(2, 1))
     assert configs.stream_k_fill_pays(1024, 2112, 7168, v, H100_SMS)
     assert not configs.stream_k_fill_pays(1024, 2112, 4096, v, H100_SMS)  # K = 4096: -2% measured

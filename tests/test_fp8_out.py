@@ -316,7 +316,7 @@ def test_gpu_every_fp8_variant_equals_its_bf16_twin(variant):
 def test_gpu_stream_k_tail():
     """A shape whose fp8 pick runs a stream-K tail (256x128 at 4.x waves): the same bits as its bf16 twin with it."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    m, n, k = 4096, 1152, 6144  # (a tail: M >= STREAM_K_MIN_M, K >= STREAM_K_MIN_K)
+    m, n, k = 4096, 1152, 6144  # (a tail needs K >= STREAM_K_MIN_K)
     choice = configs.select_fp8_out(m, n, k, sms)
     assert choice.stream_k, "pick a shape with a stream-K tail"
     a, a_s, b, b_s = _inputs(m, n, k, "cuda")

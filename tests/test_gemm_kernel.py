@@ -224,7 +224,7 @@ def test_stream_k_exact_deterministic_and_flags_left_at_zero(variant, mode):
 def test_stream_k_through_the_op_and_a_cuda_graph():
     """The op picks the stream-K tail for a large-M shape with a part-filled last wave; inside a captured
     CUDA graph it gets a workspace of its own, and replays stay exact and reproducible."""
-    m, n, k = 4096, 2112, 6144  # (the tail: M >= STREAM_K_MIN_M, K >= STREAM_K_MIN_K)
+    m, n, k = 4096, 2112, 6144  # (a tail needs K >= STREAM_K_MIN_K)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     assert configs.select(m, n, k, sms).stream_k
     a, a_s, b, b_s = make_inputs(m, n, k, spread=False)
