@@ -21,7 +21,7 @@
 // as before.
 //
 // Stream-K fill (sk_units = units < G: the host grew the grid past the units, ptx/binding.cpp): every unit is
-// shared out the same way, but a range is now shorter than a tile, so a tile is cut into two or three pieces of
+// shared out the same way, but a range is now shorter than a tile, so a tile is cut into two or more pieces of
 // consecutive clusters, all running at once. The piece ending at K block KB owns the tile (kFixOwn); the others
 // (its head, and a middle piece that is a whole cluster's range) write their slots (kFixContribute) as before. A
 // middle piece is its cluster's whole range, so an owner starting from the previous slot would wait for all of it:
