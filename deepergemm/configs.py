@@ -618,9 +618,8 @@ def stream_k_fill_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, s
 def stream_k_tail_pays(m: int, n: int, k: int, variant: Variant, num_sms: int, sw: Switches | None = None) -> bool:
     """stream_k_for(variant) on a tile shape where the tail was measured to pay, at K >= STREAM_K_MIN_K, for a
     problem whose last wave idles at least STREAM_K_MIN_IDLE of the time."""
-    if not stream_k_for(variant, sw) or (variant.block_m, variant.block_n) not in STREAM_K_TILES:
-        return False
-    if k < STREAM_K_MIN_K:
+    if (not stream_k_for(variant, sw) or (variant.block_m, variant.block_n) not in STREAM_K_TILES
+            or k < STREAM_K_MIN_K):
         return False
     units, waves = waves_for(m, n, variant.block_m, variant.block_n, num_sms, (variant.cluster_m, variant.cluster_n))
     clusters = max(1, num_sms // variant.cluster)

@@ -926,7 +926,7 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   // every resident cluster and each cuts its part out of the units' K blocks (at least one apiece).
   const bool stream_k_built = x.stream_k && info.splits == 1 && info.acc == dg::kAccSingle && !grouped &&
                               info.fp8_out != 2;
-  const bool fill = stream_k_built && units < pd.resident_clusters && units * k_blocks >= pd.resident_clusters;
+  const bool fill = stream_k_built && dg::stream_k_fill_fits(units, pd.resident_clusters, k_blocks);
   const int64_t clusters = fill ? int64_t{pd.resident_clusters} : std::min<int64_t>(units, pd.resident_clusters);
   // L2-side-aware scheduling (scheduler.cuh's SideProblem): N-tiles [0, side0_n_tiles) to side 0, the clusters split
   // between the sides in proportion to their units, each side with its own stream-K tail.

@@ -108,6 +108,7 @@ struct MathWarpgroup {
   __device__ __forceinline__ int stored_row_end(float (&total)[kRegs], const StepScales& sc);
   template <bool kLast = false>
   __device__ __forceinline__ void stream_k_head_slab1(float (&total1)[kRegs], const StepScales& sc);
+  __device__ __forceinline__ bool fill_owner(const StepScales& sc) const;
   __device__ __forceinline__ void stream_k_join(float (&total)[kRegs], int slab);
   __device__ __forceinline__ int stream_k_slot_index(int cluster) const;
   __device__ __forceinline__ float* stream_k_slot(int cluster) const;

@@ -51,7 +51,7 @@ __device__ __forceinline__ int MathWarpgroup<C>::stored_row_end(float (&total)[k
     if constexpr (C::kSlabs == 1) stream_k_publish();
     return sc.row0;
   }
-  if (kLast && kStreamKBuilt<C> && sc.fixup - 1 == kFixOwn && sched.sk_fill) stream_k_join(total, 0);
+  if (kLast && fill_owner(sc)) stream_k_join(total, 0);
   return row_end_of(sc);
 }
 // ...and slab 1 of 256-row tiles (after slab 0): the flag covers both.
@@ -62,7 +62,13 @@ __device__ __forceinline__ void MathWarpgroup<C>::stream_k_head_slab1(float (&to
     stream_k_write(total1, 1);
     stream_k_publish();
   }
-  if (kLast && kStreamKBuilt<C> && sc.fixup - 1 == kFixOwn && sched.sk_fill) stream_k_join(total1, 1);
+  if (kLast && fill_owner(sc)) stream_k_join(total1, 1);
+}
+
+// sc (a tile's last step here) ends a stream-K fill's owner piece.
+template <class C>
+__device__ __forceinline__ bool MathWarpgroup<C>::fill_owner(const StepScales& sc) const {
+  return kStreamKBuilt<C> && sc.fixup - 1 == kFixOwn && sched.sk_fill;
 }
 
 // Stream-K fill, the owner after its last K block: add slab `slab` of the pieces of clusters join_first() .. this

@@ -85,7 +85,7 @@ void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, boo
   const int m_units = (m_tiles + CM - 1) / CM, n_units = (n_tiles + CN - 1) / CN;
   const int units = m_units * n_units;
   // the binding's grid: one cluster per unit at most, unless a stream-K fill takes every cluster
-  const bool fill = stream_k && KS == 1 && units < clusters && int64_t{units} * kb >= clusters;
+  const bool fill = stream_k && KS == 1 && dg::stream_k_fill_fits(units, clusters, kb);
   if (clusters > units && !fill) clusters = units;
   const bool by_side = side0_n_tiles > 0;
   // the binding's rules (ptx/binding.cpp, params.h)
