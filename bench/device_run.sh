@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op l2stable l2bench1k cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op l2stable l2bench1k filltrace cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -144,6 +144,15 @@ for i in range(3):
            | grep -v "^\[deepergemm\]" | tee "$OUT/l2_bench_1k.log" ;;
     cublas-shapes) # which small blockwise shapes torch._scaled_mm takes here
          timeout 120 python bench/cublas_shapes.py 2>&1 | grep -v "^\[deepergemm\]" ;;
+    filltrace) # issue 25: where a stream-K fill's fixed cost goes (start skew, join wait), DG_LIFETRACE builds, each
+               # case with and without stream-K (FILL_CASES: variant:shape pairs)
+         for c in ${FILL_CASES:-256x128s4p:512x7168x2048 128x128s6p:256x7168x2048 128x128s6p:512x2112x7168}; do
+           for sk in 0 1; do
+             DEEPERGEMM_NVCC_DEFINES=DG_LIFETRACE DEEPERGEMM_CACHE_DIR=/tmp/dg_lifetrace timeout 90 \
+               python bench/lifetrace_case.py --variant ${c%%:*} --shape ${c##*:} --stream-k $sk --launches 10 2>&1 \
+               | grep -v "^\[deepergemm\]"
+           done
+         done | tee "$OUT/fill_trace.log" ;;
     pdl) timeout 200 python bench/pdl_chain.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/pdl.log" ;;
     ncu) for v in ${NCU_VARIANTS:-128x128s6dc2 128x192s5pc2}; do
            timeout 150 ncu ${NCU_ARGS:---set full} -k regex:fp8_gemm -c 1 \

@@ -17,7 +17,7 @@ EVENTS = 16  # dg::kLifeEvents
 PHASES = [("setup (barrier init, sync)", 1, 2), ("first stage full", 2, 3), ("K loop + stores", 3, 4),
           ("stores drain", 4, 5), ("exit sync", 5, 6),
           # stream-K (CTAs with a head / a tail only)
-          ("first data -> head flag up", 3, 8), ("first data -> tail wait", 3, 9), ("tail wait", 9, 10),
+          ("first data -> head flag up", 3, 8), ("first data -> tail/join wait", 3, 9), ("tail/join wait", 9, 10),
           ("tail wait end -> promotion", 10, 11), ("tail promotion -> loop end", 11, 4)]
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     log = torch.zeros(1024 * EVENTS, dtype=torch.int64, device="cuda")
     flush = _flush_buffer(torch.device("cuda"))
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    event_us, span_us, skew_us, tail_us, ghz = [], [], [], [], []
+    event_us, span_us, skew_us, tail_us, ghz, life_ns = [], [], [], [], [], []
     phases = {name: [] for name, _, _ in PHASES}
     for i in range(args.launches + 2):
         log.zero_()
@@ -59,6 +59,7 @@ def main() -> None:
         skew_us.append((max(r[0] for r in rows) - entry) / 1e3)
         tail_us.append((exit_ - min(r[7] for r in rows)) / 1e3)
         ghz += [(r[6] - r[1]) / (r[7] - r[0]) for r in rows if r[7] > r[0]]
+        life_ns += [r[7] - r[0] for r in rows]
         for name, a, b in PHASES:
             phases[name] += [r[b] - r[a] for r in rows if r[a] and r[b]]
     print(f"{args.variant} {args.shape}: {len(rows)} CTAs, {args.launches} cold-L2 launches"
@@ -68,6 +69,7 @@ def main() -> None:
     print(f"  CTA start skew             median {statistics.median(skew_us):7.2f} us; first -> last exit "
           f"{statistics.median(tail_us):.2f} us")
     print(f"  SM clock (clock64 / globaltimer) median {statistics.median(ghz):.2f} GHz")
+    print(f"  per CTA, entry -> exit ns  {quantiles(life_ns)}")
     print("  per CTA, clocks:")
     for name, _, _ in PHASES:
         if phases[name]:

@@ -79,12 +79,14 @@ __device__ __forceinline__ void MathWarpgroup<C>::stream_k_join(float (&total)[k
   const int first = sched.join_first();
   if (slab == 0) {
     if (tid == 0) {
+      if (wg == 0) life_stamp(p.trace_log, kLifeTailWait);
       for (int c = first; c < sched.cluster; ++c) {
         int* flag = stream_k_flag(c);
         while (flag_acquire_gpu(flag) == 0) {
         }
         flag_store_relaxed_gpu(flag, 0);
       }
+      if (wg == 0) life_stamp(p.trace_log, kLifeTailGo);
     }
     named_barrier_sync(kStreamKBarrier + wg, 128);
   }

@@ -18,7 +18,8 @@ constexpr uint32_t kTraceSteps = 320, kTraceEvents = 8;
 // 0 globaltimer at entry, 1 clock at entry, 2 clock after the barrier-init sync (thread 0); 3 clock when math
 // warpgroup 0 found its first stage full, 4 after its last step's promotion and stores, 5 after its stores drained,
 // 6 after the exit sync, 7 globaltimer then (math warpgroup 0, thread 0); stream-K (math warpgroup 0, thread 0):
-// 8 the head's flag raised, 9 the tail's wait begins, 10 it ends, 11 the tail's first promotion begins.
+// 8 the head's flag raised, 9 the tail's wait (a fill: the owner's join's) begins, 10 it ends, 11 the tail's first
+// promotion begins.
 enum LifeEvent {
   kLifeEntryNs, kLifeEntry, kLifeInit, kLifeFirstData, kLifeLoopEnd, kLifeDrained, kLifeExit, kLifeExitNs,
   kLifeHeadPublished, kLifeTailWait, kLifeTailGo, kLifeTailPromote, kLifeEvents = 16
