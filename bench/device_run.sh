@@ -146,7 +146,7 @@ for i in range(3):
          timeout 120 python bench/cublas_shapes.py 2>&1 | grep -v "^\[deepergemm\]" ;;
     filltrace) # issue 25: where a stream-K fill's fixed cost goes (start skew, join wait), DG_LIFETRACE builds, each
                # case with and without stream-K (FILL_CASES: variant:shape pairs)
-         for c in ${FILL_CASES:-256x128s4p:512x7168x2048 128x128s6p:256x7168x2048 128x128s6p:512x2112x7168}; do
+         for c in ${FILL_CASES:-256x128s4p:512x7168x2048 128x128s6p:256x7168x2048 128x128s6p:512x2112x7168 256x128s4pc1x2:512x2112x7168}; do
            for sk in 0 1; do
              DEEPERGEMM_NVCC_DEFINES=DG_LIFETRACE DEEPERGEMM_CACHE_DIR=/tmp/dg_lifetrace timeout 90 \
                python bench/lifetrace_case.py --variant ${c%%:*} --shape ${c##*:} --stream-k $sk --launches 10 2>&1 \
