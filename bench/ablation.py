@@ -35,7 +35,8 @@ SWITCHES: dict[str, tuple[dict[str, str], str]] = {
     "two-wgs": ({"DEEPERGEMM_SMALL_M_WGS": "2"}, "one math warpgroup takes a 64-row tile's columns"),
     "no-small-m-cluster": ({"DEEPERGEMM_SMALL_M_CLUSTER": "0"}, "64 < M <= 128: the two M-tiles multicast B"),
     "no-dual": ({"DEEPERGEMM_DUAL_ACC": "0"}, "two partial sets overlap the promotion with the next wgmmas"),
-    "swap-ab": ({"DEEPERGEMM_SWAP_AB": "1"}, "opt-in: swapped tiles at M <= 64 (out^T = B A^T)"),
+    "no-swap-ab": ({"DEEPERGEMM_SWAP_AB": "0"}, "swapped tiles at M <= 16 (out^T = B A^T)"),
+    "swap-ab-64": ({"DEEPERGEMM_SWAP_AB": "1"}, "swapped tiles at M <= 16 only (not up to 64)"),
 }
 
 

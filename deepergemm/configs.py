@@ -33,8 +33,9 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_STREAM_K=0        no stream-K, neither tail nor fill (stream_k_pays)
   DEEPERGEMM_STREAM_K_FILL=0   no stream-K fill of problems with fewer units than clusters (stream_k_fill_pays)
   DEEPERGEMM_PDL=1             programmatic dependent launch (pdl_enabled; off by default, see ptx/NOTES.md)
-  DEEPERGEMM_SWAP_AB=1         swapped tiles at M <= 64 (out^T = B A^T; SWAPPED_VARIANTS; off by default, see
-                               ptx/NOTES.md); DEEPERGEMM_SPLIT_K=0 and DEEPERGEMM_L2_HINTS apply to them too
+  DEEPERGEMM_SWAP_AB=0|1       swapped tiles (out^T = B A^T; SWAPPED_VARIANTS): 0 never, 1 at every M <= 64
+                               (default: at M <= 16, swap_max_m); DEEPERGEMM_SPLIT_K=0 and DEEPERGEMM_L2_HINTS apply
+                               to them too
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
                                2 evict-last (default: l2_hints_for; 0 = no hints)
   DEEPERGEMM_BACKEND=ptx|cublas|reference  what backend='auto' means
@@ -445,8 +446,11 @@ TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
 # 64 rows of B on the wgmma M side and the tokens (16, 32 or 64 of them, the smallest that holds M) on its N side:
 # no tensor-core rows spent on padding tokens, and a stage holds 8 KiB of B next to 2-8 KiB of A (not 8 KiB of
 # mostly padded A next to B). SM fill: N/64 tiles, split over K in 2 or 4 (split-K clusters) while that stays
-# within one wave. Off by default: DEEPERGEMM_SWAP_AB=1 turns them on (see ptx/NOTES.md).
+# within one wave. By default at M <= SWAP_DEFAULT_MAX_M, where they were measured ahead of the unswapped picks on
+# every decode shape (H100, 18 of 18 at M = 1, 8, 16: 1-26% faster); at M = 32 they lost on three of six, at M = 64
+# on all six (bench/RESULTS.md). DEEPERGEMM_SWAP_AB=1 takes them up to M = 64, =0 never.
 SWAP_MAX_TOKENS = 64
+SWAP_DEFAULT_MAX_M = 16
 SWAP_TOKENS = (16, 32, 64)
 SWAP_SPLITS = (1, 2, 4)
 SWAP_MIN_K_BLOCKS_PER_SPLIT = 4  # each split keeps a few stages of work (the join costs a fixed time)
@@ -463,6 +467,15 @@ SWAPPED_VARIANTS: tuple[Variant, ...] = tuple(
     _variant(64, tokens, True, (1, 1), DUAL_ISSUE_AHEAD[64], splits, 1, swapped=True)
     for tokens in SWAP_TOKENS for splits in SWAP_SPLITS)
 TESTED_VARIANTS = TESTED_VARIANTS + SWAPPED_VARIANTS
+
+
+def swap_max_m(sw: Switches | None = None) -> int:
+    """The largest M that select() gives swapped tiles: SWAP_DEFAULT_MAX_M, or per DEEPERGEMM_SWAP_AB (1: every M
+    they hold, 0: none)."""
+    sw = sw or switches()
+    if sw.get("DEEPERGEMM_SWAP_AB") == "":
+        return SWAP_DEFAULT_MAX_M
+    return SWAP_MAX_TOKENS if sw.flag("DEEPERGEMM_SWAP_AB", False) else 0
 
 
 def _select_swapped(m: int, n: int, k: int, num_sms: int, sw: Switches) -> Choice:
@@ -793,7 +806,7 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
         raise ValueError(f"select: need M, N >= 1, K >= {BLOCK_K}, num_sms >= 1; got {m}, {n}, {k}, {num_sms}")
     dual = sw.flag("DEEPERGEMM_DUAL_ACC", True)
     forced = _forced_shape(sw)
-    if forced is None and swap_ok and m <= SWAP_MAX_TOKENS and sw.flag("DEEPERGEMM_SWAP_AB", False):
+    if forced is None and swap_ok and m <= swap_max_m(sw):
         return _select_swapped(m, n, k, num_sms, sw)
     if forced is not None:
         shape = forced

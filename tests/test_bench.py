@@ -376,7 +376,7 @@ def test_ablation_switches_parse_and_restore_the_environment(monkeypatch):
     ablation = _bench_script("ablation")
 
     assert ablation.parse_switches("all") == list(ablation.SWITCHES)
-    assert ablation.parse_switches("swap-ab, no-split-k") == ["swap-ab", "no-split-k"]
+    assert ablation.parse_switches("swap-ab-64, no-split-k") == ["swap-ab-64", "no-split-k"]
     with pytest.raises(ValueError, match="unknown"):
         ablation.parse_switches("no-such-switch")
     monkeypatch.setenv("DEEPERGEMM_SPLIT_K", "1")
@@ -396,9 +396,12 @@ def test_ablation_configuration_tells_which_switches_apply(monkeypatch):
     assert default.variant.splits > 1  # the decode pick splits K
     switch = lambda name: ablation.SWITCHES[name][0]  # noqa: E731
     assert ablation.configuration(64, 2112, 7168, 132, switch("no-split-k")) != default
-    assert ablation.configuration(64, 2112, 7168, 132, switch("swap-ab")).variant.swapped
-    assert ablation.configuration(128, 2112, 7168, 132, switch("swap-ab")) == \
+    assert not default.variant.swapped
+    assert ablation.configuration(64, 2112, 7168, 132, switch("swap-ab-64")).variant.swapped
+    assert ablation.configuration(128, 2112, 7168, 132, switch("swap-ab-64")) == \
         ablation.configuration(128, 2112, 7168, 132, {})                   # M > 64: nothing to swap
+    assert ablation.configuration(8, 2112, 7168, 132, {}).variant.swapped  # M <= 16: swapped by default...
+    assert not ablation.configuration(8, 2112, 7168, 132, switch("no-swap-ab")).variant.swapped  # ...unless off
     large = ablation.configuration(4096, 7168, 7168, 132, {})
     assert ablation.configuration(4096, 7168, 7168, 132, switch("no-split-k")) == large
     assert ablation.configuration(4096, 7168, 7168, 132, switch("no-l2-hints")) == large  # large M: no hints anyway

@@ -41,8 +41,11 @@ def test_select_returns_a_listed_variant_with_a_grid_that_fits(shape):
     m, n, k = shape
     choice = configs.select(m, n, k, H100_SMS)
     v = choice.variant
-    assert v in configs.VARIANTS
+    assert v in configs.VARIANTS or (v in configs.SWAPPED_VARIANTS and m <= configs.SWAP_DEFAULT_MAX_M)
     assert 1 <= choice.grid <= H100_SMS and choice.grid % v.cluster == 0
+    if v.swapped:  # out^T = B A^T: 64 rows of B by the tokens
+        assert v.block_n >= m and choice.tiles >= -(-n // 64)
+        return
     assert 1 <= choice.group_n <= -(-n // v.block_n)
     tiles = -(-m // v.block_m) * -(-n // v.block_n)
     assert choice.tiles >= tiles  # a 2-CTA cluster may add one padding tile per column of units
@@ -172,7 +175,9 @@ def test_l2_hints_keep_a_and_stream_b_only_at_small_m(monkeypatch):
     stream_b = configs.L2_EVICT_FIRST << 2
     # one M-tile: nobody else reads a B tile, so B is streamed; every CTA re-reads A
     assert configs.select(64, 4096, 7168, H100_SMS).l2_hints == keep_a | stream_b
+    monkeypatch.setenv("DEEPERGEMM_SWAP_AB", "0")
     assert configs.select(1, 2112, 7168, H100_SMS).l2_hints == keep_a | stream_b
+    monkeypatch.delenv("DEEPERGEMM_SWAP_AB")
     # two unpaired 64-row M-tiles read each B tile: B keeps the normal priority (evict-first measured 10-20%
     # slower); paired in a cluster that multicasts B, B is read once again
     monkeypatch.setenv("DEEPERGEMM_SMALL_M_CLUSTER", "0")
@@ -461,7 +466,7 @@ def test_select_grouped_pairs_128_row_tiles_only_where_the_rounding_is_cheap(mon
 
 
 # ----------------------------------------------------------------------------------------------
-# swapped small-M tiles (issue 4; DEEPERGEMM_SWAP_AB=1)
+# swapped small-M tiles (issue 4; default at M <= 16, DEEPERGEMM_SWAP_AB=0|1)
 # ----------------------------------------------------------------------------------------------
 def test_swapped_variants_follow_the_kernel_rules():
     assert configs.SWAPPED_VARIANTS and set(configs.SWAPPED_VARIANTS) <= set(configs.TESTED_VARIANTS)
@@ -477,10 +482,24 @@ def test_swapped_variants_follow_the_kernel_rules():
         configs.Variant(64, 128, 4, True, math_wgs=1, swapped=True)  # more than 64 tokens
 
 
-def test_swapped_tiles_are_opt_in_and_fill_the_sms(monkeypatch):
+def test_swapped_tiles_by_default_at_m_up_to_16_and_the_switch(monkeypatch):
     monkeypatch.delenv("DEEPERGEMM_SWAP_AB", raising=False)
-    assert not configs.select(1, 2112, 7168, 132).variant.swapped
+    assert configs.swap_max_m() == configs.SWAP_DEFAULT_MAX_M == 16
+    for m in (1, 8, 16):
+        assert configs.select(m, 2112, 7168, 132).variant.swapped
+        assert not configs.select(m, 2112, 7168, 132, swap_ok=False).variant.swapped   # (an L2-placed B)
+    for m in (17, 32, 64):  # measured behind the unswapped picks at M = 32 and 64
+        assert not configs.select(m, 4096, 7168, 132).variant.swapped
+    monkeypatch.setenv("DEEPERGEMM_SWAP_AB", "0")
+    assert configs.swap_max_m() == 0 and not configs.select(1, 2112, 7168, 132).variant.swapped
+    monkeypatch.setenv("DEEPERGEMM_SWAP_AB", "yes")
+    with pytest.raises(ValueError, match="DEEPERGEMM_SWAP_AB must be 0 or 1"):
+        configs.select(1, 2112, 7168, 132)
+
+
+def test_swapped_tiles_up_to_64_when_asked_and_fill_the_sms(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_SWAP_AB", "1")
+    assert configs.swap_max_m() == 64
     pick = configs.select(1, 2112, 7168, 132)
     # 33 tiles: 4-CTA clusters fit 32 at once (a second wave), so 2 splits
     assert pick.variant.swapped and pick.variant.block_n == 16 and pick.variant.splits == 2 and pick.grid == 66
