@@ -351,22 +351,40 @@ def test_gpu_swiglu_kernel_against_the_reference():
     assert torch.equal(got[:, :8], want[:, :8])
 
 
+def _scale_move_bound(gate_up: torch.Tensor) -> torch.Tensor:
+    """How far (relative) a group's scale may move when the GEMM's bf16 gate g and up u, summed in another order,
+    each differ in their last bit (2^-7 relative at most) and so does h = SiLU(g) u: an element's h moves by
+    2^-7 (|d ln SiLU / d ln g| + 2) relative, with d ln SiLU / d ln g = 1 + g (1 - sigmoid(g)), 1.28 at most for
+    g > 0 but ~|g| for negative g (a large u can make such an h its group's largest); the group's amax moves by
+    at most the largest of its elements' moves. (M, I / 128), from the CPU reference's gate_up."""
+    g, u = (t.t().double() for t in layouts.split_gate_up(gate_up.t()))
+    h = torch.nn.functional.silu(g) * u
+    sens = (1 + g * (1 - torch.sigmoid(g))).abs()
+    move = 2.0 ** -7 * (sens + 2) * h.abs()
+    m = h.shape[0]
+    amax = h.abs().view(m, -1, 128).amax(dim=2)
+    return move.view(m, -1, 128).amax(dim=2) / amax * (1 + 2.0 ** -6)
+
+
 @pytest.mark.gpu
 def test_gpu_fused_against_the_cpu_reference():
-    """Fused on the GPU against the CPU reference of the three steps: a scale may move by two bf16 last bits (the
-    GEMM's output, summed in another order than the CPU's, and h's), 2^-6 relative; dequantized outputs within
-    1.5 fp8 steps of the group's largest element: each side rounds to its own grid (half a step of 32 s each, the
-    grids apart by that scale move) and h itself may differ in its last bf16 bit (2^-7 of up to 448 s)."""
+    """Fused on the GPU against the CPU reference of the three steps: a scale may move as far as its group's
+    elements may (_scale_move_bound: the GEMM's bf16 gate and up, summed in another order than the CPU's, and h,
+    each in their last bit); dequantized outputs within 1.5 fp8 steps of the group's largest element plus that
+    move: each side rounds to its own grid (half a step of 32 s each, the grids apart by the scale move) and h
+    itself may differ in its last bf16 bit (2^-7 of up to 448 s)."""
     m, i, k = 70, 384, 512
     w, w_s, _ = _weights(i, k, "cuda")
     a, a_s = _act(m, k, "cuda")
     q, s = dg.fp8_gemm_swiglu(a, a_s, w, w_s, backend="ptx")
     q_ref, s_ref = dg.fp8_gemm_swiglu(a.cpu(), a_s.cpu(), w.cpu(), w_s.cpu())
+    bound = _scale_move_bound(dg.fp8_gemm(a.cpu(), a_s.cpu(), w.cpu(), w_s.cpu()))
     got, want = dg.dequantize_act(q.cpu(), s.cpu()), dg.dequantize_act(q_ref, s_ref)
     step = s_ref.repeat_interleave(128, dim=1) * 32  # an e4m3 step at the group's top (448: steps of 32)
-    assert ((got - want).abs() <= 1.5 * step).all(), ((got - want).abs() / step).max()
+    slack = (bound * s_ref * 448).repeat_interleave(128, dim=1)
+    assert ((got - want).abs() <= 1.5 * step + slack).all(), ((got - want).abs() / step).max()
     moved = (s.cpu() - s_ref).abs() / s_ref
-    assert (moved <= 2.0 ** -6).all(), moved.max()
+    assert (moved <= bound).all(), (moved / bound).max()
 
 
 @pytest.mark.gpu
