@@ -447,7 +447,7 @@ TESTED_VARIANTS: tuple[Variant, ...] = VARIANTS + tuple(dict.fromkeys(
 # no tensor-core rows spent on padding tokens, and a stage holds 8 KiB of B next to 2-8 KiB of A (not 8 KiB of
 # mostly padded A next to B). SM fill: N/64 tiles, split over K in 2 or 4 (split-K clusters) while that stays
 # within one wave. By default at M <= SWAP_DEFAULT_MAX_M, where they were measured ahead of the unswapped picks on
-# every decode shape (H100, 18 of 18 at M = 1, 8, 16: 1-26% faster); at M = 32 they lost on three of six, at M = 64
+# every decode shape (H100, 18 of 18 at M = 1, 8, 16: 1.4-35% faster); at M = 32 they lost on three of six, at M = 64
 # on all six (bench/RESULTS.md). DEEPERGEMM_SWAP_AB=1 takes them up to M = 64, =0 never.
 SWAP_MAX_TOKENS = 64
 SWAP_DEFAULT_MAX_M = 16
