@@ -196,3 +196,38 @@ def test_concurrent_builds_of_one_unit_are_safe(tmp_path):
     assert sorted(f.name for f in tmp_path.iterdir() if not f.name.startswith(".")) == sorted(
         [cubin.name, cubin.with_suffix(".log").name])
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def _sass_lines(cubin: pathlib.Path) -> list[str]:
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (pip install triton ships one)")
+    out = subprocess.run([tool, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    return [line.split("*/", 1)[1].split(";")[0].strip() for line in out.splitlines()
+            if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+
+
+@pytest.mark.parametrize("variant", configs.BUILT_VARIANTS, ids=lambda v: v.key)
+def test_wgmma_descriptors_stay_in_uniform_registers(builds, variant):
+    """Every QGMMA's shared-memory descriptor pair is computed in uniform registers, never moved there from vector
+    registers (R2UR) just before: that happens when ptxas takes the math loop for divergent (a branch on a value it
+    cannot prove warp-uniform), and it keeps the ring position and descriptors in vector registers, rebuilding each
+    descriptor with 64-bit IADD/IMAD.X and two R2URs (the grouped kernels did: 14% slower than dense, ptx/NOTES.md;
+    9 to 12 of their 16 QGMMAs). A single one in a unit is tolerated (64x64s13p has 1 of 8: one step's first
+    descriptor, left as it is): more than one QGMMA in four fails."""
+    sass = _sass_lines(builds[1][variant][1])
+    qgmmas = sum(1 for text in sass if "QGMMA" in text)
+    moved = []
+    for i, text in enumerate(sass):
+        m = re.search(r"QGMMA\S* \S+, gdesc\[UR(\d+)\]", text)
+        if not m:
+            continue
+        pair = {f"UR{int(m.group(1))}", f"UR{int(m.group(1)) + 1}"}
+        for j in range(i - 1, max(-1, i - 40), -1):  # the last writer of either register of the pair
+            words = re.sub(r"^@!?U?P\w+ ", "", sass[j]).replace(",", " ").split()
+            if len(words) > 1 and words[1] in pair:
+                if words[0].startswith("R2UR"):
+                    moved.append(f"{sass[j]} -> {text}")
+                break
+    assert qgmmas and len(moved) * 4 <= qgmmas, \
+        f"{variant.key}: {len(moved)} of {qgmmas} wgmma descriptors from vector registers:\n" + "\n".join(moved[:4])
