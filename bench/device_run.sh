@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op l2stable l2bench1k filltrace cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -144,6 +144,17 @@ for i in range(3):
            | grep -v "^\[deepergemm\]" | tee "$OUT/l2_bench_1k.log" ;;
     cublas-shapes) # which small blockwise shapes torch._scaled_mm takes here
          timeout 120 python bench/cublas_shapes.py 2>&1 | grep -v "^\[deepergemm\]" ;;
+    verify25) # issue 25's changes that no GPU has run yet: the grouped kernels' uniform loops (their GPU tests, the
+              # gap to the dense kernel, the bench against DeepGEMM's figures, equal and uneven) and the swapped
+              # tiles by default at M <= 16 (the small and decode bench)
+         timeout 200 python -m pytest -q -m gpu tests/test_grouped.py tests/test_moe_layout.py tests/test_gemm_kernel.py \
+           -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_25.log" | tail -4
+         timeout 100 python bench/grouped_gap.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/grouped_gap.log"
+         for flag in "" --uneven; do
+           timeout 100 python -m deepergemm grouped-bench --markdown $flag 2>&1 | grep -v "^\[deepergemm\]"
+         done | tee "$OUT/grouped_bench.log" | grep -E "^\| (contig|masked)"
+         timeout 150 python -m deepergemm bench --shapes small,decode --backends ptx,cublas --no-bf16 --markdown \
+           --out /tmp/bench_out 2>&1 | grep -v "^\[deepergemm\] \[" | tee "$OUT/bench_decode.log" | grep geomean ;;
     filltrace) # issue 25: where a stream-K fill's fixed cost goes (start skew, join wait), DG_LIFETRACE builds, each
                # case with and without stream-K (FILL_CASES: variant:shape pairs)
          for c in ${FILL_CASES:-256x128s4p:512x7168x2048 128x128s6p:256x7168x2048 128x128s6p:512x2112x7168 256x128s4pc1x2:512x2112x7168}; do
