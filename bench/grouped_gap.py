@@ -40,7 +40,7 @@ def main() -> None:
         a, a_s = dg.quantize_act(torch.randn(g * m, k, device=dev, dtype=torch.bfloat16))
         scales = layouts.to_act_scale_layout(a_s)
         out = torch.empty(g * m, n, device=dev, dtype=torch.bfloat16)
-        n_units = -(-(-(-n // gv.block_n)) // gv.cluster_n)
+        n_units = configs.ceil_div(configs.ceil_div(n, gv.block_n), gv.cluster_n)
         group_n = min(configs.DEFAULT_GROUP_N, n_units)
         dense, grouped = extension.load(dv), extension.load(gv)
         one_group = torch.tensor([g * m], dtype=torch.int32, device=dev)

@@ -25,7 +25,7 @@ def main() -> None:
     a, a_s = dg.quantize_act(torch.randn(m, k, device=dev, dtype=torch.bfloat16))
     scales = layouts.to_act_scale_layout(a_s)
     out = torch.empty(m, n, device=dev, dtype=torch.bfloat16)
-    group_n = min(configs.DEFAULT_GROUP_N, -(-(-(-n // gv.block_n)) // gv.cluster_n))
+    group_n = min(configs.DEFAULT_GROUP_N, configs.ceil_div(configs.ceil_div(n, gv.block_n), gv.cluster_n))
     dense, grouped = extension.load(dv), extension.load(gv)
     rows = torch.tensor([m], dtype=torch.int32, device=dev)
     print(f"dense {dv.key}, grouped {gv.key}, {args.shape}")

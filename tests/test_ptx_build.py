@@ -5,7 +5,6 @@ pipeline serialized across a function boundary) and C7517 (a wgmma wait injected
 accumulators), on SASS without QGMMA, on a unit that does not hold exactly one kernel (the binding loads a unit by
 enumerating its kernels), and on a shared-memory size, thread count or epilogue box that disagrees with
 configs.Variant (kernel_unit.cu's static_asserts). The generated wgmma header must be current."""
-import os
 import pathlib
 import re
 import shutil
@@ -38,6 +37,15 @@ def test_generated_wgmma_header_is_current():
         sys.path.pop(0)
     assert (ROOT / "ptx" / "wgmma_gen.cuh").read_text() == gen_wgmma.generate(), \
         "ptx/wgmma_gen.cuh is stale: run python ptx/gen_wgmma.py"
+
+
+def _sass_lines(cubin: pathlib.Path) -> list[str]:
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (pip install triton ships one)")
+    out = subprocess.run([tool, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    return [line.split("*/", 1)[1].split(";")[0].strip() for line in out.splitlines()
+            if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
 
 
 def kernel_sections(cubin: pathlib.Path) -> list[str]:
@@ -111,13 +119,7 @@ def test_the_l2_probe_times_its_chain_of_loads(builds):
     """The probe's clock reads enclose its dependent L2 loads in the machine code: without a use of the loaded
     value ptxas deleted the whole chain and every latency read 0. Each clock read follows an instruction that
     reads the last loaded value (in-order issue: it waits for the load)."""
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not found (pip install triton ships one)")
-    cubin = builds[0] / extension.PROBE_UNIT.file_name
-    sass = [line.split("*/", 1)[1].split(";")[0].strip() for line in
-            subprocess.run([tool, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout.splitlines()
-            if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+    sass = _sass_lines(builds[0] / extension.PROBE_UNIT.file_name)
     clocks = [i for i, text in enumerate(sass) if "SR_CLOCKLO" in text]
     assert len(clocks) >= 2, clocks
     loads = [i for i, text in enumerate(sass) if text.startswith(("LDG.E.STRONG.GPU", "@P0 LDG.E.STRONG.GPU"))]
@@ -130,11 +132,7 @@ def test_the_l2_probe_times_its_chain_of_loads(builds):
 
 @pytest.mark.parametrize("variant", configs.BUILT_VARIANTS, ids=lambda v: v.key)
 def test_sass_uses_fp8_wgmma(builds, variant):
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not found (pip install triton ships one)")
-    _, cubin = builds[1][variant]
-    sass = subprocess.run([tool, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    sass = "\n".join(_sass_lines(builds[1][variant][1]))
     wg_n = variant.wg_n
     assert f"QGMMA.64x{wg_n}x32.F32.E4M3.E4M3" in sass, f"{variant.key}: no fp8 wgmma of N={wg_n} in the SASS"
     assert not re.search(r"\b(LDL|STL)\b", sass), f"{variant.key}: local memory in the SASS"
@@ -197,14 +195,6 @@ def test_concurrent_builds_of_one_unit_are_safe(tmp_path):
         [cubin.name, cubin.with_suffix(".log").name])
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
-
-def _sass_lines(cubin: pathlib.Path) -> list[str]:
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not found (pip install triton ships one)")
-    out = subprocess.run([tool, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
-    return [line.split("*/", 1)[1].split(";")[0].strip() for line in out.splitlines()
-            if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
 
 
 @pytest.mark.parametrize("variant", configs.BUILT_VARIANTS, ids=lambda v: v.key)
