@@ -42,8 +42,8 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_FUSED_EPILOGUE=0|1|auto  fp8 output and SwiGLU: 1 always in the GEMM's epilogue (the default for
                                now), 0 never (the bf16 GEMM, then the Triton steps: the same bits), auto: where
                                measured faster (fused_epilogue_pays; its unfused plans have not run on a GPU yet)
-  DEEPERGEMM_PAIRS=0           the 256-K recipe without its pairs variants (select_recipe_256: scales repeated per
-                               128 of K into the 128 recipe's kernel instead)
+  DEEPERGEMM_PAIRS=0           the 256-K recipe without its pairs variants (select_recipe_256: the 128 recipe's
+                               kernel instead, each K block reading its pair's scale)
 
 Small-M clusters: at 64 < M <= 128 the two 64-row M-tiles of an N-tile run as a 2x1 cluster that multicasts B
 (SMALL_M_CLUSTER), for tiles at least SMALL_M_CLUSTER_MIN_N wide and K >= SMALL_M_CLUSTER_MIN_K. On the H100
@@ -959,8 +959,8 @@ def fused_epilogue_pays(fused: Choice, m: int, num_sms: int, sw: Switches | None
 # ----------------------------------------------------------------------------------------------
 # The pairs tiles: the 256 recipe runs the pairs twin of select()'s pick (the same tile and cluster, one partial
 # set) where it has one and the pick runs no stream-K tail (every pair must stay whole); everywhere else it runs
-# select()'s pick itself on the scales repeated per 128 of K (the same product, exactly): the binding's fp8_gemm
-# does so when the plan's variant is not a pairs variant.
+# select()'s pick itself, each 128-K block taking its pair's scale (the product of the scales repeated per 128,
+# exactly, without copying them: GemmParams::scale_shift).
 # Measured: on the H200 (bench/recipe256_bench.py) pairs on 256x128 tiles ran 4-6% faster than 256x128s4p, their
 # 1x2-cluster twin 1-4% faster than 256x128s4pc1x2, and pairs on 128x128 2x1 clusters 9-13% faster than
 # 128x128s6pc2. On the H100, through the op (recipe256_bench.py --op, bench/RESULTS.md), an earlier rule that took
@@ -978,7 +978,7 @@ RECIPE_256_VARIANTS: tuple[Variant, ...] = tuple(replace(v, pairs=True) for v in
 
 def select_recipe_256(m: int, n: int, k: int, num_sms: int, sw: Switches | None = None) -> Choice:
     """The plan of a 256-K recipe problem (K a multiple of 256): the pairs twin of select()'s pick where it has one
-    and runs no stream-K, else select()'s pick itself (run with the scales repeated per 128).
+    and runs no stream-K, else select()'s pick itself (each K block reading its pair's scale).
     DEEPERGEMM_PAIRS=0: never the pairs."""
     sw = sw or switches()
     if k % (2 * BLOCK_K):

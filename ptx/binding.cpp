@@ -808,14 +808,17 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   const int64_t k_blocks = k / dg::kBlockK;
   TORCH_CHECK(k_blocks >= info.splits, cat("deepergemm: this variant splits K in ", info.splits, " and needs K >= ",
               info.splits * dg::kBlockK, ", got K = ", k));
-  // Scale columns: one per K block, or (the 256-K recipe's pair variants) one per pair of K blocks.
+  // Scale columns: one per K block, or one per pair of K blocks (the 256-K recipe's scales: its pairs variants take
+  // only those; any other variant takes either, each K block then reading its pair's scale). K/256 columns are told
+  // from K/128 by their count (K >= 256).
   const bool pairs = info.acc == dg::kAccPairs;
   TORCH_CHECK(!pairs || k_blocks % 2 == 0, cat("deepergemm: the 256-K recipe needs K a multiple of 256, got K = ", k));
-  const int64_t scale_cols = pairs ? k_blocks / 2 : k_blocks;
+  const bool per_pair = pairs || (k_blocks % 2 == 0 && a_scales.dim() == 2 && a_scales.size(1) == k_blocks / 2);
+  const int64_t scale_cols = per_pair ? k_blocks / 2 : k_blocks;
   TORCH_CHECK((a_scales.stride(0) == 1 || m == 1) && a_scales.size(1) == scale_cols &&
                   b_scales.size(b_scales.dim() - 1) == scale_cols,
               cat("deepergemm: a_scales must be M-major, and both scales have ", scale_cols, " columns (K/",
-                  pairs ? 256 : 128, ") for this variant"));
+                  per_pair ? 256 : 128, ") for this variant"));
   const int64_t sa_stride = scale_cols > 1 ? a_scales.stride(1) : round_up(m, 4);
   TORCH_CHECK(!swapped || (!placed && x.sm_side == nullptr && !grouped),
               "deepergemm: swapped variants take a plain B, no L2 sides, no groups");
@@ -882,6 +885,7 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   p.m = static_cast<int>(m);  // the output's M and N (swapped, the kernel's view is N x M: producer.cuh's kernel_rows)
   p.n = static_cast<int>(n);
   p.k_blocks = static_cast<int>(k_blocks);
+  p.scale_shift = per_pair ? 1 : 0;
   p.out = out.data_ptr();
   p.out_fp32 = out_fp32;
   p.b_scales = b_scales.data_ptr<float>();
@@ -1107,13 +1111,9 @@ Tensor fp8_gemm(const Tensor& a, const Tensor& a_scales, const Tensor& b, const 
   c10::DeviceGuard guard(a.device());
   if (scale_k != dg::kBlockK) {
     // The 256-K recipe: its pairs variant where the plan has one (one promotion per 256 of K), else the 128 recipe's
-    // kernel with the scales repeated per 128 of K (the same product, exactly).
+    // kernel reading each K block's pair scale (the product of the scales repeated per 128, exactly).
     const Plan plan = plan_for({kPlanRecipe256, a.device().index(), m, n, k, 0, 0, 0, 0});
-    if (variant_at(plan.variant).info.acc == dg::kAccPairs) {
-      return gemm_into_new_output(plan, a, a_scales, b, b_scales, n, out_dtype, bias, nullptr, 0, std::nullopt);
-    }
-    return gemm_into_new_output(plan, a, a_scales.repeat_interleave(2, 1), b, b_scales.repeat_interleave(2, 1), n,
-                                out_dtype, bias, nullptr, 0, std::nullopt);
+    return gemm_into_new_output(plan, a, a_scales, b, b_scales, n, out_dtype, bias, nullptr, 0, std::nullopt);
   }
   const Plan plan = plan_for({kPlanPlain, a.device().index(), m, n, k, 0, 0, 0, 0});
   return gemm_into_new_output(plan, a, a_scales, b, b_scales, n, out_dtype, bias, nullptr, 0, std::nullopt);

@@ -30,9 +30,8 @@ struct KernelConfig {
   // ---- derived ----
   static constexpr bool kGrouped = kGrouping != kGroupNone;
   // The 256-K recipe: scales per 256 of K (a_scales (M, K/256), b_scales (N/128, K/256)); stages stay 128 deep, and a
-  // pair of them is summed in the tensor cores before one promotion. Scale column of K block kb: kb >> kScaleShift.
+  // pair of them is summed in the tensor cores before one promotion (producer.cuh's scale_shift: which scale column).
   static constexpr bool kPairs = kAcc == kAccPairs;
-  static constexpr int kScaleShift = kPairs ? 1 : 0;
   static constexpr int kMulticast = kClusterM * kClusterN;  // CTAs that share stages by multicast
   static constexpr int kCluster = kMulticast * kSplitK;     // CTAs per cluster
   static constexpr int kThreads = 128 * (1 + kMathWGs);     // the producer warpgroup and the math warpgroups

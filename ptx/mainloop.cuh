@@ -357,10 +357,11 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs_pairs(uint32_t s
     promote<C>(acc0, total, sb, 0);
     issue_slab(acc0, sa, 1);
     issue_slab<true>(acc0, sb, 1);
+    wgmma_wait<1>();  // sa's last wgmmas are done: its stage refills while sb's run (the ring is two stages short)
+    release(sa);
     StepScales na;
     acquire(na);
     wgmma_wait<0>();
-    release(sa);
     release(sb);
     promote<C>(acc0, total1, sb, 1);
     issue_slab(acc0, na, 0);
@@ -423,8 +424,9 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_single_pairs(uint32_t step
   issue_slab<true>(acc0, sb, 0);
   start_sums(total, sa, 0);
   for (uint32_t s = 0; s + 2 < steps; s += 2) {  // entry: pair (sa, sb) in flight
-    wgmma_wait<0>();
+    wgmma_wait<1>();  // sa's wgmmas are done: its stage refills while sb's run
     release(sa);
+    wgmma_wait<0>();
     release(sb);
     StepScales na, nb;
     acquire(na);

@@ -35,7 +35,8 @@ enum GroupMode : int { kGroupNone = 0, kGroupContiguous = 1, kGroupMasked = 2 };
 enum L2Priority : int { kL2Normal = 0, kL2EvictFirst = 1, kL2EvictLast = 2 };
 
 struct GemmParams {
-  int m, n, k_blocks;        // k_blocks: 128-wide K blocks (stages); scales have k_blocks >> kScaleShift columns
+  int m, n, k_blocks;        // k_blocks: 128-wide K blocks (stages); scales have k_blocks >> scale_shift columns
+  int scale_shift;           // 1: scales per 256 of K (the 256-K recipe), K block kb takes scale column kb >> 1
   void* out;                 // (M, N) contiguous, bf16 or fp32
   int out_fp32;
   const float* b_scales;     // (ceil(N/128), K/128) row-major

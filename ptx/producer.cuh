@@ -32,6 +32,14 @@ struct RingPos {
   }
 };
 
+// Scale column of K block kb: kb >> scale_shift. 1 where the scales are per 256 of K (the 256-K recipe): always for
+// the pairs variants, and for any other variant the binding runs on such scales (each K block takes its pair's
+// scale: the product of the scales repeated per 128, without the two copies).
+template <class C>
+__device__ __forceinline__ int scale_shift(const GemmParams& p) {
+  return C::kPairs ? 1 : p.scale_shift;
+}
+
 constexpr int kMaxScaleBlocks = 4;  // 128-wide B scale blocks a tile of up to 256 columns can touch (3) + pad
 
 // What the math warpgroups read of a step, one per stage (SmemLayout::kMetaSlot: 32 bytes). The tile's rows
@@ -142,7 +150,7 @@ __device__ __forceinline__ void produce_operand(const SchedulerOf<C>& sched, con
                                        policy);
     } else {  // (swapped: the scales of the tile's tokens, the N' side)
       load_operand<false>(smem + L::kSA + stage * L::kSASlot, map, &full[stage], C::kSwapped ? n_load : m_load,
-                          k_block >> C::kScaleShift, 0, hinted, policy);
+                          k_block >> scale_shift<C>(p), 0, hinted, policy);
     }
     if (++k_block == w.k_end && s + 1 < steps) {  // incremental: no division per step
       w = sched.work(++j);
@@ -168,9 +176,9 @@ __device__ __forceinline__ StepMeta prepare_step_meta(const SchedulerOf<C>& sche
     const int nb_last = (p.n - 1) / kBlockK;  // B's last scale block (p.n: the output's N, B's rows)
     TileRows tile{};
     if constexpr (C::kGrouped) tile = groups.rows(st.m_block, BM);
-    const int scale_cols = p.k_blocks >> C::kScaleShift;  // (the 256-K recipe: one column per pair of K blocks)
+    const int scale_cols = p.k_blocks >> scale_shift<C>(p);  // (the 256-K recipe: one column per pair of K blocks)
     const float* col = p.b_scales + (static_cast<int64_t>(tile.group) * (nb_last + 1) + nb0) * scale_cols +
-                       (st.k_block >> C::kScaleShift);
+                       (st.k_block >> scale_shift<C>(p));
 #pragma unroll
     for (int j = 0; j < kMaxScaleBlocks; ++j) meta.sb[j] = ld_global_nc_f32(col + min(j, nb_last - nb0) * scale_cols);
     meta.row0 = C::kGrouped ? tile.row0 : st.m_block * BM;

@@ -3,7 +3,7 @@
 The contract: quantize_act(x, group_k=256) / quantize_weight(w, block=(128, 256)) bit-exact with the reference;
 fp8_gemm on such scales within the exactness bar (calc_diff <= 2e-6) of the fp32 GEMM of the dequantized inputs, by
 its pairs variants (configs.RECIPE_256_VARIANTS, key letter "r") where the plan has one, else by the 128 recipe's
-kernel with the scales repeated per 128. CPU: the reference path, the rules and their messages, fake kernels and
+kernel reading each K block's pair scale (bit-identical to it on the scales repeated per 128). CPU: the reference path, the rules and their messages, fake kernels and
 torch.compile, variant selection. GPU (marked gpu): the quantizers bit for bit, the op over small and large M,
 every pairs variant launched directly into NaN-poisoned outputs, the pairs against the 128 kernel on the same
 operands.
@@ -153,7 +153,7 @@ def test_pairs_variants_are_twins_of_one_partial_set_tiles():
 
 def test_select_recipe_256_takes_the_pairs_twin_of_the_plain_pick():
     """The pairs twin (same tile, cluster and launch) of select()'s pick where that is a one-partial-set tile with a
-    twin and no stream-K tail; select()'s own pick (scales repeated per 128) everywhere else."""
+    twin and no stream-K tail; select()'s own pick (on the pair scales) everywhere else."""
     sms = 132
     seen = set()
     for m in (1, 64, 128, 256, 512, 1024, 2048, 4096, 8192):
@@ -243,3 +243,36 @@ def test_gpu_every_pairs_variant(variant):
         _assert_exact(pairs.cpu(), (a, a_s, b, b_s), (variant.key, m, n, k))
         if pairs.numel() >= 16384:
             assert ref.calc_diff(pairs, per128) < BAR, (variant.key, m, n, k)
+
+
+# Problems whose 256-recipe plan is not a pairs variant (select_recipe_256 falls back to select()'s pick): swapped
+# decode tiles, split-K clusters, 64-row B-multicast pairs, 128-row tiles with dual accumulators, a stream-K tail.
+FALLBACK_SHAPES = ((1, 7168, 2048), (13, 2112, 7168), (64, 2112, 7168), (128, 7168, 2048), (256, 7168, 4096),
+                   (256, 2112, 7168), (512, 4096, 2048), (4096, 2112, 7168))
+
+
+@pytest.mark.gpu
+def test_gpu_fallback_plans_read_the_pair_scale_of_each_block():
+    """Every non-pairs plan of FALLBACK_SHAPES launched on the 256-recipe scales (each K block reading column kb / 2)
+    into NaN-poisoned outputs: bit-identical to the same launch on the scales repeated per 128, which the 128 kernels
+    are tested on. A block reading a neighbour's scale differs in most outputs. Odd M (1, 13) and N = 2112 (a part
+    tile at 64 and 128 columns) run row and column tails."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    seen = set()
+    for m, n, k in FALLBACK_SHAPES:
+        choice = configs.select_recipe_256(m, n, k, sms)
+        assert not choice.variant.pairs, (m, n, k, choice.variant.key)
+        seen.add(choice.variant.key)
+        a, a_s, b, b_s = _inputs(m, n, k, "cuda", outliers=m % 2 == 1)
+        outs = []
+        for sa, sb in ((a_s, b_s), (a_s.repeat_interleave(2, dim=1), b_s.repeat_interleave(2, dim=1))):
+            out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+            kernels.launch(extension.load(choice.variant), a, layouts.to_act_scale_layout(sa), b, sb.contiguous(), out,
+                           None, choice.group_n, choice.l2_hints, choice.stream_k)
+            outs.append(out)
+        torch.cuda.synchronize()
+        wide, per128 = outs
+        assert not wide.isnan().any(), (m, n, k, choice.variant.key)
+        assert torch.equal(wide, per128), (m, n, k, choice.variant.key)
+        _assert_exact(wide.cpu(), (a, a_s, b, b_s), (m, n, k, choice.variant.key))
+    assert len(seen) >= 5, seen  # the shapes cover several kinds of plan
