@@ -107,10 +107,15 @@ SMALL_M_CLUSTER_MIN_K = 1536
 # the six pairs, so M <= 256 never takes 256-row tiles. And at 128 < M <= 256, 64x128 tiles (two math
 # warpgroups, 2x1 B-multicast pairs) fill the SMs where 128-row tiles leave them idle: 256x2112x7168 1.15 against
 # 1.03x cuBLAS, 256x4096x7168 1.05 against 0.98; the wave model (_TILE_COST) picks them there and nowhere else of
-# the six pairs.
+# the six pairs. 64x64 tiles (one math warpgroup, unclustered, as at small M) are the other candidate there: where
+# four M-tiles of them fill one wave exactly (256x2112x7168: 132 tiles) they ran 1.39x cuBLAS against 1.14 for
+# the paired 64x128 (68 tiles; H100 sweep, bench/RESULTS.md "2x2 clusters and 64x64 tiles"); where the model ties
+# them (256x4096x7168: two waves of 64x64 against one of 64x128) the larger tile wins it (1.04 against 0.96-0.97).
+# Only where all of them run in one wave: they fill idle SMs, and their cost over several waves at middle M is
+# unmeasured.
 MID_M_UNCLUSTERED_TILES = {128: 4, 256: 4}
 MID_M_CLUSTER_256_MIN_K = 8192
-MID_M_SMALL_TILE = (64, 128)
+MID_M_SMALL_TILES = {(64, 128): 2, (64, 64): 1}  # tile: its math warpgroups (64x128 in pairs, 64x64 alone)
 MID_M_SMALL_TILE_MAX_M = 256
 # 64-row tiles run one math warpgroup that takes all BLOCK_N columns (one wgmma group, one wait and one
 # promotion per step instead of two of half the width; DeepGEMM's layout). Against two warpgroups on the same tiles
@@ -687,8 +692,9 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int, sw: Switc
                              f"{block_m}")
         return shape
     if block_m == 64:
-        if m > 128:  # the middle-M 64-row tile: always in B-multicast pairs (as measured)
-            return SMALL_M_CLUSTER if sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True) else (1, 1)
+        if m > 128:  # the middle-M 64-row tiles: 64x128 in B-multicast pairs, 64x64 alone (as measured)
+            paired = block_n >= 128 and sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True)
+            return SMALL_M_CLUSTER if paired else (1, 1)
         paired = (sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True) and ceil_div(m, block_m) == SMALL_M_CLUSTER[0]
                   and block_n >= SMALL_M_CLUSTER_MIN_N and k >= SMALL_M_CLUSTER_MIN_K)
         return SMALL_M_CLUSTER if paired else (1, 1)
@@ -815,7 +821,8 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
         built = {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n)) for v in VARIANTS}
         # (a forced DEEPERGEMM_CLUSTER leaves only the tiles built with that cluster shape)
         shapes = [(bm, bn) for bm, bn in TILE_SHAPES
-                  if (bm in block_ms or (m > 128 and (bm, bn) == MID_M_SMALL_TILE and m <= MID_M_SMALL_TILE_MAX_M))
+                  if (bm in block_ms or (m > 128 and m <= MID_M_SMALL_TILE_MAX_M and (bm, bn) in MID_M_SMALL_TILES
+                                         and (bn != 64 or ceil_div(m, bm) * ceil_div(n, bn) <= num_sms)))
                   and (bm, bn, _cluster_shape(m, n, k, bm, bn, sw)) in built]
         if not shapes:
             raise ValueError(f"DEEPERGEMM_CLUSTER={sw.get('DEEPERGEMM_CLUSTER')}: no selectable tile for "
@@ -839,7 +846,9 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
     splits = 1
     if forced is None and m <= 128 and cluster == (1, 1) and sw.flag("DEEPERGEMM_SPLIT_K", True):
         splits, shape = _split_k_choice(m, n, k // BLOCK_K, num_sms, shape)
-    variant = find_variant(*shape, dual, cluster, splits, _small_m_math_wgs(k, sw) if shape[0] == 64 and m <= 128 else 2)
+    math_wgs = (_small_m_math_wgs(k, sw) if shape[0] == 64 and m <= 128
+                else MID_M_SMALL_TILES.get(shape, 2) if shape[0] == 64 else 2)
+    variant = find_variant(*shape, dual, cluster, splits, math_wgs)
     return _choice(variant, m, n, k, num_sms, sw)
 
 
