@@ -109,13 +109,14 @@ SMALL_M_CLUSTER_MIN_K = 1536
 # 1.03x cuBLAS, 256x4096x7168 1.05 against 0.98; the wave model (_TILE_COST) picks them there and nowhere else of
 # the six pairs. 64x64 tiles (one math warpgroup, unclustered, as at small M) are the other candidate there: where
 # four M-tiles of them fill one wave exactly (256x2112x7168: 132 tiles) they ran 1.39x cuBLAS against 1.14 for
-# the paired 64x128 (68 tiles; H100 sweep, bench/RESULTS.md "2x2 clusters and 64x64 tiles"); where the model ties
+# the paired 64x128 (68 tiles; H100 middle-M sweep with 2x2 clusters and 64x64 tiles, bench/RESULTS.md and
+# bench/data/sweep_mid2_h100.json); where the model ties
 # them (256x4096x7168: two waves of 64x64 against one of 64x128) the larger tile wins it (1.04 against 0.96-0.97).
 # Only where all of them run in one wave: they fill idle SMs, and their cost over several waves at middle M is
 # unmeasured.
 MID_M_UNCLUSTERED_TILES = {128: 4, 256: 4}
 MID_M_CLUSTER_256_MIN_K = 8192
-MID_M_SMALL_TILES = {(64, 128): 2, (64, 64): 1}  # tile: its math warpgroups (64x128 in pairs, 64x64 alone)
+MID_M_SMALL_TILES = {(64, 128): (True, 2), (64, 64): (False, 1)}  # tile: (in B-multicast pairs, math warpgroups)
 MID_M_SMALL_TILE_MAX_M = 256
 # 64-row tiles run one math warpgroup that takes all BLOCK_N columns (one wgmma group, one wait and one
 # promotion per step instead of two of half the width; DeepGEMM's layout). Against two warpgroups on the same tiles
@@ -692,9 +693,9 @@ def _cluster_shape(m: int, n: int, k: int, block_m: int, block_n: int, sw: Switc
                              f"{block_m}")
         return shape
     if block_m == 64:
-        if m > 128:  # the middle-M 64-row tiles: 64x128 in B-multicast pairs, 64x64 alone (as measured)
-            paired = block_n >= 128 and sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True)
-            return SMALL_M_CLUSTER if paired else (1, 1)
+        if m > 128:  # the middle-M 64-row tiles, paired or alone as measured (MID_M_SMALL_TILES)
+            paired = MID_M_SMALL_TILES.get((block_m, block_n), (True, 2))[0]
+            return SMALL_M_CLUSTER if paired and sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True) else (1, 1)
         paired = (sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True) and ceil_div(m, block_m) == SMALL_M_CLUSTER[0]
                   and block_n >= SMALL_M_CLUSTER_MIN_N and k >= SMALL_M_CLUSTER_MIN_K)
         return SMALL_M_CLUSTER if paired else (1, 1)
@@ -846,8 +847,9 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
     splits = 1
     if forced is None and m <= 128 and cluster == (1, 1) and sw.flag("DEEPERGEMM_SPLIT_K", True):
         splits, shape = _split_k_choice(m, n, k // BLOCK_K, num_sms, shape)
-    math_wgs = (_small_m_math_wgs(k, sw) if shape[0] == 64 and m <= 128
-                else MID_M_SMALL_TILES.get(shape, 2) if shape[0] == 64 else 2)
+    math_wgs = 2
+    if shape[0] == 64:
+        math_wgs = _small_m_math_wgs(k, sw) if m <= 128 else MID_M_SMALL_TILES.get(shape, (True, 2))[1]
     variant = find_variant(*shape, dual, cluster, splits, math_wgs)
     return _choice(variant, m, n, k, num_sms, sw)
 

@@ -3,8 +3,8 @@
 The contract: quantize_act(x, group_k=256) / quantize_weight(w, block=(128, 256)) bit-exact with the reference;
 fp8_gemm on such scales within the exactness bar (calc_diff <= 2e-6) of the fp32 GEMM of the dequantized inputs, by
 its pairs variants (configs.RECIPE_256_VARIANTS, key letter "r") where the plan has one, else by the 128 recipe's
-kernel reading each K block's pair scale (bit-identical to it on the scales repeated per 128). CPU: the reference path, the rules and their messages, fake kernels and
-torch.compile, variant selection. GPU (marked gpu): the quantizers bit for bit, the op over small and large M,
+kernel reading each K block's pair scale (bit-identical to it on the scales repeated per 128). CPU: the reference
+path, the rules and their messages, fake kernels and torch.compile, variant selection. GPU (marked gpu): the quantizers bit for bit, the op over small and large M,
 every pairs variant launched directly into NaN-poisoned outputs, the pairs against the 128 kernel on the same
 operands.
 """
