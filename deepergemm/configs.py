@@ -187,7 +187,7 @@ class Variant:
     swiglu: bool = False
     # The 256-K recipe (key letter "r" in place of "p"; RECIPE_256_VARIANTS): scales per 256 of K, a pair of 128-K
     # stages summed in one partial set before one promotion (dg::kAccPairs). One partial set (like "p"), plain tiles:
-    # no split-K, not grouped, not swapped, bf16/fp32 output; stream-K stays off (every tile's K pairs up).
+    # no split-K, not grouped, not swapped, bf16/fp32 output; stream-K ranges cut on pairs (every piece's K pairs up).
     pairs: bool = False
 
     def __post_init__(self):
@@ -587,10 +587,10 @@ def stream_k_for(variant: Variant, sw: Switches | None = None) -> bool:
     part-filled (that wave's units and one full wave more are shared out among all clusters by K blocks, each
     cluster's heads and tails of tiles joined through a workspace in a fixed order), or a fill, when there are
     fewer units than clusters (every unit shared out among all the clusters, each tile's owner joining its
-    pieces at the end). Large-M tiles with one partial set (BLOCK_M >= 128, key letter p; the two-set loops do
-    not start or end a tile's sums from the workspace; the pairs never cut a tile's K), no split-K.
-    DEEPERGEMM_STREAM_K=0 turns it off."""
-    return (variant.splits == 1 and variant.block_m >= 128 and not variant.dual_acc and not variant.pairs
+    pieces at the end). Large-M tiles with one partial set (BLOCK_M >= 128, key letters p and r; the two-set loops
+    do not start or end a tile's sums from the workspace; the pairs' ranges are cut on pairs of K blocks), no
+    split-K. DEEPERGEMM_STREAM_K=0 turns it off."""
+    return (variant.splits == 1 and variant.block_m >= 128 and not variant.dual_acc
             and (sw or switches()).flag("DEEPERGEMM_STREAM_K", True))
 
 
@@ -969,7 +969,7 @@ def fused_epilogue_pays(fused: Choice, m: int, num_sms: int, sw: Switches | None
 # The 256-K recipe (Variant.pairs): scales per 256 of K, one promotion per pair of 128-K stages
 # ----------------------------------------------------------------------------------------------
 # The pairs tiles: the 256 recipe runs the pairs twin of select()'s pick (the same tile and cluster, one partial
-# set) where it has one and the pick runs no stream-K tail (every pair must stay whole); everywhere else it runs
+# set, the same stream-K tail or fill, its ranges cut on pairs of K blocks) where it has one; everywhere else it runs
 # select()'s pick itself, each 128-K block taking its pair's scale (the product of the scales repeated per 128,
 # exactly, without copying them: GemmParams::scale_shift).
 # Measured: on the H200 (bench/recipe256_bench.py) pairs on 256x128 tiles ran 4-6% faster than 256x128s4p, their
@@ -989,13 +989,13 @@ RECIPE_256_VARIANTS: tuple[Variant, ...] = tuple(replace(v, pairs=True) for v in
 
 def select_recipe_256(m: int, n: int, k: int, num_sms: int, sw: Switches | None = None) -> Choice:
     """The plan of a 256-K recipe problem (K a multiple of 256): the pairs twin of select()'s pick where it has one
-    and runs no stream-K, else select()'s pick itself (each K block reading its pair's scale).
-    DEEPERGEMM_PAIRS=0: never the pairs."""
+    (with the pick's stream-K tail or fill, cut on pairs of K blocks), else select()'s pick itself (each K block
+    reading its pair's scale). DEEPERGEMM_PAIRS=0: never the pairs."""
     sw = sw or switches()
     if k % (2 * BLOCK_K):
         raise ValueError(f"select_recipe_256: K must be a multiple of {2 * BLOCK_K}, got {k}")
     plain = select(m, n, k, num_sms, sw=sw)
-    if not sw.flag("DEEPERGEMM_PAIRS", True) or plain.stream_k:
+    if not sw.flag("DEEPERGEMM_PAIRS", True):
         return plain
     return _twin_of(plain, RECIPE_256_VARIANTS, "pairs") or plain
 

@@ -926,11 +926,14 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   const int64_t m_units = ceil_div(m_tiles, kClusterM);
   const int64_t units = m_units * ceil_div(kn, int64_t{kBN} * kClusterN);
   // Stream-K (scheduler.cuh), when asked for, in the loops that can start or end a tile's sums from a workspace slot
-  // (one partial set, not grouped, not SwiGLU). With fewer units than resident clusters it is a fill: the grid takes
-  // every resident cluster and each cuts its part out of the units' K blocks (at least one apiece).
-  const bool stream_k_built = x.stream_k && info.splits == 1 && info.acc == dg::kAccSingle && !grouped &&
-                              info.fp8_out != 2;
-  const bool fill = stream_k_built && dg::stream_k_fill_fits(units, pd.resident_clusters, k_blocks);
+  // (one partial set, the pairs' included, not grouped, not SwiGLU). With fewer units than resident clusters it is a
+  // fill: the grid takes every resident cluster and each cuts its part out of the units' K blocks (at least one
+  // apiece; the pairs cut on pairs of K blocks: granule 2).
+  const bool pairs_loop = info.acc == dg::kAccPairs;
+  const bool stream_k_built = x.stream_k && info.splits == 1 && (info.acc == dg::kAccSingle || pairs_loop) &&
+                              !grouped && info.fp8_out != 2;
+  const int64_t granule = pairs_loop ? 2 : 1;
+  const bool fill = stream_k_built && dg::stream_k_fill_fits(units, pd.resident_clusters, k_blocks, granule);
   const int64_t clusters = fill ? int64_t{pd.resident_clusters} : std::min<int64_t>(units, pd.resident_clusters);
   // L2-side-aware scheduling (scheduler.cuh's SideProblem): N-tiles [0, side0_n_tiles) to side 0, the clusters split
   // between the sides in proportion to their units, each side with its own stream-K tail.
@@ -958,8 +961,8 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   }
   // The stream-K units (params.h): a tail only if the units leave the last wave part-filled (that wave's units and
   // one full wave more, so each cluster's range is >= 1 tile), or a fill's every unit.
-  const int sk_units[2] = {dg::stream_k_units(side_units[0], side_clusters[0], k_blocks),
-                           by_side ? dg::stream_k_units(side_units[1], side_clusters[1], k_blocks) : 0};
+  const int sk_units[2] = {dg::stream_k_units(side_units[0], side_clusters[0], k_blocks, granule),
+                           by_side ? dg::stream_k_units(side_units[1], side_clusters[1], k_blocks, granule) : 0};
   Tensor workspace;
   if (stream_k_built && (sk_units[0] > 0 || sk_units[1] > 0)) {
     workspace = stream_k_workspace(info, a.device(), stream, facts.sms);

@@ -71,7 +71,7 @@ struct KernelConfig {
                 "unknown accumulation mode");
   static_assert(kSlabs == 1 || kAcc == kAccSingle || kAcc == kAccPairs,
                 "256-row tiles have registers for one partial set only");
-  // Pairs: every tile's K blocks pair up (K a multiple of 256, no split-K or stream-K cut inside a tile's K).
+  // Pairs: every tile's K blocks pair up (K a multiple of 256, no split-K; stream-K cuts a tile's K on pairs only).
   static_assert(!kPairs || (kSplitK == 1 && !kGrouped && !kSwapped && FP8_OUT == 0),
                 "the 256-K recipe: plain tiles, no split-K, not grouped, not swapped, bf16/fp32 output");
   static_assert(kSplitK == 1 || kMulticast == 1, "split-K clusters do not multicast");

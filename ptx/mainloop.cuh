@@ -383,7 +383,7 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_two_slabs_pairs(uint32_t s
   release(sa);
   release(sb);
   promote<C>(acc0, total1, sb, 1);
-  store_tile(sb);  // the last pair ends the last tile
+  store_slabs<true>(total, total1, sb);  // the last pair ends the last tile
 }
 
 // One partial set: the next step is acquired right after the wait and the stage's release, before the promotion
@@ -413,7 +413,7 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_single(uint32_t steps) {
 // The 256-K recipe, one-slab tiles: K blocks in pairs (sa, sb), sb's wgmmas summing onto sa's in the one partial set,
 // one promotion per pair (by the pair's scales: both blocks carry the same). Like run_single otherwise: the next
 // pair is acquired after the wait and issued before a finished tile's stores. Every tile's K blocks pair up (the
-// host runs these variants for K a multiple of 256, without split-K or stream-K).
+// host runs these variants for K a multiple of 256, without split-K; a stream-K range starts and ends on a pair).
 template <class C>
 __device__ __forceinline__ void MathWarpgroup<C>::run_single_pairs(uint32_t steps) {
   float total[kRegs], acc0[kRegs];
@@ -441,7 +441,7 @@ __device__ __forceinline__ void MathWarpgroup<C>::run_single_pairs(uint32_t step
   wgmma_wait<0>();
   release(sa);
   release(sb);
-  promote_step(acc0, total, sb);
+  promote_step<true>(acc0, total, sb);
 }
 
 // Two partial sets, waiting for step s before issuing s+1: free its stage at once, issue step s+1 into the other

@@ -78,18 +78,19 @@ struct GemmParams {
 // of it is stored (rows past the end read the next group's rows, or zeros past A's end).
 DG_HD int group_tiles(int rows, int bm, int cm) { return ((rows + bm - 1) / bm + cm - 1) / cm * cm; }
 
-// A stream-K fill fits: fewer units of k_blocks K blocks than clusters, with a K block at least for each cluster.
-DG_HD bool stream_k_fill_fits(int64_t units, int64_t clusters, int64_t k_blocks) {
-  return units < clusters && units * k_blocks >= clusters;
+// A stream-K fill fits: fewer units of k_blocks K blocks than clusters, with a granule (granule K blocks: 2 for the
+// 256-K recipe's pairs, else 1; scheduler.cuh's KG) at least for each cluster.
+DG_HD bool stream_k_fill_fits(int64_t units, int64_t clusters, int64_t k_blocks, int64_t granule = 1) {
+  return units < clusters && units * (k_blocks / granule) >= clusters;
 }
 
 // The stream-K units of a problem of `units` units of k_blocks K blocks on `clusters` clusters (as the host chooses
 // them), or 0. A tail (units > clusters, the last wave part-filled): that wave's units and one full wave more, so
 // every cluster's range is at least one tile. A fill (the host grew the grid past the units where it fits): every
 // unit, each cluster's range a part of a tile, never empty.
-DG_HD int stream_k_units(int64_t units, int64_t clusters, int64_t k_blocks) {
+DG_HD int stream_k_units(int64_t units, int64_t clusters, int64_t k_blocks, int64_t granule = 1) {
   if (units > clusters) return units % clusters != 0 ? static_cast<int>(units % clusters + clusters) : 0;
-  return stream_k_fill_fits(units, clusters, k_blocks) ? static_cast<int>(units) : 0;
+  return stream_k_fill_fits(units, clusters, k_blocks, granule) ? static_cast<int>(units) : 0;
 }
 
 // L2-side-aware scheduling: side 0's clusters, in proportion to its units, at least one and one fewer than all.

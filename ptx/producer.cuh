@@ -63,12 +63,12 @@ template <class C>
 __device__ __forceinline__ int kernel_cols(const GemmParams& p) { return C::kSwapped ? p.m : p.n; }
 
 // The CTAs of the cluster that receive a multicast from this one: those of its N-block (B) or M-block (A).
-template <int CM, int CN, int KS>
-__device__ __forceinline__ uint16_t same_n_block_mask(const TileScheduler<CM, CN, KS>& sched) {
+template <int CM, int CN, int KS, int KG>
+__device__ __forceinline__ uint16_t same_n_block_mask(const TileScheduler<CM, CN, KS, KG>& sched) {
   return static_cast<uint16_t>(((1u << CM) - 1) << (CM * sched.rank_n));
 }
-template <int CM, int CN, int KS>
-__device__ __forceinline__ uint16_t same_m_block_mask(const TileScheduler<CM, CN, KS>& sched) {
+template <int CM, int CN, int KS, int KG>
+__device__ __forceinline__ uint16_t same_m_block_mask(const TileScheduler<CM, CN, KS, KG>& sched) {
   uint32_t mask = 0;
 #pragma unroll
   for (int j = 0; j < CN; ++j) mask |= 1u << (sched.rank_m + CM * j);
@@ -100,7 +100,7 @@ __device__ __forceinline__ void load_operand(void* dst, const CUtensorMap* map, 
 }
 
 template <class C>
-using SchedulerOf = TileScheduler<C::kClusterM, C::kClusterN, C::kSplitK>;
+using SchedulerOf = TileScheduler<C::kClusterM, C::kClusterN, C::kSplitK, C::kPairs ? 2 : 1>;
 
 // A producer thread: the operand OPERAND of every step this CTA runs (its K blocks, work by work).
 template <class C, int OPERAND>

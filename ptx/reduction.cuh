@@ -17,9 +17,10 @@
 
 namespace dg {
 
-// Stream-K runs in the one-partial-set loops of plain variants (the others never start a tile's sums from a slot).
+// Stream-K runs in the one-partial-set loops of plain variants, the 256-K recipe's pairs included (their ranges cut
+// on pairs: SchedulerOf's KG); the two-set loops never start a tile's sums from a slot.
 template <class C>
-constexpr bool kStreamKBuilt = C::kSplitK == 1 && C::kAcc == kAccSingle && !C::kGrouped;
+constexpr bool kStreamKBuilt = C::kSplitK == 1 && (C::kAcc == kAccSingle || C::kAcc == kAccPairs) && !C::kGrouped;
 
 // A tile's sums start at zero, or for a stream-K tail from the previous cluster's head (loaded straight into them:
 // the loads' latency hides behind the step's wgmmas until its promotion needs them).

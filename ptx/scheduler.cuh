@@ -61,9 +61,12 @@ struct Step {
                        // (not in a fill, whose owners join the pieces at the end)
 };
 
-template <int CM, int CN, int KS = 1>
+// KG: the K blocks a stream-K range is cut in multiples of (2 for the 256-K recipe's pairs, whose loops take a tile's K
+// blocks two at a time: every range, and so every piece of a tile, then starts and ends on a pair).
+template <int CM, int CN, int KS = 1, int KG = 1>
 struct TileScheduler {
   static_assert(KS == 1 || CM * CN == 1, "split-K clusters do not multicast");
+  static_assert(KG == 1 || (KG == 2 && KS == 1), "stream-K ranges in single K blocks, or in pairs without split-K");
   static constexpr int kCtas = CM * CN * KS;
   int m_tiles, n_tiles;
   int k_begin, k_blocks;  // this CTA's K blocks of every data-parallel tile (all of K unless split)
@@ -98,10 +101,10 @@ struct TileScheduler {
     k_blocks = (rank_k + 1) * total_k_blocks / KS - k_begin;
     sk_begin = sk_end = sk_first = sk_works = 0;
     sk_fill = sk_units > 0 && sk_units < clusters;
-    if (sk_units > 0) {
-      const int64_t total = static_cast<int64_t>(sk_units) * k_blocks;
-      sk_begin = static_cast<int>(total * cluster / clusters);
-      sk_end = static_cast<int>(total * (cluster + 1) / clusters);
+    if (sk_units > 0) {  // (k_blocks is a multiple of KG: the host checks)
+      const int64_t granules = static_cast<int64_t>(sk_units) * (k_blocks / KG);
+      sk_begin = KG * static_cast<int>(granules * cluster / clusters);
+      sk_end = KG * static_cast<int>(granules * (cluster + 1) / clusters);
       sk_first = (sk_end - 1) / k_blocks;
       sk_works = sk_first - sk_begin / k_blocks + 1;
     }
@@ -112,11 +115,12 @@ struct TileScheduler {
   DG_HD int num_works() const { return sk_works + dp_works; }
 
   // Stream-K fill: the first cluster whose range holds a piece of the tile this cluster owns (the tile its range
-  // starts in; only meaningful for a cluster that owns one). Cluster c's range starts at step
-  // floor(total * c / G): the last c with that <= the tile's first step s is ceil((s + 1) * G / total) - 1.
+  // starts in; only meaningful for a cluster that owns one). Cluster c's range starts at granule
+  // floor(total * c / G) (total: the granules of all the stream-K units): the last c with that <= the tile's first
+  // granule s is ceil((s + 1) * G / total) - 1.
   DG_HD int join_first() const {
-    const int64_t total = static_cast<int64_t>(sk_units) * k_blocks;
-    const int64_t s = static_cast<int64_t>(sk_begin / k_blocks) * k_blocks;
+    const int64_t total = static_cast<int64_t>(sk_units) * (k_blocks / KG);
+    const int64_t s = static_cast<int64_t>(sk_begin / k_blocks) * (k_blocks / KG);
     return static_cast<int>(((s + 1) * clusters + total - 1) / total - 1);
   }
 

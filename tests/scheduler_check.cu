@@ -8,7 +8,7 @@
 //  - stream-K: a tile is cut at most once; its head (K blocks from 0) is the first work of cluster c - 1
 //    and ends with kFixContribute, its tail is the last stream-K work of cluster c, starts with
 //    first_of_tail and ends with kFixOwn; every other tile ends with kFixStore; the clusters' step counts
-//    differ by at most one K block plus nothing else (the tail wave is evened out);
+//    differ by at most one K block (two for the pairs' ranges, cut on pairs) (the tail wave is evened out);
 //  - L2 sides: each side's clusters run only its N-tiles, the sides together every tile once, and the
 //    kernel's slot claims take every slot exactly once wherever the clusters land.
 // Prints one line per failure and exits 1 if there was any.
@@ -78,14 +78,14 @@ void check_fill_tile(const char* what, std::pair<int, int> tile, const std::vect
   CHECK(k_next == kb, "%s: fill tile (%d, %d) pieces end at K block %d", what, tile.first, tile.second, k_next);
 }
 
-template <int CM, int CN, int KS>
+template <int CM, int CN, int KS, int KG = 1>
 void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, bool stream_k, int side0_n_tiles = 0) {
-  using Sched = dg::TileScheduler<CM, CN, KS>;
+  using Sched = dg::TileScheduler<CM, CN, KS, KG>;
   constexpr int kCtas = CM * CN * KS;
   const int m_units = (m_tiles + CM - 1) / CM, n_units = (n_tiles + CN - 1) / CN;
   const int units = m_units * n_units;
   // the binding's grid: one cluster per unit at most, unless a stream-K fill takes every cluster
-  const bool fill = stream_k && KS == 1 && dg::stream_k_fill_fits(units, clusters, kb);
+  const bool fill = stream_k && KS == 1 && dg::stream_k_fill_fits(units, clusters, kb, KG);
   if (clusters > units && !fill) clusters = units;
   const bool by_side = side0_n_tiles > 0;
   // the binding's rules (ptx/binding.cpp, params.h)
@@ -96,13 +96,13 @@ void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, boo
     side_clusters[0] = static_cast<int>(dg::side0_clusters_for(clusters, side_units[0], units));
     side_clusters[1] = clusters - side_clusters[0];
   }
-  const int sk[2] = {stream_k && KS == 1 ? dg::stream_k_units(side_units[0], side_clusters[0], kb) : 0,
-                     stream_k && KS == 1 && by_side ? dg::stream_k_units(side_units[1], side_clusters[1], kb) : 0};
+  const int sk[2] = {stream_k && KS == 1 ? dg::stream_k_units(side_units[0], side_clusters[0], kb, KG) : 0,
+                     stream_k && KS == 1 && by_side ? dg::stream_k_units(side_units[1], side_clusters[1], kb, KG) : 0};
   const bool side_fill[2] = {sk[0] > 0 && sk[0] < side_clusters[0], sk[1] > 0 && sk[1] < side_clusters[1]};
   char what[200];
-  std::snprintf(what, sizeof what, "CM %d CN %d KS %d, %dx%d tiles, KB %d, group_n %d, %d clusters, sk_units %d+%d, "
-                "side 0: %d tiles, %d clusters", CM, CN, KS, m_tiles, n_tiles, kb, group_n, clusters, sk[0], sk[1],
-                side0_n_tiles, side_clusters[0]);
+  std::snprintf(what, sizeof what, "CM %d CN %d KS %d KG %d, %dx%d tiles, KB %d, group_n %d, %d clusters, "
+                "sk_units %d+%d, side 0: %d tiles, %d clusters", CM, CN, KS, KG, m_tiles, n_tiles, kb, group_n,
+                clusters, sk[0], sk[1], side0_n_tiles, side_clusters[0]);
   std::map<std::tuple<int, int, int>, std::vector<Seen>> runs;  // (m, n, k) -> who ran it
   std::vector<std::vector<dg::Step>> steps_of(clusters * kCtas);
   std::vector<int> join_first_of(clusters, -1);  // fill: the first contributing cluster (global) of an owner's tile
@@ -129,6 +129,9 @@ void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, boo
       for (int j = 0; j < s.num_works(); ++j) {
         const dg::Work w = s.work(j);
         CHECK(w.k_begin < w.k_end, "%s: CTA %d work %d is empty", what, cta, j);
+        // the pairs' loops take K blocks two at a time: every piece of a tile starts and ends on a pair
+        CHECK(w.k_begin % KG == 0 && w.k_end % KG == 0, "%s: CTA %d work %d is K blocks [%d, %d), not whole granules "
+              "of %d", what, cta, j, w.k_begin, w.k_end, KG);
         for (int k = w.k_begin; k < w.k_end; ++k, ++i) {
           CHECK(i < n && seq[i].m_block == w.m_block && seq[i].n_block == w.n_block && seq[i].k_block == k,
                 "%s: CTA %d step %u differs from work %d", what, cta, i, j);
@@ -236,9 +239,9 @@ void check_grid(int m_tiles, int n_tiles, int kb, int group_n, int clusters, boo
       lo = std::min(lo, steps_of[c * kCtas].size());
       hi = std::max(hi, steps_of[c * kCtas].size());
     }
-    CHECK(hi - lo <= size_t(sk[side] > 0 ? 1 : kb), "%s: side %d cluster step counts %zu..%zu", what, side, lo, hi);
+    CHECK(hi - lo <= size_t(sk[side] > 0 ? KG : kb), "%s: side %d cluster step counts %zu..%zu", what, side, lo, hi);
     CHECK(!side_fill[side] || lo >= 1, "%s: side %d: a fill cluster without work", what, side);
-    CHECK(sk[side] == 0 || hi * count <= size_t(side_units[side]) * kb + count,
+    CHECK(sk[side] == 0 || hi * count <= size_t(side_units[side]) * kb + size_t(KG) * count,
           "%s: %zu steps for side %d's busiest cluster", what, hi, side);
   }
 }
@@ -271,25 +274,25 @@ void check_side_claims() {
   }
 }
 
-template <int CM, int CN, int KS>
+template <int CM, int CN, int KS, int KG = 1>
 void check_shapes() {
-  const int ks[] = {1, 2, 3, 16, 56};
+  const int ks[] = {1, 2, 3, 4, 16, 56};
   const int grids[] = {66, 132, 7, 64};
   const int tiles[][2] = {{16, 17}, {32, 11}, {4, 50}, {1, 1}, {3, 5}, {33, 8}, {16, 56}, {1, 132}, {4, 17}, {2, 9}};
   for (const int kb : ks) {
-    if (kb < KS) continue;
+    if (kb < KS || kb % KG != 0) continue;
     for (const int g : grids) {
       for (const auto& t : tiles) {
         for (const int group_n : {16, 3}) {
           const int clusters = g / (CM * CN * KS) > 0 ? g / (CM * CN * KS) : 1;
-          check_grid<CM, CN, KS>(t[0], t[1], kb, group_n, clusters, false);
-          check_grid<CM, CN, KS>(t[0], t[1], kb, group_n, clusters, true);
+          check_grid<CM, CN, KS, KG>(t[0], t[1], kb, group_n, clusters, false);
+          check_grid<CM, CN, KS, KG>(t[0], t[1], kb, group_n, clusters, true);
           // L2 sides: side 0's N-tiles a multiple of CN, about half or a third of them (two clusters or more)
           const int n_units = (t[1] + CN - 1) / CN, units = (t[0] + CM - 1) / CM * n_units;
           if (n_units < 2 || std::min(clusters, units) < 2) continue;
           for (const int side0_units : {n_units / 2, std::max(1, n_units / 3)}) {
-            check_grid<CM, CN, KS>(t[0], t[1], kb, group_n, clusters, false, side0_units * CN);
-            check_grid<CM, CN, KS>(t[0], t[1], kb, group_n, clusters, true, side0_units * CN);
+            check_grid<CM, CN, KS, KG>(t[0], t[1], kb, group_n, clusters, false, side0_units * CN);
+            check_grid<CM, CN, KS, KG>(t[0], t[1], kb, group_n, clusters, true, side0_units * CN);
           }
         }
       }
@@ -382,6 +385,9 @@ int main() {
   check_shapes<1, 2, 1>();
   check_shapes<2, 2, 1>();
   check_shapes<1, 1, 2>();
+  check_shapes<1, 1, 1, 2>();  // the 256-K recipe's pairs: stream-K ranges cut on pairs of K blocks
+  check_shapes<1, 2, 1, 2>();
+  check_shapes<2, 1, 1, 2>();
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;

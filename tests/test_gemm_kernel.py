@@ -161,14 +161,14 @@ def test_l2_hints_do_not_change_results():
 STREAM_K_VARIANTS = [v for v in configs.TESTED_VARIANTS if configs.stream_k_for(v)]
 
 
-def _stream_k_shapes(variant):
-    """Shapes whose units leave the last wave part-filled (so the launch takes the stream-K tail): with K of
-    1, 3 and 9 K blocks (a tile cut at most once, or not at all with one block), odd M and N tails, and
-    several waves."""
+def _stream_k_shapes(variant, cases=((1000, 384), (4100, 1152), (2304, 128))):
+    """Shapes whose units leave the last wave part-filled (so the launch takes the stream-K tail): (M, K) cases
+    with K of 3, 9 and 1 K blocks by default (a tile cut at most once, or not at all with one block), odd M and N
+    tails, and several waves."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     clusters = sms // variant.cluster
     out = []
-    for m, k in ((1000, 384), (4100, 1152), (2304, 128)):
+    for m, k in cases:
         m_units = -(-m // (variant.block_m * variant.cluster_m))
         n_units = clusters * 3 // (2 * m_units) + 1  # about 1.5 waves: the tail is cut
         while (m_units * n_units) % clusters == 0:
@@ -180,20 +180,21 @@ def _stream_k_shapes(variant):
     return out
 
 
-def _stream_k_fill_shapes(variant):
+def _stream_k_fill_shapes(variant, ks=(7168, 384, 5760), granule=1):
     """Shapes with fewer units than clusters (so a stream-K launch is a fill, every tile cut among clusters running
-    at once): about half the clusters' units at K = 56 blocks (tiles in two or three pieces), a few units short of
-    the clusters at K = 3 blocks (ranges of one or two blocks, pieces of one block), and three units at K = 45
-    blocks (each tile in dozens of pieces); odd M and N tails."""
+    at once), at the three K of `ks` (by default 56, 3 and 45 blocks): about half the clusters' units (tiles in two
+    or three pieces), a few units short of the clusters (ranges of one or two blocks, pieces of one block), and
+    three units (each tile in dozens of pieces); odd M and N tails. granule: the K blocks a range is cut in
+    multiples of (2 for the 256-K recipe's pairs)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     clusters = sms // variant.cluster
     out = []
-    for m, k, units in ((300, 7168, clusters // 2), (130, 384, clusters - 3), (70, 5760, 3)):
+    for m, k, units in zip((300, 130, 70), ks, (clusters // 2, clusters - 3, 3)):
         m_units = -(-m // (variant.block_m * variant.cluster_m))
         n_units = max(1, units // m_units)
         n = n_units * variant.block_n * variant.cluster_n - 24
         units, _ = configs.waves_for(m, n, variant.block_m, variant.block_n, sms, (variant.cluster_m, variant.cluster_n))
-        assert units < clusters and units * (k // 128) >= clusters, (m, n, k, units, clusters)
+        assert units < clusters and units * (k // (128 * granule)) >= clusters, (m, n, k, units, clusters)
         out.append((m, n, k))
     return out
 
