@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -61,6 +61,13 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
     sweep-mid) # issue 25: the middle M (256-2048) over the anchor (N, K) pairs, every large/mid tile against cuBLAS
          timeout 400 python bench/sweep_variants.py --shapes mid --variants "auto,$MID" --jobs 16 --launches 15 \
                    2>&1 | tee "$OUT/sweep_mid${TAG:-}.log" | grep -v "^\[deepergemm\]" ;;
+    sweep-midrule) # issue 25: the 64x64 middle-M rule (configs.MID_M_SMALL_TILES) as a pick, at the shapes it sends
+                   # to 64x64 tiles and around them, against the tiles it replaced
+         timeout 300 python bench/sweep_variants.py --shapes 256x2112x7168,192x2112x7168,129x2112x7168,256x1536x7168,256x576x7168,160x2048x7168,256x1024x4096,256x4096x7168 \
+           --variants auto,64x128s8dc2,64x64s13dm1,128x128s6w --jobs 16 --launches 30 --json "$OUT/sweep_midrule.json" \
+           2>&1 | tee "$OUT/sweep_midrule.log" | grep -v "^\[deepergemm\]" ;;
+    benchmid) timeout 300 python -m deepergemm bench --shapes mid,all --launches 30 --backends ptx,cublas --no-bf16 \
+               --markdown --out "$OUT" 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/bench_mid_all.log" | tail -70 ;;
     warmup) # the binding and every tested unit, in parallel (seconds): stop here if they did not all build
             timeout 300 python -m deepergemm warmup --jobs 16 --variants "${WARMUP_VARIANTS:-tested}" > /tmp/warmup.log 2>&1
             rc=$?; tail -2 /tmp/warmup.log
@@ -136,6 +143,12 @@ for i in range(3):
          done | tee "$OUT/mlp_block.log" ;;
     recipe256) # issue 27: the 256-K recipe's pairs variants against the 128 recipe's on the same operands
          timeout 300 python bench/recipe256_bench.py 2>&1 | grep -v "^\[deepergemm\] \[" | tee "$OUT/recipe256.log" ;;
+    pairs-sk) # issue 27: the pairs under stream-K (ranges cut on pairs of K blocks): their GPU tests and the stream-K
+              # tests of the 128 recipe (shared shape helpers), then the 256 recipe's large-M shapes through the op
+         timeout 200 python -m pytest -q -m gpu tests/test_recipe256.py tests/test_gemm_kernel.py -k "stream_k or pairs" \
+           -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_pairs_sk.log" | tail -6
+         timeout 200 python bench/recipe256_bench.py --op --shapes large --launches 20 2>&1 | grep -v "^\[deepergemm\] \[" \
+           | tee "$OUT/recipe256_op_large.log" ;;
     recipe256op) # issue 27: the 256-K recipe through the public op against the 128 recipe's plan and cuBLAS
          timeout 300 python bench/recipe256_bench.py --op --launches 20 2>&1 | grep -v "^\[deepergemm\] \[" \
            | tee "$OUT/recipe256_op.log" ;;
