@@ -66,8 +66,10 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
          timeout 300 python bench/sweep_variants.py --shapes 256x2112x7168,192x2112x7168,129x2112x7168,256x1536x7168,256x576x7168,160x2048x7168,256x1024x4096,256x4096x7168 \
            --variants auto,64x128s8dc2,64x64s13dm1,128x128s6w --jobs 16 --launches 30 --json "$OUT/sweep_midrule.json" \
            2>&1 | tee "$OUT/sweep_midrule.log" | grep -v "^\[deepergemm\]" ;;
-    benchmid) timeout 300 python -m deepergemm bench --shapes mid,all --launches 30 --backends ptx,cublas --no-bf16 \
-               --markdown --out "$OUT" 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/bench_mid_all.log" | tail -70 ;;
+    benchmid) rm -rf /tmp/bench_mid; timeout 300 python -m deepergemm bench --shapes mid,all --launches 30 \
+               --backends ptx,cublas --no-bf16 --markdown --out /tmp/bench_mid 2>&1 | grep -v "^\[deepergemm\]" \
+               | tee "$OUT/bench_mid_all.log" | tail -70
+              cp /tmp/bench_mid/gemm_*.json "$OUT/" 2>/dev/null ;;
     warmup) # the binding and every tested unit, in parallel (seconds): stop here if they did not all build
             timeout 300 python -m deepergemm warmup --jobs 16 --variants "${WARMUP_VARIANTS:-tested}" > /tmp/warmup.log 2>&1
             rc=$?; tail -2 /tmp/warmup.log
