@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid hbmceil l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -70,6 +70,8 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
                --backends ptx,cublas --no-bf16 --markdown --out /tmp/bench_mid 2>&1 | grep -v "^\[deepergemm\]" \
                | tee "$OUT/bench_mid_all.log" | tail -70
               cp /tmp/bench_mid/gemm_*.json "$OUT/" 2>/dev/null ;;
+    hbmceil) # issue 25/27: decode GEMMs against a plain read of the same weight bytes, timed the bench's way
+         timeout 200 python bench/hbm_ceiling.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/hbm_ceiling.log" ;;
     warmup) # the binding and every tested unit, in parallel (seconds): stop here if they did not all build
             timeout 300 python -m deepergemm warmup --jobs 16 --variants "${WARMUP_VARIANTS:-tested}" > /tmp/warmup.log 2>&1
             rc=$?; tail -2 /tmp/warmup.log
