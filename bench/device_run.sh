@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid hbmceil l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -72,6 +72,20 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
               cp /tmp/bench_mid/gemm_*.json "$OUT/" 2>/dev/null ;;
     hbmceil) # issue 25/27: decode GEMMs against a plain read of the same weight bytes, timed the bench's way
          timeout 200 python bench/hbm_ceiling.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/hbm_ceiling.log" ;;
+    slabskip) # issue 25: DG_SLAB_SKIP (no wgmmas for a 64-row slab wholly past the tile's last row) against the
+              # default build: its GPU tests (grouped and dense kernels), the grouped bench uneven, dense shapes
+              # whose last M-tile is part-filled
+         DEEPERGEMM_NVCC_DEFINES=DG_SLAB_SKIP timeout 200 python -m deepergemm warmup --jobs 16 --variants tested \
+           > /tmp/warm_skip.log 2>&1; tail -1 /tmp/warm_skip.log
+         DEEPERGEMM_NVCC_DEFINES=DG_SLAB_SKIP timeout 200 python -m pytest -q -m gpu tests/test_grouped.py \
+           tests/test_gemm_kernel.py tests/test_moe_layout.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_slabskip.log" | tail -4
+         for d in "" DG_SLAB_SKIP "" DG_SLAB_SKIP; do
+           echo "== defines: ${d:-none}"
+           DEEPERGEMM_NVCC_DEFINES=$d timeout 150 python -m deepergemm grouped-bench --markdown --uneven 2>&1 \
+             | grep -v "^\[deepergemm\]" | grep -E "^\| (contig|masked)"
+           DEEPERGEMM_NVCC_DEFINES=$d timeout 100 python bench/sweep_variants.py --shapes ${SKIP_SHAPES:-4100x7168x2048,4200x2112x7168,2100x7168x4096,4160x4096x7168,320x7168x2048,1100x24576x1536} \
+             --variants auto --launches 20 2>&1 | grep -v "^\[deepergemm\]" | grep -E "cuBLAS|auto"
+         done ;;
     warmup) # the binding and every tested unit, in parallel (seconds): stop here if they did not all build
             timeout 300 python -m deepergemm warmup --jobs 16 --variants "${WARMUP_VARIANTS:-tested}" > /tmp/warmup.log 2>&1
             rc=$?; tail -2 /tmp/warmup.log

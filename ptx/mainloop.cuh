@@ -186,6 +186,11 @@ template <bool kOnto>
 __device__ __forceinline__ void MathWarpgroup<C>::issue_slab(float (&acc)[kRegs], const StepScales& sc, int slab) {
   const uint32_t stage = sc.stage;
   const int rows = row_base + 128 * slab;
+#ifdef DG_SLAB_SKIP
+  // A 64-row slab wholly past the tile's last row (a group's or the problem's) has nothing to store: no wgmmas.
+  // (Its partial set keeps the previous slab's sums, which its promotion adds to totals that are never stored.)
+  if (__shfl_sync(0xffffffffu, sc.row0 + rows >= row_end_of(sc), 0)) return;
+#endif
   const uint64_t desc_a = smem_desc_kmajor_sw128(smem_addr(smem + L::kA + stage * L::kABytes + rows * kSwizzleBytes));
   const uint64_t desc_b =
       smem_desc_kmajor_sw128(smem_addr(smem + L::kB + stage * L::kBBytes + col_base * kSwizzleBytes));
