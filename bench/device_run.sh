@@ -79,7 +79,7 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
            > /tmp/warm_skip.log 2>&1; tail -1 /tmp/warm_skip.log
          DEEPERGEMM_NVCC_DEFINES=DG_SLAB_SKIP timeout 200 python -m pytest -q -m gpu tests/test_grouped.py \
            tests/test_gemm_kernel.py tests/test_moe_layout.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_slabskip.log" | tail -4
-         for d in "" DG_SLAB_SKIP "" DG_SLAB_SKIP; do
+         for d in ${SKIP_ROUNDS:-"" DG_SLAB_SKIP}; do
            echo "== defines: ${d:-none}"
            DEEPERGEMM_NVCC_DEFINES=$d timeout 150 python -m deepergemm grouped-bench --markdown --uneven 2>&1 \
              | grep -v "^\[deepergemm\]" | grep -E "^\| (contig|masked)"
