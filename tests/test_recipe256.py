@@ -153,7 +153,7 @@ def test_pairs_variants_are_twins_of_one_partial_set_tiles():
 
 def test_select_recipe_256_takes_the_pairs_twin_of_the_plain_pick():
     """The pairs twin (same tile, cluster and launch) of select()'s pick where that is a one-partial-set tile with a
-    twin and no stream-K tail; select()'s own pick (on the pair scales) everywhere else."""
+    twin (with the pick's stream-K, cut on pairs); select()'s own pick (on the pair scales) everywhere else."""
     sms = 132
     seen = set()
     for m in (1, 64, 128, 256, 512, 1024, 2048, 4096, 8192):
