@@ -558,6 +558,26 @@ def test_middle_m_picks_against_the_recorded_h100_sweeps():
     assert {"64x128s8dc2", "64x64s13dm1", "128x128s6w", "256x128s4p", "256x128s4pc1x2"} <= picks
 
 
+def test_middle_m_64x64_rule_against_its_h100_sweep():
+    """bench/data/sweep_midrule_h100.json: the shapes configs.MID_M_SMALL_TILES sends to 64x64 tiles (128 < M <= 256,
+    N up to 2560, K >= 4096, every tile in one wave) and one it keeps on 64x128 (256x4096x7168), each timed on an H100
+    with the tiles the rule chooses between, cuBLAS in the same process. select()'s pick is the fastest tile timed at
+    every shape (within 2%), and the rule's 64x64 picks run at >= 1.35x cuBLAS."""
+    import json
+
+    table = json.loads((MID_SWEEPS[0].parent / "sweep_midrule_h100.json").read_text())
+    small = 0
+    for label, row in table["shapes"].items():
+        m, n, k = (int(v) for v in label.split("x"))
+        pick = configs.select(m, n, k, table["sms"]).variant.key
+        assert pick in row["us"], (label, pick)
+        assert row["us"][pick] <= 1.02 * min(row["us"].values()), (label, pick, row["us"])
+        if pick == "64x64s13dm1":
+            small += 1
+            assert row["cublas_us"] / row["us"][pick] >= 1.35, (label, row)
+    assert small == 7
+
+
 def test_stream_k_fill_choice_and_its_limits():
     """The stream-K fill (fewer units than clusters, every cluster cutting its part of their K blocks) is a launch
     option of select()'s pick, as measured: on 128x192 one-set tiles at K >= 7168 where the units leave
