@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -70,6 +70,15 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
                --backends ptx,cublas --no-bf16 --markdown --out /tmp/bench_mid 2>&1 | grep -v "^\[deepergemm\]" \
                | tee "$OUT/bench_mid_all.log" | tail -70
               cp /tmp/bench_mid/gemm_*.json "$OUT/" 2>/dev/null ;;
+    sweep-m32) # issue 25/27: 16 < M <= 64 on wide weights, unswapped 64x32 / 64x64 against swapped, one process; then
+               # the MLP block at M = 32 with and without swapped tiles (DEEPERGEMM_SWAP_AB=1)
+         S=""; for m in 24 32 48 64; do for nk in 36864x7168 18432x7168 7168x16384 24576x1536 4096x7168 7168x2048 2112x7168 32768x512; do S="$S,${m}x$nk"; done; done
+         timeout 300 python bench/sweep_variants.py --shapes "${S#,}" --variants auto,64x32s16dm1,64x64s13dm1,64x32s16dm1t,64x64s13dm1t \
+           --jobs 16 --launches 30 --json "$OUT/sweep_m32.json" 2>&1 | grep -v "^\[deepergemm\]" > "$OUT/sweep_m32.log"; tail -3 "$OUT/sweep_m32.log"
+         for sw in "" 1; do
+           echo "== DEEPERGEMM_SWAP_AB=${sw:-default}"
+           DEEPERGEMM_SWAP_AB=$sw timeout 100 python bench/swiglu_bench.py --block --m 32 --shapes 7168x18432 2>&1 | grep -v "^\[deepergemm\]" | tail -2
+         done ;;
     hbmceil) # issue 25/27: decode GEMMs against a plain read of the same weight bytes, timed the bench's way
          timeout 200 python bench/hbm_ceiling.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/hbm_ceiling.log" ;;
     slabskip) # issue 25: DG_SLAB_SKIP (no wgmmas for a 64-row slab wholly past the tile's last row) against the
