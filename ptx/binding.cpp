@@ -929,10 +929,9 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   // (one partial set, the pairs' included, not grouped, not SwiGLU). With fewer units than resident clusters it is a
   // fill: the grid takes every resident cluster and each cuts its part out of the units' K blocks (at least one
   // apiece; the pairs cut on pairs of K blocks: granule 2).
-  const bool pairs_loop = info.acc == dg::kAccPairs;
-  const bool stream_k_built = x.stream_k && info.splits == 1 && (info.acc == dg::kAccSingle || pairs_loop) &&
+  const bool stream_k_built = x.stream_k && info.splits == 1 && (info.acc == dg::kAccSingle || pairs) &&
                               !grouped && info.fp8_out != 2;
-  const int64_t granule = pairs_loop ? 2 : 1;
+  const int64_t granule = pairs ? 2 : 1;
   const bool fill = stream_k_built && dg::stream_k_fill_fits(units, pd.resident_clusters, k_blocks, granule);
   const int64_t clusters = fill ? int64_t{pd.resident_clusters} : std::min<int64_t>(units, pd.resident_clusters);
   // L2-side-aware scheduling (scheduler.cuh's SideProblem): N-tiles [0, side0_n_tiles) to side 0, the clusters split

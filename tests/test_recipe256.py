@@ -223,6 +223,16 @@ def test_gpu_op_is_exact(no_split_orders, m, n, k):
     assert torch.equal(out, dg.fp8_gemm(a, a_s, b, b_s, backend="ptx"))
 
 
+def _launch(variant, a, a_s, b, b_s, stream_k):
+    """One direct launch of `variant` on 256-recipe operands into a NaN-poisoned output."""
+    m, n = a.shape[0], b.shape[0]
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    kernels.launch(extension.load(variant), a, layouts.to_act_scale_layout(a_s), b, b_s.contiguous(), out, None,
+                   16, configs.variant_l2_hints(m, variant), stream_k)
+    torch.cuda.synchronize()
+    return out
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", configs.RECIPE_256_VARIANTS, ids=lambda v: v.key)
 def test_gpu_every_pairs_variant(variant):
@@ -232,28 +242,12 @@ def test_gpu_every_pairs_variant(variant):
     twin = dataclasses.replace(variant, pairs=False)
     for m, n, k in ((1, 136, 256), (1, 7168, 512), (65, 264, 512), (300, 1032, 768), (513, 2112, 2048)):
         a, a_s, b, b_s = _inputs(m, n, k, "cuda", outliers=True)
-        outs = []
-        for v, sa, sb in ((variant, a_s, b_s), (twin, a_s.repeat_interleave(2, dim=1), b_s.repeat_interleave(2, dim=1))):
-            out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-            kernels.launch(extension.load(v), a, layouts.to_act_scale_layout(sa), b, sb.contiguous(), out, None,
-                           l2_hints=configs.variant_l2_hints(m, v))
-            outs.append(out)
-        torch.cuda.synchronize()
-        pairs, per128 = outs
+        pairs = _launch(variant, a, a_s, b, b_s, stream_k=False)
+        per128 = _launch(twin, a, a_s.repeat_interleave(2, dim=1), b, b_s.repeat_interleave(2, dim=1), stream_k=False)
         assert not pairs.isnan().any(), (variant.key, m, n, k)
         _assert_exact(pairs.cpu(), (a, a_s, b, b_s), (variant.key, m, n, k))
         if pairs.numel() >= 16384:
             assert ref.calc_diff(pairs, per128) < BAR, (variant.key, m, n, k)
-
-
-def _launch(variant, a, a_s, b, b_s, stream_k):
-    """One direct launch of `variant` on 256-recipe operands into a NaN-poisoned output."""
-    m, n = a.shape[0], b.shape[0]
-    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-    kernels.launch(extension.load(variant), a, layouts.to_act_scale_layout(a_s), b, b_s.contiguous(), out, None,
-                   16, configs.variant_l2_hints(m, variant), stream_k)
-    torch.cuda.synchronize()
-    return out
 
 
 @pytest.mark.gpu
