@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -79,6 +79,16 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
            echo "== DEEPERGEMM_SWAP_AB=${sw:-default}"
            DEEPERGEMM_SWAP_AB=$sw timeout 100 python bench/swiglu_bench.py --block --m 32 --shapes 7168x18432 2>&1 | grep -v "^\[deepergemm\]" | tail -2
          done ;;
+    smallstream) # issue 25/27: the small-M wide-weight rule (configs.SMALL_M_STREAM_MAX_M) as picks, the decode bench,
+                 # then the fused epilogues (always fused, DEEPERGEMM_FUSED_EPILOGUE=1) against the unfused steps at M <= 128
+         timeout 150 python bench/sweep_variants.py --shapes 1x36864x7168,16x36864x7168,24x36864x7168,32x36864x7168,48x36864x7168,32x18432x7168,48x18432x7168,32x32768x512,48x32768x512 \
+           --variants auto --jobs 16 --launches 30 --json "$OUT/smallstream.json" 2>&1 | grep -v "^\[deepergemm\]" | grep "configs\|cuBLAS   "
+         timeout 200 python -m deepergemm bench --shapes decode --launches 30 --backends ptx,cublas --no-bf16 --markdown \
+           --out /tmp/bench_out 2>&1 | grep -v "^\[deepergemm\]" > "$OUT/bench_decode.log"; tail -45 "$OUT/bench_decode.log"
+         DEEPERGEMM_FUSED_EPILOGUE=1 timeout 150 python bench/swiglu_bench.py --block --m 1,16,32,48,64,128 --shapes 7168x18432,7168x2048 \
+           2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/swiglu_block_small.log"
+         DEEPERGEMM_FUSED_EPILOGUE=1 timeout 150 python bench/fp8_out_bench.py --m 1,16,32,48,64,128 --nk 36864x7168,18432x7168,32768x512,7168x2048,4096x7168 \
+           2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/fp8_out_small.log" ;;
     hbmceil) # issue 25/27: decode GEMMs against a plain read of the same weight bytes, timed the bench's way
          timeout 200 python bench/hbm_ceiling.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/hbm_ceiling.log" ;;
     slabskip) # issue 25: DG_SLAB_SKIP (no wgmmas for a 64-row slab wholly past the tile's last row) against the

@@ -578,6 +578,31 @@ def test_middle_m_64x64_rule_against_its_h100_sweep():
     assert small == 7
 
 
+def test_small_m_stream_rule_against_its_h100_sweep():
+    """bench/data/sweep_m32_h100.json: M = 24-64 on eight (N, K) pairs (the anchors' six and DeepSeek-V3's dense
+    gate/up and down weights), timed on an H100 with the 64-row tiles select() chooses among (and the swapped ones),
+    cuBLAS in the same process. select()'s pick is within 3% of the fastest unswapped tile timed at every shape; the
+    wide-weight rule (configs.SMALL_M_STREAM_MAX_M) picks 64x64 with one math warpgroup exactly at M <= 48 on the
+    wide weights, where the pick it replaced ran up to 31% slower, and every pick is at least as fast as cuBLAS."""
+    import json
+
+    table = json.loads((MID_SWEEPS[0].parent / "sweep_m32_h100.json").read_text())
+    sms, replaced = table["sms"], 0
+    for label, row in table["shapes"].items():
+        m, n, k = (int(v) for v in label.split("x"))
+        pick = configs.select(m, n, k, sms).variant.key
+        unswapped = {key: us for key, us in row["us"].items() if not key.endswith("t")}
+        assert pick in unswapped, (label, pick)
+        assert unswapped[pick] <= 1.03 * min(unswapped.values()), (label, pick, unswapped)
+        assert row["cublas_us"] >= unswapped[pick], (label, pick, row)
+        wide = m <= configs.SMALL_M_STREAM_MAX_M and n >= configs.SMALL_M_STREAM_MIN_WAVES * sms * 64
+        assert (pick == "64x64s13dm1") == (wide or (n, k) in ((7168, 16384), (7168, 2048), (24576, 1536))), label
+        if wide and row["auto_74e723b"] != pick:
+            replaced += 1
+            assert row["us"][row["auto_74e723b"]] > unswapped[pick], (label, row)
+    assert replaced == 9  # 36864 and 18432 at M = 24, 32, 48 (at M = 48 by 4% on 36864, 2% on 18432), 32768x512
+
+
 def test_stream_k_fill_choice_and_its_limits():
     """The stream-K fill (fewer units than clusters, every cluster cutting its part of their K blocks) is a launch
     option of select()'s pick, as measured: on 128x192 one-set tiles at K >= 7168 where the units leave
