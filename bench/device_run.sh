@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -89,6 +89,16 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
            2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/swiglu_block_small.log"
          DEEPERGEMM_FUSED_EPILOGUE=1 timeout 150 python bench/fp8_out_bench.py --m 1,16,32,48,64,128 --nk 36864x7168,18432x7168,32768x512,7168x2048,4096x7168 \
            2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/fp8_out_small.log" ;;
+    sweep-m128) # issue 25/27: 64 < M <= 128 on wide weights (the picks jump between 64x32 alone and 64x64 / 64x128
+                # pairs there), M = 64 unpaired, and the four middle-M shapes below cuBLAS with 64-row tiles over waves
+         S=""; for m in 96 128; do for nk in 36864x7168 18432x7168 20480x7168 16384x7168 24576x1536 32768x512; do S="$S,${m}x$nk"; done; done
+         timeout 200 python bench/sweep_variants.py --shapes "${S#,}" --variants auto,64x32s16dm1,64x64s13dm1,64x64s13dc2m1,64x128s8dc2m1,64x128s8d,64x128s8dm1 \
+           --jobs 16 --launches 30 --json "$OUT/sweep_m128.json" 2>&1 | grep -v "^\[deepergemm\]" > "$OUT/sweep_m128.log"; tail -2 "$OUT/sweep_m128.log"
+         timeout 100 python bench/sweep_variants.py --shapes 64x20480x7168,64x16384x7168,80x18432x7168 --variants auto,64x32s16dm1,64x64s13dm1,64x128s8dm1 \
+           --jobs 16 --launches 30 --json "$OUT/sweep_m64.json" 2>&1 | grep -v "^\[deepergemm\]" > "$OUT/sweep_m64.log"; tail -2 "$OUT/sweep_m64.log"
+         timeout 150 python bench/sweep_variants.py --shapes 256x7168x2048,512x4096x7168,256x24576x1536,512x2112x7168 \
+           --variants auto,64x64s13dm1,64x64s13dc2m1,64x128s8dm1,64x128s8dc2m1,128x128s6w,128x128s6p --jobs 16 --launches 30 \
+           --json "$OUT/sweep_midlow.json" 2>&1 | grep -v "^\[deepergemm\]" > "$OUT/sweep_midlow.log"; tail -2 "$OUT/sweep_midlow.log" ;;
     hbmceil) # issue 25/27: decode GEMMs against a plain read of the same weight bytes, timed the bench's way
          timeout 200 python bench/hbm_ceiling.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/hbm_ceiling.log" ;;
     slabskip) # issue 25: DG_SLAB_SKIP (no wgmmas for a 64-row slab wholly past the tile's last row) against the
