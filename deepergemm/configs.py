@@ -39,9 +39,9 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_L2_HINTS=h        L2 eviction priorities of the loads, h = A | B << 2 with 0 normal, 1 evict-first,
                                2 evict-last (default: l2_hints_for; 0 = no hints)
   DEEPERGEMM_BACKEND=ptx|cublas|reference  what backend='auto' means
-  DEEPERGEMM_FUSED_EPILOGUE=0|1|auto  fp8 output and SwiGLU: 1 always in the GEMM's epilogue (the default for
-                               now), 0 never (the bf16 GEMM, then the Triton steps: the same bits), auto: where
-                               measured faster (fused_epilogue_pays; its unfused plans have not run on a GPU yet)
+  DEEPERGEMM_FUSED_EPILOGUE=0|1|auto  fp8 output and SwiGLU: 1 always in the GEMM's epilogue, 0 never (the bf16
+                               GEMM, then the Triton steps: the same bits), auto (the default): where measured
+                               faster (fused_epilogue_pays: fp8 output at small M and short K, SwiGLU never)
   DEEPERGEMM_PAIRS=0           the 256-K recipe without its pairs variants (select_recipe_256: the 128 recipe's
                                kernel instead, each K block reading its pair's scale)
 
@@ -957,31 +957,41 @@ def _select_fp8_out_cached(m: int, n: int, k: int, num_sms: int, sw: Switches) -
 # ----------------------------------------------------------------------------------------------
 # Fused epilogues (fp8 output, SwiGLU) or the unfused steps: the same bits, whichever is faster
 # ----------------------------------------------------------------------------------------------
-# Measured (H200, bench/fp8_out_bench.py and bench/swiglu_bench.py, bench/RESULTS.md): fused pays at decode where
-# its tiles fill at least half the SMs (fp8 output 0.62-0.85x of unfused at M = 128, N >= 7168; SwiGLU 0.72x at
-# M = 32 and 0.88x at M = 128 on DeepSeek-V3's dense MLP) and loses at M = 4096 (12-27%: the fused 256-row tile does
-# not overlap its epilogue, the SwiGLU tile has 64 rows) and with few tiles (SwiGLU at intermediate 2048: 16-32
-# tiles, 1.15-1.27x; fp8 output at 128x4096x7168: 64 tiles, 1.12x). The MLP block (gate/up + SwiGLU + down,
-# bench/swiglu_bench.py --block, H100) under this rule against always fused: 0.86 / 0.99 / 1.02 / 1.00 of unfused at
-# M = 1 / 32 / 128 / 4096 (7168 -> 2 x 18432) where always fused gave 0.86 / 0.99 / 1.01 / 1.10, and 1.00 at
-# intermediate 2048 where always fused gave 1.13-1.26. The unfused plans gave the same bits on the GPU
-# (tests/test_swiglu.py, test_fp8_out.py), so the rule is the default.
+# Measured on the H100 (bench/fp8_out_bench.py and bench/swiglu_bench.py --block with DEEPERGEMM_FUSED_EPILOGUE=1,
+# `device_run.sh smallstream`, bench/RESULTS.md "fused epilogues against the new small-M picks"), each fused op
+# against the unfused steps in the same process, with select()'s picks for the bf16 GEMM:
+# - fp8 output pays at K <= 2048 (32768x512 and 7168x2048: 0.92-0.99x of unfused at M = 1-64, 0.95 and 1.02 at
+#   M = 128; the quantize kernel's launch and its read of the bf16 output are a large share there) and loses at K = 7168 (1.02-1.11x at M <= 64 on
+#   N = 4096-36864: the fp8-output tiles are 64x128, wider than the 64x16-64x64 the bf16 GEMM runs); at M = 4096
+#   it lost 12-27% (H200: the fused 256-row tile does not overlap its epilogue).
+# - SwiGLU never pays: its one unit is 64x256 (a 128-column output group needs 128 gate and 128 up columns), 144
+#   tiles on 132 SMs at DeepSeek-V3's dense MLP and 16 at a routed expert's, so the MLP block ran 1.01-1.10x (dense)
+#   and 1.24-1.41x (expert) of unfused at M = 1-128, and it lost at M = 4096. (Against the previous small-M picks,
+#   64x32 tiles at M = 17-48 on the 36864-row gate/up weight, it ran 0.72x at M = 32 on the H200.)
+# The unfused plans give the same bits (GPU: tests/test_swiglu.py, test_fp8_out.py), so the rule is the default and
+# DEEPERGEMM_FUSED_EPILOGUE=1 keeps the fused kernels one switch away.
 FUSED_EPILOGUE_MAX_M = 128
+FUSED_FP8_OUT_MAX_K = 2048
+FUSED_FP8_OUT_MIN_SM_SHARE = 0.4  # the fewest tiles measured paying: 56 on 132 SMs (7168x2048); fewer is unmeasured
 
 
 FUSED_EPILOGUE_DEFAULT = "auto"
 
 
-def fused_epilogue_pays(fused: Choice, m: int, num_sms: int, sw: Switches | None = None) -> bool:
+def fused_epilogue_pays(fused: Choice, m: int, k: int, num_sms: int, sw: Switches | None = None) -> bool:
     """Whether an fp8-output or SwiGLU GEMM runs fused (its plan `fused`) or as the bf16 GEMM then the Triton steps
-    (bit-identical either way). DEEPERGEMM_FUSED_EPILOGUE=auto: the measured rule, M <= FUSED_EPILOGUE_MAX_M and the
-    fused tiles fill at least half the SMs; 1 / 0: always / never; unset: FUSED_EPILOGUE_DEFAULT."""
+    (bit-identical either way). DEEPERGEMM_FUSED_EPILOGUE=auto: the measured rule, fp8 output at M <=
+    FUSED_EPILOGUE_MAX_M and K <= FUSED_FP8_OUT_MAX_K where the fused tiles fill at least half the SMs, SwiGLU never;
+    1 / 0: always / never; unset: FUSED_EPILOGUE_DEFAULT."""
     value = (sw or switches()).get("DEEPERGEMM_FUSED_EPILOGUE") or FUSED_EPILOGUE_DEFAULT
     if value not in ("0", "1", "auto"):
         raise ValueError(f"environment variable DEEPERGEMM_FUSED_EPILOGUE must be 0, 1 or auto, got {value!r}")
     if value != "auto":
         return value == "1"
-    return m <= FUSED_EPILOGUE_MAX_M and fused.tiles >= num_sms // 2
+    if fused.variant.swiglu:
+        return False
+    return (m <= FUSED_EPILOGUE_MAX_M and k <= FUSED_FP8_OUT_MAX_K
+            and fused.tiles >= FUSED_FP8_OUT_MIN_SM_SHARE * num_sms)
 
 
 # ----------------------------------------------------------------------------------------------

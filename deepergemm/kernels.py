@@ -54,7 +54,7 @@ def plan(kind: int, device: int, m: int, n: int, k: int, groups: int, rows: int,
         choice = configs.select(m, n, k, sms, sw=sw)
     elif kind in (PLAN_FP8_OUT, PLAN_SWIGLU):
         choice = (configs.select_fp8_out if kind == PLAN_FP8_OUT else configs.select_swiglu)(m, n, k, sms, sw=sw)
-        if not configs.fused_epilogue_pays(choice, m, sms, sw):  # the bf16 GEMM's plan, then the Triton steps
+        if not configs.fused_epilogue_pays(choice, m, k, sms, sw):  # the bf16 GEMM's plan, then the Triton steps
             choice, unfused = configs.select(m, n, k, sms, sw=sw), True
     elif kind == PLAN_RECIPE_256:
         choice = configs.select_recipe_256(m, n, k, sms, sw=sw)

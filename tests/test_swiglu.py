@@ -454,28 +454,31 @@ def test_both_sides_compile_to_the_same_instructions(tmp_path):
 
 def test_fused_epilogue_runs_where_it_measured_faster(monkeypatch):
     """configs.fused_epilogue_pays, the rule the plans of fp8_gemm_swiglu and of fp8 output follow with
-    DEEPERGEMM_FUSED_EPILOGUE=auto (bit-identical either way): fused at M <= 128 where the fused tiles fill half the
-    SMs, else the bf16 GEMM and the Triton steps; 1 / 0 force either; unset: the rule."""
+    DEEPERGEMM_FUSED_EPILOGUE=auto (bit-identical either way): fp8 output fused at M <= 128 and K <= 2048 where the
+    fused tiles fill 40% of the SMs, SwiGLU never (the H100 figures of configs.py); 1 / 0 force either; unset: the rule."""
     sms = 132
     pays = configs.fused_epilogue_pays
     monkeypatch.delenv("DEEPERGEMM_FUSED_EPILOGUE", raising=False)
     assert configs.FUSED_EPILOGUE_DEFAULT == "auto"
-    assert not pays(configs.select_swiglu(4096, 2 * 18432, 7168, sms), 4096, sms)
+    assert not pays(configs.select_swiglu(4096, 2 * 18432, 7168, sms), 4096, 7168, sms)
     monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", "auto")
-    assert pays(configs.select_swiglu(32, 2 * 18432, 7168, sms), 32, sms)       # 144 tiles: measured 0.72x
-    assert pays(configs.select_swiglu(128, 2 * 18432, 7168, sms), 128, sms)     # 0.88x
-    assert not pays(configs.select_swiglu(32, 2 * 2048, 7168, sms), 32, sms)    # 16 tiles: measured 1.15x
-    assert not pays(configs.select_swiglu(4096, 2 * 18432, 7168, sms), 4096, sms)  # 1.15x
-    assert pays(configs.select_fp8_out(128, 7168, 2048, sms), 128, sms)         # 0.85x
-    assert not pays(configs.select_fp8_out(128, 4096, 7168, sms), 128, sms)     # 64 tiles: 1.12x
-    assert not pays(configs.select_fp8_out(4096, 7168, 2048, sms), 4096, sms)   # 1.27x
+    for m in (1, 32, 128):
+        assert not pays(configs.select_swiglu(m, 2 * 18432, 7168, sms), m, 7168, sms)  # block 1.01-1.10x
+        assert not pays(configs.select_swiglu(m, 2 * 2048, 7168, sms), m, 7168, sms)   # 1.24-1.41x
+    for m in (1, 32, 128):
+        assert pays(configs.select_fp8_out(m, 7168, 2048, sms), m, 2048, sms)          # 0.92-0.98x
+        assert not pays(configs.select_fp8_out(m, 36864, 7168, sms), m, 7168, sms)     # 0.99-1.06x
+    assert pays(configs.select_fp8_out(32, 32768, 512, sms), 32, 512, sms)             # 0.96x
+    assert not pays(configs.select_fp8_out(128, 4096, 7168, sms), 128, 7168, sms)      # 1.09x
+    assert not pays(configs.select_fp8_out(4096, 7168, 2048, sms), 4096, 2048, sms)    # M > 128: 1.27x (H200)
+    assert not pays(configs.select_fp8_out(128, 2048, 512, sms), 128, 512, sms)        # 16 tiles: unmeasured
     for value, want in (("1", True), ("0", False)):
         monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", value)
-        assert pays(configs.select_fp8_out(4096, 7168, 2048, sms), 4096, sms) is want
-        assert pays(configs.select_swiglu(32, 2 * 18432, 7168, sms), 32, sms) is want
+        assert pays(configs.select_fp8_out(4096, 7168, 2048, sms), 4096, 2048, sms) is want
+        assert pays(configs.select_swiglu(32, 2 * 18432, 7168, sms), 32, 7168, sms) is want
     monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", "yes")
     with pytest.raises(ValueError, match="DEEPERGEMM_FUSED_EPILOGUE must be 0, 1 or auto"):
-        pays(configs.select_fp8_out(4096, 7168, 2048, sms), 4096, sms)
+        pays(configs.select_fp8_out(4096, 7168, 2048, sms), 4096, 2048, sms)
 
 
 @pytest.mark.gpu
