@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -99,6 +99,9 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
          timeout 150 python bench/sweep_variants.py --shapes 256x7168x2048,512x4096x7168,256x24576x1536,512x2112x7168 \
            --variants auto,64x64s13dm1,64x64s13dc2m1,64x128s8dm1,64x128s8dc2m1,128x128s6w,128x128s6p --jobs 16 --launches 30 \
            --json "$OUT/sweep_midlow.json" 2>&1 | grep -v "^\[deepergemm\]" > "$OUT/sweep_midlow.log"; tail -2 "$OUT/sweep_midlow.log" ;;
+    tests-rules) # the GPU tests the selection rules touch (fused epilogues on their new plans, L2-side detection)
+         timeout 200 python -m pytest -q -m gpu -p no:cacheprovider tests/test_swiglu.py tests/test_fp8_out.py tests/test_l2_sides.py \
+           tests/test_configs.py 2>&1 | tee "$OUT/gpu_tests_rules.log" | tail -4 ;;
     hbmceil) # issue 25/27: decode GEMMs against a plain read of the same weight bytes, timed the bench's way
          timeout 200 python bench/hbm_ceiling.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/hbm_ceiling.log" ;;
     slabskip) # issue 25: DG_SLAB_SKIP (no wgmmas for a 64-row slab wholly past the tile's last row) against the
