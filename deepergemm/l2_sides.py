@@ -22,6 +22,7 @@ the memory it places weights in.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -67,9 +68,27 @@ def _granularity(chunk_side: list[int], stride: int) -> int:
     return block * stride
 
 
+@contextlib.contextmanager
+def _one_cpu_thread():
+    """torch's CPU ops on one thread, restored after: the SMs x SMs math below needs no thread pool, and a pool whose
+    threads compete with other busy threads of the process made it 50-500x slower (on the device, under pytest after
+    the Triton and torch.compile tests: eigh of 132 x 132 took 0.97 s instead of 2 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def classify(cycles: torch.Tensor, smid: list[int], stride: int = PROBE_STRIDE) -> L2Sides:
     """cycles (CTAs, chunks): L2 hit latency from each CTA's SM (smid[cta]) to each probed chunk, `stride`
-    bytes apart. CTAs on one SM are averaged."""
+    bytes apart. CTAs on one SM are averaged. (On one CPU thread: _one_cpu_thread.)"""
+    with _one_cpu_thread():
+        return _classify(cycles, smid, stride)
+
+
+def _classify(cycles: torch.Tensor, smid: list[int], stride: int) -> L2Sides:
     lat = cycles.double()
     ids = sorted(set(smid))
     if len(ids) < 2 or lat.shape[1] < 8:

@@ -154,3 +154,28 @@ def test_classifier_decides_on_latencies_recorded_on_an_h100():
     order = torch.randperm(132)
     shuffled = l2_sides.classify(cycles[order], [smid[i] for i in order.tolist()], data["stride"])
     assert shuffled.sm_side == full.sm_side
+
+
+def test_classifier_runs_on_one_cpu_thread_and_restores_the_pool(monkeypatch):
+    """classify runs its CPU math on one thread (a busy process's thread pool made eigh of 132 x 132 take ~1 s on the
+    device) and leaves torch's thread count as it found it, also when it raises."""
+    data = torch.load(RECORDED)
+    before = torch.get_num_threads()
+    seen = []
+    real_eigh = torch.linalg.eigh
+
+    def eigh_spy(matrix):
+        seen.append(torch.get_num_threads())
+        return real_eigh(matrix)
+
+    monkeypatch.setattr(torch.linalg, "eigh", eigh_spy)
+    assert l2_sides.classify(data["cycles"].int(), data["smid"], data["stride"]).decided
+    assert seen == [1] and torch.get_num_threads() == before
+
+    def eigh_fails(matrix):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(torch.linalg, "eigh", eigh_fails)
+    with pytest.raises(RuntimeError, match="boom"):
+        l2_sides.classify(data["cycles"].int(), data["smid"], data["stride"])
+    assert torch.get_num_threads() == before
