@@ -127,16 +127,22 @@ MID_M_SMALL_TILE_MAX_M = 256
 # with one warpgroup everywhere.
 SMALL_M_MATH_WGS = 1
 SMALL_M_ONE_WG_MIN_K = 1024
-# Small M on wide weights: at M <= SMALL_M_STREAM_MAX_M the GEMM is a stream of B's bytes, so a part-filled last
-# wave costs little and the wave model's choice of the narrowest tile (more, finer waves) only adds tiles. Where
-# 64x64 tiles make at least SMALL_M_STREAM_MIN_WAVES waves they run instead, with one math warpgroup at any K
-# (H100, `device_run.sh sweep-m32`, bench/data/sweep_m32_h100.json, M = 24-64 on eight (N, K) pairs): at M = 24-48
-# 64x64s13dm1 was the fastest unswapped tile on every such shape, 24x36864x7168 0.79 -> 1.04x cuBLAS,
-# 32x36864x7168 0.86 -> 1.04, 24x18432x7168 0.99 -> 1.21, 32x32768x512 1.02 -> 1.05 (against 64x128 with two
-# warpgroups); at M = 64 the model's 64x32 stays 1-3% ahead, hence the M bound.
+# Small M on wide weights: at M <= 128 these GEMMs are a stream of B's bytes, so a part-filled last wave costs little
+# and the wave model's choice of the narrowest tile (more, finer waves) only adds tiles, and at 64 < M <= 128 it was
+# also unpaired (64x32 has no B-multicast pair: each of the two M-tiles read B). Where 64x64 tiles make at least
+# SMALL_M_STREAM_MIN_WAVES waves, M <= SMALL_M_STREAM_MAX_M runs 64x64 tiles and 64 < M <= 128 (at K >=
+# SMALL_M_CLUSTER_MIN_K) 64x128 B-multicast pairs, each with one math warpgroup. Measured on the H100 (cuBLAS in the
+# same process; bench/data/sweep_m32_h100.json, sweep_m128_h100.json):
+# - M = 24-48: 64x64s13dm1 the fastest unswapped tile on every such shape (24x36864x7168 0.79 -> 1.04x cuBLAS,
+#   32x36864x7168 0.86 -> 1.04, 24x18432x7168 0.99 -> 1.21, 32x32768x512 1.02 -> 1.05); at M = 64 the model's 64x32
+#   stayed 1-4% ahead (64x20480x7168 1.25 against 1.20), hence the M bound.
+# - M = 96: 64x128s8dc2m1 the fastest timed on the five wide shapes at K >= 1536 (96x18432x7168 0.54 -> 1.09,
+#   96x36864x7168 0.95 -> 1.00); M = 128: within 5% of the fastest (64x64 pairs, 1.14 at N = 18432 and 20480) and
+#   128x18432x7168 0.78 -> 1.08. (64x64 pairs ran 14% slower at M = 96 than at M = 128 on the same weight.)
 SMALL_M_STREAM_MAX_M = 48
 SMALL_M_STREAM_MIN_WAVES = 2
 SMALL_M_STREAM_TILE = (64, 64)
+SMALL_M_STREAM_PAIR_TILE = (64, 128)
 SPLIT_KS = (1, 2, 4)     # K splits per tile a variant may be built with (split-K clusters)
 SPLIT_K = 2              # the split the selectable split-K variants use
 SPLIT_K_IDLE = 0.5       # split only when the unsplit tiles occupy at most this fraction of the SMs
@@ -549,9 +555,15 @@ class Choice:
     stream_k: bool = False  # share the part-filled last wave (or, a fill, every unit) out by K blocks (stream_k_pays)
 
 
-def _small_m_stream(m: int, n: int, num_sms: int) -> bool:
-    """Whether a small-M problem takes SMALL_M_STREAM_TILE (see SMALL_M_STREAM_MAX_M)."""
-    return m <= SMALL_M_STREAM_MAX_M and ceil_div(n, SMALL_M_STREAM_TILE[1]) >= SMALL_M_STREAM_MIN_WAVES * num_sms
+def _small_m_stream(m: int, n: int, k: int, num_sms: int) -> tuple[int, int] | None:
+    """The tile a small-M problem on a wide weight takes (see SMALL_M_STREAM_MAX_M), or None."""
+    if ceil_div(n, SMALL_M_STREAM_TILE[1]) < SMALL_M_STREAM_MIN_WAVES * num_sms:
+        return None
+    if m <= SMALL_M_STREAM_MAX_M:
+        return SMALL_M_STREAM_TILE
+    if ceil_div(m, 64) == SMALL_M_CLUSTER[0] and k >= SMALL_M_CLUSTER_MIN_K:
+        return SMALL_M_STREAM_PAIR_TILE
+    return None
 
 
 def _small_m_math_wgs(k: int, sw: Switches) -> int:
@@ -855,8 +867,7 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
             return waves * bm * bn * _TILE_COST[shape], -bm * bn  # ties: the larger tile
 
         shape = min(shapes, key=modelled_time)
-        if _small_m_stream(m, n, num_sms):
-            shape = SMALL_M_STREAM_TILE
+        shape = _small_m_stream(m, n, k, num_sms) or shape
     cluster = _cluster_shape(m, n, k, *shape, sw)
     if forced is not None and (*shape, cluster) not in {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n))
                                                          for v in VARIANTS}:
@@ -867,7 +878,7 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
     math_wgs = 2
     if shape[0] == 64:
         math_wgs = _small_m_math_wgs(k, sw) if m <= 128 else MID_M_SMALL_TILES.get(shape, (True, 2))[1]
-        if forced is None and _small_m_stream(m, n, num_sms) and not sw.get("DEEPERGEMM_SMALL_M_WGS"):
+        if forced is None and _small_m_stream(m, n, k, num_sms) and not sw.get("DEEPERGEMM_SMALL_M_WGS"):
             math_wgs = 1
     variant = find_variant(*shape, dual, cluster, splits, math_wgs)
     return _choice(variant, m, n, k, num_sms, sw)
