@@ -972,9 +972,9 @@ def _select_fp8_out_cached(m: int, n: int, k: int, num_sms: int, sw: Switches) -
 # `device_run.sh smallstream`, bench/RESULTS.md "fused epilogues against the new small-M picks"), each fused op
 # against the unfused steps in the same process, with select()'s picks for the bf16 GEMM:
 # - fp8 output pays at K <= 2048 (32768x512 and 7168x2048: 0.92-0.99x of unfused at M = 1-64, 0.95 and 1.02 at
-#   M = 128; the quantize kernel's launch and its read of the bf16 output are a large share there) and loses at K = 7168 (1.02-1.11x at M <= 64 on
-#   N = 4096-36864: the fp8-output tiles are 64x128, wider than the 64x16-64x64 the bf16 GEMM runs); at M = 4096
-#   it lost 12-27% (H200: the fused 256-row tile does not overlap its epilogue).
+#   M = 128; the quantize kernel's launch and its read of the bf16 output are a large share there) and loses at
+#   K = 7168 (1.02-1.11x at M <= 64 on N = 4096-36864: the fp8-output tiles are 64x128, wider than the 64x16-64x64
+#   the bf16 GEMM runs); at M = 4096 it lost 12-27% (H200: the fused 256-row tile does not overlap its epilogue).
 # - SwiGLU never pays: its one unit is 64x256 (a 128-column output group needs 128 gate and 128 up columns), 144
 #   tiles on 132 SMs at DeepSeek-V3's dense MLP and 16 at a routed expert's, so the MLP block ran 1.01-1.10x (dense)
 #   and 1.24-1.41x (expert) of unfused at M = 1-128, and it lost at M = 4096. (Against the previous small-M picks,
@@ -992,8 +992,8 @@ FUSED_EPILOGUE_DEFAULT = "auto"
 def fused_epilogue_pays(fused: Choice, m: int, k: int, num_sms: int, sw: Switches | None = None) -> bool:
     """Whether an fp8-output or SwiGLU GEMM runs fused (its plan `fused`) or as the bf16 GEMM then the Triton steps
     (bit-identical either way). DEEPERGEMM_FUSED_EPILOGUE=auto: the measured rule, fp8 output at M <=
-    FUSED_EPILOGUE_MAX_M and K <= FUSED_FP8_OUT_MAX_K where the fused tiles fill at least half the SMs, SwiGLU never;
-    1 / 0: always / never; unset: FUSED_EPILOGUE_DEFAULT."""
+    FUSED_EPILOGUE_MAX_M and K <= FUSED_FP8_OUT_MAX_K where the fused tiles fill FUSED_FP8_OUT_MIN_SM_SHARE of the
+    SMs, SwiGLU never; 1 / 0: always / never; unset: FUSED_EPILOGUE_DEFAULT."""
     value = (sw or switches()).get("DEEPERGEMM_FUSED_EPILOGUE") or FUSED_EPILOGUE_DEFAULT
     if value not in ("0", "1", "auto"):
         raise ValueError(f"environment variable DEEPERGEMM_FUSED_EPILOGUE must be 0, 1 or auto, got {value!r}")

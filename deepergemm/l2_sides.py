@@ -71,7 +71,7 @@ def _granularity(chunk_side: list[int], stride: int) -> int:
 @contextlib.contextmanager
 def _one_cpu_thread():
     """torch's CPU ops on one thread, restored after: the SMs x SMs math below needs no thread pool, and a pool whose
-    threads compete with other busy threads of the process made it 50-500x slower (on the device, under pytest after
+    threads compete with other busy threads of the process made it 10-500x slower (on the device, under pytest after
     the Triton and torch.compile tests: eigh of 132 x 132 took 0.97 s instead of 2 ms)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
