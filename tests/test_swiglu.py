@@ -455,7 +455,8 @@ def test_both_sides_compile_to_the_same_instructions(tmp_path):
 def test_fused_epilogue_runs_where_it_measured_faster(monkeypatch):
     """configs.fused_epilogue_pays, the rule the plans of fp8_gemm_swiglu and of fp8 output follow with
     DEEPERGEMM_FUSED_EPILOGUE=auto (bit-identical either way): fp8 output fused at M <= 128 and K <= 2048 where the
-    fused tiles fill 40% of the SMs, SwiGLU never (the H100 figures of configs.py); 1 / 0 force either; unset: the rule."""
+    fused tiles fill 40% of the SMs, SwiGLU never (the H100 figures of configs.py); 1 / 0 force either; unset: the
+    rule."""
     sms = 132
     pays = configs.fused_epilogue_pays
     monkeypatch.delenv("DEEPERGEMM_FUSED_EPILOGUE", raising=False)
