@@ -267,10 +267,13 @@ def _convert_problem(name: str, linear: nn.Linear, skip, holders) -> str | None:
 class FP8MLP(nn.Module):
     """SwiGLU MLP down_proj(silu(gate_proj(x)) * up_proj(x)) of three FP8Linear layers (DeepSeek's names).
 
-    fused_swiglu=True (off by default: not measured yet) runs the gate and up projections, SwiGLU and the down
-    projection's input quantization as one kernel (dg.fp8_gemm_swiglu) on a copy of the gate and up weights
-    interleaved per 128 rows (dg.prepare_gate_up), made on the first forward and again after load_state_dict; call
-    refresh_gate_up() after changing those weights in place. Needs intermediate_size a multiple of 128 and a
+    fused_swiglu=True runs the gate and up projections, SwiGLU and the down projection's input quantization through
+    dg.fp8_gemm_swiglu (one kernel, or where that measured slower, configs.fused_epilogue_pays, one gate/up GEMM then
+    the Triton SwiGLU and quantize: the same bits) on a copy of the gate and up weights interleaved per 128 rows
+    (dg.prepare_gate_up; twice the gate's weight bytes more in memory), made on the first forward and again after
+    load_state_dict; call refresh_gate_up() after changing those weights in place. Measured (H100, model-bench,
+    bench/RESULTS.md): a DeepSeek-V3 layer step 1.01-1.04x faster at decode batch 1-64, 0.99x at 128, 1.01x at
+    prefill; off by default. Needs intermediate_size a multiple of 128 and a
     bias-free gate and up. Its SwiGLU is computed in fp32 and rounded once to bf16 (deepergemm.swiglu's formula), the
     unfused forward's in x's dtype (F.silu, then the product, each rounded), so the two differ in rounding."""
 
