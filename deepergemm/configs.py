@@ -139,10 +139,17 @@ SMALL_M_ONE_WG_MIN_K = 1024
 # - M = 96: 64x128s8dc2m1 the fastest timed on the five wide shapes at K >= 1536 (96x18432x7168 0.54 -> 1.09,
 #   96x36864x7168 0.95 -> 1.00); M = 128: within 5% of the fastest (64x64 pairs, 1.14 at N = 18432 and 20480) and
 #   128x18432x7168 0.78 -> 1.08. (64x64 pairs ran 14% slower at M = 96 than at M = 128 on the same weight.)
+# - 128 < M <= 256 (bench/data/sweep_wide_mid_h100.json): the middle-M rules (unclustered 128-row tiles, 64x128
+#   pairs; measured on the anchors' narrower weights) ran 0.78-0.87x cuBLAS at M = 160 and 256 on the 18432- and
+#   36864-row weights; 128x192 tiles in 2x1 B-multicast pairs 0.99-1.05 (160x36864x7168 0.78 -> 1.00, 160x18432x7168
+#   0.80 -> 0.99, 256x18432x7168 0.87 -> 1.00, 256x36864x7168 1.02 -> 1.05). They run there (WIDE_MID_M_TILE).
 SMALL_M_STREAM_MAX_M = 48
 SMALL_M_STREAM_MIN_WAVES = 2
 SMALL_M_STREAM_TILE = (64, 64)
 SMALL_M_STREAM_PAIR_TILE = (64, 128)
+WIDE_MID_M_TILE = (128, 192)  # in CLUSTER_SHAPE pairs
+WIDE_MID_M_MAX_M = 256
+WIDE_MID_M_MIN_K = 4096  # measured at K = 7168; at 1536 the pairs ran even with the pick (0.99 / 0.97 against 0.98)
 SPLIT_KS = (1, 2, 4)     # K splits per tile a variant may be built with (split-K clusters)
 SPLIT_K = 2              # the split the selectable split-K variants use
 SPLIT_K_IDLE = 0.5       # split only when the unsplit tiles occupy at most this fraction of the SMs
@@ -556,13 +563,17 @@ class Choice:
 
 
 def _small_m_stream(m: int, n: int, k: int, num_sms: int) -> tuple[int, int] | None:
-    """The tile a small-M problem on a wide weight takes (see SMALL_M_STREAM_MAX_M), or None."""
+    """The tile a problem with M <= WIDE_MID_M_MAX_M on a wide weight takes (see SMALL_M_STREAM_MAX_M), or None."""
     if ceil_div(n, SMALL_M_STREAM_TILE[1]) < SMALL_M_STREAM_MIN_WAVES * num_sms:
         return None
     if m <= SMALL_M_STREAM_MAX_M:
         return SMALL_M_STREAM_TILE
-    if ceil_div(m, 64) == SMALL_M_CLUSTER[0] and k >= SMALL_M_CLUSTER_MIN_K:
+    if k < SMALL_M_CLUSTER_MIN_K:
+        return None
+    if ceil_div(m, 64) == SMALL_M_CLUSTER[0]:
         return SMALL_M_STREAM_PAIR_TILE
+    if 128 < m <= WIDE_MID_M_MAX_M and k >= WIDE_MID_M_MIN_K:
+        return WIDE_MID_M_TILE
     return None
 
 
@@ -842,6 +853,8 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
     forced = _forced_shape(sw)
     if forced is None and swap_ok and m <= swap_max_m(sw):
         return _select_swapped(m, n, k, num_sms, sw)
+    # (a forced tile or cluster shape leaves the wide-weight rule out)
+    stream = None if forced is not None or sw.get("DEEPERGEMM_CLUSTER") else _small_m_stream(m, n, k, num_sms)
     if forced is not None:
         shape = forced
     else:
@@ -866,9 +879,8 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
                 waves = units / max(1, num_sms // (cluster[0] * cluster[1])) * STREAM_K_COST
             return waves * bm * bn * _TILE_COST[shape], -bm * bn  # ties: the larger tile
 
-        shape = min(shapes, key=modelled_time)
-        shape = _small_m_stream(m, n, k, num_sms) or shape
-    cluster = _cluster_shape(m, n, k, *shape, sw)
+        shape = stream or min(shapes, key=modelled_time)
+    cluster = CLUSTER_SHAPE if stream == WIDE_MID_M_TILE else _cluster_shape(m, n, k, *shape, sw)
     if forced is not None and (*shape, cluster) not in {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n))
                                                          for v in VARIANTS}:
         cluster = (1, 1)  # a forced tile shape without a clustered build runs unclustered
@@ -878,7 +890,7 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
     math_wgs = 2
     if shape[0] == 64:
         math_wgs = _small_m_math_wgs(k, sw) if m <= 128 else MID_M_SMALL_TILES.get(shape, (True, 2))[1]
-        if forced is None and _small_m_stream(m, n, k, num_sms) and not sw.get("DEEPERGEMM_SMALL_M_WGS"):
+        if stream and not sw.get("DEEPERGEMM_SMALL_M_WGS"):
             math_wgs = 1
     variant = find_variant(*shape, dual, cluster, splits, math_wgs)
     return _choice(variant, m, n, k, num_sms, sw)
