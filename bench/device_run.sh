@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -111,6 +111,9 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
          S=""; for m in 160 256 384; do for nk in 36864x7168 18432x7168 7168x18432 24576x1536; do S="$S,${m}x$nk"; done; done
          timeout 200 python bench/sweep_variants.py --shapes "${S#,}" --variants auto,128x128s6w,128x128s6wc2,128x192s5p,128x192s5pc2,64x128s8dc2,64x128s8dc2m1,256x128s4p \
            --jobs 16 --launches 30 --json "$OUT/sweep_wide_mid.json" 2>&1 | grep -v "^\[deepergemm\]" > "$OUT/sweep_wide_mid.log"; tail -2 "$OUT/sweep_wide_mid.log" ;;
+    widepicks) # issue 25: the 128 < M <= 256 wide-weight rule (128x192 2x1 pairs) as picks
+         timeout 100 python bench/sweep_variants.py --shapes 160x36864x7168,160x18432x7168,192x18432x7168,256x18432x7168,256x36864x7168 \
+           --variants auto --jobs 16 --launches 30 --json "$OUT/widepicks.json" 2>&1 | grep -v "^\[deepergemm\]" | grep "configs\|cuBLAS   " ;;
     hbmceil) # issue 25/27: decode GEMMs against a plain read of the same weight bytes, timed the bench's way
          timeout 200 python bench/hbm_ceiling.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/hbm_ceiling.log" ;;
     slabskip) # issue 25: DG_SLAB_SKIP (no wgmmas for a 64-row slab wholly past the tile's last row) against the
