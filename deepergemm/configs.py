@@ -127,12 +127,13 @@ MID_M_SMALL_TILE_MAX_M = 256
 # with one warpgroup everywhere.
 SMALL_M_MATH_WGS = 1
 SMALL_M_ONE_WG_MIN_K = 1024
-# Small M on wide weights: at M <= 128 these GEMMs are a stream of B's bytes, so a part-filled last wave costs little
-# and the wave model's choice of the narrowest tile (more, finer waves) only adds tiles, and at 64 < M <= 128 it was
-# also unpaired (64x32 has no B-multicast pair: each of the two M-tiles read B). Where 64x64 tiles make at least
-# SMALL_M_STREAM_MIN_WAVES waves, M <= SMALL_M_STREAM_MAX_M runs 64x64 tiles and 64 < M <= 128 (at K >=
-# SMALL_M_CLUSTER_MIN_K) 64x128 B-multicast pairs, each with one math warpgroup. Measured on the H100 (cuBLAS in the
-# same process; bench/data/sweep_m32_h100.json, sweep_m128_h100.json):
+# Small M on wide weights: at M <= 128 these GEMMs are a stream of B's bytes (up to M = 256 B's traffic still
+# decides, last point below), so a part-filled last wave costs little and the wave model's choice of the narrowest
+# tile (more, finer waves) only adds tiles, and at 64 < M <= 128 it was also unpaired (64x32 has no B-multicast pair:
+# each of the two M-tiles read B). Where 64x64 tiles make at least SMALL_M_STREAM_MIN_WAVES waves, M <=
+# SMALL_M_STREAM_MAX_M runs 64x64 tiles and 64 < M <= 128 (at K >= SMALL_M_CLUSTER_MIN_K) 64x128 B-multicast pairs,
+# each with one math warpgroup. Measured on the H100 (cuBLAS in the same process; bench/data/sweep_m32_h100.json,
+# sweep_m128_h100.json, sweep_wide_mid_h100.json):
 # - M = 24-48: 64x64s13dm1 the fastest unswapped tile on every such shape (24x36864x7168 0.79 -> 1.04x cuBLAS,
 #   32x36864x7168 0.86 -> 1.04, 24x18432x7168 0.99 -> 1.21, 32x32768x512 1.02 -> 1.05); at M = 64 the model's 64x32
 #   stayed 1-4% ahead (64x20480x7168 1.25 against 1.20), hence the M bound.
