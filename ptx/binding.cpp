@@ -931,7 +931,7 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   // apiece; the pairs cut on pairs of K blocks: granule 2).
   const bool stream_k_built = x.stream_k && info.splits == 1 && (info.acc == dg::kAccSingle || pairs) &&
                               !grouped && info.fp8_out != 2;
-  const int64_t granule = pairs ? 2 : 1;
+  const int64_t granule = dg::stream_k_granule(pairs);
   const bool fill = stream_k_built && dg::stream_k_fill_fits(units, pd.resident_clusters, k_blocks, granule);
   const int64_t clusters = fill ? int64_t{pd.resident_clusters} : std::min<int64_t>(units, pd.resident_clusters);
   // L2-side-aware scheduling (scheduler.cuh's SideProblem): N-tiles [0, side0_n_tiles) to side 0, the clusters split

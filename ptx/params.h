@@ -78,8 +78,12 @@ struct GemmParams {
 // of it is stored (rows past the end read the next group's rows, or zeros past A's end).
 DG_HD int group_tiles(int rows, int bm, int cm) { return ((rows + bm - 1) / bm + cm - 1) / cm * cm; }
 
-// A stream-K fill fits: fewer units of k_blocks K blocks than clusters, with a granule (granule K blocks: 2 for the
-// 256-K recipe's pairs, else 1; scheduler.cuh's KG) at least for each cluster.
+// The K blocks a stream-K range is cut in multiples of (scheduler.cuh's KG): the 256-K recipe's pairs loops take a
+// tile's K blocks two at a time, every other loop one.
+DG_HD constexpr int stream_k_granule(bool pairs) { return pairs ? 2 : 1; }
+
+// A stream-K fill fits: fewer units of k_blocks K blocks than clusters, with a granule (stream_k_granule) at least
+// for each cluster.
 DG_HD bool stream_k_fill_fits(int64_t units, int64_t clusters, int64_t k_blocks, int64_t granule = 1) {
   return units < clusters && units * (k_blocks / granule) >= clusters;
 }

@@ -100,7 +100,7 @@ __device__ __forceinline__ void load_operand(void* dst, const CUtensorMap* map, 
 }
 
 template <class C>
-using SchedulerOf = TileScheduler<C::kClusterM, C::kClusterN, C::kSplitK, C::kPairs ? 2 : 1>;
+using SchedulerOf = TileScheduler<C::kClusterM, C::kClusterN, C::kSplitK, stream_k_granule(C::kPairs)>;
 
 // A producer thread: the operand OPERAND of every step this CTA runs (its K blocks, work by work).
 template <class C, int OPERAND>
