@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks partial-m hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks partial-m partial-diag hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -125,6 +125,11 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
              python bench/launch_once.py --variant 128x128s6w --shape ${m}x36864x7168 --launches 1 > "$OUT/ncu_partial_$m.txt" 2>&1
            echo "-- M = $m"; grep -E "Duration|DRAM Throughput|dram__bytes|L2 Hit Rate|Memory Throughput|Stall Long|Stall Barrier|Warp Cycles Per Issued" "$OUT/ncu_partial_$m.txt" | head -12
          done ;;
+    partial-diag) # the part-filled M-tile lead, taken apart (bench/partial_tile.py): full tile, full tile of zero rows,
+                  # part tile, part tile in a full allocation; then the same with the epilogue ablated (no stores)
+         timeout 150 python bench/partial_tile.py ${PARTIAL_ARGS:-} 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/partial_diag.log"
+         DEEPERGEMM_NVCC_DEFINES=DG_ABLATE_EPILOGUE timeout 200 python bench/partial_tile.py ${PARTIAL_ARGS:-} 2>&1 \
+           | grep -v "^\[deepergemm\]" | tee -a "$OUT/partial_diag.log" ;;
     hbmceil) # issue 25/27: decode GEMMs against a plain read of the same weight bytes, timed the bench's way
          timeout 200 python bench/hbm_ceiling.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/hbm_ceiling.log" ;;
     slabskip) # issue 25: DG_SLAB_SKIP (no wgmmas for a 64-row slab wholly past the tile's last row) against the
