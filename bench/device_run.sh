@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks partial-m partial-diag hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks partial-m partial-diag oddm hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -130,6 +130,14 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
          timeout 150 python bench/partial_tile.py ${PARTIAL_ARGS:-} 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/partial_diag.log"
          DEEPERGEMM_NVCC_DEFINES=DG_ABLATE_EPILOGUE timeout 200 python bench/partial_tile.py ${PARTIAL_ARGS:-} 2>&1 \
            | grep -v "^\[deepergemm\]" | tee -a "$OUT/partial_diag.log" ;;
+    oddm) # the part-filled last M-tile moved up to end at the last row (producer.cuh plain_tile_row0): picks at M that
+          # is no multiple of the tile, against the same build with the tile left in place (DG_NO_TILE_SHIFT)
+         S=${ODDM_SHAPES:-160x7168x18432,160x36864x7168,160x18432x7168,200x4096x7168,300x2112x7168,600x7168x2048,1000x2112x7168,1500x24576x1536,3000x7168x4096,5000x4096x7168,97x7168x2048,65x24576x1536}
+         for d in "" DG_NO_TILE_SHIFT; do
+           echo "== defines: ${d:-none}"
+           DEEPERGEMM_NVCC_DEFINES=$d timeout 150 python bench/sweep_variants.py --shapes "$S" --variants auto --jobs 16 \
+             --launches 20 --json "$OUT/oddm${d:+_noshift}.json" 2>&1 | grep -v "^\[deepergemm\]" | grep -E "cuBLAS   |configs"
+         done ;;
     hbmceil) # issue 25/27: decode GEMMs against a plain read of the same weight bytes, timed the bench's way
          timeout 200 python bench/hbm_ceiling.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/hbm_ceiling.log" ;;
     slabskip) # issue 25: DG_SLAB_SKIP (no wgmmas for a 64-row slab wholly past the tile's last row) against the

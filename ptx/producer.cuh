@@ -102,6 +102,24 @@ __device__ __forceinline__ void load_operand(void* dst, const CUtensorMap* map, 
 template <class C>
 using SchedulerOf = TileScheduler<C::kClusterM, C::kClusterN, C::kSplitK, stream_k_granule(C::kPairs)>;
 
+// The first row of plain M-tile m_block (of m_tiles; rows: the kernel's rows). A part-filled last tile is moved up
+// to end at the last row (rounded up to 4 rows: the A-scale box starts on 16 bytes; M = 65 faulted without), when
+// there are BM rows: its A box then lies inside A but for at most 3 rows. (Every row a box reaches past the last
+// costs the TMA unit: 128x128 tiles at M = 160 ran 1.40x as long as at M = 256, ptx/NOTES.md.) The rows it shares
+// with the tile before are computed twice, and stored twice with the same bits. A cluster's padding tile (m_block >=
+// m_tiles) loads the last tile's rows and keeps a row0 past the end, so it stores nothing. Swapped tiles keep their
+// rows (B's scale blocks follow them).
+template <class C>
+__device__ __forceinline__ int plain_tile_row0(int m_block, int m_tiles, int rows) {
+  constexpr int BM = C::kBlockM;
+  const int row0 = min(m_block, m_tiles - 1) * BM;
+#ifdef DG_NO_TILE_SHIFT  // developers' switch: the last tile in place (its box past the last row), for A/B timing
+  return row0;
+#endif
+  if constexpr (C::kSwapped) return row0;
+  return rows >= BM ? min(row0, (rows - BM + 3) & ~3) : row0;
+}
+
 // A producer thread: the operand OPERAND of every step this CTA runs (its K blocks, work by work).
 template <class C, int OPERAND>
 __device__ __forceinline__ void produce_operand(const SchedulerOf<C>& sched, const GemmParams& p,
@@ -138,7 +156,7 @@ __device__ __forceinline__ void produce_operand(const SchedulerOf<C>& sched, con
     mbar_arrive_expect_tx(&full[stage], kBytes);
     // A padding tile of a cluster loads real rows (its results are never stored); B rows past N read as 0
     // (grouped: the next group's rows, whose products land in columns that are never stored).
-    const int m_load = C::kGrouped ? tile.row0 : min(w.m_block, sched.m_tiles - 1) * BM;
+    const int m_load = C::kGrouped ? tile.row0 : plain_tile_row0<C>(w.m_block, sched.m_tiles, kernel_rows<C>(p));
     const int n_load = (C::kGrouped ? tile.group * p.n : 0) + w.n_block * BN;
     if constexpr (OPERAND == kLoadA) {
       load_operand<(C::kClusterN > 1)>(smem + L::kA + stage * L::kABytes + sched.rank_n * kASlice * kSwizzleBytes, map,
@@ -181,7 +199,9 @@ __device__ __forceinline__ StepMeta prepare_step_meta(const SchedulerOf<C>& sche
                        (st.k_block >> scale_shift<C>(p));
 #pragma unroll
     for (int j = 0; j < kMaxScaleBlocks; ++j) meta.sb[j] = ld_global_nc_f32(col + min(j, nb_last - nb0) * scale_cols);
-    meta.row0 = C::kGrouped ? tile.row0 : st.m_block * BM;
+    meta.row0 = C::kGrouped                  ? tile.row0
+                : st.m_block >= sched.m_tiles ? st.m_block * BM  // a cluster's padding tile: nothing stored
+                                              : plain_tile_row0<C>(st.m_block, sched.m_tiles, kernel_rows<C>(p));
     meta.n_block = st.n_block;
     meta.row_end = C::kGrouped ? tile.row_end : kernel_rows<C>(p);
     meta.flags = st.last_k | (st.first_of_tail ? kMetaFirstOfTail : 0);

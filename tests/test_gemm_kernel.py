@@ -84,6 +84,23 @@ def test_every_variant_exact_on_odd_shapes(variant):
         check(run_variant(variant, a, a_s, b, b_s), exact(a, a_s, b, b_s), f"{variant.key} {m}x{n}x{k}")
 
 
+@pytest.mark.parametrize("key", ("128x128s6w", "256x128s4p", "64x64s13dm1", "128x192s5pc2", "128x128s6dc1x2"))
+def test_part_filled_last_m_tile_gives_the_full_tiles_bits(key):
+    # The last M-tile, when part-filled, is moved up to end at the last row (rounded up to 4 rows), so it shares
+    # rows with the tile before (computed and stored twice). Every row must come out as it does from a problem whose
+    # tiles are all full: the same A rows inside a larger A, bit for bit. M = 161, 130: rounded starts; 2x1 clusters
+    # pair the moved tile with a padding tile at M = 300 (three M-tiles of 128).
+    variant = configs.parse_key(key)
+    n, k = 392, 640
+    for m in (variant.block_m + 1, variant.block_m + 33, 161, 130, 300):
+        m_full = -(-m // variant.block_m) * variant.block_m
+        a, a_s, b, b_s = make_inputs(m_full, n, k)
+        full = run_variant(variant, a, a_s, b, b_s, stream_k=False)
+        part = run_variant(variant, a[:m].contiguous(), a_s[:m].contiguous(), b, b_s, stream_k=False)
+        check(part, exact(a[:m], a_s[:m], b, b_s), f"{key} {m}x{n}x{k}")
+        assert torch.equal(part.view(torch.int16), full[:m].view(torch.int16)), f"{key} M = {m}: rows differ"
+
+
 def test_split_k_needs_a_k_block_per_split():
     variant = next(v for v in configs.TESTED_VARIANTS if v.splits > 1)
     a, a_s, b, b_s = make_inputs(64, 128, 128 * (variant.splits - 1))
