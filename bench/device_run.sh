@@ -130,13 +130,18 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
          timeout 150 python bench/partial_tile.py ${PARTIAL_ARGS:-} 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/partial_diag.log"
          DEEPERGEMM_NVCC_DEFINES=DG_ABLATE_EPILOGUE timeout 200 python bench/partial_tile.py ${PARTIAL_ARGS:-} 2>&1 \
            | grep -v "^\[deepergemm\]" | tee -a "$OUT/partial_diag.log" ;;
-    oddm) # the part-filled last M-tile moved up to end at the last row (producer.cuh plain_tile_row0): picks at M that
-          # is no multiple of the tile, against the same build with the tile left in place (DG_NO_TILE_SHIFT)
+    oddm) # the part-filled last M-tile moved up to end at the last row (producer.cuh plain_tile_row0, DG_TILE_SHIFT):
+          # first the kernel GPU tests on that build, then the picks at M that is no multiple of the tile, default
+          # build against DG_TILE_SHIFT
+         DEEPERGEMM_NVCC_DEFINES=DG_TILE_SHIFT timeout 200 python -m deepergemm warmup --jobs 16 --variants tested \
+           > /tmp/warm_shift.log 2>&1; tail -1 /tmp/warm_shift.log
+         DEEPERGEMM_NVCC_DEFINES=DG_TILE_SHIFT timeout 200 python -m pytest -q -m gpu -p no:cacheprovider --maxfail=5 \
+           tests/test_gemm_kernel.py tests/test_compat.py tests/test_fp8_out.py 2>&1 | tee "$OUT/gpu_tests_shift.log" | tail -4
          S=${ODDM_SHAPES:-160x7168x18432,160x36864x7168,160x18432x7168,200x4096x7168,300x2112x7168,600x7168x2048,1000x2112x7168,1500x24576x1536,3000x7168x4096,5000x4096x7168,97x7168x2048,65x24576x1536}
-         for d in "" DG_NO_TILE_SHIFT; do
+         for d in "" DG_TILE_SHIFT; do
            echo "== defines: ${d:-none}"
            DEEPERGEMM_NVCC_DEFINES=$d timeout 150 python bench/sweep_variants.py --shapes "$S" --variants auto --jobs 16 \
-             --launches 20 --json "$OUT/oddm${d:+_noshift}.json" 2>&1 | grep -v "^\[deepergemm\]" | grep -E "cuBLAS   |configs"
+             --launches 20 --json "$OUT/oddm${d:+_shift}.json" 2>&1 | grep -v "^\[deepergemm\]" | grep -E "cuBLAS   |configs"
          done ;;
     hbmceil) # issue 25/27: decode GEMMs against a plain read of the same weight bytes, timed the bench's way
          timeout 200 python bench/hbm_ceiling.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/hbm_ceiling.log" ;;

@@ -6,8 +6,9 @@ For each variant and M, four launches of the same (N, K), cold L2, stream-K off,
   part     M rows (A's tensor map ends at M: TMA zero-fills the tile's rows past it, the epilogue clips them)
   view     M rows as a view of an M_full-row allocation (part, with A's allocation of the full tile)
 If part is far slower than zeros, the cost is in the tensor map's edge (TMA loads or stores past M), not the data.
-Run once more under DEEPERGEMM_NVCC_DEFINES=DG_ABLATE_EPILOGUE (no stores, wrong results: --no-check is implied)
-to take the epilogue out.
+Run once more under DEEPERGEMM_NVCC_DEFINES=DG_ABLATE_EPILOGUE (no stores, wrong results: this script checks no output)
+to take the epilogue out, and under DEEPERGEMM_NVCC_DEFINES=DG_TILE_SHIFT to time the last tile moved up to end at
+the last row (producer.cuh plain_tile_row0).
 
     python bench/partial_tile.py --variants 128x128s6w,128x192s5p --n 36864 --k 7168 --m 160,192,224
 """
@@ -60,7 +61,8 @@ def main() -> None:
                      "view": case_of(a_full, a_s_full, b, b_s, m, sms)}
             times = {}
             for name, case in cases.items():
-                times[name] = time_steady(lambda c=case: c.launch(kernel, stream_k=False), launches=args.launches).median_us
+                timing = time_steady(lambda c=case: c.launch(kernel, stream_k=False), launches=args.launches)
+                times[name] = timing.median_us
             print(f"{variant.key:16} {m:5d} " + " ".join(f"{t:8.1f}" for t in times.values())
                   + f"  {times['part'] / times['full']:.3f}", flush=True)
 

@@ -102,22 +102,22 @@ __device__ __forceinline__ void load_operand(void* dst, const CUtensorMap* map, 
 template <class C>
 using SchedulerOf = TileScheduler<C::kClusterM, C::kClusterN, C::kSplitK, stream_k_granule(C::kPairs)>;
 
-// The first row of plain M-tile m_block (of m_tiles; rows: the kernel's rows). A part-filled last tile is moved up
-// to end at the last row (rounded up to 4 rows: the A-scale box starts on 16 bytes; M = 65 faulted without), when
-// there are BM rows: its A box then lies inside A but for at most 3 rows. (Every row a box reaches past the last
-// costs the TMA unit: 128x128 tiles at M = 160 ran 1.40x as long as at M = 256, ptx/NOTES.md.) The rows it shares
-// with the tile before are computed twice, and stored twice with the same bits. A cluster's padding tile (m_block >=
-// m_tiles) loads the last tile's rows and keeps a row0 past the end, so it stores nothing. Swapped tiles keep their
-// rows (B's scale blocks follow them).
+// The first row of plain M-tile m_block (of m_tiles; rows: the kernel's rows). With DG_TILE_SHIFT (developers'
+// define, off until its GPU tests have run: ptx/NOTES.md) a part-filled last tile is moved up to end at the last
+// row when there are BM rows, its start rounded up to 4 rows so that the A-scale box starts on 16 bytes (M = 65
+// faulted at start row 1): its A box then lies inside A but for at most 3 rows. (Every row a box reaches past the
+// last costs the TMA unit: 128x128 tiles at M = 160 ran 1.40x as long as at M = 256, and as long as M = 256 when
+// moved.) The rows it shares with the tile before are computed twice, and stored twice with the same bits. A
+// cluster's padding tile (m_block >= m_tiles) loads the last tile's rows and keeps a row0 past the end, so it stores
+// nothing. Swapped tiles keep their rows (B's scale blocks follow them).
 template <class C>
 __device__ __forceinline__ int plain_tile_row0(int m_block, int m_tiles, int rows) {
   constexpr int BM = C::kBlockM;
   const int row0 = min(m_block, m_tiles - 1) * BM;
-#ifdef DG_NO_TILE_SHIFT  // developers' switch: the last tile in place (its box past the last row), for A/B timing
-  return row0;
+#ifdef DG_TILE_SHIFT
+  if constexpr (!C::kSwapped) return rows >= BM ? min(row0, (rows - BM + 3) & ~3) : row0;
 #endif
-  if constexpr (C::kSwapped) return row0;
-  return rows >= BM ? min(row0, (rows - BM + 3) & ~3) : row0;
+  return row0;
 }
 
 // A producer thread: the operand OPERAND of every step this CTA runs (its K blocks, work by work).
