@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks partial-m partial-diag oddm hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks partial-diag oddm hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -114,17 +114,6 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
     widepicks) # issue 25: the 128 < M <= 256 wide-weight rule (128x192 2x1 pairs) as picks
          timeout 100 python bench/sweep_variants.py --shapes 160x36864x7168,160x18432x7168,192x18432x7168,256x18432x7168,256x36864x7168 \
            --variants auto --jobs 16 --launches 30 --json "$OUT/widepicks.json" 2>&1 | grep -v "^\[deepergemm\]" | grep "configs\|cuBLAS   " ;;
-    partial-m) # issue 25 lead (ptx/NOTES.md): a part-filled last M-tile costs far more than its rows. First the times
-               # at M = 129..256 on one weight (where does the cost start?), then ncu of 128x128s6w at M = 160 against 256:
-               # DRAM bytes (B read twice?), L2 hit rate, TMA / barrier stalls
-         timeout 150 python bench/sweep_variants.py --shapes 128x36864x7168,129x36864x7168,160x36864x7168,192x36864x7168,224x36864x7168,256x36864x7168 \
-           --variants 128x128s6w,128x192s5p,128x192s5pc2 --stream-k 0 --jobs 16 --launches 30 --json "$OUT/partial_m.json" 2>&1 \
-           | grep -v "^\[deepergemm\]" > "$OUT/partial_m.log"; grep -E "cuBLAS   |128x128s6w " "$OUT/partial_m.log"
-         for m in 160 256; do
-           timeout 120 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats -k regex:fp8_gemm -c 1 \
-             python bench/launch_once.py --variant 128x128s6w --shape ${m}x36864x7168 --launches 1 > "$OUT/ncu_partial_$m.txt" 2>&1
-           echo "-- M = $m"; grep -E "Duration|DRAM Throughput|dram__bytes|L2 Hit Rate|Memory Throughput|Stall Long|Stall Barrier|Warp Cycles Per Issued" "$OUT/ncu_partial_$m.txt" | head -12
-         done ;;
     partial-diag) # the part-filled M-tile lead, taken apart (bench/partial_tile.py): full tile, full tile of zero rows,
                   # part tile, part tile in a full allocation; then the same with the epilogue ablated (no stores)
          timeout 150 python bench/partial_tile.py ${PARTIAL_ARGS:-} 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/partial_diag.log"
