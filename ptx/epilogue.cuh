@@ -1,6 +1,9 @@
 // A finished tile's stores (MathWarpgroup members; mainloop.cuh declares them): bias added in fp32, then one rounding
 // to the output's type. Accumulator element (j, e) of a thread: row warp * 16 + lane / 4 (+8 for e >= 2), column
-// 8j + 2 * (lane % 4) + (e & 1) of the warpgroup's part of the tile. Rows [row0, row_end) of the tile are stored.
+// 8j + 2 * (lane % 4) + (e & 1) of the warpgroup's part of the tile. Rows [row_begin, row_end) of the tile are
+// stored: row_begin is row0, but for a last tile moved up to end at the last row (producer.cuh kMovesLastTile) the
+// first row the tile before does not store, so that each row has one writer (stream-K cuts the two tiles' K at
+// different points: their shared rows' bits may differ, and both stores made the output depend on which landed last).
 //   bf16            stmatrix into a swizzled staging buffer, then TMA stores (the default)
 //   grouped bf16    a warp whose rows straddle its group's end stores from registers (a box would write past it)
 //   fp32            from registers
@@ -14,6 +17,12 @@
 #include "mainloop.cuh"
 
 namespace dg {
+
+// Whether row r is one of the tile's stored rows (row_begin matters only where last tiles move).
+template <class C>
+__device__ __forceinline__ bool stored_row(int r, int row_begin, int row_end) {
+  return (!kMovesLastTile<C> || r >= row_begin) && r < row_end;
+}
 
 template <class C>
 __device__ __forceinline__ float MathWarpgroup<C>::bias_at(int col) const {
@@ -34,6 +43,7 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue(float (&total)[kRegs]
 #endif
   const int m0 = row0 + row_base + 128 * slab;
   const int n0 = n_block * C::kBlockN + col_base;
+  const int row_begin = kMovesLastTile<C> ? (row0 + C::kBlockM - 1) / C::kBlockM * C::kBlockM : row0;
   const int quad_col = 2 * (lane % 4);
   if constexpr (C::kSwapped) {
     epilogue_transposed(total, m0, n0 + quad_col);
@@ -53,15 +63,15 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue(float (&total)[kRegs]
     }
   }
   if constexpr (C::kSwiglu) {
-    epilogue_swiglu(total, m0, n_block, row_end);
+    epilogue_swiglu(total, m0, n_block, row_begin, row_end);
     return;
   }
   if constexpr (C::kFp8Out) {
-    epilogue_fp8(total, m0, n0, row_end);
+    epilogue_fp8(total, m0, n0, row_begin, row_end);
     return;
   }
   if (p.out_fp32) {
-    epilogue_fp32(total, m0, n0, row_end);
+    epilogue_fp32(total, m0, n0, row_begin, row_end);
     return;
   }
   // bf16, warp by warp (no warpgroup barrier): each warp owns 16 rows of the warpgroup's 64. Per band of up to
@@ -76,12 +86,16 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue(float (&total)[kRegs]
   const uint32_t row_offset = row * kBoxPitch;
   const uint32_t swizzle = ((row_offset >> 7) & (C::kEpiN * 2 / 16 - 1)) << 4;  // TMA's 32B/64B/128B swizzle
   const int warp_m = m0 + warp * 16;
-  if constexpr (C::kGrouped) {
-    // The test is the same in every lane; through a shuffle ptxas knows it, so the branch is no divergence. (As a
-    // per-lane test it made the whole math loop divergent: ring position and wgmma descriptors in vector registers,
-    // an R2UR per descriptor, 14% slower than the same tile dense.)
-    if (__shfl_sync(0xffffffffu, warp_m < row_end && warp_m + 16 > row_end, 0)) {
-      epilogue_rows_from_registers(total, warp_m, n0, row_end);
+  // A warp whose 16 rows straddle row_begin (a moved tile), or a group's end (grouped; a TMA box would also write
+  // the rows after it: the next group's, or padding the caller keeps), stores from registers. The test is the same
+  // in every lane; through a shuffle ptxas knows it, so the branch is no divergence. (As a per-lane test it made the
+  // whole math loop divergent: ring position and wgmma descriptors in vector registers, an R2UR per descriptor, 14%
+  // slower than the same tile dense.)
+  if constexpr (C::kGrouped || kMovesLastTile<C>) {
+    const bool straddles = (kMovesLastTile<C> && warp_m < row_begin && warp_m + 16 > row_begin) ||
+                           (C::kGrouped && warp_m < row_end && warp_m + 16 > row_end);
+    if (__shfl_sync(0xffffffffu, straddles, 0)) {
+      epilogue_rows_from_registers(total, warp_m, n0, row_begin, row_end);
       return;
     }
   }
@@ -103,7 +117,8 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue(float (&total)[kRegs]
     fence_proxy_async_shared();  // each lane's stmatrix writes, before the TMA engine reads them
     const int band_n = n0 + band * C::kBandN;
     __syncwarp();
-    if (lane == 0 && warp_m < row_end && band_n < p.n) {  // skip slices wholly outside (e.g. a padding tile)
+    // skip slices wholly outside (e.g. a padding tile, or rows the tile before a moved tile stores)
+    if (lane == 0 && (!kMovesLastTile<C> || warp_m >= row_begin) && warp_m < row_end && band_n < p.n) {
 #pragma unroll
       for (int box = 0; box < band_cols / C::kEpiN; ++box) {
         const int box_n = band_n + box * C::kEpiN;
@@ -119,18 +134,19 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue(float (&total)[kRegs]
 // register pair, and so every total to the register bank of its wgmma partial: each promotion FFMA would then read
 // two operands from one bank.)
 template <class C>
-__device__ __forceinline__ void MathWarpgroup<C>::epilogue_fp32(float (&total)[kRegs], int m0, int n0, int row_end) {
+__device__ __forceinline__ void MathWarpgroup<C>::epilogue_fp32(float (&total)[kRegs], int m0, int n0, int row_begin,
+                                                                int row_end) {
   float* out = static_cast<float*>(p.out);
   const int r = m0 + warp * 16 + lane / 4;
 #pragma unroll
   for (int j = 0; j < C::kGroups8; ++j) {
     const int col = n0 + 8 * j + 2 * (lane % 4);
     if (col < p.n) {
-      if (r < row_end) {
+      if (stored_row<C>(r, row_begin, row_end)) {
         st_global_f32(out + static_cast<int64_t>(r) * p.n + col, total[4 * j]);
         st_global_f32(out + static_cast<int64_t>(r) * p.n + col + 1, total[4 * j + 1]);
       }
-      if (r + 8 < row_end) {
+      if (stored_row<C>(r + 8, row_begin, row_end)) {
         st_global_f32(out + static_cast<int64_t>(r + 8) * p.n + col, total[4 * j + 2]);
         st_global_f32(out + static_cast<int64_t>(r + 8) * p.n + col + 1, total[4 * j + 3]);
       }
@@ -181,7 +197,8 @@ __device__ __forceinline__ void fp8_group_scale(float amax, bool ue8m0, float& s
 // past N (padding tiles) and rows past row_end are not stored; N is a multiple of 128. (SwiGLU: the output has
 // N / 2 columns, h's.)
 template <class C>
-__device__ __forceinline__ void MathWarpgroup<C>::epilogue_fp8(float (&total)[kRegs], int m0, int n0, int row_end) {
+__device__ __forceinline__ void MathWarpgroup<C>::epilogue_fp8(float (&total)[kRegs], int m0, int n0, int row_begin,
+                                                               int row_end) {
   const int quad_col = 2 * (lane % 4);
   constexpr int kJ = kBlockK / 8;  // 8-column groups per 128-column group
 #pragma unroll
@@ -205,10 +222,10 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue_fp8(float (&total)[kR
       const int r = m0 + warp * 16 + lane / 4 + 8 * half, col0 = n0 + g * kBlockK;
       uint8_t* row;
       if constexpr (C::kSwiglu) {  // h: N / 2 columns
-        if (r >= row_end || col0 >= p.n / 2) continue;
+        if (!stored_row<C>(r, row_begin, row_end) || col0 >= p.n / 2) continue;
         row = static_cast<uint8_t*>(p.out) + static_cast<int64_t>(r) * (p.n / 2) + col0 + quad_col;
       } else {
-        if (r >= row_end || col0 >= p.n) continue;
+        if (!stored_row<C>(r, row_begin, row_end) || col0 >= p.n) continue;
         row = static_cast<uint8_t*>(p.out) + static_cast<int64_t>(r) * p.n + col0 + quad_col;
       }
 #pragma unroll
@@ -233,7 +250,7 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue_fp8(float (&total)[kR
 // result as the fp8 output does (epilogue_fp8 rounds it to bf16 first): h group n_block of the tile's rows.
 template <class C>
 __device__ __forceinline__ void MathWarpgroup<C>::epilogue_swiglu(float (&total)[kRegs], int m0, int n_block,
-                                                                  int row_end) {
+                                                                  int row_begin, int row_end) {
   static_assert(kRegs == 64 && L::kEpiBytesPerWG * C::kMathWGs >= kRegs * 2 * 128, "the up tile fits the buffer");
   const uint32_t stash = smem_addr(smem + L::kEpi) + tid * 16;
   if (wg == 1) {
@@ -262,22 +279,23 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue_swiglu(float (&total)
     }
   }
   named_barrier_arrive(kSwigluFree, 256);
-  epilogue_fp8(total, m0, n_block * kBlockK, row_end);
+  epilogue_fp8(total, m0, n_block * kBlockK, row_begin, row_end);
 }
 
-// Grouped bf16: a warp whose 16 rows straddle its group's end stores from registers (a TMA box would also write the
-// rows after it: the next group's, or padding the caller keeps).
+// bf16 from registers, rows [row_begin, row_end) of a warp's 16: a warp that straddles a moved tile's first stored
+// row or a group's end.
 template <class C>
 __device__ __forceinline__ void MathWarpgroup<C>::epilogue_rows_from_registers(float (&total)[kRegs], int warp_m,
-                                                                               int n0, int row_end) {
+                                                                               int n0, int row_begin, int row_end) {
   uint16_t* out = static_cast<uint16_t*>(p.out);  // bf16
   const int r = warp_m + lane / 4;
 #pragma unroll
   for (int j = 0; j < C::kGroups8; ++j) {
     const int col = n0 + 8 * j + 2 * (lane % 4);
     if (col < p.n) {
-      if (r < row_end) st_global_b32(out + static_cast<int64_t>(r) * p.n + col, pack_bf16x2(total[4 * j], total[4 * j + 1]));
-      if (r + 8 < row_end)
+      if (stored_row<C>(r, row_begin, row_end))
+        st_global_b32(out + static_cast<int64_t>(r) * p.n + col, pack_bf16x2(total[4 * j], total[4 * j + 1]));
+      if (stored_row<C>(r + 8, row_begin, row_end))
         st_global_b32(out + static_cast<int64_t>(r + 8) * p.n + col, pack_bf16x2(total[4 * j + 2], total[4 * j + 3]));
     }
   }

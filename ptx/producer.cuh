@@ -102,21 +102,29 @@ __device__ __forceinline__ void load_operand(void* dst, const CUtensorMap* map, 
 template <class C>
 using SchedulerOf = TileScheduler<C::kClusterM, C::kClusterN, C::kSplitK, stream_k_granule(C::kPairs)>;
 
-// The first row of plain M-tile m_block (of m_tiles; rows: the kernel's rows). With DG_TILE_SHIFT (developers'
-// define, off until its GPU tests have run: ptx/NOTES.md) a part-filled last tile is moved up to end at the last
-// row when there are BM rows, its start rounded up to 4 rows so that the A-scale box starts on 16 bytes (M = 65
-// faulted at start row 1): its A box then lies inside A but for at most 3 rows. (Every row a box reaches past the
-// last costs the TMA unit: 128x128 tiles at M = 160 ran 1.40x as long as at M = 256, and as long as M = 256 when
-// moved.) The rows it shares with the tile before are computed twice, and stored twice with the same bits. A
-// cluster's padding tile (m_block >= m_tiles) loads the last tile's rows and keeps a row0 past the end, so it stores
-// nothing. Swapped tiles keep their rows (B's scale blocks follow them).
+// Whether a part-filled last plain M-tile moves up to end at the last row (developers' define DG_TILE_SHIFT, off
+// until its GPU tests have run: ptx/NOTES.md). Every row a TMA box reaches past the last costs the TMA unit: 128x128
+// tiles at M = 160 ran 1.40x as long as at M = 256, and as long as M = 256 when moved; 160x7168x18432 0.69 -> 0.95x
+// cuBLAS.
+template <class C>
+inline constexpr bool kMovesLastTile =
+#ifdef DG_TILE_SHIFT
+    !C::kSwapped && !C::kGrouped;  // (swapped tiles keep their rows: B's scale blocks follow them)
+#else
+    false;
+#endif
+
+// The first row of plain M-tile m_block (of m_tiles; rows: the kernel's rows). A moved last tile (kMovesLastTile,
+// when there are BM rows) starts at the last row - BM + 1 rounded up to 4 rows, because a box's innermost coordinate
+// must fall on 16 bytes (the A-scale box is M-major fp32; start row 1 at M = 65 was an illegal instruction), so its
+// A box lies inside A but for at most 3 rows. It computes the rows it shares with the tile before again but stores
+// only its own (epilogue.cuh row_begin). A cluster's padding tile (m_block >= m_tiles) loads the last tile's rows
+// and keeps a row0 past the end, so it stores nothing.
 template <class C>
 __device__ __forceinline__ int plain_tile_row0(int m_block, int m_tiles, int rows) {
   constexpr int BM = C::kBlockM;
   const int row0 = min(m_block, m_tiles - 1) * BM;
-#ifdef DG_TILE_SHIFT
-  if constexpr (!C::kSwapped) return rows >= BM ? min(row0, (rows - BM + 3) & ~3) : row0;
-#endif
+  if constexpr (kMovesLastTile<C>) return rows >= BM ? min(row0, (rows - BM + 3) & ~3) : row0;
   return row0;
 }
 

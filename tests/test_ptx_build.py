@@ -225,9 +225,10 @@ def test_wgmma_descriptors_stay_in_uniform_registers(builds, variant):
 
 @pytest.mark.parametrize("key", ("128x128s6w", "64x32s16dm1", "128x192s5pc2", "256x128s4pc1x2"))
 def test_the_moved_last_tile_build_stays_clean(tmp_path, monkeypatch, key):
-    """DG_TILE_SHIFT (producer.cuh plain_tile_row0: the part-filled last M-tile moved up to end at the last row) is
-    off by default until its GPU tests have run; its build must keep compiling without a serialized wgmma or spills,
-    and must differ from the default build (the define reaches the unit)."""
+    """DG_TILE_SHIFT (producer.cuh kMovesLastTile: the part-filled last M-tile moved up to end at the last row, storing
+    only the rows the tile before does not) is off by default until its GPU tests have run; its build must keep
+    compiling without a serialized wgmma or spills, and must differ from the default build (the define reaches the
+    unit)."""
     if extension.toolchain_problem() is not None:
         pytest.skip("nvcc not found")
     variant = configs.parse_key(key)
