@@ -144,6 +144,20 @@ SMALL_M_ONE_WG_MIN_K = 1024
 #   pairs; measured on the anchors' narrower weights) ran 0.78-0.87x cuBLAS at M = 160 and 256 on the 18432- and
 #   36864-row weights; 128x192 tiles in 2x1 B-multicast pairs 0.99-1.05 (160x36864x7168 0.78 -> 1.00, 160x18432x7168
 #   0.80 -> 0.99, 256x18432x7168 0.87 -> 1.00, 256x36864x7168 1.02 -> 1.05). They run there (WIDE_MID_M_TILE).
+# 128x64 tiles (two math warpgroups of 64 x 64, unclustered; not in TILE_SHAPES: over several waves at large M they
+# ran 0.68-0.71x cuBLAS at 4096x2112x7168 against 1.10 for the pick). Measured on the H100 (`device_run.sh narrow-n`,
+# bench/data/narrow_n_h100.json, cuBLAS in the same process) where 128x128 tiles leave SMs idle:
+# - 512x2112x7168: 132 tiles, one wave, 22.7 us (1.18x cuBLAS) against 27.1 (0.99) for 128x128 on 68 SMs: per
+#   element and SM 1.63x the cost of 128x128 (NARROW_TILE_COST, in the wave model). At M <= 256 the 64x64 tiles
+#   stay ahead (256x2112x7168 1.39 against 1.24), above 4 M-tiles 128-row tiles run in clusters, hence the M range.
+# - 128x32768x512: 15.4 us (1.01) against 16.4 (0.95) for 64x128: at K < SMALL_M_CLUSTER_MIN_K there are no 64-row
+#   B-multicast pairs, so two 64-row M-tiles read B twice; one 128-row M-tile reads it once. On a wide weight (the
+#   stream regime below) the 128x64 tile runs there from M = NARROW_TILE_MIN_SMALL_M: 64 < M < 128 was not timed
+#   (`device_run.sh narrowpicks` times it; the waste of rows past M is the same for both tiles there).
+NARROW_TILE = (128, 64)
+NARROW_TILE_MIN_SMALL_M = 128
+NARROW_TILE_COST = 1.6
+NARROW_TILE_M = (MID_M_SMALL_TILE_MAX_M, 512)  # (exclusive, inclusive): middle M, at most 4 unclustered M-tiles
 SMALL_M_STREAM_MAX_M = 48
 SMALL_M_STREAM_MIN_WAVES = 2
 SMALL_M_STREAM_TILE = (64, 64)
@@ -410,7 +424,8 @@ TILE_SHAPES: tuple[tuple[int, int], ...] = (
 # to 6) still 3-6% faster than 128x128 or 256x128 in three sweeps; the weight 0.98 picks it at both and nowhere
 # else among the anchors. BLOCK_N 96/112/144/160 run 10-30% slower than 128 on every large shape tried, so they
 # are not selectable.
-_TILE_COST = {(256, 128): 0.93, (128, 128): 1.0, (128, 192): 0.98, (64, 32): 1.1, (64, 64): 1.1, (64, 128): 1.1}
+_TILE_COST = {(256, 128): 0.93, (128, 128): 1.0, (128, 192): 0.98, (64, 32): 1.1, (64, 64): 1.1, (64, 128): 1.1,
+              NARROW_TILE: NARROW_TILE_COST}
 
 
 def _variants() -> tuple[Variant, ...]:
@@ -450,7 +465,9 @@ SPLIT_K_128_MIN_K = 6144
 VARIANTS: tuple[Variant, ...] = (_variants() + SMALL_M_CLUSTER_VARIANTS
                                  + (_variant(*SPLIT_K_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[64], SPLIT_K,
                                              SPLIT_K_MATH_WGS),
-                                    _variant(*SPLIT_K_TILE_128, True, (1, 1), True, SPLIT_K)))
+                                    _variant(*SPLIT_K_TILE_128, True, (1, 1), True, SPLIT_K),
+                                    _variant(*NARROW_TILE, True, (1, 1), DUAL_ISSUE_AHEAD[128]),  # (unclustered only)
+                                    _variant(*NARROW_TILE, False)))
 # 256-row tiles with the other cluster shape (B multicast): not selected (1-2% slower, ptx/NOTES.md), kept
 # tested because the kernel supports it.
 LARGE_TILE_VARIANTS: tuple[Variant, ...] = (_variant(256, 128, False, CLUSTER_SHAPE),)
@@ -570,7 +587,7 @@ def _small_m_stream(m: int, n: int, k: int, num_sms: int) -> tuple[int, int] | N
     if m <= SMALL_M_STREAM_MAX_M:
         return SMALL_M_STREAM_TILE
     if k < SMALL_M_CLUSTER_MIN_K:
-        return None
+        return NARROW_TILE if NARROW_TILE_MIN_SMALL_M <= m <= 128 else None  # (no 64-row pairs: B read once)
     if ceil_div(m, 64) == SMALL_M_CLUSTER[0]:
         return SMALL_M_STREAM_PAIR_TILE
     if 128 < m <= WIDE_MID_M_MAX_M and k >= WIDE_MID_M_MIN_K:
@@ -862,10 +879,11 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
         block_ms = (64,) if m <= 128 else (128,) if m <= 256 else (128, 256)
         built = {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n)) for v in VARIANTS}
         # (a forced DEEPERGEMM_CLUSTER leaves only the tiles built with that cluster shape)
-        shapes = [(bm, bn) for bm, bn in TILE_SHAPES
-                  if (bm in block_ms or (m > 128 and m <= MID_M_SMALL_TILE_MAX_M and (bm, bn) in MID_M_SMALL_TILES
-                                         and (bn != 64 or ceil_div(m, bm) * ceil_div(n, bn) <= num_sms)))
-                  and (bm, bn, _cluster_shape(m, n, k, bm, bn, sw)) in built]
+        shapes = [(bm, bn) for bm, bn in TILE_SHAPES + (NARROW_TILE,)
+                  if (bm in block_ms if (bm, bn) != NARROW_TILE else NARROW_TILE_M[0] < m <= NARROW_TILE_M[1])
+                  or (m > 128 and m <= MID_M_SMALL_TILE_MAX_M and (bm, bn) in MID_M_SMALL_TILES
+                      and (bn != 64 or ceil_div(m, bm) * ceil_div(n, bn) <= num_sms))]
+        shapes = [shape for shape in shapes if (*shape, _cluster_shape(m, n, k, *shape, sw)) in built]
         if not shapes:
             raise ValueError(f"DEEPERGEMM_CLUSTER={sw.get('DEEPERGEMM_CLUSTER')}: no selectable tile for "
                              f"{'M <= 128' if m <= 128 else 'M > 128'} is built with that cluster shape")

@@ -115,7 +115,7 @@ def test_split_k_only_where_half_the_sms_would_idle():
         assert (c.variant.key, c.tiles, c.grid) == ("128x32s9dk2", 132, 132), (m, k)
         assert c.l2_hints == configs.L2_EVICT_LAST | configs.L2_EVICT_FIRST << 2  # one M-tile: B read once
     # ...but not at short K (the join's fixed cost), nor where the 64-row tiles are clustered or in waves
-    for shape in ((128, 2112, 2048), (128, 4096, 7168), (128, 32768, 512), (128, 7168, 16384)):
+    for shape in ((128, 2112, 2048), (128, 4096, 7168), (128, 7168, 16384)):
         assert configs.select(*shape, H100_SMS).variant.block_m == 64, shape
     no_split = configs.Switches.from_environ({"DEEPERGEMM_SPLIT_K": "0"})
     assert configs.select(128, 2112, 7168, H100_SMS, sw=no_split).variant.key == "64x32s16dm1"
@@ -129,6 +129,27 @@ def test_split_k_only_where_half_the_sms_would_idle():
     assert configs.select(1, 256, 1024, H100_SMS).variant.splits == 2
     with pytest.raises(ValueError, match="needs K >= 256"):
         configs.parse_key("64x64s12dk2").check_k(128)
+
+
+def test_narrow_tiles_where_measured():
+    # middle M with one wave of 128x64 tiles where 128x128 leaves half the SMs idle (512x2112x7168: 132 against 68)
+    for m in (300, 384, 512):
+        c = configs.select(m, 2112, 7168, H100_SMS)
+        assert (c.variant.key, c.waves, c.stream_k) == ("128x64s8w", 1, False), m
+    # ...not at M <= 256 (64x64 tiles fill the wave), nor over several waves, nor in clusters (M > 512)
+    assert configs.select(256, 2112, 7168, H100_SMS).variant.key == "64x64s13dm1"
+    for shape in ((512, 7168, 2048), (512, 4096, 7168), (1024, 2112, 7168), (4096, 2112, 7168)):
+        assert configs.select(*shape, H100_SMS).variant.block_n != 64, shape
+    # M = 128 on a wide weight at K below the 64-row pairs' bound: one 128-row M-tile reads B once (below M = 128
+    # unmeasured: the 64-row tiles stay)
+    c = configs.select(128, 32768, 512, H100_SMS)
+    assert (c.variant.key, c.variant.splits) == ("128x64s8w", 1)
+    for m in (48, 65, 96, 127):
+        assert configs.select(m, 32768, 512, H100_SMS).variant.block_m == 64, m
+    assert configs.select(128, 24576, 1536, H100_SMS).variant.block_m == 64  # (K >= 1536: 64x128 pairs)
+    # DEEPERGEMM_DUAL_ACC=0 finds the single-accumulator twin
+    single = configs.Switches.from_environ({"DEEPERGEMM_DUAL_ACC": "0"})
+    assert configs.select(512, 2112, 7168, H100_SMS, sw=single).variant.key == "128x64s8p"
 
 
 def test_split_k_switch_and_keys(monkeypatch):
@@ -185,7 +206,7 @@ def test_l2_hints_keep_a_and_stream_b_only_at_small_m(monkeypatch):
     monkeypatch.setenv("DEEPERGEMM_SMALL_M_CLUSTER", "0")
     assert configs.select(128, 7168, 16384, H100_SMS).l2_hints == keep_a
     monkeypatch.delenv("DEEPERGEMM_SMALL_M_CLUSTER")
-    assert configs.select(128, 32768, 512, H100_SMS).l2_hints == keep_a
+    assert configs.select(128, 32768, 512, H100_SMS).l2_hints == keep_a | stream_b  # (one 128x64 M-tile)
     assert configs.select(128, 7168, 16384, H100_SMS).l2_hints == keep_a | stream_b
     assert configs.select(4096, 7168, 16384, H100_SMS).l2_hints == 0
     monkeypatch.setenv("DEEPERGEMM_L2_HINTS", "0")
@@ -526,12 +547,12 @@ def test_swapped_tiles_follow_the_split_and_hint_switches(monkeypatch):
 
 
 MID_SWEEPS = tuple(pathlib.Path(__file__).resolve().parents[1] / "bench" / "data" / name
-                   for name in ("sweep_mid2_h100.json", "sweep_mid_h100.json"))  # newest first
+                   for name in ("narrow_n_h100.json", "sweep_mid2_h100.json", "sweep_mid_h100.json"))  # newest first
 
 
 def test_middle_m_picks_against_the_recorded_h100_sweeps():
-    """bench/data/sweep_mid_h100.json (nine tiles) and sweep_mid2_h100.json (2x2 clusters, B-multicast 256-row pairs,
-    64x64 tiles, and the picks of their commit), timed on an H100 over M = 256-2048 and the six anchor (N, K) pairs,
+    """bench/data/sweep_mid_h100.json (nine tiles), sweep_mid2_h100.json (2x2 clusters, B-multicast 256-row pairs,
+    64x64 tiles, and the picks of their commit) and narrow_n_h100.json (128x64 and 128x112 tiles), timed on an H100 over M = 256-2048 and the six anchor (N, K) pairs,
     cuBLAS in the same process. Each select() pick is looked up in the newest table that timed it (it must be in
     one), against that table's cuBLAS time: the picks reach a geomean of 1.05x cuBLAS over the 24 shapes (the wave
     model alone: 1.012 on the first table; the best tile per shape of both: 1.078) and never sit more than 15%
@@ -609,15 +630,21 @@ def test_small_m_pair_rule_against_its_h100_sweep():
     ("confirm", a later run). At 64 < M <= 128 on a wide weight at K >= 1536 select() takes 64x128 B-multicast pairs
     (configs.SMALL_M_STREAM_PAIR_TILE), within 6% of the fastest tile timed and as fast as cuBLAS or faster, where
     the picks before ran down to 0.51x cuBLAS (64x32 alone); at M = 64 and at K = 512 the model's pick stays, within
-    4% of the fastest."""
+    4% of the fastest, but at M = 128 and K = 512, where 128x64 tiles (bench/data/narrow_n_h100.json) ran fastest."""
     import json
 
     table = json.loads((MID_SWEEPS[0].parent / "sweep_m128_h100.json").read_text())
-    sms, improved = table["sms"], 0
+    narrow = json.loads((MID_SWEEPS[0].parent / "narrow_n_h100.json").read_text())["shapes"]
+    sms, improved, narrowed = table["sms"], 0, 0
     for rows in (table["shapes"], table["confirm"]):
         for label, row in rows.items():
             m, n, k = (int(v) for v in label.split("x"))
             pick = configs.select(m, n, k, sms).variant.key
+            if pick == "128x64s8w":  # the M = 128 narrow-tile rule (configs.NARROW_TILE), timed in its own table
+                row = narrow[label]
+                assert row["us"][pick] <= min(row["us"].values()) and row["us"][pick] <= row["cublas_us"], (label, row)
+                narrowed += 1
+                continue
             us, best = row["us"], min(row["us"].values())
             if rows is table["shapes"] and label in table["confirm"] and pick not in us:
                 continue  # timed in the confirming run
@@ -632,6 +659,7 @@ def test_small_m_pair_rule_against_its_h100_sweep():
             else:
                 assert us[pick] <= 1.04 * best, (label, pick, row)
     assert improved >= 4  # 96 x 18432 / 36864 / 20480 and 128 x 18432 (0.54-0.95 -> 1.00-1.09)
+    assert narrowed == 1  # 128x32768x512: 16.4 -> 15.4 us (0.95 -> 1.01x cuBLAS)
     assert table["confirm"]["80x18432x7168"]["us"]["64x128s8dc2m1"] < 0.6 * table["shapes"]["80x18432x7168"]["us"][
         "64x32s16dm1"]  # M = 80: the pair against the unpaired 64x32 the model took (65.8 against 140.4 us)
 
