@@ -879,11 +879,15 @@ def _select(m: int, n: int, k: int, num_sms: int, swap_ok: bool, sw: Switches) -
         block_ms = (64,) if m <= 128 else (128,) if m <= 256 else (128, 256)
         built = {(v.block_m, v.block_n, (v.cluster_m, v.cluster_n)) for v in VARIANTS}
         # (a forced DEEPERGEMM_CLUSTER leaves only the tiles built with that cluster shape)
+
+        def offered(bm: int, bn: int) -> bool:
+            if (bm, bn) == NARROW_TILE:
+                return NARROW_TILE_M[0] < m <= NARROW_TILE_M[1]
+            return bm in block_ms or (m > 128 and m <= MID_M_SMALL_TILE_MAX_M and (bm, bn) in MID_M_SMALL_TILES
+                                      and (bn != 64 or ceil_div(m, bm) * ceil_div(n, bn) <= num_sms))
+
         shapes = [(bm, bn) for bm, bn in TILE_SHAPES + (NARROW_TILE,)
-                  if (bm in block_ms if (bm, bn) != NARROW_TILE else NARROW_TILE_M[0] < m <= NARROW_TILE_M[1])
-                  or (m > 128 and m <= MID_M_SMALL_TILE_MAX_M and (bm, bn) in MID_M_SMALL_TILES
-                      and (bn != 64 or ceil_div(m, bm) * ceil_div(n, bn) <= num_sms))]
-        shapes = [shape for shape in shapes if (*shape, _cluster_shape(m, n, k, *shape, sw)) in built]
+                  if offered(bm, bn) and (bm, bn, _cluster_shape(m, n, k, bm, bn, sw)) in built]
         if not shapes:
             raise ValueError(f"DEEPERGEMM_CLUSTER={sw.get('DEEPERGEMM_CLUSTER')}: no selectable tile for "
                              f"{'M <= 128' if m <= 128 else 'M > 128'} is built with that cluster shape")
