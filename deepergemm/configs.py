@@ -157,7 +157,8 @@ SMALL_M_ONE_WG_MIN_K = 1024
 NARROW_TILE = (128, 64)
 NARROW_TILE_MIN_SMALL_M = 128
 NARROW_TILE_COST = 1.6
-NARROW_TILE_M = (MID_M_SMALL_TILE_MAX_M, 512)  # (exclusive, inclusive): middle M, at most 4 unclustered M-tiles
+# (exclusive, inclusive): middle M above the 64-row tiles' range, up to the unclustered 128-row M-tiles
+NARROW_TILE_M = (MID_M_SMALL_TILE_MAX_M, MID_M_UNCLUSTERED_TILES[NARROW_TILE[0]] * NARROW_TILE[0])
 SMALL_M_STREAM_MAX_M = 48
 SMALL_M_STREAM_MIN_WAVES = 2
 SMALL_M_STREAM_TILE = (64, 64)
