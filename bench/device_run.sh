@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks partial-diag oddm narrow-n narrowpicks hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks partial-diag tileshift pairsnoise narrow-n narrowpicks hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -119,19 +119,6 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
          timeout 150 python bench/partial_tile.py ${PARTIAL_ARGS:-} 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/partial_diag.log"
          DEEPERGEMM_NVCC_DEFINES=DG_ABLATE_EPILOGUE timeout 200 python bench/partial_tile.py ${PARTIAL_ARGS:-} 2>&1 \
            | grep -v "^\[deepergemm\]" | tee -a "$OUT/partial_diag.log" ;;
-    oddm) # the part-filled last M-tile moved up to end at the last row (producer.cuh kMovesLastTile, DG_TILE_SHIFT):
-          # first the whole GPU suite on that build (stream-K's determinism included), then the picks at M that is no
-          # multiple of the tile, default build against DG_TILE_SHIFT
-         DEEPERGEMM_NVCC_DEFINES=DG_TILE_SHIFT timeout 200 python -m deepergemm warmup --jobs 16 --variants tested \
-           > /tmp/warm_shift.log 2>&1; tail -1 /tmp/warm_shift.log
-         DEEPERGEMM_NVCC_DEFINES=DG_TILE_SHIFT timeout ${TESTS_TIMEOUT:-300} python -m pytest -q -m gpu -p no:cacheprovider \
-           --maxfail=10 2>&1 | tee "$OUT/gpu_tests_shift.log" | tail -8
-         S=${ODDM_SHAPES:-160x7168x18432,160x36864x7168,160x18432x7168,200x4096x7168,300x2112x7168,600x7168x2048,1000x2112x7168,1500x24576x1536,3000x7168x4096,5000x4096x7168,97x7168x2048,65x24576x1536}
-         for d in "" DG_TILE_SHIFT; do
-           echo "== defines: ${d:-none}"
-           DEEPERGEMM_NVCC_DEFINES=$d timeout 150 python bench/sweep_variants.py --shapes "$S" --variants auto --jobs 16 \
-             --launches 20 --json "$OUT/oddm${d:+_shift}.json" 2>&1 | grep -v "^\[deepergemm\]" | grep -E "cuBLAS   |configs"
-         done ;;
     narrow-n) # issue 25: 128-row tiles narrower than 128 (not selectable: 10-30% slower per element at large M) where
               # 128x128 tiles leave SMs idle or fill them through stream-K: 128x64 (N = 2112: 33 N-tiles, 132 tiles
               # at M = 512) and 128x112 (N = 7168: 64 N-tiles, 128 tiles at M = 256)
@@ -143,6 +130,20 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
          timeout 200 python bench/sweep_variants.py --shapes ${NARROW_PICK_SHAPES:-512x2112x7168,300x2112x7168,384x2112x7168,448x1536x7168,384x576x7168,512x576x7168,128x32768x512,96x32768x512,80x32768x512,72x32768x512} \
            --variants auto,128x64s8w,128x128s6w,64x128s8d --jobs 16 --launches 30 --json "$OUT/narrowpicks.json" 2>&1 \
            | grep -v "^\[deepergemm\]" | grep "configs\|cuBLAS   " ;;
+    tileshift) # the part-filled last M-tile moved up to end at the last row (producer.cuh kMovesLastTile, the default)
+               # against the tile in place (DG_NO_TILE_SHIFT), alternating builds (ROUNDS pairs, one process each,
+               # cuBLAS timed in each): a build's fixed cost shows in every round, drift does not; the last four
+               # shapes fill their tiles (nothing moves: what the build alone costs)
+         S=${TILESHIFT_SHAPES:-97x7168x2048,65x24576x1536,600x7168x2048,3000x7168x4096,160x18432x7168,160x7168x18432,300x2112x7168,1500x24576x1536,64x24576x1536,128x7168x2048,512x7168x2048,4096x7168x2048}
+         DEEPERGEMM_NVCC_DEFINES=DG_NO_TILE_SHIFT timeout 200 python bench/sweep_variants.py --shapes "$S" --variants auto \
+           --jobs 16 --launches 5 > /dev/null 2>&1
+         for r in $(seq ${ROUNDS:-2}); do for d in "" DG_NO_TILE_SHIFT; do
+           echo "== round $r, defines: ${d:-none}"
+           DEEPERGEMM_NVCC_DEFINES=$d timeout 150 python bench/sweep_variants.py --shapes "$S" --variants auto --jobs 16 \
+             --launches 50 --json "$OUT/tileshift_${r}${d:+_inplace}.json" 2>&1 | grep -v "^\[deepergemm\]" | grep -E "cuBLAS   |configs"
+         done; done ;;
+    pairsnoise) # issue 27: the pairs' per-element accumulation noise over many draws (tests' bound, bench/pairs_noise.py)
+         timeout 200 python bench/pairs_noise.py --draws ${DRAWS:-20} 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/pairs_noise.log" ;;
     hbmceil) # issue 25/27: decode GEMMs against a plain read of the same weight bytes, timed the bench's way
          timeout 200 python bench/hbm_ceiling.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/hbm_ceiling.log" ;;
     slabskip) # issue 25: DG_SLAB_SKIP (no wgmmas for a 64-row slab wholly past the tile's last row) against the

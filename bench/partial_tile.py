@@ -7,8 +7,8 @@ For each variant and M, four launches of the same (N, K), cold L2, stream-K off,
   view     M rows as a view of an M_full-row allocation (part, with A's allocation of the full tile)
 If part is far slower than zeros, the cost is in the tensor map's edge (TMA loads or stores past M), not the data.
 Run once more under DEEPERGEMM_NVCC_DEFINES=DG_ABLATE_EPILOGUE (no stores, wrong results: this script checks no output)
-to take the epilogue out, and under DEEPERGEMM_NVCC_DEFINES=DG_TILE_SHIFT to time the last tile moved up to end at
-the last row (producer.cuh kMovesLastTile).
+to take the epilogue out, and under DEEPERGEMM_NVCC_DEFINES=DG_NO_TILE_SHIFT to time the last tile in place (by
+default it moves up to end at the last row: producer.cuh kMovesLastTile; "part" then measures the moved tile).
 
     python bench/partial_tile.py --variants 128x128s6w,128x192s5p --n 36864 --k 7168 --m 160,192,224
 """

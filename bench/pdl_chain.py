@@ -2,7 +2,9 @@
 kernels: per step, quantize the activation (Triton) and multiply it with the next layer's weight (our GEMM),
 `--layers` layers back to back with no host work in between, weights cycling through more than L2 holds so
 B streams from HBM as it does in serving. Times the whole chain with CUDA events (median of --repeats), with
-PDL off and on in alternation, in one process, and checks that both give the same bits.
+PDL off and on in alternation, in one process, and checks that both give the same bits. Each timed chain is queued
+behind a GPU spin long enough that the host has queued all of it first (else launch gaps, host time, would be
+timed: an earlier form's 39-97 us per layer at decode sizes were that); the host's queueing time is printed too.
 
     python bench/pdl_chain.py [--shapes 64x7168x2048,8x4096x7168] [--layers 32] [--repeats 20]
 """
@@ -25,27 +27,42 @@ def chain(x, weights):
     return x
 
 
-def time_chain(x, weights, repeats):
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(2_000_000)  # the host queues the whole chain while the GPU spins: no launch gaps timed
+def time_chain(x, weights, repeats, sleep_cycles):
+    """Median GPU time of the chain (CUDA events), each repeat queued whole behind a GPU spin of `sleep_cycles`, so
+    that no host work is timed. Returns (us, output, host_us): a spin that ended before the host had queued the
+    chain (the host slower than the GPU, as at decode sizes) would time the host instead, so it doubles the spin and
+    starts over."""
+    import time
+    times, host = [], []
+    while len(times) < repeats:
+        spun, start, end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+        torch.cuda._sleep(sleep_cycles)  # the host queues the whole chain while the GPU spins
+        spun.record()
         start.record()
+        t0 = time.perf_counter()
         out = chain(x, weights)
         end.record()
+        host_us = (time.perf_counter() - t0) * 1e6
+        if spun.query():  # the spin was over before the chain was queued: launch gaps would be timed
+            torch.cuda.synchronize()
+            sleep_cycles *= 2
+            times.clear()
+            continue
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times), out
+        host.append(host_us)
+    return statistics.median(times), out, statistics.median(host), sleep_cycles
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="64x7168x2048,8x7168x2048,128x4096x7168,1x4096x7168",
+    parser.add_argument("--shapes", default="1x7168x2048,8x7168x2048,64x7168x2048,128x7168x2048,32x24576x1536,4096x7168x2048",
                         help="MxNxK per layer (N >= K: each layer's output feeds the next)")
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    print("| shape | layers | PDL off us/layer | PDL on us/layer | on/off |\n|---|---|---|---|---|")
+    print("| shape | layers | PDL off us/layer | PDL on us/layer | on/off | host us/layer |\n|---|---|---|---|---|---|")
+    sleep_cycles = 20_000_000  # about 10 ms (doubled while the host is slower: time_chain)
     for spec in args.shapes.split(","):
         m, n, k = (int(v) for v in spec.split("x"))
         if n < k:
@@ -58,13 +75,14 @@ def main() -> int:
             os.environ["DEEPERGEMM_PDL"] = flag
             dg.configs.reload_switches()  # (the switches are read once; the binding re-plans)
             chain(x, weights)  # builds, warms up
-            us, out = time_chain(x, weights, args.repeats)
-            results.setdefault(flag, []).append((us, out))
+            us, out, host_us, sleep_cycles = time_chain(x, weights, args.repeats, sleep_cycles)
+            results.setdefault(flag, []).append((us, out, host_us))
         off, on = (min(r[0] for r in results[f]) for f in ("0", "1"))
         same = all(torch.equal(r[1].view(torch.int16), results["0"][0][1].view(torch.int16))
                    for f in ("0", "1") for r in results[f])
-        print(f"| {spec} | {args.layers} | {off / args.layers:.2f} | {on / args.layers:.2f} | {on / off:.3f} |"
-              + ("" if same else " RESULTS DIFFER"), flush=True)
+        host = max(r[2] for f in ("0", "1") for r in results[f])
+        print(f"| {spec} | {args.layers} | {off / args.layers:.2f} | {on / args.layers:.2f} | {on / off:.3f} | "
+              f"{host / args.layers:.1f} |" + ("" if same else " RESULTS DIFFER"), flush=True)
     return 0
 
 

@@ -152,10 +152,11 @@ SMALL_M_ONE_WG_MIN_K = 1024
 #   stay ahead (256x2112x7168 1.39 against 1.24), above 4 M-tiles 128-row tiles run in clusters, hence the M range.
 # - 128x32768x512: 15.4 us (1.01) against 16.4 (0.95) for 64x128: at K < SMALL_M_CLUSTER_MIN_K there are no 64-row
 #   B-multicast pairs, so two 64-row M-tiles read B twice; one 128-row M-tile reads it once. On a wide weight (the
-#   stream regime below) the 128x64 tile runs there from M = NARROW_TILE_MIN_SMALL_M: 64 < M < 128 was not timed
-#   (`device_run.sh narrowpicks` times it; the waste of rows past M is the same for both tiles there).
+#   stream regime below) the 128x64 tile runs there from M = NARROW_TILE_MIN_SMALL_M, above one 64-row tile: at
+#   72x, 80x and 96x32768x512 1.02-1.03x cuBLAS against 0.93-0.94 for 64x128 (`device_run.sh narrowpicks`,
+#   bench/data/narrowpicks_h100.json; the rows past M cost both tiles the same there).
 NARROW_TILE = (128, 64)
-NARROW_TILE_MIN_SMALL_M = 128
+NARROW_TILE_MIN_SMALL_M = 65
 NARROW_TILE_COST = 1.6
 # (exclusive, inclusive): middle M above the 64-row tiles' range, up to the unclustered 128-row M-tiles
 NARROW_TILE_M = (MID_M_SMALL_TILE_MAX_M, MID_M_UNCLUSTERED_TILES[NARROW_TILE[0]] * NARROW_TILE[0])

@@ -4,6 +4,7 @@
 // stored: row_begin is row0, but for a last tile moved up to end at the last row (producer.cuh kMovesLastTile) the
 // first row the tile before does not store, so that each row has one writer (stream-K cuts the two tiles' K at
 // different points: their shared rows' bits may differ, and both stores made the output depend on which landed last).
+// A moved tile starts on a multiple of 16 rows, so row_begin falls between two warps' rows.
 //   bf16            stmatrix into a swizzled staging buffer, then TMA stores (the default)
 //   grouped bf16    a warp whose rows straddle its group's end stores from registers (a box would write past it)
 //   fp32            from registers
@@ -86,16 +87,15 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue(float (&total)[kRegs]
   const uint32_t row_offset = row * kBoxPitch;
   const uint32_t swizzle = ((row_offset >> 7) & (C::kEpiN * 2 / 16 - 1)) << 4;  // TMA's 32B/64B/128B swizzle
   const int warp_m = m0 + warp * 16;
-  // A warp whose 16 rows straddle row_begin (a moved tile), or a group's end (grouped; a TMA box would also write
-  // the rows after it: the next group's, or padding the caller keeps), stores from registers. The test is the same
-  // in every lane; through a shuffle ptxas knows it, so the branch is no divergence. (As a per-lane test it made the
-  // whole math loop divergent: ring position and wgmma descriptors in vector registers, an R2UR per descriptor, 14%
-  // slower than the same tile dense.)
-  if constexpr (C::kGrouped || kMovesLastTile<C>) {
-    const bool straddles = (kMovesLastTile<C> && warp_m < row_begin && warp_m + 16 > row_begin) ||
-                           (C::kGrouped && warp_m < row_end && warp_m + 16 > row_end);
+  // A grouped warp whose 16 rows straddle its group's end (a TMA box would also write the rows after it: the next
+  // group's, or padding the caller keeps) stores from registers. The test is the same in every lane; through a
+  // shuffle ptxas knows it, so the branch is no divergence. (As a per-lane test it made the whole math loop
+  // divergent: ring position and wgmma descriptors in vector registers, an R2UR per descriptor, 14% slower than the
+  // same tile dense.)
+  if constexpr (C::kGrouped) {
+    const bool straddles = warp_m < row_end && warp_m + 16 > row_end;
     if (__shfl_sync(0xffffffffu, straddles, 0)) {
-      epilogue_rows_from_registers(total, warp_m, n0, row_begin, row_end);
+      epilogue_rows_from_registers(total, warp_m, n0, row_end);
       return;
     }
   }
@@ -282,20 +282,19 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue_swiglu(float (&total)
   epilogue_fp8(total, m0, n_block * kBlockK, row_begin, row_end);
 }
 
-// bf16 from registers, rows [row_begin, row_end) of a warp's 16: a warp that straddles a moved tile's first stored
-// row or a group's end.
+// bf16 from registers, rows before row_end of a warp's 16: a grouped warp that straddles its group's end.
 template <class C>
 __device__ __forceinline__ void MathWarpgroup<C>::epilogue_rows_from_registers(float (&total)[kRegs], int warp_m,
-                                                                               int n0, int row_begin, int row_end) {
+                                                                               int n0, int row_end) {
   uint16_t* out = static_cast<uint16_t*>(p.out);  // bf16
   const int r = warp_m + lane / 4;
 #pragma unroll
   for (int j = 0; j < C::kGroups8; ++j) {
     const int col = n0 + 8 * j + 2 * (lane % 4);
     if (col < p.n) {
-      if (stored_row<C>(r, row_begin, row_end))
+      if (r < row_end)
         st_global_b32(out + static_cast<int64_t>(r) * p.n + col, pack_bf16x2(total[4 * j], total[4 * j + 1]));
-      if (stored_row<C>(r + 8, row_begin, row_end))
+      if (r + 8 < row_end)
         st_global_b32(out + static_cast<int64_t>(r + 8) * p.n + col, pack_bf16x2(total[4 * j + 2], total[4 * j + 3]));
     }
   }

@@ -123,7 +123,7 @@ struct MathWarpgroup {
   __device__ __forceinline__ void epilogue(float (&total)[kRegs], int row0, int n_block, int slab, int row_end);
   __device__ __forceinline__ void epilogue_fp32(float (&total)[kRegs], int m0, int n0, int row_begin, int row_end);
   __device__ __forceinline__ void epilogue_rows_from_registers(float (&total)[kRegs], int warp_m, int n0,
-                                                               int row_begin, int row_end);
+                                                               int row_end);
   __device__ __forceinline__ void epilogue_transposed(float (&total)[kRegs], int m0, int col0);
   __device__ __forceinline__ void epilogue_fp8(float (&total)[kRegs], int m0, int n0, int row_begin, int row_end);
   __device__ __forceinline__ void epilogue_swiglu(float (&total)[kRegs], int m0, int n_block, int row_begin,

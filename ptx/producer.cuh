@@ -102,29 +102,30 @@ __device__ __forceinline__ void load_operand(void* dst, const CUtensorMap* map, 
 template <class C>
 using SchedulerOf = TileScheduler<C::kClusterM, C::kClusterN, C::kSplitK, stream_k_granule(C::kPairs)>;
 
-// Whether a part-filled last plain M-tile moves up to end at the last row (developers' define DG_TILE_SHIFT, off
-// until its GPU tests have run: ptx/NOTES.md). Every row a TMA box reaches past the last costs the TMA unit: 128x128
-// tiles at M = 160 ran 1.40x as long as at M = 256, and as long as M = 256 when moved; 160x7168x18432 0.69 -> 0.95x
-// cuBLAS.
+// Whether a part-filled last plain M-tile moves up to end at the last row (the developers' define DG_NO_TILE_SHIFT
+// keeps it in place, to time the difference: ptx/NOTES.md). Every row a TMA box reaches past the last costs the TMA
+// unit: 128x128 tiles at M = 160 ran 1.40x as long as at M = 256, and as long as M = 256 when moved; 160x7168x18432
+// 0.70 -> 1.00x cuBLAS, 300x2112x7168 0.96 -> 1.21x; shapes whose tiles are full: within 1%.
 template <class C>
 inline constexpr bool kMovesLastTile =
-#ifdef DG_TILE_SHIFT
-    !C::kSwapped && !C::kGrouped;  // (swapped tiles keep their rows: B's scale blocks follow them)
-#else
+#ifdef DG_NO_TILE_SHIFT
     false;
+#else
+    !C::kSwapped && !C::kGrouped;  // (swapped tiles keep their rows: B's scale blocks follow them)
 #endif
 
 // The first row of plain M-tile m_block (of m_tiles; rows: the kernel's rows). A moved last tile (kMovesLastTile,
-// when there are BM rows) starts at the last row - BM + 1 rounded up to 4 rows, because a box's innermost coordinate
-// must fall on 16 bytes (the A-scale box is M-major fp32; start row 1 at M = 65 was an illegal instruction), so its
-// A box lies inside A but for at most 3 rows. It computes the rows it shares with the tile before again but stores
-// only its own (epilogue.cuh row_begin). A cluster's padding tile (m_block >= m_tiles) loads the last tile's rows
-// and keeps a row0 past the end, so it stores nothing.
+// when there are BM rows) starts at the last row - BM + 1 rounded up to 16 rows, so its A box lies inside A but for
+// at most 15 rows. 16, because a box's innermost coordinate must fall on 16 bytes (the A-scale box is M-major fp32;
+// start row 1 at M = 65 was an illegal instruction), and because then the rows it shares with the tile before,
+// which it computes again but does not store (epilogue.cuh row_begin), end on a warp's 16-row boundary: no warp
+// straddles them. A cluster's padding tile (m_block >= m_tiles) loads the last tile's rows and keeps a row0 past
+// the end, so it stores nothing.
 template <class C>
 __device__ __forceinline__ int plain_tile_row0(int m_block, int m_tiles, int rows) {
   constexpr int BM = C::kBlockM;
   const int row0 = min(m_block, m_tiles - 1) * BM;
-  if constexpr (kMovesLastTile<C>) return rows >= BM ? min(row0, (rows - BM + 3) & ~3) : row0;
+  if constexpr (kMovesLastTile<C>) return rows >= BM ? min(row0, (rows - BM + 15) & ~15) : row0;
   return row0;
 }
 

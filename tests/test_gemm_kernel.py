@@ -87,11 +87,10 @@ def test_every_variant_exact_on_odd_shapes(variant):
 @pytest.mark.parametrize("key", ("128x128s6w", "256x128s4p", "64x64s13dm1", "128x192s5pc2", "128x128s6dc1x2"))
 def test_part_filled_last_m_tile_gives_the_full_tiles_bits(key):
     # Every row of a part-filled last M-tile must come out as it does from a problem whose tiles are all full: the
-    # same A rows inside a larger A, bit for bit. Built with DG_TILE_SHIFT (DEEPERGEMM_NVCC_DEFINES), that tile is
-    # moved up to end at the last row (its start rounded up to 4 rows; producer.cuh kMovesLastTile): it computes the
-    # rows it shares with the tile before again and stores only its own. M = 161, 130: rounded starts (and warps that
-    # straddle the first stored row); 2x1 clusters pair the last tile with a padding tile at M = 300 (three M-tiles of
-    # 128).
+    # same A rows inside a larger A, bit for bit. That tile is moved up to end at the last row (its start rounded up
+    # to 16 rows; producer.cuh kMovesLastTile; in place under DG_NO_TILE_SHIFT): it computes the rows it shares with
+    # the tile before again and stores only its own. M = 161, 130: rounded starts, the shared rows ending between two
+    # warps' rows; 2x1 clusters pair the last tile with a padding tile at M = 300 (three M-tiles of 128).
     variant = configs.parse_key(key)
     n, k = 392, 640
     for m in (variant.block_m + 1, variant.block_m + 33, 161, 130, 300):

@@ -224,20 +224,20 @@ def test_wgmma_descriptors_stay_in_uniform_registers(builds, variant):
 
 
 @pytest.mark.parametrize("key", ("128x128s6w", "64x32s16dm1", "128x192s5pc2", "256x128s4pc1x2"))
-def test_the_moved_last_tile_build_stays_clean(tmp_path, monkeypatch, key):
-    """DG_TILE_SHIFT (producer.cuh kMovesLastTile: the part-filled last M-tile moved up to end at the last row, storing
-    only the rows the tile before does not) is off by default until its GPU tests have run; its build must keep
+def test_the_tile_in_place_build_stays_clean(tmp_path, monkeypatch, key):
+    """DG_NO_TILE_SHIFT (the developers' define that keeps the part-filled last M-tile in place, where by default it
+    moves up to end at the last row: producer.cuh kMovesLastTile) times what the move buys; its build must keep
     compiling without a serialized wgmma or spills, and must differ from the default build (the define reaches the
     unit)."""
     if extension.toolchain_problem() is not None:
         pytest.skip("nvcc not found")
     variant = configs.parse_key(key)
     default = extension.build_kernel(variant, str(tmp_path / "default"))
-    monkeypatch.setenv("DEEPERGEMM_NVCC_DEFINES", "DG_TILE_SHIFT")
-    moved = extension.build_kernel(variant, str(tmp_path / "moved"))
-    assert pathlib.Path(moved).name != pathlib.Path(default).name  # the define is part of the unit's digest
-    report = pathlib.Path(moved).with_suffix(".log").read_text()
+    monkeypatch.setenv("DEEPERGEMM_NVCC_DEFINES", "DG_NO_TILE_SHIFT")
+    in_place = extension.build_kernel(variant, str(tmp_path / "in_place"))
+    assert pathlib.Path(in_place).name != pathlib.Path(default).name  # the define is part of the unit's digest
+    report = pathlib.Path(in_place).with_suffix(".log").read_text()
     assert "C7510" not in report and "C7517" not in report, report
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     assert spills and all(s == ("0", "0") for s in spills), report
-    assert pathlib.Path(moved).read_bytes() != pathlib.Path(default).read_bytes()
+    assert pathlib.Path(in_place).read_bytes() != pathlib.Path(default).read_bytes()
