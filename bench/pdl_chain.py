@@ -4,7 +4,8 @@ kernels: per step, quantize the activation (Triton) and multiply it with the nex
 B streams from HBM as it does in serving. Times the whole chain with CUDA events (median of --repeats), with
 PDL off and on in alternation, in one process, and checks that both give the same bits. Each timed chain is queued
 behind a GPU spin long enough that the host has queued all of it first (else launch gaps, host time, would be
-timed: an earlier form's 39-97 us per layer at decode sizes were that); the host's queueing time is printed too.
+timed: most likely what made an earlier form's 39-97 us per layer at decode sizes, where a layer's kernels take
+under 20 us); the host's queueing time is printed too, to check.
 
     python bench/pdl_chain.py [--shapes 64x7168x2048,8x4096x7168] [--layers 32] [--repeats 20]
 """
