@@ -126,7 +126,7 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
            --variants auto,128x64s8w,128x64s8p,128x112s6w --jobs 16 --launches 30 --json "$OUT/narrow_n.json" 2>&1 \
            | grep -v "^\[deepergemm\]" | tail -16 ;;
     narrowpicks) # issue 25: the 128x64 rule (configs.NARROW_TILE) as picks, next to the tiles it replaced, and
-                 # 128x64 at 64 < M < 128 on a wide weight at K = 512 (NARROW_TILE_MIN_SMALL_M: measured at 128 only)
+                 # 128x64 at 64 < M < 128 on a wide weight at K = 512 (NARROW_TILE_MIN_SMALL_M)
          timeout 200 python bench/sweep_variants.py --shapes ${NARROW_PICK_SHAPES:-512x2112x7168,300x2112x7168,384x2112x7168,448x1536x7168,384x576x7168,512x576x7168,128x32768x512,96x32768x512,80x32768x512,72x32768x512} \
            --variants auto,128x64s8w,128x128s6w,64x128s8d --jobs 16 --launches 30 --json "$OUT/narrowpicks.json" 2>&1 \
            | grep -v "^\[deepergemm\]" | grep "configs\|cuBLAS   " ;;

@@ -13,6 +13,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,10 +31,9 @@ def chain(x, weights):
 
 def time_chain(x, weights, repeats, sleep_cycles):
     """Median GPU time of the chain (CUDA events), each repeat queued whole behind a GPU spin of `sleep_cycles`, so
-    that no host work is timed. Returns (us, output, host_us): a spin that ended before the host had queued the
-    chain (the host slower than the GPU, as at decode sizes) would time the host instead, so it doubles the spin and
-    starts over."""
-    import time
+    that no host work is timed. Returns (us, output, the host's median queueing us, the spin's cycles): a spin that
+    ended before the host had queued the chain (the host slower than the GPU, as at decode sizes) would time the
+    host instead, so it doubles the spin and starts over."""
     times, host = [], []
     while len(times) < repeats:
         spun, start, end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
@@ -57,7 +57,8 @@ def time_chain(x, weights, repeats, sleep_cycles):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="1x7168x2048,8x7168x2048,64x7168x2048,128x7168x2048,32x24576x1536,4096x7168x2048",
+    parser.add_argument("--shapes",
+                        default="1x7168x2048,8x7168x2048,64x7168x2048,128x7168x2048,32x24576x1536,4096x7168x2048",
                         help="MxNxK per layer (N >= K: each layer's output feeds the next)")
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=20)

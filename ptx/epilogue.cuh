@@ -117,7 +117,8 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue(float (&total)[kRegs]
     fence_proxy_async_shared();  // each lane's stmatrix writes, before the TMA engine reads them
     const int band_n = n0 + band * C::kBandN;
     __syncwarp();
-    // skip slices wholly outside (e.g. a padding tile, or rows the tile before a moved tile stores)
+    // skip slices wholly outside (e.g. a padding tile, or rows the tile before a moved tile stores). stored_row's
+    // test, written out: through the helper ptxas schedules the units differently from the build the GPU ran.
     if (lane == 0 && (!kMovesLastTile<C> || warp_m >= row_begin) && warp_m < row_end && band_n < p.n) {
 #pragma unroll
       for (int box = 0; box < band_cols / C::kEpiN; ++box) {

@@ -553,7 +553,8 @@ MID_SWEEPS = tuple(pathlib.Path(__file__).resolve().parents[1] / "bench" / "data
 
 def test_middle_m_picks_against_the_recorded_h100_sweeps():
     """bench/data/sweep_mid_h100.json (nine tiles), sweep_mid2_h100.json (2x2 clusters, B-multicast 256-row pairs,
-    64x64 tiles, and the picks of their commit) and narrow_n_h100.json (128x64 and 128x112 tiles), timed on an H100 over M = 256-2048 and the six anchor (N, K) pairs,
+    64x64 tiles, and the picks of their commit) and narrow_n_h100.json (128x64 and 128x112 tiles), timed on an H100
+    over M = 256-2048 and the six anchor (N, K) pairs,
     cuBLAS in the same process. Each select() pick is looked up in the newest table that timed it (it must be in
     one), against that table's cuBLAS time: the picks reach a geomean of 1.05x cuBLAS over the 24 shapes (the wave
     model alone: 1.012 on the first table; the best tile per shape of both: 1.078) and never sit more than 15%
