@@ -30,8 +30,9 @@ class GemmCase:
             l2_hints = configs.variant_l2_hints(self.a.shape[0], variant)
         if stream_k is None:
             stream_k = configs.stream_k_pays(self.a.shape[0], self.b.shape[0], self.a.shape[1], variant, self.sms)
+        # (a traced launch runs without PDL: DG_LIFETRACE's first stamps come before griddepcontrol.wait)
         kernels.launch(kernel, self.a, self.a_scales, self.b, self.b_scales, self.out, None, group_n, l2_hints, stream_k,
-                       trace_log=trace_log)
+                       trace_log=trace_log, pdl=False if trace_log is not None else None)
 
     def launch_cublas(self) -> torch.Tensor:
         return cublas.fp8_gemm_cublas(self.a, self.a_scales, self.b, self.b_scales, torch.bfloat16, None)

@@ -9,7 +9,9 @@ Per shape and path:
   eager us/GEMM  a loop of --loop GEMMs through the path, synchronized once at the end (wall clock per GEMM):
                  max(host, GPU) in practice, what a decode step without CUDA graphs sees
 Paths: "ours" = torch.ops.deepergemm.fp8_gemm(..., backend="ptx") (the C++ op), "dg.fp8_gemm" = the public Python
-wrapper around it, "cuBLAS" = torch._scaled_mm with the scales already in its layouts.
+wrapper around it, "cuBLAS" = torch._scaled_mm with the scales already in its layouts; and the calls a layer makes
+besides: "dg.quantize_act" of the bf16 activation (a Triton launch) and "dg.linear" (quantize_act + GEMM in one
+call). The ratio columns are against the cuBLAS GEMM alone.
 (bench/first_call.py times a new process's first GEMM.)
 """
 import argparse
@@ -92,6 +94,8 @@ def paths(m: int, n: int, k: int):
         "ours": lambda: op(a, a_s, b, b_s, torch.bfloat16, None, "ptx"),
         "dg.fp8_gemm": lambda: dg.fp8_gemm(a, a_s, b, b_s, backend="ptx"),
         "cuBLAS": lambda: torch._scaled_mm(a_c, b_t, scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16),
+        "dg.quantize_act": lambda: dg.quantize_act(x),
+        "dg.linear": lambda: dg.linear(x, b, b_s, backend="ptx"),
     }
 
 

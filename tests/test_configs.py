@@ -194,6 +194,15 @@ def test_switches(monkeypatch):
     assert configs.select(4096, 7168, 2048, H100_SMS).group_n == 3
 
 
+def test_programmatic_dependent_launch_on_by_default_and_its_switch():
+    """PDL is on unless DEEPERGEMM_PDL=0 (measured: it never lost, ptx/NOTES.md); other values are an error."""
+    assert configs.pdl_enabled(configs.Switches.from_environ({}))
+    assert configs.pdl_enabled(configs.Switches.from_environ({"DEEPERGEMM_PDL": "1"}))
+    assert not configs.pdl_enabled(configs.Switches.from_environ({"DEEPERGEMM_PDL": " 0 "}))
+    with pytest.raises(ValueError, match="DEEPERGEMM_PDL must be 0 or 1"):
+        configs.pdl_enabled(configs.Switches.from_environ({"DEEPERGEMM_PDL": "on"}))
+
+
 def test_l2_hints_keep_a_and_stream_b_only_at_small_m(monkeypatch):
     keep_a = configs.L2_EVICT_LAST
     stream_b = configs.L2_EVICT_FIRST << 2
