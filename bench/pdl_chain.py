@@ -48,6 +48,7 @@ def time_chain(x, weights, repeats, sleep_cycles):
             torch.cuda.synchronize()
             sleep_cycles *= 2
             times.clear()
+            host.clear()
             continue
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) * 1e3)

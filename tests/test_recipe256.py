@@ -35,6 +35,9 @@ def _inputs(m, n, k, device="cpu", outliers=False):
     return a, a_s, b, b_s
 
 
+BLOCK_NOISE, PAIRS_NOISE = 2.0 ** -11, 2.0 ** -10  # of |A| @ |B|^T, per element (_assert_exact)
+
+
 def _assert_exact(out, operands, what, pairs):
     """Within bf16's rounding of the exact product, element by element, and calc_diff under the bar where there are
     enough elements for it to mean something (an output of a hundred values can land above 2e-6 by its bf16
@@ -44,7 +47,7 @@ def _assert_exact(out, operands, what, pairs):
     cancelling terms keeps that error. 2^-11 of that sum is allowed a 128-deep block, 2^-10 a pair (PAIRS_NOISE):
     over 100 draws of outlier data at this file's shapes on the H100 (bench/pairs_noise.py) the pairs' largest error
     per element was up to 1.40x their 128-recipe twins' on the same operands, and it reached 1.02-1.14x of a 2^-11
-    bound in three recent suite runs. A scale applied to the wrong K block misses by 9-25x the 2^-11 bound on random
+    bound in three suite runs. A scale applied to the wrong K block misses by 9-25x the 2^-11 bound on random
     data, per element, and by percents in calc_diff."""
     expected, magnitude = _expected(*operands)
     err = (out.float() - expected).abs()
@@ -52,9 +55,6 @@ def _assert_exact(out, operands, what, pairs):
     assert (err <= bound).all(), (what, (err / bound).max().item())
     if out.numel() >= 16384:
         assert ref.calc_diff(out, expected) < BAR, what
-
-
-BLOCK_NOISE, PAIRS_NOISE = 2.0 ** -11, 2.0 ** -10  # of |A| @ |B|^T, per element (_assert_exact)
 
 
 def _expected(a, a_s, b, b_s):
