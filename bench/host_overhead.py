@@ -11,10 +11,13 @@ Per shape and path:
 Paths: "ours" = torch.ops.deepergemm.fp8_gemm(..., backend="ptx") (the C++ op), "dg.fp8_gemm" = the public Python
 wrapper around it, "cuBLAS" = torch._scaled_mm with the scales already in its layouts; and the calls a layer makes
 besides: "dg.quantize_act" of the bf16 activation (a Triton launch) and "dg.linear" (quantize_act + GEMM in one
-call). The ratio columns are against the cuBLAS GEMM alone.
+call), each also with DEEPERGEMM_TRITON_FAST_LAUNCH=0 ("..., Triton launch": the quantizer launched through
+JITFunction.run instead of the cached compiled kernel). The ratio columns are against the cuBLAS GEMM alone.
 (bench/first_call.py times a new process's first GEMM.)
 """
 import argparse
+import contextlib
+import os
 import statistics
 import time
 
@@ -22,6 +25,9 @@ import torch
 
 from gemm_case import make_case  # noqa: F401  (puts this checkout on sys.path)
 import deepergemm as dg  # noqa: E402
+from deepergemm import configs  # noqa: E402
+
+TRITON_LAUNCH = ", Triton launch"  # rows timed with DEEPERGEMM_TRITON_FAST_LAUNCH=0
 
 
 def per_call_us(fn, calls: int) -> float:
@@ -96,7 +102,28 @@ def paths(m: int, n: int, k: int):
         "cuBLAS": lambda: torch._scaled_mm(a_c, b_t, scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16),
         "dg.quantize_act": lambda: dg.quantize_act(x),
         "dg.linear": lambda: dg.linear(x, b, b_s, backend="ptx"),
+        "dg.quantize_act" + TRITON_LAUNCH: lambda: dg.quantize_act(x),
+        "dg.linear" + TRITON_LAUNCH: lambda: dg.linear(x, b, b_s, backend="ptx"),
     }
+
+
+@contextlib.contextmanager
+def switch(name: str, value: str | None):
+    """The environment switch set (None: left as it is) for the block, the snapshot reloaded around it."""
+    if value is None:
+        yield
+        return
+    old = os.environ.get(name)
+    os.environ[name] = value
+    configs.reload_switches()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+        configs.reload_switches()
 
 
 def main() -> None:
@@ -112,7 +139,8 @@ def main() -> None:
         m, n, k = (int(v) for v in label.split("x"))
         rows = {}
         for name, fn in paths(m, n, k).items():
-            rows[name] = (per_call_us(fn, args.calls), graph_us(fn, args.calls), eager_loop_us(fn, args.loop))
+            with switch("DEEPERGEMM_TRITON_FAST_LAUNCH", "0" if name.endswith(TRITON_LAUNCH) else None):
+                rows[name] = (per_call_us(fn, args.calls), graph_us(fn, args.calls), eager_loop_us(fn, args.loop))
         base = rows["cuBLAS"]
         for name, (host, gpu, eager) in rows.items():
             print(f"| {label} | {name} | {host:.1f} | {gpu:.1f} | {eager:.1f} | {host / base[0]:.2f} | "

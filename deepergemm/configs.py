@@ -772,7 +772,7 @@ SWITCHES = ("DEEPERGEMM_DUAL_ACC", "DEEPERGEMM_VARIANT", "DEEPERGEMM_CLUSTER", "
             "DEEPERGEMM_SPLIT_K", "DEEPERGEMM_SMALL_M_CLUSTER", "DEEPERGEMM_SMALL_M_WGS", "DEEPERGEMM_STREAM_K",
             "DEEPERGEMM_STREAM_K_FILL",
             "DEEPERGEMM_L2_HINTS", "DEEPERGEMM_GROUPED_VARIANT", "DEEPERGEMM_PDL", "DEEPERGEMM_SWAP_AB",
-            "DEEPERGEMM_BACKEND", "DEEPERGEMM_PAIRS", "DEEPERGEMM_FUSED_EPILOGUE")
+            "DEEPERGEMM_BACKEND", "DEEPERGEMM_PAIRS", "DEEPERGEMM_FUSED_EPILOGUE", "DEEPERGEMM_TRITON_FAST_LAUNCH")
 
 
 @dataclass(frozen=True)
@@ -852,6 +852,13 @@ def pdl_enabled(sw: Switches | None = None) -> bool:
     chains of quantize -> GEMM layers it saved 6-10% per layer at decode sizes (1.4% at M = 4096) and lost
     nowhere measured (ptx/NOTES.md); DEEPERGEMM_PDL=0 turns it off."""
     return (sw or switches()).flag("DEEPERGEMM_PDL", True)
+
+
+def triton_fast_launch_enabled(sw: Switches | None = None) -> bool:
+    """Launch the Triton kernels (quantization, SwiGLU, MoE layout) through triton_kernels.launch.FastLaunch: the
+    compiled kernel cached under our own key, past Triton's per-call binding and cache lookup (the same kernel,
+    launched the same way). On by default; DEEPERGEMM_TRITON_FAST_LAUNCH=0 launches through Triton's own path."""
+    return (sw or switches()).flag("DEEPERGEMM_TRITON_FAST_LAUNCH", True)
 
 
 def select(m: int, n: int, k: int, num_sms: int, swap_ok: bool = True, sw: Switches | None = None) -> Choice:

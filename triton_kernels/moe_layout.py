@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deepergemm.triton_kernels.launch import FastLaunch
 from deepergemm.triton_kernels.quantize import _LAUNCH_OPTIONS, _interpreting, _on_device
 
 CHUNK = 128  # choices per program of the sort: a CHUNK x CHUNK comparison finds the ranks inside a chunk
@@ -103,6 +104,12 @@ def _unpermute_kernel(y_ptr, out_ptr, row_of_ptr, w_ptr, width, topk, stride_y, 
 # ----------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------
+_launch_count = FastLaunch(_count_kernel)
+_launch_place = FastLaunch(_place_kernel)
+_launch_permute = FastLaunch(_permute_kernel)
+_launch_unpermute = FastLaunch(_unpermute_kernel)
+
+
 def _check_device(name: str, t: torch.Tensor) -> None:
     if t.device.type != "cuda" and not (_interpreting() and t.device.type == "cpu"):
         raise ValueError(f"{name} must be a CUDA tensor for the Triton kernels, got a tensor on {t.device}; "
@@ -123,8 +130,8 @@ def count_experts(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
     counts = torch.empty((chunks, num_experts), dtype=torch.int32, device=ids.device)
     if chunks > 0:
         with _on_device(ids.device):
-            _count_kernel[(chunks,)](ids, counts, ids.numel(), num_experts, CHUNK_SIZE=CHUNK,
-                                     EXPERT_TILE=_EXPERT_TILE, num_warps=4, **_LAUNCH_OPTIONS)
+            _launch_count((chunks,), ids, counts, ids.numel(), num_experts, CHUNK_SIZE=CHUNK,
+                          EXPERT_TILE=_EXPERT_TILE, num_warps=4, **_LAUNCH_OPTIONS)
     return counts
 
 
@@ -139,8 +146,8 @@ def place_choices(ids: torch.Tensor, base: torch.Tensor, topk: int, rows: int) -
     token_of = torch.full((rows,), -1, dtype=torch.int32, device=ids.device)
     if n > 0:
         with _on_device(ids.device):
-            _place_kernel[(triton.cdiv(n, CHUNK),)](ids, base, row_of, token_of, n, num_experts, topk, rows,
-                                                   CHUNK_SIZE=CHUNK, num_warps=4, **_LAUNCH_OPTIONS)
+            _launch_place((triton.cdiv(n, CHUNK),), ids, base, row_of, token_of, n, num_experts, topk, rows,
+                          CHUNK_SIZE=CHUNK, num_warps=4, **_LAUNCH_OPTIONS)
     return row_of, token_of
 
 
@@ -163,8 +170,8 @@ def permute(x: torch.Tensor, token_of: torch.Tensor) -> torch.Tensor:
     if rows > 0 and width > 0:
         grid, block = _row_grid(rows, width, x.element_size())
         with _on_device(x.device):
-            _permute_kernel[grid](_as_bits(x), _as_bits(out), token_of.contiguous(), width, x.stride(0),
-                                  out.stride(0), BLOCK=block, num_warps=4, **_LAUNCH_OPTIONS)
+            _launch_permute(grid, _as_bits(x), _as_bits(out), token_of.contiguous(), width, x.stride(0),
+                            out.stride(0), BLOCK=block, num_warps=4, **_LAUNCH_OPTIONS)
     return out
 
 
@@ -181,6 +188,6 @@ def unpermute(y: torch.Tensor, row_of: torch.Tensor, weights: torch.Tensor | Non
         grid, block = _row_grid(t, width, 4)  # the accumulator is fp32
         w = weights.contiguous() if weights is not None else row_of  # any pointer: not read without weights
         with _on_device(y.device):
-            _unpermute_kernel[grid](y, out, row_of.contiguous(), w, width, topk, y.stride(0), out.stride(0),
-                                    HAS_WEIGHTS=weights is not None, BLOCK=block, num_warps=4, **_LAUNCH_OPTIONS)
+            _launch_unpermute(grid, y, out, row_of.contiguous(), w, width, topk, y.stride(0), out.stride(0),
+                              HAS_WEIGHTS=weights is not None, BLOCK=block, num_warps=4, **_LAUNCH_OPTIONS)
     return out

@@ -24,6 +24,7 @@ the custom ops that call them trace under torch.compile and replay in CUDA graph
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -31,6 +32,7 @@ import triton
 import triton.language as tl
 
 from deepergemm import layouts, reference
+from deepergemm.triton_kernels.launch import FastLaunch
 
 GROUP = reference.GROUP_K
 _FP8_MAX = tl.constexpr(reference.FP8_MAX)
@@ -153,7 +155,12 @@ def _on_device(device: torch.device):
 def act_config(m: int, group_k: int = GROUP) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_G, num_warps) for quantize_act: up to 32 rows x 1 group (8 KiB of bf16 at 128) per
     program, at most 32 elements per thread (four 16-byte loads in flight for bf16)."""
-    block_m = min(32, triton.next_power_of_2(max(m, 1)))
+    return _act_config(min(max(m, 1), 32), group_k)
+
+
+@functools.lru_cache(maxsize=None)
+def _act_config(m: int, group_k: int) -> tuple[int, int, int]:
+    block_m = triton.next_power_of_2(m)
     block_g = 1
     num_warps = max(1, min(4 * group_k // GROUP, block_m * block_g * group_k // 1024))
     return block_m, block_g, num_warps
@@ -162,6 +169,9 @@ def act_config(m: int, group_k: int = GROUP) -> tuple[int, int, int]:
 # Every launch: no mul+add contraction (there is no add today; this keeps it that way, and silences
 # Triton 3.9's warning about the changing default).
 _LAUNCH_OPTIONS = {"enable_fp_fusion": False}
+
+_launch_act = FastLaunch(_quantize_act_kernel)
+_launch_weight = FastLaunch(_quantize_weight_kernel)
 
 
 def launch_act(x: torch.Tensor, ue8m0: bool, config: tuple[int, int, int] | None = None,
@@ -178,9 +188,9 @@ def launch_act(x: torch.Tensor, ue8m0: bool, config: tuple[int, int, int] | None
         return q, scales
     grid = (triton.cdiv(m, block_m) * triton.cdiv(groups, block_g),)
     with _on_device(x.device):
-        _quantize_act_kernel[grid](x, q, scales, m, groups, x.stride(0), q.stride(0), scales.stride(1),
-                                   UE8M0=ue8m0, BLOCK_M=block_m, BLOCK_G=block_g, GROUP_SIZE=group_k,
-                                   num_warps=num_warps, **_LAUNCH_OPTIONS)
+        _launch_act(grid, x, q, scales, m, groups, x.stride(0), q.stride(0), scales.stride(1),
+                    UE8M0=ue8m0, BLOCK_M=block_m, BLOCK_G=block_g, GROUP_SIZE=group_k, num_warps=num_warps,
+                    **_LAUNCH_OPTIONS)
     return q, scales
 
 
@@ -197,9 +207,8 @@ def launch_weight(w: torch.Tensor, ue8m0: bool, q_dtype: torch.dtype = reference
     # 128x128 values over 256 threads: 64 fp32 registers each, the whole block's loads in flight (128x256: 512
     # threads, as many each)
     with _on_device(w.device):
-        _quantize_weight_kernel[(n_blocks * groups,)](w, q, scales, n, groups, w.stride(0), q.stride(0),
-                                                      UE8M0=ue8m0, BLOCK_N=GROUP, BLOCK_K=block_k,
-                                                      num_warps=8 * block_k // GROUP, **_LAUNCH_OPTIONS)
+        _launch_weight((n_blocks * groups,), w, q, scales, n, groups, w.stride(0), q.stride(0),
+                       UE8M0=ue8m0, BLOCK_N=GROUP, BLOCK_K=block_k, num_warps=8 * block_k // GROUP, **_LAUNCH_OPTIONS)
     return q, scales
 
 

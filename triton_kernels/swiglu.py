@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from deepergemm import layouts
+from deepergemm.triton_kernels.launch import FastLaunch
 from deepergemm.triton_kernels.quantize import _on_device
 
 GROUP = 128
@@ -69,6 +70,9 @@ def _swiglu_kernel(x_ptr, h_ptr, M, GROUPS, stride_xm, stride_hm, BLOCK_M: tl.co
     tl.store(h_ptr + rows64[:, None] * stride_hm + group * GROUP_SIZE + cols[None, :], h.to(tl.bfloat16), mask=mask)
 
 
+_launch_swiglu = FastLaunch(_swiglu_kernel)
+
+
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     """SwiGLU of an interleaved (M, 2I) bf16 gate/up output on CUDA -> h (M, I) bf16 (see the module's docstring)."""
     layouts.check_swiglu_input(gate_up)
@@ -84,8 +88,7 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
         return h
     block_m = min(32, triton.next_power_of_2(m))
     with _on_device(gate_up.device):
-        _swiglu_kernel[(triton.cdiv(m, block_m) * groups,)](gate_up, h, m, groups, gate_up.stride(0), h.stride(0),
-                                                             BLOCK_M=block_m, GROUP_SIZE=GROUP,
-                                                             num_warps=max(1, min(4, block_m * GROUP // 1024)),
-                                                             enable_fp_fusion=False)
+        _launch_swiglu((triton.cdiv(m, block_m) * groups,), gate_up, h, m, groups, gate_up.stride(0), h.stride(0),
+                       BLOCK_M=block_m, GROUP_SIZE=GROUP, num_warps=max(1, min(4, block_m * GROUP // 1024)),
+                       enable_fp_fusion=False)
     return h
