@@ -1,7 +1,7 @@
 """Developer tool: what one GEMM call costs the host, ours against cuBLAS (torch._scaled_mm with blockwise scales
 called directly, the way a framework calls it), and whether an eager loop is host- or GPU-bound.
 
-    python bench/host_overhead.py [--shapes 64x7168x2048,...] [--calls 400] [--loop 64]
+    python bench/host_overhead.py [--shapes 64x7168x2048,...] [--calls 400] [--loop 64] [--profile PATH]
 
 Per shape and path:
   host us/call   calls queued back to back while the GPU is kept busy (so no call waits for it), wall clock
@@ -13,6 +13,8 @@ wrapper around it, "cuBLAS" = torch._scaled_mm with the scales already in its la
 besides: "dg.quantize_act" of the bf16 activation (a Triton launch) and "dg.linear" (quantize_act + GEMM in one
 call), each also with DEEPERGEMM_TRITON_FAST_LAUNCH=0 ("..., Triton launch": the quantizer launched through
 JITFunction.run instead of the cached compiled kernel). The ratio columns are against the cuBLAS GEMM alone.
+--profile PATH: instead, cProfile of PATH's calls (one path name, first shape), the 25 functions with the most own
+time (where the host time of a call goes).
 (bench/first_call.py times a new process's first GEMM.)
 """
 import argparse
@@ -126,13 +128,34 @@ def switch(name: str, value: str | None):
         configs.reload_switches()
 
 
+def profile(name: str, m: int, n: int, k: int, calls: int) -> None:
+    import cProfile
+    import pstats
+
+    fn = paths(m, n, k)[name]
+    with switch("DEEPERGEMM_TRITON_FAST_LAUNCH", "0" if name.endswith(TRITON_LAUNCH) else None):
+        fn()
+        torch.cuda.synchronize()
+        torch.cuda._sleep(400_000_000)
+        with cProfile.Profile() as prof:
+            for _ in range(calls):
+                fn()
+        torch.cuda.synchronize()
+    print(f"== cProfile of {name} at {m}x{n}x{k}, {calls} calls (times include the profiler's own cost)")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", default="64x7168x2048,1x7168x2048,64x2112x7168,128x7168x2048,4096x7168x2048")
     parser.add_argument("--calls", type=int, default=400)
     parser.add_argument("--loop", type=int, default=64, help="GEMMs per eager loop")
+    parser.add_argument("--profile", default=None, help="a path's name: cProfile its calls instead")
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    if args.profile:
+        profile(args.profile, *(int(v) for v in args.shapes.split(",")[0].split("x")), args.calls)
+        return
     print("| shape | path | host us/call | GPU us/call | eager us/GEMM | host / cuBLAS host | eager / cuBLAS eager |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for label in args.shapes.split(","):

@@ -44,6 +44,8 @@ Switches (measure a feature by turning it off in the same run):
                                faster (fused_epilogue_pays: fp8 output at small M and short K, SwiGLU never)
   DEEPERGEMM_PAIRS=0           the 256-K recipe without its pairs variants (select_recipe_256: the 128 recipe's
                                kernel instead, each K block reading its pair's scale)
+  DEEPERGEMM_TRITON_FAST_LAUNCH=0  launch the Triton kernels (quantize_act, SwiGLU, MoE layout) through Triton's
+                               own per-call path instead of the cached compiled kernel (triton_kernels/launch.py)
 
 Small-M clusters: at 64 < M <= 128 the two 64-row M-tiles of an N-tile run as a 2x1 cluster that multicasts B
 (SMALL_M_CLUSTER), for tiles at least SMALL_M_CLUSTER_MIN_N wide and K >= SMALL_M_CLUSTER_MIN_K. On the H100
