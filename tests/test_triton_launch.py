@@ -43,7 +43,7 @@ class _Jit:
 @pytest.fixture
 def on_device_zero(monkeypatch):
     monkeypatch.setattr(launch.torch.cuda, "current_device", lambda: 0)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(launch, "_INTERPRETING", False)
 
 
 def test_arg_key_separates_what_triton_specializes_on():
@@ -81,16 +81,17 @@ def test_fast_launch_caches_and_passes_every_parameter_in_order(on_device_zero):
 
 def test_switch_off_and_interpreter_take_tritons_path(on_device_zero, monkeypatch):
     x = torch.empty(64, dtype=torch.bfloat16)
-    for env in ({"DEEPERGEMM_TRITON_FAST_LAUNCH": "0"}, {"TRITON_INTERPRET": "1"}):
+    for switch_off in (True, False):
         jit = _Jit()
         fast = launch.FastLaunch(jit)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
+        if switch_off:
+            monkeypatch.setenv("DEEPERGEMM_TRITON_FAST_LAUNCH", "0")
+        else:  # Triton's interpreter (TRITON_INTERPRET=1 when Triton was imported)
+            monkeypatch.setattr(launch, "_INTERPRETING", True)
         for _ in range(3):
             fast((1,), x, 7, 32, FLAG=True, BLOCK=16, num_warps=4)
         assert [entry[0] for entry in jit.log] == ["jit"] * 3 and not fast.compiled
-        for name in env:
-            monkeypatch.delenv(name)
+        monkeypatch.delenv("DEEPERGEMM_TRITON_FAST_LAUNCH", raising=False)
 
 
 def test_switch_rejects_other_values(monkeypatch):

@@ -29,8 +29,8 @@ from deepergemm import configs
 _INT32_MIN, _INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+# Triton reads it once, when it is imported
+_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def arg_key(value) -> object:
@@ -55,10 +55,10 @@ class FastLaunch:
         self.compiled: dict[tuple, object] = {}
 
     def __call__(self, grid: tuple[int, ...], *args, **kwargs) -> None:
-        if _interpreting() or not configs.triton_fast_launch_enabled():
+        if _INTERPRETING or not configs.triton_fast_launch_enabled():
             self.fn[grid](*args, **kwargs)
             return
-        key = (torch.cuda.current_device(), tuple(arg_key(a) for a in args), tuple(kwargs.items()))
+        key = (torch.cuda.current_device(), *map(arg_key, args), *kwargs.items())
         compiled = self.compiled.get(key)
         if compiled is None:
             self.compiled[key] = self.fn[grid](*args, **kwargs)
