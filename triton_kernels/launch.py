@@ -61,7 +61,9 @@ class FastLaunch:
         key = (torch.cuda.current_device(), *map(arg_key, args), *kwargs.items())
         compiled = self.compiled.get(key)
         if compiled is None:
-            self.compiled[key] = self.fn[grid](*args, **kwargs)
+            compiled = self.fn[grid](*args, **kwargs)
+            if compiled is not None:  # (None: Triton did not hand a compiled kernel back; ask it again next time)
+                self.compiled[key] = compiled
             return
         params = args + tuple(kwargs[name] for name in self.arg_names[len(args):])
         compiled[grid](*params)
