@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks partial-diag tileshift pairsnoise narrow-n narrowpicks hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead fastlaunch before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks partial-diag tileshift pairsnoise narrow-n narrowpicks hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -164,7 +164,8 @@ print(','.join(sorted({configs.select(s.m, s.n, s.k, sms).variant.key for s in s
             timeout 300 python -m deepergemm warmup --jobs 16 --variants "${WARMUP_VARIANTS:-tested}" > /tmp/warmup.log 2>&1
             rc=$?; tail -2 /tmp/warmup.log
             if [ $rc -ne 0 ]; then echo "warmup failed or timed out (rc=$rc): stopping"; tail -20 /tmp/warmup.log; exit 1; fi ;;
-    tests) timeout ${TESTS_TIMEOUT:-300} python -m pytest -q -m gpu --maxfail=10 -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
+    tests) # the whole GPU suite (DEEPERGEMM_TEST_SWITCHES=NAME=VALUE,... runs it under a setting: tests/conftest.py)
+           timeout ${TESTS_TIMEOUT:-300} python -m pytest -q -m gpu --maxfail=10 -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
     bench) timeout 300 python -m deepergemm bench --shapes all --launches 30 --backends ptx,cublas --markdown \
              --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40 ;;
     grouped) # the grouped (MoE) GEMMs: GPU tests of test_grouped.py, then the ANCHORS.md grouped cases, equal and
@@ -269,6 +270,18 @@ for i in range(3):
                | grep -v "^\[deepergemm\]"
            done
          done | tee "$OUT/fill_trace.log" ;;
+    fastlaunch) # the Triton kernels through the cached compiled kernel (triton_kernels/launch.py, opt-in): its GPU
+                # test, the Triton kernels' GPU tests with it on, host time per call with and without it, where the
+                # rest of a call's host time goes (cProfile)
+         timeout 200 env DEEPERGEMM_TEST_SWITCHES=DEEPERGEMM_TRITON_FAST_LAUNCH=1 python -m pytest -q -m gpu \
+           tests/test_triton_launch.py tests/test_quantize.py tests/test_swiglu.py tests/test_moe_layout.py \
+           -p no:cacheprovider 2>&1 | tee "$OUT/fastlaunch_tests.log" | tail -4
+         timeout 150 python bench/host_overhead.py --shapes 1x7168x2048,64x7168x2048,4096x7168x2048 --calls 300 2>&1 \
+           | grep -v "^\[deepergemm\]" | tee "$OUT/fastlaunch_host.log"
+         for p in "dg.quantize_act" "dg.quantize_act, fast launch" "dg.linear, fast launch"; do
+           timeout 40 python bench/host_overhead.py --shapes 1x7168x2048 --calls 2000 --profile "$p" 2>&1 \
+             | grep -v "^\[deepergemm\]" | head -40
+         done > "$OUT/fastlaunch_profile.log" ;;
     pdl) timeout 200 python bench/pdl_chain.py 2>&1 | grep -v "^\[deepergemm\]" | tee "$OUT/pdl.log" ;;
     ncu) for v in ${NCU_VARIANTS:-128x128s6dc2 128x192s5pc2}; do
            timeout 150 ncu ${NCU_ARGS:---set full} -k regex:fp8_gemm -c 1 \

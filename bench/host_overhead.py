@@ -11,8 +11,8 @@ Per shape and path:
 Paths: "ours" = torch.ops.deepergemm.fp8_gemm(..., backend="ptx") (the C++ op), "dg.fp8_gemm" = the public Python
 wrapper around it, "cuBLAS" = torch._scaled_mm with the scales already in its layouts; and the calls a layer makes
 besides: "dg.quantize_act" of the bf16 activation (a Triton launch) and "dg.linear" (quantize_act + GEMM in one
-call), each also with DEEPERGEMM_TRITON_FAST_LAUNCH=0 ("..., Triton launch": the quantizer launched through
-JITFunction.run instead of the cached compiled kernel). The ratio columns are against the cuBLAS GEMM alone.
+call), each also with DEEPERGEMM_TRITON_FAST_LAUNCH=1 ("..., fast launch": the Triton kernels launched through
+the cached compiled kernel instead of JITFunction.run). The ratio columns are against the cuBLAS GEMM alone.
 --profile PATH: instead, cProfile of PATH's calls (one path name, first shape), the 25 functions with the most own
 time (where the host time of a call goes).
 (bench/first_call.py times a new process's first GEMM.)
@@ -29,7 +29,7 @@ from gemm_case import make_case  # noqa: F401  (puts this checkout on sys.path)
 import deepergemm as dg  # noqa: E402
 from deepergemm import configs  # noqa: E402
 
-TRITON_LAUNCH = ", Triton launch"  # rows timed with DEEPERGEMM_TRITON_FAST_LAUNCH=0
+FAST_LAUNCH = ", fast launch"  # rows timed with DEEPERGEMM_TRITON_FAST_LAUNCH=1
 
 
 def per_call_us(fn, calls: int) -> float:
@@ -104,8 +104,8 @@ def paths(m: int, n: int, k: int):
         "cuBLAS": lambda: torch._scaled_mm(a_c, b_t, scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16),
         "dg.quantize_act": lambda: dg.quantize_act(x),
         "dg.linear": lambda: dg.linear(x, b, b_s, backend="ptx"),
-        "dg.quantize_act" + TRITON_LAUNCH: lambda: dg.quantize_act(x),
-        "dg.linear" + TRITON_LAUNCH: lambda: dg.linear(x, b, b_s, backend="ptx"),
+        "dg.quantize_act" + FAST_LAUNCH: lambda: dg.quantize_act(x),
+        "dg.linear" + FAST_LAUNCH: lambda: dg.linear(x, b, b_s, backend="ptx"),
     }
 
 
@@ -133,7 +133,7 @@ def profile(name: str, m: int, n: int, k: int, calls: int) -> None:
     import pstats
 
     fn = paths(m, n, k)[name]
-    with switch("DEEPERGEMM_TRITON_FAST_LAUNCH", "0" if name.endswith(TRITON_LAUNCH) else None):
+    with switch("DEEPERGEMM_TRITON_FAST_LAUNCH", "1" if name.endswith(FAST_LAUNCH) else None):
         fn()
         torch.cuda.synchronize()
         torch.cuda._sleep(400_000_000)
@@ -162,7 +162,7 @@ def main() -> None:
         m, n, k = (int(v) for v in label.split("x"))
         rows = {}
         for name, fn in paths(m, n, k).items():
-            with switch("DEEPERGEMM_TRITON_FAST_LAUNCH", "0" if name.endswith(TRITON_LAUNCH) else None):
+            with switch("DEEPERGEMM_TRITON_FAST_LAUNCH", "1" if name.endswith(FAST_LAUNCH) else None):
                 rows[name] = (per_call_us(fn, args.calls), graph_us(fn, args.calls), eager_loop_us(fn, args.loop))
         base = rows["cuBLAS"]
         for name, (host, gpu, eager) in rows.items():

@@ -44,8 +44,9 @@ Switches (measure a feature by turning it off in the same run):
                                faster (fused_epilogue_pays: fp8 output at small M and short K, SwiGLU never)
   DEEPERGEMM_PAIRS=0           the 256-K recipe without its pairs variants (select_recipe_256: the 128 recipe's
                                kernel instead, each K block reading its pair's scale)
-  DEEPERGEMM_TRITON_FAST_LAUNCH=0  launch the Triton kernels (quantize_act, SwiGLU, MoE layout) through Triton's
-                               own per-call path instead of the cached compiled kernel (triton_kernels/launch.py)
+  DEEPERGEMM_TRITON_FAST_LAUNCH=1  launch the Triton kernels (quantize_act, SwiGLU, MoE layout) through the cached
+                               compiled kernel (triton_kernels/launch.py) instead of Triton's own per-call path;
+                               opt-in until measured on a GPU (triton_fast_launch_enabled)
 
 Small-M clusters: at 64 < M <= 128 the two 64-row M-tiles of an N-tile run as a 2x1 cluster that multicasts B
 (SMALL_M_CLUSTER), for tiles at least SMALL_M_CLUSTER_MIN_N wide and K >= SMALL_M_CLUSTER_MIN_K. On the H100
@@ -859,8 +860,10 @@ def pdl_enabled(sw: Switches | None = None) -> bool:
 def triton_fast_launch_enabled(sw: Switches | None = None) -> bool:
     """Launch the Triton kernels (quantization, SwiGLU, MoE layout) through triton_kernels.launch.FastLaunch: the
     compiled kernel cached under our own key, past Triton's per-call binding and cache lookup (the same kernel,
-    launched the same way). On by default; DEEPERGEMM_TRITON_FAST_LAUNCH=0 launches through Triton's own path."""
-    return (sw or switches()).flag("DEEPERGEMM_TRITON_FAST_LAUNCH", True)
+    launched the same way). Opt-in (DEEPERGEMM_TRITON_FAST_LAUNCH=1) until its GPU test and host-time bench have
+    run (`bash bench/device_run.sh warmup fastlaunch`, ptx/NOTES.md); off, the kernels launch through Triton's own
+    path."""
+    return (sw or switches()).flag("DEEPERGEMM_TRITON_FAST_LAUNCH", False)
 
 
 def select(m: int, n: int, k: int, num_sms: int, swap_ok: bool = True, sw: Switches | None = None) -> Choice:

@@ -23,9 +23,28 @@ def _slow_left_out(config) -> bool:
     return config.getoption("markexpr", "") == "not slow"
 
 
+def switches_for_tests(environ=None) -> dict[str, str]:
+    """DEEPERGEMM_TEST_SWITCHES="NAME=VALUE,..." (names from configs.SWITCHES): switches every test starts from
+    instead of the defaults, to run the suite under a setting (e.g. DEEPERGEMM_PDL=1). A test that sets a switch
+    itself still wins; a test of a switch's default sees the setting instead (and may fail for it)."""
+    from deepergemm import configs
+
+    text = (os.environ if environ is None else environ).get("DEEPERGEMM_TEST_SWITCHES", "").strip()
+    switches = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, eq, value = item.partition("=")
+        if not eq or name.strip() not in configs.SWITCHES:
+            raise pytest.UsageError(f"DEEPERGEMM_TEST_SWITCHES: {item!r} is not NAME=VALUE with NAME one of "
+                                    f"configs.SWITCHES")
+        switches[name.strip()] = value.strip()
+    return switches
+
+
 def pytest_report_header(config):
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     lines = [f"deepergemm: DEEPERGEMM_TEST_SEED={_BASE_SEED}, torch {torch.__version__}, GPU: {gpu}"]
+    if switches_for_tests():
+        lines.append(f"deepergemm: every test starts from DEEPERGEMM_TEST_SWITCHES={switches_for_tests()}")
     if _slow_left_out(config):
         lines.append(f"deepergemm: tests marked slow are left out (the default, -m 'not slow'); {ALL_TESTS} runs "
                      "them too")
@@ -87,11 +106,14 @@ def monkeypatch():
 
 @pytest.fixture(autouse=True)
 def _no_switches_from_the_shell(monkeypatch):
-    """Every test starts from the default switches, whatever the developer's shell exports (configs.SWITCHES)."""
+    """Every test starts from the default switches, whatever the developer's shell exports (configs.SWITCHES), or
+    from DEEPERGEMM_TEST_SWITCHES's (switches_for_tests)."""
     from deepergemm import configs
 
     for name in configs.SWITCHES:
         monkeypatch.delenv(name, raising=False)
+    for name, value in switches_for_tests().items():
+        monkeypatch.setenv(name, value)
     yield
 
 

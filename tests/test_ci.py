@@ -1,5 +1,6 @@
 """CI runs exactly the README's test command, which runs every test, and the README keeps both set-up
 commands; a plain `python -m pytest` leaves the slow tests out and says so."""
+import os
 import pathlib
 import re
 import shlex
@@ -69,3 +70,36 @@ def test_default_run_says_what_it_leaves_out():
     assert "1 slow test left out; python -m pytest -m 'slow or not slow' runs everything" in plain
     full = collect(*_pytest_args(_readme_command("tests")))
     assert "left out" not in full and "deselected" not in full and "1 test collected" in full
+
+
+def test_suite_can_start_from_given_switches(monkeypatch):
+    """DEEPERGEMM_TEST_SWITCHES runs the suite under a setting (conftest.switches_for_tests); bad entries are refused."""
+    from conftest import switches_for_tests
+
+    assert switches_for_tests({}) == {}
+    given = {"DEEPERGEMM_TEST_SWITCHES": " DEEPERGEMM_PDL=0, DEEPERGEMM_TRITON_FAST_LAUNCH=1 ,"}
+    assert switches_for_tests(given) == {"DEEPERGEMM_PDL": "0", "DEEPERGEMM_TRITON_FAST_LAUNCH": "1"}
+    for bad in ("DEEPERGEMM_PDL", "DEEPERGEMM_NOT_A_SWITCH=1", "PATH=/"):
+        with pytest.raises(pytest.UsageError, match="configs.SWITCHES"):
+            switches_for_tests({"DEEPERGEMM_TEST_SWITCHES": bad})
+
+
+def test_switches_in_effect_are_the_runs():
+    """Each test starts from the defaults (nothing the shell exports), or from DEEPERGEMM_TEST_SWITCHES's values."""
+    from conftest import switches_for_tests
+
+    from deepergemm import configs
+
+    given = switches_for_tests()
+    assert {name: configs.switches().get(name) for name in configs.SWITCHES} == {
+        name: given.get(name, "") for name in configs.SWITCHES}
+
+
+@pytest.mark.slow  # (one pytest process: ~4 s on 2 cores)
+def test_given_switches_reach_every_test():
+    env = dict(os.environ, DEEPERGEMM_TEST_SWITCHES="DEEPERGEMM_PDL=0", DEEPERGEMM_SWAP_AB="1")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "slow or not slow",
+                          "tests/test_ci.py", "-k", "switches_in_effect"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert "DEEPERGEMM_TEST_SWITCHES={'DEEPERGEMM_PDL': '0'}" in out.stdout, out.stdout[-2000:]
+    assert "1 passed" in out.stdout, out.stdout[-2000:]

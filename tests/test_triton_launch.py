@@ -1,7 +1,8 @@
 """triton_kernels.launch.FastLaunch: Triton's compiled kernels launched past JITFunction.run.
 
 CPU: the key tells apart everything Triton specializes on, the cached kernel receives every parameter in the
-kernel's order, the switch and the interpreter take Triton's own path (a stand-in JIT function records the calls).
+kernel's order, the switch (off by default) and the interpreter take Triton's own path (a stand-in JIT function
+records the calls).
 GPU: the quantizer's output through the cached kernel is bit-identical to Triton's path and to the reference, on
 aligned and misaligned inputs alike, and the second call of a key does not go through Triton's path.
 """
@@ -42,8 +43,10 @@ class _Jit:
 
 @pytest.fixture
 def on_device_zero(monkeypatch):
+    """The fast launch switched on, a CUDA device 0, no interpreter."""
     monkeypatch.setattr(launch.torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(launch, "_INTERPRETING", False)
+    monkeypatch.setenv("DEEPERGEMM_TRITON_FAST_LAUNCH", "1")
 
 
 def test_arg_key_separates_what_triton_specializes_on():
@@ -81,17 +84,19 @@ def test_fast_launch_caches_and_passes_every_parameter_in_order(on_device_zero):
 
 def test_switch_off_and_interpreter_take_tritons_path(on_device_zero, monkeypatch):
     x = torch.empty(64, dtype=torch.bfloat16)
-    for switch_off in (True, False):
+    for case in ("default", "off", "interpreter"):
         jit = _Jit()
         fast = launch.FastLaunch(jit)
-        if switch_off:
+        if case == "default":
+            monkeypatch.delenv("DEEPERGEMM_TRITON_FAST_LAUNCH")
+        elif case == "off":
             monkeypatch.setenv("DEEPERGEMM_TRITON_FAST_LAUNCH", "0")
-        else:  # Triton's interpreter (TRITON_INTERPRET=1 when Triton was imported)
+        else:  # Triton's interpreter (TRITON_INTERPRET=1 when Triton was imported), the switch on
+            monkeypatch.setenv("DEEPERGEMM_TRITON_FAST_LAUNCH", "1")
             monkeypatch.setattr(launch, "_INTERPRETING", True)
         for _ in range(3):
             fast((1,), x, 7, 32, FLAG=True, BLOCK=16, num_warps=4)
-        assert [entry[0] for entry in jit.log] == ["jit"] * 3 and not fast.compiled
-        monkeypatch.delenv("DEEPERGEMM_TRITON_FAST_LAUNCH", raising=False)
+        assert [entry[0] for entry in jit.log] == ["jit"] * 3 and not fast.compiled, case
 
 
 def test_switch_rejects_other_values(monkeypatch):
@@ -108,7 +113,7 @@ def test_switch_rejects_other_values(monkeypatch):
 def _quantize_both_ways(monkeypatch, x):
     monkeypatch.setenv("DEEPERGEMM_TRITON_FAST_LAUNCH", "0")
     slow = tq.quantize_act(x)
-    monkeypatch.delenv("DEEPERGEMM_TRITON_FAST_LAUNCH")
+    monkeypatch.setenv("DEEPERGEMM_TRITON_FAST_LAUNCH", "1")
     tq.quantize_act(x)  # a key's first call goes through Triton's path...
     calls = []
     jit = tq._launch_act.fn

@@ -12,9 +12,9 @@ multiple of 16 and whether it needs 64 bits; per other value (the constexprs, bo
 launch options (num_warps, ...) and the current device. A miss launches through Triton's own path, which compiles
 or finds the kernel, and stores what it returned.
 
-The runner passes Triton's launch hooks on (profilers such as proton still see every launch). Not used (Triton's
-path instead) under the interpreter (TRITON_INTERPRET=1: no compiled kernel) and with
-DEEPERGEMM_TRITON_FAST_LAUNCH=0. Triton options changed by environment after a kernel's first launch (TRITON_DEBUG,
+The runner passes Triton's launch hooks on (profilers such as proton still see every launch). Used only with
+DEEPERGEMM_TRITON_FAST_LAUNCH=1 (configs.triton_fast_launch_enabled: opt-in until measured on a GPU), and never
+under the interpreter (TRITON_INTERPRET=1: no compiled kernel). Triton options changed by environment after a kernel's first launch (TRITON_DEBUG,
 ...) do not reach the cached kernels.
 """
 from __future__ import annotations
