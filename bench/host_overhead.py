@@ -128,12 +128,17 @@ def switch(name: str, value: str | None):
         configs.reload_switches()
 
 
+def path_switches(name: str):
+    """The switch a path's row is timed under: the fast launch on for the "..., fast launch" rows."""
+    return switch("DEEPERGEMM_TRITON_FAST_LAUNCH", "1" if name.endswith(FAST_LAUNCH) else None)
+
+
 def profile(name: str, m: int, n: int, k: int, calls: int) -> None:
     import cProfile
     import pstats
 
     fn = paths(m, n, k)[name]
-    with switch("DEEPERGEMM_TRITON_FAST_LAUNCH", "1" if name.endswith(FAST_LAUNCH) else None):
+    with path_switches(name):
         fn()
         torch.cuda.synchronize()
         torch.cuda._sleep(400_000_000)
@@ -162,7 +167,7 @@ def main() -> None:
         m, n, k = (int(v) for v in label.split("x"))
         rows = {}
         for name, fn in paths(m, n, k).items():
-            with switch("DEEPERGEMM_TRITON_FAST_LAUNCH", "1" if name.endswith(FAST_LAUNCH) else None):
+            with path_switches(name):
                 rows[name] = (per_call_us(fn, args.calls), graph_us(fn, args.calls), eager_loop_us(fn, args.loop))
         base = rows["cuBLAS"]
         for name, (host, gpu, eager) in rows.items():

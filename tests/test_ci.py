@@ -72,8 +72,9 @@ def test_default_run_says_what_it_leaves_out():
     assert "left out" not in full and "deselected" not in full and "1 test collected" in full
 
 
-def test_suite_can_start_from_given_switches(monkeypatch):
-    """DEEPERGEMM_TEST_SWITCHES runs the suite under a setting (conftest.switches_for_tests); bad entries are refused."""
+def test_suite_can_start_from_given_switches():
+    """DEEPERGEMM_TEST_SWITCHES runs the suite under a setting (conftest.switches_for_tests); bad entries are
+    refused."""
     from conftest import switches_for_tests
 
     assert switches_for_tests({}) == {}

@@ -14,8 +14,8 @@ or finds the kernel, and stores what it returned.
 
 The runner passes Triton's launch hooks on (profilers such as proton still see every launch). Used only with
 DEEPERGEMM_TRITON_FAST_LAUNCH=1 (configs.triton_fast_launch_enabled: opt-in until measured on a GPU), and never
-under the interpreter (TRITON_INTERPRET=1: no compiled kernel). Triton options changed by environment after a kernel's first launch (TRITON_DEBUG,
-...) do not reach the cached kernels.
+under the interpreter (TRITON_INTERPRET=1: no compiled kernel). Triton options changed by environment after a
+kernel's first launch (TRITON_DEBUG, ...) do not reach the cached kernels.
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ import triton
 from deepergemm import configs
 
 _INT32_MIN, _INT32_MAX = -2 ** 31, 2 ** 31 - 1
-
 
 # Triton reads it once, when it is imported
 _INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
