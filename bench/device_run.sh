@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session's batch (developer tool): install, sweep variants against cuBLAS, GPU tests,
 # ncu. Logs go to $OUT (the device tool brings them back). Steps are picked by name:
-#   bash bench/device_run.sh smoke coldstart hostoverhead fastlaunch before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks partial-diag tileshift pairsnoise narrow-n narrowpicks hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
+#   bash bench/device_run.sh smoke coldstart hostoverhead fastlaunch grouped-swiglu before-after warmup tests modelbench fp8out swiglu mlpblock verify27 recipe256 recipe256op pairs-sk sweep-midrule benchmid sweep-m32 smallstream sweep-m128 tests-rules pairpicks sweep-wide-mid widepicks partial-diag tileshift pairsnoise narrow-n narrowpicks hbmceil slabskip l2stable l2bench1k filltrace verify25 cublas-shapes sweep-large sweep-mid sweep-small bench grouped grouped-sweep grouped-gap pdl l2sides l2bench swapbench ablation-small ncu ncu-sass ncu-vs-cublas ablate sanitize
 set -uo pipefail
 OUT=${OUT:-/tmp/dg_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DEEPERGEMM_COMMIT=${DEEPERGEMM_COMMIT:-unknown}
@@ -220,6 +220,14 @@ for i in range(3):
     fp8out) # issue 27: the fp8-output GPU tests, then the fused op against fp8_gemm bf16 + quantize_act
          timeout 200 python -m pytest -q -m gpu tests/test_fp8_out.py -p no:cacheprovider 2>&1 | tail -8
          DEEPERGEMM_FUSED_EPILOGUE=1 timeout 120 python bench/fp8_out_bench.py 2>&1 | grep -v "^\[deepergemm\] \[" | tee "$OUT/fp8_out_bench.log" ;;
+    grouped-swiglu) # issue 27: the grouped SwiGLU unit's GPU tests (never run before) and the ops around it, then
+                    # the op fused against the steps, and FP8Experts' forward with fused_swiglu on and off
+         timeout 300 python -m pytest -q -m gpu tests/test_grouped_swiglu.py tests/test_swiglu.py tests/test_grouped.py \
+           -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_grouped_swiglu.log" | tail -8
+         timeout 200 python bench/grouped_swiglu_bench.py 2>&1 | grep -v "^\[deepergemm\] \[" \
+           | tee "$OUT/grouped_swiglu_bench.log"
+         timeout 200 python bench/grouped_swiglu_bench.py --block --m 1,32,512,4096 2>&1 | grep -v "^\[deepergemm\] \[" \
+           | tee -a "$OUT/grouped_swiglu_bench.log" ;;
     swiglu) # issue 27: the fused SwiGLU GPU tests, then fused against GEMM bf16 + swiglu + quantize_act
          timeout 200 python -m pytest -q -m gpu tests/test_swiglu.py -p no:cacheprovider 2>&1 | tail -8
          DEEPERGEMM_SPLIT_K=0 DEEPERGEMM_STREAM_K=0 DEEPERGEMM_FUSED_EPILOGUE=1 timeout 150 python bench/swiglu_bench.py 2>&1 \

@@ -36,11 +36,15 @@ def same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
     return x.shape == y.shape and torch.equal(x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8))
 
 
-def measure_row(shape_cells: str, gemm, unfused, fused, launches: int, variants: str) -> None:
-    """Compares unfused() and fused() (each a (q, scales) pair) bit for bit, times the three, prints the row."""
+def measure_row(shape_cells: str, gemm, unfused, fused, launches: int, variants: str,
+                rows: torch.Tensor | None = None) -> None:
+    """Compares unfused() and fused() (each a (q, scales) pair) bit for bit (on `rows` only, a mask, where the other
+    rows are unspecified), times the three, prints the row."""
     with torch.no_grad():
         want, got = unfused(), fused()
         torch.cuda.synchronize()
+        if rows is not None:
+            want, got = [t[rows] for t in want], [t[rows] for t in got]
         same = same_bits(want[0], got[0]) and same_bits(want[1], got[1])
         t_gemm, t_unfused, t_fused = (time_steady(fn, launches).median_us for fn in (gemm, unfused, fused))
     print(f"{shape_cells}  {t_gemm:>8.1f}us {t_unfused:>8.1f}us {t_fused:>8.1f}us {t_fused / t_unfused:>13.3f} "

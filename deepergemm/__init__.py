@@ -18,6 +18,7 @@
     # Mixture-of-experts: one launch for every expert (b: (experts, N, K), b_s: (experts, ceil(N/128), K/128))
     y = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, group_sizes)   # a: experts' rows back to back
     y = dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, masked_m, expected_m)  # a3: (experts, max_m, K)
+    h, h_s = dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, w_gate_up, w_gate_up_s, group_sizes)  # gate, up rows
     layout = dg.build_contiguous_layout(topk_ids, experts, max_rows=bound)  # router output -> rows per expert
     a, a_s = dg.quantize_act(dg.permute_tokens(x, layout))    # ... grouped GEMM with layout.group_sizes ...
     y = dg.unpermute_tokens(out, layout, topk_weights)        # back to (tokens, N), weighted sum over top-k
@@ -54,7 +55,8 @@ __version__ = "0.1.0"
 
 __all__ = ["quantize_act", "quantize_weight", "fp8_gemm", "linear", "calc_diff",
            "dequantize_act", "dequantize_weight", "BACKENDS",
-           "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked", "GROUPED_M_ALIGNMENT", "MAX_GROUPS",
+           "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked", "m_grouped_fp8_gemm_contiguous_swiglu",
+           "GROUPED_M_ALIGNMENT", "MAX_GROUPS",
            "ContiguousLayout", "build_contiguous_layout", "contiguous_rows_bound", "group_sizes_from_m_indices",
            "permute_tokens", "unpermute_tokens", "PreparedWeight", "prepare_weight",
            "fp8_gemm_swiglu", "swiglu", "prepare_gate_up", "unprepare_gate_up"]
@@ -274,6 +276,17 @@ def _check_out_agrees(out: torch.Tensor, out_dtype: torch.dtype | None) -> None:
                          "dtype of an output allocated here; leave it None when passing out=")
 
 
+def _contiguous_group_sizes(group_sizes, a) -> torch.Tensor:
+    """The contiguous grouped GEMMs' group_sizes: given, or from the ContiguousLayout that permuted a."""
+    if isinstance(group_sizes, ContiguousLayout):
+        _require_tensors(a=a)
+        return _moe.layout_group_sizes(group_sizes, a)
+    if not isinstance(group_sizes, torch.Tensor):
+        raise TypeError(f"group_sizes must be a torch.Tensor or a ContiguousLayout, got {type(group_sizes).__name__}")
+    _moe.check_layout_alignment(group_sizes)
+    return group_sizes
+
+
 def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
                                   group_sizes: torch.Tensor | ContiguousLayout, out: torch.Tensor | None = None,
                                   out_dtype: torch.dtype | None = None, zero_padding: bool = False,
@@ -295,13 +308,7 @@ def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: to
     _check_out_dtype(out_dtype, none_ok=True)
     _check_flag("zero_padding", zero_padding)
     _check_backend(backend)
-    if isinstance(group_sizes, ContiguousLayout):
-        _require_tensors(a=a)
-        group_sizes = _moe.layout_group_sizes(group_sizes, a)
-    elif not isinstance(group_sizes, torch.Tensor):
-        raise TypeError(f"group_sizes must be a torch.Tensor or a ContiguousLayout, got {type(group_sizes).__name__}")
-    else:
-        _moe.check_layout_alignment(group_sizes)
+    group_sizes = _contiguous_group_sizes(group_sizes, a)
     _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales, out=out)
     if torch.is_grad_enabled():
         _forward_only("m_grouped_fp8_gemm_contiguous", a=a, a_scales=a_scales, b=b, b_scales=b_scales, out=out)
@@ -314,6 +321,33 @@ def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: to
     torch.ops.deepergemm.m_grouped_fp8_gemm_contiguous(a, a_scales, b, b_scales, group_sizes, out, zero_padding,
                                                        backend)
     return out
+
+
+def m_grouped_fp8_gemm_contiguous_swiglu(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor,
+                                         b_scales: torch.Tensor, group_sizes: torch.Tensor | ContiguousLayout,
+                                         ue8m0: bool = False,
+                                         backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixture-of-experts gate/up projection, SwiGLU and the down projection's quantization in one kernel (ptx):
+    (q, scales) = quantize_act(swiglu(h_gate_up), ue8m0) on the groups' real rows, where h_gate_up is
+    m_grouped_fp8_gemm_contiguous(a, a_scales, b, b_scales, group_sizes) in bf16 and each expert's N = 2I rows of b
+    are its gate rows [0, I) then its up rows [I, 2I), as stacked experts are stored (transformers' gate_up_proj):
+    no interleaved copy. SwiGLU is swiglu's formula (silu(gate) * up in fp32, rounded once to bf16), and on the
+    GPU the result is bit-identical to those steps (the bf16 GEMM, its columns interleaved per 128, swiglu,
+    quantize_act).
+
+    a, a_scales, b (groups, 2I, K), b_scales and group_sizes (or a ContiguousLayout) as for
+    m_grouped_fp8_gemm_contiguous; 2I a multiple of 256. Returns q (M, I) fp8 e4m3 and scales (M, I/128) fp32 in
+    quantize_act's layout, which m_grouped_fp8_gemm_contiguous takes as the down projection's input with the same
+    group sizes. Rows outside the groups' real rows (padding, rows past the last segment) are unspecified: the
+    kernel never writes them. backend: "auto", "ptx" or "reference". Forward only."""
+    _check_flag("ue8m0", ue8m0)
+    _check_backend(backend)
+    group_sizes = _contiguous_group_sizes(group_sizes, a)
+    _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales)
+    if torch.is_grad_enabled():
+        _forward_only("m_grouped_fp8_gemm_contiguous_swiglu", a=a, a_scales=a_scales, b=b, b_scales=b_scales)
+    return torch.ops.deepergemm.m_grouped_fp8_gemm_contiguous_swiglu(a, a_scales, b, b_scales, group_sizes, ue8m0,
+                                                                     backend)
 
 
 def m_grouped_fp8_gemm_masked(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,

@@ -41,7 +41,8 @@ Switches (measure a feature by turning it off in the same run):
   DEEPERGEMM_BACKEND=ptx|cublas|reference  what backend='auto' means
   DEEPERGEMM_FUSED_EPILOGUE=0|1|auto  fp8 output and SwiGLU: 1 always in the GEMM's epilogue, 0 never (the bf16
                                GEMM, then the Triton steps: the same bits), auto (the default): where measured
-                               faster (fused_epilogue_pays: fp8 output at small M and short K, SwiGLU never)
+                               faster (fused_epilogue_pays: fp8 output at small M and short K, SwiGLU never;
+                               the grouped SwiGLU op, not yet measured, fused unless 0: grouped_swiglu_fused)
   DEEPERGEMM_PAIRS=0           the 256-K recipe without its pairs variants (select_recipe_256: the 128 recipe's
                                kernel instead, each K block reading its pair's scale)
   DEEPERGEMM_TRITON_FAST_LAUNCH=1  launch the Triton kernels (quantize_act, SwiGLU, MoE layout) through the cached
@@ -226,7 +227,9 @@ class Variant:
     # SwiGLU fused into the fp8 output (key suffix "swiglu" in place of "q"; SWIGLU_VARIANTS): B is a gate/up weight
     # with its rows interleaved per 128 (layouts.interleave_gate_up), a 64 x 256 tile's first math warpgroup holds a
     # 128-column gate group and the second the matching up group, and the epilogue stores the fp8 quantization of
-    # SwiGLU(gate, up) (N / 2 columns). Implies fp8_out; template parameter FP8_OUT = 2.
+    # SwiGLU(gate, up) (N / 2 columns). Implies fp8_out; template parameter FP8_OUT = 2. Grouped contiguous
+    # (GROUPED_SWIGLU_VARIANTS): each group's N rows of B are in halves, gate [0, N/2) then up [N/2, N), as stacked
+    # experts are stored (no interleaving).
     swiglu: bool = False
     # The 256-K recipe (key letter "r" in place of "p"; RECIPE_256_VARIANTS): scales per 256 of K, a pair of 128-K
     # stages summed in one partial set before one promotion (dg::kAccPairs). One partial set (like "p"), plain tiles:
@@ -269,14 +272,14 @@ class Variant:
                              or self.grouping != GROUP_NONE or self.block_n > SWAP_MAX_TOKENS):
             problems.append(f"swapped tiles are 64 rows of B by at most {SWAP_MAX_TOKENS} tokens, one math "
                             "warpgroup, no multicast, not grouped")
-        if self.fp8_out and (self.swapped or self.grouping != GROUP_NONE or self.wg_n % BLOCK_K
+        if self.fp8_out and (self.swapped or (self.grouping != GROUP_NONE and not self.swiglu) or self.wg_n % BLOCK_K
                              or self.block_n % BLOCK_K):
-            problems.append("fp8 output needs unswapped, ungrouped tiles whose math warpgroups each cover whole "
-                            "128-column groups (warpgroup N a multiple of 128)")
+            problems.append("fp8 output needs unswapped tiles, ungrouped but for SwiGLU, whose math warpgroups each "
+                            "cover whole 128-column groups (warpgroup N a multiple of 128)")
         if self.swiglu and (not self.fp8_out or self.block_m != 64 or self.block_n != 256 or self.math_wgs != 2
-                            or self.splits != 1 or self.grouping != GROUP_NONE or self.swapped):
+                            or self.splits != 1 or self.grouping == GROUP_MASKED or self.swapped):
             problems.append("SwiGLU output needs fp8 output on 64x256 tiles with two math warpgroups (gate, up), "
-                            "no split-K, not grouped, not swapped")
+                            "no split-K, plain or grouped contiguous, not swapped")
         if self.pairs and (self.dual_acc or self.splits != 1 or self.grouping != GROUP_NONE or self.swapped
                            or self.fp8_out):
             problems.append("the 256-K recipe's pairs take one partial set on plain tiles: no dual accumulators, "
@@ -1150,10 +1153,6 @@ def _grouped_variant(grouping: int, block_m: int, block_n: int, paired: bool = F
 GROUPED_VARIANTS: tuple[Variant, ...] = tuple(
     _grouped_variant(grouping, bm, bn, paired) for grouping, tiles in GROUPED_TILES.items() for bm, bn in tiles
     for paired in ((False, True) if bm == 128 else (False,)))
-# What CI compiles (and `warmup --variants tested` builds): the tested plain variants (swapped ones included),
-# the grouped ones and the fp8-output ones.
-BUILT_VARIANTS: tuple[Variant, ...] = (TESTED_VARIANTS + GROUPED_VARIANTS + FP8_OUT_VARIANTS + SWIGLU_VARIANTS
-                                       + RECIPE_256_VARIANTS)
 
 
 def _group_tiles(rows: int, block_m: int, cluster_m: int) -> int:
@@ -1199,17 +1198,70 @@ def _select_grouped_cached(grouping: int, rows_per_group: int, groups: int, n: i
         waste = _group_tiles(rows_per_group, bm, 2) / ceil_div(rows_per_group, bm) - 1
         return _grouped_variant(grouping, *shape, paired=bm == 128 and waste <= GROUPED_PAIR_MAX_WASTE)
 
-    def units_waves(v: Variant) -> tuple[int, int]:
-        units = (groups * _group_tiles(rows_per_group, v.block_m, v.cluster_m) // v.cluster_m
-                 * ceil_div(ceil_div(n, v.block_n), v.cluster_n))
-        return units, ceil_div(units, max(1, num_sms // v.cluster))
-
     def modelled_time(shape: tuple[int, int]) -> tuple[float, int]:
-        return units_waves(variant_for(shape))[1] * shape[0] * shape[1] * _TILE_COST.get(shape, 1.1), -shape[0] * shape[1]
+        waves = _grouped_units_waves(variant_for(shape), rows_per_group, groups, n, num_sms)[1]
+        return waves * shape[0] * shape[1] * _TILE_COST.get(shape, 1.1), -shape[0] * shape[1]
 
-    variant = variant_for(min(candidates, key=modelled_time))
-    units, waves = units_waves(variant)
+    return _grouped_choice(variant_for(min(candidates, key=modelled_time)), rows_per_group, groups, n, num_sms, sw)
+
+
+def _grouped_units_waves(v: Variant, rows_per_group: int, groups: int, n: int, num_sms: int) -> tuple[int, int]:
+    """Units (clusters' work) and waves of a grouped variant on `groups` groups of about rows_per_group rows."""
+    units = (groups * _group_tiles(rows_per_group, v.block_m, v.cluster_m) // v.cluster_m
+             * ceil_div(ceil_div(n, v.block_n), v.cluster_n))
+    return units, ceil_div(units, max(1, num_sms // v.cluster))
+
+
+def _grouped_choice(variant: Variant, rows_per_group: int, groups: int, n: int, num_sms: int,
+                    sw: Switches) -> Choice:
+    """A grouped variant's launch: every unit the groups may need (the kernel counts them on the device)."""
+    units, waves = _grouped_units_waves(variant, rows_per_group, groups, n, num_sms)
     n_units = ceil_div(ceil_div(n, variant.block_n), variant.cluster_n)
     return Choice(variant, min(DEFAULT_GROUP_N, n_units), units * variant.cluster, waves,
                   min(units, num_sms // variant.cluster) * variant.cluster,
                   l2_hints_for(rows_per_group, variant.block_m, variant.cluster_m, sw), False)
+
+
+# ----------------------------------------------------------------------------------------------
+# grouped SwiGLU: the experts' gate/up GEMM, SwiGLU and the down projection's quantization in one kernel
+# ----------------------------------------------------------------------------------------------
+# The SwiGLU unit (64 x 256, warpgroup 0 the gate and warpgroup 1 the up columns) on the contiguous grouped
+# scheduler, each expert's B rows in halves (gate, then up: no interleaved copy of the stacked weights). Alone, or
+# as 2x1 B-multicast pairs where the dense SwiGLU pairs (K >= SMALL_M_CLUSTER_MIN_K) and rounding each group's
+# M-tiles up to pairs adds at most GROUPED_PAIR_MAX_WASTE of them (the grouped 128-row pairs' rule). Not yet timed on
+# a GPU: these rules carry the dense and grouped units' measurements over.
+GROUPED_SWIGLU_VARIANTS: tuple[Variant, ...] = tuple(replace(v, grouping=GROUP_CONTIGUOUS) for v in SWIGLU_VARIANTS)
+# What CI compiles (and `warmup --variants tested` builds): the tested plain variants (swapped ones included),
+# the grouped ones, the fp8-output and SwiGLU ones and the 256-K recipe's.
+BUILT_VARIANTS: tuple[Variant, ...] = (TESTED_VARIANTS + GROUPED_VARIANTS + FP8_OUT_VARIANTS + SWIGLU_VARIANTS
+                                       + GROUPED_SWIGLU_VARIANTS + RECIPE_256_VARIANTS)
+
+
+def select_grouped_swiglu(rows_per_group: int, groups: int, n: int, k: int, num_sms: int,
+                          sw: Switches | None = None) -> Choice:
+    """The grouped SwiGLU variant and launch for `groups` experts of about rows_per_group rows each, B (groups, N, K)
+    with N = 2 * intermediate a multiple of 256 (DEEPERGEMM_SMALL_M_CLUSTER=0: never paired)."""
+    sw = sw or switches()
+    if n % (2 * BLOCK_K) or n <= 0:
+        raise ValueError(f"select_grouped_swiglu: N must be a positive multiple of {2 * BLOCK_K}, got {n}")
+    if rows_per_group < 1 or groups < 1 or k < BLOCK_K or num_sms < 1:
+        raise ValueError(f"select_grouped_swiglu: need rows_per_group, groups >= 1, K >= {BLOCK_K}, num_sms >= 1; "
+                         f"got {rows_per_group}, {groups}, {k}, {num_sms}")
+    cm = SMALL_M_CLUSTER[0]
+    waste = _group_tiles(rows_per_group, 64, cm) / ceil_div(rows_per_group, 64) - 1
+    paired = (sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True) and k >= SMALL_M_CLUSTER_MIN_K
+              and waste <= GROUPED_PAIR_MAX_WASTE)
+    cluster = SMALL_M_CLUSTER if paired else (1, 1)
+    variant = next(v for v in GROUPED_SWIGLU_VARIANTS if (v.cluster_m, v.cluster_n) == cluster)
+    return _grouped_choice(variant, rows_per_group, groups, n, num_sms, sw)
+
+
+def grouped_swiglu_fused(sw: Switches | None = None) -> bool:
+    """Whether the grouped SwiGLU op runs its fused kernel or the grouped bf16 GEMM then the Triton steps (the same
+    bits). DEEPERGEMM_FUSED_EPILOGUE=0: never fused; 1 or auto (the default): fused. The dense rule's measurements
+    (fused_epilogue_pays) do not carry over: the unfused experts' path is several kernels more, and the grouped
+    tiles fill the GPU where one routed expert's 16 tiles did not. To be decided by its first bench."""
+    value = (sw or switches()).get("DEEPERGEMM_FUSED_EPILOGUE") or FUSED_EPILOGUE_DEFAULT
+    if value not in ("0", "1", "auto"):
+        raise ValueError(f"environment variable DEEPERGEMM_FUSED_EPILOGUE must be 0, 1 or auto, got {value!r}")
+    return value != "0"

@@ -407,7 +407,7 @@ def load_all(variants, jobs: int | None = None) -> list:
 def _variants_arg(parser: argparse.ArgumentParser, value: str) -> tuple[configs.Variant, ...]:
     if value == "selectable":
         return (configs.VARIANTS + configs.GROUPED_VARIANTS + configs.FP8_OUT_VARIANTS + configs.SWIGLU_VARIANTS
-                + configs.RECIPE_256_VARIANTS + (PROBE_UNIT,))
+                + configs.GROUPED_SWIGLU_VARIANTS + configs.RECIPE_256_VARIANTS + (PROBE_UNIT,))
     if value == "tested":
         return configs.BUILT_VARIANTS + (PROBE_UNIT,)
     try:
@@ -419,8 +419,9 @@ def _variants_arg(parser: argparse.ArgumentParser, value: str) -> tuple[configs.
 
 def _add_variant_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", default="selectable",
-                        help="'selectable' (what configs.select, select_grouped, select_fp8_out and select_swiglu can "
-                             "pick, and the L2-side probe: the default), 'tested' (also the variants the tests cover), or "
+                        help="'selectable' (what configs.select, select_grouped, select_fp8_out, select_swiglu and "
+                             "select_grouped_swiglu can pick, and the L2-side probe: the default), 'tested' (also the "
+                             "variants the tests cover), or "
                              "comma-separated keys such as 128x128s6wc2,l2_probe")
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="nvcc processes at once (default: one per core)")
 

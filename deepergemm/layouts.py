@@ -203,6 +203,15 @@ def interleave_gate_up(gate: torch.Tensor, up: torch.Tensor, block: int = GROUP_
     return pairs.reshape(2 * gate.shape[0], *gate.shape[1:])
 
 
+def interleave_halves(gate_up: torch.Tensor) -> torch.Tensor:
+    """(M, 2I) columns in halves (gate [0, I), up [I, 2I): a grouped SwiGLU's bf16 GEMM output) -> the same columns
+    interleaved per 128 as swiglu reads them (a copy)."""
+    m, two_i = gate_up.shape
+    if two_i % SWIGLU_GROUP:
+        raise ValueError(f"gate_up.shape[1] must be a multiple of {SWIGLU_GROUP}, got {two_i}")
+    return gate_up.reshape(m, 2, two_i // SWIGLU_GROUP, GROUP_K).transpose(1, 2).reshape(m, two_i)
+
+
 def split_gate_up(gate_up: torch.Tensor, block: int = GROUP_K) -> tuple[torch.Tensor, torch.Tensor]:
     """interleave_gate_up's inverse along dim 0: (2I, ...) -> (gate, up), each (I, ...) and contiguous."""
     if gate_up.dim() < 1 or gate_up.shape[0] % (2 * block):
@@ -434,10 +443,12 @@ def _check_grouped_out(out: torch.Tensor, shape: tuple[int, ...]) -> None:
 
 
 def check_grouped_contiguous_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-                                    group_sizes: torch.Tensor, out: torch.Tensor) -> tuple[int, int, int, int]:
+                                    group_sizes: torch.Tensor,
+                                    out: torch.Tensor | None) -> tuple[int, int, int, int]:
     """Rules of m_grouped_fp8_gemm_contiguous; returns (M, N, K, groups). a (M, K) fp8 K-major with a_scales
     (M, K/128) fp32; b (groups, N, K) fp8 contiguous with b_scales (groups, ceil(N/128), K/128) fp32;
-    group_sizes (groups,) int32; out (M, N) bf16 or fp32, contiguous; all on one device."""
+    group_sizes (groups,) int32; out (M, N) bf16 or fp32, contiguous (None: the SwiGLU form, which makes its own);
+    all on one device."""
     for name, t in (("a", a), ("a_scales", a_scales), ("b", b), ("b_scales", b_scales)):
         _require_tensor(name, t)
     _require_dtype("a", a, (FP8_DTYPE,))
@@ -451,10 +462,23 @@ def check_grouped_contiguous_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: 
     if tuple(a_scales.shape) != (m, k // GROUP_K):
         raise ValueError(f"a_scales must have shape (M, K/128) = {(m, k // GROUP_K)}, got {tuple(a_scales.shape)}")
     _check_group_counts("group_sizes", group_sizes, groups)
-    _check_grouped_out(out, (m, n))
-    _require_same_device({"a": a, "a_scales": a_scales, "b": b, "b_scales": b_scales, "group_sizes": group_sizes,
-                          "out": out})
+    named = {"a": a, "a_scales": a_scales, "b": b, "b_scales": b_scales, "group_sizes": group_sizes}
+    if out is not None:
+        _check_grouped_out(out, (m, n))
+        named["out"] = out
+    _require_same_device(named)
     _require_k_major("a", a)
+    return m, n, k, groups
+
+
+def check_grouped_swiglu_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                                group_sizes: torch.Tensor) -> tuple[int, int, int, int]:
+    """Rules of m_grouped_fp8_gemm_contiguous_swiglu: the contiguous form's (no out), then each group's N rows of b
+    as its gate rows [0, N/2) and its up rows [N/2, N), N/2 a multiple of 128; returns (M, N, K, groups), N = 2I."""
+    m, n, k, groups = check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, None)
+    if n % SWIGLU_GROUP:
+        raise ValueError(f"N (b.shape[1]: each group's gate rows, then its up rows) must be a positive multiple of "
+                         f"{SWIGLU_GROUP} for m_grouped_fp8_gemm_contiguous_swiglu, got N={n}")
     return m, n, k, groups
 
 

@@ -437,14 +437,18 @@ class FP8Experts(nn.Module):
     positive multiples of 128 (the GEMMs' K), num_experts at most 256 (one launch). backend: "auto", "ptx" or
     "reference" (the grouped GEMMs have no cuBLAS form).
 
-    SwiGLU is not fused into the gate/up GEMM here (FP8MLP's fused_swiglu): that needs a grouped SwiGLU unit (the
-    64x256 SwiGLU tiles with a grouped scheduler, each group's rows stored up to its end) and the stacked weight
-    interleaved per 128 rows, neither built yet; the quantized rows must also land in the layout the down
-    projection's grouped GEMM reads."""
+    fused_swiglu=True runs the gate/up GEMM, SwiGLU and the down projection's input quantization as one grouped
+    kernel (dg.m_grouped_fp8_gemm_contiguous_swiglu, reading gate_up_proj as stored: no copy), whose output rows are
+    already in the layout the down GEMM reads: no gather, no torch SiLU, no separate quantization, no copy back. Its
+    SwiGLU is deepergemm.swiglu's (gate and up rounded to bf16, silu(gate) * up in fp32, h rounded once to bf16 before
+    its quantization), for every token dtype; the unfused forward quantizes the fp32 product (of the fp32 GEMM
+    results for fp16/fp32 tokens), so the two differ in rounding. Needs intermediate_size a multiple of 128."""
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, block_size=BLOCK_SIZE,
-                 device=None, *, backend: str = "auto"):
+                 device=None, *, backend: str = "auto", fused_swiglu: bool = False):
         super().__init__()
+        if not isinstance(fused_swiglu, bool):
+            raise TypeError(f"fused_swiglu must be a bool, got {type(fused_swiglu).__name__}")
         _check_count("num_experts", num_experts)
         _check_count("hidden_size", hidden_size)
         _check_count("intermediate_size", intermediate_size)
@@ -459,6 +463,7 @@ class FP8Experts(nn.Module):
         self.num_experts, self.hidden_size, self.intermediate_size = num_experts, hidden_size, intermediate_size
         self.block_size = BLOCK_SIZE
         self.backend = backend
+        self.fused_swiglu = fused_swiglu
         e, h, i = num_experts, hidden_size, intermediate_size
         self.gate_up_proj = _fp8_param((e, 2 * i, h), device)
         self.gate_up_proj_scale_inv = _scale_param((e, *weight_scale_shape(2 * i, h)), device)
@@ -467,7 +472,7 @@ class FP8Experts(nn.Module):
 
     @classmethod
     def from_weights(cls, gate_up_proj: torch.Tensor, down_proj: torch.Tensor, *,
-                     backend: str = "auto") -> "FP8Experts":
+                     backend: str = "auto", fused_swiglu: bool = False) -> "FP8Experts":
         """Experts from unquantized stacked weights: gate_up_proj (E, 2I, H) (rows [0, I) gate, [I, 2I) up) and
         down_proj (E, H, I), bf16, fp16 or fp32; each expert is quantized in its own 128x128 blocks (I and H are
         multiples of 128, so no block straddles two experts, or gate and up)."""
@@ -480,7 +485,7 @@ class FP8Experts(nn.Module):
             raise ValueError(f"gate_up_proj must be (E, 2I, H) and down_proj (E, H, I): got "
                              f"{tuple(gate_up_proj.shape)} and {tuple(down_proj.shape)}")
         i = two_i // 2
-        experts = cls(e, h, i, device="meta", backend=backend)
+        experts = cls(e, h, i, device="meta", backend=backend, fused_swiglu=fused_swiglu)
         with torch.no_grad():
             q1, s1 = dg.quantize_weight(gate_up_proj.detach().reshape(e * 2 * i, h))
             q2, s2 = dg.quantize_weight(down_proj.detach().reshape(e * h, i))
@@ -510,6 +515,19 @@ class FP8Experts(nn.Module):
         # the permuted rows, without quantizing the padding
         q, s = dg.quantize_act(x2 if x2.is_contiguous() else x2.contiguous())
         a, a_s = dg.permute_tokens(q, layout), dg.permute_tokens(s, layout)
+        if self.fused_swiglu:  # h already quantized, in the layout's rows (its padding rows never written, never read)
+            a2, a2_s = dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, self.gate_up_proj, self.gate_up_proj_scale_inv,
+                                                               layout, backend=self.backend)
+        else:
+            a2, a2_s = self._swiglu_unfused(a, a_s, layout, out_dtype)
+        down = dg.m_grouped_fp8_gemm_contiguous(a2, a2_s, self.down_proj, self.down_proj_scale_inv, layout,
+                                                out_dtype=out_dtype, backend=self.backend)
+        y = dg.unpermute_tokens(down, layout, topk_weights)
+        return y.to(x.dtype).reshape(x.shape)
+
+    def _swiglu_unfused(self, a, a_s, layout, out_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The down projection's input in the layout's rows: the gate/up GEMM, SiLU(gate) * up in fp32 on the chosen
+        rows, quantized and copied back."""
         gate_up = dg.m_grouped_fp8_gemm_contiguous(a, a_s, self.gate_up_proj, self.gate_up_proj_scale_inv, layout,
                                                    out_dtype=out_dtype, backend=self.backend)
 
@@ -519,16 +537,12 @@ class FP8Experts(nn.Module):
         inter = self.intermediate_size
         q2, s2 = dg.quantize_act(F.silu(chosen[:, :inter].float()) * chosen[:, inter:])  # fp32, rounded once
         choice_of = _choice_of_rows(rows, layout.rows)
-        a2 = torch.ops.deepergemm.moe_permute(q2, choice_of)
-        a2_s = torch.ops.deepergemm.moe_permute(s2, choice_of)
-        down = dg.m_grouped_fp8_gemm_contiguous(a2, a2_s, self.down_proj, self.down_proj_scale_inv, layout,
-                                                out_dtype=out_dtype, backend=self.backend)
-        y = dg.unpermute_tokens(down, layout, topk_weights)
-        return y.to(x.dtype).reshape(x.shape)
+        return torch.ops.deepergemm.moe_permute(q2, choice_of), torch.ops.deepergemm.moe_permute(s2, choice_of)
 
     def extra_repr(self) -> str:
         return (f"num_experts={self.num_experts}, hidden_size={self.hidden_size}, "
-                f"intermediate_size={self.intermediate_size}, backend={self.backend!r}")
+                f"intermediate_size={self.intermediate_size}, backend={self.backend!r}, "
+                f"fused_swiglu={self.fused_swiglu}")
 
 
 def _choice_of_rows(row_of: torch.Tensor, rows: int) -> torch.Tensor:
@@ -549,21 +563,23 @@ class FP8MoE(nn.Module):
     ``experts`` (FP8Experts) and, when shared_intermediate_size > 0, ``shared_experts`` (FP8MLP over every token).
 
     forward(x (..., H)) -> (..., H) in x's dtype: experts(x, *gate(x)) + shared_experts(x). Router options: see
-    TopKRouter (DeepSeek-V3: scoring="sigmoid", n_group=8, topk_group=4, routed_scaling_factor=2.5)."""
+    TopKRouter (DeepSeek-V3: scoring="sigmoid", n_group=8, topk_group=4, routed_scaling_factor=2.5).
+    fused_swiglu: the experts' and the shared experts' fused_swiglu (FP8Experts, FP8MLP)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, top_k: int, *,
                  shared_intermediate_size: int = 0, scoring: str = "softmax", n_group: int = 1, topk_group: int = 1,
                  norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0, device=None,
-                 router_dtype=torch.float32, backend: str = "auto"):
+                 router_dtype=torch.float32, backend: str = "auto", fused_swiglu: bool = False):
         super().__init__()
         _check_count("shared_intermediate_size", shared_intermediate_size, minimum=0)
         self.hidden_size = hidden_size
         self.gate = TopKRouter(hidden_size, num_experts, top_k, scoring=scoring, n_group=n_group,
                                topk_group=topk_group, norm_topk_prob=norm_topk_prob,
                                routed_scaling_factor=routed_scaling_factor, device=device, dtype=router_dtype)
-        self.experts = FP8Experts(num_experts, hidden_size, intermediate_size, device=device, backend=backend)
-        self.shared_experts = (FP8MLP(hidden_size, shared_intermediate_size, device=device, backend=backend)
-                               if shared_intermediate_size else None)
+        self.experts = FP8Experts(num_experts, hidden_size, intermediate_size, device=device, backend=backend,
+                                  fused_swiglu=fused_swiglu)
+        self.shared_experts = (FP8MLP(hidden_size, shared_intermediate_size, device=device, backend=backend,
+                                      fused_swiglu=fused_swiglu) if shared_intermediate_size else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.hidden_size:

@@ -425,10 +425,11 @@ void check_grouped_out(const Tensor& out, c10::IntArrayRef shape) {
   require_tma_aligned("out", out);
 }
 
-// layouts.check_grouped_contiguous_inputs; returns (M, N, K, groups)
+// layouts.check_grouped_contiguous_inputs (out: none for the SwiGLU form, which allocates its own); returns
+// (M, N, K, groups)
 std::array<int64_t, 4> check_grouped_contiguous_inputs(const Tensor& a, const Tensor& a_scales, const Tensor& b,
                                                        const Tensor& b_scales, const Tensor& group_sizes,
-                                                       const Tensor& out) {
+                                                       const Tensor* out) {
   require_dtype("a", a, {at::kFloat8_e4m3fn});
   require_rank("a", a, 2, "(M, K): the tokens of every group back to back");
   const int64_t m = a.size(0), k = a.size(1);
@@ -440,11 +441,27 @@ std::array<int64_t, 4> check_grouped_contiguous_inputs(const Tensor& a, const Te
   TORCH_CHECK_VALUE(a_scales.dim() == 2 && a_scales.size(0) == m && a_scales.size(1) == k / dg::kBlockK, cat("a_scales must have shape (M, K/128) = ", tuple_str({m, k / dg::kBlockK}), ", got ",
                     tuple_str(a_scales.sizes())));
   check_group_counts("group_sizes", group_sizes, groups);
-  check_grouped_out(out, {m, n});
-  require_same_device({{"a", &a}, {"a_scales", &a_scales}, {"b", &b}, {"b_scales", &b_scales},
-                       {"group_sizes", &group_sizes}, {"out", &out}});
+  if (out != nullptr) {
+    check_grouped_out(*out, {m, n});
+    require_same_device({{"a", &a}, {"a_scales", &a_scales}, {"b", &b}, {"b_scales", &b_scales},
+                         {"group_sizes", &group_sizes}, {"out", out}});
+  } else {
+    require_same_device({{"a", &a}, {"a_scales", &a_scales}, {"b", &b}, {"b_scales", &b_scales},
+                         {"group_sizes", &group_sizes}});
+  }
   require_k_major("a", a);
   return {m, n, k, groups};
+}
+
+// layouts.check_grouped_swiglu_inputs: the contiguous form's rules (no out), then each group's N rows of b as gate
+// and up halves; returns (M, N, K, groups), N = 2I
+std::array<int64_t, 4> check_grouped_swiglu_inputs(const Tensor& a, const Tensor& a_scales, const Tensor& b,
+                                                   const Tensor& b_scales, const Tensor& group_sizes) {
+  const auto mnkg = check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, nullptr);
+  TORCH_CHECK_VALUE(mnkg[1] % (2 * dg::kBlockK) == 0, cat("N (b.shape[1]: each group's gate rows, then its up rows) "
+                    "must be a positive multiple of ", 2 * dg::kBlockK, " for m_grouped_fp8_gemm_contiguous_swiglu, "
+                    "got N=", mnkg[1]));
+  return mnkg;
 }
 
 // layouts.check_grouped_masked_inputs; returns (groups, max_m, N, K)
@@ -835,8 +852,12 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
   const int64_t km = swapped ? n : m, kn = swapped ? m : n;
   const CUtensorMap map_a = tensor_map_2d(a_op.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, km, a_op.stride(0),
                                           dg::kBlockK, kBM / kClusterN, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's A slice
-  // placed: boxes of gcd(slice, slab) rows, each from one slot; the CTA's slice has >= 8 rows
-  const int64_t b_box_rows = placed ? std::gcd<int64_t>(kBN / kClusterM, x.slab_rows) : kBN / kClusterM;
+  // placed: boxes of gcd(slice, slab) rows, each from one slot; the CTA's slice has >= 8 rows. Grouped SwiGLU:
+  // 128-row boxes, the tile's gate rows and its up rows N/2 further (producer.cuh's swiglu_half_row).
+  const bool swiglu_halves = info.fp8_out == 2 && grouped;
+  const int64_t b_box_rows = placed          ? std::gcd<int64_t>(kBN / kClusterM, x.slab_rows)
+                             : swiglu_halves ? int64_t{dg::kBlockK}
+                                             : kBN / kClusterM;
   if (placed) {
     const Tensor& slots = *x.b_slots;
     TORCH_CHECK(!grouped, "deepergemm: placed B needs a plain variant");
@@ -853,7 +874,7 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
       placed ? tensor_map_2d(b.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, dg::kBlockK, b.size(0), dg::kBlockK, dg::kBlockK,
                              static_cast<uint32_t>(b_box_rows), CU_TENSOR_MAP_SWIZZLE_128B)
              : tensor_map_2d(b_op.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_UINT8, k, b_op.size(0), b_op.stride(0), dg::kBlockK,
-                             kBN / kClusterM, CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's B slice
+                             static_cast<uint32_t>(b_box_rows), CU_TENSOR_MAP_SWIZZLE_128B);  // a CTA's B slice
   // (swapped: the tile's tokens are its N' columns, a box of kBN scales)
   const CUtensorMap map_sa = tensor_map_2d(a_scales.data_ptr(), CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m, scale_cols,
                                            sa_stride * 4, swapped ? kBN : kBM, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
@@ -1001,7 +1022,7 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
 // =============================================================================================
 enum PlanKind : int64_t {
   kPlanPlain = 0, kPlanPlaced = 1, kPlanContiguous = 2, kPlanMasked = 3, kPlanFp8Out = 4, kPlanSwiglu = 5,
-  kPlanRecipe256 = 6
+  kPlanRecipe256 = 6, kPlanGroupedSwiglu = 7
 };
 
 struct Plan {
@@ -1121,6 +1142,20 @@ Tensor fp8_gemm(const Tensor& a, const Tensor& a_scales, const Tensor& b, const 
   return gemm_into_new_output(plan, a, a_scales, b, b_scales, n, out_dtype, bias, nullptr, 0, std::nullopt);
 }
 
+// quantize_act's (M, N/128) fp32 scales: M-major, each column 16-byte aligned (layouts.empty_act_scales).
+Tensor empty_act_scales(int64_t m, int64_t n, const at::TensorOptions& options) {
+  return at::empty_strided({m, n / dg::kBlockK}, {1, round_up(m, 4)}, options.dtype(at::kFloat));
+}
+
+// The unfused steps after a bf16 GEMM output y: quantize_act(y), or with SwiGLU quantize_act(swiglu(y)), y's columns
+// then gate and up interleaved per 128 (the Triton kernels: the bits the fused epilogues reproduce).
+std::tuple<Tensor, Tensor> quantize_bf16_output(const Tensor& y, bool swiglu, bool ue8m0) {
+  static auto swiglu_op = python_impl("deepergemm::swiglu").typed<Tensor(const Tensor&)>();
+  static auto quantize_op =
+      python_impl("deepergemm::quantize_act").typed<std::tuple<Tensor, Tensor>(const Tensor&, bool, int64_t)>();
+  return quantize_op.call(swiglu ? swiglu_op.call(y) : y, ue8m0, dg::kBlockK);
+}
+
 // The quantized-output launches (fp8 output: mode 1, SwiGLU: mode 2, the variant's fp8_out field): q (M, out_n)
 // fp8 e4m3 and its fp32 scales (M, out_n / 128), M-major, as quantize_act returns them.
 std::tuple<Tensor, Tensor> launch_quantized_output(PlanKind kind, int mode, const Tensor& a, const Tensor& a_scales,
@@ -1129,13 +1164,11 @@ std::tuple<Tensor, Tensor> launch_quantized_output(PlanKind kind, int mode, cons
   c10::DeviceGuard guard(a.device());
   const Plan plan = m == 0 ? Plan{} : plan_for({kind, a.device().index(), m, n, k, 0, 0, 0, 0});
   if (plan.unfused) {  // where fusing does not pay: the bf16 GEMM, then the Triton steps (the same bits)
-    static auto swiglu_op = python_impl("deepergemm::swiglu").typed<Tensor(const Tensor&)>();
-    static auto quantize_op = python_impl("deepergemm::quantize_act").typed<std::tuple<Tensor, Tensor>(const Tensor&, bool, int64_t)>();
     const Tensor y = gemm_into_new_output(plan, a, a_scales, b, b_scales, n, at::kBFloat16, bias, nullptr, 0, std::nullopt);
-    return quantize_op.call(mode == 2 ? swiglu_op.call(y) : y, ue8m0, dg::kBlockK);
+    return quantize_bf16_output(y, mode == 2, ue8m0);
   }
   Tensor q = at::empty({m, out_n}, a.options().dtype(at::kFloat8_e4m3fn));
-  Tensor scales = at::empty_strided({m, out_n / dg::kBlockK}, {1, round_up(m, 4)}, a.options().dtype(at::kFloat));
+  Tensor scales = empty_act_scales(m, out_n, a.options());
   if (m == 0) return {q, scales};
   const Tensor sa = to_act_scale_layout(a_scales);
   const Tensor sb = b_scales.is_contiguous() ? b_scales : b_scales.contiguous();
@@ -1223,8 +1256,10 @@ Backend resolve_grouped_backend(c10::string_view backend, const at::Device& devi
   return chosen == Backend::kCublas ? Backend::kReference : chosen;
 }
 
+// out2: bf16/fp32, or with out_scales the grouped SwiGLU's fp8 h (a SwiGLU variant's plan)
 void grouped_launch(const Plan& plan, int grouping, const Tensor& a2, const Tensor& a_scales2, const Tensor& b,
-                    const Tensor& b_scales, const Tensor& group_rows, int64_t group_stride, Tensor& out2) {
+                    const Tensor& b_scales, const Tensor& group_rows, int64_t group_stride, Tensor& out2,
+                    Tensor* out_scales = nullptr, bool ue8m0 = false) {
   const int64_t groups = b.size(0), n = b.size(1), k = b.size(2);
   const Tensor sa = to_act_scale_layout(a_scales2);
   const Tensor b2 = b.view({groups * n, k});
@@ -1237,8 +1272,11 @@ void grouped_launch(const Plan& plan, int grouping, const Tensor& a2, const Tens
   x.group_rows = &rows;
   x.groups = static_cast<int>(groups);
   x.group_stride = static_cast<int>(group_stride);
+  x.out_scales = out_scales;
+  x.ue8m0 = ue8m0;
   LoadedVariant& v = variant_at(plan.variant);
-  TORCH_CHECK(v.info.grouping == grouping, "deepergemm: _plan returned a variant of another grouping");
+  TORCH_CHECK(v.info.grouping == grouping && (v.info.fp8_out == 2) == (out_scales != nullptr),
+              "deepergemm: _plan returned a variant of another grouping or output");
   launch(v, x);
 }
 
@@ -1246,7 +1284,7 @@ constexpr int64_t kGroupedMAlignment = 128;  // layouts.GROUPED_M_ALIGNMENT
 
 void m_grouped_fp8_gemm_contiguous(const Tensor& a, const Tensor& a_scales, const Tensor& b, const Tensor& b_scales,
                                    const Tensor& group_sizes, Tensor& out, bool zero_padding, c10::string_view backend) {
-  auto [m, n, k, groups] = check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, out);
+  auto [m, n, k, groups] = check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, &out);
   const Backend chosen = resolve_grouped_backend(backend, a.device());
   if (chosen != Backend::kPtx) {
     static auto slow = python_impl("deepergemm::_m_grouped_fp8_gemm_contiguous_python")
@@ -1283,6 +1321,38 @@ void m_grouped_fp8_gemm_masked(const Tensor& a, const Tensor& a_scales, const Te
   Tensor out2 = out.view({rows, n});
   grouped_launch(plan, dg::kGroupMasked, a.view({rows, k}), a_scales.reshape({rows, k / dg::kBlockK}), b, b_scales,
                  masked_m, max_m, out2);
+}
+
+// Grouped SwiGLU: quantize_act(swiglu(the contiguous grouped bf16 GEMM)) of stacked experts' gate/up weights, each
+// group's N rows in halves (gate, then up), in one kernel: q (M, N/2) fp8 and its scales. Only the groups' real rows
+// are written.
+std::tuple<Tensor, Tensor> m_grouped_fp8_gemm_contiguous_swiglu(const Tensor& a, const Tensor& a_scales,
+                                                                const Tensor& b, const Tensor& b_scales,
+                                                                const Tensor& group_sizes, bool ue8m0,
+                                                                c10::string_view backend) {
+  auto [m, n, k, groups] = check_grouped_swiglu_inputs(a, a_scales, b, b_scales, group_sizes);
+  const Backend chosen = resolve_grouped_backend(backend, a.device());
+  if (chosen != Backend::kPtx) {
+    static auto slow = python_impl("deepergemm::_m_grouped_fp8_gemm_contiguous_swiglu_python")
+                           .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                             const Tensor&, bool, c10::string_view)>();
+    return slow.call(a, a_scales, b, b_scales, group_sizes, ue8m0, backend_name(chosen));
+  }
+  Tensor q = at::empty({m, n / 2}, a.options().dtype(at::kFloat8_e4m3fn));
+  Tensor scales = empty_act_scales(m, n / 2, a.options());
+  if (m == 0) return {q, scales};
+  c10::DeviceGuard guard(a.device());
+  const int64_t rows_hint = std::max<int64_t>(1, ceil_div(m, groups));
+  const Plan plan = plan_for({kPlanGroupedSwiglu, a.device().index(), m, n, k, groups, rows_hint, 0, 0});
+  if (plan.unfused) {  // the grouped bf16 GEMM, its halves interleaved per 128, then the Triton steps (the same bits)
+    Tensor y = at::empty({m, n}, a.options().dtype(at::kBFloat16));
+    grouped_launch(plan, dg::kGroupContiguous, a, a_scales, b, b_scales, group_sizes, kGroupedMAlignment, y);
+    return quantize_bf16_output(y.view({m, 2, n / (2 * dg::kBlockK), dg::kBlockK}).transpose(1, 2).reshape({m, n}),
+                                true, ue8m0);
+  }
+  grouped_launch(plan, dg::kGroupContiguous, a, a_scales, b, b_scales, group_sizes, kGroupedMAlignment, q, &scales,
+                 ue8m0);
+  return {q, scales};
 }
 
 // =============================================================================================
@@ -1444,6 +1514,7 @@ TORCH_LIBRARY_IMPL(deepergemm, CUDA, m) {
   m.impl("fp8_gemm_placed", &dgb::fp8_gemm_placed);
   m.impl("fp8_gemm_fp8_out", &dgb::fp8_gemm_fp8_out);
   m.impl("fp8_gemm_swiglu", &dgb::fp8_gemm_swiglu);
+  m.impl("m_grouped_fp8_gemm_contiguous_swiglu", &dgb::m_grouped_fp8_gemm_contiguous_swiglu);
   m.impl("m_grouped_fp8_gemm_contiguous", &dgb::m_grouped_fp8_gemm_contiguous);
   m.impl("m_grouped_fp8_gemm_masked", &dgb::m_grouped_fp8_gemm_masked);
 }

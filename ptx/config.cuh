@@ -25,10 +25,14 @@ struct KernelConfig {
   static constexpr int kGrouping = GROUPING;   // GroupMode (params.h)
   static constexpr bool kSwapped = SWAPPED != 0;  // out^T = B A^T: B's rows on the wgmma M side (small M)
   static constexpr bool kFp8Out = FP8_OUT != 0;   // output quantized in the epilogue: fp8 per 1x128 group + scales
-  static constexpr bool kSwiglu = FP8_OUT == 2;   // ...of SwiGLU(gate, up): B's rows are gate and up interleaved
+  static constexpr bool kSwiglu = FP8_OUT == 2;   // ...of SwiGLU(gate, up): B's rows hold gate and up (below)
 
   // ---- derived ----
   static constexpr bool kGrouped = kGrouping != kGroupNone;
+  // SwiGLU's B: plain, gate and up rows interleaved per 128 (layouts.interleave_gate_up: one weight made from the
+  // two projections); grouped, each group's N rows in halves, gate [0, N/2) then up [N/2, N), as stacked experts
+  // are stored (transformers' gate_up_proj): the tile's gate and up rows are two 128-row loads N/2 apart.
+  static constexpr bool kSwigluHalves = kSwiglu && kGrouped;
   // The 256-K recipe: scales per 256 of K (a_scales (M, K/256), b_scales (N/128, K/256)); stages stay 128 deep, and a
   // pair of them is summed in the tensor cores before one promotion (producer.cuh's scale_shift: which scale column).
   static constexpr bool kPairs = kAcc == kAccPairs;
@@ -81,12 +85,14 @@ struct KernelConfig {
                 "swapped tiles: 64 rows of B, one math warpgroup, at most 64 tokens, no multicast, not grouped");
   // fp8 output: a 128-column group's amax is reduced inside one warpgroup (a quad's shuffles), so each warpgroup's
   // columns must be whole groups, aligned to 128 in the output (tiles start at multiples of BN, warpgroups at kWgN).
-  static_assert(!kFp8Out || (!kSwapped && !kGrouped && kWgN % kBlockK == 0 && kBlockN % kBlockK == 0),
-                "fp8 output: plain, unswapped tiles whose warpgroups cover whole 128-column groups");
-  // SwiGLU: a 64 x 256 tile's warpgroup 0 holds 128 gate columns and warpgroup 1 the matching 128 up columns (B's
-  // rows interleaved per 128), which it hands over through the staging buffer: one 128-wide h group per tile row.
-  static_assert(!kSwiglu || (kBlockM == 64 && kBlockN == 256 && kMathWGs == 2 && kSplitK == 1 && !kGrouped),
-                "SwiGLU: 64 x 256 tiles, two math warpgroups (gate, up), no split-K, not grouped");
+  static_assert(!kFp8Out || (!kSwapped && (!kGrouped || kSwiglu) && kWgN % kBlockK == 0 && kBlockN % kBlockK == 0),
+                "fp8 output: unswapped tiles (grouped: SwiGLU only) whose warpgroups cover whole 128-column groups");
+  // SwiGLU: a 64 x 256 tile's warpgroup 0 holds 128 gate columns and warpgroup 1 the matching 128 up columns,
+  // which it hands over through the staging buffer: one 128-wide h group per tile row. Grouped: contiguous only
+  // (the masked layout's h would need a scale layout per group).
+  static_assert(!kSwiglu || (kBlockM == 64 && kBlockN == 256 && kMathWGs == 2 && kSplitK == 1 &&
+                             kGrouping != kGroupMasked),
+                "SwiGLU: 64 x 256 tiles, two math warpgroups (gate, up), no split-K, plain or grouped contiguous");
   static_assert(FP8_OUT >= 0 && FP8_OUT <= 2, "FP8_OUT: 0 bf16/fp32 output, 1 fp8 output, 2 fp8 SwiGLU output");
   static_assert(kCluster <= 16, "at most 16 CTAs per cluster (the multicast masks are 16 bits)");
 };

@@ -45,7 +45,8 @@ constexpr int kMaxScaleBlocks = 4;  // 128-wide B scale blocks a tile of up to 2
 // What the math warpgroups read of a step, one per stage (SmemLayout::kMetaSlot: 32 bytes). The tile's rows
 // [row0, row_end) are stored when it ends.
 struct StepMeta {
-  float sb[kMaxScaleBlocks];  // B scales of blocks n_block * BN / 128 + j (clamped to the last block)
+  float sb[kMaxScaleBlocks];  // B scales of blocks n_block * BN / 128 + j (clamped to the last block; grouped SwiGLU:
+                              // the gate block, then the up block)
   int row0;                   // the tile's first row (of A and of the output)
   int n_block;                // the tile's N index (BN columns)
   int row_end;                // the problem's rows end here, or (grouped) the tile's group's rows
@@ -129,6 +130,13 @@ __device__ __forceinline__ int plain_tile_row0(int m_block, int m_tiles, int row
   return row0;
 }
 
+// Grouped SwiGLU (KernelConfig::kSwigluHalves): the first row, in the (groups * N, K) B, of half `half` (0 gate,
+// 1 up) of N-tile n_block of `group`. N-tile j makes h group j from gate rows [128j, 128j + 128) of the group and
+// the up rows N/2 after them; divided by 128 it is the row of their B scales too (N is a multiple of 256).
+__device__ __forceinline__ int swiglu_half_row(const GemmParams& p, int group, int n_block, int half) {
+  return group * p.n + half * (p.n / 2) + n_block * kBlockK;
+}
+
 // A producer thread: the operand OPERAND of every step this CTA runs (its K blocks, work by work).
 template <class C, int OPERAND>
 __device__ __forceinline__ void produce_operand(const SchedulerOf<C>& sched, const GemmParams& p,
@@ -171,6 +179,17 @@ __device__ __forceinline__ void produce_operand(const SchedulerOf<C>& sched, con
       load_operand<(C::kClusterN > 1)>(smem + L::kA + stage * L::kABytes + sched.rank_n * kASlice * kSwizzleBytes, map,
                                        &full[stage], k_block * kBlockK, m_load + sched.rank_n * kASlice, mask, hinted,
                                        policy);
+    } else if constexpr (OPERAND == kLoadB && C::kSwigluHalves) {
+      // the CTA's slice of the tile (all of it, or one half in a 2x1 pair) as 128-row loads: gate rows, up rows
+      static_assert(kBSlice % kBlockK == 0, "grouped SwiGLU loads B in 128-row halves");
+      constexpr int kHalves = kBSlice / kBlockK;
+#pragma unroll
+      for (int h = 0; h < kHalves; ++h) {
+        const int half = sched.rank_m * kHalves + h;
+        load_operand<(C::kClusterM > 1)>(smem + L::kB + stage * L::kBBytes + half * kBlockK * kSwizzleBytes, map,
+                                         &full[stage], k_block * kBlockK,
+                                         swiglu_half_row(p, tile.group, w.n_block, half), mask, hinted, policy);
+      }
     } else if constexpr (OPERAND == kLoadB) {
       load_operand<(C::kClusterM > 1)>(smem + L::kB + stage * L::kBBytes + sched.rank_m * kBSlice * kSwizzleBytes, map,
                                        &full[stage], k_block * kBlockK, n_load + sched.rank_m * kBSlice, mask, hinted,
@@ -206,8 +225,16 @@ __device__ __forceinline__ StepMeta prepare_step_meta(const SchedulerOf<C>& sche
     const int scale_cols = p.k_blocks >> scale_shift<C>(p);  // (the 256-K recipe: one column per pair of K blocks)
     const float* col = p.b_scales + (static_cast<int64_t>(tile.group) * (nb_last + 1) + nb0) * scale_cols +
                        (st.k_block >> scale_shift<C>(p));
+    if constexpr (C::kSwigluHalves) {  // the gate block (warpgroup 0's), then the up block (warpgroup 1's)
+      const float* gate = p.b_scales + static_cast<int64_t>(swiglu_half_row(p, tile.group, st.n_block, 0) / kBlockK) *
+                                           scale_cols + (st.k_block >> scale_shift<C>(p));
+      meta.sb[0] = ld_global_nc_f32(gate);
+      meta.sb[1] = ld_global_nc_f32(gate + static_cast<int64_t>(p.n / 2 / kBlockK) * scale_cols);
+      meta.sb[2] = meta.sb[3] = meta.sb[1];
+    } else {
 #pragma unroll
-    for (int j = 0; j < kMaxScaleBlocks; ++j) meta.sb[j] = ld_global_nc_f32(col + min(j, nb_last - nb0) * scale_cols);
+      for (int j = 0; j < kMaxScaleBlocks; ++j) meta.sb[j] = ld_global_nc_f32(col + min(j, nb_last - nb0) * scale_cols);
+    }
     meta.row0 = C::kGrouped                  ? tile.row0
                 : st.m_block >= sched.m_tiles ? st.m_block * BM  // a cluster's padding tile: nothing stored
                                               : plain_tile_row0<C>(st.m_block, sched.m_tiles, kernel_rows<C>(p));

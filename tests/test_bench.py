@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import deepergemm as dg
 from deepergemm import reference
 from deepergemm.benchmark import gemm, report, shapes
 from deepergemm.benchmark.report import Measurement
@@ -361,14 +362,20 @@ def test_steadiest_timing_wins_and_stalls_are_retried(monkeypatch):
 
 
 def _bench_script(name: str):
-    """A developer script of bench/ (not part of the package), imported from its file."""
+    """A developer script of bench/ (not part of the package), imported from its file (with bench/ on sys.path, as
+    when it runs as a script: some import their siblings)."""
     import importlib.util
     import pathlib
+    import sys
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    bench = pathlib.Path(__file__).resolve().parents[1] / "bench"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", bench / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(bench))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
     return module
 
 
@@ -439,6 +446,24 @@ def test_fused_epilogue_rows_compare_bits_and_time_three_paths(monkeypatch, caps
     first, second = capsys.readouterr().out.splitlines()
     assert "same" in first and "0.786" in first and "1.100" in first and first.endswith("a | b")
     assert "DIFF" in second
+    # rows: only the masked rows are compared (grouped outputs leave the others unspecified)
+    times = iter([10.0, 14.0, 11.0, 10.0, 14.0, 11.0])
+    rows = torch.tensor([True, False, True, True])
+    fe.measure_row("shape", lambda: None, lambda: (q, s), lambda: (q, other), 5, "a | b", rows=rows)
+    fe.measure_row("shape", lambda: None, lambda: (q, s), lambda: (q, other), 5, "a | b", rows=~rows)
+    first, second = capsys.readouterr().out.splitlines()
+    assert "same" in first and "DIFF" in second
+
+
+def test_grouped_swiglu_bench_shapes_and_routed_rows():
+    gs = _bench_script("grouped_swiglu_bench")
+    assert gs._shapes("7168x2048x256x8,2048x768x128x8") == [(7168, 2048, 256, 8), (2048, 768, 128, 8)]
+    ids = torch.tensor([[0, 2], [2, 1], [0, 1]], dtype=torch.int32)
+    layout = dg.build_contiguous_layout(ids, 3, max_rows=dg.contiguous_rows_bound(3, 2, 3))
+    rows = gs._real_rows(layout)
+    assert rows.shape == (layout.rows,) and rows.sum() == 6
+    starts = [0, 128, 256]  # two rows per expert, each segment aligned to 128
+    assert rows.nonzero().flatten().tolist() == [r for s in starts for r in (s, s + 1)]
 
 
 def test_recipe256_bench_inputs_repeated_per_128_give_the_same_product():

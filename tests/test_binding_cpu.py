@@ -247,6 +247,31 @@ def test_grouped_rules_match_and_the_reference_round_trip():
     assert not out3[0, :7].isnan().any() and out3[0, 7:].isnan().all()
 
 
+def test_grouped_swiglu_rules_match_and_the_reference_round_trip():
+    a, a_s, b, b_s = _grouped(n=512)
+    sizes = torch.tensor([100, 0, 60], dtype=torch.int32)
+    good = [a, a_s, b, b_s, sizes, False, "reference"]
+    b_odd, b_odd_s = _grouped(n=384)[2:]
+    cases = {
+        "N gate and up halves": _with(_with(good, 2, b_odd), 3, b_odd_s),
+        "N one group": _with(_with(good, 2, b[:, :128].contiguous()), 3, b_s[:, :1].contiguous()),
+        "a rank": _with(good, 0, a.unsqueeze(0)),
+        "groups": _with(good, 4, sizes[:2]),
+        "sizes dtype": _with(good, 4, sizes.long()),
+        "b_scales shape": _with(good, 3, b_s[:, :1]),
+        "cublas": _with(good, 6, "cublas"),
+    }
+    op = OPS.m_grouped_fp8_gemm_contiguous_swiglu.default
+    _all_same_errors(op, cases, "grouped SwiGLU, ")
+    for ue8m0 in (False, True):
+        args = _with(good, 5, ue8m0)
+        (q, s), (q_want, s_want) = op.redispatch(CUDA_KEY, *args), op(*args)
+        assert q.shape == (300, 256) and s.shape == (300, 2) and s.stride() == s_want.stride()
+        assert torch.equal(q.view(torch.uint8), q_want.view(torch.uint8)) and torch.equal(s, s_want)
+    q, s = op.redispatch(CUDA_KEY, a[:0], a_s[:0], b, b_s, torch.zeros(3, dtype=torch.int32), False, "reference")
+    assert q.shape == (0, 256) and s.shape == (0, 2)
+
+
 def test_binding_reads_the_backend_switch_it_is_given():
     args = _gemm_args()
     torch.ops.deepergemm_native.configure("not-a-backend")

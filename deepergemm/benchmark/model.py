@@ -22,8 +22,9 @@ Paths (the same weights; the FP8 ones quantized from the bf16 ones in 128x128 bl
               CUDA graph (which then replays that routing only: fine here, where the input does not change)
   deepergemm  deepergemm.nn: FP8Linear, FP8MLP, FP8MoE (grouped GEMMs, no host synchronization)
   fused       (opt-in: --paths ...,fused) deepergemm with the dense MLP and the shared expert as
-              FP8MLP(fused_swiglu=True): gate/up GEMM, SwiGLU and the down input's quantization in one kernel;
-              "fused x deepergemm" lines under the table say what it buys per step
+              FP8MLP(fused_swiglu=True) and the routed experts as FP8Experts(fused_swiglu=True): gate/up GEMM,
+              SwiGLU and the down input's quantization in one kernel (grouped for the experts); "fused x
+              deepergemm" lines under the table say what it buys per step
 
 Each (phase, tokens) case times one layer step per path, eager and replayed from a CUDA graph (timing.time_steady:
 cold L2, median of --launches), and measures accuracy against the bf16 path: calc_diff of the layer's output, and
@@ -237,6 +238,15 @@ def _fused_copy(mlp: dnn.FP8MLP) -> dnn.FP8MLP:
     return out
 
 
+def _fused_experts(experts: dnn.FP8Experts) -> dnn.FP8Experts:
+    """The same FP8 experts (weights shared) behind FP8Experts' fused SwiGLU path."""
+    out = dnn.FP8Experts(experts.num_experts, experts.hidden_size, experts.intermediate_size, device="meta",
+                         fused_swiglu=True)
+    for name in ("gate_up_proj", "gate_up_proj_scale_inv", "down_proj", "down_proj_scale_inv"):
+        setattr(out, name, getattr(experts, name))
+    return out
+
+
 def _fp8_from_bf16(layer: Bf16Linear, backend: str = "auto") -> dnn.FP8Linear:
     n, k = layer.weight.shape
     linear = nn.Linear(k, n, bias=False, device="meta")
@@ -275,18 +285,19 @@ def build_paths(shape: LayerShape, names: list[str], device: torch.device, seed:
         fp8_shared = _fp8_mlp(shared) if shared is not None else None
         experts = dnn.FP8Experts.from_weights(gate_up, down)
 
-        def fp8_moe(shared_experts):
+        def fp8_moe(routed, shared_experts):
             moe = dnn.FP8MoE(s.hidden, s.moe_inter, s.experts, s.top_k, shared_intermediate_size=s.shared_inter,
                              scoring="sigmoid", n_group=s.n_group, topk_group=s.topk_group,
                              routed_scaling_factor=s.routed_scaling, device="meta")
-            moe.gate, moe.experts, moe.shared_experts = router, experts, shared_experts
+            moe.gate, moe.experts, moe.shared_experts = router, routed, shared_experts
             return moe
 
         if "deepergemm" in names:
-            paths["deepergemm"] = Layer(s, **fp8_lin, mlp=fp8_dense, moe=fp8_moe(fp8_shared))
+            paths["deepergemm"] = Layer(s, **fp8_lin, mlp=fp8_dense, moe=fp8_moe(experts, fp8_shared))
         if "fused" in names:
             paths["fused"] = Layer(s, **fp8_lin, mlp=_fused_copy(fp8_dense),
-                                   moe=fp8_moe(_fused_copy(fp8_shared) if fp8_shared is not None else None))
+                                   moe=fp8_moe(_fused_experts(experts),
+                                               _fused_copy(fp8_shared) if fp8_shared is not None else None))
         if "cublas" in names:
             lin = {k: _fp8_copy(v, "cublas") for k, v in fp8_lin.items()}
             mlp = dnn.FP8MLP(s.hidden, s.dense_inter, device="meta")
