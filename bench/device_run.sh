@@ -226,6 +226,8 @@ for i in range(3):
            -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_grouped_swiglu.log" | tail -8
          timeout 200 python bench/grouped_swiglu_bench.py 2>&1 | grep -v "^\[deepergemm\] \[" \
            | tee "$OUT/grouped_swiglu_bench.log"
+         timeout 150 python bench/grouped_swiglu_bench.py --masked --m 1,32,128,256 2>&1 | grep -v "^\[deepergemm\] \[" \
+           | tee -a "$OUT/grouped_swiglu_bench.log"
          timeout 200 python bench/grouped_swiglu_bench.py --block --m 1,32,512,4096 2>&1 | grep -v "^\[deepergemm\] \[" \
            | tee -a "$OUT/grouped_swiglu_bench.log" ;;
     swiglu) # issue 27: the fused SwiGLU GPU tests, then fused against GEMM bf16 + swiglu + quantize_act

@@ -19,6 +19,7 @@
     y = dg.m_grouped_fp8_gemm_contiguous(a, a_s, b, b_s, group_sizes)   # a: experts' rows back to back
     y = dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, masked_m, expected_m)  # a3: (experts, max_m, K)
     h, h_s = dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, w_gate_up, w_gate_up_s, group_sizes)  # gate, up rows
+    h3, h3_s = dg.m_grouped_fp8_gemm_masked_swiglu(a3, a3_s, w_gate_up, w_gate_up_s, masked_m, expected_m)
     layout = dg.build_contiguous_layout(topk_ids, experts, max_rows=bound)  # router output -> rows per expert
     a, a_s = dg.quantize_act(dg.permute_tokens(x, layout))    # ... grouped GEMM with layout.group_sizes ...
     y = dg.unpermute_tokens(out, layout, topk_weights)        # back to (tokens, N), weighted sum over top-k
@@ -56,7 +57,7 @@ __version__ = "0.1.0"
 __all__ = ["quantize_act", "quantize_weight", "fp8_gemm", "linear", "calc_diff",
            "dequantize_act", "dequantize_weight", "BACKENDS",
            "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked", "m_grouped_fp8_gemm_contiguous_swiglu",
-           "GROUPED_M_ALIGNMENT", "MAX_GROUPS",
+           "m_grouped_fp8_gemm_masked_swiglu", "GROUPED_M_ALIGNMENT", "MAX_GROUPS",
            "ContiguousLayout", "build_contiguous_layout", "contiguous_rows_bound", "group_sizes_from_m_indices",
            "permute_tokens", "unpermute_tokens", "PreparedWeight", "prepare_weight",
            "fp8_gemm_swiglu", "swiglu", "prepare_gate_up", "unprepare_gate_up"]
@@ -325,8 +326,8 @@ def m_grouped_fp8_gemm_contiguous(a: torch.Tensor, a_scales: torch.Tensor, b: to
 
 def m_grouped_fp8_gemm_contiguous_swiglu(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor,
                                          b_scales: torch.Tensor, group_sizes: torch.Tensor | ContiguousLayout,
-                                         ue8m0: bool = False,
-                                         backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                                         ue8m0: bool = False, backend: str = "auto",
+                                         expected_m: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixture-of-experts gate/up projection, SwiGLU and the down projection's quantization in one kernel (ptx):
     (q, scales) = quantize_act(swiglu(h_gate_up), ue8m0) on the groups' real rows, where h_gate_up is
     m_grouped_fp8_gemm_contiguous(a, a_scales, b, b_scales, group_sizes) in bf16 and each expert's N = 2I rows of b
@@ -339,15 +340,20 @@ def m_grouped_fp8_gemm_contiguous_swiglu(a: torch.Tensor, a_scales: torch.Tensor
     m_grouped_fp8_gemm_contiguous; 2I a multiple of 256. Returns q (M, I) fp8 e4m3 and scales (M, I/128) fp32 in
     quantize_act's layout, which m_grouped_fp8_gemm_contiguous takes as the down projection's input with the same
     group sizes. Rows outside the groups' real rows (padding, rows past the last segment) are unspecified: the
-    kernel never writes them. backend: "auto", "ptx" or "reference". Forward only."""
+    kernel never writes them. expected_m, the real rows per group the tile choice plans for (only a hint): by
+    default, given a ContiguousLayout, its routed choices / groups (a layout sized by contiguous_rows_bound holds far
+    more rows than choices at decode), else M / groups. backend: "auto", "ptx" or "reference". Forward only."""
     _check_flag("ue8m0", ue8m0)
     _check_backend(backend)
+    if expected_m is None:  # (0: the op's M / groups)
+        experts = group_sizes.num_experts if isinstance(group_sizes, ContiguousLayout) else 0
+        expected_m = (group_sizes.row_of.numel() + experts - 1) // experts if experts else 0
     group_sizes = _contiguous_group_sizes(group_sizes, a)
     _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales)
     if torch.is_grad_enabled():
         _forward_only("m_grouped_fp8_gemm_contiguous_swiglu", a=a, a_scales=a_scales, b=b, b_scales=b_scales)
-    return torch.ops.deepergemm.m_grouped_fp8_gemm_contiguous_swiglu(a, a_scales, b, b_scales, group_sizes, ue8m0,
-                                                                     backend)
+    return torch.ops.deepergemm.m_grouped_fp8_gemm_contiguous_swiglu(a, a_scales, b, b_scales, group_sizes,
+                                                                     expected_m, ue8m0, backend)
 
 
 def m_grouped_fp8_gemm_masked(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
@@ -374,3 +380,22 @@ def m_grouped_fp8_gemm_masked(a: torch.Tensor, a_scales: torch.Tensor, b: torch.
         _check_out_agrees(out, out_dtype)
     torch.ops.deepergemm.m_grouped_fp8_gemm_masked(a, a_scales, b, b_scales, masked_m, expected_m, out, backend)
     return out
+
+
+def m_grouped_fp8_gemm_masked_swiglu(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor,
+                                     b_scales: torch.Tensor, masked_m: torch.Tensor, expected_m: int,
+                                     ue8m0: bool = False,
+                                     backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """m_grouped_fp8_gemm_contiguous_swiglu for the masked layout (decode): a (groups, max_m, K), a_scales,
+    masked_m and expected_m as for m_grouped_fp8_gemm_masked; b (groups, 2I, K) gate rows then up rows per expert.
+    Returns q (groups, max_m, I) fp8 e4m3 and scales (groups, max_m, I/128) fp32, a view of scales in quantize_act's
+    layout over the groups' rows back to back, which m_grouped_fp8_gemm_masked takes as the down projection's input
+    as is. Rows r >= masked_m[g] are unspecified (never written). Forward only."""
+    _check_flag("ue8m0", ue8m0)
+    _check_backend(backend)
+    _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales, masked_m=masked_m)
+    _layouts.check_expected_m(expected_m)
+    if torch.is_grad_enabled():
+        _forward_only("m_grouped_fp8_gemm_masked_swiglu", a=a, a_scales=a_scales, b=b, b_scales=b_scales)
+    return torch.ops.deepergemm.m_grouped_fp8_gemm_masked_swiglu(a, a_scales, b, b_scales, masked_m, expected_m,
+                                                                 ue8m0, backend)

@@ -227,7 +227,7 @@ class Variant:
     # SwiGLU fused into the fp8 output (key suffix "swiglu" in place of "q"; SWIGLU_VARIANTS): B is a gate/up weight
     # with its rows interleaved per 128 (layouts.interleave_gate_up), a 64 x 256 tile's first math warpgroup holds a
     # 128-column gate group and the second the matching up group, and the epilogue stores the fp8 quantization of
-    # SwiGLU(gate, up) (N / 2 columns). Implies fp8_out; template parameter FP8_OUT = 2. Grouped contiguous
+    # SwiGLU(gate, up) (N / 2 columns). Implies fp8_out; template parameter FP8_OUT = 2. Grouped
     # (GROUPED_SWIGLU_VARIANTS): each group's N rows of B are in halves, gate [0, N/2) then up [N/2, N), as stacked
     # experts are stored (no interleaving).
     swiglu: bool = False
@@ -277,9 +277,9 @@ class Variant:
             problems.append("fp8 output needs unswapped tiles, ungrouped but for SwiGLU, whose math warpgroups each "
                             "cover whole 128-column groups (warpgroup N a multiple of 128)")
         if self.swiglu and (not self.fp8_out or self.block_m != 64 or self.block_n != 256 or self.math_wgs != 2
-                            or self.splits != 1 or self.grouping == GROUP_MASKED or self.swapped):
+                            or self.splits != 1 or self.swapped):
             problems.append("SwiGLU output needs fp8 output on 64x256 tiles with two math warpgroups (gate, up), "
-                            "no split-K, plain or grouped contiguous, not swapped")
+                            "no split-K, not swapped")
         if self.pairs and (self.dual_acc or self.splits != 1 or self.grouping != GROUP_NONE or self.swapped
                            or self.fp8_out):
             problems.append("the 256-K recipe's pairs take one partial set on plain tiles: no dual accumulators, "
@@ -1225,23 +1225,27 @@ def _grouped_choice(variant: Variant, rows_per_group: int, groups: int, n: int, 
 # ----------------------------------------------------------------------------------------------
 # grouped SwiGLU: the experts' gate/up GEMM, SwiGLU and the down projection's quantization in one kernel
 # ----------------------------------------------------------------------------------------------
-# The SwiGLU unit (64 x 256, warpgroup 0 the gate and warpgroup 1 the up columns) on the contiguous grouped
-# scheduler, each expert's B rows in halves (gate, then up: no interleaved copy of the stacked weights). Alone, or
-# as 2x1 B-multicast pairs where the dense SwiGLU pairs (K >= SMALL_M_CLUSTER_MIN_K) and rounding each group's
-# M-tiles up to pairs adds at most GROUPED_PAIR_MAX_WASTE of them (the grouped 128-row pairs' rule). Not yet timed on
-# a GPU: these rules carry the dense and grouped units' measurements over.
-GROUPED_SWIGLU_VARIANTS: tuple[Variant, ...] = tuple(replace(v, grouping=GROUP_CONTIGUOUS) for v in SWIGLU_VARIANTS)
+# The SwiGLU unit (64 x 256, warpgroup 0 the gate and warpgroup 1 the up columns) on the grouped schedulers
+# (contiguous, masked), each expert's B rows in halves (gate, then up: no interleaved copy of the stacked weights).
+# Alone, or as 2x1 B-multicast pairs where the dense SwiGLU pairs (K >= SMALL_M_CLUSTER_MIN_K) and rounding each
+# group's M-tiles up to pairs adds at most GROUPED_PAIR_MAX_WASTE of them (the grouped 128-row pairs' rule). Not yet
+# timed on a GPU: these rules carry the dense and grouped units' measurements over.
+GROUPED_SWIGLU_VARIANTS: tuple[Variant, ...] = tuple(replace(v, grouping=grouping) for grouping in GROUPED_TILES
+                                                     for v in SWIGLU_VARIANTS)
 # What CI compiles (and `warmup --variants tested` builds): the tested plain variants (swapped ones included),
 # the grouped ones, the fp8-output and SwiGLU ones and the 256-K recipe's.
 BUILT_VARIANTS: tuple[Variant, ...] = (TESTED_VARIANTS + GROUPED_VARIANTS + FP8_OUT_VARIANTS + SWIGLU_VARIANTS
                                        + GROUPED_SWIGLU_VARIANTS + RECIPE_256_VARIANTS)
 
 
-def select_grouped_swiglu(rows_per_group: int, groups: int, n: int, k: int, num_sms: int,
+def select_grouped_swiglu(grouping: int, rows_per_group: int, groups: int, n: int, k: int, num_sms: int,
                           sw: Switches | None = None) -> Choice:
-    """The grouped SwiGLU variant and launch for `groups` experts of about rows_per_group rows each, B (groups, N, K)
-    with N = 2 * intermediate a multiple of 256 (DEEPERGEMM_SMALL_M_CLUSTER=0: never paired)."""
+    """The grouped SwiGLU variant and launch for `groups` experts of about rows_per_group rows each (masked:
+    expected_m), B (groups, N, K) with N = 2 * intermediate a multiple of 256 (DEEPERGEMM_SMALL_M_CLUSTER=0: never
+    paired)."""
     sw = sw or switches()
+    if grouping not in GROUPED_TILES:
+        raise ValueError(f"select_grouped_swiglu: grouping must be GROUP_CONTIGUOUS or GROUP_MASKED, got {grouping!r}")
     if n % (2 * BLOCK_K) or n <= 0:
         raise ValueError(f"select_grouped_swiglu: N must be a positive multiple of {2 * BLOCK_K}, got {n}")
     if rows_per_group < 1 or groups < 1 or k < BLOCK_K or num_sms < 1:
@@ -1252,7 +1256,8 @@ def select_grouped_swiglu(rows_per_group: int, groups: int, n: int, k: int, num_
     paired = (sw.flag("DEEPERGEMM_SMALL_M_CLUSTER", True) and k >= SMALL_M_CLUSTER_MIN_K
               and waste <= GROUPED_PAIR_MAX_WASTE)
     cluster = SMALL_M_CLUSTER if paired else (1, 1)
-    variant = next(v for v in GROUPED_SWIGLU_VARIANTS if (v.cluster_m, v.cluster_n) == cluster)
+    variant = next(v for v in GROUPED_SWIGLU_VARIANTS
+                   if (v.cluster_m, v.cluster_n) == cluster and v.grouping == grouping)
     return _grouped_choice(variant, rows_per_group, groups, n, num_sms, sw)
 
 

@@ -16,7 +16,7 @@ from . import configs, extension
 
 # deepergemm::_plan's kinds (ptx/binding.cpp's PlanKind)
 PLAN_PLAIN, PLAN_PLACED, PLAN_CONTIGUOUS, PLAN_MASKED, PLAN_FP8_OUT, PLAN_SWIGLU, PLAN_RECIPE_256 = 0, 1, 2, 3, 4, 5, 6
-PLAN_GROUPED_SWIGLU = 7
+PLAN_GROUPED_SWIGLU, PLAN_MASKED_SWIGLU = 7, 8
 _BIAS_KIND = {None: 0, torch.float32: 1, torch.bfloat16: 2}
 
 
@@ -44,10 +44,10 @@ def plan(kind: int, device: int, m: int, n: int, k: int, groups: int, rows: int,
     """A problem's plan for the binding: [variant id, group_n, l2_hints, stream_k, side 0's N-tiles, pdl, unfused]
     (unfused: an fp8-output or SwiGLU problem runs as the bf16 GEMM of this plan, then the Triton steps).
     kind: PLAN_* (PLAN_FP8_OUT: the fp8-output variants, configs.select_fp8_out; PLAN_SWIGLU: configs.select_swiglu,
-    n = B's rows; PLAN_RECIPE_256: configs.select_recipe_256, a pairs variant or a 128 one; PLAN_GROUPED_SWIGLU:
-    configs.select_grouped_swiglu, or the contiguous grouped bf16 GEMM's plan where configs.grouped_swiglu_fused says
-    no); grouped plans take the groups and the rows per group the tile choice plans for; placed plans the
-    placement's split row and whether to schedule the N-tiles by L2 side."""
+    n = B's rows; PLAN_RECIPE_256: configs.select_recipe_256, a pairs variant or a 128 one; PLAN_GROUPED_SWIGLU /
+    PLAN_MASKED_SWIGLU: configs.select_grouped_swiglu, or the grouped bf16 GEMM's plan where
+    configs.grouped_swiglu_fused says no); grouped plans take the groups and the rows per group the tile choice plans
+    for; placed plans the placement's split row and whether to schedule the N-tiles by L2 side."""
     sms = sm_count(device)
     sw = configs.switches()
     side0 = None
@@ -66,11 +66,12 @@ def plan(kind: int, device: int, m: int, n: int, k: int, groups: int, rows: int,
     elif kind in (PLAN_CONTIGUOUS, PLAN_MASKED):
         grouping = configs.GROUP_CONTIGUOUS if kind == PLAN_CONTIGUOUS else configs.GROUP_MASKED
         choice = configs.select_grouped(grouping, max(1, rows), groups, n, k, sms, sw=sw)
-    elif kind == PLAN_GROUPED_SWIGLU:
+    elif kind in (PLAN_GROUPED_SWIGLU, PLAN_MASKED_SWIGLU):
+        grouping = configs.GROUP_CONTIGUOUS if kind == PLAN_GROUPED_SWIGLU else configs.GROUP_MASKED
         if configs.grouped_swiglu_fused(sw):
-            choice = configs.select_grouped_swiglu(max(1, rows), groups, n, k, sms, sw=sw)
+            choice = configs.select_grouped_swiglu(grouping, max(1, rows), groups, n, k, sms, sw=sw)
         else:  # the grouped bf16 GEMM's plan, then the Triton steps
-            choice = configs.select_grouped(configs.GROUP_CONTIGUOUS, max(1, rows), groups, n, k, sms, sw=sw)
+            choice = configs.select_grouped(grouping, max(1, rows), groups, n, k, sms, sw=sw)
             unfused = True
     else:
         raise ValueError(f"deepergemm::_plan: unknown kind {kind}")

@@ -471,28 +471,50 @@ def check_grouped_contiguous_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: 
     return m, n, k, groups
 
 
-def check_grouped_swiglu_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-                                group_sizes: torch.Tensor) -> tuple[int, int, int, int]:
-    """Rules of m_grouped_fp8_gemm_contiguous_swiglu: the contiguous form's (no out), then each group's N rows of b
-    as its gate rows [0, N/2) and its up rows [N/2, N), N/2 a multiple of 128; returns (M, N, K, groups), N = 2I."""
-    m, n, k, groups = check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, None)
+def _check_swiglu_halves(n: int, op: str) -> None:
+    """The grouped SwiGLU forms' extra rule: each group's N rows of b are its gate rows [0, N/2), then its up rows
+    [N/2, N), N/2 a multiple of 128."""
     if n % SWIGLU_GROUP:
         raise ValueError(f"N (b.shape[1]: each group's gate rows, then its up rows) must be a positive multiple of "
-                         f"{SWIGLU_GROUP} for m_grouped_fp8_gemm_contiguous_swiglu, got N={n}")
+                         f"{SWIGLU_GROUP} for {op}, got N={n}")
+
+
+def check_grouped_swiglu_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
+                                group_sizes: torch.Tensor, expected_m: int) -> tuple[int, int, int, int]:
+    """Rules of m_grouped_fp8_gemm_contiguous_swiglu: the contiguous form's (no out), then b's rows in gate and up
+    halves per group, expected_m >= 0 (a hint; 0: M / groups); returns (M, N, K, groups), N = 2I."""
+    m, n, k, groups = check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, None)
+    _check_swiglu_halves(n, "m_grouped_fp8_gemm_contiguous_swiglu")
+    check_expected_m(expected_m, zero_ok=True)
     return m, n, k, groups
 
 
-def check_expected_m(expected_m) -> None:
-    if isinstance(expected_m, bool) or not isinstance(expected_m, (int, torch.SymInt)) or expected_m < 1:
-        raise ValueError(f"expected_m must be an int >= 1 (the rows per group the tile choice plans for), "
+def check_grouped_masked_swiglu_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor,
+                                       b_scales: torch.Tensor, masked_m: torch.Tensor,
+                                       expected_m: int) -> tuple[int, int, int, int]:
+    """Rules of m_grouped_fp8_gemm_masked_swiglu: the masked form's (no out), then b's rows in gate and up halves
+    per group; returns (groups, max_m, N, K), N = 2I."""
+    groups, max_m, n, k = check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, None)
+    _check_swiglu_halves(n, "m_grouped_fp8_gemm_masked_swiglu")
+    return groups, max_m, n, k
+
+
+def check_expected_m(expected_m, zero_ok: bool = False) -> None:
+    """expected_m: an int >= 1 (masked), or >= 0 where 0 means M / groups (the contiguous SwiGLU form)."""
+    least = 0 if zero_ok else 1
+    if isinstance(expected_m, bool) or not isinstance(expected_m, (int, torch.SymInt)) or expected_m < least:
+        what = "; 0: M / groups" if zero_ok else ""
+        raise ValueError(f"expected_m must be an int >= {least} (the rows per group the tile choice plans for{what}), "
                          f"got {expected_m!r}")
 
 
 def check_grouped_masked_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-                                masked_m: torch.Tensor, expected_m: int, out: torch.Tensor) -> tuple[int, int, int, int]:
+                                masked_m: torch.Tensor, expected_m: int,
+                                out: torch.Tensor | None) -> tuple[int, int, int, int]:
     """Rules of m_grouped_fp8_gemm_masked; returns (groups, max_m, N, K). a (groups, max_m, K) fp8 contiguous with
     a_scales (groups, max_m, K/128) fp32; b, b_scales as for the contiguous form; masked_m (groups,) int32;
-    expected_m >= 1 (a hint); out (groups, max_m, N) bf16 or fp32, contiguous; all on one device."""
+    expected_m >= 1 (a hint); out (groups, max_m, N) bf16 or fp32, contiguous (None: the SwiGLU form, which makes
+    its own); all on one device."""
     for name, t in (("a", a), ("a_scales", a_scales), ("b", b), ("b_scales", b_scales)):
         _require_tensor(name, t)
     _require_dtype("a", a, (FP8_DTYPE,))
@@ -513,7 +535,9 @@ def check_grouped_masked_inputs(a: torch.Tensor, a_scales: torch.Tensor, b: torc
                          f"{tuple(a_scales.shape)}")
     _check_group_counts("masked_m", masked_m, groups)
     check_expected_m(expected_m)
-    _check_grouped_out(out, (groups, max_m, n))
-    _require_same_device({"a": a, "a_scales": a_scales, "b": b, "b_scales": b_scales, "masked_m": masked_m,
-                          "out": out})
+    named = {"a": a, "a_scales": a_scales, "b": b, "b_scales": b_scales, "masked_m": masked_m}
+    if out is not None:
+        _check_grouped_out(out, (groups, max_m, n))
+        named["out"] = out
+    _require_same_device(named)
     return groups, max_m, n, k

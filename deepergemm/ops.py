@@ -19,14 +19,17 @@ Ops (``torch.ops.deepergemm.*``):
   m_grouped_fp8_gemm_masked(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor masked_m,
                             int expected_m, Tensor(a!) out, str backend="auto") -> ()
   m_grouped_fp8_gemm_contiguous_swiglu(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor group_sizes,
-                                       bool ue8m0=False, str backend="auto") -> (Tensor q, Tensor scales)
+                                       int expected_m=0, bool ue8m0=False, str backend="auto")
+                                       -> (Tensor q, Tensor scales)
+  m_grouped_fp8_gemm_masked_swiglu(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor masked_m,
+                                   int expected_m, bool ue8m0=False, str backend="auto") -> (Tensor q, Tensor scales)
                   (quantize_act(swiglu(the grouped bf16 GEMM)), each expert's b rows gate then up)
 
 CPU kernels run the pure-torch reference (deepergemm.reference); fake kernels give shapes, dtypes and strides
 only, so the ops trace under torch.compile(fullgraph=True) and replay in CUDA graphs (no host sync, no
 allocation outside PyTorch's caching allocator). The quantizers, linear and the GEMM ops are defined with
 torch.library.Library (not custom_op, whose Python autograd wrapper costs ~10 us a call; none has a backward). CUDA:
-the quantizers run Triton kernels; the seven GEMM ops' CUDA kernels are C++ (ptx/binding.cpp, loaded by
+the quantizers run Triton kernels; the eight GEMM ops' CUDA kernels are C++ (ptx/binding.cpp, loaded by
 deepergemm/extension.py): input rules, plan and launch with no Python in between. Until that binding is loaded, a CompositeExplicitAutograd kernel stands in: it loads the
 binding on first use (on a Hopper GPU) and calls the op again, or runs the Python CUDA path (cuBLAS) where the
 binding cannot be built. The binding calls back into Python only for a problem's first plan (_plan) and for the
@@ -488,44 +491,87 @@ _define_gemm_op("m_grouped_fp8_gemm_masked(Tensor a, Tensor a_scales, Tensor b, 
 
 
 # ----------------------------------------------------------------------------------------------
-# m_grouped_fp8_gemm_contiguous_swiglu: quantize_act(swiglu(the contiguous grouped bf16 GEMM)) of stacked experts'
-# gate/up weights in halves (ptx: one kernel; the reference: the steps). Rows outside the groups' real rows of the
-# outputs are unspecified (the kernel never writes them; the steps here quantize zeros there).
+# m_grouped_fp8_gemm_contiguous_swiglu, m_grouped_fp8_gemm_masked_swiglu: quantize_act(swiglu(the grouped bf16
+# GEMM)) of stacked experts' gate/up weights in halves (ptx: one kernel; the reference: the steps). Rows outside the
+# groups' real rows of the outputs are unspecified (the kernel never writes them; the steps here quantize zeros).
 # ----------------------------------------------------------------------------------------------
+def _swiglu_of_halves(gate_up, ue8m0, quantize, swiglu):
+    """quantize_act(swiglu(...)) of a grouped bf16 GEMM's (rows, 2I) output, gate and up columns in halves."""
+    return quantize(swiglu(layouts.interleave_halves(gate_up)), ue8m0)
+
+
 def _grouped_swiglu_steps(a, a_scales, b, b_scales, group_sizes, ue8m0, quantize, swiglu):
     m, n = a.shape[0], b.shape[1]
     gate_up = torch.zeros((m, n), dtype=torch.bfloat16, device=a.device)
     reference.m_grouped_fp8_gemm_contiguous(a, a_scales, b, b_scales, group_sizes, gate_up,
                                             layouts.GROUPED_M_ALIGNMENT)
-    return quantize(swiglu(layouts.interleave_halves(gate_up)), ue8m0)
+    return _swiglu_of_halves(gate_up, ue8m0, quantize, swiglu)
 
 
-def _grouped_swiglu_cpu(a, a_scales, b, b_scales, group_sizes, ue8m0=False, backend="auto"):
-    layouts.check_grouped_swiglu_inputs(a, a_scales, b, b_scales, group_sizes)
+def _masked_swiglu_steps(a, a_scales, b, b_scales, masked_m, ue8m0, quantize, swiglu):
+    groups, max_m, _ = a.shape
+    n = b.shape[1]
+    gate_up = torch.zeros((groups, max_m, n), dtype=torch.bfloat16, device=a.device)
+    reference.m_grouped_fp8_gemm_masked(a, a_scales, b, b_scales, masked_m, gate_up)
+    q, s = _swiglu_of_halves(gate_up.view(groups * max_m, n), ue8m0, quantize, swiglu)
+    return q.view(groups, max_m, n // 2), s.view(groups, max_m, n // (2 * GROUP_K))
+
+
+def _grouped_swiglu_cpu(a, a_scales, b, b_scales, group_sizes, expected_m=0, ue8m0=False, backend="auto"):
+    layouts.check_grouped_swiglu_inputs(a, a_scales, b, b_scales, group_sizes, expected_m)
     resolve_grouped_backend(backend, a.device)  # validates the name; CPU always runs the reference
     return _grouped_swiglu_steps(a, a_scales, b, b_scales, group_sizes, ue8m0, _quantize_act_cpu, reference.swiglu)
 
 
-def _grouped_swiglu_python(a, a_scales, b, b_scales, group_sizes, ue8m0=False, backend="auto"):
-    m, n, _, _ = layouts.check_grouped_swiglu_inputs(a, a_scales, b, b_scales, group_sizes)
+def _grouped_swiglu_python(a, a_scales, b, b_scales, group_sizes, expected_m=0, ue8m0=False, backend="auto"):
+    m, n, _, _ = layouts.check_grouped_swiglu_inputs(a, a_scales, b, b_scales, group_sizes, expected_m)
     chosen = resolve_grouped_backend(backend, a.device)
     if chosen == "ptx":  # (the binding loaded meanwhile)
         return torch.ops.deepergemm.m_grouped_fp8_gemm_contiguous_swiglu.default(a, a_scales, b, b_scales,
-                                                                                 group_sizes, ue8m0, chosen)
+                                                                                 group_sizes, expected_m, ue8m0, chosen)
     if m == 0:
-        return _grouped_swiglu_fake(a, a_scales, b, b_scales, group_sizes, ue8m0, backend)
+        return _grouped_swiglu_fake(a, a_scales, b, b_scales, group_sizes, expected_m, ue8m0, backend)
     return _grouped_swiglu_steps(a, a_scales, b, b_scales, group_sizes, ue8m0, torch.ops.deepergemm.quantize_act,
                                  torch.ops.deepergemm.swiglu)
 
 
-def _grouped_swiglu_fake(a, a_scales, b, b_scales, group_sizes, ue8m0=False, backend="auto"):
-    m, n, _, _ = layouts.check_grouped_swiglu_inputs(a, a_scales, b, b_scales, group_sizes)
+def _grouped_swiglu_fake(a, a_scales, b, b_scales, group_sizes, expected_m=0, ue8m0=False, backend="auto"):
+    m, n, _, _ = layouts.check_grouped_swiglu_inputs(a, a_scales, b, b_scales, group_sizes, expected_m)
     return a.new_empty((m, n // 2), dtype=reference.FP8_DTYPE), layouts.empty_act_scales(m, n // 2, a.device)
 
 
 _define_gemm_op("m_grouped_fp8_gemm_contiguous_swiglu(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, "
-                "Tensor group_sizes, bool ue8m0=False, str backend='auto') -> (Tensor, Tensor)",
+                "Tensor group_sizes, int expected_m=0, bool ue8m0=False, str backend='auto') -> (Tensor, Tensor)",
                 _grouped_swiglu_cpu, _grouped_swiglu_python, _grouped_swiglu_fake)
+
+
+def _masked_swiglu_cpu(a, a_scales, b, b_scales, masked_m, expected_m, ue8m0=False, backend="auto"):
+    layouts.check_grouped_masked_swiglu_inputs(a, a_scales, b, b_scales, masked_m, expected_m)
+    resolve_grouped_backend(backend, a.device)
+    return _masked_swiglu_steps(a, a_scales, b, b_scales, masked_m, ue8m0, _quantize_act_cpu, reference.swiglu)
+
+
+def _masked_swiglu_python(a, a_scales, b, b_scales, masked_m, expected_m, ue8m0=False, backend="auto"):
+    _, max_m, _, _ = layouts.check_grouped_masked_swiglu_inputs(a, a_scales, b, b_scales, masked_m, expected_m)
+    chosen = resolve_grouped_backend(backend, a.device)
+    if chosen == "ptx":  # (the binding loaded meanwhile)
+        return torch.ops.deepergemm.m_grouped_fp8_gemm_masked_swiglu.default(a, a_scales, b, b_scales, masked_m,
+                                                                             expected_m, ue8m0, chosen)
+    if max_m == 0:
+        return _masked_swiglu_fake(a, a_scales, b, b_scales, masked_m, expected_m, ue8m0, backend)
+    return _masked_swiglu_steps(a, a_scales, b, b_scales, masked_m, ue8m0, torch.ops.deepergemm.quantize_act,
+                                torch.ops.deepergemm.swiglu)
+
+
+def _masked_swiglu_fake(a, a_scales, b, b_scales, masked_m, expected_m, ue8m0=False, backend="auto"):
+    groups, max_m, n, _ = layouts.check_grouped_masked_swiglu_inputs(a, a_scales, b, b_scales, masked_m, expected_m)
+    scales = layouts.empty_act_scales(groups * max_m, n // 2, a.device).view(groups, max_m, n // (2 * GROUP_K))
+    return a.new_empty((groups, max_m, n // 2), dtype=reference.FP8_DTYPE), scales
+
+
+_define_gemm_op("m_grouped_fp8_gemm_masked_swiglu(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, "
+                "Tensor masked_m, int expected_m, bool ue8m0=False, str backend='auto') -> (Tensor, Tensor)",
+                _masked_swiglu_cpu, _masked_swiglu_python, _masked_swiglu_fake)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -453,21 +453,18 @@ std::array<int64_t, 4> check_grouped_contiguous_inputs(const Tensor& a, const Te
   return {m, n, k, groups};
 }
 
-// layouts.check_grouped_swiglu_inputs: the contiguous form's rules (no out), then each group's N rows of b as gate
-// and up halves; returns (M, N, K, groups), N = 2I
-std::array<int64_t, 4> check_grouped_swiglu_inputs(const Tensor& a, const Tensor& a_scales, const Tensor& b,
-                                                   const Tensor& b_scales, const Tensor& group_sizes) {
-  const auto mnkg = check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, nullptr);
-  TORCH_CHECK_VALUE(mnkg[1] % (2 * dg::kBlockK) == 0, cat("N (b.shape[1]: each group's gate rows, then its up rows) "
-                    "must be a positive multiple of ", 2 * dg::kBlockK, " for m_grouped_fp8_gemm_contiguous_swiglu, "
-                    "got N=", mnkg[1]));
-  return mnkg;
+
+// layouts.check_expected_m: >= 1, or >= 0 where 0 means M / groups (the contiguous SwiGLU form)
+void check_expected_m(int64_t expected_m, bool zero_ok) {
+  const int64_t least = zero_ok ? 0 : 1;
+  TORCH_CHECK_VALUE(expected_m >= least, cat("expected_m must be an int >= ", least, " (the rows per group the tile "
+                    "choice plans for", zero_ok ? "; 0: M / groups" : "", "), got ", expected_m));
 }
 
-// layouts.check_grouped_masked_inputs; returns (groups, max_m, N, K)
+// layouts.check_grouped_masked_inputs (out: none for the SwiGLU form); returns (groups, max_m, N, K)
 std::array<int64_t, 4> check_grouped_masked_inputs(const Tensor& a, const Tensor& a_scales, const Tensor& b,
                                                    const Tensor& b_scales, const Tensor& masked_m, int64_t expected_m,
-                                                   const Tensor& out) {
+                                                   const Tensor* out) {
   require_dtype("a", a, {at::kFloat8_e4m3fn});
   require_rank("a", a, 3, "(groups, max_m, K)");
   const int64_t groups_a = a.size(0), max_m = a.size(1), k = a.size(2);
@@ -486,11 +483,22 @@ std::array<int64_t, 4> check_grouped_masked_inputs(const Tensor& a, const Tensor
                         a_scales.size(2) == k / dg::kBlockK, cat("a_scales must have shape (groups, max_m, K/128) = ", tuple_str({groups, max_m, k / dg::kBlockK}),
                     ", got ", tuple_str(a_scales.sizes())));
   check_group_counts("masked_m", masked_m, groups);
-  TORCH_CHECK_VALUE(expected_m >= 1, cat("expected_m must be an int >= 1 (the rows per group the tile choice plans for), got ", expected_m));
-  check_grouped_out(out, {groups, max_m, n});
-  require_same_device({{"a", &a}, {"a_scales", &a_scales}, {"b", &b}, {"b_scales", &b_scales}, {"masked_m", &masked_m},
-                       {"out", &out}});
+  check_expected_m(expected_m, false);
+  if (out != nullptr) {
+    check_grouped_out(*out, {groups, max_m, n});
+    require_same_device({{"a", &a}, {"a_scales", &a_scales}, {"b", &b}, {"b_scales", &b_scales},
+                         {"masked_m", &masked_m}, {"out", out}});
+  } else {
+    require_same_device({{"a", &a}, {"a_scales", &a_scales}, {"b", &b}, {"b_scales", &b_scales},
+                         {"masked_m", &masked_m}});
+  }
   return {groups, max_m, n, k};
+}
+
+// The grouped SwiGLU forms' extra rule: each group's N rows of b are its gate rows, then its up rows.
+void check_swiglu_halves(int64_t n, const char* op) {
+  TORCH_CHECK_VALUE(n % (2 * dg::kBlockK) == 0, cat("N (b.shape[1]: each group's gate rows, then its up rows) "
+                    "must be a positive multiple of ", 2 * dg::kBlockK, " for ", op, ", got N=", n));
 }
 
 // layouts.to_act_scale_layout: M-major with a 16-byte aligned K-group stride, copied only when needed
@@ -1022,7 +1030,7 @@ void launch(LoadedVariant& v, const LaunchArgs& x) {
 // =============================================================================================
 enum PlanKind : int64_t {
   kPlanPlain = 0, kPlanPlaced = 1, kPlanContiguous = 2, kPlanMasked = 3, kPlanFp8Out = 4, kPlanSwiglu = 5,
-  kPlanRecipe256 = 6, kPlanGroupedSwiglu = 7
+  kPlanRecipe256 = 6, kPlanGroupedSwiglu = 7, kPlanMaskedSwiglu = 8
 };
 
 struct Plan {
@@ -1303,7 +1311,7 @@ void m_grouped_fp8_gemm_contiguous(const Tensor& a, const Tensor& a_scales, cons
 
 void m_grouped_fp8_gemm_masked(const Tensor& a, const Tensor& a_scales, const Tensor& b, const Tensor& b_scales,
                                const Tensor& masked_m, int64_t expected_m, Tensor& out, c10::string_view backend) {
-  auto [groups, max_m, n, k] = check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, out);
+  auto [groups, max_m, n, k] = check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, &out);
   const Backend chosen = resolve_grouped_backend(backend, a.device());
   if (chosen != Backend::kPtx) {
     static auto slow = python_impl("deepergemm::_m_grouped_fp8_gemm_masked_python")
@@ -1323,36 +1331,71 @@ void m_grouped_fp8_gemm_masked(const Tensor& a, const Tensor& a_scales, const Te
                  masked_m, max_m, out2);
 }
 
-// Grouped SwiGLU: quantize_act(swiglu(the contiguous grouped bf16 GEMM)) of stacked experts' gate/up weights, each
-// group's N rows in halves (gate, then up), in one kernel: q (M, N/2) fp8 and its scales. Only the groups' real rows
-// are written.
+// The grouped SwiGLU forms' launch on rows (the groups' rows back to back: contiguous segments, or masked groups
+// of max_m rows): q (rows, N/2) fp8 and its scales, M-major over all rows. Only the groups' real rows are written.
+// Fused unless the plan says otherwise; then the grouped bf16 GEMM, its halves interleaved per 128, and the Triton
+// steps (the same bits).
+std::tuple<Tensor, Tensor> grouped_swiglu_launch(PlanKind kind, int grouping, const Tensor& a2, const Tensor& a_scales2,
+                                                 const Tensor& b, const Tensor& b_scales, const Tensor& group_rows,
+                                                 int64_t group_stride, int64_t rows_hint, bool ue8m0) {
+  const int64_t rows = a2.size(0), k = a2.size(1), groups = b.size(0), n = b.size(1);
+  Tensor q = at::empty({rows, n / 2}, a2.options().dtype(at::kFloat8_e4m3fn));
+  Tensor scales = empty_act_scales(rows, n / 2, a2.options());
+  if (rows == 0) return {q, scales};
+  c10::DeviceGuard guard(a2.device());
+  const Plan plan = plan_for({kind, a2.device().index(), rows, n, k, groups, rows_hint, 0, 0});
+  if (plan.unfused) {
+    Tensor y = at::empty({rows, n}, a2.options().dtype(at::kBFloat16));
+    grouped_launch(plan, grouping, a2, a_scales2, b, b_scales, group_rows, group_stride, y);
+    return quantize_bf16_output(
+        y.view({rows, 2, n / (2 * dg::kBlockK), dg::kBlockK}).transpose(1, 2).reshape({rows, n}), true, ue8m0);
+  }
+  grouped_launch(plan, grouping, a2, a_scales2, b, b_scales, group_rows, group_stride, q, &scales, ue8m0);
+  return {q, scales};
+}
+
+// Grouped SwiGLU, contiguous: quantize_act(swiglu(the grouped bf16 GEMM)) of stacked experts' gate/up weights, each
+// group's N rows in halves (gate, then up), in one kernel: q (M, N/2) fp8 and its scales.
+// expected_m: the real rows per group the tile choice plans for (0: M / groups, padding included).
 std::tuple<Tensor, Tensor> m_grouped_fp8_gemm_contiguous_swiglu(const Tensor& a, const Tensor& a_scales,
                                                                 const Tensor& b, const Tensor& b_scales,
-                                                                const Tensor& group_sizes, bool ue8m0,
-                                                                c10::string_view backend) {
-  auto [m, n, k, groups] = check_grouped_swiglu_inputs(a, a_scales, b, b_scales, group_sizes);
+                                                                const Tensor& group_sizes, int64_t expected_m,
+                                                                bool ue8m0, c10::string_view backend) {
+  auto [m, n, k, groups] = check_grouped_contiguous_inputs(a, a_scales, b, b_scales, group_sizes, nullptr);
+  check_swiglu_halves(n, "m_grouped_fp8_gemm_contiguous_swiglu");
+  check_expected_m(expected_m, true);
   const Backend chosen = resolve_grouped_backend(backend, a.device());
   if (chosen != Backend::kPtx) {
     static auto slow = python_impl("deepergemm::_m_grouped_fp8_gemm_contiguous_swiglu_python")
                            .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                             const Tensor&, bool, c10::string_view)>();
-    return slow.call(a, a_scales, b, b_scales, group_sizes, ue8m0, backend_name(chosen));
+                                                             const Tensor&, int64_t, bool, c10::string_view)>();
+    return slow.call(a, a_scales, b, b_scales, group_sizes, expected_m, ue8m0, backend_name(chosen));
   }
-  Tensor q = at::empty({m, n / 2}, a.options().dtype(at::kFloat8_e4m3fn));
-  Tensor scales = empty_act_scales(m, n / 2, a.options());
-  if (m == 0) return {q, scales};
-  c10::DeviceGuard guard(a.device());
-  const int64_t rows_hint = std::max<int64_t>(1, ceil_div(m, groups));
-  const Plan plan = plan_for({kPlanGroupedSwiglu, a.device().index(), m, n, k, groups, rows_hint, 0, 0});
-  if (plan.unfused) {  // the grouped bf16 GEMM, its halves interleaved per 128, then the Triton steps (the same bits)
-    Tensor y = at::empty({m, n}, a.options().dtype(at::kBFloat16));
-    grouped_launch(plan, dg::kGroupContiguous, a, a_scales, b, b_scales, group_sizes, kGroupedMAlignment, y);
-    return quantize_bf16_output(y.view({m, 2, n / (2 * dg::kBlockK), dg::kBlockK}).transpose(1, 2).reshape({m, n}),
-                                true, ue8m0);
+  const int64_t rows_hint = std::max<int64_t>(1, expected_m > 0 ? expected_m : ceil_div(m, groups));
+  return grouped_swiglu_launch(kPlanGroupedSwiglu, dg::kGroupContiguous, a, a_scales, b, b_scales, group_sizes,
+                               kGroupedMAlignment, rows_hint, ue8m0);
+}
+
+// Grouped SwiGLU, masked: q (groups, max_m, N/2) fp8 and scales (groups, max_m, N/256), a view of M-major scales
+// over the groups' rows back to back (m_grouped_fp8_gemm_masked takes it as is). Rows past masked_m are not written.
+std::tuple<Tensor, Tensor> m_grouped_fp8_gemm_masked_swiglu(const Tensor& a, const Tensor& a_scales, const Tensor& b,
+                                                            const Tensor& b_scales, const Tensor& masked_m,
+                                                            int64_t expected_m, bool ue8m0,
+                                                            c10::string_view backend) {
+  auto [groups, max_m, n, k] = check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, nullptr);
+  check_swiglu_halves(n, "m_grouped_fp8_gemm_masked_swiglu");
+  const Backend chosen = resolve_grouped_backend(backend, a.device());
+  if (chosen != Backend::kPtx) {
+    static auto slow = python_impl("deepergemm::_m_grouped_fp8_gemm_masked_swiglu_python")
+                           .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                             const Tensor&, int64_t, bool, c10::string_view)>();
+    return slow.call(a, a_scales, b, b_scales, masked_m, expected_m, ue8m0, backend_name(chosen));
   }
-  grouped_launch(plan, dg::kGroupContiguous, a, a_scales, b, b_scales, group_sizes, kGroupedMAlignment, q, &scales,
-                 ue8m0);
-  return {q, scales};
+  const int64_t rows = groups * max_m;
+  auto [q, scales] = grouped_swiglu_launch(kPlanMaskedSwiglu, dg::kGroupMasked, a.view({rows, k}),
+                                           a_scales.reshape({rows, k / dg::kBlockK}), b, b_scales, masked_m, max_m,
+                                           std::max<int64_t>(1, std::min(expected_m, max_m)), ue8m0);
+  return {q.view({groups, max_m, n / 2}), scales.view({groups, max_m, n / (2 * dg::kBlockK)})};
 }
 
 // =============================================================================================
@@ -1515,6 +1558,7 @@ TORCH_LIBRARY_IMPL(deepergemm, CUDA, m) {
   m.impl("fp8_gemm_fp8_out", &dgb::fp8_gemm_fp8_out);
   m.impl("fp8_gemm_swiglu", &dgb::fp8_gemm_swiglu);
   m.impl("m_grouped_fp8_gemm_contiguous_swiglu", &dgb::m_grouped_fp8_gemm_contiguous_swiglu);
+  m.impl("m_grouped_fp8_gemm_masked_swiglu", &dgb::m_grouped_fp8_gemm_masked_swiglu);
   m.impl("m_grouped_fp8_gemm_contiguous", &dgb::m_grouped_fp8_gemm_contiguous);
   m.impl("m_grouped_fp8_gemm_masked", &dgb::m_grouped_fp8_gemm_masked);
 }

@@ -88,11 +88,9 @@ struct KernelConfig {
   static_assert(!kFp8Out || (!kSwapped && (!kGrouped || kSwiglu) && kWgN % kBlockK == 0 && kBlockN % kBlockK == 0),
                 "fp8 output: unswapped tiles (grouped: SwiGLU only) whose warpgroups cover whole 128-column groups");
   // SwiGLU: a 64 x 256 tile's warpgroup 0 holds 128 gate columns and warpgroup 1 the matching 128 up columns,
-  // which it hands over through the staging buffer: one 128-wide h group per tile row. Grouped: contiguous only
-  // (the masked layout's h would need a scale layout per group).
-  static_assert(!kSwiglu || (kBlockM == 64 && kBlockN == 256 && kMathWGs == 2 && kSplitK == 1 &&
-                             kGrouping != kGroupMasked),
-                "SwiGLU: 64 x 256 tiles, two math warpgroups (gate, up), no split-K, plain or grouped contiguous");
+  // which it hands over through the staging buffer: one 128-wide h group per tile row.
+  static_assert(!kSwiglu || (kBlockM == 64 && kBlockN == 256 && kMathWGs == 2 && kSplitK == 1),
+                "SwiGLU: 64 x 256 tiles, two math warpgroups (gate, up), no split-K");
   static_assert(FP8_OUT >= 0 && FP8_OUT <= 2, "FP8_OUT: 0 bf16/fp32 output, 1 fp8 output, 2 fp8 SwiGLU output");
   static_assert(kCluster <= 16, "at most 16 CTAs per cluster (the multicast masks are 16 bits)");
 };

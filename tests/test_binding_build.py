@@ -57,16 +57,16 @@ def test_plan_fields_match():
     assert "[variant id, group_n, l2_hints, stream_k, side 0's N-tiles, pdl, unfused]" in kernels.plan.__doc__
     kinds = dict(re.findall(r"(kPlan\w+) = (\d+)", SOURCE))
     assert [int(kinds[k]) for k in ("kPlanPlain", "kPlanPlaced", "kPlanContiguous", "kPlanMasked", "kPlanFp8Out",
-                                    "kPlanSwiglu", "kPlanRecipe256", "kPlanGroupedSwiglu")] == \
+                                    "kPlanSwiglu", "kPlanRecipe256", "kPlanGroupedSwiglu", "kPlanMaskedSwiglu")] == \
         [kernels.PLAN_PLAIN, kernels.PLAN_PLACED, kernels.PLAN_CONTIGUOUS, kernels.PLAN_MASKED, kernels.PLAN_FP8_OUT,
-         kernels.PLAN_SWIGLU, kernels.PLAN_RECIPE_256, kernels.PLAN_GROUPED_SWIGLU]
+         kernels.PLAN_SWIGLU, kernels.PLAN_RECIPE_256, kernels.PLAN_GROUPED_SWIGLU, kernels.PLAN_MASKED_SWIGLU]
 
 
 def test_binding_implements_the_ops_python_defines():
     implemented = set(re.findall(r'm\.impl\("(\w+)", &dgb::\w+\);', SOURCE.split("TORCH_LIBRARY_IMPL(deepergemm, CUDA")[1]))
     assert implemented == {"fp8_gemm", "fp8_gemm_placed", "fp8_gemm_fp8_out", "fp8_gemm_swiglu",
                            "m_grouped_fp8_gemm_contiguous", "m_grouped_fp8_gemm_masked",
-                           "m_grouped_fp8_gemm_contiguous_swiglu"}
+                           "m_grouped_fp8_gemm_contiguous_swiglu", "m_grouped_fp8_gemm_masked_swiglu"}
     for name in implemented:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"deepergemm::{name}", "CompositeExplicitAutograd")
         # the Python backends' op the binding calls has the same schema

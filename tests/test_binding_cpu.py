@@ -250,7 +250,7 @@ def test_grouped_rules_match_and_the_reference_round_trip():
 def test_grouped_swiglu_rules_match_and_the_reference_round_trip():
     a, a_s, b, b_s = _grouped(n=512)
     sizes = torch.tensor([100, 0, 60], dtype=torch.int32)
-    good = [a, a_s, b, b_s, sizes, False, "reference"]
+    good = [a, a_s, b, b_s, sizes, 0, False, "reference"]
     b_odd, b_odd_s = _grouped(n=384)[2:]
     cases = {
         "N gate and up halves": _with(_with(good, 2, b_odd), 3, b_odd_s),
@@ -259,17 +259,32 @@ def test_grouped_swiglu_rules_match_and_the_reference_round_trip():
         "groups": _with(good, 4, sizes[:2]),
         "sizes dtype": _with(good, 4, sizes.long()),
         "b_scales shape": _with(good, 3, b_s[:, :1]),
-        "cublas": _with(good, 6, "cublas"),
+        "expected_m": _with(good, 5, -1),
+        "cublas": _with(good, 7, "cublas"),
     }
     op = OPS.m_grouped_fp8_gemm_contiguous_swiglu.default
     _all_same_errors(op, cases, "grouped SwiGLU, ")
     for ue8m0 in (False, True):
-        args = _with(good, 5, ue8m0)
+        args = _with(_with(good, 6, ue8m0), 5, 40)
         (q, s), (q_want, s_want) = op.redispatch(CUDA_KEY, *args), op(*args)
         assert q.shape == (300, 256) and s.shape == (300, 2) and s.stride() == s_want.stride()
         assert torch.equal(q.view(torch.uint8), q_want.view(torch.uint8)) and torch.equal(s, s_want)
-    q, s = op.redispatch(CUDA_KEY, a[:0], a_s[:0], b, b_s, torch.zeros(3, dtype=torch.int32), False, "reference")
+    q, s = op.redispatch(CUDA_KEY, a[:0], a_s[:0], b, b_s, torch.zeros(3, dtype=torch.int32), 0, False, "reference")
     assert q.shape == (0, 256) and s.shape == (0, 2)
+    # masked
+    a3, a3_s = a[:2 * 40].view(2, 40, 256), a_s[:2 * 40].contiguous().view(2, 40, 2)
+    b2, b2_s = b[:2].contiguous(), b_s[:2].contiguous()
+    masked = torch.tensor([7, 40], dtype=torch.int32)
+    good = [a3, a3_s, b2, b2_s, masked, 16, False, "reference"]
+    op = OPS.m_grouped_fp8_gemm_masked_swiglu.default
+    _all_same_errors(op, {"N gate and up halves": _with(_with(good, 2, b_odd[:2].contiguous()), 3,
+                                                        b_odd_s[:2].contiguous()),
+                          "expected_m": _with(good, 5, 0), "groups": _with(good, 2, b.contiguous()),
+                          "masked dtype": _with(good, 4, masked.long()), "cublas": _with(good, 7, "cublas")},
+                     "masked SwiGLU, ")
+    (q, s), (q_want, s_want) = op.redispatch(CUDA_KEY, *good), op(*good)
+    assert q.shape == (2, 40, 256) and s.shape == (2, 40, 2) and s.stride() == s_want.stride()
+    assert torch.equal(q.view(torch.uint8), q_want.view(torch.uint8)) and torch.equal(s, s_want)
 
 
 def test_binding_reads_the_backend_switch_it_is_given():

@@ -1,5 +1,6 @@
-"""Grouped SwiGLU (m_grouped_fp8_gemm_contiguous_swiglu): the experts' gate/up GEMM, SwiGLU and the down
-projection's quantization in one grouped kernel, each expert's B rows gate then up (stacked experts as stored).
+"""Grouped SwiGLU (m_grouped_fp8_gemm_contiguous_swiglu, m_grouped_fp8_gemm_masked_swiglu): the experts' gate/up
+GEMM, SwiGLU and the down projection's quantization in one grouped kernel, each expert's B rows gate then up
+(stacked experts as stored).
 
 CPU: the reference is the documented steps (grouped bf16 GEMM, its halves interleaved, swiglu, quantize_act) and
 means silu(gate) * up of the right halves; input rules, fake kernels, opcheck, torch.compile; the variants and
@@ -18,6 +19,7 @@ from deepergemm import reference as ref
 from quantized_output import FP8, assert_same, bits
 
 OP = torch.ops.deepergemm.m_grouped_fp8_gemm_contiguous_swiglu
+MASKED_OP = torch.ops.deepergemm.m_grouped_fp8_gemm_masked_swiglu
 ALIGN = dg.GROUPED_M_ALIGNMENT
 
 
@@ -118,8 +120,27 @@ def test_takes_the_layout_and_its_rules():
     q, s = dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, b, b_s, layout)
     mask = _real_rows(layout.group_sizes.tolist(), a.shape[0])
     _assert_same_rows((q, s), _unfused(a, a_s, b, b_s, layout.group_sizes), mask, "layout")
+    # expected_m only guides the tile choice: any hint, the same result
+    hinted = dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, b, b_s, layout.group_sizes, expected_m=1000)
+    _assert_same_rows(hinted, (q, s), mask, "hinted")
     with pytest.raises(ValueError, match="layout.rows"):
         dg.m_grouped_fp8_gemm_contiguous_swiglu(a[:128], a_s[:128], b, b_s, layout)
+
+
+def test_expected_m_from_the_layout(monkeypatch):
+    """Given a ContiguousLayout, the tile choice plans for its routed choices per expert, not for the rows a layout
+    sized by contiguous_rows_bound holds (at decode ~127 padding rows per expert); given sizes, M / groups (0)."""
+    seen = []
+    monkeypatch.setattr(torch.ops.deepergemm, "m_grouped_fp8_gemm_contiguous_swiglu",
+                        lambda *args: seen.append(args[5]) or (None, None), raising=True)
+    topk_ids = torch.randint(0, 16, (32, 8), dtype=torch.int32)
+    layout = dg.build_contiguous_layout(topk_ids, 16, max_rows=dg.contiguous_rows_bound(32, 8, 16))
+    a, a_s = _acts(layout.rows, 128)
+    b, b_s = _experts(16, 128, 128)
+    dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, b, b_s, layout)
+    dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, b, b_s, layout.group_sizes)
+    dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, b, b_s, layout, expected_m=7)
+    assert seen == [16, 0, 7] and layout.rows // 16 > 100
 
 
 @pytest.mark.parametrize("change,error,match", [
@@ -130,10 +151,11 @@ def test_takes_the_layout_and_its_rules():
     ("a_dtype", TypeError, "a must have dtype torch.float8_e4m3fn"),
     ("k_mismatch", ValueError, "a and b must share K"),
     ("cublas", ValueError, "backend='cublas' has no grouped GEMM"),
+    ("expected_m", ValueError, r"expected_m must be an int >= 0 \(the rows per group the tile choice plans for; 0: "),
 ])
 def test_input_rules_are_named(change, error, match):
     a, a_s, b, b_s, counts = _problem([3, 9], 128, 256)
-    backend = "auto"
+    backend, expected_m = "auto", None
     if change == "n_not_256":
         b, b_s = b[:, :128].contiguous(), b_s[:, :1].contiguous()
     elif change == "b_rank":
@@ -146,8 +168,10 @@ def test_input_rules_are_named(change, error, match):
         b, b_s = _experts(2, 128, 128)
     elif change == "cublas":
         backend = "cublas"
+    elif change == "expected_m":
+        expected_m = -1
     with pytest.raises(error, match=match):
-        dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, b, b_s, counts, backend=backend)
+        dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, b, b_s, counts, backend=backend, expected_m=expected_m)
 
 
 def test_flag_and_group_sizes_types():
@@ -169,7 +193,7 @@ def test_fake_kernel_gives_the_layouts():
 
     a, a_s, b, b_s, counts = _problem([70, 5], 384, 256, extra_rows=3)
     with FakeTensorMode() as mode:
-        q, s = OP(*(mode.from_tensor(t) for t in (a, a_s, b, b_s, counts)), False, "auto")
+        q, s = OP(*(mode.from_tensor(t) for t in (a, a_s, b, b_s, counts)), 0, False, "auto")
         rows = a.shape[0]
         assert q.shape == (rows, 384) and q.dtype == FP8 and q.stride() == (384, 1)
         assert s.shape == (rows, 3) and s.dtype == torch.float32 and s.stride() == (1, layouts.act_scale_stride(rows))
@@ -179,7 +203,7 @@ def test_opcheck():
     a, a_s, b, b_s, counts = _problem([20, 0, 7], 128, 256, extra_rows=0)
     checks = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     for ue8m0 in (False, True):
-        torch.library.opcheck(OP.default, (a, a_s, b, b_s, counts, ue8m0, "auto"), test_utils=checks)
+        torch.library.opcheck(OP.default, (a, a_s, b, b_s, counts, 3, ue8m0, "auto"), test_utils=checks)
 
 
 @pytest.mark.slow  # (an aot_eager compile)
@@ -191,6 +215,93 @@ def test_compiles_fullgraph_on_cpu():
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     assert_same(compiled(a, a_s, b, b_s, counts), fn(a, a_s, b, b_s, counts), "compiled")
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: the masked form
+# ----------------------------------------------------------------------------------------------
+def _masked_problem(masked, max_m, i, k, device="cpu"):
+    groups = len(masked)
+    a, a_s = _acts(groups * max_m, k, device)
+    b, b_s = _experts(groups, i, k, device)
+    a3, a3_s = a.view(groups, max_m, k), a_s.reshape(groups, max_m, k // 128)
+    return a3, a3_s, b, b_s, torch.tensor(masked, dtype=torch.int32, device=device)
+
+
+def _masked_rows(masked, max_m, device="cpu"):
+    """(groups * max_m,) bool: the rows r < masked_m[g] of each group (clamped to 0..max_m)."""
+    row = torch.arange(max_m, device=device)
+    return torch.cat([row < max(0, min(m, max_m)) for m in masked])
+
+
+def _masked_unfused(a3, a3_s, b, b_s, masked_m, ue8m0=False, backend="auto"):
+    groups, max_m, _ = a3.shape
+    gate_up = torch.zeros(groups, max_m, b.shape[1], dtype=torch.bfloat16, device=a3.device)
+    dg.m_grouped_fp8_gemm_masked(a3, a3_s, b, b_s, masked_m, max(1, max_m), out=gate_up, backend=backend)
+    return dg.quantize_act(dg.swiglu(layouts.interleave_halves(gate_up.view(groups * max_m, -1))), ue8m0=ue8m0)
+
+
+def _flat(pair):
+    """(q, scales) of the masked form as the rows back to back (a view: the scales are M-major over all rows)."""
+    q, s = pair
+    return q.reshape(-1, q.shape[-1]), s.reshape(-1, s.shape[-1])
+
+
+@pytest.mark.parametrize("ue8m0", [False, True])
+@pytest.mark.parametrize("masked,max_m,i,k", [([5, 0, 70], 70, 128, 256), ([1], 1, 256, 128),
+                                              ([64, 65, -3, 500], 65, 384, 384)])
+def test_masked_reference_is_the_documented_steps(masked, max_m, i, k, ue8m0):
+    a3, a3_s, b, b_s, masked_m = _masked_problem(masked, max_m, i, k)
+    q, s = dg.m_grouped_fp8_gemm_masked_swiglu(a3, a3_s, b, b_s, masked_m, 16, ue8m0=ue8m0)
+    groups = len(masked)
+    assert q.shape == (groups, max_m, i) and s.shape == (groups, max_m, i // 128)
+    flat_s = s.reshape(-1, i // 128)
+    assert flat_s.data_ptr() == s.data_ptr() and layouts.is_act_scale_layout(flat_s)  # a view: no copy for down
+    rows = _masked_rows(masked, max_m)
+    _assert_same_rows(_flat((q, s)), _masked_unfused(a3, a3_s, b, b_s, masked_m, ue8m0), rows, f"{masked}")
+    # the down projection's masked GEMM takes (q, s) as they are
+    wd, wd_s = _experts(groups, 64, i)
+    y = dg.m_grouped_fp8_gemm_masked(q, s, wd, wd_s, masked_m, 16)
+    for g, m in enumerate(masked):
+        m = max(0, min(m, max_m))
+        if m:
+            want = ref.exact_fp32_matmul(ref.dequantize_act(q[g, :m], s[g, :m]), ref.dequantize_weight(wd[g], wd_s[g]))
+            assert ref.calc_diff(y[g, :m].float(), want) < 1e-5, g
+
+
+@pytest.mark.parametrize("change,error,match", [
+    ("n_not_256", ValueError, r"must be a positive multiple of 256 for m_grouped_fp8_gemm_masked_swiglu, got N=128"),
+    ("expected_m", ValueError, "expected_m must be an int >= 1"),
+    ("groups", ValueError, "a and b must have the same number of groups"),
+    ("masked_dtype", TypeError, "masked_m must have dtype torch.int32"),
+])
+def test_masked_input_rules_are_named(change, error, match):
+    a3, a3_s, b, b_s, masked_m = _masked_problem([3, 9], 16, 128, 256)
+    expected_m = 8
+    if change == "n_not_256":
+        b, b_s = b[:, :128].contiguous(), b_s[:, :1].contiguous()
+    elif change == "expected_m":
+        expected_m = 0
+    elif change == "groups":
+        b, b_s = _experts(3, 128, 256)
+    elif change == "masked_dtype":
+        masked_m = masked_m.long()
+    with pytest.raises(error, match=match):
+        dg.m_grouped_fp8_gemm_masked_swiglu(a3, a3_s, b, b_s, masked_m, expected_m)
+
+
+def test_masked_fake_kernel_opcheck_and_zero_rows():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    a3, a3_s, b, b_s, masked_m = _masked_problem([3, 9], 17, 384, 256)
+    with FakeTensorMode() as mode:
+        q, s = MASKED_OP(*(mode.from_tensor(t) for t in (a3, a3_s, b, b_s, masked_m)), 8, False, "auto")
+        assert q.shape == (2, 17, 384) and q.dtype == FP8 and q.is_contiguous()
+        assert s.shape == (2, 17, 3) and s.stride() == (17, 1, layouts.act_scale_stride(34))
+    checks = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(MASKED_OP.default, (a3, a3_s, b, b_s, masked_m, 8, False, "auto"), test_utils=checks)
+    q, s = dg.m_grouped_fp8_gemm_masked_swiglu(a3[:, :0], a3_s[:, :0], b, b_s, masked_m, 8)
+    assert q.shape == (2, 0, 384) and s.shape == (2, 0, 3)
 
 
 def test_interleave_halves():
@@ -206,32 +317,34 @@ def test_interleave_halves():
 # CPU: variants and selection
 # ----------------------------------------------------------------------------------------------
 def test_grouped_swiglu_variants():
-    assert [v.key for v in configs.GROUPED_SWIGLU_VARIANTS] == ["64x256s5dgcswiglu", "64x256s5dc2gcswiglu"]
+    assert [v.key for v in configs.GROUPED_SWIGLU_VARIANTS] == ["64x256s5dgcswiglu", "64x256s5dc2gcswiglu",
+                                                                 "64x256s5dgmswiglu", "64x256s5dc2gmswiglu"]
     for v in configs.GROUPED_SWIGLU_VARIANTS:
         assert configs.parse_key(v.key) == v
-        assert v.swiglu and v.fp8_out and v.grouping == configs.GROUP_CONTIGUOUS and v.fp8_out_mode == 2
+        assert v.swiglu and v.fp8_out and v.grouping != configs.GROUP_NONE and v.fp8_out_mode == 2
         assert v.smem_bytes <= configs.SMEM_LIMIT
         assert v in configs.BUILT_VARIANTS
-    with pytest.raises(ValueError, match="plain or grouped contiguous"):
-        configs.parse_key("64x256s5dgmswiglu")
     with pytest.raises(ValueError, match="ungrouped but for SwiGLU"):
         configs.parse_key("64x256s5dgcq")
 
 
 @pytest.mark.parametrize("rows,k,paired", [(1, 7168, False), (64, 7168, False), (65, 7168, True), (128, 7168, True),
                                            (700, 7168, True), (576, 7168, False), (128, 1024, False)])
-def test_select_grouped_swiglu_pairs(rows, k, paired, monkeypatch):
+@pytest.mark.parametrize("grouping", [configs.GROUP_CONTIGUOUS, configs.GROUP_MASKED])
+def test_select_grouped_swiglu_pairs(grouping, rows, k, paired, monkeypatch):
     """2x1 B-multicast pairs where each group's M-tiles round up to pairs with at most 10% more (9 tiles -> 10 is
     11%: unpaired) and K is long enough for the small-M clusters; never with DEEPERGEMM_SMALL_M_CLUSTER=0."""
-    choice = configs.select_grouped_swiglu(rows, 8, 4096, k, 132)
+    choice = configs.select_grouped_swiglu(grouping, rows, 8, 4096, k, 132)
     assert choice.variant in configs.GROUPED_SWIGLU_VARIANTS and not choice.stream_k
-    assert (choice.variant.cluster_m == 2) == paired
+    assert choice.variant.grouping == grouping and (choice.variant.cluster_m == 2) == paired
     tiles_per_group = -(-(-(-rows // 64)) // choice.variant.cluster_m) * choice.variant.cluster_m
     assert choice.tiles == 8 * tiles_per_group * 4096 // 256
     monkeypatch.setenv("DEEPERGEMM_SMALL_M_CLUSTER", "0")
-    assert configs.select_grouped_swiglu(rows, 8, 4096, k, 132).variant.cluster_m == 1
+    assert configs.select_grouped_swiglu(grouping, rows, 8, 4096, k, 132).variant.cluster_m == 1
     with pytest.raises(ValueError, match="multiple of 256"):
-        configs.select_grouped_swiglu(rows, 8, 4096 + 128, k, 132)
+        configs.select_grouped_swiglu(grouping, rows, 8, 4096 + 128, k, 132)
+    with pytest.raises(ValueError, match="grouping must be"):
+        configs.select_grouped_swiglu(configs.GROUP_NONE, rows, 8, 4096, k, 132)
 
 
 def test_fused_switch(monkeypatch):
@@ -257,12 +370,15 @@ def test_plan_fused_or_the_grouped_bf16_plan(monkeypatch):
 
     monkeypatch.setattr(kernels, "sm_count", lambda index: 132)
     monkeypatch.setattr(extension, "load", Unit)
-    plan = kernels.plan(kernels.PLAN_GROUPED_SWIGLU, 0, 1024, 4096, 7168, 8, 128, 0, False)
-    assert loaded[-1] == configs.select_grouped_swiglu(128, 8, 4096, 7168, 132).variant and plan[6] == 0
+    kinds = {kernels.PLAN_GROUPED_SWIGLU: configs.GROUP_CONTIGUOUS, kernels.PLAN_MASKED_SWIGLU: configs.GROUP_MASKED}
+    for kind, grouping in kinds.items():
+        plan = kernels.plan(kind, 0, 1024, 4096, 7168, 8, 128, 0, False)
+        assert loaded[-1] == configs.select_grouped_swiglu(grouping, 128, 8, 4096, 7168, 132).variant
+        assert plan[6] == 0
     monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", "0")
-    plan = kernels.plan(kernels.PLAN_GROUPED_SWIGLU, 0, 1024, 4096, 7168, 8, 128, 0, False)
-    assert loaded[-1] == configs.select_grouped(configs.GROUP_CONTIGUOUS, 128, 8, 4096, 7168, 132).variant
-    assert plan[6] == 1
+    for kind, grouping in kinds.items():
+        plan = kernels.plan(kind, 0, 1024, 4096, 7168, 8, 128, 0, False)
+        assert loaded[-1] == configs.select_grouped(grouping, 128, 8, 4096, 7168, 132).variant and plan[6] == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,3 +534,61 @@ def test_gpu_cuda_graph_and_compile():
     compiled = torch.compile(fn, fullgraph=True)
     mask = _real_rows(counts.tolist(), a.shape[0], "cuda")
     _assert_same_rows(compiled(a, a_s, b, b_s, counts), fn(a, a_s, b, b_s, counts), mask, "compiled")
+
+
+# (masked_m, max_m, I, K): empty groups, a full group, counts past max_m and negative (clamped), one row
+MASKED_GPU_CASES = (([5, 0, 70, 64], 70, 128, 384), ([1], 1, 256, 128), ([200, 3, -1, 500], 256, 384, 1536),
+                    ([7] * 32, 8, 1024, 7168))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", [v for v in configs.GROUPED_SWIGLU_VARIANTS if v.grouping == configs.GROUP_MASKED],
+                         ids=lambda v: v.key)
+def test_gpu_every_masked_swiglu_unit_into_poisoned_outputs(variant):
+    for masked, max_m, i, k in MASKED_GPU_CASES:
+        a3, a3_s, b, b_s, masked_m = _masked_problem(masked, max_m, i, k, "cuda")
+        groups = len(masked)
+        rows = _masked_rows(masked, max_m, "cuda")
+        a, a_s = a3.view(groups * max_m, k), a3_s.reshape(groups * max_m, k // 128)
+        for ue8m0 in (False, True):
+            q = torch.full((groups * max_m, i), 0x7F, dtype=torch.uint8, device="cuda").view(FP8)
+            s = layouts.empty_act_scales(groups * max_m, i, "cuda").fill_(float("nan"))
+            groups_, n, _ = b.shape
+            kernels.launch(extension.load(variant), a, layouts.to_act_scale_layout(a_s), b.view(groups_ * n, k),
+                           b_s.view(-1, b_s.shape[-1]), q, group_rows=masked_m, group_stride=max_m, out_scales=s,
+                           ue8m0=ue8m0)
+            torch.cuda.synchronize()
+            what = f"{variant.key} masked {masked[:4]} max_m {max_m} I {i} K {k} ue8m0={ue8m0}"
+            _assert_same_rows((q, s), _masked_unfused(a3, a3_s, b, b_s, masked_m, ue8m0, "ptx"), rows, what)
+            assert not q[rows].float().isnan().any() and not s[rows].isnan().any(), f"{what}: unwritten rows"
+            assert (q[~rows].view(torch.uint8) == 0x7F).all() and s[~rows].isnan().all(), f"{what}: wrote past masked_m"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fuse", ["1", "0"])
+def test_gpu_masked_op_and_graph_replay(monkeypatch, fuse):
+    """The op's plans (fused, or the masked bf16 GEMM then the Triton steps) against the steps; then a CUDA graph
+    replayed with new counts (read on the device), outputs poisoned each time."""
+    from deepergemm.benchmark.timing import capture_graph
+
+    monkeypatch.setenv("DEEPERGEMM_FUSED_EPILOGUE", fuse)
+    for masked, max_m, i, k in MASKED_GPU_CASES:
+        a3, a3_s, b, b_s, masked_m = _masked_problem(masked, max_m, i, k, "cuda")
+        got = dg.m_grouped_fp8_gemm_masked_swiglu(a3, a3_s, b, b_s, masked_m, max(1, max_m // 2), backend="ptx")
+        _assert_same_rows(_flat(got), _masked_unfused(a3, a3_s, b, b_s, masked_m, backend="ptx"),
+                          _masked_rows(masked, max_m, "cuda"), f"{masked[:4]} fuse={fuse}")
+    masked, max_m, i, k = MASKED_GPU_CASES[0]
+    a3, a3_s, b, b_s, masked_m = _masked_problem(masked, max_m, i, k, "cuda")
+
+    def fn(a3, a3_s, b, b_s, masked_m):
+        return dg.m_grouped_fp8_gemm_masked_swiglu(a3, a3_s, b, b_s, masked_m, 32, backend="ptx")
+
+    graph, (q, s) = capture_graph(fn, a3, a3_s, b, b_s, masked_m)
+    for new in ([70, 70, 0, 1], [3, 64, 9, 0]):
+        masked_m.copy_(torch.tensor(new, dtype=torch.int32))
+        q.view(torch.uint8).fill_(0x7F)
+        s.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        _assert_same_rows(_flat((q, s)), _masked_unfused(a3, a3_s, b, b_s, masked_m, backend="ptx"),
+                          _masked_rows(new, max_m, "cuda"), f"replay {new} fuse={fuse}")
