@@ -348,6 +348,7 @@ def m_grouped_fp8_gemm_contiguous_swiglu(a: torch.Tensor, a_scales: torch.Tensor
     if expected_m is None:  # (0: the op's M / groups)
         experts = group_sizes.num_experts if isinstance(group_sizes, ContiguousLayout) else 0
         expected_m = (group_sizes.row_of.numel() + experts - 1) // experts if experts else 0
+    _layouts.check_expected_m(expected_m, zero_ok=True)  # (the dispatcher's own error for a float is a RuntimeError)
     group_sizes = _contiguous_group_sizes(group_sizes, a)
     _require_tensors(a=a, a_scales=a_scales, b=b, b_scales=b_scales)
     if torch.is_grad_enabled():

@@ -493,9 +493,12 @@ def check_grouped_masked_swiglu_inputs(a: torch.Tensor, a_scales: torch.Tensor, 
                                        b_scales: torch.Tensor, masked_m: torch.Tensor,
                                        expected_m: int) -> tuple[int, int, int, int]:
     """Rules of m_grouped_fp8_gemm_masked_swiglu: the masked form's (no out), then b's rows in gate and up halves
-    per group; returns (groups, max_m, N, K), N = 2I."""
+    per group, and max_m a multiple of 4; returns (groups, max_m, N, K), N = 2I."""
     groups, max_m, n, k = check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, None)
     _check_swiglu_halves(n, "m_grouped_fp8_gemm_masked_swiglu")
+    if max_m % SCALE_M_ALIGN:
+        raise ValueError(f"a.shape[1] (max_m) must be a multiple of {SCALE_M_ALIGN} for m_grouped_fp8_gemm_masked_swiglu "
+                         f"(each group's A scales start on 16 bytes, as the kernel's scale loads need), got {max_m}")
     return groups, max_m, n, k
 
 

@@ -515,7 +515,7 @@ class FP8Experts(nn.Module):
         # the permuted rows, without quantizing the padding
         q, s = dg.quantize_act(x2 if x2.is_contiguous() else x2.contiguous())
         a, a_s = dg.permute_tokens(q, layout), dg.permute_tokens(s, layout)
-        if self.fused_swiglu:  # h already quantized, in the layout's rows (its padding rows never written, never read)
+        if self.fused_swiglu:  # h quantized, in the layout's rows (padding rows unwritten: down never stores them)
             a2, a2_s = dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, self.gate_up_proj, self.gate_up_proj_scale_inv,
                                                                layout, backend=self.backend)
         else:

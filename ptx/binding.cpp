@@ -1384,6 +1384,8 @@ std::tuple<Tensor, Tensor> m_grouped_fp8_gemm_masked_swiglu(const Tensor& a, con
                                                             c10::string_view backend) {
   auto [groups, max_m, n, k] = check_grouped_masked_inputs(a, a_scales, b, b_scales, masked_m, expected_m, nullptr);
   check_swiglu_halves(n, "m_grouped_fp8_gemm_masked_swiglu");
+  TORCH_CHECK_VALUE(max_m % 4 == 0, cat("a.shape[1] (max_m) must be a multiple of 4 for m_grouped_fp8_gemm_masked_swiglu "
+                    "(each group's A scales start on 16 bytes, as the kernel's scale loads need), got ", max_m));
   const Backend chosen = resolve_grouped_backend(backend, a.device());
   if (chosen != Backend::kPtx) {
     static auto slow = python_impl("deepergemm::_m_grouped_fp8_gemm_masked_swiglu_python")

@@ -280,7 +280,8 @@ def test_grouped_swiglu_rules_match_and_the_reference_round_trip():
     _all_same_errors(op, {"N gate and up halves": _with(_with(good, 2, b_odd[:2].contiguous()), 3,
                                                         b_odd_s[:2].contiguous()),
                           "expected_m": _with(good, 5, 0), "groups": _with(good, 2, b.contiguous()),
-                          "masked dtype": _with(good, 4, masked.long()), "cublas": _with(good, 7, "cublas")},
+                          "masked dtype": _with(good, 4, masked.long()), "cublas": _with(good, 7, "cublas"),
+                          "max_m": _with(_with(good, 0, a3[:, :38].contiguous()), 1, a3_s[:, :38].contiguous())},
                      "masked SwiGLU, ")
     (q, s), (q_want, s_want) = op.redispatch(CUDA_KEY, *good), op(*good)
     assert q.shape == (2, 40, 256) and s.shape == (2, 40, 2) and s.stride() == s_want.stride()

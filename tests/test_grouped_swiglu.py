@@ -180,6 +180,9 @@ def test_flag_and_group_sizes_types():
         dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, b, b_s, counts, ue8m0=1)
     with pytest.raises(TypeError, match="group_sizes must be a torch.Tensor or a ContiguousLayout"):
         dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, b, b_s, [3])
+    for bad in (2.5, True):
+        with pytest.raises(ValueError, match="expected_m must be an int >= 0"):
+            dg.m_grouped_fp8_gemm_contiguous_swiglu(a, a_s, b, b_s, counts, expected_m=bad)
 
 
 def test_zero_rows():
@@ -248,8 +251,8 @@ def _flat(pair):
 
 
 @pytest.mark.parametrize("ue8m0", [False, True])
-@pytest.mark.parametrize("masked,max_m,i,k", [([5, 0, 70], 70, 128, 256), ([1], 1, 256, 128),
-                                              ([64, 65, -3, 500], 65, 384, 384)])
+@pytest.mark.parametrize("masked,max_m,i,k", [([5, 0, 72], 72, 128, 256), ([1], 4, 256, 128),
+                                              ([64, 65, -3, 500], 68, 384, 384)])
 def test_masked_reference_is_the_documented_steps(masked, max_m, i, k, ue8m0):
     a3, a3_s, b, b_s, masked_m = _masked_problem(masked, max_m, i, k)
     q, s = dg.m_grouped_fp8_gemm_masked_swiglu(a3, a3_s, b, b_s, masked_m, 16, ue8m0=ue8m0)
@@ -274,6 +277,7 @@ def test_masked_reference_is_the_documented_steps(masked, max_m, i, k, ue8m0):
     ("expected_m", ValueError, "expected_m must be an int >= 1"),
     ("groups", ValueError, "a and b must have the same number of groups"),
     ("masked_dtype", TypeError, "masked_m must have dtype torch.int32"),
+    ("max_m_odd", ValueError, r"a.shape\[1\] \(max_m\) must be a multiple of 4 for m_grouped_fp8_gemm_masked_swiglu"),
 ])
 def test_masked_input_rules_are_named(change, error, match):
     a3, a3_s, b, b_s, masked_m = _masked_problem([3, 9], 16, 128, 256)
@@ -286,6 +290,8 @@ def test_masked_input_rules_are_named(change, error, match):
         b, b_s = _experts(3, 128, 256)
     elif change == "masked_dtype":
         masked_m = masked_m.long()
+    elif change == "max_m_odd":
+        a3, a3_s, b, b_s, masked_m = _masked_problem([3, 9], 18, 128, 256)
     with pytest.raises(error, match=match):
         dg.m_grouped_fp8_gemm_masked_swiglu(a3, a3_s, b, b_s, masked_m, expected_m)
 
@@ -293,11 +299,11 @@ def test_masked_input_rules_are_named(change, error, match):
 def test_masked_fake_kernel_opcheck_and_zero_rows():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    a3, a3_s, b, b_s, masked_m = _masked_problem([3, 9], 17, 384, 256)
+    a3, a3_s, b, b_s, masked_m = _masked_problem([3, 9], 20, 384, 256)
     with FakeTensorMode() as mode:
         q, s = MASKED_OP(*(mode.from_tensor(t) for t in (a3, a3_s, b, b_s, masked_m)), 8, False, "auto")
-        assert q.shape == (2, 17, 384) and q.dtype == FP8 and q.is_contiguous()
-        assert s.shape == (2, 17, 3) and s.stride() == (17, 1, layouts.act_scale_stride(34))
+        assert q.shape == (2, 20, 384) and q.dtype == FP8 and q.is_contiguous()
+        assert s.shape == (2, 20, 3) and s.stride() == (20, 1, layouts.act_scale_stride(40))
     checks = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     torch.library.opcheck(MASKED_OP.default, (a3, a3_s, b, b_s, masked_m, 8, False, "auto"), test_utils=checks)
     q, s = dg.m_grouped_fp8_gemm_masked_swiglu(a3[:, :0], a3_s[:, :0], b, b_s, masked_m, 8)
@@ -536,8 +542,9 @@ def test_gpu_cuda_graph_and_compile():
     _assert_same_rows(compiled(a, a_s, b, b_s, counts), fn(a, a_s, b, b_s, counts), mask, "compiled")
 
 
-# (masked_m, max_m, I, K): empty groups, a full group, counts past max_m and negative (clamped), one row
-MASKED_GPU_CASES = (([5, 0, 70, 64], 70, 128, 384), ([1], 1, 256, 128), ([200, 3, -1, 500], 256, 384, 1536),
+# (masked_m, max_m, I, K): empty groups, a full group, counts past max_m and negative (clamped), one row; max_m a
+# multiple of 4 (the op's rule)
+MASKED_GPU_CASES = (([5, 0, 72, 64], 72, 128, 384), ([1], 4, 256, 128), ([200, 3, -1, 500], 256, 384, 1536),
                     ([7] * 32, 8, 1024, 7168))
 
 
@@ -584,7 +591,7 @@ def test_gpu_masked_op_and_graph_replay(monkeypatch, fuse):
         return dg.m_grouped_fp8_gemm_masked_swiglu(a3, a3_s, b, b_s, masked_m, 32, backend="ptx")
 
     graph, (q, s) = capture_graph(fn, a3, a3_s, b, b_s, masked_m)
-    for new in ([70, 70, 0, 1], [3, 64, 9, 0]):
+    for new in ([72, 72, 0, 1], [3, 64, 9, 0]):
         masked_m.copy_(torch.tensor(new, dtype=torch.int32))
         q.view(torch.uint8).fill_(0x7F)
         s.fill_(float("nan"))
