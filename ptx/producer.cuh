@@ -223,8 +223,6 @@ __device__ __forceinline__ StepMeta prepare_step_meta(const SchedulerOf<C>& sche
     TileRows tile{};
     if constexpr (C::kGrouped) tile = groups.rows(st.m_block, BM);
     const int scale_cols = p.k_blocks >> scale_shift<C>(p);  // (the 256-K recipe: one column per pair of K blocks)
-    const float* col = p.b_scales + (static_cast<int64_t>(tile.group) * (nb_last + 1) + nb0) * scale_cols +
-                       (st.k_block >> scale_shift<C>(p));
     if constexpr (C::kSwigluHalves) {  // the gate block (warpgroup 0's), then the up block (warpgroup 1's)
       const float* gate = p.b_scales + static_cast<int64_t>(swiglu_half_row(p, tile.group, st.n_block, 0) / kBlockK) *
                                            scale_cols + (st.k_block >> scale_shift<C>(p));
@@ -232,6 +230,8 @@ __device__ __forceinline__ StepMeta prepare_step_meta(const SchedulerOf<C>& sche
       meta.sb[1] = ld_global_nc_f32(gate + static_cast<int64_t>(p.n / 2 / kBlockK) * scale_cols);
       meta.sb[2] = meta.sb[3] = meta.sb[1];
     } else {
+      const float* col = p.b_scales + (static_cast<int64_t>(tile.group) * (nb_last + 1) + nb0) * scale_cols +
+                         (st.k_block >> scale_shift<C>(p));
 #pragma unroll
       for (int j = 0; j < kMaxScaleBlocks; ++j) meta.sb[j] = ld_global_nc_f32(col + min(j, nb_last - nb0) * scale_cols);
     }

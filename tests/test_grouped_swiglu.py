@@ -209,8 +209,9 @@ def test_opcheck():
         torch.library.opcheck(OP.default, (a, a_s, b, b_s, counts, 3, ue8m0, "auto"), test_utils=checks)
 
 
-@pytest.mark.slow  # (an aot_eager compile)
+@pytest.mark.slow  # (two aot_eager compiles)
 def test_compiles_fullgraph_on_cpu():
+    """Both forms, the masked one's outputs views of its row-major results, then the down projection's masked GEMM."""
     a, a_s, b, b_s, counts = _problem([20, 0, 7], 128, 256)
 
     def fn(a, a_s, b, b_s, counts):
@@ -218,6 +219,16 @@ def test_compiles_fullgraph_on_cpu():
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     assert_same(compiled(a, a_s, b, b_s, counts), fn(a, a_s, b, b_s, counts), "compiled")
+    a3, a3_s, b, b_s, masked_m = _masked_problem([5, 0, 12], 12, 128, 256)
+    wd, wd_s = _experts(3, 64, 128)
+
+    def masked(a3, a3_s, b, b_s, masked_m):
+        h, h_s = dg.m_grouped_fp8_gemm_masked_swiglu(a3, a3_s, b, b_s, masked_m, 4)
+        return dg.m_grouped_fp8_gemm_masked(h, h_s, wd, wd_s, masked_m, 4, out=torch.zeros(3, 12, 128,
+                                                                                         dtype=torch.bfloat16))
+
+    eager = masked(a3, a3_s, b, b_s, masked_m)
+    assert torch.equal(torch.compile(masked, fullgraph=True, backend="aot_eager")(a3, a3_s, b, b_s, masked_m), eager)
 
 
 # ----------------------------------------------------------------------------------------------
