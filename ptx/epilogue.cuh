@@ -244,12 +244,13 @@ __device__ __forceinline__ void MathWarpgroup<C>::epilogue_fp8(float (&total)[kR
 // SwiGLU (64 x 256 tiles of B's rows interleaved per 128: gate group g, then up group g; grouped, the gate group's
 // rows and the up group's N/2 further, loaded into the same two halves of the tile): warpgroup 0 holds tile
 // n_block's 128 gate columns, warpgroup 1 the up columns, and thread t of each holds the same rows and columns of
-// its half. Grouped tiles store their group's real rows only (row_end), from registers as always. The up warpgroup rounds its totals to bf16 (the bf16 GEMM's output) and stores them in the staging
-// buffer, 16 bytes per thread and row of it (thread-major: conflict-free), then arrives on kSwigluFull; before each
-// hand-off it waits on kSwigluFree for the gate warpgroup's read of the previous one (run() balances the count: the
-// gate warpgroup arrives once before its first tile, the up warpgroup waits once after its last). The gate warpgroup
-// rounds its own totals to bf16 likewise, takes SwiGLU (swiglu_f32, in fp32) of each pair, and quantizes the
-// result as the fp8 output does (epilogue_fp8 rounds it to bf16 first): h group n_block of the tile's rows.
+// its half. Grouped tiles store their group's real rows only (row_end), from registers as always. The up warpgroup
+// rounds its totals to bf16 (the bf16 GEMM's output) and stores them in the staging buffer, 16 bytes per thread and
+// row of it (thread-major: conflict-free), then arrives on kSwigluFull; before each hand-off it waits on kSwigluFree
+// for the gate warpgroup's read of the previous one (run() balances the count: the gate warpgroup arrives once before
+// its first tile, the up warpgroup waits once after its last). The gate warpgroup rounds its own totals to bf16
+// likewise, takes SwiGLU (swiglu_f32, in fp32) of each pair, and quantizes the result as the fp8 output does
+// (epilogue_fp8 rounds it to bf16 first): h group n_block of the tile's rows.
 template <class C>
 __device__ __forceinline__ void MathWarpgroup<C>::epilogue_swiglu(float (&total)[kRegs], int m0, int n_block,
                                                                   int row_begin, int row_end) {
