@@ -30,10 +30,10 @@ only, so the ops trace under torch.compile(fullgraph=True) and replay in CUDA gr
 allocation outside PyTorch's caching allocator). The quantizers, linear and the GEMM ops are defined with
 torch.library.Library (not custom_op, whose Python autograd wrapper costs ~10 us a call; none has a backward). CUDA:
 the quantizers run Triton kernels; the eight GEMM ops' CUDA kernels are C++ (ptx/binding.cpp, loaded by
-deepergemm/extension.py): input rules, plan and launch with no Python in between. Until that binding is loaded, a CompositeExplicitAutograd kernel stands in: it loads the
-binding on first use (on a Hopper GPU) and calls the op again, or runs the Python CUDA path (cuBLAS) where the
-binding cannot be built. The binding calls back into Python only for a problem's first plan (_plan) and for the
-Python backends (_<op>_python: cuBLAS, the reference).
+deepergemm/extension.py): input rules, plan and launch with no Python in between. Until that binding is loaded, a
+CompositeExplicitAutograd kernel stands in: it loads the binding on first use (on a Hopper GPU) and calls the op
+again, or runs the Python CUDA path (cuBLAS) where the binding cannot be built. The binding calls back into Python
+only for a problem's first plan (_plan) and for the Python backends (_<op>_python: cuBLAS, the reference).
 
 GEMM backends (``backend=`` or the environment variable DEEPERGEMM_BACKEND, which sets "auto"):
   "ptx"       deepergemm's inline-PTX wgmma kernel (Hopper, sm_90)
